@@ -1,0 +1,108 @@
+"""The Backend Protocol and the request/result records every backend speaks.
+
+A backend turns one ``ChatRequest`` into one ``ChatResult`` or raises an error
+from ``batchd.errors``. Options use Ollama's names (``num_predict``,
+``temperature``, ``seed``, ``top_p``, ``stop``); each backend maps them to its
+own wire format.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+#: OpenAI body keys that become Ollama-style options
+OPENAI_OPTION_KEYS = {
+    "max_tokens": "num_predict",
+    "max_completion_tokens": "num_predict",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    num_ctx: int
+    options: dict[str, Any] = field(default_factory=dict)
+    #: None, "json", or a JSON schema
+    format: dict[str, Any] | str | None = None
+    custom_id: str = ""
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    latency_s: float = 0.0
+    #: prompt tokens the server reused from its cache, where it tells
+    cached_tokens: int | None = None
+
+    def completion_body(self, created: int | None = None) -> dict[str, Any]:
+        """The reply as an OpenAI ``chat.completion`` object."""
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": created if created is not None else int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.content},
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One entry of the server's loaded models (Ollama ``/api/ps``)."""
+
+    name: str
+    size: int
+    size_vram: int
+    context_length: int | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    kind: str
+    host: str
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        """One chat call; raises TransientError, RequestError or JobError subclasses."""
+        ...
+
+    async def ping(self) -> None:
+        """Cheap liveness probe; raises BackendUnavailable when the server is down."""
+        ...
+
+    async def context_length(self, model: str) -> int | None:
+        """The model's trained context window; raises ModelNotFound."""
+        ...
+
+    async def loaded(self) -> list[LoadedModel]:
+        """Models in memory with their VRAM use; empty when the server cannot tell."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def finish_reason(done_reason: str | None) -> str:
+    return "length" if done_reason == "length" else "stop"

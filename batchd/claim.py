@@ -1,0 +1,246 @@
+"""Claiming: move a dropped file into the spool and turn it into a queued job.
+
+The order makes every step restartable: copy to the spool (hashing as it
+goes) and fsync; record file + job in one transaction; only then unlink the
+inbox file. A crash between commit and unlink is finished by ``finish_claims``
+at start-up, so a file is never claimed twice. Ingest writes requests in short
+transactions while the job is ``ingesting``; recovery deletes a half-ingested
+job's rows and ingests again from the spool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import structlog
+
+from batchd.config import Settings
+from batchd.fsutil import fsync_dir
+from batchd.errors import ConfigError, InputError
+from batchd.inbox import Candidate, pipeline_for, safe_stem
+from batchd.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
+from batchd.journal import Job, JobState, Journal, NewRequest
+from batchd.pipeline import Pipeline
+
+log = structlog.get_logger("batchd.claim")
+
+CHUNK = 1 << 20
+INSERT_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: str
+    state: JobState
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Claimer:
+    def __init__(self, *, settings: Settings, journal: Journal) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.spool = settings.state_dir / "spool"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.limits = Limits(
+            max_lines=settings.limits.max_lines,
+            max_line_bytes=settings.limits.max_line_bytes,
+            allowed_models=tuple(settings.backend.allowed_models),
+        )
+
+    # -- start-up -------------------------------------------------------------
+
+    def finish_claims(self) -> None:
+        """Unlink inbox files whose claim committed before a crash; drop stray spool temps."""
+        for file_id, inbox_path, size, mtime_ns in self.journal.unlinked_claims():
+            path = self.settings.inbox / inbox_path
+            try:
+                st = path.lstat()
+                if st.st_size == size and st.st_mtime_ns == mtime_ns:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("claim_unlink_failed", input=inbox_path, error=str(exc))
+                continue
+            self.journal.mark_file_removed(file_id)
+        for stray in self.spool.glob("*.tmp"):
+            stray.unlink(missing_ok=True)
+
+    # -- claim ----------------------------------------------------------------
+
+    def claim(self, cand: Candidate) -> Claimed | None:
+        """Claim one stable candidate; None when it is not ready (or already handled)."""
+        try:
+            st = cand.path.lstat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return self._reject(cand, None, f"cannot stat the file: {exc.strerror}", "unreadable")
+        if self.journal.find_claim(cand.rel, st.st_size, st.st_mtime_ns) is not None:
+            return None
+        problem = self._refusal(cand, st)
+        if problem:
+            return self._reject(cand, st, *problem)
+        kind = SUPPORTED[cand.path.suffix.lower()]
+        try:
+            pipeline = pipeline_for(self.settings.inbox, cand.pipeline, self.settings.pipeline)
+        except ConfigError as exc:
+            return self._reject(cand, st, f"pipeline {cand.pipeline!r} is broken: {exc.message}", "pipeline_error")
+        job_id = new_job_id()
+        tmp = self.spool / f"{job_id}.tmp"
+        try:
+            sha, size = self._copy(cand.path, tmp)
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            log.info("input_vanished", input=cand.rel)
+            return None
+        except InputError as exc:
+            tmp.unlink(missing_ok=True)
+            return self._reject(cand, st, exc.message, exc.code)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            return self._reject(cand, st, f"cannot read the file: {exc.strerror or exc}", "unreadable")
+        try:
+            after = cand.path.lstat()
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            return None
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
+            tmp.unlink(missing_ok=True)  # still being written: the watcher comes back later
+            log.info("input_still_changing", input=cand.rel)
+            return None
+        spooled = self.spool / f"{job_id}.{kind}"
+        os.replace(tmp, spooled)
+        fsync_dir(self.spool)
+        with self.journal.transaction() as db:
+            file_id = self.journal.add_file(name=cand.path.name, inbox_path=cand.rel, spool=str(spooled),
+                                            sha256=sha, size=size, mtime_ns=st.st_mtime_ns, db=db)
+            self.journal.create_job(job_id=job_id, db=db, state=JobState.INGESTING, input_name=cand.rel,
+                                    stem=safe_stem(cand.path.name), kind=kind, file_id=file_id, sha256=sha,
+                                    pipeline=cand.pipeline, pipeline_json=pipeline.model_dump_json())
+        try:
+            cand.path.unlink()
+            self.journal.mark_file_removed(file_id)
+        except OSError as exc:
+            log.warning("claim_unlink_failed", input=cand.rel, error=str(exc))
+        log.info("job_claimed", job_id=job_id, input=cand.rel, bytes=size, sha256=sha, pipeline=cand.pipeline)
+        return Claimed(job_id, self.ingest(job_id))
+
+    def _refusal(self, cand: Candidate, st: os.stat_result) -> tuple[str, str] | None:
+        if stat.S_ISLNK(st.st_mode):
+            return "is a symbolic link; batchd never follows links (copy the file in instead)", "symlink"
+        if stat.S_ISDIR(st.st_mode):
+            return "is a folder, not a file", "not_a_file"
+        if not stat.S_ISREG(st.st_mode):
+            return "is not a regular file (FIFO, socket or device)", "not_a_file"
+        if cand.path.suffix.lower() not in SUPPORTED:
+            return (f"unsupported file type {cand.path.suffix or '(none)'!r}; drop .csv or .jsonl files",
+                    "unsupported_type")
+        if st.st_size > self.settings.limits.max_file_bytes:
+            return (f"file is {st.st_size:,} bytes, over limits.max_file_bytes "
+                    f"({self.settings.limits.max_file_bytes:,})", "too_large")
+        return None
+
+    def _copy(self, src: Path, dst: Path) -> tuple[str, int]:
+        # O_NOFOLLOW: a file swapped for a symlink after lstat still is not followed;
+        # O_NONBLOCK: a FIFO swapped in does not hang the daemon.
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        digest = hashlib.sha256()
+        size = 0
+        limit = self.settings.limits.max_file_bytes
+        with os.fdopen(fd, "rb") as fin:
+            if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+                raise InputError("is not a regular file", code="not_a_file")
+            with open(dst, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise InputError(f"file grew over limits.max_file_bytes ({limit:,})", code="too_large")
+                    digest.update(chunk)
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+        return digest.hexdigest(), size
+
+    def _reject(self, cand: Candidate, st: os.stat_result | None, message: str, code: str) -> Claimed:
+        """Record a file that cannot become a job; it stays in the inbox, untouched."""
+        job_id = new_job_id()
+        with self.journal.transaction() as db:
+            file_id = self.journal.add_file(name=cand.path.name, inbox_path=cand.rel, spool=None, sha256=None,
+                                            size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1,
+                                            db=db)
+            db.execute("UPDATE files SET state='rejected' WHERE id=?", (file_id,))
+            self.journal.create_job(job_id=job_id, db=db, state=JobState.FINALIZING, input_name=cand.rel,
+                                    stem=safe_stem(cand.path.name), kind="rejected", file_id=file_id,
+                                    pipeline=cand.pipeline, error={"code": code, "message": message},
+                                    meta={"final": "failed"})
+        log.warning("input_rejected", job_id=job_id, input=cand.rel, code=code, reason=message)
+        return Claimed(job_id, JobState.FINALIZING)
+
+    # -- ingest ---------------------------------------------------------------
+
+    def ingest(self, job_id: str) -> JobState:
+        """Parse the spooled file into request rows; restartable from scratch."""
+        job = self.journal.job(job_id)
+        assert job is not None and job.spool is not None
+        twin = self.journal.find_done_twin(job.sha256 or "", job.pipeline, exclude=job.id)
+        if twin is not None:
+            self.journal.update_job(job.id, state=JobState.FINALIZING, duplicate_of=twin,
+                                    meta={**job.meta, "final": "duplicate"})
+            log.info("job_duplicate", job_id=job.id, input=job.input_name, duplicate_of=twin)
+            return JobState.FINALIZING
+        pipeline = Pipeline.model_validate_json(job.pipeline_json or "{}")
+        model = self.settings.model_for(pipeline)
+        mode = pipeline.mode or self.settings.context.mode
+        try:
+            total, invalid, columns, prefix = self._parse_into(job, pipeline, model)
+        except InputError as exc:
+            with self.journal.transaction() as db:
+                db.execute("DELETE FROM requests WHERE job_id=?", (job.id,))
+                self.journal.update_job(job.id, db=db, state=JobState.FINALIZING, error=exc.as_record(),
+                                        meta={**job.meta, "final": "failed"})
+            log.warning("input_invalid", job_id=job.id, input=job.input_name, code=exc.code, reason=exc.message)
+            return JobState.FINALIZING
+        self.journal.update_job(job.id, state=JobState.QUEUED, total=total, columns=columns, model=model, mode=mode,
+                                prefix_json=orjson.dumps(prefix).decode() if prefix else None)
+        log.info("job_queued", job_id=job.id, input=job.input_name, requests=total, invalid=invalid, mode=mode)
+        return JobState.QUEUED
+
+    def _parse_into(self, job: Job, pipeline: Pipeline, model: str) -> tuple[int, int, list[str], dict | None]:
+        assert job.spool is not None
+        columns: list[str] = []
+        prefix = None
+        with open(job.spool, "rb") as fh:
+            if job.kind == "csv":
+                columns, rows = read_csv(fh, pipeline, self.limits)
+                prefix = pipeline_prefix(pipeline, model)
+            else:
+                rows = read_jsonl(fh, self.limits)
+            total = invalid = 0
+            batch: list[NewRequest] = []
+            for r in rows:
+                batch.append(r)
+                invalid += r.error is not None
+                if len(batch) >= INSERT_BATCH:
+                    total += self._insert(job.id, batch)
+            total += self._insert(job.id, batch)
+        if total == 0:
+            raise InputError("file has no requests (empty, or only a header)", code="empty_file")
+        return total, invalid, columns, prefix
+
+    def _insert(self, job_id: str, batch: list[NewRequest]) -> int:
+        if not batch:
+            return 0
+        with self.journal.transaction() as db:
+            n = self.journal.insert_requests(job_id, batch, db)
+        batch.clear()
+        return n

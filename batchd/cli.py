@@ -1,0 +1,117 @@
+"""The ``batchd`` command line: settings are read once here and passed down.
+
+Exit codes: 0 ok, 2 bad usage or configuration (one line naming the key),
+1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from batchd import __version__
+from batchd.config import Settings, load_settings
+from batchd.errors import BatchdError, ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="batchd", description="Folder-driven LLM batch daemon.")
+    p.add_argument("--version", action="version", version=f"batchd {__version__}")
+    p.add_argument("--config", type=Path, help="TOML config file (default $BATCHD_CONFIG or /etc/batchd/batchd.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--once", action="store_true", help="drain the inbox and pending work, then exit 0")
+
+    st = sub.add_parser("status", help="show running, queued and recent jobs")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--limit", type=int, default=20)
+
+    conv = sub.add_parser("convert", help="render a CSV into OpenAI batch JSONL, as the daemon would")
+    conv.add_argument("file", type=Path)
+    conv.add_argument("--pipeline", "-p", help="pipeline folder name in the inbox, or a folder path")
+    conv.add_argument("-o", "--output", type=Path)
+
+    render = sub.add_parser("render", help="print the exact messages of one CSV row")
+    render.add_argument("file", type=Path)
+    render.add_argument("--pipeline", "-p")
+    render.add_argument("--row", type=int, default=1, help="1-based data row")
+
+    for name, text in (("cancel", "cancel a queued or running job"), ("retry", "re-run the failed requests of a job")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("job")
+
+    sub.add_parser("doctor", help="check configuration, folders, backend, GPU and unit hardening")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(config=args.config)
+        return _dispatch(args, settings)
+    except ConfigError as exc:
+        print(f"batchd: configuration error: {exc.key}: {exc.problem}", file=sys.stderr)
+        return 2
+    except BatchdError as exc:
+        print(f"batchd: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    cmd = args.command
+    if cmd == "run":
+        return _run(settings, once=args.once)
+    from batchd import ops
+
+    if cmd == "status":
+        return ops.status(settings, as_json=args.json, limit=args.limit)
+    if cmd == "convert":
+        return ops.convert(settings, args.file, pipeline=args.pipeline, output=args.output)
+    if cmd == "render":
+        return ops.render(settings, args.file, pipeline=args.pipeline, row=args.row)
+    if cmd == "cancel":
+        return ops.cancel(settings, args.job)
+    if cmd == "retry":
+        return ops.retry(settings, args.job)
+    if cmd == "doctor":
+        return ops.doctor(settings)
+    raise ConfigError("command", f"unknown command {cmd!r}")
+
+
+def _run(settings: Settings, *, once: bool) -> int:
+    from batchd import logs
+    from batchd.daemon import Daemon
+
+    logs.configure(target=settings.log.target, level=settings.log.level,
+                   under_journal=bool(os.environ.get("JOURNAL_STREAM")))
+
+    async def go() -> int:
+        daemon = Daemon(settings=settings)
+        loop = asyncio.get_running_loop()
+        stops = {"n": 0}
+
+        def on_signal(signum: int) -> None:
+            # Handlers only set flags; the loops notice and wind down.
+            stops["n"] += 1
+            if stops["n"] > 1:
+                os._exit(1)  # second signal: exit now; the journal is still the truth
+            daemon.stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        if hasattr(daemon, "reload"):
+            loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+        try:
+            return await (daemon.run_once() if once else daemon.run())
+        finally:
+            await daemon.aclose()
+
+    return asyncio.run(go())
+

@@ -1,0 +1,157 @@
+"""The one exception tree of batchd, grouped by what the caller does next.
+
+    BatchdError
+    ├── ConfigError                 exit 2 with one line naming the key (key, problem)
+    ├── TransientError              retry or pause; never a verdict on the request
+    │   ├── BackendUnavailable      connection refused / reset: pause the job, no attempt burned
+    │   ├── BackendTimeout          the call took too long: retried, counts an attempt
+    │   ├── BackendBusy             429 / 503: retry after `retry_after`
+    │   └── BackendServerError      5xx: retry with backoff (status_code)
+    │       └── BackendOutOfMemory  runner crashed / OOM: trim hard, back off, retry
+    ├── RequestError                permanent for one request: to errors.jsonl (status_code, code)
+    │   ├── ContextLengthExceeded   prompt larger than the window even after trimming
+    │   ├── BadRequest              other 400s from the server
+    │   └── InvalidReply            reply not JSON / fails the schema after retries
+    ├── JobError                    the whole job stops at once (job_id)
+    │   └── ModelNotFound           404: 170,000 copies of it help nobody
+    ├── InputError                  a dropped file that cannot become a job (to the outbox)
+    │   └── LineError               one bad line; valid lines still run (line, code)
+    └── StorageError                the journal or the outbox cannot be written (disk full)
+
+httpx exceptions are translated in the backend modules only, sqlite3 ones in the
+journal only; everyone else sees these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BatchdError(Exception):
+    """Root of every error batchd raises on purpose."""
+
+    code = "batchd_error"
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def as_record(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+class ConfigError(BatchdError):
+    code = "config_error"
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class TransientError(BatchdError):
+    code = "transient"
+    #: name used to count retries by cause in metrics.json
+    cause = "transient"
+
+
+class BackendUnavailable(TransientError):
+    code = "backend_unavailable"
+    cause = "unavailable"
+
+
+class BackendTimeout(TransientError):
+    code = "timeout"
+    cause = "timeout"
+
+
+class BackendBusy(TransientError):
+    code = "server_busy"
+    cause = "busy"
+
+    def __init__(self, message: str, *, status_code: int = 503, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class BackendServerError(TransientError):
+    code = "server_error"
+    cause = "server_error"
+
+    def __init__(self, message: str, *, status_code: int = 500) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class BackendOutOfMemory(BackendServerError):
+    code = "out_of_memory"
+    cause = "oom"
+
+
+class RequestError(BatchdError):
+    code = "request_error"
+
+    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        if code:
+            self.code = code
+
+
+class ContextLengthExceeded(RequestError):
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, status_code: int | None = 400) -> None:
+        super().__init__(message, status_code=status_code)
+
+
+class BadRequest(RequestError):
+    code = "bad_request"
+
+
+class InvalidReply(RequestError):
+    code = "invalid_reply"
+
+    def __init__(self, message: str, *, raw: str = "") -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class JobError(BatchdError):
+    code = "job_error"
+
+    def __init__(self, message: str, *, job_id: str | None = None, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.status_code = status_code
+
+
+class ModelNotFound(JobError):
+    code = "model_not_found"
+
+
+class InputError(BatchdError):
+    """A file in the inbox that cannot become a job, or not all of it."""
+
+    code = "invalid_input"
+
+    def __init__(self, message: str, *, code: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+        self.path = path
+
+
+class LineError(InputError):
+    def __init__(self, message: str, *, line: int, code: str = "invalid_line") -> None:
+        super().__init__(message, code=code)
+        self.line = line
+
+    def as_record(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "line": self.line}
+
+
+class StorageError(BatchdError):
+    code = "storage_error"

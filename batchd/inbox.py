@@ -1,0 +1,115 @@
+"""What in the inbox is a candidate file, what is junk, and which pipeline applies.
+
+Shared by ``batchd run --once`` (one scan) and the watcher (events + rescans).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchd.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
+
+# Sync tools, office suites, browsers and NAS boxes leave these behind; never touch them.
+IGNORED_NAMES = (
+    ".*", "~*", "*.tmp", "*.temp", "*.part", "*.partial", "*.crdownload", "*.download", "*.swp",
+    ".syncthing.*", "~syncthing~*", ".~lock.*#", "~$*", ".DS_Store", "Thumbs.db", "desktop.ini",
+    "*.!sync", "*.filepart", "README*",
+)
+#: inside a pipeline folder only these are inputs; everything else is the pipeline's own assets
+INPUT_SUFFIXES = (".csv", ".jsonl")
+IGNORED_DIRS = ("@eaDir", "#recycle", "#snapshot", ".snapshot", "$RECYCLE.BIN", ".Trash*", ".stfolder", ".stversions")
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def is_ignored(name: str, extra: tuple[str, ...] = ()) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) for pat in (*IGNORED_NAMES, *extra))
+
+
+def is_ignored_dir(name: str) -> bool:
+    return name.startswith(".") or any(fnmatch.fnmatchcase(name, pat) for pat in IGNORED_DIRS)
+
+
+def safe_stem(name: str) -> str:
+    """A file name reduced to something that is always a safe folder name in the outbox."""
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    stem = _SAFE.sub("_", stem).strip("._-")[:100]
+    return stem or "input"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    #: path relative to the inbox, as shown to people and stored in the journal
+    rel: str
+    #: pipeline folder name, None for the inbox root
+    pipeline: str | None
+
+
+def scan(inbox: Path, extra_ignore: tuple[str, ...] = ()) -> list[Candidate]:
+    """Every non-ignored entry at the root and one level down in pipeline folders.
+
+    Entries are returned whatever their type (symlinks, FIFOs, folders named
+    ``x.csv``): the claimer turns the unsupported ones into error records.
+    Sorted by modification time, then name, so claim order follows drop order.
+    """
+    found: list[tuple[float, str, Candidate]] = []
+    for entry in _entries(inbox):
+        if is_ignored(entry.name, extra_ignore):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if is_ignored_dir(entry.name):
+                continue
+            folder = Path(entry.path)
+            if not (folder / PIPELINE_FILE).is_file():
+                if "." in entry.name:  # a folder named like a file (x.csv/): tell the user
+                    found.append((_mtime(entry), entry.name, Candidate(folder, entry.name, None)))
+                continue
+            for sub in _entries(folder):
+                if is_ignored(sub.name, extra_ignore) or not sub.name.lower().endswith(INPUT_SUFFIXES):
+                    continue
+                rel = f"{entry.name}/{sub.name}"
+                found.append((_mtime(sub), rel, Candidate(Path(sub.path), rel, entry.name)))
+            continue
+        found.append((_mtime(entry), entry.name, Candidate(Path(entry.path), entry.name, None)))
+    found.sort(key=lambda t: (t[0], t[1]))
+    return [c for _, _, c in found]
+
+
+def candidate_for(inbox: Path, path: Path) -> Candidate | None:
+    """Map a watcher event path to a candidate, or None when it is not one."""
+    try:
+        rel = path.relative_to(inbox)
+    except ValueError:
+        return None
+    parts = rel.parts
+    if len(parts) == 1:
+        return Candidate(path, parts[0], None)
+    if (len(parts) == 2 and not is_ignored_dir(parts[0]) and parts[1].lower().endswith(INPUT_SUFFIXES)
+            and (inbox / parts[0] / PIPELINE_FILE).is_file()):
+        return Candidate(path, f"{parts[0]}/{parts[1]}", parts[0])
+    return None
+
+
+def pipeline_for(inbox: Path, name: str | None, default: Pipeline) -> Pipeline:
+    """The pipeline for a folder; raises ConfigError when its pipeline.toml is malformed."""
+    return default if name is None else load_pipeline(inbox / name)
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,276 @@
+"""Streaming readers that turn a spooled JSONL or CSV file into request rows.
+
+Every line is validated on its own: a bad line becomes an error record with
+its line number and the good lines still run. A file that is not text at all,
+or breaks a limit, raises ``InputError`` and fails as a whole. Nothing here
+loads a whole file into memory.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from batchd.errors import ConfigError, InputError, LineError
+from batchd.journal import NewRequest
+from batchd.pipeline import Pipeline
+
+SUPPORTED = {".jsonl": "jsonl", ".csv": "csv"}
+CHAT_URL = "/v1/chat/completions"
+MAX_CUSTOM_ID = 512
+ROLES = {"system", "user", "assistant", "tool", "developer"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_lines: int
+    max_line_bytes: int
+    allowed_models: tuple[str, ...] = ()
+
+
+def sniff_text(head: bytes) -> None:
+    """Refuse files that are not UTF-8 text, with a reason a person can act on."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError("file is UTF-16 text; save it as UTF-8 (CSV UTF-8 in Excel)", code="not_utf8")
+    for magic, what in ((b"\x89PNG", "a PNG image"), (b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a zip archive (an .xlsx workbook?)"), (b"%PDF", "a PDF document")):
+        if head.startswith(magic):
+            raise InputError(f"file is binary ({what}), not text", code="binary_file")
+    if b"\x00" in head:
+        raise InputError("file is binary (contains NUL bytes), not text; UTF-16 without BOM?", code="binary_file")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"file is not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start}); save it as UTF-8",
+            code="not_utf8",
+        ) from exc
+
+
+def full_body(prefix: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any]:
+    """A request's OpenAI body: the job's shared prefix merged with the row's own part."""
+    if not prefix:
+        return body
+    merged = {**prefix, **body}
+    merged["messages"] = [*prefix.get("messages", []), *body.get("messages", [])]
+    return merged
+
+
+def pipeline_prefix(pipeline: Pipeline, model: str) -> dict[str, Any]:
+    """The byte-identical part every CSV row shares, as an OpenAI body fragment."""
+    prefix: dict[str, Any] = {"model": model, "messages": pipeline.prefix_messages()}
+    native: dict[str, Any] = {}
+    reverse = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
+               "stop": "stop", "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
+    for key, value in pipeline.options.items():
+        if key in reverse:
+            prefix[reverse[key]] = value
+        else:
+            native[key] = value
+    if native:
+        prefix["options"] = native
+    if pipeline.format == "json":
+        prefix["response_format"] = {"type": "json_object"}
+    elif pipeline.format is not None:
+        prefix["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": pipeline.name or "reply", "schema": pipeline.format, "strict": True},
+        }
+    return prefix
+
+
+def _lines(fh: BinaryIO, limits: Limits) -> Iterator[tuple[int, bytes]]:
+    lineno = 0
+    while True:
+        raw = fh.readline(limits.max_line_bytes + 1)
+        if not raw:
+            return
+        lineno += 1
+        if lineno > limits.max_lines:
+            raise InputError(f"more than {limits.max_lines:,} lines (limits.max_lines)", code="too_many_lines")
+        if len(raw) > limits.max_line_bytes and not raw.endswith(b"\n"):
+            # Skip the rest of the over-long line without holding it in memory.
+            while raw and not raw.endswith(b"\n"):
+                raw = fh.readline(1 << 20)
+            yield lineno, b"\xff" + b"TOOLONG"
+            continue
+        yield lineno, raw
+
+
+def read_jsonl(fh: BinaryIO, limits: Limits) -> Iterator[NewRequest]:
+    seen: dict[str, int] = {}
+    seq = 0
+    sniff_text(fh.peek(8192)[:8192] if hasattr(fh, "peek") else b"")
+    for lineno, raw in _lines(fh, limits):
+        if raw == b"\xffTOOLONG":
+            err: LineError | None = LineError(f"line longer than {limits.max_line_bytes:,} bytes (limits.max_line_bytes)",
+                                              line=lineno, code="line_too_long")
+            body, cid = None, None
+        else:
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            if not raw.strip():
+                continue
+            body, cid, err = _validate_line(raw, lineno, seen, limits)
+        seq += 1
+        yield NewRequest(seq=seq, line=lineno, custom_id=cid, body=body,
+                         error=err.as_record() if err else None)
+
+
+def _validate_line(raw: bytes, lineno: int, seen: dict[str, int],
+                   limits: Limits) -> tuple[dict[str, Any] | None, str | None, LineError | None]:
+    def bad(msg: str, code: str, cid: str | None = None) -> tuple[None, str | None, LineError]:
+        return None, cid, LineError(msg, line=lineno, code=code)
+
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return bad(f"invalid JSON: {exc}", "invalid_json")
+    if not isinstance(obj, dict):
+        return bad(f"line is JSON {type(obj).__name__}, expected an object", "invalid_line")
+    cid = obj.get("custom_id")
+    if not isinstance(cid, str) or not cid.strip():
+        return bad("custom_id is missing or not a non-empty string", "invalid_custom_id",
+                   None if cid is None else str(cid)[:MAX_CUSTOM_ID])
+    if len(cid) > MAX_CUSTOM_ID:
+        return bad(f"custom_id longer than {MAX_CUSTOM_ID} characters", "invalid_custom_id", cid[:MAX_CUSTOM_ID])
+    if cid in seen:
+        return bad(f"duplicate custom_id {cid!r} (first on line {seen[cid]})", "duplicate_custom_id", cid)
+    seen[cid] = lineno
+    if obj.get("method", "POST") != "POST":
+        return bad(f"method must be POST, got {obj.get('method')!r}", "invalid_method", cid)
+    if obj.get("url", CHAT_URL) != CHAT_URL:
+        return bad(f"url must be {CHAT_URL}, got {str(obj.get('url'))[:200]!r}", "invalid_url", cid)
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return bad("body is missing or not an object", "invalid_body", cid)
+    problem = check_messages(body.get("messages"))
+    if problem:
+        return bad(problem, "invalid_messages", cid)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        return bad("body.model must be a string", "invalid_body", cid)
+    if limits.allowed_models and model is not None and model not in limits.allowed_models:
+        return bad(f"model {model!r} is not in backend.allowed_models", "model_not_allowed", cid)
+    for key in ("stream", "n", "tools", "functions"):
+        if body.get(key) not in (None, False, 1) and key != "tools":
+            return bad(f"body.{key} is not supported in a batch", "invalid_body", cid)
+    return body, cid, None
+
+
+def check_messages(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "body.messages must be a non-empty list"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return f"body.messages[{i}] is not an object"
+        if m.get("role") not in ROLES:
+            return f"body.messages[{i}].role {m.get('role')!r} is not one of {sorted(ROLES)}"
+        content = m.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                return f"body.messages[{i}].content: only text parts are supported"
+        elif not isinstance(content, str):
+            return f"body.messages[{i}].content must be a string"
+    return None
+
+
+def read_csv(fh: BinaryIO, pipeline: Pipeline, limits: Limits) -> tuple[list[str], Iterator[NewRequest]]:
+    """Returns the header and a generator of rows rendered through the pipeline."""
+    head = fh.peek(8192)[:8192] if hasattr(fh, "peek") else b""
+    sniff_text(head)
+    text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")
+    csv.field_size_limit(limits.max_line_bytes)
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError("file is empty", code="empty_file") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the CSV header: {exc}", code="invalid_csv") from exc
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise InputError("the first line (header) is empty", code="invalid_csv")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise InputError(f"duplicate column name(s) in header: {', '.join(dupes)}", code="invalid_csv")
+    try:
+        pipeline.check_columns(header)
+    except ConfigError as exc:
+        raise InputError(exc.message, code="pipeline_mismatch") from exc
+    return header, _csv_rows(reader, header, pipeline, limits)
+
+
+def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits) -> Iterator[NewRequest]:
+    seen: dict[str, int] = {}
+    seq = 0
+    width = len(header)
+    while True:
+        start = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            seq += 1
+            yield NewRequest(seq=seq, line=start, custom_id=None, body=None,
+                             error=LineError(f"not UTF-8 text: {exc.reason}; rows after it were not read",
+                                             line=start, code="not_utf8").as_record())
+            return
+        except csv.Error as exc:
+            seq += 1
+            yield NewRequest(seq=seq, line=start, custom_id=None, body=None,
+                             error=LineError(f"CSV syntax error ({exc}); unbalanced quote? rows after it were "
+                                             "not read", line=start, code="invalid_csv").as_record())
+            return
+        if reader.line_num > limits.max_lines:
+            raise InputError(f"more than {limits.max_lines:,} lines (limits.max_lines)", code="too_many_lines")
+        if not values or all(not v.strip() for v in values):
+            continue
+        seq += 1
+        custom_id = f"row-{seq}"
+        row = dict(zip(header, values))
+        if pipeline.id_column:
+            custom_id = (row.get(pipeline.id_column) or "").strip() or custom_id
+        if len(values) != width:
+            what = "missing" if len(values) < width else "extra"
+            msg = f"row has {len(values)} fields, header has {width} ({what} columns)"
+            yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=None,
+                             error=LineError(msg, line=start, code="invalid_row").as_record())
+            continue
+        if pipeline.id_column and not (row.get(pipeline.id_column) or "").strip():
+            yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=None,
+                             error=LineError(f"empty id column {pipeline.id_column!r}", line=start,
+                                             code="invalid_custom_id").as_record())
+            continue
+        if custom_id in seen:
+            yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=None,
+                             error=LineError(f"duplicate id {custom_id!r} (first on line {seen[custom_id]})",
+                                             line=start, code="duplicate_custom_id").as_record())
+            continue
+        seen[custom_id] = start
+        keep = {c: row.get(c, "") for c in pipeline.passthrough_columns}
+        body = {"messages": [{"role": "user", "content": pipeline.render_user(row)}]}
+        yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=body, row=keep)
+
+
+def csv_to_batch_lines(path: Path, pipeline: Pipeline, model: str, limits: Limits) -> Iterator[bytes]:
+    """The OpenAI batch JSONL the daemon would journal for this CSV (``batchd convert``)."""
+    prefix = pipeline_prefix(pipeline, model)
+    with path.open("rb") as fh:
+        _, rows = read_csv(fh, pipeline, limits)
+        for r in rows:
+            if r.body is None:
+                continue
+            yield batch_line(r.custom_id or "", full_body(prefix, r.body))
+
+
+def batch_line(custom_id: str, body: dict[str, Any]) -> bytes:
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": CHAT_URL, "body": body}) + b"\n"

@@ -1,0 +1,501 @@
+"""The SQLite journal: the single source of truth for files, jobs and requests.
+
+One class owns the connection. WAL, ``busy_timeout`` and ``synchronous=FULL``
+are set on connect; every read-then-write runs in ``transaction()``
+(``BEGIN IMMEDIATE``). Rows are written in batches, never one commit per row.
+sqlite3 errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchd.errors import StorageError
+
+
+class JobState(str, Enum):
+    INGESTING = "ingesting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DUPLICATE = "duplicate"
+
+
+FINISHED = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.DUPLICATE)
+ACTIVE = (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING)
+
+
+class ReqState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INVALID = "invalid"
+    SKIPPED = "skipped"
+
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        inbox_path TEXT NOT NULL,
+        spool TEXT,
+        sha256 TEXT,
+        size INTEGER,
+        mtime_ns INTEGER,
+        state TEXT NOT NULL,
+        claimed_at REAL NOT NULL
+    );
+    CREATE INDEX files_inbox ON files(inbox_path, size, mtime_ns);
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        file_id INTEGER REFERENCES files(id),
+        source TEXT NOT NULL DEFAULT 'inbox',
+        input_name TEXT NOT NULL,
+        stem TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sha256 TEXT,
+        pipeline TEXT,
+        pipeline_json TEXT,
+        prefix_json TEXT,
+        model TEXT,
+        mode TEXT,
+        state TEXT NOT NULL,
+        error TEXT,
+        duplicate_of TEXT,
+        retry_of TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL DEFAULT 0,
+        columns_json TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        outbox_name TEXT,
+        metrics_json TEXT,
+        meta_json TEXT
+    );
+    CREATE INDEX jobs_state ON jobs(state, seq);
+    CREATE INDEX jobs_sha ON jobs(sha256);
+    CREATE TABLE requests (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        line INTEGER,
+        custom_id TEXT,
+        body BLOB,
+        row BLOB,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        result BLOB,
+        error BLOB,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        finished_at REAL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX requests_state ON requests(job_id, state, seq);
+    CREATE TABLE samples (
+        job_id TEXT NOT NULL,
+        t REAL NOT NULL,
+        done INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        ctx_tokens INTEGER,
+        vram_used REAL,
+        trims INTEGER,
+        lanes INTEGER
+    );
+    CREATE INDEX samples_job ON samples(job_id, t);
+    """,
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    seq: int
+    source: str
+    input_name: str
+    stem: str
+    kind: str
+    sha256: str | None
+    pipeline: str | None
+    pipeline_json: str | None
+    prefix_json: str | None
+    model: str | None
+    mode: str | None
+    state: JobState
+    error: dict[str, Any] | None
+    duplicate_of: str | None
+    retry_of: str | None
+    cancel_requested: bool
+    total: int
+    columns: list[str]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    outbox_name: str | None
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+    file_id: int | None
+    spool: str | None
+
+
+@dataclass(frozen=True)
+class Request:
+    job_id: str
+    seq: int
+    line: int | None
+    custom_id: str | None
+    body: dict[str, Any] | None
+    row: dict[str, Any] | None
+    state: ReqState
+    attempts: int
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    seq: int
+    line: int | None
+    custom_id: str | None
+    body: dict[str, Any] | None
+    row: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final word on one request, written in batches by the runner."""
+
+    seq: int
+    state: ReqState
+    attempts: int
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+_JOB_COLS = (
+    "j.id, j.seq, j.source, j.input_name, j.stem, j.kind, j.sha256, j.pipeline, j.pipeline_json, "
+    "j.prefix_json, j.model, j.mode, j.state, j.error, j.duplicate_of, j.retry_of, j.cancel_requested, "
+    "j.total, j.columns_json, j.created_at, j.started_at, j.finished_at, j.outbox_name, j.metrics_json, "
+    "j.meta_json, j.file_id, f.spool"
+)
+_REQ_COLS = "job_id, seq, line, custom_id, body, row, state, attempts, result, error, prompt_tokens, completion_tokens"
+
+
+def _loads(raw: Any) -> Any:
+    return None if raw is None else orjson.loads(raw)
+
+
+def _dumps(value: Any) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            # FULL: a committed batch survives power loss, not only kill -9; one fsync per batch.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open journal {path}: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot create journal folder for {path}: {exc}") from exc
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"journal busy or unwritable: {exc}") from exc
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StorageError(f"journal write failed: {exc}") from exc
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StorageError(f"journal commit failed: {exc}") from exc
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"journal read failed: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"journal schema {version} is newer than this batchd ({SCHEMA_VERSION})")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;")
+
+    def integrity_check(self) -> str:
+        return str(self._query("PRAGMA integrity_check")[0][0])
+
+    # -- start-up ---------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """After a crash: running rows go back to queued; half-ingested jobs start over."""
+        with self.transaction() as db:
+            reqs = db.execute(
+                "UPDATE requests SET state='queued' WHERE state='running'"
+            ).rowcount
+            jobs = db.execute("UPDATE jobs SET state='queued' WHERE state='running'").rowcount
+            ingesting = [r[0] for r in db.execute("SELECT id FROM jobs WHERE state='ingesting'")]
+            for job_id in ingesting:
+                db.execute("DELETE FROM requests WHERE job_id=?", (job_id,))
+        return {"requests": reqs, "jobs": jobs, "ingesting": len(ingesting)}
+
+    # -- files and jobs ----------------------------------------------------------
+
+    def next_job_seq(self) -> int:
+        return int(self._query("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs")[0][0])
+
+    def find_claim(self, inbox_path: str, size: int, mtime_ns: int) -> int | None:
+        rows = self._query(
+            "SELECT id FROM files WHERE inbox_path=? AND size=? AND mtime_ns=?", (inbox_path, size, mtime_ns)
+        )
+        return int(rows[0][0]) if rows else None
+
+    def add_file(self, *, name: str, inbox_path: str, spool: str | None, sha256: str | None,
+                 size: int, mtime_ns: int, db: sqlite3.Connection) -> int:
+        cur = db.execute(
+            "INSERT INTO files (name, inbox_path, spool, sha256, size, mtime_ns, state, claimed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?)",
+            (name, inbox_path, spool, sha256, size, mtime_ns, time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def unlinked_claims(self) -> list[tuple[int, str, int, int]]:
+        """Claims whose inbox file may still exist (crash between commit and unlink)."""
+        rows = self._query("SELECT id, inbox_path, size, mtime_ns FROM files WHERE state='claimed'")
+        return [(int(a), str(b), int(c), int(d)) for a, b, c, d in rows]
+
+    def mark_file_removed(self, file_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE files SET state='removed' WHERE id=?", (file_id,))
+
+    def create_job(self, *, job_id: str, db: sqlite3.Connection, state: JobState, input_name: str,
+                   stem: str, kind: str, file_id: int | None = None, source: str = "inbox",
+                   sha256: str | None = None, pipeline: str | None = None, pipeline_json: str | None = None,
+                   error: dict[str, Any] | None = None, duplicate_of: str | None = None,
+                   retry_of: str | None = None, meta: dict[str, Any] | None = None) -> None:
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+        db.execute(
+            "INSERT INTO jobs (id, seq, file_id, source, input_name, stem, kind, sha256, pipeline, "
+            "pipeline_json, state, error, duplicate_of, retry_of, created_at, meta_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, seq, file_id, source, input_name, stem, kind, sha256, pipeline, pipeline_json,
+             state.value, _dumps(error), duplicate_of, retry_of, time.time(), _dumps(meta or {})),
+        )
+
+    def find_done_twin(self, sha256: str, pipeline: str | None, exclude: str) -> str | None:
+        """An earlier job over the same bytes and pipeline that ran or is still to run."""
+        rows = self._query(
+            "SELECT id FROM jobs WHERE sha256=? AND pipeline IS ? AND id != ? "
+            "AND state IN ('queued','running','finalizing','completed') ORDER BY seq LIMIT 1",
+            (sha256, pipeline, exclude),
+        )
+        return str(rows[0][0]) if rows else None
+
+    def insert_requests(self, job_id: str, rows: Iterable[NewRequest], db: sqlite3.Connection) -> int:
+        n = 0
+        batch: list[tuple[Any, ...]] = []
+        for r in rows:
+            state = ReqState.INVALID.value if r.error is not None else ReqState.QUEUED.value
+            batch.append((job_id, r.seq, r.line, r.custom_id, _dumps(r.body), _dumps(r.row), state, _dumps(r.error)))
+            if len(batch) >= 5000:
+                db.executemany(
+                    f"INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
+                    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+                n += len(batch)
+                batch.clear()
+        if batch:
+            db.executemany(
+                "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+            n += len(batch)
+        return n
+
+    def update_job(self, job_id: str, db: sqlite3.Connection | None = None, **fields: Any) -> None:
+        encode = {"error": _dumps, "metrics": _dumps, "columns": _dumps, "meta": _dumps}
+        cols, args = [], []
+        for key, value in fields.items():
+            if isinstance(value, Enum):
+                value = value.value
+            if key in encode:
+                value = encode[key](value)
+                key = f"{key}_json" if key in ("metrics", "columns", "meta") else key
+            cols.append(f"{key}=?")
+            args.append(value)
+        sql = f"UPDATE jobs SET {', '.join(cols)} WHERE id=?"
+        if db is not None:
+            db.execute(sql, (*args, job_id))
+            return
+        with self.transaction() as tx:
+            tx.execute(sql, (*args, job_id))
+
+    def job(self, job_id: str) -> Job | None:
+        rows = self._query(
+            f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id WHERE j.id=? OR j.id LIKE ? "
+            "ORDER BY j.seq LIMIT 2",
+            (job_id, f"{job_id}%"),
+        )
+        exact = [r for r in rows if r[0] == job_id]
+        if exact:
+            return _job(exact[0])
+        return _job(rows[0]) if len(rows) == 1 else None
+
+    def jobs(self, states: Sequence[JobState] | None = None, limit: int = 1000) -> list[Job]:
+        where, args = "", []
+        if states:
+            where = f"WHERE j.state IN ({','.join('?' * len(states))})"
+            args = [s.value for s in states]
+        rows = self._query(
+            f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id {where} "
+            f"ORDER BY j.seq DESC LIMIT ?", (*args, limit))
+        return [_job(r) for r in rows]
+
+    def next_job(self) -> Job | None:
+        """The oldest job with work left, in claim order."""
+        rows = self._query(
+            f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
+            "WHERE j.state IN ('running','queued','finalizing','ingesting') ORDER BY j.seq LIMIT 1")
+        return _job(rows[0]) if rows else None
+
+    # -- requests -----------------------------------------------------------------
+
+    def take_pending(self, job_id: str, limit: int) -> list[Request]:
+        """The next queued requests in input order, marked running in the same transaction."""
+        with self.transaction() as db:
+            rows = db.execute(
+                f"SELECT {_REQ_COLS} FROM requests WHERE job_id=? AND state='queued' ORDER BY seq LIMIT ?",
+                (job_id, limit)).fetchall()
+            if rows:
+                db.execute(
+                    "UPDATE requests SET state='running' WHERE job_id=? AND state='queued' AND seq BETWEEN ? AND ?",
+                    (job_id, rows[0][1], rows[-1][1]))
+        return [_request(r) for r in rows]
+
+    def record(self, job_id: str, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE requests SET state=?, attempts=?, result=?, error=?, prompt_tokens=?, "
+                "completion_tokens=?, finished_at=? WHERE job_id=? AND seq=?",
+                [(o.state.value, o.attempts, _dumps(o.result), _dumps(o.error), o.prompt_tokens,
+                  o.completion_tokens, now, job_id, o.seq) for o in outcomes])
+
+    def requeue(self, job_id: str, seqs: Iterable[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE requests SET state='queued' WHERE job_id=? AND seq=? AND state='running'",
+                           [(job_id, s) for s in seqs])
+
+    def skip_unfinished(self, job_id: str, db: sqlite3.Connection | None = None) -> None:
+        sql = "UPDATE requests SET state='skipped' WHERE job_id=? AND state IN ('queued','running')"
+        if db is not None:
+            db.execute(sql, (job_id,))
+            return
+        with self.transaction() as tx:
+            tx.execute(sql, (job_id,))
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        rows = self._query("SELECT state, COUNT(*) FROM requests WHERE job_id=? GROUP BY state", (job_id,))
+        return {str(s): int(n) for s, n in rows}
+
+    def iter_requests(self, job_id: str, states: Sequence[ReqState] | None = None,
+                      chunk: int = 2000) -> Iterator[Request]:
+        """Stream a job's requests in input order, a chunk at a time (flat memory)."""
+        where = ""
+        extra: list[Any] = []
+        if states:
+            where = f" AND state IN ({','.join('?' * len(states))})"
+            extra = [s.value for s in states]
+        last = -1
+        while True:
+            rows = self._query(
+                f"SELECT {_REQ_COLS} FROM requests WHERE job_id=? AND seq>?{where} ORDER BY seq LIMIT ?",
+                (job_id, last, *extra, chunk))
+            if not rows:
+                return
+            for r in rows:
+                yield _request(r)
+            last = rows[-1][1]
+
+    def retry_failed(self, job_id: str) -> int:
+        """Failed and skipped requests go back to the queue (``batchd retry``)."""
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE requests SET state='queued', attempts=0, error=NULL, result=NULL "
+                "WHERE job_id=? AND state IN ('failed','skipped')", (job_id,)).rowcount
+
+    # -- samples (time series for the report) ---------------------------------------
+
+    def add_sample(self, job_id: str, *, done: int, failed: int, ctx_tokens: int | None,
+                   vram_used: float | None, trims: int, lanes: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, time.time(), done, failed, ctx_tokens, vram_used, trims, lanes))
+
+    def samples(self, job_id: str) -> list[tuple[float, int, int, int | None, float | None, int, int]]:
+        return [tuple(r) for r in self._query(
+            "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? ORDER BY t",
+            (job_id,))]
+
+
+def _job(r: Sequence[Any]) -> Job:
+    return Job(
+        id=r[0], seq=r[1], source=r[2], input_name=r[3], stem=r[4], kind=r[5], sha256=r[6], pipeline=r[7],
+        pipeline_json=r[8], prefix_json=r[9], model=r[10], mode=r[11], state=JobState(r[12]),
+        error=_loads(r[13]), duplicate_of=r[14], retry_of=r[15], cancel_requested=bool(r[16]), total=r[17],
+        columns=_loads(r[18]) or [], created_at=r[19], started_at=r[20], finished_at=r[21],
+        outbox_name=r[22], metrics=_loads(r[23]) or {}, meta=_loads(r[24]) or {}, file_id=r[25], spool=r[26],
+    )
+
+
+def _request(r: Sequence[Any]) -> Request:
+    return Request(
+        job_id=r[0], seq=r[1], line=r[2], custom_id=r[3], body=_loads(r[4]), row=_loads(r[5]),
+        state=ReqState(r[6]), attempts=r[7], result=_loads(r[8]), error=_loads(r[9]),
+        prompt_tokens=r[10], completion_tokens=r[11],
+    )

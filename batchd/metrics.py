@@ -1,0 +1,141 @@
+"""Per-job counters: tokens, context, VRAM, latency and retries by cause.
+
+Kept in memory while a job runs, saved into the journal with every flush (so
+a restart continues counting) and written to ``metrics.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+#: latency samples kept for percentiles (a ring, so memory stays flat on 170,000 rows)
+_LATENCY_RING = 4096
+
+
+@dataclass
+class JobMetrics:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    #: prompt tokens the job would have sent had every request gone alone with its whole prefix
+    isolated_prompt_tokens: int = 0
+    requests_sent: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+    trims: Counter[str] = field(default_factory=Counter)
+    truncations_detected: int = 0
+    oom_events: int = 0
+    outage_seconds: float = 0.0
+    outages: int = 0
+    ctx_current: int = 0
+    ctx_peak: int = 0
+    num_ctx: int | None = None
+    vram_source: str | None = None
+    vram_used: float | None = None
+    vram_peak: float | None = None
+    vram_total: float | None = None
+    offload: dict[str, Any] | None = None
+    lanes: int = 1
+    lanes_min: int = 1
+    trim_at: float | None = None
+    busy_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    _ring_pos: int = 0
+    _run_started: float = field(default_factory=time.monotonic)
+
+    def add_latency(self, seconds: float) -> None:
+        if len(self.latencies) < _LATENCY_RING:
+            self.latencies.append(seconds)
+        else:
+            self.latencies[self._ring_pos] = seconds
+            self._ring_pos = (self._ring_pos + 1) % _LATENCY_RING
+
+    def add_reply(self, *, prompt_tokens: int, completion_tokens: int, latency: float,
+                  cached: int | None = None) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        if cached:
+            self.cached_prompt_tokens += cached
+        self.add_latency(latency)
+        self.ctx_current = prompt_tokens + completion_tokens
+        self.ctx_peak = max(self.ctx_peak, self.ctx_current)
+
+    def note_vram(self, used_fraction: float | None, source: str | None, total: float | None = None) -> None:
+        self.vram_source = source
+        if used_fraction is None:
+            return
+        self.vram_used = used_fraction
+        self.vram_peak = max(self.vram_peak or 0.0, used_fraction)
+        if total is not None:
+            self.vram_total = total
+
+    # -- persistence --------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        state["retries"] = dict(self.retries)
+        state["trims"] = dict(self.trims)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> JobMetrics:
+        m = cls()
+        for key, value in state.items():
+            if key in ("retries", "trims"):
+                setattr(m, key, Counter(value))
+            elif hasattr(m, key) and not key.startswith("_"):
+                setattr(m, key, value)
+        return m
+
+    # -- the metrics.json view ----------------------------------------------------
+
+    def summary(self, *, done: int, elapsed: float) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 4) if lat else None
+
+        saved = max(0, self.isolated_prompt_tokens - self.prompt_tokens) if self.isolated_prompt_tokens else 0
+        return {
+            "tokens": {
+                "prompt": self.prompt_tokens,
+                "completion": self.completion_tokens,
+                "total": self.prompt_tokens + self.completion_tokens,
+                "prompt_cached_estimate": self.cached_prompt_tokens,
+                "isolated_prompt_estimate": self.isolated_prompt_tokens,
+                "saved_vs_isolated_estimate": saved,
+            },
+            "context": {
+                "num_ctx": self.num_ctx,
+                "current": self.ctx_current,
+                "peak": self.ctx_peak,
+                "utilisation_peak": round(self.ctx_peak / self.num_ctx, 4) if self.num_ctx else None,
+                "trim_at": self.trim_at,
+                "trims": dict(self.trims),
+                "trims_total": sum(self.trims.values()),
+                "truncations_detected": self.truncations_detected,
+            },
+            "vram": {
+                "source": self.vram_source,
+                "used_fraction": self.vram_used,
+                "peak_fraction": self.vram_peak,
+                "total_bytes": self.vram_total,
+                "oom_events": self.oom_events,
+                "offload": self.offload,
+                "lanes": self.lanes,
+                "lanes_min": self.lanes_min,
+            },
+            "performance": {
+                "elapsed_seconds": round(elapsed, 3),
+                "requests_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
+                "completion_tokens_per_second": round(self.completion_tokens / elapsed, 2) if elapsed > 0 else None,
+                "latency_p50": pct(0.50),
+                "latency_p95": pct(0.95),
+                "latency_max": round(lat[-1], 4) if lat else None,
+                "requests_sent": self.requests_sent,
+            },
+            "retries": {"total": sum(self.retries.values()), "by_cause": dict(self.retries)},
+            "outages": {"count": self.outages, "seconds": round(self.outage_seconds, 1)},
+        }

@@ -1,0 +1,376 @@
+"""Runs one job: N lanes pull requests in input order, call the backend, retry, record.
+
+Results are written to the journal in batches (every ``FLUSH_SECONDS`` or
+``FLUSH_ROWS``); a crash loses at most one unflushed batch, which runs again.
+A backend that is down pauses every lane (``Gate``) without burning
+attempts; 5xx/503/timeouts are retried with exponential backoff and jitter up
+to ``backend.max_attempts``; a missing model fails the job at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import structlog
+
+from batchd.backends.base import OPENAI_OPTION_KEYS, Backend, ChatRequest, ChatResult
+from batchd.config import Settings
+from batchd.context import Conversation
+from batchd.errors import (
+    BackendBusy,
+    BackendOutOfMemory,
+    BackendUnavailable,
+    ContextLengthExceeded,
+    JobError,
+    RequestError,
+    TransientError,
+)
+from batchd.ingest import full_body
+from batchd.journal import Job, Journal, Outcome, Request, ReqState
+from batchd.metrics import JobMetrics
+
+log = structlog.get_logger("batchd.runner")
+
+FLUSH_SECONDS = 0.25
+FLUSH_ROWS = 512
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id: str = "") -> ChatRequest:
+    """An OpenAI chat body as a backend-neutral request (options in Ollama's names)."""
+    options: dict[str, Any] = dict(body.get("options") or {})
+    for key, name in OPENAI_OPTION_KEYS.items():
+        if body.get(key) is not None:
+            options[name] = body[key]
+    fmt: dict[str, Any] | str | None = None
+    rf = body.get("response_format")
+    if isinstance(rf, dict):
+        if rf.get("type") == "json_schema":
+            fmt = (rf.get("json_schema") or {}).get("schema") or "json"
+        elif rf.get("type") == "json_object":
+            fmt = "json"
+    messages = [
+        {"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])
+    ]
+    return ChatRequest(model=body.get("model") or model, messages=messages, num_ctx=num_ctx, options=options,
+                       format=fmt, custom_id=custom_id)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def result_id(sha: str | None, custom_id: str | None, kind: str) -> str:
+    """Deterministic ids: the same input gives the same ids, run after run (crash or not)."""
+    h = hashlib.sha256(f"{sha}\0{custom_id}\0{kind}".encode()).hexdigest()[:24]
+    return f"{kind}_{h}"
+
+
+class Gate:
+    """Open while the backend answers; closed during an outage, with one prober."""
+
+    def __init__(self, backend: Backend, *, sleep: Sleep, clock: Callable[[], float],
+                 metrics: JobMetrics, max_wait: float = 30.0) -> None:
+        self.backend = backend
+        self.sleep = sleep
+        self.clock = clock
+        self.metrics = metrics
+        self.max_wait = max_wait
+        self._open = asyncio.Event()
+        self._open.set()
+        self._prober: asyncio.Task[None] | None = None
+        self.down_since: float | None = None
+        self.reason = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    def close(self, reason: str) -> None:
+        if not self._open.is_set():
+            return
+        self._open.clear()
+        self.down_since = self.clock()
+        self.reason = reason
+        self.metrics.outages += 1
+        log.warning("backend_down", host=self.backend.host, reason=reason)
+        self._prober = asyncio.create_task(self._probe())
+
+    async def wait(self) -> None:
+        await self._open.wait()
+
+    async def _probe(self) -> None:
+        delay = 0.5
+        while True:
+            await self.sleep(delay)
+            try:
+                await self.backend.ping()
+            except TransientError:
+                delay = min(self.max_wait, delay * 2)
+                continue
+            break
+        down = self.clock() - (self.down_since or self.clock())
+        self.metrics.outage_seconds += down
+        log.info("backend_up", host=self.backend.host, down_seconds=round(down, 1))
+        self.down_since = None
+        self._open.set()
+
+    def cancel(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+
+
+class JobRunner:
+    def __init__(self, *, settings: Settings, journal: Journal, backend: Backend, job: Job,
+                 stop: asyncio.Event, sleep: Sleep = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.backend = backend
+        self.job = job
+        self.stop = stop
+        self.sleep = sleep
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.metrics = JobMetrics.from_state(job.metrics.get("state", {})) if job.metrics else JobMetrics()
+        self.prefix: dict[str, Any] | None = orjson.loads(job.prefix_json) if job.prefix_json else None
+        self.lanes = settings.backend.lanes
+        self.metrics.lanes = self.lanes
+        self.gate = Gate(backend, sleep=sleep, clock=clock, metrics=self.metrics,
+                         max_wait=settings.backend.backoff_max_seconds or 30.0)
+        self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
+        self.fatal: JobError | None = None
+        self.cancelled = False
+        self._pending: list[Outcome] = []
+        self._last_flush = clock()
+        self.done = 0
+        self.failed = 0
+
+    # -- the job ---------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Returns ``completed``, ``failed``, ``cancelled`` or ``interrupted`` (stop asked)."""
+        started = self.clock()
+        try:
+            await self._pin_context()
+            if self.fatal is None:
+                await self._run_lanes()
+        finally:
+            self.gate.cancel()
+            self.metrics.busy_seconds += self.clock() - started
+            self.flush(force=True)
+        if self.fatal is not None:
+            return "failed"
+        if self.cancelled:
+            return "cancelled"
+        if self.stop.is_set() and self.journal.counts(self.job.id).get(ReqState.QUEUED.value):
+            return "interrupted"
+        return "completed"
+
+    async def _pin_context(self) -> None:
+        """One num_ctx for the whole job: a different value would reload the model."""
+        if "num_ctx" in self.job.meta:
+            self.num_ctx = int(self.job.meta["num_ctx"])
+        else:
+            while True:
+                try:
+                    trained = await self.backend.context_length(self.job.model or self.settings.backend.model)
+                    break
+                except BackendUnavailable as exc:
+                    self.gate.close(str(exc))
+                    if await self._wait_gate():
+                        return
+                except TransientError:
+                    trained = None
+                    break
+                except JobError as exc:
+                    self.fatal = exc
+                    return
+            cap = self.settings.context.num_ctx_cap
+            self.num_ctx = self.settings.context.num_ctx or min(trained or cap, cap)
+            self.journal.update_job(self.job.id, meta={**self.job.meta, "num_ctx": self.num_ctx})
+        self.metrics.num_ctx = self.num_ctx
+
+    async def _wait_gate(self) -> bool:
+        """Wait for the backend; True when asked to stop meanwhile."""
+        stopper = asyncio.create_task(self.stop.wait())
+        opener = asyncio.create_task(self.gate.wait())
+        await asyncio.wait({stopper, opener}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        opener.cancel()
+        return not self.gate.is_open
+
+    def new_conversation(self, lane: int) -> Conversation:
+        return Conversation(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics,
+                            mode=self.job.mode or "isolated")
+
+    async def _run_lanes(self) -> None:
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.lanes * 2)
+        lanes = [asyncio.create_task(self._lane(i, queue)) for i in range(self.lanes)]
+        feeder = asyncio.create_task(self._feed(queue))
+        await feeder
+        for _ in lanes:
+            await queue.put(None)
+        grace = self.settings.shutdown_grace_seconds
+        if self.stop.is_set():
+            done, pending = await asyncio.wait(lanes, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("shutdown_grace_expired", job_id=self.job.id, in_flight=len(pending))
+            await asyncio.gather(*lanes, return_exceptions=True)
+        else:
+            await asyncio.gather(*lanes)
+
+    async def _feed(self, queue: asyncio.Queue[Request | None]) -> None:
+        chunk = max(64, self.lanes * 16)
+        while not self._should_stop():
+            batch = self.journal.take_pending(self.job.id, chunk)
+            if not batch:
+                return
+            for i, req in enumerate(batch):
+                if self._should_stop():
+                    self.journal.requeue(self.job.id, [r.seq for r in batch[i:]])
+                    return
+                await queue.put(req)
+        # Requests queued for lanes but never started go back to the journal's queue.
+        left = []
+        while not queue.empty():
+            item = queue.get_nowait()
+            if item is not None:
+                left.append(item.seq)
+        if left:
+            self.journal.requeue(self.job.id, left)
+
+    def _should_stop(self) -> bool:
+        if self.clock() - self._last_flush > FLUSH_SECONDS:
+            self.flush()
+        return self.stop.is_set() or self.fatal is not None or self.cancelled
+
+    async def _lane(self, index: int, queue: asyncio.Queue[Request | None]) -> None:
+        conv = self.new_conversation(index)
+        while True:
+            req = await queue.get()
+            if req is None:
+                return
+            if self.fatal is not None or self.cancelled:
+                self.journal.requeue(self.job.id, [req.seq])
+                continue
+            outcome = await self._execute(req, conv)
+            if outcome is None:  # job-level failure: leave the request to the skip sweep
+                continue
+            self._pending.append(outcome)
+            if outcome.state is ReqState.DONE:
+                self.done += 1
+            else:
+                self.failed += 1
+            if len(self._pending) >= FLUSH_ROWS:
+                self.flush()
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def _execute(self, req: Request, conv: Conversation) -> Outcome | None:
+        body = full_body(self.prefix, req.body or {})
+        chat = to_chat_request(body, model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx,
+                               custom_id=req.custom_id or "")
+        num_predict = int(chat.options.get("num_predict") or self.settings.context.num_predict)
+        attempts = 0
+        max_attempts = self.settings.backend.max_attempts
+        last: Exception | None = None
+        while True:
+            try:
+                messages = conv.build(chat.messages, num_predict)
+            except ContextLengthExceeded as exc:
+                return self._failure(req, attempts, exc)
+            attempts += 1
+            self.metrics.requests_sent += 1
+            try:
+                result = await self.backend.chat(replace(chat, messages=messages))
+            except BackendUnavailable as exc:
+                attempts -= 1  # an outage pauses the job; it is not this request's fault
+                self.gate.close(str(exc))
+                if await self._wait_gate():
+                    self.journal.requeue(self.job.id, [req.seq])
+                    return None
+                continue
+            except ContextLengthExceeded as exc:
+                self.metrics.retries["context_overflow"] += 1
+                if conv.on_overflow() and attempts < max_attempts:
+                    continue
+                return self._failure(req, attempts, exc)
+            except TransientError as exc:
+                last = exc
+                self.metrics.retries[exc.cause] += 1
+                if isinstance(exc, BackendOutOfMemory):
+                    self.metrics.oom_events += 1
+                    conv.on_oom()
+                if attempts >= max_attempts:
+                    return self._failure(req, attempts, exc)
+                await self.sleep(self._backoff(attempts, exc))
+                continue
+            except JobError as exc:
+                if self.fatal is None:
+                    self.fatal = exc
+                    log.error("job_failed_fast", job_id=self.job.id, code=exc.code, error=exc.message)
+                self.journal.requeue(self.job.id, [req.seq])
+                return None
+            except RequestError as exc:
+                return self._failure(req, attempts, exc)
+            if conv.truncated(messages, result):
+                self.metrics.truncations_detected += 1
+                self.metrics.retries["truncated"] += 1
+                if attempts < max_attempts and conv.on_overflow():
+                    continue
+                return self._failure(req, attempts, ContextLengthExceeded(
+                    "the server cut the prompt to fit its context window", status_code=None))
+            self.metrics.add_reply(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                                   latency=result.latency_s, cached=result.cached_tokens)
+            conv.record(chat.messages, result)
+            return self._success(req, attempts, result)
+        raise AssertionError(last)
+
+    def _backoff(self, attempts: int, exc: TransientError) -> float:
+        base = self.settings.backend.backoff_seconds
+        cap = self.settings.backend.backoff_max_seconds
+        delay = min(cap, base * 2 ** (attempts - 1)) * (0.5 + self.rng.random())
+        if isinstance(exc, BackendBusy) and exc.retry_after is not None:
+            delay = max(delay, min(cap, exc.retry_after))
+        return delay
+
+    def _success(self, req: Request, attempts: int, result: ChatResult) -> Outcome:
+        body = result.completion_body()
+        body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
+        return Outcome(seq=req.seq, state=ReqState.DONE, attempts=attempts, result=body,
+                       prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+
+    def _failure(self, req: Request, attempts: int, exc: RequestError | TransientError) -> Outcome:
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        status = getattr(exc, "status_code", None)
+        if status is not None:
+            error["status_code"] = status
+        log.warning("request_failed", job_id=self.job.id, custom_id=req.custom_id, code=exc.code,
+                    error=exc.message, attempts=attempts)
+        return Outcome(seq=req.seq, state=ReqState.FAILED, attempts=attempts, error=error)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def flush(self, force: bool = False) -> None:
+        self._last_flush = self.clock()
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.journal.record(self.job.id, batch)
+        current = self.journal.job(self.job.id)
+        if current is not None and current.cancel_requested and not self.cancelled:
+            self.cancelled = True
+            log.info("job_cancelling", job_id=self.job.id)
+        self.journal.update_job(self.job.id, metrics={"state": self.metrics.to_state()})
