@@ -28,6 +28,7 @@ from batchd.errors import (
     BackendOutOfMemory,
     BackendUnavailable,
     ContextLengthExceeded,
+    InvalidReply,
     JobError,
     RequestError,
     TransientError,
@@ -35,6 +36,7 @@ from batchd.errors import (
 from batchd.ingest import full_body
 from batchd.journal import Job, Journal, Outcome, Request, ReqState
 from batchd.metrics import JobMetrics
+from batchd.replies import ReplyChecker
 
 log = structlog.get_logger("batchd.runner")
 
@@ -74,6 +76,17 @@ def result_id(sha: str | None, custom_id: str | None, kind: str) -> str:
     """Deterministic ids: the same input gives the same ids, run after run (crash or not)."""
     h = hashlib.sha256(f"{sha}\0{custom_id}\0{kind}".encode()).hexdigest()[:24]
     return f"{kind}_{h}"
+
+
+def _reply_checker(prefix: dict[str, Any] | None, pipeline_json: str | None) -> ReplyChecker:
+    """Schema checks for pipeline jobs (their prefix carries the response_format)."""
+    if not prefix:
+        return ReplyChecker(None)
+    retries = int(orjson.loads(pipeline_json).get("reply_retries", 2)) if pipeline_json else 2
+    rf = prefix.get("response_format") or {}
+    schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
+    fmt = schema if schema else ("json" if rf.get("type") == "json_object" else None)
+    return ReplyChecker(fmt, retries=retries)
 
 
 class Gate:
@@ -149,6 +162,7 @@ class JobRunner:
         self.gate = Gate(backend, sleep=sleep, clock=clock, metrics=self.metrics,
                          max_wait=settings.backend.backoff_max_seconds or 30.0)
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
+        self.replies = _reply_checker(self.prefix, job.pipeline_json)
         self.fatal: JobError | None = None
         self.cancelled = False
         self._pending: list[Outcome] = []
@@ -285,8 +299,8 @@ class JobRunner:
                                custom_id=req.custom_id or "")
         num_predict = int(chat.options.get("num_predict") or self.settings.context.num_predict)
         attempts = 0
+        reply_tries = 0
         max_attempts = self.settings.backend.max_attempts
-        last: Exception | None = None
         while True:
             try:
                 messages = conv.build(chat.messages, num_predict)
@@ -335,9 +349,17 @@ class JobRunner:
                     "the server cut the prompt to fit its context window", status_code=None))
             self.metrics.add_reply(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                                    latency=result.latency_s, cached=result.cached_tokens)
+            problem = self.replies.problem(result.content)
+            if problem is not None:
+                if reply_tries < self.replies.retries:
+                    reply_tries += 1
+                    self.metrics.retries["invalid_reply"] += 1
+                    chat = replace(chat, messages=[*chat.messages, {"role": "assistant", "content": result.content},
+                                                   {"role": "user", "content": self.replies.correction(problem)}])
+                    continue
+                return self._failure(req, attempts, InvalidReply(problem, raw=result.content))
             conv.record(chat.messages, result)
             return self._success(req, attempts, result)
-        raise AssertionError(last)
 
     def _backoff(self, attempts: int, exc: TransientError) -> float:
         base = self.settings.backend.backoff_seconds
@@ -358,6 +380,8 @@ class JobRunner:
         status = getattr(exc, "status_code", None)
         if status is not None:
             error["status_code"] = status
+        if isinstance(exc, InvalidReply):
+            error["raw"] = exc.raw
         log.warning("request_failed", job_id=self.job.id, custom_id=req.custom_id, code=exc.code,
                     error=exc.message, attempts=attempts)
         return Outcome(seq=req.seq, state=ReqState.FAILED, attempts=attempts, error=error)

@@ -26,7 +26,7 @@ SEED = 20250107
 COUNT = 200
 COLUMNS = ["candidate_id", "name", "location", "current_title",
            "years_experience", "skills", "summary"]
-OUT = pathlib.Path(__file__).resolve().parent / "candidates" / "candidates.csv"
+OUT = pathlib.Path(__file__).resolve().parent / "candidates.csv"
 
 FIRST = ["Anna", "Ben", "Chloé", "Daniel", "Elif", "Farah", "Gabriel", "Hana",
          "Ivan", "Jonas", "Kwame", "Lena", "Mateo", "Nadia", "Oskar", "Priya",
