@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import random
 import signal
@@ -47,6 +48,7 @@ _PHRASES = (
     "Solid background.", "Clear writing.", "Relevant experience.", "Needs more detail.",
     "Strong references.", "Limited evidence.", "Good fit for the role.", "Unclear motivation.",
 )
+_completion_ids = itertools.count(1)
 _GARBAGE_BODY = b'{"model": "gemma3:4b", "message": {"role": "assist'  # cut mid-object
 
 
@@ -558,7 +560,7 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = min(prompt, window)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion}
-        head = {"id": "chatcmpl-" + hashlib.md5(repr(time.time()).encode()).hexdigest()[:24],
+        head = {"id": f"chatcmpl-{next(_completion_ids):024x}",
                 "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             return self._json(200, {**head, "object": "chat.completion", "choices": [{

@@ -15,10 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-try:
-    from tests.emulator import Emulator, count_tokens, reply_content
-except ImportError:  # plain `pytest` puts tests/ (not the repo root) on sys.path
-    from emulator import Emulator, count_tokens, reply_content  # type: ignore[no-redef,import-not-found]
+from tests.emulator import Emulator, count_tokens, reply_content
 
 MODEL = "gemma3:4b"
 SCHEMA: dict[str, Any] = {

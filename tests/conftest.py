@@ -1,0 +1,126 @@
+"""Factory fixtures with fast defaults; each cleans up after itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchd.config import Settings
+from tests.emulator import Emulator
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Folders:
+    root: Path
+    inbox: Path
+    outbox: Path
+    state: Path
+
+    def env(self, url: str, **extra: str) -> dict[str, str]:
+        """Environment for a `batchd` subprocess using these folders and a backend URL."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
+        env.update({
+            "BATCHD_CONFIG": str(self.root / "batchd.toml"),
+            "BATCHD_INBOX": str(self.inbox),
+            "BATCHD_OUTBOX": str(self.outbox),
+            "BATCHD_STATE_DIR": str(self.state),
+            "BATCHD_BACKEND__URL": url,
+            "BATCHD_LOG__TARGET": "json",
+            "BATCHD_BACKEND__BACKOFF_SECONDS": "0.05",
+            "BATCHD_BACKEND__BACKOFF_MAX_SECONDS": "0.5",
+            "BATCHD_WATCH__STABLE_SECONDS": "0.3",
+            "BATCHD_WATCH__POLL_SECONDS": "0.2",
+        })
+        env.update(extra)
+        return env
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    f = Folders(tmp_path, tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state")
+    for p in (f.inbox, f.outbox, f.state):
+        p.mkdir()
+    (tmp_path / "batchd.toml").write_text("# test config\n")
+    return f
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    emu = Emulator()
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def make_settings(folders: Folders, emulator: Emulator) -> Callable[..., Settings]:
+    """Settings for in-process tests: temp folders, the emulator, fast backoff."""
+
+    def make(**overrides: Any) -> Settings:
+        backend = {"url": emulator.url, "backoff_seconds": 0.01, "backoff_max_seconds": 0.2,
+                   **overrides.pop("backend", {})}
+        watch = {"stable_seconds": 0.2, "rescan_seconds": 5, "poll_seconds": 0.1, **overrides.pop("watch", {})}
+        return Settings(inbox=folders.inbox, outbox=folders.outbox, state_dir=folders.state, backend=backend,
+                        watch=watch, **overrides)
+
+    return make
+
+
+def batchd_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "batchd", *args]
+
+
+def run_batchd(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(batchd_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll a condition with a deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def write_jsonl(path: Path, n: int, *, model: str = "gemma3:4b", start: int = 0, bad_every: int = 0) -> list[str]:
+    """A batch input file with n lines; every `bad_every`-th line invalid. Returns the custom_ids."""
+    import orjson
+
+    ids = []
+    with path.open("wb") as fh:
+        for i in range(start, start + n):
+            cid = f"req-{i:06d}"
+            ids.append(cid)
+            if bad_every and i % bad_every == bad_every - 1:
+                fh.write(orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/embeddings",
+                                       "body": {"model": model, "input": "x"}}) + b"\n")
+                continue
+            fh.write(orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+                                   "body": {"model": model, "messages": [
+                                       {"role": "system", "content": "You are terse."},
+                                       {"role": "user", "content": f"Question number {i}?"}]}}) + b"\n")
+    return ids
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    import orjson
+
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
