@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from batchd.errors import StorageError
+from batchd.journal import SCHEMA_VERSION, JobState, Journal, NewRequest, Outcome, ReqState
+
+
+def _job(j: Journal, job_id: str = "job1", n: int = 10) -> None:
+    with j.transaction() as db:
+        j.create_job(job_id=job_id, db=db, state=JobState.QUEUED, input_name="x.jsonl", stem="x", kind="jsonl")
+        j.insert_requests(job_id, [NewRequest(seq=i, line=i, custom_id=f"c{i}", body={"messages": []})
+                                   for i in range(1, n + 1)], db)
+
+
+def test_wal_busy_timeout_and_schema_version(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    raw = sqlite3.connect(tmp_path / "j.sqlite3")
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert j._db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    assert j.integrity_check() == "ok"
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    Journal(tmp_path / "j.sqlite3").close()
+    raw = sqlite3.connect(tmp_path / "j.sqlite3")
+    raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StorageError, match="newer"):
+        Journal(tmp_path / "j.sqlite3")
+
+
+def test_take_pending_marks_running_in_order_and_recover_requeues(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    _job(j)
+    first = j.take_pending("job1", 4)
+    assert [r.seq for r in first] == [1, 2, 3, 4]
+    assert j.counts("job1") == {"running": 4, "queued": 6}
+    j.record("job1", [Outcome(seq=1, state=ReqState.DONE, attempts=1, result={"ok": 1}, prompt_tokens=3)])
+    j.update_job("job1", state=JobState.RUNNING)
+    # a crash here: a new process recovers
+    j2 = Journal(tmp_path / "j.sqlite3")
+    assert j2.recover() == {"requests": 3, "jobs": 1, "ingesting": 0}
+    assert j2.counts("job1") == {"done": 1, "queued": 9}
+    assert j2.job("job1").state is JobState.QUEUED  # type: ignore[union-attr]
+    assert [r.seq for r in j2.take_pending("job1", 100)] == list(range(2, 11))
+
+
+def test_invalid_rows_are_not_queued_and_stream_in_order(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    with j.transaction() as db:
+        j.create_job(job_id="a", db=db, state=JobState.QUEUED, input_name="a", stem="a", kind="jsonl")
+        j.insert_requests("a", [NewRequest(seq=i, line=i, custom_id=str(i), body=None if i % 3 == 0 else {},
+                                           error={"code": "x", "message": "bad"} if i % 3 == 0 else None)
+                                for i in range(1, 7000)], db)
+    assert j.counts("a")["invalid"] == 2333
+    seqs = [r.seq for r in j.iter_requests("a", chunk=500)]
+    assert seqs == list(range(1, 7000))
+
+
+def test_ingesting_job_restarts_from_scratch(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    with j.transaction() as db:
+        j.create_job(job_id="i", db=db, state=JobState.INGESTING, input_name="i", stem="i", kind="csv")
+        j.insert_requests("i", [NewRequest(seq=1, line=2, custom_id="a", body={})], db)
+    assert j.recover()["ingesting"] == 1
+    assert j.counts("i") == {}
+
+
+def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    _job(j, "x", 2)
+    with pytest.raises(StorageError):
+        with j.transaction() as db:
+            db.execute("UPDATE requests SET state='done' WHERE job_id='x'")
+            db.execute("INSERT INTO no_such_table VALUES (1)")
+    assert j.counts("x") == {"queued": 2}
+
+
+def test_job_lookup_by_unique_prefix(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    _job(j, "abc123", 1)
+    _job(j, "abd456", 1)
+    assert j.job("abc").id == "abc123"  # type: ignore[union-attr]
+    assert j.job("ab") is None  # ambiguous
+    assert j.next_job().id == "abc123"  # type: ignore[union-attr]  # claim order
