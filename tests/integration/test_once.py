@@ -99,13 +99,15 @@ def test_missing_model_fails_fast_not_once_per_line(folders: Folders, emulator: 
 
 def test_server_errors_are_retried_then_succeed(folders: Folders, emulator: Emulator) -> None:
     write_jsonl(folders.inbox / "r.jsonl", 20)
-    emulator.fail_next(503, count=3)
-    emulator.fail_next(500, count=2)
+    # 4 failures in a row: one under the default max_attempts (5)
+    emulator.fail_next(503, count=2)
+    emulator.fail_next(500, count=1, body={"error": "something broke"})
+    emulator.fail_next(500, count=1)  # "llama runner process has terminated": counted as OOM
     proc = run_batchd(folders.env(emulator.url), "run", "--once")
     assert proc.returncode == 0, proc.stderr
     m = _metrics(folders.outbox / "r")
     assert m["request_counts"]["completed"] == 20
-    assert m["retries"]["by_cause"] == {"busy": 3, "server_error": 2}
+    assert m["retries"]["by_cause"] == {"busy": 2, "server_error": 1, "oom": 1}
 
 
 def test_a_request_that_keeps_failing_gives_up_after_max_attempts(folders: Folders, emulator: Emulator) -> None:
