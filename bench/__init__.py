@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each module prints its figures and a one-line summary."""
