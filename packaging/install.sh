@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install, upgrade or remove batchd as a systemd service. Run as root.
 #
-#   install.sh [--source DIR] [--uninstall]
+#   install.sh [--source DIR|WHEEL] [--uninstall]
+#
+# --source: what to pip install (default: the checkout this script is in).
 #
 # Idempotent: re-running upgrades the package in the venv and refreshes the
 # unit and snippets, but never overwrites /etc/batchd/batchd.toml.
@@ -12,13 +14,12 @@
 #                          pkg-config, a C compiler and the Python headers.
 #   BATCHD_PIP_ARGS        extra pip arguments, e.g. "--no-index --find-links /wheels".
 #   BATCHD_PYTHON          interpreter for the venv (default python3, 3.11 or newer).
-#   BATCHD_PREFIX          where the venv goes (default /opt/batchd).
 set -euo pipefail
 umask 022
 
 PACKAGING_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SOURCE=$(dirname "$PACKAGING_DIR")
-PREFIX=${BATCHD_PREFIX:-/opt/batchd}
+PREFIX=/opt/batchd  # batchd.service's ExecStart points here
 VENV=$PREFIX/venv
 EXTRAS=${BATCHD_INSTALL_EXTRAS-systemd,gpu}
 PYTHON=${BATCHD_PYTHON:-python3}
@@ -31,7 +32,7 @@ UNINSTALL=0
 step() { printf '==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -137,7 +138,7 @@ install_venv() {
             die "could not create the venv (Debian/Ubuntu: apt-get install python3-venv)"
     fi
     local spec=$SOURCE
-    [ -n "$EXTRAS" ] && spec="$SOURCE[$EXTRAS]"
+    [ -n "$EXTRAS" ] && spec="${SOURCE}[${EXTRAS}]"
     local pip_args=()
     read -r -a pip_args <<<"${BATCHD_PIP_ARGS:-}"
     step "pip install --upgrade $spec ${pip_args[*]}"

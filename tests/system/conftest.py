@@ -15,7 +15,13 @@ import pytest
 # Importable as plain `harness` whatever the import mode and whether tests/ is a package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Bind, BootError, SystemdMachine, unavailable_reason  # noqa: E402
+from harness import (  # noqa: E402
+    Bind,
+    BootError,
+    SystemdMachine,
+    cleanup_stale,
+    unavailable_reason,
+)
 
 PIP_CACHE = Path("/root/.cache/pip")
 
@@ -33,6 +39,7 @@ def machine() -> Iterator[SystemdMachine]:
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"cannot boot a systemd machine: {reason}")
+    cleanup_stale()
     m = SystemdMachine(binds=default_binds())
     try:
         m.start(timeout=60)

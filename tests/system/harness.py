@@ -8,55 +8,65 @@ engine. It shares the host's network namespace, so a server a test runs on
 host loopback (the LLM emulator) is reachable from inside.
 
 Recipe (DESIGN.md "A real systemd for tests"), with the changes this kind of
-host needs; each one fixes something seen here (Firecracker VM, hybrid cgroup
-v1/v2, PID 1 is not systemd, systemd 252):
+host needs (Firecracker VM, PID 1 is not systemd, hybrid cgroup v1 + v2 with
+only hugetlb on v2, systemd 252, / on ext4):
 
 * The overlay (tmpfs upper, ``lowerdir=/``) is mounted in the *host* mount
   namespace, under ``SystemdMachine.root``, so a test can read and write the
   machine's files directly and read its persistent journal after it stopped.
   The lower layer is only the root file system: anything the host has on
   another mount must be passed in ``binds``.
-* Fresh ``proc`` instead of ``--rbind /proc``: a bind shows the host's PIDs,
-  so journald resolved the senders of log lines to the wrong processes and
-  ``/proc/1`` was the host's init. ``/proc/sys`` is read-only so boot units
-  (systemd-sysctl) cannot change the host kernel's settings.
-* Fresh read-only ``sysfs`` plus a fresh ``cgroup2`` at ``/sys/fs/cgroup``, in
-  a cgroup namespace rooted at a cgroup created for the machine. With the
-  recipe's ``--rbind /sys`` systemd saw the host's hybrid hierarchy with its
-  own cgroup at ``/`` and would have put services into the host's *root*
-  cgroups, out of the memory cgroup this sandbox runs in. Read-only ``/sys``
-  also keeps systemd-udevd from re-triggering the host's devices. The cgroup is
-  removed at stop; ``cgroup.kill`` is the last resort for stray processes.
+* A fresh ``proc`` instead of ``--rbind /proc``: a bind shows the host's PIDs
+  (``/proc/1`` would be the host's init, and journald would look the senders
+  of log lines up among the wrong processes). ``/proc/sys`` is read-only so
+  boot units (systemd-sysctl) cannot change the host kernel's settings.
+* A fresh read-only ``sysfs`` plus a fresh ``cgroup2`` at ``/sys/fs/cgroup``,
+  in a cgroup namespace rooted at a cgroup made for the machine. Through the
+  recipe's ``--rbind /sys`` systemd would see the host's hybrid hierarchy with
+  its own cgroup at ``/`` and move services into the host's root cgroups, out
+  of the memory cgroup this sandbox is confined to. Read-only ``/sys`` also
+  keeps udev from re-triggering the host's devices. The cgroup is removed at
+  stop; ``cgroup.kill`` is the last resort for stray processes.
 * A private ``/dev`` (tmpfs with null, zero, full, random, urandom, tty, a new
   devpts instance, shm, and the host's ``/dev/nvidia*`` nodes when present)
-  instead of ``--rbind /dev``: devtmpfs is a single instance, so journald's
-  ``/dev/log`` symlink and other boot-time changes landed in the host's /dev.
+  instead of ``--rbind /dev``: devtmpfs has a single instance, so journald's
+  ``/dev/log`` link and other boot-time changes would land in the host's /dev.
   No ``/dev/kmsg``, and ``/dev/console`` is a file (``console.log``), so PID 1
-  never writes to the host's console or kernel log.
+  never writes to the host's console or kernel log; it logs to its journal.
 * ``container=batchd-systest`` in PID 1's environment: systemd runs in
-  container mode, so it does not set the host's ``kernel.core_pattern`` or
-  ``pid_max`` and skips hardware units (timesyncd, udev, fstrim...).
+  container mode, so it leaves the host's ``kernel.core_pattern`` and
+  ``pid_max`` alone and skips hardware units (timesyncd, udev, fstrim...).
 * The checkout is mounted copy-on-write (a second overlay) rather than bound:
   ``pip install <checkout>`` builds in the source tree (``build/``,
   ``*.egg-info``), which must not land in the shared working tree.
 * ``/etc/resolv.conf`` is copied into the overlay when it points into ``/run``
-  (which is a fresh tmpfs inside), so pip can still resolve names.
+  (a fresh tmpfs inside), so pip can still resolve names.
 * Boots ``basic.target``; this image enables PostgreSQL in multi-user.target.
   Inside the overlay ``/etc/fstab`` is emptied and the units that would mount
   the host kernel's debugfs, tracefs, configfs, fusectl and hugetlbfs are
   masked.
+* Each machine records its owner process; ``cleanup_stale()`` kills and
+  removes machines whose test run died (SIGKILL leaves systemd running).
 
-Measured here: boot to ``basic.target`` active ~1 s, poweroff ~0.4 s.
+Measured here: boot to ``basic.target`` active 0.6-0.7 s, poweroff ~0.3 s.
 
 API (what a system test uses)::
 
-    with SystemdMachine(binds=[Bind("/root/.cache/pip")]) as m:   # boots
-        m.run("/work/main/packaging/install.sh", env={...})       # nsenter -p -m
-        m.write_file("/etc/batchd/batchd.toml", text)            # via m.path()
-        m.systemctl("start", "batchd")
+    m = SystemdMachine(binds=[Bind("/root/.cache/pip")])   # + the checkout, copy-on-write
+    with m:                                                # start(timeout=60) ... close()
+        m.run("/work/main/packaging/install.sh", env={...})  # nsenter -p -m -u -i, clean env;
+        m.run("/opt/batchd/venv/bin/batchd", "status", user="batchd")  # check=True raises
+        m.write_file("/etc/batchd/batchd.toml", text, mode=0o640, owner="root:batchd")
+        m.systemctl("start", "batchd")                       # also journalctl(...)
         m.wait_for(lambda: m.is_active("batchd"), timeout=30, what="batchd active")
-        entries = m.journal("batchd")                            # list of dicts
-        m.path("/srv/batchd/outbox")                             # host path to it
+        m.show("batchd", "StatusText")                       # {"StatusText": "..."}
+        entries = m.journal("batchd")                        # journalctl -u batchd -o json
+        m.path("/srv/batchd/outbox")                         # host path into the machine
+        m.diagnostics()                                      # boot log + journal tail
+    # after stop(): m.root and m.journalctl() still work until close()
+
+``purge_batchd(m)`` removes an installation (unit, venv, config, state,
+folders, users) so tests sharing the session machine start clean.
 """
 
 from __future__ import annotations
@@ -146,6 +156,67 @@ def _cgroup2_parent() -> Path | None:
     return parent if os.access(parent, os.W_OK) else None
 
 
+def cleanup_stale(min_age: float = 60) -> list[Path]:
+    """Kill and remove machines whose test process died (SIGKILL, a crash); return them.
+
+    A machine records its owner (pid and start time). One whose owner is gone
+    is killed through its cgroup, unmounted and deleted. Without an owner file
+    a machine is only touched after ``min_age`` seconds (it may be booting).
+    """
+    parent = _cgroup2_parent()
+    removed = []
+    for base in Path(tempfile.gettempdir()).glob("batchd-machine-*"):
+        try:
+            owner = (base / "owner").read_text().split()
+        except OSError:
+            owner = []
+        if owner and _alive(int(owner[0]), owner[1]):
+            continue
+        try:
+            if not owner and time.time() - base.stat().st_mtime < min_age:
+                continue
+        except OSError:
+            continue
+        cgroup = parent / base.name if parent else None
+        if cgroup is not None and cgroup.exists():
+            deadline = time.monotonic() + 10
+            while not _remove_tree(cgroup) and time.monotonic() < deadline:
+                try:
+                    (cgroup / "cgroup.kill").write_text("1")
+                except OSError:
+                    pass
+                time.sleep(0.05)
+        for mnt in (base / "m", base):
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+        removed.append(base)
+    return removed
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: tells a live owner from a reused PID."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start_time: str) -> bool:
+    try:
+        return _start_time(pid) == start_time
+    except (OSError, IndexError):
+        return False
+
+
+def _remove_tree(cgroup: Path) -> bool:
+    """rmdir a cgroup and its children, deepest first; False while some are busy."""
+    dirs = sorted((Path(d) for d, _, _ in os.walk(cgroup)), key=lambda p: -len(p.parts))
+    try:
+        for d in dirs:
+            d.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 class SystemdMachine:
     """systemd as PID 1 over a throwaway overlay of ``/``. See the module docstring.
 
@@ -213,11 +284,11 @@ class SystemdMachine:
         if self._proc is None:
             return
         if self.running and self.pid is not None:
-            self._nsenter(["systemctl", "poweroff", "--no-block"], check=False, timeout=10)
             try:
+                self._nsenter(["systemctl", "poweroff", "--no-block"], check=False, timeout=10)
                 self._proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                pass
+                pass  # SIGKILL below
         if self._proc.poll() is None:
             if self.pid is not None:
                 _kill(self.pid)
@@ -404,6 +475,7 @@ class SystemdMachine:
         base = Path(tempfile.mkdtemp(prefix="batchd-machine-"))
         self._base = base
         _sh(f"mount -t tmpfs -o mode=0700 batchd-machine {q(base)}")
+        (base / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
         for d in ("u", "w", "m"):
             (base / d).mkdir()
         _sh(
@@ -561,22 +633,39 @@ class SystemdMachine:
             self._cgroup = None
             return
         deadline = time.monotonic() + 10
-        while True:
-            dirs = sorted(
-                (Path(d) for d, _, _ in os.walk(self._cgroup)),
-                key=lambda p: len(p.parts),
-                reverse=True,
-            )
-            try:
-                for d in dirs:
-                    d.rmdir()
-                self._cgroup = None
+        while not _remove_tree(self._cgroup):
+            if time.monotonic() > deadline:
                 return
-            except OSError:
-                if time.monotonic() > deadline:
-                    return
-                self._kill_cgroup()
-                time.sleep(0.05)
+            self._kill_cgroup()
+            time.sleep(0.05)
+        self._cgroup = None
+
+
+# Everything packaging/install.sh (or a test imitating it) puts into a machine.
+BATCHD_PATHS = (
+    "/etc/systemd/system/batchd.service",
+    "/etc/systemd/system/batchd.service.d",
+    "/opt/batchd",
+    "/etc/batchd",
+    "/var/lib/batchd",
+    "/srv/batchd",
+    "/usr/lib/sysusers.d/batchd.conf",
+    "/usr/lib/tmpfiles.d/batchd.conf",
+)
+
+
+def purge_batchd(m: SystemdMachine) -> None:
+    """Stop batchd and remove every trace of an installation, users included.
+
+    System tests share one machine: each starts from (and leaves) a machine
+    without batchd, whatever the test before it did.
+    """
+    m.systemctl("stop", "batchd.service", check=False)
+    m.run("rm", "-rf", *BATCHD_PATHS, check=False)
+    for cmd in (("userdel", "batchd"), ("groupdel", "batchd-users"), ("groupdel", "batchd")):
+        m.run(*cmd, check=False)
+    m.systemctl("daemon-reload", check=False)
+    m.systemctl("reset-failed", check=False)
 
 
 def q(value: object) -> str:
@@ -589,13 +678,26 @@ def _sh(cmd: str) -> None:
         raise BootError(f"{cmd}: {r.stderr.strip() or r.returncode}")
 
 
+def _children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        pass
+    # Kernels without CONFIG_PROC_CHILDREN: scan for processes whose parent is pid.
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid):
+            found.append(stat.parent.name)
+    return found
+
+
 def _systemd_child(unshare_pid: int) -> int | None:
     """Host PID of the machine's PID 1 once it has exec'd systemd, else None."""
-    try:
-        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
-    except OSError:
-        return None
-    for child in children:
+    for child in _children(unshare_pid):
         try:
             exe = os.readlink(f"/proc/{child}/exe")
         except OSError:
