@@ -40,6 +40,11 @@ class Claimed:
     state: JobState
 
 
+def display(name: str) -> str:
+    """A file name as text people and SQLite can hold: bytes that are not UTF-8 become \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -61,7 +66,7 @@ class Claimer:
     def finish_claims(self) -> None:
         """Unlink inbox files whose claim committed before a crash; drop stray spool temps."""
         for file_id, inbox_path, size, mtime_ns in self.journal.unlinked_claims():
-            path = self.settings.inbox / inbox_path
+            path = self.settings.inbox / os.fsdecode(inbox_path)
             try:
                 st = path.lstat()
                 if st.st_size == size and st.st_mtime_ns == mtime_ns:
@@ -85,7 +90,7 @@ class Claimer:
             return None
         except OSError as exc:
             return self._reject(cand, None, f"cannot stat the file: {exc.strerror}", "unreadable")
-        if self.journal.find_claim(cand.rel, st.st_size, st.st_mtime_ns) is not None:
+        if self.journal.find_claim(os.fsencode(cand.rel), st.st_size, st.st_mtime_ns) is not None:
             return None
         problem = self._refusal(cand, st)
         if problem:
@@ -101,7 +106,7 @@ class Claimer:
             sha, size = self._copy(cand.path, tmp)
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
-            log.info("input_vanished", input=cand.rel)
+            log.info("input_vanished", input=display(cand.rel))
             return None
         except InputError as exc:
             tmp.unlink(missing_ok=True)
@@ -116,23 +121,24 @@ class Claimer:
             return None
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
             tmp.unlink(missing_ok=True)  # still being written: the watcher comes back later
-            log.info("input_still_changing", input=cand.rel)
+            log.info("input_still_changing", input=display(cand.rel))
             return None
         spooled = self.spool / f"{job_id}.{kind}"
         os.replace(tmp, spooled)
         fsync_dir(self.spool)
         with self.journal.transaction() as db:
-            file_id = self.journal.add_file(name=cand.path.name, inbox_path=cand.rel, spool=str(spooled),
-                                            sha256=sha, size=size, mtime_ns=st.st_mtime_ns, db=db)
-            self.journal.create_job(job_id=job_id, db=db, state=JobState.INGESTING, input_name=cand.rel,
+            file_id = self.journal.add_file(name=display(cand.path.name), inbox_path=os.fsencode(cand.rel),
+                                            spool=str(spooled), sha256=sha, size=size, mtime_ns=st.st_mtime_ns,
+                                            db=db)
+            self.journal.create_job(job_id=job_id, db=db, state=JobState.INGESTING, input_name=display(cand.rel),
                                     stem=safe_stem(cand.path.name), kind=kind, file_id=file_id, sha256=sha,
                                     pipeline=cand.pipeline, pipeline_json=pipeline.model_dump_json())
         try:
             cand.path.unlink()
             self.journal.mark_file_removed(file_id)
         except OSError as exc:
-            log.warning("claim_unlink_failed", input=cand.rel, error=str(exc))
-        log.info("job_claimed", job_id=job_id, input=cand.rel, bytes=size, sha256=sha, pipeline=cand.pipeline)
+            log.warning("claim_unlink_failed", input=display(cand.rel), error=str(exc))
+        log.info("job_claimed", job_id=job_id, input=display(cand.rel), bytes=size, sha256=sha, pipeline=cand.pipeline)
         return Claimed(job_id, self.ingest(job_id))
 
     def _refusal(self, cand: Candidate, st: os.stat_result) -> tuple[str, str] | None:
@@ -175,15 +181,16 @@ class Claimer:
         """Record a file that cannot become a job; it stays in the inbox, untouched."""
         job_id = new_job_id()
         with self.journal.transaction() as db:
-            file_id = self.journal.add_file(name=cand.path.name, inbox_path=cand.rel, spool=None, sha256=None,
+            file_id = self.journal.add_file(name=display(cand.path.name), inbox_path=os.fsencode(cand.rel),
+                                            spool=None, sha256=None,
                                             size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1,
                                             db=db)
             db.execute("UPDATE files SET state='rejected' WHERE id=?", (file_id,))
-            self.journal.create_job(job_id=job_id, db=db, state=JobState.FINALIZING, input_name=cand.rel,
+            self.journal.create_job(job_id=job_id, db=db, state=JobState.FINALIZING, input_name=display(cand.rel),
                                     stem=safe_stem(cand.path.name), kind="rejected", file_id=file_id,
                                     pipeline=cand.pipeline, error={"code": code, "message": message},
                                     meta={"final": "failed"})
-        log.warning("input_rejected", job_id=job_id, input=cand.rel, code=code, reason=message)
+        log.warning("input_rejected", job_id=job_id, input=display(cand.rel), code=code, reason=message)
         return Claimed(job_id, JobState.FINALIZING)
 
     # -- ingest ---------------------------------------------------------------

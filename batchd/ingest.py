@@ -188,7 +188,8 @@ def read_csv(fh: BinaryIO, pipeline: Pipeline, limits: Limits) -> tuple[list[str
     sniff_text(head)
     text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")
     csv.field_size_limit(limits.max_line_bytes)
-    reader = csv.reader(text)
+    # strict: a stray quote is an error at its line, not a silent merge of the rows after it
+    reader = csv.reader(text, strict=True)
     try:
         header = next(reader)
     except StopIteration:

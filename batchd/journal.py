@@ -289,13 +289,14 @@ class Journal:
     def next_job_seq(self) -> int:
         return int(self._query("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs")[0][0])
 
-    def find_claim(self, inbox_path: str, size: int, mtime_ns: int) -> int | None:
+    def find_claim(self, inbox_path: bytes, size: int, mtime_ns: int) -> int | None:
+        # inbox paths are stored as bytes: a file name need not be valid UTF-8
         rows = self._query(
             "SELECT id FROM files WHERE inbox_path=? AND size=? AND mtime_ns=?", (inbox_path, size, mtime_ns)
         )
         return int(rows[0][0]) if rows else None
 
-    def add_file(self, *, name: str, inbox_path: str, spool: str | None, sha256: str | None,
+    def add_file(self, *, name: str, inbox_path: bytes, spool: str | None, sha256: str | None,
                  size: int, mtime_ns: int, db: sqlite3.Connection) -> int:
         cur = db.execute(
             "INSERT INTO files (name, inbox_path, spool, sha256, size, mtime_ns, state, claimed_at) "
@@ -304,10 +305,10 @@ class Journal:
         )
         return int(cur.lastrowid or 0)
 
-    def unlinked_claims(self) -> list[tuple[int, str, int, int]]:
+    def unlinked_claims(self) -> list[tuple[int, bytes, int, int]]:
         """Claims whose inbox file may still exist (crash between commit and unlink)."""
         rows = self._query("SELECT id, inbox_path, size, mtime_ns FROM files WHERE state='claimed'")
-        return [(int(a), str(b), int(c), int(d)) for a, b, c, d in rows]
+        return [(int(a), bytes(b), int(c), int(d)) for a, b, c, d in rows]
 
     def mark_file_removed(self, file_id: int) -> None:
         with self.transaction() as db:
