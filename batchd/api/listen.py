@@ -1,0 +1,55 @@
+"""Where the API listens, and whether that address may go without a token.
+
+No FastAPI import here: the daemon and ``batchd doctor`` check the setting
+(exit 2 on a bad one) whether or not the ``api`` extra is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+
+from batchd.config import Settings
+from batchd.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def check_listen(settings: Settings) -> tuple[str, int]:
+    """``api.listen`` as (host, port); ConfigError when it is malformed, or not loopback and no token.
+
+    Call it at start-up so a bad setting stops ``batchd run`` with exit 2.
+    Accepted: ``host:port``, ``[v6]:port``, ``:port`` or ``port`` (loopback).
+    """
+    listen = (settings.api.listen or "").strip()
+    host, sep, port_text = listen.rpartition(":")
+    if not sep:
+        host, port_text = "", listen
+    host = host.strip("[]") or DEFAULT_HOST
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError("api.listen", f"{listen!r} is not host:port") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError("api.listen", f"port {port} is out of range")
+    if not is_loopback(host) and not settings.api.token:
+        raise ConfigError("api.token", f"api.listen {listen!r} is not a loopback address: set api.token "
+                                       "(BATCHD_API__TOKEN) so clients must authenticate")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve anywhere: treat it as exposed
+
+
+def ensure_installed() -> None:
+    """ConfigError when ``api.listen`` is set but the ``api`` extra is missing."""
+    missing = [m for m in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError("api.listen", f"the HTTP API needs the 'api' extra (pip install 'batchd[api]'); "
+                                        f"missing: {', '.join(missing)}")
