@@ -157,6 +157,7 @@ class Emulator:
         self._faults: deque[Fault] = deque()
         self._fail_rate: tuple[int, float] = (500, 0.0)
         self._rng = random.Random(1)
+        self._chaos: tuple[random.Random, list[tuple[float, Fault]]] | None = None
         self._inflight = 0
         self._sem: threading.Semaphore | None = None
         self._slots: int | None = None
@@ -247,10 +248,25 @@ class Emulator:
     def timeout_next(self, count: int = 1, seconds: float = 30.0) -> None:
         self.inject(Fault("timeout", seconds=seconds), count)
 
+    def chaos(self, *, seed: int = 1, timeout_seconds: float = 5.0, **rates: float) -> None:
+        """Random mixed faults: rates by kind, e.g. ``chaos(fail500=.05, fail503=.05, timeout=.05,
+        drop=.02, garbage=.02)``; each request draws once (deterministic for a seed)."""
+        table = []
+        for name, rate in rates.items():
+            if name.startswith("fail"):
+                table.append((rate, Fault("fail", status=int(name[4:]))))
+            elif name == "timeout":
+                table.append((rate, Fault("timeout", seconds=timeout_seconds)))
+            else:
+                table.append((rate, Fault(name)))  # type: ignore[arg-type]
+        with self._lock:
+            self._chaos = (random.Random(seed), table)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
             self._fail_rate = (500, 0.0)
+            self._chaos = None
 
     # observations
     @property
@@ -272,6 +288,13 @@ class Emulator:
             status, rate = self._fail_rate
             if rate and self._rng.random() < rate:
                 return Fault("fail", status=status)
+            if self._chaos is not None:
+                rng, table = self._chaos
+                roll = rng.random()
+                for p, fault in table:
+                    if roll < p:
+                        return fault
+                    roll -= p
         return None
 
     def _work(self, seconds: float) -> None:
