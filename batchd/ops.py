@@ -6,6 +6,7 @@ is safe while the daemon runs: SQLite WAL lets readers and one writer share it.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import orjson
 
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, InputError
-from batchd.ingest import Limits, csv_to_batch_lines, full_body, pipeline_prefix, read_csv
+from batchd.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
 from batchd.journal import ACTIVE, FINISHED, Job, JobState, Journal
 from batchd.pipeline import Pipeline, load_pipeline
 
@@ -105,40 +106,105 @@ def _dur(seconds: float) -> str:
 # -- convert / render ------------------------------------------------------------------
 
 
+def _csv_pipeline(settings: Settings, path: Path, name: str | None) -> Pipeline:
+    """The pipeline the daemon would use: --pipeline, else the CSV's own folder's, else the default."""
+    if name is None and (path.parent / "pipeline.toml").is_file():
+        return load_pipeline(path.parent)
+    return _pipeline(settings, name)
+
+
+def _input_error(path: Path, exc: InputError) -> BatchdError:
+    if exc.code == "pipeline_mismatch":  # the pipeline does not fit the file: exit 2 like any config error
+        return ConfigError(str(path), exc.message)
+    return BatchdError(f"{path}: {exc.message}")
+
+
 def convert(settings: Settings, path: Path, *, pipeline: str | None, output: Path | None) -> int:
-    pipe = _pipeline(settings, pipeline)
-    model = settings.model_for(pipe)
-    out = sys.stdout.buffer if output is None else output.open("wb")
+    """Write the OpenAI batch JSONL the daemon would journal for ``path``, byte for byte.
+
+    Rows the daemon would record as invalid are left out and listed on stderr.
+    With ``-o`` the file appears complete or not at all (temp file + rename).
+    """
+    pipe = _csv_pipeline(settings, path, pipeline)
+    prefix = pipeline_prefix(pipe, settings.model_for(pipe))
+    tmp = output.with_name(f".{output.name}.tmp") if output is not None else None
+    out = sys.stdout.buffer if tmp is None else tmp.open("wb")
+    written = skipped = 0
     try:
-        for line in csv_to_batch_lines(path, pipe, model, _limits(settings)):
-            out.write(line)
+        with path.open("rb") as fh:
+            _, rows = read_csv(fh, pipe, _limits(settings))
+            for r in rows:
+                if r.body is None:
+                    skipped += 1
+                    err = r.error or {}
+                    print(f"batchd: skipped row {r.seq} (line {r.line}): {err.get('message')}", file=sys.stderr)
+                    continue
+                out.write(batch_line(r.custom_id or "", full_body(prefix, r.body)))
+                written += 1
+        out.flush()
+        if tmp is not None and output is not None:
+            os.replace(tmp, output)
     except InputError as exc:
-        raise BatchdError(f"{path}: {exc.message}") from exc
+        raise _input_error(path, exc) from exc
+    except OSError as exc:
+        raise BatchdError(f"{output or path}: {exc}") from exc
     finally:
-        if output is not None:
+        if tmp is not None:
             out.close()
+            tmp.unlink(missing_ok=True)
+    print(f"batchd: {written} request(s) written, {skipped} row(s) skipped", file=sys.stderr)
     return 0
 
 
 def render(settings: Settings, path: Path, *, pipeline: str | None, row: int) -> int:
-    pipe = _pipeline(settings, pipeline)
+    """Print the exact messages and options the daemon sends for data row ``row`` (1-based)."""
+    pipe = _csv_pipeline(settings, path, pipeline)
     prefix = pipeline_prefix(pipe, settings.model_for(pipe))
-    with path.open("rb") as fh:
-        _, rows = read_csv(fh, pipe, _limits(settings))
-        for r in rows:
-            if r.seq == row:
+    try:
+        with path.open("rb") as fh:
+            _, rows = read_csv(fh, pipe, _limits(settings))
+            for r in rows:
+                if r.seq != row:
+                    continue
                 if r.body is None:
                     raise BatchdError(f"row {row} (line {r.line}) is invalid: {(r.error or {}).get('message')}")
                 body = full_body(prefix, r.body)
+                print(f"=== row {row} (line {r.line}), custom_id {r.custom_id}, pipeline {pipe.name} ===")
                 for m in body["messages"]:
                     print(f"--- {m['role']} ---\n{m['content']}")
                 rest = {k: v for k, v in body.items() if k != "messages"}
                 print("--- request options ---\n" + orjson.dumps(rest, option=orjson.OPT_INDENT_2).decode())
                 return 0
+    except InputError as exc:
+        raise _input_error(path, exc) from exc
+    except OSError as exc:
+        raise BatchdError(f"{path}: {exc}") from exc
     raise ConfigError("--row", f"the file has no data row {row}")
 
 
 # -- cancel / retry --------------------------------------------------------------------
+
+
+def request_cancel(journal: Journal, job_id: str) -> str:
+    """Cancel one job; returns ``cancelling`` (running: stops after the requests in flight),
+    ``cancelled`` (had not run: finalizing now) or the state it already was in.
+
+    Read and write in one transaction so a daemon starting the job meanwhile
+    (another process) cannot be overtaken. Shared by ``batchd cancel`` and the HTTP API.
+    """
+    with journal.transaction() as db:
+        job = journal.job(job_id)
+        if job is None:
+            return "missing"
+        if job.state in FINISHED or job.state is JobState.FINALIZING:
+            return job.state.value
+        if job.state is JobState.RUNNING:
+            journal.update_job(job.id, db=db, cancel_requested=1)
+            return "cancelling"
+        journal.skip_unfinished(job.id, db)
+        journal.update_job(job.id, db=db, state=JobState.FINALIZING, cancel_requested=1,
+                           meta={**job.meta, "final": "cancelled"})
+        return "cancelled"
 
 
 def cancel(settings: Settings, job_ref: str) -> int:
@@ -146,19 +212,15 @@ def cancel(settings: Settings, job_ref: str) -> int:
     job = journal.job(job_ref)
     if job is None:
         raise ConfigError("JOB", f"no job {job_ref!r}")
-    if job.state in FINISHED:
-        print(f"{job.id} already {job.state.value}")
-        return 1
-    if job.state is JobState.RUNNING:
-        journal.update_job(job.id, cancel_requested=1)
+    outcome = request_cancel(journal, job.id)
+    if outcome == "cancelling":
         print(f"{job.id}: cancelling after the requests in flight; its outbox will say cancelled")
         return 0
-    with journal.transaction() as db:
-        journal.skip_unfinished(job.id, db)
-        journal.update_job(job.id, db=db, state=JobState.FINALIZING, cancel_requested=1,
-                           meta={**job.meta, "final": "cancelled"})
-    print(f"{job.id}: cancelled before it ran; its outbox will say cancelled")
-    return 0
+    if outcome == "cancelled":
+        print(f"{job.id}: cancelled before it ran; its outbox will say cancelled")
+        return 0
+    print(f"{job.id} already {outcome}")
+    return 1
 
 
 def retry(settings: Settings, job_ref: str) -> int:

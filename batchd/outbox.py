@@ -25,7 +25,8 @@ from batchd.journal import Job, JobState, Journal, Request, ReqState
 from batchd.metrics import JobMetrics
 from batchd.pipeline import Pipeline
 from batchd.runner import result_id
-from batchd.scores import extract_score, parse_json_reply, safe_cell, schema_fields
+from batchd.report import ReportData, write_report
+from batchd.scores import ScoreSheet
 
 log = structlog.get_logger("batchd.outbox")
 
@@ -88,17 +89,15 @@ class Outbox:
     def _write_all(self, job: Job, final: str, folder: Path) -> None:
         counts = {"total": 0, "completed": 0, "failed": 0}
         pipeline = Pipeline.model_validate_json(job.pipeline_json) if job.pipeline_json else None
-        fields = schema_fields(pipeline.format) if pipeline else []
-        score_field = pipeline.score_field if pipeline else "score"
-        passthrough = pipeline.passthrough_columns if pipeline and job.kind == "csv" else []
+        sheet = ScoreSheet.for_job(pipeline, job.kind)
+        report: ReportData | None = None
         if job.kind != "rejected" and final != "duplicate":
+            report = ReportData(sheet)
             with self._open(folder / "results.jsonl") as res, self._open(folder / "errors.jsonl") as err, \
                     self._open(folder / "scores.csv") as sc:
                 text = io.TextIOWrapper(sc, encoding="utf-8", newline="", write_through=True)
                 writer = csv.writer(text)
-                cols = [f for f in fields if f != score_field]
-                writer.writerow(["custom_id", *passthrough, "status", score_field, *cols,
-                                 "attempts", "prompt_tokens", "completion_tokens"])
+                writer.writerow(sheet.header())
                 for req in self.journal.iter_requests(job.id):
                     counts["total"] += 1
                     if req.state is ReqState.DONE:
@@ -107,7 +106,9 @@ class Outbox:
                     elif req.state in (ReqState.FAILED, ReqState.INVALID):
                         counts["failed"] += 1
                         err.write(self._error_line(job, req))
-                    writer.writerow(self._score_row(req, passthrough, score_field, cols))
+                    scored = sheet.score(req)
+                    writer.writerow(sheet.cells(scored))
+                    report.add(scored)
                 text.flush()
                 text.detach()
         elif job.error is not None:
@@ -119,8 +120,16 @@ class Outbox:
             ext = "csv" if job.kind == "csv" else "jsonl"
             with open(job.spool, "rb") as src, self._open(folder / f"input.{ext}") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
+        metrics = self._metrics(job, final, counts)
         with self._open(folder / "metrics.json") as fh:
-            fh.write(orjson.dumps(self._metrics(job, final, counts), option=orjson.OPT_INDENT_2) + b"\n")
+            fh.write(orjson.dumps(metrics, option=orjson.OPT_INDENT_2) + b"\n")
+        if report is not None and counts["total"]:
+            try:
+                write_report(folder, job, self.journal, sheet=sheet, data=report, metrics=metrics, opener=self._open)
+            except OSError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the report is a view; a bug in it must not hold the results back
+                log.error("report_failed", job_id=job.id, error=repr(exc))
 
     def _open(self, path: Path) -> Any:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
@@ -162,25 +171,6 @@ class Outbox:
         if raw is not None:
             line["raw_reply"] = raw
         return orjson.dumps(line) + b"\n"
-
-    def _score_row(self, req: Request, passthrough: list[str], score_field: str, cols: list[str]) -> list[str]:
-        row = req.row or {}
-        status = {ReqState.DONE: "ok", ReqState.FAILED: "failed", ReqState.INVALID: "invalid"}.get(req.state, "skipped")
-        score: Any = None
-        values: dict[str, Any] = {}
-        if req.state is ReqState.DONE and req.result:
-            content = req.result["choices"][0]["message"]["content"]
-            score = extract_score(content, score_field)
-            try:
-                parsed = parse_json_reply(content)
-                values = parsed if isinstance(parsed, dict) else {}
-            except ValueError:
-                values = {}
-            if score is None:
-                status = "unparsed"
-        return [safe_cell(req.custom_id), *[safe_cell(row.get(c)) for c in passthrough], status,
-                safe_cell(score), *[safe_cell(values.get(c)) for c in cols], str(req.attempts),
-                safe_cell(req.prompt_tokens), safe_cell(req.completion_tokens)]
 
     def _metrics(self, job: Job, final: str, counts: dict[str, int]) -> dict[str, Any]:
         state = job.metrics.get("state") if job.metrics else None

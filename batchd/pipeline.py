@@ -3,19 +3,26 @@
 A pipeline is a system prompt, optional few-shot examples, a user-message
 template with ``{column}`` placeholders, an id column, model options and an
 optional JSON schema for structured output. The default pipeline lives in the
-main config (``[pipeline]``); ``inbox/<name>/pipeline.toml`` defines another.
+main config (``[pipeline]``, used for CSV files at the inbox root; there a
+``system_prompt_file`` must be an absolute path); ``inbox/<name>/pipeline.toml``
+defines another. Everything that can be checked without the CSV is checked
+when the pipeline loads; the template's columns are checked against the CSV
+header before any row is read (``check_columns``).
 """
 
 from __future__ import annotations
 
 import string
 import tomllib
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from batchd.errors import ConfigError
+from batchd.scores import RESERVED_COLUMNS
 
 PIPELINE_FILE = "pipeline.toml"
 
@@ -44,9 +51,31 @@ class Pipeline(BaseModel):
     reply_retries: int = Field(default=2, ge=0, le=10)
 
     @model_validator(mode="after")
-    def _template_parses(self) -> Pipeline:
+    def _consistent(self) -> Pipeline:
         if self.user_template is not None:
             template_fields(self.user_template)
+        if self.system_prompt_file and not self.system_prompt:
+            # The [pipeline] table of the main config; folder pipelines are resolved by load_pipeline().
+            try:
+                self.system_prompt = Path(self.system_prompt_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError("system_prompt_file", str(exc)) from exc
+            self.system_prompt_file = None
+        if isinstance(self.format, dict):
+            try:
+                jsonschema.Draft202012Validator.check_schema(self.format)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(p) for p in exc.absolute_path) or "format"
+                raise ConfigError("format", f"not a valid JSON schema at {where}: {exc.message}") from exc
+            fields = list(self.format.get("properties") or {})
+            if fields and self.score_field not in fields:
+                raise ConfigError("score_field", f"{self.score_field!r} is not a property of [format] "
+                                                 f"(properties: {', '.join(fields)})")
+        else:
+            fields = []
+        for col in self.passthrough_columns:
+            if col in RESERVED_COLUMNS or col in fields:
+                raise ConfigError("passthrough_columns", f"{col!r} clashes with a scores.csv column of that name")
         return self
 
     def prefix_messages(self) -> list[dict[str, str]]:
@@ -60,17 +89,21 @@ class Pipeline(BaseModel):
         return messages
 
     def check_columns(self, header: list[str]) -> None:
-        """Fail at load time, naming the column, when the template needs one the file lacks."""
-        wanted = set(template_fields(self.user_template or ""))
-        wanted.update(self.passthrough_columns)
+        """Fail before any row is read, naming the column, when the file lacks one the pipeline needs."""
+        uses = [(f, f"user_template placeholder {{{f}}}") for f in template_fields(self.user_template or "")]
+        uses += [(c, "passthrough_columns entry") for c in self.passthrough_columns]
         if self.id_column:
-            wanted.add(self.id_column)
-        missing = sorted(wanted - set(header))
-        if missing:
-            raise ConfigError(
-                f"pipeline {self.name!r}",
-                f"column {missing[0]!r} is not in the CSV header (columns: {', '.join(header)})",
-            )
+            uses.append((self.id_column, "id_column"))
+        known = set(header)
+        for column, use in uses:
+            if column not in known:
+                near = get_close_matches(column, header, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ConfigError(
+                    f"pipeline {self.name!r}",
+                    f"column {column!r} ({use}) is not in the CSV header{hint} "
+                    f"(columns: {', '.join(header)})",
+                )
 
     def render_user(self, row: dict[str, str]) -> str:
         if self.user_template is None:
@@ -82,13 +115,18 @@ def template_fields(template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ConfigError("pipeline.user_template", f"cannot parse template: {exc}") from exc
+        raise ConfigError("user_template", f"cannot parse template: {exc}") from exc
     fields = []
-    for _, field, _, _ in parsed:
+    for _, field, spec, conversion in parsed:
         if field is None:
             continue
-        if not field or not field.replace("_", "a").replace(" ", "a").replace("-", "a").isalnum():
-            raise ConfigError("pipeline.user_template", f"placeholder {{{field}}} must name a column")
+        # Attribute/index access ({a.b}, {a[0]}) and positions ({0}) would not name a column.
+        if not field or field.isdigit() or not field.replace("_", "a").replace(" ", "a").replace("-", "a").isalnum():
+            raise ConfigError("user_template", f"placeholder {{{field}}} must name a column "
+                                               "(letters, digits, _ - and spaces; write {{ and }} for literal braces)")
+        # A spec like {n:d} fails on some rows only (every CSV value is text): refuse it up front.
+        if spec or conversion:
+            raise ConfigError("user_template", f"placeholder {{{field}}} may not carry a format spec or conversion")
         fields.append(field)
     return fields
 
@@ -102,20 +140,31 @@ def load_pipeline(folder: Path) -> Pipeline:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(where, f"cannot read: {exc}") from exc
     data.setdefault("name", folder.name)
-    prompt_file = data.get("system_prompt_file")
+    unknown = sorted(set(data) - set(Pipeline.model_fields))
+    if unknown:
+        near = get_close_matches(unknown[0], list(Pipeline.model_fields), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{where}: {unknown[0]}", f"unknown key{hint}")
+    prompt_file = data.pop("system_prompt_file", None)
     if prompt_file:
+        if data.get("system_prompt"):
+            raise ConfigError(f"{where}: system_prompt_file", "give system_prompt or system_prompt_file, not both")
+        if not isinstance(prompt_file, str):
+            raise ConfigError(f"{where}: system_prompt_file", "must be a file name")
         target = (folder / prompt_file).resolve()
         if folder.resolve() not in target.parents:
-            raise ConfigError(where, "system_prompt_file must stay inside the pipeline folder")
+            raise ConfigError(f"{where}: system_prompt_file", "must stay inside the pipeline folder")
         try:
             data["system_prompt"] = target.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(where, f"system_prompt_file: {exc}") from exc
+            raise ConfigError(f"{where}: system_prompt_file", str(exc)) from exc
     try:
         return Pipeline.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "pipeline"
-        raise ConfigError(f"{where}: {key}", err["msg"]) from exc
+        value = err.get("input")
+        shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+        raise ConfigError(f"{where}: {key}", f"{err['msg']}{shown}") from exc
     except ConfigError as exc:
-        raise ConfigError(where, exc.message) from exc
+        raise ConfigError(f"{where}: {exc.key}", exc.problem) from exc

@@ -1,23 +1,46 @@
-"""Scores: pull the score (and schema fields) out of a reply, and write safe CSV cells.
+"""Scores: turn one journaled request into one ``scores.csv`` row, with safe cells.
 
-With a JSON schema the reply is JSON by construction; without one a tolerant
-extractor finds ``score: 7``, ``7/10``, ``Score - 7``. Cells that a spreadsheet
-would run as a formula are prefixed with ``'``.
+With a JSON schema the reply is JSON by construction (``replies`` checked it);
+without one a tolerant extractor finds ``score: 7``, ``7/10``, ``Score - 7``,
+``**Score:** 7`` or ``8 out of 10`` and otherwise marks the row ``unparsed``.
+
+File format, chosen for spreadsheets and scripts alike: UTF-8 *without* a
+byte-order mark, comma separated, CRLF line ends, every cell that needs it
+quoted (RFC 4180, Python's ``csv`` module). No BOM because a BOM ends up in
+the first column name of every naive reader (``csv.DictReader`` with
+``utf-8``, ``cut``, ``awk``) and the outbox contract starts the header with
+``custom_id``. LibreOffice asks for the encoding on open and defaults to
+UTF-8; in Excel use Data → From Text/CSV (it detects UTF-8), since a
+double-click reads BOM-less files in the legacy code page and garbles
+non-ASCII names. ``report.html`` is the view meant for people.
+
+Formula injection: a text cell (from the input *or* the model) that starts
+with ``=``, ``+``, ``-``, ``@``, tab or CR is prefixed with ``'`` so Excel and
+LibreOffice show it as text instead of running it (OWASP "CSV Injection").
+Real numbers stay numbers, negative ones included: ``-3`` is written bare,
+while ``-3+cmd|' /C calc'!A0`` is not a number and gets the prefix.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from batchd.journal import Request, ReqState
+
 _SCORE_PATTERNS = (
-    re.compile(r"\bscore\b\s*(?:is|of|=|:|-|–|—)?\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE),
+    # score: 7 / Score - 7 / **Score:** 7 / score is 7 / score = 7.5
+    re.compile(r"\bscore\b\s*\**\s*(?:is|of|=|:|-|–|—)?\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE),
     re.compile(r"(-?\d+(?:\.\d+)?)\s*/\s*10\b"),
     re.compile(r"(-?\d+(?:\.\d+)?)\s+out of\s+10\b", re.IGNORECASE),
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
+#: columns batchd adds itself; a passthrough column or schema field may not reuse them
+RESERVED_COLUMNS = ("custom_id", "status", "attempts", "prompt_tokens", "completion_tokens")
 
 
 def parse_json_reply(content: str) -> Any:
@@ -39,41 +62,56 @@ def extract_score(content: str, field: str = "score") -> float | int | None:
     except ValueError:
         data = None
     if isinstance(data, dict):
-        value = data.get(field)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            return _number(value)
+        return as_number(data.get(field))
+    return free_text_score(content)
+
+
+def free_text_score(content: str) -> float | int | None:
     for pattern in _SCORE_PATTERNS:
         m = pattern.search(content)
         if m:
-            return _number(m.group(1))
+            return as_number(m.group(1))
     return None
 
 
-def _number(text: str) -> float | int | None:
-    try:
-        f = float(text)
-    except ValueError:
+def as_number(value: Any) -> float | int | None:
+    """A JSON value as a score: numbers and numeric strings; never booleans."""
+    if isinstance(value, bool) or value is None:
         return None
-    return int(f) if f.is_integer() else f
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            f = float(value.strip())
+        except ValueError:
+            return None
+        if f != f or f in (float("inf"), float("-inf")):
+            return None
+        return int(f) if f.is_integer() else f
+    return None
 
 
 def safe_cell(value: Any) -> str:
     """A CSV cell that Excel and LibreOffice show as text, never run as a formula."""
     if value is None:
         return ""
-    if isinstance(value, bool):
+    if type(value) is str:  # the common case first: this runs for every cell of 170,000 rows
+        text = value
+    elif isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    elif isinstance(value, (int, float)):
         return str(value)
-    if isinstance(value, (list, tuple)):
-        text = "; ".join(str(v) for v in value)
+    elif isinstance(value, (list, tuple)):
+        text = "; ".join("" if v is None else str(v) for v in value)
     elif isinstance(value, dict):
         text = orjson.dumps(value).decode()
     else:
         text = str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    if "\x00" in text:
+        text = text.replace("\x00", "")  # spreadsheets cut cells at NUL
+    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(text):
+        return "'" + text
+    return text
 
 
 def schema_fields(fmt: Any) -> list[str]:
@@ -82,3 +120,89 @@ def schema_fields(fmt: Any) -> list[str]:
         if isinstance(props, dict):
             return list(props)
     return []
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What one request contributes to scores.csv and report.html."""
+
+    seq: int
+    custom_id: str | None
+    status: str  # ok, unparsed, failed, invalid, skipped, queued, running
+    score: float | int | None
+    values: dict[str, Any] = field(default_factory=dict)
+    row: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class ScoreSheet:
+    """The columns of a job's scores.csv and how a journaled request fills them."""
+
+    def __init__(self, *, fields: list[str], score_field: str = "score",
+                 passthrough: list[str] | None = None, scale: tuple[float, float] | None = None) -> None:
+        self.score_field = score_field
+        self.passthrough = list(passthrough or [])
+        self.fields = [f for f in fields if f != score_field]
+        #: the schema's minimum and maximum for the score, when it names both
+        self.scale = scale
+
+    @classmethod
+    def for_job(cls, pipeline: Any, kind: str) -> ScoreSheet:
+        """The sheet of a job; ``pipeline`` is its Pipeline, or None for JSONL jobs."""
+        if pipeline is None:
+            return cls(fields=[])
+        fmt = pipeline.format
+        spec = (fmt.get("properties") or {}).get(pipeline.score_field) if isinstance(fmt, dict) else None
+        scale = None
+        if isinstance(spec, dict):
+            lo, hi = as_number(spec.get("minimum")), as_number(spec.get("maximum"))
+            scale = (float(lo), float(hi)) if lo is not None and hi is not None and lo < hi else None
+        return cls(fields=schema_fields(fmt), score_field=pipeline.score_field, scale=scale,
+                   passthrough=pipeline.passthrough_columns if kind == "csv" else [])
+
+    def header(self) -> list[str]:
+        # custom_id,status,score first: the outbox contract; then what a reader scans for.
+        return ["custom_id", "status", self.score_field, *self.passthrough, *self.fields,
+                "attempts", "prompt_tokens", "completion_tokens"]
+
+    def score(self, req: Request) -> Scored:
+        status = {ReqState.DONE: "ok", ReqState.FAILED: "failed", ReqState.INVALID: "invalid"}.get(
+            req.state, req.state.value)
+        score: float | int | None = None
+        values: dict[str, Any] = {}
+        if req.state is ReqState.DONE and req.result:
+            content = _content(req.result)
+            try:
+                parsed = parse_json_reply(content)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                values = parsed
+                score = as_number(parsed.get(self.score_field))
+            else:
+                score = free_text_score(content)
+            if score is None:
+                status = "unparsed"
+        error = req.error or {}
+        return Scored(seq=req.seq, custom_id=req.custom_id, status=status, score=score, values=values,
+                      row=dict(req.row or {}), attempts=req.attempts, prompt_tokens=req.prompt_tokens,
+                      completion_tokens=req.completion_tokens, error_code=error.get("code"),
+                      error_message=error.get("message"))
+
+    def cells(self, s: Scored) -> list[str]:
+        return [safe_cell(s.custom_id), s.status, safe_cell(s.score),
+                *[safe_cell(s.row.get(c)) for c in self.passthrough],
+                *[safe_cell(s.values.get(c)) for c in self.fields],
+                str(s.attempts), safe_cell(s.prompt_tokens), safe_cell(s.completion_tokens)]
+
+
+def _content(result: dict[str, Any]) -> str:
+    try:
+        content = result["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return content if isinstance(content, str) else ""

@@ -1,0 +1,193 @@
+"""report.html: aggregation in bounded memory, escaping, charts, and a real browser render."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from batchd.journal import Job, JobState, Journal, NewRequest, Outcome, ReqState
+from batchd.pipeline import Pipeline
+from batchd.report import TOP_N, ReportData, render, write_report
+from batchd.scores import Scored, ScoreSheet
+
+EVIL = "<script>alert(1)</script>"
+
+
+def _job(**kw: object) -> Job:
+    fields: dict[str, object] = dict(
+        id="job1", seq=1, source="inbox", input_name=f"cands/{EVIL}.csv", stem="x", kind="csv", sha256="ab",
+        pipeline="cands", pipeline_json=None, prefix_json=None, model="gemma3:270m", mode="isolated",
+        state=JobState.FINALIZING, error=None, duplicate_of=None, retry_of=None, cancel_requested=False, total=0,
+        columns=[], created_at=1000.0, started_at=1000.0, finished_at=2000.0, outbox_name=None, metrics={},
+        meta={"final": "completed", "num_ctx": 8192}, file_id=None, spool=None)
+    fields.update(kw)
+    return Job(**fields)  # type: ignore[arg-type]
+
+
+def _data(n: int, *, failed: int = 0) -> ReportData:
+    sheet = ScoreSheet(fields=["score", "why"], passthrough=["name"])
+    data = ReportData(sheet)
+    for i in range(1, n + 1):
+        data.add(Scored(seq=i, custom_id=f"c{i}", status="ok", score=1 + i % 10, values={"why": f"w{i}"},
+                        row={"name": f"N{i}"}))
+    for i in range(failed):
+        data.add(Scored(seq=n + i + 1, custom_id=f"f{i}", status="failed", score=None,
+                        error_code="invalid_reply", error_message=f"score: 11 is too big {EVIL}"))
+    return data
+
+
+def _samples(n: int) -> list[tuple]:
+    return [(1000.0 + 2 * i, 5 * i, i // 20, 500 + (37 * i) % 3000, (8 + i % 7 / 10) * 2**30, i // 50, 4)
+            for i in range(n)]
+
+
+def test_top_and_bottom_keep_only_twenty_and_prefer_earlier_rows() -> None:
+    data = _data(500)
+    top, bottom = data.top(), data.bottom()
+    assert len(top) == len(bottom) == TOP_N
+    assert all(r["score"] == "10" for r in top)
+    assert [r["custom_id"] for r in top[:3]] == ["c9", "c19", "c29"]  # ties: input order
+    assert all(r["score"] == "1" for r in bottom)
+    assert data.scored == 500 and data.hist[10.0] == 50
+    assert len(data._top) == TOP_N and len(data._bottom) == TOP_N  # bounded, whatever the row count
+
+
+def test_everything_untrusted_is_escaped() -> None:
+    data = ReportData(ScoreSheet(fields=["why"], passthrough=["name"]))
+    data.add(Scored(seq=1, custom_id=EVIL, status="ok", score=5, values={"why": EVIL}, row={"name": EVIL}))
+    data.add(Scored(seq=2, custom_id="x", status="failed", score=None, error_code=EVIL, error_message=EVIL))
+    page = render(_job(model=EVIL), data, _samples(10), {"status": "completed"})
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;") >= 6
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
+
+
+def test_charts_and_sections_with_many_samples() -> None:
+    page = render(_job(), _data(300, failed=7), _samples(20000), {"status": "completed",
+                                                                 "vram": {"total_bytes": 16 * 2**30}})
+    for title in ("Score distribution", "Top 20 by score", "Bottom 20 by score", "Failures by cause",
+                  "Throughput over time", "Context size over time", "VRAM over time"):
+        assert title in page
+    assert page.count("<svg") == 4
+    assert "num_ctx 8,192" in page and "card total 16.0 GiB" in page and "time since start (h)" in page
+    assert "invalid_reply" in page and ">7<" in page
+    # Thinned: an overnight job's 20,000 samples do not become 20,000 SVG points.
+    longest = max(len(m) for m in re.findall(r"points='([^']*)'", page))
+    assert longest < 20 * 800
+
+
+def test_up_to_forty_rows_make_one_table_without_repeats() -> None:
+    data = _data(30)
+    rows = data.everything()
+    assert sorted(r["custom_id"] for r in rows) == sorted(f"c{i}" for i in range(1, 31))
+    assert [int(r["score"]) for r in rows] == sorted((int(r["score"]) for r in rows), reverse=True)
+    page = render(_job(), data, [], {})
+    assert "All scored rows" in page and "Bottom 20" not in page and page.count("<tr>") == 31
+
+
+def test_histogram_spans_the_schema_scale() -> None:
+    sheet = ScoreSheet.for_job(Pipeline(format={"type": "object", "properties": {
+        "score": {"type": "integer", "minimum": 1, "maximum": 10}}}), "csv")
+    assert sheet.scale == (1.0, 10.0)
+    data = ReportData(sheet)
+    for i in range(30):
+        data.add(Scored(seq=i, custom_id=str(i), status="ok", score=6 + i % 3))
+    page = render(_job(), data, [], {})
+    assert page.count("<rect") == 10  # 1..10, not just 6..8
+    assert ScoreSheet.for_job(None, "jsonl").scale is None
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_zero_or_one_sample_degrades_to_a_note(n: int) -> None:
+    page = render(_job(), _data(3), _samples(n), {})
+    assert page.count("<svg") == 1  # the histogram only
+    assert ("No samples recorded" if n == 0 else "Only one sample") in page
+    assert "All scored rows" in page and "Top 20" not in page
+
+
+def test_no_scores_at_all() -> None:
+    data = _data(0, failed=2)
+    page = render(_job(meta={"final": "failed"}), data, [], {"status": "failed"})
+    assert "No scores" in page and "class='badge failed'" in page and "invalid_reply" in page
+
+
+def test_float_scores_are_binned() -> None:
+    data = ReportData(ScoreSheet(fields=[]))
+    for i in range(100):
+        data.add(Scored(seq=i, custom_id=str(i), status="ok", score=i / 33))
+    page = render(_job(), data, [], {})
+    assert page.count("<rect") == 10
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _png_colours(png: bytes) -> tuple[int, int, int]:
+    """Width, height and distinct byte values of the decoded (still filtered) pixel stream."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height = 8, b"", 0, 0
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        chunk = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height = struct.unpack(">II", chunk[:8])
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    # A one-colour image filters down to a handful of byte values; text and charts give hundreds.
+    return width, height, len(set(zlib.decompress(idat)))
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(render(_job(), _data(200, failed=3), _samples(300), {"status": "completed"}), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    cmd = [str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           f"--screenshot={shot}", "--window-size=1200,1600", "--enable-logging=stderr", "--v=0",
+           page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The page has no script, so any console line (an error, a CSP refusal) is a defect.
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    png = shot.read_bytes()
+    assert len(png) > 20_000
+    width, height, colours = _png_colours(png)
+    assert (width, height) == (1200, 1600)
+    assert colours > 50
+
+
+def test_write_report_streams_from_the_journal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        with journal.transaction() as db:
+            journal.create_job(job_id="j1", db=db, state=JobState.RUNNING, input_name="people.csv", stem="people",
+                               kind="csv")
+            journal.insert_requests("j1", [NewRequest(seq=i, line=i + 1, custom_id=f"p{i}", body={"messages": []},
+                                                      row={"name": f"<b>P{i}</b>"}) for i in range(1, 61)], db)
+        outcomes = [Outcome(seq=i, state=ReqState.DONE, attempts=1, prompt_tokens=5, completion_tokens=2,
+                            result={"choices": [{"message": {"content": f"Score: {i % 10}/10"}}]})
+                    for i in range(1, 59)]
+        outcomes.append(Outcome(seq=59, state=ReqState.FAILED, attempts=3, error={"code": "timeout", "message": "slow"}))
+        journal.record("j1", outcomes)
+        for done in (0, 30, 58):
+            journal.add_sample("j1", done=done, failed=0, ctx_tokens=100 + done, vram_used=0.5, trims=0, lanes=2)
+        job = journal.job("j1")
+        assert job is not None
+        path = write_report(tmp_path, job, journal, sheet=ScoreSheet(fields=[], passthrough=["name"]))
+    finally:
+        journal.close()
+    page = path.read_text(encoding="utf-8")
+    assert "Top 20 by score" in page and "&lt;b&gt;P9&lt;/b&gt;" in page and "<b>P" not in page
+    assert "timeout" in page and page.count("<svg") == 4  # histogram, throughput, context, VRAM (%)
+    assert "VRAM used (%)" in page
