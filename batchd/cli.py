@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     cmd = args.command
     if cmd == "run":
-        return _run(settings, once=args.once)
+        return _run(settings, once=args.once, config=args.config)
     from batchd import ops
 
     if cmd == "status":
@@ -85,7 +85,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise ConfigError("command", f"unknown command {cmd!r}")
 
 
-def _run(settings: Settings, *, once: bool) -> int:
+def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
+    import structlog
+
     from batchd import logs
     from batchd.daemon import Daemon
 
@@ -93,7 +95,8 @@ def _run(settings: Settings, *, once: bool) -> int:
                    under_journal=bool(os.environ.get("JOURNAL_STREAM")))
 
     async def go() -> int:
-        daemon = Daemon(settings=settings)
+        # SIGHUP re-reads the same sources (file + environment) the first load used.
+        daemon = Daemon(settings=settings, reload_settings=lambda: load_settings(config=config))
         loop = asyncio.get_running_loop()
         stops = {"n": 0}
 
@@ -102,12 +105,13 @@ def _run(settings: Settings, *, once: bool) -> int:
             stops["n"] += 1
             if stops["n"] > 1:
                 os._exit(1)  # second signal: exit now; the journal is still the truth
+            structlog.get_logger("batchd.cli").info("stop_requested", signal=signal.Signals(signum).name,
+                                                    grace_seconds=daemon.settings.shutdown_grace_seconds)
             daemon.stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        if hasattr(daemon, "reload"):
-            loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload)
         try:
             return await (daemon.run_once() if once else daemon.run())
         finally:

@@ -3,6 +3,11 @@
 ``step()`` does one unit of work (publish one finished job, or run the next
 queued one) so tests can drive it; ``run_once()`` drains and returns (``batchd
 run --once``); ``run()`` is the long-running service loop.
+
+In ``run()`` three tasks share the event loop with the job loop: intake's
+*watch* and *claims* (see ``intake.py``: new drops are claimed and queued
+while a long job runs) and *heartbeat* (watchdog pings, status line, config
+reloads). Jobs run one at a time, in claim order (``jobs.seq``).
 """
 
 from __future__ import annotations
@@ -17,35 +22,70 @@ from batchd.backends import make_backend
 from batchd.backends.base import Backend
 from batchd.claim import Claimer
 from batchd.config import Settings
-from batchd.errors import StorageError
+from batchd.errors import BatchdError, ConfigError, StorageError
 from batchd.inbox import scan
+from batchd.intake import Intake, first
 from batchd.journal import Job, JobState, Journal
 from batchd.outbox import Outbox
 from batchd.runner import JobRunner
+from batchd.watch import choose_mode
 
 log = structlog.get_logger("batchd.daemon")
+
+#: the job loop looks at the journal this often when idle (``batchd retry``/``cancel`` write there)
+IDLE_SECONDS = 1.0
+HEARTBEAT_SECONDS = 1.0
+#: ``on_status`` is called at most this often (systemd shows the latest line)
+STATUS_SECONDS = 5.0
 
 
 class Daemon:
     def __init__(self, *, settings: Settings, journal: Journal | None = None, backend: Backend | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 reload_settings: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
         self.journal = journal or Journal(settings.state_dir / "journal.sqlite3")
         self._backend = backend
+        self._backend_stale = False
         self.sleep = sleep
         self.clock = clock
+        self.reload_settings = reload_settings
         self.claimer = Claimer(settings=settings, journal=self.journal)
         self.outbox = Outbox(settings=settings, journal=self.journal)
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0
+        # run() state
+        self._threaded_claims = False
+        self._wake = asyncio.Event()
+        self._reload_asked = False
+        self.intake: Intake | None = None
+        self._job_started = 0.0
+        self._job_base = 0
+        self._last_status: tuple[float, str] = (0.0, "")
+        self.heartbeat_seconds = HEARTBEAT_SECONDS
+        self.status_seconds = STATUS_SECONDS
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
             self._backend = make_backend(self.settings)
         return self._backend
+
+    # -- hooks (systemd notification lives elsewhere) -------------------------------
+
+    def on_ready(self) -> None:
+        """Called once the daemon watches the inbox (READY=1)."""
+
+    def on_status(self, text: str) -> None:
+        """A one-line status, at most every ``status_seconds`` (STATUS=...)."""
+
+    def on_watchdog(self) -> None:
+        """Called from the event loop every ``heartbeat_seconds`` while it is responsive (WATCHDOG=1)."""
+
+    def on_stopping(self) -> None:
+        """Called when a stop was asked, before winding down (STOPPING=1)."""
 
     # -- start-up -------------------------------------------------------------------
 
@@ -72,13 +112,15 @@ class Daemon:
 
     async def step(self) -> bool:
         """Publish one finished job or run the next queued one; False when idle."""
-        for job in self.journal.jobs([JobState.FINALIZING]):
-            self.publish(job)
+        for finished in self.journal.jobs([JobState.FINALIZING]):
+            self.publish(finished)
             return True
         job = self.journal.next_job()
         if job is None or self.stop.is_set():
             return False
         if job.state is JobState.INGESTING:
+            if self._threaded_claims:
+                return False  # the claim thread is ingesting it; it wakes us when queued
             self.claimer.ingest(job.id)
             return True
         await self.run_job(job)
@@ -94,6 +136,10 @@ class Daemon:
             raise
 
     async def run_job(self, job: Job) -> str:
+        if self._backend_stale and self._backend is not None:
+            await self._backend.aclose()  # the config changed the backend: the next job gets a new one
+            self._backend = None
+        self._backend_stale = False
         structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input_name)
         try:
             self.journal.update_job(job.id, state=JobState.RUNNING, started_at=job.started_at or time.time())
@@ -104,9 +150,12 @@ class Daemon:
                      mode=fresh.mode, lanes=self.settings.backend.lanes)
             runner = JobRunner(settings=self.settings, journal=self.journal, backend=self.backend, job=fresh,
                                stop=self.stop, sleep=self.sleep, clock=self.clock)
+            self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
-            outcome = await runner.run()
-            self.current = None
+            try:
+                outcome = await runner.run()
+            finally:
+                self.current = None
             if outcome == "interrupted":
                 self.journal.update_job(job.id, state=JobState.QUEUED)
                 log.info("job_interrupted")
@@ -138,7 +187,125 @@ class Daemon:
             pass
         return 0
 
+    # -- the service loop -------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Watch, claim and run until ``stop`` is set; returns the exit status (0)."""
+        self.startup()
+        self._threaded_claims = True
+        self.intake = intake = Intake(settings=lambda: self.settings, stop=self.stop, on_claimed=self._wake.set,
+                                      clock=self.clock)
+        watch = asyncio.create_task(intake.watch(), name="watch")
+        claims = asyncio.create_task(intake.claims(), name="claims")
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        await first(intake.ready.wait(), self.stop.wait())
+        if not self.stop.is_set():
+            self.on_ready()
+            log.info("daemon_ready", inbox=str(self.settings.inbox),
+                     watch=choose_mode(self.settings.watch.mode, self.settings.inbox))
+        try:
+            while not self.stop.is_set():
+                try:
+                    worked = await self.step()
+                except StorageError:
+                    worked = False  # logged by publish(); retried after the idle wait
+                if not worked:
+                    self._wake.clear()
+                    await first(self._wake.wait(), self.stop.wait(), timeout=IDLE_SECONDS)
+        finally:
+            self.on_stopping()
+            log.info("daemon_stopping", jobs_done=self.jobs_done)
+            self.stop.set()
+            watch.cancel()
+            heartbeat.cancel()
+            # The claim thread finishes the file in hand: a claim is atomic, so waiting is short and safe.
+            await asyncio.gather(watch, heartbeat, claims, return_exceptions=True)
+            log.info("daemon_stopped")
+        return 0
+
+    def reload(self) -> None:
+        """SIGHUP: only a flag; the heartbeat task applies it (between awaits, work in flight is kept)."""
+        self._reload_asked = True
+
+    # -- heartbeat: watchdog, status line, reloads -------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while not self.stop.is_set():
+            self.on_watchdog()
+            try:
+                if self._reload_asked:
+                    self._reload_asked = False
+                    self._apply_reload()
+                now = self.clock()
+                last_at, last_text = self._last_status
+                if now - last_at >= self.status_seconds:
+                    text = self.status_line()
+                    if text != last_text or now - last_at >= 60:
+                        self._last_status = (now, text)
+                        self.on_status(text)
+            except Exception:  # noqa: BLE001 - a status hiccup must not end the watchdog pings
+                log.exception("heartbeat_failed")
+            await first(self.stop.wait(), timeout=self.heartbeat_seconds)
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: job progress, rate, ETA and queue, or idle."""
+        queued = self.journal.jobs([JobState.QUEUED, JobState.INGESTING])
+        runner = self.current
+        if runner is None:
+            text = f"idle, {self.jobs_done} jobs done"
+            return f"{text}, queue {len(queued)}" if queued else text
+        if runner.gate.down_since is not None:
+            host = runner.backend.host.split("://", 1)[-1]
+            return f"waiting for backend at {host} (down {_duration(self.clock() - runner.gate.down_since)})"
+        job = runner.job
+        fresh = runner.done + runner.failed
+        finished = self._job_base + fresh
+        parts = [f"{job.input_name}: {finished:,}/{job.total:,} ({100 * finished / max(1, job.total):.1f}%)"]
+        elapsed = self.clock() - self._job_started
+        if fresh and elapsed > 0:
+            rate = fresh / elapsed
+            parts += [f"{rate:.1f} req/s", f"ETA {_duration((job.total - finished) / rate)}"]
+        parts.append(f"queue {len(queued)}")
+        return ", ".join(parts)
+
+    def _apply_reload(self) -> None:
+        if self.reload_settings is None:
+            log.warning("config_reload_unsupported")
+            return
+        try:
+            new = self.reload_settings()
+        except ConfigError as exc:
+            log.error("config_reload_failed", key=exc.key, error=exc.problem)
+            return
+        except BatchdError as exc:
+            log.error("config_reload_failed", error=exc.message)
+            return
+        old = self.settings
+        if new.state_dir != old.state_dir:
+            log.warning("config_reload_partial", key="state_dir", reason="a new state_dir needs a restart")
+            new = new.model_copy(update={"state_dir": old.state_dir})
+        changed = [k for k in type(new).model_fields if getattr(new, k) != getattr(old, k)]
+        # Work in flight keeps its settings: the running job its runner, the claim in hand its
+        # claimer. The next claim, the next job and the (restarted) watcher see the new ones.
+        self.settings = new
+        self.claimer = Claimer(settings=new, journal=self.journal)
+        self.outbox = Outbox(settings=new, journal=self.journal)
+        if new.backend != old.backend:
+            self._backend_stale = True
+        if self.intake is not None:
+            self.intake.nudge()
+        log.info("config_reloaded", changed=changed)
+
     async def aclose(self) -> None:
         if self._backend is not None:
             await self._backend.aclose()
         self.journal.close()
+
+
+def _duration(seconds: float) -> str:
+    s = int(max(0, seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
