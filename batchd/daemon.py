@@ -193,6 +193,12 @@ class Daemon:
         """Watch, claim and run until ``stop`` is set; returns the exit status (0)."""
         self.startup()
         self._threaded_claims = True
+        api = None
+        if self.settings.api.listen:
+            from batchd.api.server import start_api  # the api extra is optional: import only when asked
+
+            # Raises ConfigError (exit 2) before serving: non-loopback without a token, port taken.
+            api = start_api(self.settings, self.stop, on_queued=self.wake)
         self.intake = intake = Intake(settings=lambda: self.settings, stop=self.stop, on_claimed=self._wake.set,
                                       clock=self.clock)
         watch = asyncio.create_task(intake.watch(), name="watch")
@@ -219,9 +225,13 @@ class Daemon:
             watch.cancel()
             heartbeat.cancel()
             # The claim thread finishes the file in hand: a claim is atomic, so waiting is short and safe.
-            await asyncio.gather(watch, heartbeat, claims, return_exceptions=True)
+            await asyncio.gather(watch, heartbeat, claims, *([api] if api else []), return_exceptions=True)
             log.info("daemon_stopped")
         return 0
+
+    def wake(self) -> None:
+        """New work was queued elsewhere (an API upload): look for it now, not after the idle wait."""
+        self._wake.set()
 
     def reload(self) -> None:
         """SIGHUP: only a flag; the heartbeat task applies it (between awaits, work in flight is kept)."""

@@ -83,9 +83,7 @@ class ApiHarness:
         daemon = Daemon(settings=self.settings)
         self._stop = daemon.stop
         try:
-            # When Daemon.run() starts the API itself (api.listen set), this gather becomes `await daemon.run()`.
-            await _together(daemon.run(), serve(self.settings, daemon.stop, on_queued=daemon._wake.set),
-                            stop=daemon.stop)
+            await daemon.run()  # api.listen is set: the daemon serves the API itself, as in production
         finally:
             await daemon.aclose()
 
@@ -99,21 +97,6 @@ class ApiHarness:
         assert not self._thread.is_alive(), "daemon/API did not stop within 30 s"
         if self.error is not None:
             raise self.error
-
-
-async def _together(*aws: Any, stop: asyncio.Event) -> None:
-    """Run all; the first to fail stops the rest (so a broken API cannot leave the daemon running)."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        for fut in asyncio.as_completed(tasks):
-            try:
-                await fut
-            except BaseException:
-                stop.set()
-                raise
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.fixture
