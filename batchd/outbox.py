@@ -109,13 +109,13 @@ class Outbox:
                     scored = sheet.score(req)
                     writer.writerow(sheet.cells(scored))
                     report.add(scored)
+                if job.error is not None:  # the job's own failure (a file that could not be read, model missing)
+                    err.write(self._job_error_line(job))
                 text.flush()
                 text.detach()
         elif job.error is not None:
             with self._open(folder / "errors.jsonl") as err:
-                err.write(orjson.dumps({"id": result_id(job.sha256, job.input_name, "batch_req"),
-                                        "custom_id": None, "response": None, "error": job.error,
-                                        "input": job.input_name}) + b"\n")
+                err.write(self._job_error_line(job))
         if job.spool and Path(job.spool).exists():
             ext = "csv" if job.kind == "csv" else "jsonl"
             with open(job.spool, "rb") as src, self._open(folder / f"input.{ext}") as dst:
@@ -143,6 +143,10 @@ class Outbox:
                 os.chown(path, -1, self._gid)
             except OSError as exc:
                 log.warning("outbox_chown_failed", path=str(path), error=str(exc))
+
+    def _job_error_line(self, job: Job) -> bytes:
+        return orjson.dumps({"id": result_id(job.sha256, job.input_name, "batch_req"), "custom_id": None,
+                             "response": None, "error": job.error, "input": job.input_name}) + b"\n"
 
     def _result_line(self, job: Job, req: Request) -> bytes:
         return orjson.dumps({

@@ -141,3 +141,16 @@ def test_outage_in_the_middle_pauses_and_completes(folders: Folders, emulator: E
     assert m["request_counts"] == {"total": 400, "completed": 400, "failed": 0}
     assert [r["custom_id"] for r in read_jsonl(folders.outbox / "o" / "results.jsonl")] == ids
     assert m["outages"]["count"] >= 1 and m["outages"]["seconds"] >= 5
+
+
+def test_a_file_that_cannot_be_read_says_why_in_errors_jsonl(folders: Folders, emulator: Emulator) -> None:
+    (folders.inbox / "empty.jsonl").write_bytes(b"")
+    (folders.inbox / "photo.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (folders.inbox / "notes.txt").write_text("hello")
+    proc = run_batchd(folders.env(emulator.url), "run", "--once")
+    assert proc.returncode == 0, proc.stderr
+    for stem, code in (("empty", "empty_file"), ("photo", "binary_file"), ("notes", "unsupported_type")):
+        (err,) = read_jsonl(folders.outbox / stem / "errors.jsonl")
+        assert err["error"]["code"] == code and err["error"]["message"]
+        assert _metrics(folders.outbox / stem)["status"] == "failed"
+    assert (folders.inbox / "notes.txt").exists()  # refused files are left alone
