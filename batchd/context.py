@@ -1,42 +1,323 @@
-"""What each call sends: the conversation history of one lane and its context budget.
+"""What each call sends: one lane's conversation history inside a pinned context window.
 
-This is the seam for the context-managed conversation loop. ``Conversation``
-gets a request's messages and returns the messages to send; it hears about
-replies, overflows and OOMs. The isolated mode sends every request alone.
+Conversation mode: per lane, the request's prefix (system prompt + few-shot
+examples) once at the top, then every earlier request's own messages with the
+model's answer after them, then the new request. The next request of the lane
+continues the same history, so the server's prefix cache covers everything
+but the newest turn. Isolated mode: every request alone, prefix first.
+
+Kept messages are stored as sent and never rewritten, so the system prompt and
+kept turns stay byte-identical from call to call; only trimming (whole
+exchanges, never part of one) changes the prefix the server can reuse.
+
+Sizes are predicted with a chars-per-token estimate calibrated from the
+server's ``prompt_tokens`` (shared by all lanes of a job), plus ``num_predict``
+headroom. When the server still overflows, cuts the prompt (``length`` at the
+window, or far fewer prompt tokens than predicted) the lane trims harder and
+the whole job lowers its trigger (``metrics.trim_at``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import structlog
 
 from batchd.backends.base import ChatResult
 from batchd.config import ContextSettings
+from batchd.errors import ContextLengthExceeded
 from batchd.metrics import JobMetrics
+
+log = structlog.get_logger("batchd.context")
+
+Message = dict[str, Any]
+
+#: a fair start for English text in BPE vocabularies; calibrated from the first reply on
+CHARS_PER_TOKEN = 4.0
+#: tokens a chat template adds around each message (role markers, separators)
+MESSAGE_OVERHEAD = 4
+#: the adaptive trigger never drops below this share of the window
+MIN_TRIM_AT = 0.3
+#: each overflow / truncation lowers the trigger by this factor for the rest of the job
+TRIM_AT_STEP = 0.85
+#: a sliding trim keeps history down to this share of its room, so trims come in
+#: batches and the kept prefix stays stable (cacheable) for the calls in between
+SLIDE_TO = 0.5
+#: reported prompt tokens below this share of the prediction mean the server cut the prompt
+TRUNCATED_BELOW = 0.75
+TRUNCATED_BELOW_UNCALIBRATED = 0.5
+#: a call that holds the whole previous one must grow by at least this share of the predicted growth
+GROWTH_SEEN = 0.6
+GROWTH_MIN_TOKENS = 32  # below this, tokenizer noise outweighs the signal
+
+
+def split_prefix(messages: list[Message]) -> int:
+    """Where a request's own part starts: its last user message (system + few-shot come before)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user":
+            return i
+    return 0
+
+
+def _chars(message: Message) -> int:
+    content = message.get("content")
+    return len(content) if isinstance(content, str) else len(str(content or ""))
+
+
+class TokenEstimate:
+    """Prompt tokens from characters: a moving chars-per-token ratio fed by real counts."""
+
+    def __init__(self, chars_per_token: float = CHARS_PER_TOKEN) -> None:
+        self.ratio = chars_per_token
+        self.samples = 0
+
+    def message(self, message: Message) -> int:
+        return max(1, math.ceil(_chars(message) / self.ratio)) + MESSAGE_OVERHEAD
+
+    def messages(self, messages: list[Message]) -> int:
+        return sum(self.message(m) for m in messages)
+
+    def learn(self, messages: list[Message], prompt_tokens: int) -> None:
+        content_tokens = prompt_tokens - MESSAGE_OVERHEAD * len(messages)
+        if content_tokens <= 0:
+            return
+        observed = min(12.0, max(0.5, sum(_chars(m) for m in messages) / content_tokens))
+        alpha = max(0.1, 1.0 / (self.samples + 2))  # quick at first, then a steady average
+        self.ratio += alpha * (observed - self.ratio)
+        self.samples += 1
+
+
+class ContextBudget:
+    """The job-wide part shared by every lane: window, adaptive trigger, estimate, VRAM pressure."""
+
+    def __init__(self, *, settings: ContextSettings, num_ctx: int, metrics: JobMetrics) -> None:
+        self.settings = settings
+        self.num_ctx = num_ctx
+        self.metrics = metrics
+        # A restarted job keeps the trigger it had learned.
+        self.trim_at = min(metrics.trim_at or settings.trim_at, settings.trim_at)
+        metrics.trim_at = self.trim_at
+        self.estimate = TokenEstimate(metrics.chars_per_token or CHARS_PER_TOKEN)
+        #: set by the VRAM policy: trim aggressively and stop growing histories
+        self.pressure = False
+        #: the window the server really applies; smaller than num_ctx once it was seen cutting prompts
+        self.window = num_ctx
+        self._cuts: list[int] = []
+        #: the largest prompt the server counted in full: no window cut can happen below it
+        self.largest_full = 0
+        #: proven: this server counts only the prompt tokens its cache did not hold
+        self.counts_cache_only = False
+
+    @property
+    def strategy(self) -> str:
+        return "aggressive" if self.pressure else self.settings.strategy
+
+    def trigger(self) -> int:
+        return int(self.trim_at * self.window)
+
+    def headroom(self, num_predict: int) -> int:
+        # Room for the answer; capped so a small window still leaves room for a prompt.
+        return max(1, min(num_predict, self.num_ctx // 2))
+
+    def lower_trigger(self, reason: str) -> None:
+        new = max(MIN_TRIM_AT, round(self.trim_at * TRIM_AT_STEP, 3))
+        if new < self.trim_at:
+            log.warning("context_trigger_lowered", reason=reason, trim_at=new, was=self.trim_at)
+            self.trim_at = new
+            self.metrics.trim_at = new
+
+    def note_cut(self, cut_at: int) -> None:
+        """A cut prompt came back with ``cut_at`` tokens. A cap shows as the same count twice:
+        then it is the server's real window (one odd count must not shrink the job's window)."""
+        if any(abs(cut_at - c) <= 0.03 * c for c in self._cuts):
+            window = max(self.num_ctx // 8, min(self.window, cut_at))
+            if window < self.window:
+                log.warning("context_window_learned", window=window, num_ctx=self.num_ctx)
+                self.window = window
+        self._cuts = [*self._cuts[-7:], cut_at]
 
 
 class Conversation:
-    """One lane's view of the context window (isolated mode: no history)."""
+    """One lane's view of the context window."""
 
-    def __init__(self, *, settings: ContextSettings, num_ctx: int, metrics: JobMetrics, mode: str = "isolated") -> None:
+    def __init__(self, *, settings: ContextSettings, num_ctx: int, metrics: JobMetrics, mode: str = "conversation",
+                 budget: ContextBudget | None = None, lane: int = 0) -> None:
         self.settings = settings
         self.num_ctx = num_ctx
         self.metrics = metrics
         self.mode = mode
+        self.lane = lane
+        self.budget = budget or ContextBudget(settings=settings, num_ctx=num_ctx, metrics=metrics)
+        self.prefix: list[Message] | None = None
+        self.model: str | None = None
+        #: kept exchanges: each is a request's own messages plus the answer, as sent
+        self.history: list[list[Message]] = []
+        self._anchors = 0  # few-shot pairs in the prefix (they count as hybrid anchors)
+        self._harder = False
+        self._drop_all = False
+        self._overflows = 0
+        self._sent: list[Message] = []
+        self._predicted = 0
+        self._cached = 0
+        self._headroom = 0
+        self._previous: list[Message] = []  # last call of this lane plus its answer (the server's cache)
+        self._previous_prompt = 0  # its prompt tokens as the server counted them
+        self._previous_predicted = 0
+        self._extends = False  # this call starts with the whole previous call
 
-    def build(self, messages: list[dict[str, Any]], num_predict: int) -> list[dict[str, Any]]:
-        """The messages to send for this request."""
-        return messages
+    # -- building a call ---------------------------------------------------------
 
-    def record(self, messages: list[dict[str, Any]], result: ChatResult) -> None:
-        """A reply arrived for ``messages`` (the request's own messages, not the history)."""
+    def build(self, messages: list[Message], num_predict: int, *, prefix_len: int | None = None,
+              model: str = "") -> list[Message]:
+        """The messages to send for this request; ContextLengthExceeded when it cannot fit alone."""
+        cut = split_prefix(messages) if prefix_len is None else min(prefix_len, len(messages))
+        prefix, own = messages[:cut], messages[cut:]
+        if prefix != self.prefix or model != self.model:
+            # A different system prompt or model starts a fresh conversation.
+            self.prefix, self.model, self.history = list(prefix), model, []
+            self._anchors = sum(1 for m in prefix if m.get("role") == "assistant")
+        est = self.budget.estimate
+        base = est.messages(prefix) + est.messages(own)
+        if base > self.num_ctx:
+            raise ContextLengthExceeded(
+                f"the request alone needs about {base} tokens; the context window is {self.num_ctx}",
+                status_code=None)
+        self._headroom = self.budget.headroom(num_predict)
+        if self.history:
+            self._fit(base)
+        sent = [*prefix, *(m for exchange in self.history for m in exchange), *own]
+        self._sent = sent
+        self._predicted = est.messages(sent)
+        common = _common_prefix(sent, self._previous)
+        self._cached = est.messages(common)
+        self._extends = bool(self._previous) and len(common) == len(self._previous)
+        return sent
 
-    def on_overflow(self) -> bool:
-        """The server refused the prompt as too long; True when trimming harder can help."""
-        return False
+    def _fit(self, base: int) -> None:
+        """Trim the history so prompt + headroom stays under the trigger."""
+        if self.mode != "conversation" or self._drop_all or self.budget.pressure:
+            self._trim("aggressive", 0)
+            self._drop_all = False
+            return
+        est = self.budget.estimate
+        room = self.budget.trigger() - self._headroom - base
+        kept = sum(est.messages(x) for x in self.history)
+        if self._harder:
+            self._harder = False
+            self._trim(self.budget.strategy, min(room, kept // 2))
+        elif kept > room:
+            strategy = self.budget.strategy
+            self._trim(strategy, int(room * SLIDE_TO) if strategy == "sliding" else room)
+
+    def _trim(self, strategy: str, room: int) -> None:
+        est = self.budget.estimate
+        before = len(self.history)
+        if strategy == "aggressive" or room <= 0:
+            self.history = []
+        elif strategy == "hybrid":
+            first = max(0, self.settings.keep_first - self._anchors)
+            anchors = self.history[:first]
+            tail = self.history[first:]
+            tail = tail[len(tail) - min(len(tail), self.settings.keep_last):]
+            while tail and sum(est.messages(x) for x in anchors + tail) > room:
+                tail = tail[1:]
+            while anchors and sum(est.messages(x) for x in anchors) > room:
+                anchors = anchors[1:]
+            self.history = anchors + tail
+        else:  # sliding: the oldest go first
+            kept = sum(est.messages(x) for x in self.history)
+            while self.history and kept > room:
+                kept -= est.messages(self.history.pop(0))
+        dropped = before - len(self.history)
+        if dropped:
+            used = "aggressive" if room <= 0 else strategy
+            self.metrics.trims[used] += 1
+            log.info("context_trimmed", lane=self.lane, strategy=used, dropped=dropped, kept=len(self.history),
+                     trim_at=self.budget.trim_at)
+
+    # -- hearing back ----------------------------------------------------------------
+
+    def truncation(self, result: ChatResult) -> str | None:
+        """Why the reply shows the prompt did not fit (``prompt_truncated``, ``length_at_window``), or None."""
+        reported = result.prompt_tokens
+        if reported and self._predicted and not self._counts_cache_only(reported):
+            calibrated = self.budget.estimate.samples >= 1
+            low = reported < (TRUNCATED_BELOW if calibrated else TRUNCATED_BELOW_UNCALIBRATED) * self._predicted
+            grown = self._predicted - self._previous_predicted
+            if self._extends and self._previous_prompt and grown >= GROWTH_MIN_TOKENS:
+                # The call holds the whole previous one, so its true size grew by what was
+                # added, whatever the chars-per-token ratio of the whole is.
+                low = low or reported < self._previous_prompt + GROWTH_SEEN * grown
+            if low:
+                return "prompt_truncated"
+        if result.finish_reason == "length" and reported + self._headroom > self.budget.window:
+            return "length_at_window"
+        return None
+
+    def _counts_cache_only(self, reported: int) -> bool:
+        # Some Ollama builds count only the prompt tokens not served from the cache
+        # (ollama/ollama#3427, #16414): such a count matches the uncached part. A cut prompt
+        # can look the same, so that reading is trusted only once proven on a call no
+        # larger than one the server already counted in full (no window cut possible there).
+        if not self._cached:
+            return False
+        uncached = self._predicted - self._cached
+        if not abs(reported - uncached) <= 0.15 * self._predicted + 8 < abs(reported - self._predicted):
+            return False
+        if not self.budget.counts_cache_only and self._predicted <= 1.05 * self.budget.largest_full:
+            log.info("server_counts_cache_only", reported=reported, predicted=self._predicted)
+            self.budget.counts_cache_only = True
+        return self.budget.counts_cache_only
+
+    def on_overflow(self, cut_at: int | None = None) -> bool:
+        """The prompt did not fit after all (``cut_at``: the count of a silently cut prompt):
+        lower the job's trigger; True when trimming can help."""
+        self.budget.lower_trigger("overflow" if cut_at is None else "truncation")
+        if cut_at:
+            self.budget.note_cut(cut_at)
+        if not self.history:
+            return False
+        # First overflow of a request: halve the history; a second one: drop all of it.
+        self._overflows += 1
+        if self._overflows > 1:
+            self._drop_all = True
+        else:
+            self._harder = True
+        return True
 
     def on_oom(self) -> None:
-        """The server ran out of memory; send less next time."""
+        """The server ran out of memory: the next call goes out with the prefix and the request only."""
+        self._drop_all = True
 
-    def truncated(self, sent: list[dict[str, Any]], result: ChatResult) -> bool:
-        """True when the reply shows the prompt was cut short (and a retry after trimming helps)."""
-        return False
+    def record(self, messages: list[Message], result: ChatResult, *, prefix_len: int | None = None) -> None:
+        """A reply arrived for ``messages`` (the request's own messages, not the history)."""
+        est = self.budget.estimate
+        reported = result.prompt_tokens
+        counted = bool(reported) and not self._counts_cache_only(reported)
+        if counted and self.truncation(result) is None:
+            if abs(reported - self._predicted) <= 0.25 * self._predicted:
+                self.budget.largest_full = max(self.budget.largest_full, reported)
+            est.learn(self._sent, reported)
+            self.metrics.chars_per_token = round(est.ratio, 3)
+        self.metrics.isolated_prompt_tokens += est.messages(messages)
+        if result.cached_tokens is None:
+            self.metrics.cached_prompt_tokens += min(self._cached, reported or self._cached)
+        answer: Message = {"role": "assistant", "content": result.content}
+        self._previous = [*self._sent, answer]
+        self._previous_prompt = reported if counted else 0
+        self._previous_predicted = self._predicted
+        self._overflows = 0
+        self._harder = self._drop_all = False  # this shape worked; pending reactions are spent
+        cut = split_prefix(messages) if prefix_len is None else min(prefix_len, len(messages))
+        if self.mode == "conversation" and not self.budget.pressure and cut < len(messages):
+            self.history.append([*messages[cut:], answer])
+
+
+def _common_prefix(a: list[Message], b: list[Message]) -> list[Message]:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return a[:n]

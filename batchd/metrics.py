@@ -36,10 +36,16 @@ class JobMetrics:
     vram_used: float | None = None
     vram_peak: float | None = None
     vram_total: float | None = None
+    vram_used_bytes: int | None = None
+    vram_peak_bytes: int | None = None
+    #: ``[[pid, bytes], ...]`` of the GPU's compute processes at the last reading (NVML only)
+    vram_processes: list[list[int]] | None = None
+    vram_pressure_events: int = 0
     offload: dict[str, Any] | None = None
     lanes: int = 1
     lanes_min: int = 1
     trim_at: float | None = None
+    chars_per_token: float | None = None
     busy_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     _ring_pos: int = 0
@@ -62,14 +68,20 @@ class JobMetrics:
         self.ctx_current = prompt_tokens + completion_tokens
         self.ctx_peak = max(self.ctx_peak, self.ctx_current)
 
-    def note_vram(self, used_fraction: float | None, source: str | None, total: float | None = None) -> None:
+    def note_vram(self, used_fraction: float | None, source: str | None, total: float | None = None,
+                  used_bytes: int | None = None, processes: list[list[int]] | None = None) -> None:
         self.vram_source = source
+        if used_bytes is not None:
+            self.vram_used_bytes = used_bytes
+            self.vram_peak_bytes = max(self.vram_peak_bytes or 0, used_bytes)
+        if processes is not None:
+            self.vram_processes = processes
+        if total is not None:
+            self.vram_total = total
         if used_fraction is None:
             return
         self.vram_used = used_fraction
         self.vram_peak = max(self.vram_peak or 0.0, used_fraction)
-        if total is not None:
-            self.vram_total = total
 
     # -- persistence --------------------------------------------------------------
 
@@ -97,20 +109,28 @@ class JobMetrics:
         def pct(p: float) -> float | None:
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 4) if lat else None
 
-        saved = max(0, self.isolated_prompt_tokens - self.prompt_tokens) if self.isolated_prompt_tokens else 0
+        # What the server had to evaluate (prompt minus what its cache held) against what the
+        # same requests would have cost sent one by one with their whole prefix and no cache.
+        evaluated = max(0, self.prompt_tokens - self.cached_prompt_tokens)
+        saved = self.isolated_prompt_tokens - evaluated if self.isolated_prompt_tokens else 0
         return {
             "tokens": {
                 "prompt": self.prompt_tokens,
                 "completion": self.completion_tokens,
                 "total": self.prompt_tokens + self.completion_tokens,
                 "prompt_cached_estimate": self.cached_prompt_tokens,
+                "prompt_evaluated_estimate": evaluated,
                 "isolated_prompt_estimate": self.isolated_prompt_tokens,
                 "saved_vs_isolated_estimate": saved,
+                "saved_fraction": (round(saved / self.isolated_prompt_tokens, 4)
+                                   if self.isolated_prompt_tokens else None),
+                "chars_per_token": self.chars_per_token,
             },
             "context": {
                 "num_ctx": self.num_ctx,
                 "current": self.ctx_current,
                 "peak": self.ctx_peak,
+                "utilisation": round(self.ctx_current / self.num_ctx, 4) if self.num_ctx else None,
                 "utilisation_peak": round(self.ctx_peak / self.num_ctx, 4) if self.num_ctx else None,
                 "trim_at": self.trim_at,
                 "trims": dict(self.trims),
@@ -121,7 +141,11 @@ class JobMetrics:
                 "source": self.vram_source,
                 "used_fraction": self.vram_used,
                 "peak_fraction": self.vram_peak,
+                "used_bytes": self.vram_used_bytes,
+                "peak_bytes": self.vram_peak_bytes,
                 "total_bytes": self.vram_total,
+                "processes": self.vram_processes,
+                "pressure_events": self.vram_pressure_events,
                 "oom_events": self.oom_events,
                 "offload": self.offload,
                 "lanes": self.lanes,
@@ -130,6 +154,7 @@ class JobMetrics:
             "performance": {
                 "elapsed_seconds": round(elapsed, 3),
                 "requests_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
+                "prompt_tokens_per_second": round(self.prompt_tokens / elapsed, 2) if elapsed > 0 else None,
                 "completion_tokens_per_second": round(self.completion_tokens / elapsed, 2) if elapsed > 0 else None,
                 "latency_p50": pct(0.50),
                 "latency_p95": pct(0.95),

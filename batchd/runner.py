@@ -1,10 +1,13 @@
 """Runs one job: N lanes pull requests in input order, call the backend, retry, record.
 
-Results are written to the journal in batches (every ``FLUSH_SECONDS`` or
-``FLUSH_ROWS``); a crash loses at most one unflushed batch, which runs again.
-A backend that is down pauses every lane (``Gate``) without burning
-attempts; 5xx/503/timeouts are retried with exponential backoff and jitter up
-to ``backend.max_attempts``; a missing model fails the job at once.
+Each lane keeps its own ``Conversation`` (history and trimming, see
+``context``); all lanes share one ``ContextBudget``. Results are written to the
+journal in batches (every ``FLUSH_SECONDS`` or ``FLUSH_ROWS``); a crash loses at
+most one unflushed batch, which runs again. A backend that is down pauses
+every lane (``Gate``) without burning attempts; 5xx/503/timeouts are retried
+with exponential backoff and jitter up to ``backend.max_attempts``; a missing
+model fails the job at once. A monitor task reads VRAM (``vram``), pauses or
+resumes lanes per ``VramPolicy`` and samples progress into the journal.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import structlog
 
 from batchd.backends.base import OPENAI_OPTION_KEYS, Backend, ChatRequest, ChatResult
 from batchd.config import Settings
-from batchd.context import Conversation
+from batchd.context import ContextBudget, Conversation
 from batchd.errors import (
     BackendBusy,
     BackendOutOfMemory,
@@ -36,12 +39,17 @@ from batchd.errors import (
 from batchd.ingest import full_body
 from batchd.journal import Job, Journal, Outcome, Request, ReqState
 from batchd.metrics import JobMetrics
-from batchd.replies import ReplyChecker
+from batchd.replies import ReplyChecker, checker_for
+from batchd.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
 
 log = structlog.get_logger("batchd.runner")
 
 FLUSH_SECONDS = 0.25
 FLUSH_ROWS = 512
+#: how often the monitor wakes; the VRAM source sets its own pace, samples go every SAMPLE_SECONDS
+MONITOR_TICK = 0.25
+SAMPLE_SECONDS = 2.0
+METRICS_SECONDS = 2.0
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -80,13 +88,7 @@ def result_id(sha: str | None, custom_id: str | None, kind: str) -> str:
 
 def _reply_checker(prefix: dict[str, Any] | None, pipeline_json: str | None) -> ReplyChecker:
     """Schema checks for pipeline jobs (their prefix carries the response_format)."""
-    if not prefix:
-        return ReplyChecker(None)
-    retries = int(orjson.loads(pipeline_json).get("reply_retries", 2)) if pipeline_json else 2
-    rf = prefix.get("response_format") or {}
-    schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
-    fmt = schema if schema else ("json" if rf.get("type") == "json_object" else None)
-    return ReplyChecker(fmt, retries=retries)
+    return checker_for(prefix, pipeline_json)
 
 
 class Gate:
@@ -146,7 +148,8 @@ class Gate:
 class JobRunner:
     def __init__(self, *, settings: Settings, journal: Journal, backend: Backend, job: Job,
                  stop: asyncio.Event, sleep: Sleep = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 vram_source: GpuMemory | None = None) -> None:
         self.settings = settings
         self.journal = journal
         self.backend = backend
@@ -158,7 +161,19 @@ class JobRunner:
         self.metrics = JobMetrics.from_state(job.metrics.get("state", {})) if job.metrics else JobMetrics()
         self.prefix: dict[str, Any] | None = orjson.loads(job.prefix_json) if job.prefix_json else None
         self.lanes = settings.backend.lanes
+        #: lanes allowed to take new requests (the VRAM policy lowers it; the others pause)
+        self.active_lanes = self.lanes
+        self.in_flight = 0
         self.metrics.lanes = self.lanes
+        self.metrics.lanes_min = min(self.metrics.lanes_min, self.lanes) if job.metrics else self.lanes
+        self.vram_source = vram_source
+        self.policy = VramPolicy(high_water=settings.vram.high_water, low_water=settings.vram.low_water,
+                                 lanes=self.lanes)
+        self.budget: ContextBudget | None = None
+        self._lanes_changed = asyncio.Event()
+        self._closing = False
+        self._base_counts = (0, 0)
+        self.monitor_tick = MONITOR_TICK
         self.gate = Gate(backend, sleep=sleep, clock=clock, metrics=self.metrics,
                          max_wait=settings.backend.backoff_max_seconds or 30.0)
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
@@ -167,6 +182,7 @@ class JobRunner:
         self.cancelled = False
         self._pending: list[Outcome] = []
         self._last_flush = clock()
+        self._metrics_saved = self._last_flush
         self.done = 0
         self.failed = 0
 
@@ -175,13 +191,25 @@ class JobRunner:
     async def run(self) -> str:
         """Returns ``completed``, ``failed``, ``cancelled`` or ``interrupted`` (stop asked)."""
         started = self.clock()
+        own_source = self.vram_source is None
+        source = self.vram_source or pick_source(self.settings, self.backend)
+        counts = self.journal.counts(self.job.id)
+        self._base_counts = (counts.get(ReqState.DONE.value, 0), counts.get(ReqState.FAILED.value, 0))
+        monitor = asyncio.create_task(self._monitor(source))
         try:
             await self._pin_context()
             if self.fatal is None:
                 await self._run_lanes()
         finally:
+            monitor.cancel()
+            (ended,) = await asyncio.gather(monitor, return_exceptions=True)
+            if isinstance(ended, Exception):
+                log.error("monitor_failed", job_id=self.job.id, error=repr(ended))
+            if own_source:
+                source.close()
             self.gate.cancel()
             self.metrics.busy_seconds += self.clock() - started
+            self._sample()
             self.flush(force=True)
         if self.fatal is not None:
             return "failed"
@@ -225,14 +253,19 @@ class JobRunner:
         return not self.gate.is_open
 
     def new_conversation(self, lane: int) -> Conversation:
+        if self.budget is None:
+            self.budget = ContextBudget(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics)
+            self.budget.pressure = self.policy.pressure
         return Conversation(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics,
-                            mode=self.job.mode or "isolated")
+                            mode=self.job.mode or self.settings.context.mode, budget=self.budget, lane=lane)
 
     async def _run_lanes(self) -> None:
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.lanes * 2)
         lanes = [asyncio.create_task(self._lane(i, queue)) for i in range(self.lanes)]
         feeder = asyncio.create_task(self._feed(queue))
         await feeder
+        self._closing = True  # paused lanes leave now; the active ones drain the queue
+        self._lanes_changed.set()
         for _ in lanes:
             await queue.put(None)
         grace = self.settings.shutdown_grace_seconds
@@ -274,13 +307,23 @@ class JobRunner:
     async def _lane(self, index: int, queue: asyncio.Queue[Request | None]) -> None:
         conv = self.new_conversation(index)
         while True:
+            # A lane over the VRAM policy's count pauses between requests, never mid-request.
+            while index >= self.active_lanes and not self._closing:
+                changed = self._lanes_changed
+                await changed.wait()
+            if index >= self.active_lanes:
+                return
             req = await queue.get()
             if req is None:
                 return
             if self.fatal is not None or self.cancelled:
                 self.journal.requeue(self.job.id, [req.seq])
                 continue
-            outcome = await self._execute(req, conv)
+            self.in_flight += 1
+            try:
+                outcome = await self._execute(req, conv)
+            finally:
+                self.in_flight -= 1
             if outcome is None:  # job-level failure: leave the request to the skip sweep
                 continue
             self._pending.append(outcome)
@@ -298,12 +341,15 @@ class JobRunner:
         chat = to_chat_request(body, model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx,
                                custom_id=req.custom_id or "")
         num_predict = int(chat.options.get("num_predict") or self.settings.context.num_predict)
+        # The job's shared prefix (CSV pipelines) is known; a JSONL line's is its leading turns.
+        prefix_len = len(self.prefix.get("messages") or []) if self.prefix else None
+        asked = chat.messages
         attempts = 0
         reply_tries = 0
         max_attempts = self.settings.backend.max_attempts
         while True:
             try:
-                messages = conv.build(chat.messages, num_predict)
+                messages = conv.build(chat.messages, num_predict, prefix_len=prefix_len, model=chat.model)
             except ContextLengthExceeded as exc:
                 return self._failure(req, attempts, exc)
             attempts += 1
@@ -340,13 +386,19 @@ class JobRunner:
                 return None
             except RequestError as exc:
                 return self._failure(req, attempts, exc)
-            if conv.truncated(messages, result):
+            verdict = conv.truncation(result)
+            if verdict is not None:
                 self.metrics.truncations_detected += 1
-                self.metrics.retries["truncated"] += 1
-                if attempts < max_attempts and conv.on_overflow():
+                self.metrics.retries[verdict] += 1
+                log.warning("context_truncated", job_id=self.job.id, custom_id=req.custom_id, reason=verdict,
+                            prompt_tokens=result.prompt_tokens)
+                cut_at = result.prompt_tokens if verdict == "prompt_truncated" else None
+                if attempts < max_attempts and conv.on_overflow(cut_at):
                     continue
-                return self._failure(req, attempts, ContextLengthExceeded(
-                    "the server cut the prompt to fit its context window", status_code=None))
+                if verdict == "prompt_truncated":
+                    return self._failure(req, attempts, ContextLengthExceeded(
+                        "the server cut the prompt to fit its context window", status_code=None))
+                # Cut at the window with nothing left to trim: the reply stands, marked "length".
             self.metrics.add_reply(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                                    latency=result.latency_s, cached=result.cached_tokens)
             problem = self.replies.problem(result.content)
@@ -358,13 +410,13 @@ class JobRunner:
                                                    {"role": "user", "content": self.replies.correction(problem)}])
                     continue
                 return self._failure(req, attempts, InvalidReply(problem, raw=result.content))
-            conv.record(chat.messages, result)
+            conv.record(asked, result, prefix_len=prefix_len)
             return self._success(req, attempts, result)
 
     def _backoff(self, attempts: int, exc: TransientError) -> float:
         base = self.settings.backend.backoff_seconds
         cap = self.settings.backend.backoff_max_seconds
-        delay = min(cap, base * 2 ** (attempts - 1)) * (0.5 + self.rng.random())
+        delay = min(cap, base * 2.0 ** (attempts - 1)) * (0.5 + self.rng.random())
         if isinstance(exc, BackendBusy) and exc.retry_after is not None:
             delay = max(delay, min(cap, exc.retry_after))
         return delay
@@ -386,6 +438,36 @@ class JobRunner:
                     error=exc.message, attempts=attempts)
         return Outcome(seq=req.seq, state=ReqState.FAILED, attempts=attempts, error=error)
 
+    # -- monitoring ------------------------------------------------------------------------
+
+    async def _monitor(self, source: GpuMemory) -> None:
+        """Read VRAM at the source's pace, apply the policy, sample progress for the report."""
+        # With NVML watching the card, /api/ps is still asked now and then: only it shows CPU offload.
+        ps = OllamaPsSource(self.backend) if source.name != "ollama" and self.backend.kind == "ollama" else None
+        watch = VramWatch(source=source, policy=self.policy, metrics=self.metrics, offload=ps)
+        next_sample = self.clock() + SAMPLE_SECONDS  # a short job gets just the final sample
+        while True:
+            now = self.clock()
+            if await watch.poll(now):
+                self._apply_policy()
+            if now >= next_sample:
+                next_sample = now + SAMPLE_SECONDS
+                self._sample()
+            await self.sleep(self.monitor_tick)
+
+    def _apply_policy(self) -> None:
+        if self.budget is not None:
+            self.budget.pressure = self.policy.pressure
+        self.active_lanes = self.policy.lanes
+        self._lanes_changed.set()
+        self._lanes_changed = asyncio.Event()
+
+    def _sample(self) -> None:
+        done, failed = self._base_counts
+        self.journal.add_sample(self.job.id, done=done + self.done, failed=failed + self.failed,
+                                ctx_tokens=self.metrics.ctx_current, vram_used=self.metrics.vram_used,
+                                trims=sum(self.metrics.trims.values()), lanes=self.active_lanes)
+
     # -- persistence -------------------------------------------------------------------------
 
     def flush(self, force: bool = False) -> None:
@@ -397,4 +479,8 @@ class JobRunner:
         if current is not None and current.cancel_requested and not self.cancelled:
             self.cancelled = True
             log.info("job_cancelling", job_id=self.job.id)
-        self.journal.update_job(self.job.id, metrics={"state": self.metrics.to_state()})
+        # Each journal write is an fsync that stalls every lane's event loop for a few ms,
+        # so the counters (a restart continues from them) go at most every METRICS_SECONDS.
+        if force or self._last_flush - self._metrics_saved >= METRICS_SECONDS:
+            self._metrics_saved = self._last_flush
+            self.journal.update_job(self.job.id, metrics={"state": self.metrics.to_state()})
