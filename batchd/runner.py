@@ -321,7 +321,7 @@ class JobRunner:
                 continue
             self.in_flight += 1
             try:
-                outcome = await self._execute(req, conv)
+                outcome = await self._execute(req, conv, index)
             finally:
                 self.in_flight -= 1
             if outcome is None:  # job-level failure: leave the request to the skip sweep
@@ -336,7 +336,7 @@ class JobRunner:
 
     # -- one request ---------------------------------------------------------------------
 
-    async def _execute(self, req: Request, conv: Conversation) -> Outcome | None:
+    async def _execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
         body = full_body(self.prefix, req.body or {})
         chat = to_chat_request(body, model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx,
                                custom_id=req.custom_id or "")
@@ -355,7 +355,8 @@ class JobRunner:
             attempts += 1
             self.metrics.requests_sent += 1
             try:
-                result = await self.backend.chat(replace(chat, messages=messages))
+                # affinity: with several hosts a lane's conversation stays where its prefix cache lives
+                result = await self.backend.chat(replace(chat, messages=messages, affinity=lane))
             except BackendUnavailable as exc:
                 attempts -= 1  # an outage pauses the job; it is not this request's fault
                 self.gate.close(str(exc))

@@ -187,3 +187,19 @@ def test_job_finishes_on_the_other_host_when_one_stops(folders: Folders, pair: t
     assert [r["custom_id"] for r in results] == ids  # every custom_id exactly once, in input order
     assert a.chat_count >= 40 and b.chat_count > 200
     assert '"host_down"' in proc.stdout + proc.stderr
+
+
+def test_a_lanes_conversation_stays_on_its_host(folders: Folders, pair: tuple[Emulator, Emulator]) -> None:
+    a, b = pair
+    a.latency = b.latency = 0.005
+    write_jsonl(folders.inbox / "c.jsonl", 60)
+    env = folders.env(a.url, BATCHD_BACKEND__URLS=f'["{a.url}", "{b.url}"]', BATCHD_BACKEND__LANES="3",
+                      BATCHD_CONTEXT__MODE="conversation")
+    assert run_batchd(env, "run", "--once").returncode == 0
+    hosts_of: dict[str, set[str]] = {}
+    for name, emu in (("a", a), ("b", b)):
+        for call in emu.calls:
+            users = [m["content"] for m in call["messages"] if m["role"] == "user"]
+            hosts_of.setdefault(users[0], set()).add(name)  # a lane's history starts with its first question
+    assert len(hosts_of) == 3  # three lanes, three conversations
+    assert all(len(h) == 1 for h in hosts_of.values()), hosts_of
