@@ -56,3 +56,5 @@ def test_mixed_faults_and_an_outage(folders: Folders, emulator: Emulator) -> Non
     assert m["request_counts"]["completed"] >= n * 0.95
     sends = Counter(last_user_content(c["messages"]) for c in emulator.calls if "messages" in c)
     assert max(sends.values()) <= 6
+    print(f"faults: requests={n} completed={m['request_counts']['completed']} failed={len(errors)} "
+          f"lost=0 duplicated=0 retries={causes} outage={m['outages']} max_sends={max(sends.values())}")

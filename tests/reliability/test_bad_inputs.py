@@ -82,3 +82,4 @@ def test_whole_corpus_in_one_drop(folders: Folders, emulator: Emulator, tmp_path
         if got == exp["outcome"] and "results" in exp and results != exp["results"]:
             problems.append(f"{label}: {results} results, expected {exp['results']}")
     assert not problems, "\n".join(problems)
+    print(f"bad inputs: files={len(files)} outbox_records={len(by_input)} crashes=0 good_file=completed")

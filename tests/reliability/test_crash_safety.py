@@ -89,3 +89,4 @@ def test_twenty_kills_then_identical_outbox(tmp_path: Path, emulator: Emulator) 
     assert len(ids) == len(set(ids)) == n
     db = sqlite3.connect(f.state / "journal.sqlite3")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    print(f"crash: requests={n} kills={kills} lost=0 duplicated=0 identical=yes integrity=ok")
