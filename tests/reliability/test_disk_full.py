@@ -1,0 +1,71 @@
+"""A full disk while publishing: nothing half-published, the job completes once space returns."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, run_batchd, wait_for, write_jsonl
+from tests.emulator import Emulator
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs as the outbox")
+
+
+@pytest.fixture
+def small_outbox(folders: Folders) -> Iterator[Path]:
+    mnt = folders.root / f"outbox-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True,
+                       capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _grow(mnt: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
+
+
+def test_once_fails_cleanly_then_publishes(folders: Folders, emulator: Emulator, small_outbox: Path) -> None:
+    ids = write_jsonl(folders.inbox / "big.jsonl", 300)
+    env = folders.env(emulator.url, BATCHD_OUTBOX=str(small_outbox))
+    first = run_batchd(env, "run", "--once")
+    assert first.returncode == 1
+    assert "No space left" in first.stderr or "cannot publish" in first.stderr
+    assert list(small_outbox.iterdir()) == []  # no half-published folder, no .partial left behind
+    calls = emulator.chat_count
+    _grow(small_outbox)
+    second = run_batchd(env, "run", "--once")
+    assert second.returncode == 0, second.stderr
+    assert [r["custom_id"] for r in read_jsonl(small_outbox / "big" / "results.jsonl")] == ids
+    assert emulator.chat_count == calls  # nothing was asked again: the results were in the journal
+
+
+def test_daemon_waits_and_publishes_when_space_returns(folders: Folders, emulator: Emulator,
+                                                        small_outbox: Path) -> None:
+    write_jsonl(folders.inbox / "big.jsonl", 300)
+    env = folders.env(emulator.url, BATCHD_OUTBOX=str(small_outbox))
+    log = folders.root / "daemon.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(batchd_cmd("run"), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=fh)
+    try:
+        wait_for(lambda: "publish_failed" in log.read_text(), timeout=60)
+        assert proc.poll() is None  # still up, waiting for space
+        assert not [p for p in small_outbox.iterdir()]  # nothing half-published
+        _grow(small_outbox)
+        wait_for(lambda: (small_outbox / "big" / "metrics.json").exists(), timeout=60)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert len(read_jsonl(small_outbox / "big" / "results.jsonl")) == 300
+    assert sorted(p.name for p in small_outbox.iterdir()) == ["big"]
