@@ -89,14 +89,17 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
     import structlog
 
     from batchd import logs
-    from batchd.daemon import Daemon
+    from batchd.service import Notifier, ServiceDaemon
 
     logs.configure(target=settings.log.target, level=settings.log.level,
-                   under_journal=bool(os.environ.get("JOURNAL_STREAM")))
+                   under_journal=logs.stderr_is_journal(os.environ.get("JOURNAL_STREAM")))
+    # NOTIFY_SOCKET and WATCHDOG_* come from systemd (Type=notify); without them this is a no-op.
+    notifier = Notifier.from_environ(os.environ)
 
     async def go() -> int:
         # SIGHUP re-reads the same sources (file + environment) the first load used.
-        daemon = Daemon(settings=settings, reload_settings=lambda: load_settings(config=config))
+        daemon = ServiceDaemon(notifier=notifier, settings=settings,
+                               reload_settings=lambda: load_settings(config=config))
         loop = asyncio.get_running_loop()
         stops = {"n": 0}
 
@@ -105,8 +108,11 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
             stops["n"] += 1
             if stops["n"] > 1:
                 os._exit(1)  # second signal: exit now; the journal is still the truth
+            grace = daemon.settings.shutdown_grace_seconds
             structlog.get_logger("batchd.cli").info("stop_requested", signal=signal.Signals(signum).name,
-                                                    grace_seconds=daemon.settings.shutdown_grace_seconds)
+                                                    grace_seconds=grace)
+            # At once, not when the job loop gets there: systemctl status shows why we linger.
+            notifier.stopping(f"stopping: finishing requests in flight (up to {grace:g}s)")
             daemon.stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,4 +124,3 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
             await daemon.aclose()
 
     return asyncio.run(go())
-

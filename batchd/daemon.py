@@ -64,6 +64,7 @@ class Daemon:
         self._job_started = 0.0
         self._job_base = 0
         self._last_status: tuple[float, str] = (0.0, "")
+        self._progress_mark: tuple[str, int] | None = None  # (job id, last logged progress step)
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         self.status_seconds = STATUS_SECONDS
 
@@ -86,6 +87,12 @@ class Daemon:
 
     def on_stopping(self) -> None:
         """Called when a stop was asked, before winding down (STOPPING=1)."""
+
+    def on_reloading(self) -> None:
+        """Called before a SIGHUP reload is applied (RELOADING=1)."""
+
+    def on_reloaded(self) -> None:
+        """Called after a reload, applied or refused (READY=1 again)."""
 
     # -- start-up -------------------------------------------------------------------
 
@@ -245,7 +252,12 @@ class Daemon:
             try:
                 if self._reload_asked:
                     self._reload_asked = False
-                    self._apply_reload()
+                    self.on_reloading()
+                    try:
+                        self._apply_reload()
+                    finally:
+                        self.on_reloaded()  # systemd waits for READY=1 after RELOADING=1, even on failure
+                self._log_progress()
                 now = self.clock()
                 last_at, last_text = self._last_status
                 if now - last_at >= self.status_seconds:
@@ -268,15 +280,41 @@ class Daemon:
             host = runner.backend.host.split("://", 1)[-1]
             return f"waiting for backend at {host} (down {_duration(self.clock() - runner.gate.down_since)})"
         job = runner.job
-        fresh = runner.done + runner.failed
-        finished = self._job_base + fresh
+        finished, rate = self._progress(runner)
         parts = [f"{job.input_name}: {finished:,}/{job.total:,} ({100 * finished / max(1, job.total):.1f}%)"]
-        elapsed = self.clock() - self._job_started
-        if fresh and elapsed > 0:
-            rate = fresh / elapsed
+        if rate:
             parts += [f"{rate:.1f} req/s", f"ETA {_duration((job.total - finished) / rate)}"]
         parts.append(f"queue {len(queued)}")
         return ", ".join(parts)
+
+    def _progress(self, runner: JobRunner) -> tuple[int, float | None]:
+        """(requests finished, req/s since this run of the job started) of the running job."""
+        fresh = runner.done + runner.failed
+        elapsed = self.clock() - self._job_started
+        return self._job_base + fresh, (fresh / elapsed if fresh and elapsed > 0 else None)
+
+    def _log_progress(self) -> None:
+        """``job_progress`` each time the running job crosses another ``log.progress_every_percent``."""
+        runner = self.current
+        if runner is None:
+            return
+        job = runner.job
+        finished, rate = self._progress(runner)
+        step = runner.settings.log.progress_every_percent
+        mark = int(100 * finished / max(1, job.total) // step)
+        if self._progress_mark is None or self._progress_mark[0] != job.id:
+            # A resumed job counts from where this run of it started.
+            self._progress_mark = (job.id, int(100 * self._job_base / max(1, job.total) // step))
+        if mark <= self._progress_mark[1]:
+            return
+        self._progress_mark = (job.id, mark)
+        counts = self.journal.counts(job.id)  # lags the runner by one flush (0.25 s): fine for a log line
+        # The heartbeat task does not share run_job()'s bound context: name the job here.
+        log.info("job_progress", job_id=job.id, input=job.input_name, finished=finished, total=job.total,
+                 failed=counts.get("failed", 0) + counts.get("invalid", 0),
+                 percent=round(100 * finished / max(1, job.total), 1),
+                 req_per_s=round(rate, 2) if rate else None,
+                 eta_seconds=round((job.total - finished) / rate) if rate else None)
 
     def _apply_reload(self) -> None:
         if self.reload_settings is None:

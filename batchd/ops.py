@@ -40,66 +40,109 @@ def _limits(settings: Settings) -> Limits:
 
 # -- status ----------------------------------------------------------------------------
 
+#: the rate is measured over the progress samples of this last stretch (a resumed job's
+#: downtime, or a slow first minute, does not drag it down)
+RATE_WINDOW_SECONDS = 120.0
+
+
+def _rate(journal: Journal, job: Job, done_failed: int, now: float) -> float | None:
+    samples = [(t, d + f) for t, d, f, *_ in journal.samples(job.id) if now - t <= RATE_WINDOW_SECONDS]
+    if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        return max(0.0, (n1 - n0) / (t1 - t0))
+    # No samples yet (the runner writes one every few seconds): the job's busy time, else wall time.
+    state = job.metrics.get("state", {}) if job.metrics else {}
+    elapsed = state.get("busy_seconds") or (now - job.started_at if job.started_at else 0)
+    return done_failed / elapsed if done_failed and elapsed > 0 else None
+
 
 def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, Any]:
+    """One job as ``batchd status --json`` shows it (a stable, documented shape)."""
     counts = journal.counts(job.id)
     done = counts.get("done", 0)
     failed = counts.get("failed", 0) + counts.get("invalid", 0)
-    finished = done + failed + counts.get("skipped", 0)
+    skipped = counts.get("skipped", 0)
+    finished = done + failed + skipped
     now = now or time.time()
-    rate = None
-    eta = None
-    if job.state is JobState.RUNNING and job.started_at:
-        state = job.metrics.get("state", {}) if job.metrics else {}
-        elapsed = max(1e-6, now - job.started_at)
-        rate = (done + counts.get("failed", 0)) / elapsed if not state else (done + counts.get("failed", 0)) / max(
-            1e-6, state.get("busy_seconds") or elapsed)
+    rate = eta = None
+    if job.state is JobState.RUNNING:
+        rate = _rate(journal, job, done + counts.get("failed", 0), now)
         left = counts.get("queued", 0) + counts.get("running", 0)
         eta = left / rate if rate else None
+    state = job.state.value
+    if job.cancel_requested and job.state is JobState.RUNNING:
+        state = "cancelling"
     return {
-        "job_id": job.id, "input": job.input_name, "state": job.state.value, "source": job.source,
-        "total": job.total, "done": done, "failed": failed, "finished": finished,
+        "job_id": job.id, "input": job.input_name, "state": state, "source": job.source,
+        "total": job.total, "done": done, "failed": failed, "skipped": skipped, "finished": finished,
         "progress": round(finished / job.total, 4) if job.total else (1.0 if job.state in FINISHED else 0.0),
         "req_per_s": round(rate, 3) if rate else None, "eta_seconds": round(eta) if eta else None,
-        "outbox": job.outbox_name, "error": job.error, "created_at": job.created_at,
+        "retry_of": job.retry_of, "outbox": job.outbox_name, "error": job.error,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
     }
+
+
+def status_views(journal: Journal, *, limit: int, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Running and queued jobs in the order they run, then the ``limit`` most recent finished ones."""
+    active = sorted(journal.jobs([*ACTIVE, JobState.INGESTING]), key=lambda j: j.seq)
+    recent = journal.jobs(list(FINISHED), limit=limit)
+    return {"active": [job_view(journal, j, now) for j in active],
+            "recent": [job_view(journal, j, now) for j in recent]}
+
+
+_COLUMNS = ("JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "ETA", "FAILED", "INPUT")
+
+
+def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
+    """The human form of ``batchd status``: one row per job, running and queued first."""
+    rows = [_COLUMNS]
+    for v in views["active"] + views["recent"]:
+        rows.append((
+            v["job_id"], v["state"], _bar(v["progress"]), f"{v['finished']:,}/{v['total']:,}",
+            f"{v['req_per_s']:.1f}" if v["req_per_s"] else "-",
+            _dur(v["eta_seconds"]) if v["eta_seconds"] is not None else "-",
+            f"{v['failed']:,}" if v["failed"] else "-",
+            v["input"] + (f"  ({str(v['error'].get('message', ''))[:60]})" if v["error"] else ""),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
+    right = {3, 4, 5, 6}  # numbers line up on the right
+    lines = []
+    for r in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    running = [v for v in views["active"] if v["state"] in ("running", "cancelling")]
+    queued = len(views["active"]) - len(running)
+    head = (f"running {running[0]['input']}" if running else "idle") + f", {queued} queued"
+    if len(rows) == 1:
+        return head + ", no jobs yet"
+    return head + "\n\n" + "\n".join(lines)
 
 
 def status(settings: Settings, *, as_json: bool, limit: int) -> int:
     journal = _journal(settings)
-    active = list(reversed(journal.jobs([*ACTIVE, JobState.INGESTING])))
-    recent = journal.jobs(list(FINISHED), limit=limit)
-    views = {"active": [job_view(journal, j) for j in active], "recent": [job_view(journal, j) for j in recent]}
+    try:
+        views = status_views(journal, limit=limit)
+    finally:
+        journal.close()
     if as_json:
         sys.stdout.write(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 0
-    if not views["active"]:
-        print(f"idle, {len(views['recent'])} recent job(s)")
-    for v in views["active"] + views["recent"]:
-        bar = _bar(v["progress"])
-        extra = []
-        if v["req_per_s"]:
-            extra.append(f"{v['req_per_s']:.1f} req/s")
-        if v["eta_seconds"]:
-            extra.append(f"ETA {_dur(v['eta_seconds'])}")
-        if v["failed"]:
-            extra.append(f"{v['failed']} failed")
-        if v["error"]:
-            extra.append(str(v["error"].get("message", ""))[:60])
-        print(f"{v['job_id']}  {v['state']:<10} {bar} {v['finished']:>7,}/{v['total']:<7,} {v['input']}  "
-              + ", ".join(extra))
+    else:
+        print(status_table(views))
     return 0
 
 
 def _bar(fraction: float, width: int = 20) -> str:
-    filled = int(round(fraction * width))
+    filled = int(fraction * width)  # floor: a bar is full only when the job is
     return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
 
 
 def _dur(seconds: float) -> str:
     seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
     m, s = divmod(rem, 60)
+    if d:
+        return f"{d}d{h:02d}h"
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
@@ -187,7 +230,8 @@ def render(settings: Settings, path: Path, *, pipeline: str | None, row: int) ->
 
 def request_cancel(journal: Journal, job_id: str) -> str:
     """Cancel one job; returns ``cancelling`` (running: stops after the requests in flight),
-    ``cancelled`` (had not run: finalizing now) or the state it already was in.
+    ``cancelled`` (had not run: finalizing now), ``missing``, or ``already_<state>`` for a job
+    past the point of cancelling (``already_cancelled`` must not read as ``cancelled``).
 
     Read and write in one transaction so a daemon starting the job meanwhile
     (another process) cannot be overtaken. Shared by ``batchd cancel`` and the HTTP API.
@@ -197,7 +241,7 @@ def request_cancel(journal: Journal, job_id: str) -> str:
         if job is None:
             return "missing"
         if job.state in FINISHED or job.state is JobState.FINALIZING:
-            return job.state.value
+            return f"already_{job.state.value}"
         if job.state is JobState.RUNNING:
             journal.update_job(job.id, db=db, cancel_requested=1)
             return "cancelling"
@@ -219,7 +263,7 @@ def cancel(settings: Settings, job_ref: str) -> int:
     if outcome == "cancelled":
         print(f"{job.id}: cancelled before it ran; its outbox will say cancelled")
         return 0
-    print(f"{job.id} already {outcome}")
+    print(f"{job.id} is already {outcome.removeprefix('already_')}")
     return 1
 
 
