@@ -190,9 +190,20 @@ class Daemon:
         """Drain the inbox and all pending work, then return (``batchd run --once``)."""
         self.startup()
         self.claim_present()
-        while not self.stop.is_set() and await self.step():
-            pass
+        progress = asyncio.create_task(self._progress_ticker(), name="progress")
+        try:
+            while not self.stop.is_set() and await self.step():
+                pass
+        finally:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
         return 0
+
+    async def _progress_ticker(self) -> None:
+        """``job_progress`` lines for ``--once`` too (the service loop's heartbeat does it there)."""
+        while True:
+            await self.sleep(1.0)
+            self._log_progress()
 
     # -- the service loop -------------------------------------------------------------
 

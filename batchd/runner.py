@@ -377,7 +377,10 @@ class JobRunner:
                     conv.on_oom()
                 if attempts >= max_attempts:
                     return self._failure(req, attempts, exc)
-                await self.sleep(self._backoff(attempts, exc))
+                delay = self._backoff(attempts, exc)
+                log.info("request_retrying", job_id=self.job.id, custom_id=req.custom_id, code=exc.code,
+                         attempt=attempts, max_attempts=max_attempts, delay_seconds=round(delay, 2))
+                await self.sleep(delay)
                 continue
             except JobError as exc:
                 if self.fatal is None:

@@ -154,3 +154,16 @@ def test_a_file_that_cannot_be_read_says_why_in_errors_jsonl(folders: Folders, e
         assert err["error"]["code"] == code and err["error"]["message"]
         assert _metrics(folders.outbox / stem)["status"] == "failed"
     assert (folders.inbox / "notes.txt").exists()  # refused files are left alone
+
+
+def test_once_logs_progress_and_retries(folders: Folders, emulator: Emulator) -> None:
+    write_jsonl(folders.inbox / "p.jsonl", 300)
+    emulator.latency = 0.01
+    emulator.fail_next(503, count=1)
+    proc = run_batchd(folders.env(emulator.url, BATCHD_LOG__PROGRESS_EVERY_PERCENT="25"), "run", "--once")
+    assert proc.returncode == 0, proc.stderr
+    events = [orjson.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    progress = [e for e in events if e["event"] == "job_progress"]
+    assert progress and all(e["input"] == "p.jsonl" and 0 < e["percent"] <= 100 for e in progress)
+    (retry,) = [e for e in events if e["event"] == "request_retrying"]
+    assert retry["code"] == "server_busy" and retry["attempt"] == 1
