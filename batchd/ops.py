@@ -22,7 +22,12 @@ from batchd.pipeline import Pipeline, load_pipeline
 
 
 def _journal(settings: Settings) -> Journal:
-    return Journal(settings.state_dir / "journal.sqlite3")
+    path = settings.state_dir / "journal.sqlite3"
+    if not path.exists():
+        # Creating it here (as whoever runs the command, often root) would leave a journal
+        # the daemon's user cannot write.
+        raise BatchdError(f"no journal at {path}: has the daemon run yet? (state_dir / BATCHD_STATE_DIR)")
+    return Journal(path)
 
 
 def _pipeline(settings: Settings, name: str | None) -> Pipeline:
@@ -119,11 +124,13 @@ def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def status(settings: Settings, *, as_json: bool, limit: int) -> int:
-    journal = _journal(settings)
-    try:
-        views = status_views(journal, limit=limit)
-    finally:
-        journal.close()
+    views: dict[str, list[dict[str, Any]]] = {"active": [], "recent": []}
+    if (settings.state_dir / "journal.sqlite3").exists():  # no journal yet: nothing has run
+        journal = _journal(settings)
+        try:
+            views = status_views(journal, limit=limit)
+        finally:
+            journal.close()
     if as_json:
         sys.stdout.write(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

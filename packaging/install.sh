@@ -21,6 +21,7 @@ PACKAGING_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SOURCE=$(dirname "$PACKAGING_DIR")
 PREFIX=/opt/batchd  # batchd.service's ExecStart points here
 VENV=$PREFIX/venv
+BIN_LINK=/usr/local/bin/batchd
 EXTRAS=${BATCHD_INSTALL_EXTRAS-systemd,gpu}
 PYTHON=${BATCHD_PYTHON:-python3}
 UNIT=/etc/systemd/system/batchd.service
@@ -58,6 +59,7 @@ uninstall() {
     step "Removing $UNIT and $VENV"
     rm -f "$UNIT"
     rm -rf "$VENV"
+    if grep -q "installed by batchd's install.sh" "$BIN_LINK" 2>/dev/null; then rm -f "$BIN_LINK"; fi
     rm -f "$PREFIX/README.md"
     rmdir "$PREFIX" 2>/dev/null || true
     if systemd_running; then
@@ -147,6 +149,13 @@ install_venv() {
     if [ -f "$SOURCE/README.md" ]; then
         install -m 0644 "$SOURCE/README.md" "$PREFIX/README.md"
     fi
+    step "Command $BIN_LINK"
+    # Operator commands read the daemon's journal: run as root they switch to the
+    # batchd user, so no file in /var/lib/batchd ever becomes root's.
+    printf '%s\n' '#!/bin/sh' "# installed by batchd's install.sh" \
+        "if [ \"\$(id -u)\" = 0 ]; then exec runuser -u batchd -- $VENV/bin/batchd \"\$@\"; fi" \
+        "exec $VENV/bin/batchd \"\$@\"" >"$BIN_LINK"
+    chmod 0755 "$BIN_LINK"
 }
 
 install_config() {

@@ -266,3 +266,11 @@ def test_doctor_scores_the_installed_unit_with_its_drop_ins(tmp_path: Path) -> N
     (units / "batchd.service.d/weaker.conf").write_text("[Service]\nProtectSystem=no\nCapabilityBoundingSet=~\n")
     level, what, fix = _unit(tmp_path)
     assert level == "WARN" and "exposure" in what and "drop-in" in fix
+
+
+def test_operator_commands_never_create_the_journal(folders: Folders, emulator: Emulator) -> None:
+    env = folders.env(emulator.url)
+    assert run_batchd(env, "status").returncode == 0
+    r = run_batchd(env, "cancel", "abc")
+    assert r.returncode == 1 and "no journal" in r.stderr
+    assert not (folders.state / "journal.sqlite3").exists()
