@@ -44,6 +44,8 @@ class JobMetrics:
     offload: dict[str, Any] | None = None
     lanes: int = 1
     lanes_min: int = 1
+    #: the model the server says answered (the embedded backend serves its GGUF whatever a request names)
+    served_model: str | None = None
     trim_at: float | None = None
     chars_per_token: float | None = None
     busy_seconds: float = 0.0

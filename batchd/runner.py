@@ -426,6 +426,8 @@ class JobRunner:
         return delay
 
     def _success(self, req: Request, attempts: int, result: ChatResult) -> Outcome:
+        if self.metrics.served_model is None:
+            self.metrics.served_model = result.model
         body = result.completion_body()
         body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
         return Outcome(seq=req.seq, state=ReqState.DONE, attempts=attempts, result=body,

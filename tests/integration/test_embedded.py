@@ -60,4 +60,6 @@ def test_twenty_candidates_on_the_embedded_model(folders: Folders) -> None:
     assert all(r["status"] == "ok" and 1 <= int(r["score"]) <= 10 for r in rows)
     metrics = orjson.loads((out / "metrics.json").read_bytes())
     assert metrics["status"] == "completed"
+    # the model that answered (the GGUF), not the name the pipeline asked for
+    assert metrics["model"] == results[0]["response"]["body"]["model"] != metrics["requested_model"]
     print(f"embedded: {ROWS} rows in {elapsed:.1f}s ({ROWS / elapsed:.2f} req/s incl. start-up)")
