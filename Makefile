@@ -8,7 +8,7 @@ DEMO   ?= .demo
 # Debian packages: libsystemd-dev + pkg-config for systemd-python, a compiler and
 # cmake for llama-cpp-python, chromium to render report.html in a test.
 SYSDEPS      := libsystemd-dev pkg-config gcc g++ cmake
-SYSDEPS_TEST := $(SYSDEPS) chromium
+SYSDEPS_TEST := chromium
 
 .PHONY: help demo test bench sysdeps sysdeps-test venv clean
 
@@ -17,22 +17,24 @@ help:
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/BENCHMARKS.md by hand)"
 
-# Installs the Debian packages when root and missing; otherwise prints the one-line fix.
+# Installs the Debian packages when root and missing; otherwise prints the one-line fix
+# and stops (optional packages, $(2)=optional: only a note; the tests that need them skip).
 define need_debs
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo ">> installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo ">> missing Debian packages:$$missing -- fix: sudo apt-get install -y$$missing"; fi; \
+	  elif [ "$(2)" = optional ]; then echo ">> optional Debian packages missing:$$missing (tests that need them skip) -- fix: sudo apt-get install -y$$missing"; \
+	  else echo ">> missing Debian packages:$$missing -- fix: sudo apt-get install -y$$missing"; exit 1; fi; \
 	fi
 endef
 
 sysdeps:
 	$(call need_debs,$(SYSDEPS))
 
-sysdeps-test:
-	$(call need_debs,$(SYSDEPS_TEST))
+sysdeps-test: sysdeps
+	$(call need_debs,$(SYSDEPS_TEST),optional)
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "batchd needs Python 3.11+"'
