@@ -14,6 +14,7 @@ import orjson
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
 from batchd.backends.http import decode, translate
+from batchd.backends.transport import make_client
 from batchd.errors import BackendServerError
 
 
@@ -32,8 +33,8 @@ class OllamaBackend:
     ) -> None:
         self.host = url.rstrip("/")
         self.keep_alive = keep_alive
-        self._client = httpx.AsyncClient(
-            base_url=self.host,
+        self._client = make_client(
+            self.host,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,

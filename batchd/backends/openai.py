@@ -16,6 +16,7 @@ import orjson
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
 from batchd.backends.http import decode, translate
+from batchd.backends.transport import make_client
 from batchd.errors import BackendServerError, ModelNotFound
 
 #: Ollama option name -> OpenAI body key; anything else (num_ctx, num_gpu, ...) is server-side
@@ -68,8 +69,8 @@ class OpenAIBackend:
             self.host = self.host[: -len("/v1")]
         # The key lives only in the client's headers: never an attribute a repr or a log could show.
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.host,
+        self._client = make_client(
+            self.host,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
