@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from batchd.backends.base import OLLAMA_TO_OPENAI
 from batchd.errors import ConfigError, InputError, LineError
 from batchd.journal import NewRequest
 from batchd.pipeline import Pipeline
@@ -66,11 +67,9 @@ def pipeline_prefix(pipeline: Pipeline, model: str) -> dict[str, Any]:
     """The byte-identical part every CSV row shares, as an OpenAI body fragment."""
     prefix: dict[str, Any] = {"model": model, "messages": pipeline.prefix_messages()}
     native: dict[str, Any] = {}
-    reverse = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
-               "stop": "stop", "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
     for key, value in pipeline.options.items():
-        if key in reverse:
-            prefix[reverse[key]] = value
+        if key in OLLAMA_TO_OPENAI:
+            prefix[OLLAMA_TO_OPENAI[key]] = value
         else:
             native[key] = value
     if native:

@@ -13,10 +13,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-#: OpenAI body keys that become Ollama-style options
-OPENAI_OPTION_KEYS = {
-    "max_tokens": "num_predict",
-    "max_completion_tokens": "num_predict",
+#: Ollama option name -> OpenAI body key: the one table both directions come from
+OLLAMA_TO_OPENAI = {
+    "num_predict": "max_tokens",
     "temperature": "temperature",
     "top_p": "top_p",
     "seed": "seed",
@@ -24,6 +23,8 @@ OPENAI_OPTION_KEYS = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
 }
+#: OpenAI body keys that become Ollama-style options
+OPENAI_OPTION_KEYS = {**{v: k for k, v in OLLAMA_TO_OPENAI.items()}, "max_completion_tokens": "num_predict"}
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,27 @@ def seconds(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+class JsonHttp:
+    """GET/POST of JSON with every httpx error translated: the one call path of the HTTP backends."""
+
+    def __init__(self, client: httpx.AsyncClient, host: str) -> None:
+        self.client = client
+        self.host = host
+
+    async def get(self, path: str) -> dict[str, Any]:
+        try:
+            resp = await self.client.get(path)
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.host) from exc
+        return decode(resp, model="")
+
+    async def post(self, path: str, payload: dict[str, Any], *, model: str) -> dict[str, Any]:
+        try:
+            resp = await self.client.post(
+                path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.host) from exc
+        return decode(resp, model=model)

@@ -10,10 +10,9 @@ import time
 from typing import Any
 
 import httpx
-import orjson
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
-from batchd.backends.http import decode, translate
+from batchd.backends.http import JsonHttp
 from batchd.backends.transport import make_client
 from batchd.errors import BackendServerError
 
@@ -39,6 +38,7 @@ class OllamaBackend:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
         )
+        self._http = JsonHttp(self._client, self.host)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         payload: dict[str, Any] = {
@@ -55,7 +55,7 @@ class OllamaBackend:
         if request.format is not None:
             payload["format"] = request.format
         started = time.perf_counter()
-        data = await self._post("/api/chat", payload, model=request.model)
+        data = await self._http.post("/api/chat", payload, model=request.model)
         message = data.get("message") or {}
         content = message.get("content")
         if not isinstance(content, str):
@@ -70,10 +70,10 @@ class OllamaBackend:
         )
 
     async def ping(self) -> None:
-        await self._get("/api/version")
+        await self._http.get("/api/version")
 
     async def context_length(self, model: str) -> int | None:
-        data = await self._post("/api/show", {"model": model}, model=model)
+        data = await self._http.post("/api/show", {"model": model}, model=model)
         info = data.get("model_info") or {}
         for key, value in info.items():
             if key.endswith(".context_length") and isinstance(value, int):
@@ -81,7 +81,7 @@ class OllamaBackend:
         return None
 
     async def loaded(self) -> list[LoadedModel]:
-        data = await self._get("/api/ps")
+        data = await self._http.get("/api/ps")
         out = []
         for m in data.get("models") or []:
             out.append(
@@ -96,19 +96,3 @@ class OllamaBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    async def _get(self, path: str) -> dict[str, Any]:
-        try:
-            resp = await self._client.get(path)
-        except httpx.HTTPError as exc:
-            raise translate(exc, self.host) from exc
-        return decode(resp, model="")
-
-    async def _post(self, path: str, payload: dict[str, Any], *, model: str) -> dict[str, Any]:
-        try:
-            resp = await self._client.post(
-                path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            raise translate(exc, self.host) from exc
-        return decode(resp, model=model)

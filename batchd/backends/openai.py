@@ -12,22 +12,15 @@ import time
 from typing import Any
 
 import httpx
-import orjson
 
-from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
-from batchd.backends.http import decode, translate
+from batchd.backends.base import OLLAMA_TO_OPENAI, ChatRequest, ChatResult, LoadedModel, finish_reason
+from batchd.backends.http import JsonHttp, decode, translate
 from batchd.backends.transport import make_client
 from batchd.errors import BackendServerError, ModelNotFound
 
 #: Ollama option name -> OpenAI body key; anything else (num_ctx, num_gpu, ...) is server-side
 _OPTION_KEYS = {
-    "num_predict": "max_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "stop": "stop",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
+    **OLLAMA_TO_OPENAI,
     # not OpenAI's, but vLLM, SGLang and llama.cpp's server accept them
     "top_k": "top_k",
     "min_p": "min_p",
@@ -76,13 +69,14 @@ class OpenAIBackend:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
         )
+        self._http = JsonHttp(self._client, self.host)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(url={self.host!r})"
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         started = time.perf_counter()
-        data = await self._post("/v1/chat/completions", to_body(request), model=request.model)
+        data = await self._http.post("/v1/chat/completions", to_body(request), model=request.model)
         choices = data.get("choices") or []
         choice = choices[0] if choices and isinstance(choices[0], dict) else {}
         content = (choice.get("message") or {}).get("content")
@@ -120,7 +114,7 @@ class OpenAIBackend:
 
     async def models(self) -> dict[str, dict[str, Any]]:
         """``GET /v1/models`` as ``{id: entry}``."""
-        data = await self._get("/v1/models")
+        data = await self._http.get("/v1/models")
         return {str(m["id"]): m for m in data.get("data") or [] if isinstance(m, dict) and m.get("id")}
 
     async def loaded(self) -> list[LoadedModel]:
@@ -128,22 +122,6 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    async def _get(self, path: str) -> dict[str, Any]:
-        try:
-            resp = await self._client.get(path)
-        except httpx.HTTPError as exc:
-            raise translate(exc, self.host) from exc
-        return decode(resp, model="")
-
-    async def _post(self, path: str, payload: dict[str, Any], *, model: str) -> dict[str, Any]:
-        try:
-            resp = await self._client.post(
-                path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            raise translate(exc, self.host) from exc
-        return decode(resp, model=model)
 
 
 def _window(entry: dict[str, Any]) -> int | None:
