@@ -1,4 +1,4 @@
-"""The reliability suites at full size (issue 7): 50,000 requests with 20 kills, 6,000 under faults
+"""The reliability suites at full size (issue "[7] Prove it"): 50,000 requests with 20 kills, 6,000 under faults
 with a 60 s outage, 1,000 files at once, a 170,000-row CSV with RSS sampled every second, and a
 30-minute soak. About an hour on 2 cores; CI runs the same tests at a tenth of the size.
 
