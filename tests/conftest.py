@@ -78,6 +78,22 @@ def make_settings(folders: Folders, emulator: Emulator) -> Callable[..., Setting
     return make
 
 
+def run_daemon_once(settings: Settings) -> None:
+    """``batchd run --once`` in this process (for tests that look inside afterwards)."""
+    import asyncio
+
+    from batchd.daemon import Daemon
+
+    async def go() -> None:
+        daemon = Daemon(settings=settings)
+        try:
+            await daemon.run_once()
+        finally:
+            await daemon.aclose()
+
+    asyncio.run(go())
+
+
 def batchd_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "batchd", *args]
 

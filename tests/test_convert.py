@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +11,9 @@ import pytest
 
 from batchd import ops
 from batchd.config import Settings
-from batchd.daemon import Daemon
 from batchd.ingest import batch_line, full_body
 from batchd.journal import Journal
-from tests.conftest import REPO, Folders, run_batchd
+from tests.conftest import Folders, REPO, run_batchd, run_daemon_once
 from tests.emulator import Emulator
 
 EXAMPLE = REPO / "inbox.example" / "candidates"
@@ -46,14 +44,7 @@ def test_convert_is_byte_identical_to_the_journal(tmp_path: Path, folders: Folde
 
     shutil.copytree(src, folders.inbox / "candidates")
 
-    async def go() -> None:
-        daemon = Daemon(settings=settings)
-        try:
-            await daemon.run_once()
-        finally:
-            await daemon.aclose()
-
-    asyncio.run(go())
+    run_daemon_once(settings)
     journaled = _journaled_lines(settings)
     lines = converted.read_bytes().splitlines(keepends=True)
     assert len(lines) == len(journaled) == 200

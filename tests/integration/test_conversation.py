@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +10,7 @@ from typing import Any
 import orjson
 
 from batchd.config import Settings
-from batchd.daemon import Daemon
-from tests.conftest import read_jsonl
+from tests.conftest import read_jsonl, run_daemon_once
 from tests.emulator import Emulator, count_tokens
 
 SYSTEM = {"role": "system", "content": "You score job candidates from 1 to 10. Reply with one short line."}
@@ -30,14 +28,7 @@ def drop_jsonl(inbox: Path, name: str, users: list[str]) -> list[str]:
 
 
 def run_once(settings: Settings) -> dict[str, Any]:
-    async def go() -> None:
-        daemon = Daemon(settings=settings)
-        try:
-            await daemon.run_once()
-        finally:
-            await daemon.aclose()
-
-    asyncio.run(go())
+    run_daemon_once(settings)
     (folder,) = [p for p in settings.outbox.iterdir() if not p.name.startswith(".")]
     return {"metrics": orjson.loads((folder / "metrics.json").read_bytes()),
             "results": read_jsonl(folder / "results.jsonl"), "errors": read_jsonl(folder / "errors.jsonl")}

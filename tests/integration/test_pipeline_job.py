@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import orjson
 
 from batchd.config import Settings
-from batchd.daemon import Daemon
-from tests.conftest import Folders, read_jsonl
+from tests.conftest import Folders, read_jsonl, run_daemon_once
 from tests.emulator import Emulator
 
 SCHEMA = '''
@@ -47,14 +45,7 @@ CSV = (
 
 
 def _run(settings: Settings) -> None:
-    async def go() -> None:
-        daemon = Daemon(settings=settings)
-        try:
-            await daemon.run_once()
-        finally:
-            await daemon.aclose()
-
-    asyncio.run(go())
+    run_daemon_once(settings)
 
 
 def _drop(folders: Folders, name: str, pipeline: str, data: str) -> None:
