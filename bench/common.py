@@ -19,9 +19,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import Folders as TestFolders
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "gemma3:4b"  # the emulator's default model name
@@ -142,31 +143,18 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen[Any] | No
 
 # -- batchd in temp folders ---------------------------------------------------------------
 
-@dataclass
-class Folders:
-    root: Path
-    inbox: Path
-    outbox: Path
-    state: Path
+class Folders(TestFolders):
+    """The tests' temp folders, with the quieter logging and quick retries benchmarks want."""
 
     def env(self, url: str, **extra: str) -> dict[str, str]:
-        """``BATCHD_*`` for a ``batchd`` subprocess, as ``tests/conftest.py`` builds it."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-        env.update({
-            "BATCHD_CONFIG": str(self.root / "batchd.toml"),
-            "BATCHD_INBOX": str(self.inbox),
-            "BATCHD_OUTBOX": str(self.outbox),
-            "BATCHD_STATE_DIR": str(self.state),
-            "BATCHD_BACKEND__URL": url,
-            "BATCHD_LOG__TARGET": "json",
+        return super().env(url, **{
             "BATCHD_LOG__LEVEL": "warning",
             "BATCHD_VRAM__SOURCE": "none",
             # Quick retries so an outage is noticed and left within a second, not a minute.
             "BATCHD_BACKEND__BACKOFF_SECONDS": "0.1",
             "BATCHD_BACKEND__BACKOFF_MAX_SECONDS": "1",
+            **extra,
         })
-        env.update(extra)
-        return env
 
     def metrics(self, stem: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.outbox / stem / "metrics.json").read_text())
