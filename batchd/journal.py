@@ -470,10 +470,12 @@ class Journal:
             db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (job_id, time.time(), done, failed, ctx_tokens, vram_used, trims, lanes))
 
-    def samples(self, job_id: str) -> list[tuple[float, int, int, int | None, float | None, int, int]]:
+    def samples(self, job_id: str, since: float | None = None
+                ) -> list[tuple[float, int, int, int | None, float | None, int, int]]:
+        """A job's time series, oldest first; ``since`` keeps only the recent stretch (in SQL, via the index)."""
         return [tuple(r) for r in self._query(
-            "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? ORDER BY t",
-            (job_id,))]
+            "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? AND t>=? "
+            "ORDER BY t", (job_id, since if since is not None else float("-inf")))]
 
 
 def _job(r: Sequence[Any]) -> Job:

@@ -51,7 +51,7 @@ RATE_WINDOW_SECONDS = 120.0
 
 
 def _rate(journal: Journal, job: Job, done_failed: int, now: float) -> float | None:
-    samples = [(t, d + f) for t, d, f, *_ in journal.samples(job.id) if now - t <= RATE_WINDOW_SECONDS]
+    samples = [(t, d + f) for t, d, f, *_ in journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)]
     if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
         (t0, n0), (t1, n1) = samples[0], samples[-1]
         return max(0.0, (n1 - n0) / (t1 - t0))
