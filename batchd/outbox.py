@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ class Outbox:
         return target
 
     def _finish(self, job: Job, final: str, target: Path) -> None:
-        self.journal.update_job(job.id, state=JobState(final), finished_at=job.finished_at or _now())
+        self.journal.update_job(job.id, state=JobState(final), finished_at=job.finished_at or time.time())
         log.info("job_published", job_id=job.id, input=job.input_name, status=final, outbox=str(target))
 
     def _free_name(self, job: Job) -> str:
@@ -179,7 +180,7 @@ class Outbox:
     def _metrics(self, job: Job, final: str, counts: dict[str, int]) -> dict[str, Any]:
         state = job.metrics.get("state") if job.metrics else None
         m = JobMetrics.from_state(state) if state else JobMetrics()
-        finished = job.finished_at or _now()
+        finished = job.finished_at or time.time()
         elapsed = m.busy_seconds or ((finished - job.started_at) if job.started_at else 0.0)
         out: dict[str, Any] = {
             "job_id": job.id,
@@ -242,9 +243,3 @@ def _group_id(group: str | None) -> int | None:
     except KeyError:
         log.warning("outbox_group_missing", group=group)
         return None
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
