@@ -214,7 +214,9 @@ def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
     settings = make_settings(watch={"mode": "inotify"})
     notifier = make_notifier(watchdog_usec=200_000, status_seconds=0.2)
     daemon = ServiceDaemon(notifier=notifier, settings=settings, reload_settings=lambda: settings)
-    daemon.heartbeat_seconds = 0.05
+    # Fast heartbeat AND fast status sampling: ServiceDaemon derived status_seconds (1 s) from the
+    # default heartbeat in its constructor, and a 0.6 s job can fall between two 1 s samples.
+    daemon.heartbeat_seconds = daemon.status_seconds = 0.05
     received: list[str] = []
 
     def kinds() -> list[str]:
