@@ -95,9 +95,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
     import structlog
 
-    from batchd import logs
+    from batchd import logs, preflight
     from batchd.service import Notifier, ServiceDaemon
 
+    preflight.check(settings)  # the same checks as `batchd doctor`: exit 2 before anything starts
     logs.configure(target=settings.log.target, level=settings.log.level,
                    under_journal=logs.stderr_is_journal(os.environ.get("JOURNAL_STREAM")))
     # NOTIFY_SOCKET and WATCHDOG_* come from systemd (Type=notify); without them this is a no-op.

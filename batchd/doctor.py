@@ -191,9 +191,23 @@ def _inotify() -> Check:
     return "OK", f"inotify max_user_watches={n}", ""
 
 
+def _config(settings: Settings) -> Check:
+    """What ``batchd run`` checks before it starts (``preflight``), so the two never disagree."""
+    from batchd import preflight
+
+    try:
+        preflight.check(settings)
+    except ConfigError as exc:
+        return ("FAIL", f"configuration: {exc.key}: {exc.problem}",
+                f"fix {exc.key} in the config file or its BATCHD_* variable: `batchd run` refuses to start (exit 2)")
+    return "OK", "configuration is valid", ""
+
+
 def run_checks(settings: Settings) -> int:
+    """Print every check; exit 2 when the configuration is invalid (as ``run`` would), 1 on any other FAIL."""
+    config = _config(settings)
     checks: list[Callable[[], list[Check]]] = [
-        lambda: [("OK", "configuration is valid", "")],
+        lambda: [config],
         lambda: [_folder(settings.inbox, "inbox"), _folder(settings.outbox, "outbox"),
                  _folder(settings.state_dir, "state_dir")],
         lambda: _backend(settings),
@@ -206,4 +220,4 @@ def run_checks(settings: Settings) -> int:
         for level, what, fix in check():
             print(f"{level:<4} {what}" + (f"\n     fix: {fix}" if fix and level != "OK" else ""))
             worst = max(worst, {"OK": 0, "WARN": 0, "FAIL": 1}[level])
-    return worst
+    return 2 if config[0] == "FAIL" else worst

@@ -30,7 +30,7 @@ def make_backend(settings: Settings, url: str | None = None) -> Backend:
         from batchd.backends.openai import OpenAIBackend
 
         return OpenAIBackend(url=url, timeout=b.timeout_seconds, connect_timeout=b.connect_timeout_seconds,
-                             api_key=_api_key(settings), max_connections=conns)
+                             api_key=api_key(settings), max_connections=conns)
     if b.kind == "embedded":
         from batchd.backends.embedded import EmbeddedBackend
 
@@ -41,7 +41,8 @@ def make_backend(settings: Settings, url: str | None = None) -> Backend:
     raise ConfigError("backend.kind", f"unknown backend {b.kind!r}")
 
 
-def _api_key(settings: Settings) -> str | None:
+def api_key(settings: Settings) -> str | None:
+    """The bearer token for an ``openai`` server: ``api_key_file``'s content, else ``api_key``."""
     b = settings.backend
     if b.api_key_file is not None:
         try:
