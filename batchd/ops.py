@@ -156,8 +156,13 @@ def _dur(seconds: float) -> str:
 # -- convert / render ------------------------------------------------------------------
 
 
-def _csv_pipeline(settings: Settings, path: Path, name: str | None) -> Pipeline:
+def _csv_pipeline(settings: Settings, path: Path, name: str | None, command: str) -> Pipeline:
     """The pipeline the daemon would use: --pipeline, else the CSV's own folder's, else the default."""
+    if not path.name.lower().endswith(".csv"):
+        # The daemon reads only *.csv through a pipeline; anything else would be garbage rows here.
+        why = ("a .jsonl file is already OpenAI batch input: drop it into the inbox as it is"
+               if path.name.lower().endswith(".jsonl") else "this is not one")
+        raise ConfigError(str(path), f"{command} reads a CSV file (a .csv name); {why}")
     if name is None and (path.parent / "pipeline.toml").is_file():
         return load_pipeline(path.parent)
     return _pipeline(settings, name)
@@ -175,7 +180,7 @@ def convert(settings: Settings, path: Path, *, pipeline: str | None, output: Pat
     Rows the daemon would record as invalid are left out and listed on stderr.
     With ``-o`` the file appears complete or not at all (temp file + rename).
     """
-    pipe = _csv_pipeline(settings, path, pipeline)
+    pipe = _csv_pipeline(settings, path, pipeline, "convert")
     prefix = pipeline_prefix(pipe, settings.model_for(pipe))
     tmp = output.with_name(f".{output.name}.tmp") if output is not None else None
     out = sys.stdout.buffer if tmp is None else tmp.open("wb")
@@ -208,7 +213,7 @@ def convert(settings: Settings, path: Path, *, pipeline: str | None, output: Pat
 
 def render(settings: Settings, path: Path, *, pipeline: str | None, row: int) -> int:
     """Print the exact messages and options the daemon sends for data row ``row`` (1-based)."""
-    pipe = _csv_pipeline(settings, path, pipeline)
+    pipe = _csv_pipeline(settings, path, pipeline, "render")
     prefix = pipeline_prefix(pipe, settings.model_for(pipe))
     try:
         with path.open("rb") as fh:

@@ -84,3 +84,19 @@ def test_cli_names_a_missing_template_column(tmp_path: Path, folders: Folders, e
     assert "'summary'" in proc.stderr and "user_template" in proc.stderr
     proc = run_batchd(folders.env(emulator.url), "render", str(EXAMPLE / "candidates.csv"), "--row", "999")
     assert proc.returncode == 2 and "no data row 999" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["convert", "render"])
+@pytest.mark.parametrize("name", ["requests.jsonl", "notes.txt", "REQUESTS.JSONL"])
+def test_convert_and_render_refuse_anything_but_a_csv(tmp_path: Path, folders: Folders, emulator: Emulator,
+                                                      command: str, name: str) -> None:
+    path = tmp_path / name
+    shutil.copy(REPO / "inbox.example" / "requests.jsonl", path)
+    out = tmp_path / "out.jsonl"
+    r = run_batchd(folders.env(emulator.url), command, str(path), *(["-o", str(out)] if command == "convert" else []))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"batchd: configuration error: {path}: {command} reads a CSV file (a .csv name); "
+        + ("a .jsonl file is already OpenAI batch input: drop it into the inbox as it is"
+           if name.lower().endswith(".jsonl") else "this is not one")]
+    assert r.stdout == "" and not out.exists()
