@@ -160,11 +160,16 @@ class Outbox:
 
     def _error_line(self, job: Job, req: Request) -> bytes:
         error = dict(req.error or {"code": "unknown", "message": "unknown error"})
-        line: dict[str, Any] = {"id": result_id(job.sha256, req.custom_id, "batch_req"), "custom_id": req.custom_id}
+        key = req.custom_id
+        if req.state is ReqState.INVALID:
+            # An invalid line may have no custom_id, or repeat one a valid line already has: its
+            # line number tells it apart (still deterministic, run after run).
+            key = f"{req.custom_id}\0line {req.line}"
+        line: dict[str, Any] = {"id": result_id(job.sha256, key, "batch_req"), "custom_id": req.custom_id}
         status = error.pop("status_code", None)
         raw = error.pop("raw", None)
         if status is not None:
-            line["response"] = {"status_code": status, "request_id": result_id(job.sha256, req.custom_id, "req"),
+            line["response"] = {"status_code": status, "request_id": result_id(job.sha256, key, "req"),
                                 "body": {"error": {"message": error.get("message"), "type": "invalid_request_error"
                                                    if status < 500 else "server_error", "code": error.get("code")}}}
             line["error"] = None
