@@ -56,6 +56,8 @@ class Daemon:
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0
+        #: jobs whose job_finished is logged (a publish retried after a full disk does not repeat it)
+        self._announced: set[str] = set()
         # run() state
         self._threaded_claims = False
         self._wake = asyncio.Event()
@@ -134,6 +136,14 @@ class Daemon:
         return True
 
     def publish(self, job: Job) -> None:
+        if job.id not in self._announced:
+            # Here and not in run_job: duplicates, rejected files and jobs cancelled while queued
+            # never run, and EVENT=job_finished must count every finished job once.
+            counts = self.journal.counts(job.id)
+            log.info("job_finished", job_id=job.id, input=job.input_name,
+                     status=str(job.meta.get("final") or "completed"), completed=counts.get("done", 0),
+                     failed=counts.get("failed", 0) + counts.get("invalid", 0), skipped=counts.get("skipped", 0))
+            self._announced.add(job.id)
         try:
             self.outbox.publish(job)
             self.jobs_done += 1
@@ -178,9 +188,6 @@ class Daemon:
                 self.journal.update_job(job.id, db=db, **fields)
             final = self.journal.job(job.id)
             assert final is not None
-            counts = self.journal.counts(job.id)
-            log.info("job_finished", status=outcome, completed=counts.get("done", 0),
-                     failed=counts.get("failed", 0) + counts.get("invalid", 0), skipped=counts.get("skipped", 0))
             self.publish(final)
             return outcome
         finally:
