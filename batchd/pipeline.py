@@ -56,6 +56,10 @@ class Pipeline(BaseModel):
             template_fields(self.user_template)
         if self.system_prompt_file and not self.system_prompt:
             # The [pipeline] table of the main config; folder pipelines are resolved by load_pipeline().
+            if not Path(self.system_prompt_file).is_absolute():
+                # Relative to what? Under systemd the working directory is /.
+                raise ConfigError("pipeline.system_prompt_file", "must be an absolute path in the main config "
+                                                                 f"(got {self.system_prompt_file!r})")
             try:
                 self.system_prompt = Path(self.system_prompt_file).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:

@@ -202,3 +202,17 @@ def test_unknown_variable_warns_on_stderr_and_goes_on(monkeypatch: pytest.Monkey
     assert out.err.strip().splitlines() == [
         "batchd: warning: unknown environment variable BATCHD_STATEDIR is ignored (did you mean BATCHD_STATE_DIR?)"]
     assert out.out.startswith("{")  # stdout stays machine-readable
+
+
+def test_main_config_system_prompt_file_must_be_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Relative to what? Under systemd the working directory is /, in a shell it is wherever you are.
+    (tmp_path / "rubric.md").write_text("Be fair.")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[pipeline]\nsystem_prompt_file = "rubric.md"\n')
+    monkeypatch.setenv("BATCHD_CONFIG", str(cfg))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.key == "pipeline.system_prompt_file" and "absolute" in info.value.problem
+    cfg.write_text(f'[pipeline]\nsystem_prompt_file = "{tmp_path / "rubric.md"}"\n')
+    assert load_settings().pipeline.system_prompt == "Be fair."
