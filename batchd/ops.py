@@ -263,11 +263,21 @@ def request_cancel(journal: Journal, job_id: str) -> str:
         return "cancelled"
 
 
+def find_job(journal: Journal, job_ref: str) -> Job:
+    """The job a full id or a unique prefix names; ConfigError (exit 2) when none or several do."""
+    job = journal.job(job_ref)
+    if job is not None:
+        return job
+    matches = sorted(j.id for j in journal.jobs() if j.id.startswith(job_ref))
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise ConfigError("JOB", f"{job_ref!r} is ambiguous: it starts {shown}; give more of the id")
+    raise ConfigError("JOB", f"no job {job_ref!r} (batchd status lists the jobs)")
+
+
 def cancel(settings: Settings, job_ref: str) -> int:
     journal = _journal(settings)
-    job = journal.job(job_ref)
-    if job is None:
-        raise ConfigError("JOB", f"no job {job_ref!r}")
+    job = find_job(journal, job_ref)
     outcome = request_cancel(journal, job.id)
     if outcome == "cancelling":
         print(f"{job.id}: cancelling after the requests in flight; its outbox will say cancelled")
@@ -284,9 +294,7 @@ def retry(settings: Settings, job_ref: str) -> int:
     from batchd.claim import new_job_id
 
     journal = _journal(settings)
-    job = journal.job(job_ref)
-    if job is None:
-        raise ConfigError("JOB", f"no job {job_ref!r}")
+    job = find_job(journal, job_ref)
     if job.state not in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
         raise ConfigError("JOB", f"job {job.id} is {job.state.value}; only finished jobs can be retried")
     new_id = new_job_id()

@@ -276,3 +276,35 @@ def test_operator_commands_never_create_the_journal(folders: Folders, emulator: 
     r = run_batchd(env, "cancel", "abc")
     assert r.returncode == 1 and "no journal" in r.stderr
     assert not (folders.state / "journal.sqlite3").exists()
+
+
+@pytest.mark.parametrize("command", ["cancel", "retry"])
+def test_unknown_ambiguous_and_unfinished_job_refs_exit_2_in_one_line(
+        folders: Folders, emulator: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        command: str) -> None:
+    from batchd.cli import main
+    from batchd.journal import JobState, Journal
+
+    journal = Journal(folders.state / "journal.sqlite3")
+    with journal.transaction() as db:
+        for job_id, state in (("abc111aaaaaa", JobState.QUEUED), ("abc222bbbbbb", JobState.COMPLETED)):
+            journal.create_job(job_id=job_id, db=db, state=state, input_name=f"{job_id}.jsonl", stem=job_id,
+                               kind="jsonl")
+    journal.close()
+    for name, value in folders.env(emulator.url).items():
+        if name.startswith("BATCHD_"):
+            monkeypatch.setenv(name, value)
+
+    def run(ref: str) -> tuple[int, list[str]]:
+        code = main([command, ref])
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    assert run("zzz") == (2, ["batchd: configuration error: JOB: no job 'zzz' (batchd status lists the jobs)"])
+    assert run("abc") == (2, ["batchd: configuration error: JOB: 'abc' is ambiguous: it starts abc111aaaaaa, "
+                              "abc222bbbbbb; give more of the id"])
+    if command == "retry":
+        assert run("abc111") == (2, ["batchd: configuration error: JOB: job abc111aaaaaa is queued; "
+                                     "only finished jobs can be retried"])
+    else:
+        code, err = run("abc222")
+        assert code == 1 and err == []  # already finished: said on stdout, exit 1
