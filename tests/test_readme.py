@@ -167,3 +167,13 @@ def test_the_sample_configuration_error_is_what_batchd_prints(monkeypatch: pytes
         assert main(["status"]) == 2
         assert capsys.readouterr().err == sample + "\n"
         monkeypatch.delenv(env)
+
+
+def test_the_reliability_page_names_tests_that_exist() -> None:
+    # docs/RELIABILITY.md: a bare test_x.py is in tests/reliability/, others carry their folder.
+    text = (REPO / "docs" / "RELIABILITY.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"`((?:[a-z]+/)?test_\w+\.py)`", text))
+    assert len(names) >= 8
+    for name in names:
+        path = REPO / "tests" / (name if "/" in name else f"reliability/{name}")
+        assert path.is_file(), f"docs/RELIABILITY.md names {name}, which is not {path}"
