@@ -227,7 +227,8 @@ class _EnvSource(EnvSettingsSource):
 
     def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
         try:
-            return super().decode_complex_value(field_name, field, value)
+            # pydantic-settings itself passes None here (explode_env_vars), despite its annotation.
+            return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
         except ValueError as exc:
             if field is not None and _is_str_list(field.annotation) and isinstance(value, str):
                 return [part.strip() for part in value.split(",") if part.strip()]

@@ -20,7 +20,7 @@ from tests.conftest import REPO, Folders, read_jsonl, run_batchd
 from tests.emulator import Emulator
 
 DOC = REPO / "docs" / "PIPELINES.md"
-_BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.M | re.S)
+_BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
 def blocks() -> list[tuple[str, dict[str, str], str]]:
@@ -54,10 +54,10 @@ def test_every_key_of_the_pipeline_model_is_documented() -> None:
 
     text = DOC.read_text(encoding="utf-8")
     table = text.split("## Reference: every key", 1)[1].split("###", 1)[0]
-    rows = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+    rows = set(re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE))
     assert rows == set(Pipeline.model_fields)
     for key in Pipeline.model_fields:
-        assert re.search(rf"^### .*`{key}`", text, re.M), f"no section for {key}"
+        assert re.search(rf"^### .*`{key}`", text, re.MULTILINE), f"no section for {key}"
 
 
 def _drop_examples(inbox: Path) -> None:

@@ -22,7 +22,7 @@ from tests.conftest import REPO, Folders, run_batchd
 from tests.emulator import Emulator
 
 README = REPO / "README.md"
-_FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 #: programs the README may show besides batchd (run by hand, not by this test)
 OTHER_PROGRAMS = {"make", "pip", "git", "cd", "cp", "systemctl", "journalctl", "jq", "sudoedit", "usermod", "curl",
                   "packaging/install.sh"}
