@@ -192,6 +192,10 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         raise _config_error(exc) from exc
     except SettingsError as exc:
         raise _env_error(exc) from exc
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - exit 2, never a traceback: the unit does not restart on 2
+        raise ConfigError("settings", f"{type(exc).__name__}: {exc}") from exc
     finally:
         _CONFIG_PATH["path"] = None
 

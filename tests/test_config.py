@@ -216,3 +216,17 @@ def test_main_config_system_prompt_file_must_be_absolute(monkeypatch: pytest.Mon
     assert info.value.key == "pipeline.system_prompt_file" and "absolute" in info.value.problem
     cfg.write_text(f'[pipeline]\nsystem_prompt_file = "{tmp_path / "rubric.md"}"\n')
     assert load_settings().pipeline.system_prompt == "Be fair."
+
+
+def test_load_settings_turns_any_error_into_a_config_error(monkeypatch: pytest.MonkeyPatch,
+                                                           empty_config: Path) -> None:
+    # SIGHUP reloads call load_settings() directly: they must get a ConfigError too, never a crash.
+    import batchd.config
+
+    def broken(**_: object) -> Settings:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(batchd.config, "Settings", broken)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert (info.value.key, info.value.problem) == ("settings", "KeyError: 'surprise'")
