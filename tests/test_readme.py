@@ -177,3 +177,15 @@ def test_the_reliability_page_names_tests_that_exist() -> None:
     for name in names:
         path = REPO / "tests" / (name if "/" in name else f"reliability/{name}")
         assert path.is_file(), f"docs/RELIABILITY.md names {name}, which is not {path}"
+
+
+def test_the_scores_csv_columns_are_listed_in_their_real_order() -> None:
+    from batchd.scores import ScoreSheet
+
+    row = re.search(r"^\| `scores\.csv` \| (.+) \|$", _text(), re.MULTILINE)
+    assert row is not None
+    words = {"the score": "score", "the pipeline's passthrough columns": "passthrough",
+             "the other schema fields": "field"}
+    listed = [words.get(part, part.strip("`")) for part in row.group(1).split(", ")]
+    real = ScoreSheet(fields=["score", "field"], passthrough=["passthrough"]).header()
+    assert listed == real
