@@ -12,7 +12,7 @@ SYSDEPS_TEST := chromium
 # Passed to $(call) through variables: a literal comma would split the call's arguments.
 DEMO_EXTRAS := embedded
 TEST_EXTRAS := test,api,systemd,gpu,embedded
-BENCH_EXTRAS := test,embedded
+BENCH_EXTRAS := test,embedded,bench
 
 .PHONY: help demo test bench sysdeps sysdeps-test venv clean
 

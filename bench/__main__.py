@@ -26,6 +26,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("prefix", ["bench.bench_prefix", "--rows", str(args.prefix_rows)]),
         ("peer", ["bench.bench_peer", "--real-rows", str(args.peer_real_rows)]),
         ("ingest", ["bench.bench_ingest", "--rows", str(args.ingest_rows)]),
+        ("http", ["bench.bench_http_clients"]),
     ]
     only = set(args.only.split(",")) if args.only else None
     # bench_lanes.py belongs to another module owner and may be absent in a partial checkout.
@@ -35,7 +36,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--only", help="comma-separated subset: overhead,lanes,prefix,peer,ingest")
+    ap.add_argument("--only", help="comma-separated subset: overhead,lanes,prefix,peer,ingest,http")
     ap.add_argument("--requests", type=int, default=20_000, help="overhead: requests per run")
     ap.add_argument("--prefix-rows", type=int, default=8, help="prefix: candidates per run (6 runs)")
     ap.add_argument("--peer-real-rows", type=int, default=0, help="peer: candidates through llama.cpp's server")

@@ -242,6 +242,40 @@ def test_framing_and_reuse(reply: bytes, reused: bool) -> None:
     run(main)
 
 
+def test_trailing_bytes_after_a_body_never_reach_the_next_request() -> None:
+    """A misbehaving proxy sends bytes after a complete response (h11's ``trailing_data``): the
+    connection must be dropped, not pooled, or the next request would read them as its reply."""
+    async def main() -> None:
+        accepted = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            n = 0
+            try:
+                while (await reader.readuntil(b"\r\n\r\n")):
+                    n += 1
+                    body = f"r{accepted}.{n}".encode()
+                    # One segment: the real reply, then a stray second response nobody asked for.
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                                 + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client, transport = client_for(f"http://127.0.0.1:{port}")
+        async with server, client:
+            bodies = [(await client.get("/")).content for _ in range(3)]
+            assert b"stray" not in bodies
+            assert bodies == [b"r1.1", b"r2.1", b"r3.1"]  # each on a fresh connection
+            assert transport.opened == 3
+
+    run(main)
+
+
 def test_make_client_uses_the_asyncio_transport_for_plain_http_only() -> None:
     def transport_of(url: str) -> object:
         client = make_client(url, timeout=httpx.Timeout(5.0), limits=httpx.Limits(max_connections=2))

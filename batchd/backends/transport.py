@@ -194,7 +194,9 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         h = self.h11
         # Connection: close, HTTP/1.0 and close-delimited bodies leave a state other than DONE.
-        return not self.broken and h.our_state is h11.DONE and h.their_state is h11.DONE
+        # Bytes after the body (a misbehaving proxy) would be read as the next request's reply.
+        return (not self.broken and h.our_state is h11.DONE and h.their_state is h11.DONE
+                and not h.trailing_data[0])
 
 
 class AsyncioTransport(httpx.AsyncBaseTransport):
