@@ -10,10 +10,13 @@ job's rows and ingests again from the spool.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +24,12 @@ import orjson
 import structlog
 
 from batchd.config import Settings
-from batchd.fsutil import fsync_dir
 from batchd.errors import ConfigError, InputError
-from batchd.inbox import Candidate, pipeline_for, safe_stem
+from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
+from batchd.inbox import Candidate, safe_stem
 from batchd.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
 from batchd.journal import Job, JobState, Journal, NewRequest
-from batchd.pipeline import Pipeline
+from batchd.pipeline import Pipeline, load_pipeline_at
 
 log = structlog.get_logger("batchd.claim")
 
@@ -49,10 +52,26 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+class _FolderChanged(Exception):
+    """The pipeline folder is no longer the one the scan found (swapped, or made a symlink)."""
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _no_hook(step: str) -> None:
+    return None
+
+
 class Claimer:
-    def __init__(self, *, settings: Settings, journal: Journal) -> None:
+    def __init__(self, *, settings: Settings, journal: Journal,
+                 hook: Callable[[str], None] = _no_hook) -> None:
         self.settings = settings
         self.journal = journal
+        #: called before each filesystem step of a claim ("open_folder", "stat", "open_file",
+        #: "unlink"): the seam the folder-swap tests use to race the claim deterministically
+        self.hook = hook
         self.spool = settings.state_dir / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
         self.limits = Limits(
@@ -66,15 +85,18 @@ class Claimer:
     def finish_claims(self) -> None:
         """Unlink inbox files whose claim committed before a crash; drop stray spool temps."""
         for file_id, inbox_path, size, mtime_ns in self.journal.unlinked_claims():
-            path = self.settings.inbox / os.fsdecode(inbox_path)
+            rel = os.fsdecode(inbox_path)
             try:
-                st = path.lstat()
-                if st.st_size == size and st.st_mtime_ns == mtime_ns:
-                    path.unlink()
-            except FileNotFoundError:
+                with self._folder(rel.rpartition("/")[0] or None, None) as dir_fd:
+                    name = rel.rpartition("/")[2]
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if (st.st_size == size and st.st_mtime_ns == mtime_ns and stat.S_ISREG(st.st_mode)
+                            and st.st_nlink == 1):
+                        os.unlink(name, dir_fd=dir_fd)
+            except (FileNotFoundError, _FolderChanged):
                 pass
             except OSError as exc:
-                log.warning("claim_unlink_failed", input=inbox_path, error=str(exc))
+                log.warning("claim_unlink_failed", input=display(rel), error=str(exc))
                 continue
             self.journal.mark_file_removed(file_id)
         for stray in self.spool.glob("*.tmp"):
@@ -83,9 +105,54 @@ class Claimer:
     # -- claim ----------------------------------------------------------------
 
     def claim(self, cand: Candidate) -> Claimed | None:
-        """Claim one stable candidate; None when it is not ready (or already handled)."""
+        """Claim one stable candidate; None when it is not ready (or already handled).
+
+        Its folder (the inbox root or a pipeline folder) is opened once, without
+        following a symlink and checked against the scan; every later step
+        (pipeline.toml, stat, open, unlink) is relative to that descriptor, so
+        swapping ``inbox/<p>`` for a link elsewhere mid-claim reaches nothing
+        outside the inbox.
+        """
         try:
-            st = cand.path.lstat()
+            with self._folder(cand.pipeline, cand.folder_id) as dir_fd:
+                return self._claim_in(cand, dir_fd)
+        except FileNotFoundError:
+            return None
+        except _FolderChanged as exc:
+            log.warning("input_folder_changed", input=display(cand.rel), reason=str(exc))
+            return None
+
+    @contextmanager
+    def _folder(self, pipeline: str | None, expected: tuple[int, int] | None) -> Iterator[int]:
+        # The inbox root itself is the operator's setting (its parent is not group-writable), so
+        # it may be a symlink; nothing below it is followed.
+        root = os.open(self.settings.inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if pipeline is None:
+                yield root
+                return
+            self.hook("open_folder")
+            try:
+                fd = open_dir_at(root, pipeline)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _FolderChanged(f"{pipeline!r} is no longer a folder (a symlink?)") from exc
+                raise
+            try:
+                st = os.fstat(fd)
+                if expected is not None and (st.st_dev, st.st_ino) != expected:
+                    raise _FolderChanged(f"{pipeline!r} is another folder than the one scanned")
+                yield fd
+            finally:
+                os.close(fd)
+        finally:
+            os.close(root)
+
+    def _claim_in(self, cand: Candidate, dir_fd: int) -> Claimed | None:
+        name = cand.path.name
+        self.hook("stat")
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -97,13 +164,15 @@ class Claimer:
             return self._reject(cand, st, *problem)
         kind = SUPPORTED[cand.path.suffix.lower()]
         try:
-            pipeline = pipeline_for(self.settings.inbox, cand.pipeline, self.settings.pipeline)
+            pipeline = self.settings.pipeline if cand.pipeline is None else \
+                load_pipeline_at(dir_fd, self.settings.inbox / cand.pipeline)
         except ConfigError as exc:
             return self._reject(cand, st, f"pipeline {cand.pipeline!r} is broken: {exc.message}", "pipeline_error")
         job_id = new_job_id()
         tmp = self.spool / f"{job_id}.tmp"
         try:
-            sha, size = self._copy(cand.path, tmp)
+            self.hook("open_file")
+            sha, size = self._copy(dir_fd, name, st, tmp)
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
             log.info("input_vanished", input=display(cand.rel))
@@ -115,12 +184,12 @@ class Claimer:
             tmp.unlink(missing_ok=True)
             return self._reject(cand, st, f"cannot read the file: {exc.strerror or exc}", "unreadable")
         try:
-            after = cand.path.lstat()
+            after = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
             return None
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
-            tmp.unlink(missing_ok=True)  # still being written: the watcher comes back later
+        if _identity(after) != _identity(st) or size != st.st_size:
+            tmp.unlink(missing_ok=True)  # still being written (or replaced): the watcher comes back later
             log.info("input_still_changing", input=display(cand.rel))
             return None
         spooled = self.spool / f"{job_id}.{kind}"
@@ -133,13 +202,24 @@ class Claimer:
             self.journal.create_job(job_id=job_id, db=db, state=JobState.INGESTING, input_name=display(cand.rel),
                                     stem=safe_stem(cand.path.name), kind=kind, file_id=file_id, sha256=sha,
                                     pipeline=cand.pipeline, pipeline_json=pipeline.model_dump_json())
-        try:
-            cand.path.unlink()
-            self.journal.mark_file_removed(file_id)
-        except OSError as exc:
-            log.warning("claim_unlink_failed", input=display(cand.rel), error=str(exc))
+        self._unlink(dir_fd, name, st, cand)
+        self.journal.mark_file_removed(file_id)
         log.info("job_claimed", job_id=job_id, input=display(cand.rel), bytes=size, sha256=sha, pipeline=cand.pipeline)
         return Claimed(job_id, self.ingest(job_id))
+
+    def _unlink(self, dir_fd: int, name: str, st: os.stat_result, cand: Candidate) -> None:
+        """Remove the claimed file, and only that file: the name must still point at its inode."""
+        self.hook("unlink")
+        try:
+            now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                log.warning("claim_unlink_skipped", input=display(cand.rel), reason="the name now holds another file")
+                return
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("claim_unlink_failed", input=display(cand.rel), error=str(exc))
 
     def _refusal(self, cand: Candidate, st: os.stat_result) -> tuple[str, str] | None:
         if stat.S_ISLNK(st.st_mode):
@@ -148,6 +228,9 @@ class Claimer:
             return "is a folder, not a file", "not_a_file"
         if not stat.S_ISREG(st.st_mode):
             return "is not a regular file (FIFO, socket or device)", "not_a_file"
+        if st.st_nlink > 1:
+            return ("has more than one hard link; batchd only takes plain files (copy the file in instead)",
+                    "hardlink")
         if cand.path.suffix.lower() not in SUPPORTED:
             return (f"unsupported file type {cand.path.suffix or '(none)'!r}; drop .csv or .jsonl files",
                     "unsupported_type")
@@ -156,16 +239,21 @@ class Claimer:
                     f"({self.settings.limits.max_file_bytes:,})", "too_large")
         return None
 
-    def _copy(self, src: Path, dst: Path) -> tuple[str, int]:
-        # O_NOFOLLOW: a file swapped for a symlink after lstat still is not followed;
+    def _copy(self, dir_fd: int, name: str, st: os.stat_result, dst: Path) -> tuple[str, int]:
+        # O_NOFOLLOW: a file swapped for a symlink after the stat still is not followed;
         # O_NONBLOCK: a FIFO swapped in does not hang the daemon.
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
         digest = hashlib.sha256()
         size = 0
         limit = self.settings.limits.max_file_bytes
         with os.fdopen(fd, "rb") as fin:
-            if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            opened = os.fstat(fin.fileno())
+            if not stat.S_ISREG(opened.st_mode):
                 raise InputError("is not a regular file", code="not_a_file")
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                raise FileNotFoundError(errno.ENOENT, "replaced since it was looked at")  # come back later
+            if opened.st_nlink > 1:
+                raise InputError("has more than one hard link; batchd only takes plain files", code="hardlink")
             with open(dst, "wb") as fout:
                 while chunk := fin.read(CHUNK):
                     size += len(chunk)

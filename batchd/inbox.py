@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class Candidate:
     rel: str
     #: pipeline folder name, None for the inbox root
     pipeline: str | None
+    #: (st_dev, st_ino) of the pipeline folder when it was found: the claimer refuses another folder
+    folder_id: tuple[int, int] | None = None
 
 
 def scan(inbox: Path, extra_ignore: tuple[str, ...] = ()) -> list[Candidate]:
@@ -69,11 +72,12 @@ def scan(inbox: Path, extra_ignore: tuple[str, ...] = ()) -> list[Candidate]:
                 if "." in entry.name:  # a folder named like a file (x.csv/): tell the user
                     found.append((_mtime(entry), entry.name, Candidate(folder, entry.name, None)))
                 continue
+            folder_id = _identity(entry)
             for sub in _entries(folder):
                 if is_ignored(sub.name, extra_ignore) or not sub.name.lower().endswith(INPUT_SUFFIXES):
                     continue
                 rel = f"{entry.name}/{sub.name}"
-                found.append((_mtime(sub), rel, Candidate(Path(sub.path), rel, entry.name)))
+                found.append((_mtime(sub), rel, Candidate(Path(sub.path), rel, entry.name, folder_id)))
             continue
         found.append((_mtime(entry), entry.name, Candidate(Path(entry.path), entry.name, None)))
     found.sort(key=lambda t: (t[0], t[1]))
@@ -91,7 +95,13 @@ def candidate_for(inbox: Path, path: Path) -> Candidate | None:
         return Candidate(path, parts[0], None)
     if (len(parts) == 2 and not is_ignored_dir(parts[0]) and parts[1].lower().endswith(INPUT_SUFFIXES)
             and (inbox / parts[0] / PIPELINE_FILE).is_file()):
-        return Candidate(path, f"{parts[0]}/{parts[1]}", parts[0])
+        try:
+            st = (inbox / parts[0]).lstat()
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):  # a symlink to a folder elsewhere is not a pipeline folder
+            return None
+        return Candidate(path, f"{parts[0]}/{parts[1]}", parts[0], (st.st_dev, st.st_ino))
     return None
 
 
@@ -106,6 +116,14 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
             return list(it)
     except OSError:
         return []
+
+
+def _identity(entry: os.DirEntry[str]) -> tuple[int, int] | None:
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _mtime(entry: os.DirEntry[str]) -> float:

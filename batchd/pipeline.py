@@ -12,6 +12,7 @@ header before any row is read (``check_columns``).
 
 from __future__ import annotations
 
+import os
 import string
 import tomllib
 from difflib import get_close_matches
@@ -22,9 +23,12 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from batchd.errors import ConfigError
+from batchd.fsutil import UnsafeFile, read_beneath
 from batchd.scores import RESERVED_COLUMNS
 
 PIPELINE_FILE = "pipeline.toml"
+#: a pipeline.toml or system prompt file is read whole; anything bigger is not a pipeline
+MAX_PIPELINE_BYTES = 4 << 20
 
 
 class Example(BaseModel):
@@ -137,12 +141,36 @@ def template_fields(template: str) -> list[str]:
 
 def load_pipeline(folder: Path) -> Pipeline:
     """Read ``folder/pipeline.toml``; any problem is a ConfigError naming the file."""
-    path = folder / PIPELINE_FILE
-    where = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(where, f"cannot read: {exc}") from exc
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(str(folder / PIPELINE_FILE), f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        return load_pipeline_at(fd, folder)
+    finally:
+        os.close(fd)
+
+
+def load_pipeline_at(dir_fd: int, folder: Path) -> Pipeline:
+    """Read ``pipeline.toml`` (and its ``system_prompt_file``) through an open folder descriptor.
+
+    Neither file may be a symlink, a hard link, anything but a regular file, or
+    (the prompt) outside the folder: a group member must not be able to make
+    batchd read a file they cannot read themselves. ``folder`` only names things
+    in messages; the descriptor is what is read.
+    """
+    where = str(folder / PIPELINE_FILE)
+    try:
+        text = read_beneath(dir_fd, PIPELINE_FILE, MAX_PIPELINE_BYTES).decode("utf-8")
+        data = tomllib.loads(text)
+    except UnsafeFile as exc:
+        raise ConfigError(where, f"refused: {exc.strerror}") from exc
+    except OSError as exc:
+        raise ConfigError(where, f"cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(where, "cannot read: not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(where, f"not valid TOML: {exc}") from exc
     data.setdefault("name", folder.name)
     unknown = sorted(set(data) - set(Pipeline.model_fields))
     if unknown:
@@ -155,13 +183,15 @@ def load_pipeline(folder: Path) -> Pipeline:
             raise ConfigError(f"{where}: system_prompt_file", "give system_prompt or system_prompt_file, not both")
         if not isinstance(prompt_file, str):
             raise ConfigError(f"{where}: system_prompt_file", "must be a file name")
-        target = (folder / prompt_file).resolve()
-        if folder.resolve() not in target.parents:
-            raise ConfigError(f"{where}: system_prompt_file", "must stay inside the pipeline folder")
         try:
-            data["system_prompt"] = target.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{where}: system_prompt_file", str(exc)) from exc
+            data["system_prompt"] = read_beneath(dir_fd, prompt_file, MAX_PIPELINE_BYTES).decode("utf-8")
+        except UnsafeFile as exc:
+            raise ConfigError(f"{where}: system_prompt_file", f"{prompt_file!r} refused: {exc.strerror}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{where}: system_prompt_file",
+                              f"cannot read {prompt_file!r}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where}: system_prompt_file", "cannot read: not UTF-8 text") from exc
     try:
         return Pipeline.model_validate(data)
     except ValidationError as exc:
