@@ -116,6 +116,13 @@ class ApiSettings(_Section):
     listen: str | None = None
     token: str | None = Field(default=None, repr=False)
     max_upload_bytes: int = Field(default=512 * 1024**2, ge=1)
+    # -- security (issue 14) -----------------------------------------------------------
+    #: Host names (besides the listen address and loopback) this API answers to; "*" = any
+    allowed_hosts: list[str] = Field(default_factory=list)
+    #: uploads and the batches made from them (with their outputs) are deleted this long after creation
+    retention_days: float = Field(default=30.0, gt=0)
+    #: all API uploads and outputs together; a new upload over it is refused (507)
+    max_stored_bytes: int = Field(default=20 * 1024**3, ge=1)
 
 
 class Settings(BaseSettings):

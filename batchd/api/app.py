@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batchd.api.batches import ApiError, BatchService
+from batchd.api.guard import RequestGuard
 from batchd.api.models import BATCH_ID, FILE_ID, BatchCreate, FileDeleted, Page, error_body, new_file_id
 from batchd.api.uploads import UploadError, receive_upload
 from batchd.errors import BatchdError
@@ -32,7 +33,8 @@ MAX_JSON_BYTES = 64 * 1024
 MULTIPART_SLACK = 64 * 1024
 
 
-def create_app(service: BatchService, *, token: str | None) -> ASGIApp:
+def create_app(service: BatchService, *, token: str | None, listen_host: str = "127.0.0.1",
+               allowed_hosts: tuple[str, ...] = ()) -> ASGIApp:
     app = FastAPI(title="batchd", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
@@ -130,7 +132,9 @@ def create_app(service: BatchService, *, token: str | None) -> ASGIApp:
     async def cancel_batch(batch_id: str) -> Response:
         return _json(await service.cancel(service.batch_record(_check(batch_id, "batch"))))
 
-    return BearerAuth(app, token) if token else app
+    inner: ASGIApp = BearerAuth(app, token) if token else app
+    # Outermost: a browser's cross-site or rebound request is refused before anything else looks at it.
+    return RequestGuard(inner, listen_host=listen_host, allowed_hosts=allowed_hosts)
 
 
 class BearerAuth:

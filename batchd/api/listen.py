@@ -13,6 +13,8 @@ from batchd.config import Settings
 from batchd.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
+#: a guessable token on an address other hosts reach is no token
+MIN_TOKEN_CHARS = 16
 
 
 def check_listen(settings: Settings) -> tuple[str, int]:
@@ -32,9 +34,15 @@ def check_listen(settings: Settings) -> tuple[str, int]:
         raise ConfigError("api.listen", f"{listen!r} is not host:port") from None
     if not 0 <= port <= 65535:
         raise ConfigError("api.listen", f"port {port} is out of range")
-    if not is_loopback(host) and not settings.api.token:
+    token = settings.api.token
+    if token is not None and not token.strip():
+        raise ConfigError("api.token", "is blank: no client could ever match it; remove it or set a real token")
+    if not is_loopback(host) and not token:
         raise ConfigError("api.token", f"api.listen {listen!r} is not a loopback address: set api.token "
                                        "(BATCHD_API__TOKEN) so clients must authenticate")
+    if not is_loopback(host) and token is not None and len(token.strip()) < MIN_TOKEN_CHARS:
+        raise ConfigError("api.token", f"is {len(token.strip())} characters; a token for a non-loopback "
+                                       f"api.listen needs at least {MIN_TOKEN_CHARS} (e.g. openssl rand -hex 24)")
     return host, port
 
 

@@ -86,7 +86,9 @@ async def serve(settings: Settings, stop_event: asyncio.Event, *, journal: Journ
 
 async def _serve(settings: Settings, stop_event: asyncio.Event, sock: socket.socket, service: BatchService, *,
                  close_journal: bool) -> None:
-    config = uvicorn.Config(create_app(service, token=settings.api.token), log_config=None, access_log=False,
+    app = create_app(service, token=settings.api.token, listen_host=check_listen(settings)[0],
+                     allowed_hosts=tuple(settings.api.allowed_hosts))
+    config = uvicorn.Config(app, log_config=None, access_log=False,
                             lifespan="off", http="h11", ws="none", server_header=False, proxy_headers=False,
                             timeout_graceful_shutdown=5, limit_concurrency=64)
     server = _Server(config)
