@@ -29,6 +29,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from batchd.errors import ConfigError
 from batchd.pipeline import Pipeline
+from batchd.redact import looks_secret
 
 DEFAULT_CONFIG = Path("/etc/batchd/batchd.toml")
 ENV_PREFIX = "BATCHD_"
@@ -211,7 +212,9 @@ def _config_error(exc: ValidationError) -> ConfigError:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "settings"
     value = err.get("input")
-    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    # Never echo a value that may be a secret: a misspelt key's (``api_kye``) or a secret-looking key's.
+    hidden = err.get("type") == "extra_forbidden" or looks_secret(key)
+    shown = "" if isinstance(value, dict) or value is None or hidden else f" (got {value!r})"
     msg = str(err["msg"]).removeprefix("Value error, ")  # our own validators' text, without pydantic's tag
     return ConfigError(key, f"{msg}{shown}")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, ModelNotFound
+from batchd.redact import redact_url
 
 Check = tuple[str, str, str]  # (level, what, fix)
 
@@ -57,7 +58,7 @@ async def _host(settings: Settings, url: str) -> list[Check]:
         try:
             await backend.ping()
         except BatchdError as exc:
-            return [("FAIL", f"{kind} backend at {url} does not answer: {exc.message}", _START[kind])]
+            return [("FAIL", f"{kind} backend at {redact_url(url)} does not answer: {exc.message}", _START[kind])]
         res: list[Check] = [("OK", f"{kind} backend at {backend.host} answers", "")]
         try:
             ctx = await backend.context_length(model)
@@ -75,7 +76,7 @@ async def _host(settings: Settings, url: str) -> list[Check]:
                             "use a smaller model/quantisation or a smaller num_ctx"))
         return res
     except BatchdError as exc:
-        return [("FAIL", f"backend {url}: {exc.message}", _START[kind])]
+        return [("FAIL", f"backend {redact_url(url)}: {exc.message}", _START[kind])]
     finally:
         await backend.aclose()
 

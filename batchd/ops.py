@@ -19,6 +19,7 @@ from batchd.errors import BatchdError, ConfigError, InputError
 from batchd.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
 from batchd.journal import ACTIVE, FINISHED, Job, JobState, Journal
 from batchd.pipeline import Pipeline, load_pipeline
+from batchd.redact import escape_controls
 
 
 def _journal(settings: Settings) -> Journal:
@@ -78,13 +79,22 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, 
     if job.cancel_requested and job.state is JobState.RUNNING:
         state = "cancelling"
     return {
-        "job_id": job.id, "input": job.input_name, "state": state, "source": job.source,
+        # A dropped file's name is anyone's text: control characters (terminal escapes) shown escaped.
+        "job_id": job.id, "input": escape_controls(job.input_name), "state": state, "source": job.source,
         "total": job.total, "done": done, "failed": failed, "skipped": skipped, "finished": finished,
         "progress": round(finished / job.total, 4) if job.total else (1.0 if job.state in FINISHED else 0.0),
         "req_per_s": round(rate, 3) if rate else None, "eta_seconds": round(eta) if eta else None,
-        "retry_of": job.retry_of, "outbox": job.outbox_name, "error": job.error,
+        "retry_of": job.retry_of, "outbox": job.outbox_name, "error": _escaped(job.error),
         "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
     }
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_controls(value)
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    return value
 
 
 def status_views(journal: Journal, *, limit: int, now: float | None = None) -> dict[str, list[dict[str, Any]]]:

@@ -163,7 +163,8 @@ def _cards(data: ReportData, metrics: dict[str, Any]) -> str:
     perf = metrics.get("performance") or {}
     tokens = metrics.get("tokens") or {}
     n = data.scored
-    mean = round(sum(v * c for v, c in data.hist.items()) / n, 2) if n else None
+    # Each term divided first: a sum of scores near 1e308 overflows to inf.
+    mean = round(math.fsum(v * (c / n) for v, c in data.hist.items()), 2) if n else None
     median, seen = None, 0
     for v, c in sorted(data.hist.items()):
         seen += c
@@ -190,11 +191,15 @@ def _histogram(data: ReportData) -> str:
         bins = [(_fmt(int(v)), data.hist.get(float(v), 0)) for v in range(int(lo), int(hi) + 1)]
     else:
         n = 10
-        width = (hi - lo) / n or 1.0
+        # Divided before subtracting: scores near ±1.8e308 (any reply is possible) must not overflow to inf.
+        width = (hi / n - lo / n) or 1.0
         counts = [0] * n
         for v, c in data.hist.items():
-            counts[min(n - 1, int((v - lo) / width))] += c
-        bins = [(f"{_fmt(lo + i * width)}–{_fmt(lo + (i + 1) * width)}", c) for i, c in enumerate(counts)]
+            counts[min(n - 1, max(0, int((v / n - lo / n) / width * n)))] += c
+        def edge(i: int) -> float:
+            return lo * (1 - i / n) + hi * (i / n)
+
+        bins = [(f"{_fmt(edge(i))}–{_fmt(edge(i + 1))}", c) for i, c in enumerate(counts)]
     top = max(c for _, c in bins)
     ys = _ticks(0, top, whole=True)
     ymax = ys[-1]
@@ -384,6 +389,8 @@ def _ticks(lo: float, hi: float, n: int = 5, *, whole: bool = False) -> list[flo
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
+        if not math.isfinite(v) or abs(v) >= 1e15:
+            return f"{v:.3g}"
         if v.is_integer():
             return f"{int(v):,}"
         return f"{v:,.2f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"

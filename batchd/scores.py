@@ -15,7 +15,9 @@ double-click reads BOM-less files in the legacy code page and garbles
 non-ASCII names. ``report.html`` is the view meant for people.
 
 Formula injection: a text cell (from the input *or* the model) that starts
-with ``=``, ``+``, ``-``, ``@``, tab or CR is prefixed with ``'`` so Excel and
+with ``=``, ``+``, ``-``, ``@``, tab or CR (or, after leading white space or a
+newline, with one of those or a full-width ``＝＋－＠``), and every header cell
+taken from ``pipeline.toml``, is prefixed with ``'`` so Excel and
 LibreOffice show it as text instead of running it (OWASP "CSV Injection").
 Real numbers stay numbers, negative ones included: ``-3`` is written bare,
 while ``-3+cmd|' /C calc'!A0`` is not a number and gets the prefix.
@@ -38,6 +40,8 @@ _SCORE_PATTERNS = (
     re.compile(r"(-?\d+(?:\.\d+)?)\s+out of\s+10\b", re.IGNORECASE),
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: after leading white space (which spreadsheets skip), these start a formula too: ASCII and full-width
+_FORMULA_AFTER_SPACE = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
 #: columns batchd adds itself; a passthrough column or schema field may not reuse them
 RESERVED_COLUMNS = ("custom_id", "status", "attempts", "prompt_tokens", "completion_tokens")
@@ -109,7 +113,8 @@ def safe_cell(value: Any) -> str:
         text = str(value)
     if "\x00" in text:
         text = text.replace("\x00", "")  # spreadsheets cut cells at NUL
-    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(text):
+    if (text.startswith(_FORMULA_START) or text.lstrip().startswith(_FORMULA_AFTER_SPACE)) \
+            and not _PLAIN_NUMBER.match(text):
         return "'" + text
     return text
 
@@ -166,8 +171,9 @@ class ScoreSheet:
 
     def header(self) -> list[str]:
         # custom_id,status,score first: the outbox contract; then what a reader scans for.
-        return ["custom_id", "status", self.score_field, *self.passthrough, *self.fields,
-                "attempts", "prompt_tokens", "completion_tokens"]
+        # The names come from pipeline.toml (a group member's file): neutralised like data cells.
+        return ["custom_id", "status", safe_cell(self.score_field), *map(safe_cell, self.passthrough),
+                *map(safe_cell, self.fields), "attempts", "prompt_tokens", "completion_tokens"]
 
     def score(self, req: Request) -> Scored:
         status = {ReqState.DONE: "ok", ReqState.FAILED: "failed", ReqState.INVALID: "invalid"}.get(

@@ -179,7 +179,7 @@ create_dirs() {
         note "systemd-tmpfiles not found; using mkdir/chown/chmod"
         install -d -m 0755 -o root -g root /srv/batchd
         install -d -o batchd -g batchd-users /srv/batchd/inbox /srv/batchd/outbox
-        chmod 2770 /srv/batchd/inbox
+        chmod 3770 /srv/batchd/inbox
         chmod 2750 /srv/batchd/outbox
     fi
 }

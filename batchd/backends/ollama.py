@@ -15,6 +15,7 @@ from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_re
 from batchd.backends.http import JsonHttp
 from batchd.backends.transport import make_client
 from batchd.errors import BackendServerError
+from batchd.redact import redact_url
 
 
 class OllamaBackend:
@@ -38,6 +39,7 @@ class OllamaBackend:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
         )
+        self.host = redact_url(self.host)  # the client keeps the credentials; logs and errors never see them
         self._http = JsonHttp(self._client, self.host)
 
     async def chat(self, request: ChatRequest) -> ChatResult:

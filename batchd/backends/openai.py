@@ -17,6 +17,7 @@ from batchd.backends.base import OLLAMA_TO_OPENAI, ChatRequest, ChatResult, Load
 from batchd.backends.http import JsonHttp, decode, translate
 from batchd.backends.transport import make_client
 from batchd.errors import BackendServerError, ModelNotFound
+from batchd.redact import redact_url
 
 #: Ollama option name -> OpenAI body key; anything else (num_ctx, num_gpu, ...) is server-side
 _OPTION_KEYS = {
@@ -69,6 +70,7 @@ class OpenAIBackend:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
         )
+        self.host = redact_url(self.host)  # the client keeps the credentials; logs and errors never see them
         self._http = JsonHttp(self._client, self.host)
 
     def __repr__(self) -> str:

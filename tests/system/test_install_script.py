@@ -73,7 +73,7 @@ def test_install_rerun_uninstall(clean_machine: SystemdMachine, wheel: Path) -> 
     assert "==> Done: batchd " in r.stdout
 
     assert "batchd-users" in m.run("id", "-nG", "batchd").stdout.split()
-    assert _stat(m, "/srv/batchd/inbox") == "2770 batchd batchd-users"
+    assert _stat(m, "/srv/batchd/inbox") == "3770 batchd batchd-users"
     assert _stat(m, "/srv/batchd/outbox") == "2750 batchd batchd-users"
     assert _stat(m, "/etc/batchd/batchd.toml") == "640 root batchd"
     assert m.path("/opt/batchd/venv/bin/batchd").exists()

@@ -49,7 +49,7 @@ def test_sysusers_and_tmpfiles_apply_to_an_empty_root(tmp_path: Path) -> None:
         return f"{st.st_mode & 0o7777:o}", st.st_uid, st.st_gid
 
     assert mode_owner("srv/batchd") == ("755", 0, 0)
-    assert mode_owner("srv/batchd/inbox") == ("2770", uid, users_gid)
+    assert mode_owner("srv/batchd/inbox") == ("3770", uid, users_gid)
     assert mode_owner("srv/batchd/outbox") == ("2750", uid, users_gid)
 
 

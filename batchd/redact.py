@@ -1,0 +1,31 @@
+"""Text that is safe to show: credentials out of URLs, secrets out of errors, control characters escaped."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+#: key names whose values are never echoed (a misspelt ``api_kye`` still looks like a secret)
+_SECRETISH = re.compile(r"(key|token|secret|passw|pwd|credential|auth)", re.IGNORECASE)
+#: C0 and C1 controls and DEL: terminal escapes (clear line, set window title, ...) live here
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def redact_url(url: str) -> str:
+    """``http://user:pass@host/x`` → ``http://***@host/x``; any other string comes back unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def looks_secret(key: str) -> bool:
+    return bool(_SECRETISH.search(key))
+
+
+def escape_controls(text: str) -> str:
+    """Control characters as visible escapes (``\\x1b``, ``\\n``), so a file name cannot drive a terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
