@@ -28,7 +28,7 @@ from batchd.errors import ConfigError, InputError
 from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
 from batchd.inbox import Candidate, safe_stem
 from batchd.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
-from batchd.journal import Job, JobState, Journal, NewRequest
+from batchd.journal import Job, JobState, Journal, NewRequest, ReqState
 from batchd.pipeline import Pipeline, load_pipeline_at
 
 log = structlog.get_logger("batchd.claim")
@@ -50,6 +50,15 @@ def display(name: str) -> str:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+class TooManyInvalid(InputError):
+    """More invalid lines than ``limits.max_invalid_lines``: the file fails, read no further."""
+
+    def __init__(self, cap: int, line: int) -> None:
+        super().__init__(f"more than {cap:,} invalid lines (limits.max_invalid_lines): stopped reading at line "
+                         f"{line:,}; the first {cap:,} are listed one by one, the rest of the file was not read "
+                         "and nothing in it ran", code="too_many_invalid_lines")
 
 
 class _FolderChanged(Exception):
@@ -298,6 +307,15 @@ class Claimer:
         mode = pipeline.mode or self.settings.context.mode
         try:
             total, invalid, columns, prefix = self._parse_into(job, pipeline, model)
+        except TooManyInvalid as exc:
+            with self.journal.transaction() as db:
+                # Only the invalid lines stay (errors.jsonl lists them); nothing of this file runs.
+                db.execute("DELETE FROM requests WHERE job_id=? AND state != ?", (job.id, ReqState.INVALID.value))
+                kept = db.execute("SELECT COUNT(*) FROM requests WHERE job_id=?", (job.id,)).fetchone()[0]
+                self.journal.update_job(job.id, db=db, state=JobState.FINALIZING, error=exc.as_record(),
+                                        total=kept, meta={**job.meta, "final": "failed"})
+            log.warning("input_invalid", job_id=job.id, input=job.input_name, code=exc.code, reason=exc.message)
+            return JobState.FINALIZING
         except InputError as exc:
             with self.journal.transaction() as db:
                 db.execute("DELETE FROM requests WHERE job_id=?", (job.id,))
@@ -322,9 +340,15 @@ class Claimer:
                 rows = read_jsonl(fh, self.limits)
             total = invalid = 0
             batch: list[NewRequest] = []
+            cap = self.settings.limits.max_invalid_lines
             for r in rows:
                 batch.append(r)
                 invalid += r.error is not None
+                if invalid > cap:
+                    # A small file of junk lines must not become a flood of records (errors, scores,
+                    # journal): stop reading, keep the first `cap` line errors, say the rest in one.
+                    total += self._insert(job.id, batch)
+                    raise TooManyInvalid(cap, r.line or total)
                 if len(batch) >= INSERT_BATCH:
                     total += self._insert(job.id, batch)
             total += self._insert(job.id, batch)

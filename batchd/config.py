@@ -98,6 +98,8 @@ class LimitsSettings(_Section):
     max_file_bytes: int = Field(default=2 * 1024**3, ge=1)
     max_lines: int = Field(default=1_000_000, ge=1)
     max_line_bytes: int = Field(default=1024**2, ge=64)
+    #: security (issue 14): a file fails after this many invalid lines; the rest is summarised in one record
+    max_invalid_lines: int = Field(default=1000, ge=0)
 
 
 class VramSettings(_Section):

@@ -63,6 +63,7 @@ def create_app(service: BatchService, *, token: str | None, listen_host: str = "
         declared = _content_length(request)
         if declared is not None and declared > limit + MULTIPART_SLACK:
             raise ApiError(413, f"upload is larger than api.max_upload_bytes ({limit:,})", param="file")
+        service.room_for(declared or 0)
         file_id = new_file_id()
         try:
             up = await receive_upload(request.stream(), content_type=request.headers.get("content-type", ""),
@@ -71,6 +72,12 @@ def create_app(service: BatchService, *, token: str | None, listen_host: str = "
             raise ApiError(exc.status, exc.message, param=exc.param) from exc
         except ClientDisconnect as exc:  # the part file is already gone; nobody reads this answer
             raise ApiError(400, "client went away during the upload") from exc
+        try:
+            service.room_for(up.size)  # counted while it streamed in: a chunked body declares nothing
+        except ApiError:
+            if up.path is not None:
+                up.path.unlink(missing_ok=True)
+            raise
         if up.fields.get("purpose") != "batch":
             if up.path is not None:
                 up.path.unlink(missing_ok=True)
@@ -81,6 +88,7 @@ def create_app(service: BatchService, *, token: str | None, listen_host: str = "
     async def list_files(limit: int = Query(100, ge=1, le=10000), after: str | None = None) -> Response:
         if after is not None:
             _check(after, "file")
+        service.retention.expire()
         data, more = service.list_files(after=after, limit=limit)
         return _json(_page(data, more))
 
@@ -121,6 +129,7 @@ def create_app(service: BatchService, *, token: str | None, listen_host: str = "
     async def list_batches(limit: int = Query(20, ge=1, le=100), after: str | None = None) -> Response:
         if after is not None:
             _check(after, "batch")
+        service.retention.expire()
         data, more = service.list_batches(after=after, limit=limit)
         return _json(_page(data, more))
 

@@ -34,6 +34,7 @@ from batchd.api.models import (
     new_batch_id,
     new_file_id,
 )
+from batchd.api.retention import Retention
 from batchd.api.store import ApiStore, BatchRecord, FileRecord
 from batchd.api.uploads import Upload, accept
 from batchd.claim import Claimer, new_job_id
@@ -80,10 +81,21 @@ class BatchService:
         self.pending: dict[str, asyncio.Future[JobState | None]] = {}
         self.closed = False
         self.store = ApiStore(journal)
+        self.retention = Retention(settings=settings, journal=journal, store=self.store)
         self.claimer = Claimer(settings=settings, journal=journal)
         self.uploads = settings.state_dir / "spool" / "api"
 
     # -- files ------------------------------------------------------------------------
+
+    def room_for(self, size: int) -> None:
+        """Expire what is due, then refuse (507) an upload that would pass ``api.max_stored_bytes``."""
+        self.retention.expire()
+        cap = self.settings.api.max_stored_bytes
+        used = self.retention.stored_bytes()
+        if used + size > cap:
+            raise ApiError(507, f"the API stores {used:,} bytes; {size:,} more would pass api.max_stored_bytes "
+                                f"({cap:,}): delete files or wait for api.retention_days",
+                           code="storage_limit_reached")
 
     def upload_limit(self) -> int:
         return min(self.settings.api.max_upload_bytes, self.settings.limits.max_file_bytes)

@@ -65,6 +65,7 @@ def start_api(settings: Settings, stop_event: asyncio.Event, *, journal: Journal
         db = journal or Journal(settings.state_dir / "journal.sqlite3")
         service = BatchService(settings=settings, journal=db, on_queued=on_queued)
         sweep(service.uploads)
+        service.retention.expire()
     except BaseException:
         sock.close()
         raise

@@ -140,6 +140,29 @@ class ApiStore:
             "9223372036854775807) ORDER BY seq DESC LIMIT ?", (after, limit))
         return [_batch(r) for r in rows]
 
+    # -- retention (batchd.api.retention) ------------------------------------------------
+
+    def batches_before(self, cutoff: float) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self._rows("SELECT id, job_id FROM api_batches WHERE created_at < ?",
+                                                 (cutoff,))]
+
+    def inputs_before(self, cutoff: float) -> list[tuple[str, str | None]]:
+        return [(r[0], r[1]) for r in self._rows(
+            "SELECT id, spool FROM api_files WHERE role='input' AND created_at < ?", (cutoff,))]
+
+    def delete_batch(self, batch_id: str) -> None:
+        """The batch and its output file records; its input upload expires on its own."""
+        with self.journal.transaction() as db:
+            db.execute("DELETE FROM api_files WHERE batch_id=?", (batch_id,))
+            db.execute("DELETE FROM api_batches WHERE id=?", (batch_id,))
+
+    def input_bytes(self) -> int:
+        rows = self._rows("SELECT COALESCE(SUM(bytes), 0) FROM api_files WHERE role='input'")
+        return int(rows[0][0])
+
+    def batch_job_ids(self) -> list[str]:
+        return [r[0] for r in self._rows("SELECT job_id FROM api_batches")]
+
     def mark(self, batch_id: str, **stamps: float) -> None:
         """Set ``validated_at`` / ``cancelling_at`` once (the first time wins)."""
         with self.journal.transaction() as db:
