@@ -127,6 +127,13 @@ class ContextBudget:
             self.trim_at = new
             self.metrics.trim_at = new
 
+    def learn_window(self, n_ctx: int) -> None:
+        """The server named its window in an overflow error (llama.cpp's server, Ollama >= 0.30.1):
+        believe it at once; a window larger than the pinned one changes nothing."""
+        if 0 < n_ctx < self.window:
+            log.warning("context_window_learned", window=n_ctx, num_ctx=self.num_ctx, source="server_error")
+            self.window = n_ctx
+
     def note_cut(self, cut_at: int) -> None:
         """A cut prompt came back with ``cut_at`` tokens. A cap shows as the same count twice:
         then it is the server's real window (one odd count must not shrink the job's window)."""
@@ -270,12 +277,19 @@ class Conversation:
             self.budget.counts_cache_only = True
         return self.budget.counts_cache_only
 
-    def on_overflow(self, cut_at: int | None = None) -> bool:
-        """The prompt did not fit after all (``cut_at``: the count of a silently cut prompt):
-        lower the job's trigger; True when trimming can help."""
+    def on_overflow(self, cut_at: int | None = None, *, n_ctx: int | None = None,
+                    n_prompt_tokens: int | None = None) -> bool:
+        """The prompt did not fit after all (``cut_at``: the count of a silently cut prompt;
+        ``n_ctx`` / ``n_prompt_tokens``: the window and the true prompt size where the server's
+        error said them): lower the job's trigger; True when trimming can help."""
         self.budget.lower_trigger("overflow" if cut_at is None else "truncation")
         if cut_at:
             self.budget.note_cut(cut_at)
+        if n_ctx:
+            self.budget.learn_window(n_ctx)
+        if n_prompt_tokens and self._sent:
+            self.budget.estimate.learn(self._sent, n_prompt_tokens)  # a real tokenizer's count
+            self.metrics.chars_per_token = round(self.budget.estimate.ratio, 3)
         if not self.history:
             return False
         # First overflow of a request: halve the history; a second one: drop all of it.

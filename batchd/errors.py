@@ -101,10 +101,16 @@ class RequestError(BatchdError):
 
 
 class ContextLengthExceeded(RequestError):
+    """``n_ctx``: the window the server applied; ``n_prompt_tokens``: its count of the prompt
+    (llama.cpp's server and Ollama >= 0.30.1 say both; None where the server did not)."""
+
     code = "context_length_exceeded"
 
-    def __init__(self, message: str, *, status_code: int | None = 400) -> None:
+    def __init__(self, message: str, *, status_code: int | None = 400, n_ctx: int | None = None,
+                 n_prompt_tokens: int | None = None) -> None:
         super().__init__(message, status_code=status_code)
+        self.n_ctx = n_ctx
+        self.n_prompt_tokens = n_prompt_tokens
 
 
 class BadRequest(RequestError):

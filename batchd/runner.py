@@ -366,7 +366,7 @@ class JobRunner:
                 continue
             except ContextLengthExceeded as exc:
                 self.metrics.retries["context_overflow"] += 1
-                if conv.on_overflow() and attempts < max_attempts:
+                if conv.on_overflow(n_ctx=exc.n_ctx, n_prompt_tokens=exc.n_prompt_tokens) and attempts < max_attempts:
                     continue
                 return self._failure(req, attempts, exc)
             except TransientError as exc:

@@ -238,3 +238,20 @@ def test_lanes_share_the_budget_and_cache_estimates_add_up() -> None:
     assert metrics.cached_prompt_tokens == count_tokens(sent[:3])
     assert abs(metrics.isolated_prompt_tokens - (first + 2 * count_tokens([SYSTEM, user(2)]))) <= 3
     assert budget.estimate.samples == 3
+
+
+def test_an_overflow_error_that_names_the_window_teaches_it_at_once() -> None:
+    c = conv(num_ctx=4096)
+    for i in range(6):
+        turn(c, [SYSTEM, user(i, 800)])
+    sent = c.build([SYSTEM, user(7, 800)], 64)
+    true_count = 2 * count_tokens(sent)  # the server's tokenizer: twice our estimate
+    # llama.cpp's server / Ollama >= 0.30.1: "request (N tokens) exceeds ... (1024 tokens)"
+    assert c.on_overflow(n_ctx=1024, n_prompt_tokens=true_count) is True
+    assert c.budget.window == 1024  # one explicit error is enough; a cut needs two sightings
+    assert c.budget.estimate.ratio < 3.8  # the true count moves the chars-per-token estimate
+    assert c.metrics.chars_per_token == round(c.budget.estimate.ratio, 3)
+    retry = c.build([SYSTEM, user(7, 800)], 64)
+    assert c.budget.estimate.messages(retry) + 64 <= 1024
+    c.on_overflow(n_ctx=8192)  # a larger window than the pinned one changes nothing
+    assert c.budget.window == 1024

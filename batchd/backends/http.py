@@ -7,6 +7,8 @@ code and its message. Callers see only ``batchd.errors`` classes.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -25,11 +27,28 @@ from batchd.errors import (
     TransientError,
 )
 
-_OOM_HINTS = ("out of memory", "runner process has terminated", "cudamalloc", "oom", "unable to allocate")
+# A crashed runner: out of memory mostly. "llama runner process has terminated" is the Go runner's
+# (<= 0.29); "model runner has unexpectedly stopped" and "llama-server process no longer running" are
+# Ollama >= 0.30's (ollama/ollama llm/llama_server.go). All are transient: trim hard, back off, retry.
+_OOM_HINTS = ("out of memory", "runner process has terminated", "cudamalloc", "oom", "unable to allocate",
+              "model runner has unexpectedly stopped", "llama-server process no longer running")
 # Ollama: "the input length exceeds the context length"; vLLM / OpenAI: "This model's maximum
-# context length is N tokens"; llama.cpp server: "the request exceeds the available context size".
+# context length is N tokens"; llama.cpp server: "request (N tokens) exceeds the available context size
+# (M tokens), try increasing it".
 _OVERFLOW_HINTS = ("context length", "context window", "context size", "exceeds", "too long", "num_ctx")
 _OVERFLOW_CODES = ("context_length_exceeded", "exceed_context_size_error")
+# llama.cpp tools/server words the numbers into the message too (older builds send no fields)
+_OVERFLOW_NUMBERS = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """What an error reply says: a human message, a machine code, and overflow numbers where given."""
+
+    message: str
+    code: str | None = None
+    n_ctx: int | None = None
+    n_prompt_tokens: int | None = None
 
 
 def translate(exc: httpx.HTTPError, host: str) -> TransientError:
@@ -54,26 +73,62 @@ def decode(resp: httpx.Response, *, model: str) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise BackendServerError("server answered 200 with a body that is not JSON", status_code=502)
         return data
-    message, code = _error_of(data, resp.text)
-    raise_for_status(resp.status_code, message, model=model, code=code, retry_after=resp.headers.get("retry-after"))
+    err = error_of(data, resp.text)
+    raise_for_status(resp.status_code, err.message, model=model, code=err.code,
+                     retry_after=resp.headers.get("retry-after"), n_ctx=err.n_ctx,
+                     n_prompt_tokens=err.n_prompt_tokens)
     raise AssertionError("unreachable")
 
 
-def _error_of(data: Any, text: str) -> tuple[str, str | None]:
-    """(message, code) from Ollama's ``{"error": "..."}`` or OpenAI's ``{"error": {"message", "code"}}``."""
+def error_of(data: Any, text: str) -> ErrorBody:
+    """The error of a reply body, whichever server shaped it.
+
+    - Ollama: ``{"error": "..."}``. Since 0.30 the string may itself be llama-server's JSON body
+      (ollama/ollama ``llm/llama_server.go`` passes the runner's body through as the message).
+    - llama.cpp's server: ``{"error": {"code": 400, "message", "type", "n_prompt_tokens", "n_ctx"}}``.
+    - OpenAI, vLLM and Ollama's ``/v1``: ``{"error": {"message", "type", "param", "code"}}``
+      (``code`` may be null: ollama/ollama ``openai/openai.go`` ``NewError``).
+    """
     err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, str) and err.lstrip().startswith("{"):
+        try:
+            inner = orjson.loads(err)
+        except orjson.JSONDecodeError:
+            inner = None
+        if isinstance(inner, dict) and isinstance(inner.get("error"), (dict, str)):
+            return error_of(inner, err)
     if isinstance(err, dict):
+        message = str(err.get("message") or text[:500])
         code = err.get("code")
-        return str(err.get("message") or text[:500]), str(code) if code else None
+        kind = err.get("type")
+        # llama.cpp puts the HTTP status in "code" and the meaning in "type"
+        named = kind if isinstance(kind, str) and (code is None or isinstance(code, int)) else code
+        return _with_numbers(ErrorBody(message, str(named) if named else None,
+                                       _count(err.get("n_ctx")), _count(err.get("n_prompt_tokens"))))
     if isinstance(err, str) and err:
-        return err, None
+        return _with_numbers(ErrorBody(err))
     if isinstance(data, dict) and isinstance(data.get("message"), str):  # some proxies (LiteLLM, FastAPI)
-        return str(data["message"]), None
-    return text[:500], None
+        return ErrorBody(str(data["message"]))
+    return ErrorBody(text[:500])
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _with_numbers(err: ErrorBody) -> ErrorBody:
+    if err.n_ctx is not None and err.n_prompt_tokens is not None:
+        return err
+    found = _OVERFLOW_NUMBERS.search(err.message)
+    if found is None:
+        return err
+    return ErrorBody(err.message, err.code, err.n_ctx or int(found.group(2)),
+                     err.n_prompt_tokens or int(found.group(1)))
 
 
 def raise_for_status(status: int, message: str, *, model: str, code: str | None = None,
-                     retry_after: str | None = None) -> None:
+                     retry_after: str | None = None, n_ctx: int | None = None,
+                     n_prompt_tokens: int | None = None) -> None:
     """The one mapping from an HTTP error to what the runner does next."""
     lowered = message.lower()
     if status == 404:
@@ -88,7 +143,7 @@ def raise_for_status(status: int, message: str, *, model: str, code: str | None 
             raise BackendOutOfMemory(message, status_code=status)
         raise BackendServerError(message, status_code=status)
     if status in (400, 413) and (code in _OVERFLOW_CODES or any(h in lowered for h in _OVERFLOW_HINTS)):
-        raise ContextLengthExceeded(message, status_code=status)
+        raise ContextLengthExceeded(message, status_code=status, n_ctx=n_ctx, n_prompt_tokens=n_prompt_tokens)
     raise BadRequest(message, status_code=status)
 
 
