@@ -53,7 +53,8 @@ class BackendSettings(_Section):
     max_attempts: int = Field(default=5, ge=1, le=100)
     backoff_seconds: float = Field(default=1.0, ge=0)
     backoff_max_seconds: float = Field(default=60.0, ge=0)
-    keep_alive: str = "30m"
+    #: seconds (a number; negative: forever) or a Go duration ("30m", "1h30m"); see backends.ollama_facts
+    keep_alive: int | float | str = "30m"
     api_key: str | None = Field(default=None, repr=False)
     api_key_file: Path | None = None
     allowed_models: list[str] = Field(default_factory=list)
@@ -68,6 +69,13 @@ class BackendSettings(_Section):
             if not u.startswith(("http://", "https://")):
                 raise ValueError(f"{u!r} is not an http(s) URL")
         return v
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, v: Any) -> Any:
+        from batchd.backends.ollama_facts import encode_keep_alive
+
+        return encode_keep_alive(v)  # Ollama answers 400 to every request with a bad one
 
     def hosts(self) -> list[str]:
         return [u.rstrip("/") for u in (self.urls or [self.url])]

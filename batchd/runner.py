@@ -60,6 +60,11 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
     for key, name in OPENAI_OPTION_KEYS.items():
         if body.get(key) is not None:
             options[name] = body[key]
+    if isinstance(options.get("stop"), str):
+        # OpenAI allows one string; Ollama answers 500 'option "stop" must be of type array'
+        # (ollama/ollama api/types.go Options.FromMap) on every such request.
+        options["stop"] = [options["stop"]]
+    think = _think(body, options)
     fmt: dict[str, Any] | str | None = None
     rf = body.get("response_format")
     if isinstance(rf, dict):
@@ -71,7 +76,18 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
         {"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])
     ]
     return ChatRequest(model=body.get("model") or model, messages=messages, num_ctx=num_ctx, options=options,
-                       format=fmt, custom_id=custom_id)
+                       format=fmt, custom_id=custom_id, think=think)
+
+
+def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
+    """Thinking as the request (``think``, OpenAI ``reasoning_effort``) or the pipeline's options ask."""
+    think = options.pop("think", None)  # a pipeline's options table: not a sampling option
+    if body.get("think") is not None:
+        think = body["think"]
+    effort = body.get("reasoning_effort")
+    if think is None and isinstance(effort, str):
+        think = False if effort == "none" else effort
+    return think if isinstance(think, (bool, str)) else None
 
 
 def _text(content: Any) -> str:

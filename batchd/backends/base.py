@@ -38,6 +38,8 @@ class ChatRequest:
     custom_id: str = ""
     #: the lane that sends it; a multi-host backend keeps a lane on one host (its prefix cache)
     affinity: int | None = None
+    #: thinking asked for by the request or pipeline (True/False or a level); None: not asked
+    think: bool | str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class ChatResult:
     latency_s: float = 0.0
     #: prompt tokens the server reused from its cache, where it tells
     cached_tokens: int | None = None
+    #: seconds the server spent loading the model for this call (Ollama ``load_duration``)
+    load_seconds: float | None = None
 
     def completion_body(self, created: int | None = None) -> dict[str, Any]:
         """The reply as an OpenAI ``chat.completion`` object."""

@@ -13,6 +13,7 @@ import httpx
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
 from batchd.backends.http import JsonHttp
+from batchd.backends.ollama_facts import encode_keep_alive
 from batchd.backends.transport import make_client
 from batchd.errors import BackendServerError
 from batchd.redact import redact_url
@@ -27,12 +28,12 @@ class OllamaBackend:
         url: str,
         timeout: float = 600.0,
         connect_timeout: float = 5.0,
-        keep_alive: str = "30m",
+        keep_alive: str | float = "30m",
         max_connections: int = 16,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.host = url.rstrip("/")
-        self.keep_alive = keep_alive
+        self.keep_alive = encode_keep_alive(keep_alive)  # "-1" as a string is a 400 on every call
         self._client = make_client(
             self.host,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -53,6 +54,9 @@ class OllamaBackend:
             "truncate": False,
             "shift": False,
             "keep_alive": self.keep_alive,
+            # Thinking models default think to true (server/routes.go ChatHandler) and spend
+            # num_predict on thoughts; off unless the request or pipeline asks.
+            "think": request.think if request.think is not None else False,
         }
         if request.format is not None:
             payload["format"] = request.format
@@ -69,10 +73,16 @@ class OllamaBackend:
             completion_tokens=int(data.get("eval_count") or 0),
             model=str(data.get("model") or request.model),
             latency_s=time.perf_counter() - started,
+            load_seconds=data["load_duration"] / 1e9 if isinstance(data.get("load_duration"), int) else None,
         )
 
     async def ping(self) -> None:
         await self._http.get("/api/version")
+
+    async def version(self) -> str | None:
+        """The server's version string (``GET /api/version``), e.g. ``"0.33.0"``."""
+        data = await self._http.get("/api/version")
+        return str(data["version"]) if isinstance(data.get("version"), str) else None
 
     async def context_length(self, model: str) -> int | None:
         data = await self._http.post("/api/show", {"model": model}, model=model)
