@@ -2,15 +2,22 @@
 
 One job: speak Ollama's HTTP protocol (and the OpenAI-compatible
 ``/v1/chat/completions`` that Ollama and vLLM serve) from a real
-``ThreadingHTTPServer`` in a background thread, with deterministic replies,
-a deterministic token count, context-window rules and injectable faults.
+``ThreadingHTTPServer`` in a background thread, with deterministic replies
+(``emulator_model``), context-window rules, a loaded-model state and injectable faults.
 
-Determinism: a reply depends only on the *last user message* and the requested
-format, so history trimming never changes an answer. Markers in that message
-target single rows: ``<<GARBAGE>>`` (content is not JSON), ``<<SLOW:0.5>>``
-(extra seconds while holding a slot), ``<<FAIL:500>>`` (always that status).
+Eras (``mode``, see ``emulator_eras``): ``go`` is Ollama 0.12.6-0.29 (version
+"0.29.0"), ``llamaserver`` is >= 0.30.1 (version "0.33.0"); each with its own
+error bodies. The loaded model is reloaded (``reload_seconds`` of sleep, reported
+as ``load_duration``) when a request's num_ctx, runner options or (llamaserver)
+shift differ, after the requests in flight finish. ``Emulator.ollama(mode)``
+gives a stock server: one slot (``OLLAMA_NUM_PARALLEL=1``, the rest queue) and a
+real reload cost; ``Emulator()`` keeps tests fast (unlimited slots, free reloads).
 
-Run standalone: ``python -m tests.emulator --port 0 --latency 0 --slots 4``.
+Markers in the last user message target single rows: ``<<GARBAGE>>`` (content
+is not JSON), ``<<SLOW:0.5>>`` (extra seconds while holding a slot),
+``<<FAIL:500>>`` (always that status).
+
+Run standalone: ``python -m tests.emulator --port 0 --latency 0 --slots 4 [--mode llamaserver]``.
 Stdlib only on purpose: the benchmark and the system tests start it as a bare
 process.
 """
@@ -21,6 +28,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import random
 import signal
 import socket
@@ -34,8 +42,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+if __package__ in (None, ""):  # run as a script: tests/ is on sys.path, not the repo root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.emulator_eras import ERAS, Era, bad_request, runner_key, shifts  # noqa: E402
+from tests.emulator_model import count_tokens, last_user_content, reply_content, tokens  # noqa: E402,F401
+
 DEFAULT_NUM_CTX = 4096  # what Ollama gives a model when the request names no num_ctx
-OVERFLOW_MESSAGE = "the input length exceeds the context length"
 ERROR_MESSAGES = {
     400: "bad request",
     404: 'model "{model}" not found, try pulling it first',
@@ -44,87 +56,9 @@ ERROR_MESSAGES = {
     503: "server busy, please try again.  maximum pending requests exceeded",
 }
 _OPENAI_CODES = {404: "model_not_found", 429: "rate_limit_exceeded", 503: "server_busy"}
-_PHRASES = (
-    "Solid background.", "Clear writing.", "Relevant experience.", "Needs more detail.",
-    "Strong references.", "Limited evidence.", "Good fit for the role.", "Unclear motivation.",
-)
 _completion_ids = itertools.count(1)
 _GARBAGE_BODY = b'{"model": "gemma3:4b", "message": {"role": "assist'  # cut mid-object
 
-
-# -- deterministic model ----------------------------------------------------
-
-def tokens(text: str) -> int:
-    """Tokens of one text: ``max(1, ceil(len / 4))``."""
-    return max(1, -(-len(text) // 4))
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
-
-
-def count_tokens(messages: list[dict[str, Any]]) -> int:
-    """Prompt tokens: each message costs ``tokens(content) + 4``."""
-    return sum(tokens(_text(m.get("content"))) + 4 for m in messages)
-
-
-def last_user_content(messages: list[dict[str, Any]]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return _text(m.get("content"))
-    return ""
-
-
-def reply_content(last_user: str, fmt: Any = None) -> str:
-    """The reply text for a last user message and an Ollama ``format`` value."""
-    if "<<GARBAGE>>" in last_user:
-        return "not json at all"
-    h = hashlib.sha256(last_user.encode()).digest()
-    if isinstance(fmt, dict):
-        return json.dumps(_value(fmt, h, fmt))
-    if fmt == "json":
-        return json.dumps({"score": 1 + h[0] % 10})
-    return f"Score: {1 + h[0] % 10}/10. {_PHRASES[h[3] % len(_PHRASES)]}"
-
-
-def _value(s: dict[str, Any], h: bytes, root: dict[str, Any], salt: int = 0, depth: int = 0) -> Any:
-    """A value satisfying (the common subset of) JSON schema ``s``."""
-    if depth > 10:
-        return None
-    if isinstance(s.get("$ref"), str):  # pydantic puts nested models in $defs
-        target: Any = root
-        for part in s["$ref"].lstrip("#/").split("/"):
-            target = target.get(part, {}) if part else target
-        s = target
-    for key in ("anyOf", "oneOf", "allOf"):
-        options = [o for o in s.get(key) or () if o.get("type") != "null"]
-        if options:
-            return _value(options[0], h, root, salt, depth + 1)
-    if "const" in s:
-        return s["const"]
-    if s.get("enum"):
-        return s["enum"][h[1] % len(s["enum"])]
-    kind = s.get("type", "object" if "properties" in s else "string")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object":
-        props = s.get("properties") or {}
-        return {k: _value(v, h, root, i, depth + 1) for i, (k, v) in enumerate(props.items())}
-    if kind in ("integer", "number"):
-        lo = s.get("minimum", s.get("exclusiveMinimum", -1e18) + 1)
-        hi = s.get("maximum", s.get("exclusiveMaximum", 1e18) - 1)
-        return int(min(max(1 + h[0] % 10, lo), hi))
-    if kind == "array":
-        n = min(max(2, s.get("minItems", 0)), s.get("maxItems", 2**31))
-        return [_value(s.get("items") or {}, h, root, salt + j, depth + 1) for j in range(n)]
-    if kind == "boolean":
-        return h[2] % 2 == 0
-    if kind == "null":
-        return None
-    phrase = _PHRASES[(h[3] + salt) % len(_PHRASES)]
-    return phrase.ljust(s.get("minLength", 0), ".")[: s.get("maxLength", len(phrase) + 999)]
 
 
 # -- faults and the emulator -------------------------------------------------
@@ -143,7 +77,17 @@ class Emulator:
     """An Ollama-speaking server on 127.0.0.1, started in a thread."""
 
     def __init__(self, *, context_length: int = 8192, latency: float = 0.0, slots: int | None = None,
-                 models: tuple[str, ...] | list[str] = ("gemma3:4b",), port: int = 0) -> None:
+                 models: tuple[str, ...] | list[str] = ("gemma3:4b",), port: int = 0, mode: str = "go",
+                 version: str | None = None, reload_seconds: float = 0.0) -> None:
+        self.era: Era = ERAS[mode]
+        self.version = version or self.era.version
+        #: seconds a (re)load takes; requests wait for it and report it as load_duration
+        self.reload_seconds = reload_seconds
+        #: model loads so far (the first one included); ``reloads`` leaves out the first
+        self.loads = 0
+        self._loaded_key: tuple[Any, ...] | None = None
+        self._using = 0  # requests running on the loaded model
+        self._reloading = False
         self.context_length = context_length
         self.latency = latency
         self.models = tuple(models)
@@ -154,6 +98,7 @@ class Emulator:
         self.loaded_ctx = min(DEFAULT_NUM_CTX, context_length)  # /api/ps reports the loaded num_ctx
         self.port = port  # 0 until start() picks a free one, then kept across down()/up()
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._faults: deque[Fault] = deque()
         self._fail_rate: tuple[int, float] = (500, 0.0)
         self._rng = random.Random(1)
@@ -165,6 +110,11 @@ class Emulator:
         self._wake = threading.Event()  # set on down/stop so sleeping handlers give up
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def ollama(cls, mode: str = "llamaserver", **kw: Any) -> Emulator:
+        """A stock Ollama of that era: one slot (the rest queue) and a model load that takes time."""
+        return cls(mode=mode, **{"slots": 1, "reload_seconds": 0.3, **kw})
 
     # lifecycle
     @property
@@ -279,7 +229,37 @@ class Emulator:
             self.calls.clear()
             self.peak_concurrency = 0
 
+    @property
+    def reloads(self) -> int:
+        return max(0, self.loads - 1)
+
     # used by the handler
+    def _schedule(self, key: tuple[Any, ...], window: int) -> int:
+        """Run on the loaded model, reloading it first when ``key`` differs; the wait in ns."""
+        started = time.perf_counter()
+        with self._cond:
+            while self._reloading or (key != self._loaded_key and self._using):
+                self._cond.wait(0.05)  # Ollama reloads once the requests in flight are done
+            reload = key != self._loaded_key
+            if reload:
+                self._reloading = True
+            else:
+                self._using += 1
+        if reload:
+            if self.reload_seconds > 0:
+                self._wake.wait(self.reload_seconds)
+            with self._cond:
+                self._loaded_key, self.loaded_ctx, self._reloading = key, window, False
+                self.loads += 1
+                self._using += 1
+                self._cond.notify_all()
+        return max(1_000_000, int((time.perf_counter() - started) * 1e9))
+
+    def _release(self) -> None:
+        with self._cond:
+            self._using -= 1
+            self._cond.notify_all()
+
     def _arrive(self, body: dict[str, Any]) -> Fault | None:
         with self._lock:
             self.calls.append(body)
@@ -427,7 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         emu, path = self.server.emu, self.path
         if path == "/api/version":
-            self._json(200, {"version": "0.12.0"})
+            self._json(200, {"version": emu.version})
         elif path == "/api/tags":
             self._json(200, {"models": [
                 {"name": m, "model": m, "size": emu.ps["size"], "digest": _digest(m),
@@ -495,8 +475,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, _GARBAGE_BODY)
             if fault.kind == "fail":
                 if fault.body is None:
-                    return self._error(fault.status, ERROR_MESSAGES.get(
-                        fault.status, "internal error").format(model=model), openai)
+                    known = {**ERROR_MESSAGES, 500: emu.era.crash}
+                    return self._error(fault.status, known.get(fault.status, "internal error").format(model=model),
+                                       openai)
                 data = fault.body if isinstance(fault.body, bytes) else (
                     fault.body.encode() if isinstance(fault.body, str) else json.dumps(fault.body).encode())
                 return self._send(fault.status, data)
@@ -525,24 +506,36 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _ollama(self, body: dict[str, Any], messages: list[dict[str, Any]], last: str) -> None:
         emu = self.server.emu
+        refused = bad_request(body)
+        if refused is not None:
+            return self._error(*refused, openai=False)
         opts = body.get("options") or {}
         window = min(int(opts.get("num_ctx") or DEFAULT_NUM_CTX), emu.context_length)
-        emu.loaded_ctx = window
+        load_ns = emu._schedule(runner_key(emu.era, body, window), window)
+        try:
+            self._ollama_reply(body, messages, last, window, load_ns)
+        finally:
+            emu._release()
+
+    def _ollama_reply(self, body: dict[str, Any], messages: list[dict[str, Any]], last: str, window: int,
+                      load_ns: int) -> None:
+        emu = self.server.emu
+        opts = body.get("options") or {}
         prompt = count_tokens(messages)
+        if emu.era.overflows(prompt, window) and body.get("truncate") is False and not emu.silent_truncate:
+            return self._json(400, emu.era.overflow(prompt, window))
         truncated = prompt > window
-        if truncated and body.get("truncate") is False and not emu.silent_truncate:
-            return self._error(400, OVERFLOW_MESSAGE, openai=False)
         content = reply_content(last, body.get("format"))
         evals, reason = tokens(content), "stop"
         num_predict = int(opts.get("num_predict") or 0)
-        if not truncated:
-            room = window - prompt
-            cap = min(num_predict, room) if num_predict > 0 else room
-            if (num_predict > 0 and (prompt + num_predict > window or evals > num_predict)) or evals > room:
-                content, evals, reason = content[: cap * 4], cap, "length"
+        limit = num_predict if num_predict > 0 else None
+        if not truncated and not shifts(body):  # with shift (the default) generation never hits the window
+            limit = window - prompt if limit is None else min(limit, window - prompt)
+        if limit is not None and evals > limit:  # "length" only when the output really hit the limit
+            content, evals, reason = content[: max(limit, 0) * 4], max(limit, 0), "length"
         elapsed_ns = max(2, int(self._generate(last) * 1e9))
         counts = {
-            "done_reason": reason, "total_duration": 1_000_000 + elapsed_ns, "load_duration": 1_000_000,
+            "done_reason": reason, "total_duration": load_ns + elapsed_ns, "load_duration": load_ns,
             "prompt_eval_count": window if truncated else prompt,
             "prompt_eval_duration": elapsed_ns // 5, "eval_count": evals,
             "eval_duration": elapsed_ns - elapsed_ns // 5}
@@ -604,7 +597,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--slots", type=int, default=0, help="0: unlimited")
+    parser.add_argument("--slots", type=int, default=1, help="requests served at once, like OLLAMA_NUM_PARALLEL "
+                        "(default 1, the rest queue); 0: unlimited")
+    parser.add_argument("--mode", choices=sorted(ERAS), default="go", help="the Ollama era to speak")
+    parser.add_argument("--version", default=None, help="the version /api/version reports (default: the era's)")
+    parser.add_argument("--reload-seconds", type=float, default=0.0, help="what a model (re)load costs")
     parser.add_argument("--context-length", type=int, default=8192)
     parser.add_argument("--models", default="gemma3:4b", help="comma-separated")
     parser.add_argument("--silent-truncate", action="store_true")
@@ -614,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     emu = Emulator(context_length=args.context_length, latency=args.latency, slots=args.slots or None,
-                   models=tuple(args.models.split(",")), port=args.port)
+                   models=tuple(args.models.split(",")), port=args.port, mode=args.mode, version=args.version,
+                   reload_seconds=args.reload_seconds)
     emu.silent_truncate = args.silent_truncate
     if args.fail_rate:
         emu.fail_rate(rate=args.fail_rate)

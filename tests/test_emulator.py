@@ -93,7 +93,7 @@ def test_streaming_chat_is_ndjson_ending_with_done(client: httpx.Client) -> None
 
 
 def test_info_endpoints(emu: Emulator, client: httpx.Client) -> None:
-    assert client.get("/api/version").json() == {"version": "0.12.0"}
+    assert client.get("/api/version").json() == {"version": "0.29.0"}  # the Go-runner era by default
     emu.set_ps(size=7_000, size_vram=3_000)
     ps = client.get("/api/ps").json()["models"][0]
     assert (ps["name"], ps["size"], ps["size_vram"]) == (MODEL, 7_000, 3_000)
@@ -201,11 +201,18 @@ def test_num_ctx_is_capped_at_context_length(client: httpx.Client) -> None:
     assert chat(client, long, options={"num_ctx": 32768}).json()["prompt_eval_count"] == 8192
 
 
-def test_no_room_to_answer_means_done_reason_length(client: httpx.Client) -> None:
+def test_length_only_when_the_output_really_hit_the_window_or_num_predict(client: httpx.Client) -> None:
     content = "y" * 4 * 4000
     prompt = count_tokens([{"role": "user", "content": content}])
-    data = chat(client, content, options={"num_predict": 500}).json()
-    assert data["done_reason"] == "length" and data["eval_count"] == 4096 - prompt
+    # prompt + num_predict > window, but the answer fits: a real server says "stop"
+    data = chat(client, content, options={"num_predict": 500}, shift=False).json()
+    assert data["done_reason"] == "stop" and data["eval_count"] == -(-len(reply_content(content)) // 4)
+    content = "y" * 4 * (4096 - 4 - 3)  # room for 3 tokens of answer
+    prompt = count_tokens([{"role": "user", "content": content}])
+    data = chat(client, content, shift=False).json()
+    assert data["done_reason"] == "length" and data["eval_count"] == 4096 - prompt == 3
+    data = chat(client, content).json()  # shift (Ollama's default) lets generation go past the window
+    assert data["done_reason"] == "stop" and data["eval_count"] > 3
     data = chat(client, "short", options={"num_predict": 2}).json()
     assert data["done_reason"] == "length" and data["eval_count"] == 2
     assert data["message"]["content"] == reply_content("short")[:8]
@@ -330,7 +337,7 @@ def test_runs_as_a_process() -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("listening on http://127.0.0.1:")
-        assert httpx.get(line.split()[-1] + "/api/version").json()["version"] == "0.12.0"
+        assert httpx.get(line.split()[-1] + "/api/version").json()["version"] == "0.29.0"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
     finally:
