@@ -302,6 +302,8 @@ class Daemon:
         parts = [f"{job.input_name}: {finished:,}/{job.total:,} ({100 * finished / max(1, job.total):.1f}%)"]
         if rate:
             parts += [f"{rate:.1f} req/s", f"ETA {_duration((job.total - finished) / rate)}"]
+        if runner.metrics.reloads:
+            parts.append(f"model reloaded {runner.metrics.reloads}x (another client?)")
         parts.append(f"queue {len(queued)}")
         return ", ".join(parts)
 

@@ -47,6 +47,11 @@ class JobMetrics:
     #: the model the server says answered (the embedded backend serves its GGUF whatever a request names)
     served_model: str | None = None
     trim_at: float | None = None
+    #: the server's version (Ollama ``/api/version``), model reloads seen under the job, runner
+    #: options removed from request lines (see ``reloads`` and ``backends.ollama_facts``)
+    server_version: str | None = None
+    reloads: int = 0
+    runner_options_stripped: list[str] = field(default_factory=list)
     chars_per_token: float | None = None
     busy_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
@@ -163,6 +168,8 @@ class JobMetrics:
                 "latency_max": round(lat[-1], 4) if lat else None,
                 "requests_sent": self.requests_sent,
             },
+            "server": {"version": self.server_version, "reloads": self.reloads,
+                       "runner_options_stripped": self.runner_options_stripped},
             "retries": {"total": sum(self.retries.values()), "by_cause": dict(self.retries)},
             "outages": {"count": self.outages, "seconds": round(self.outage_seconds, 1)},
         }

@@ -87,6 +87,7 @@ class Emulator:
         self.loads = 0
         self._loaded_key: tuple[Any, ...] | None = None
         self._using = 0  # requests running on the loaded model
+        self._queue: deque[object] = deque()  # requests waiting to be scheduled, in arrival order
         self._reloading = False
         self.context_length = context_length
         self.latency = latency
@@ -238,13 +239,20 @@ class Emulator:
         """Run on the loaded model, reloading it first when ``key`` differs; the wait in ns."""
         started = time.perf_counter()
         with self._cond:
-            while self._reloading or (key != self._loaded_key and self._using):
+            # First come, first served (Ollama's scheduler queue): once a request waits for a
+            # reload, later ones wait behind it even when they match the loaded model.
+            ticket = object()
+            self._queue.append(ticket)
+            while (self._queue[0] is not ticket or self._reloading
+                   or (key != self._loaded_key and self._using)):
                 self._cond.wait(0.05)  # Ollama reloads once the requests in flight are done
+            self._queue.popleft()
             reload = key != self._loaded_key
             if reload:
                 self._reloading = True
             else:
                 self._using += 1
+            self._cond.notify_all()
         if reload:
             if self.reload_seconds > 0:
                 self._wake.wait(self.reload_seconds)
