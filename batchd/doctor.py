@@ -70,6 +70,8 @@ async def _host(settings: Settings, url: str) -> list[Check]:
                            "check backend.api_key / backend.api_key_file" if kind == "openai" else "")]
         res.append(("OK", f"model {model} present, context length {ctx or 'not reported'}", ""))
         res.append(_num_ctx(settings, ctx))
+        if kind == "ollama":
+            res.extend(await _ollama(settings, backend))
         for m in await backend.loaded():
             if m.size and m.size_vram < m.size:
                 res.append(("WARN", f"{m.name}: {m.size - m.size_vram:,} of {m.size:,} bytes offloaded to CPU",
@@ -79,6 +81,58 @@ async def _host(settings: Settings, url: str) -> list[Check]:
         return [("FAIL", f"backend {redact_url(url)}: {exc.message}", _START[kind])]
     finally:
         await backend.aclose()
+
+
+async def _ollama(settings: Settings, backend: Any) -> list[Check]:
+    """Ollama only: its version and what it lacks; how many requests it serves at once."""
+    from batchd.backends.ollama_facts import version_notes
+
+    read = getattr(backend, "version", None)
+    try:
+        version = await read() if read is not None else None
+    except BatchdError:
+        version = None
+    notes = version_notes(version)
+    warnings = [text for level, text in notes if level == "warning"]
+    res: list[Check] = []
+    if warnings:
+        res.append(("WARN", warnings[0], "upgrade Ollama to 0.12.6 or later"))
+    else:
+        res.append(("OK", f"Ollama {version}" + "".join(f"; {text}" for _, text in notes), ""))
+    res.append(_parallel(settings.backend.lanes, _server_num_parallel(backend.host)))
+    return res
+
+
+def _parallel(lanes: int, found: tuple[int, str] | None) -> Check:
+    """``found``: the server's OLLAMA_NUM_PARALLEL and where it was read, when batchd can see it."""
+    if lanes <= 1:
+        return "OK", "backend.lanes=1: one request at a time (Ollama's OLLAMA_NUM_PARALLEL defaults to 1)", ""
+    if found is not None and found[0] >= lanes:
+        return "OK", f"OLLAMA_NUM_PARALLEL={found[0]} ({found[1]}) serves backend.lanes={lanes}", ""
+    seen = (f"OLLAMA_NUM_PARALLEL={found[0]} ({found[1]})" if found is not None
+            else "OLLAMA_NUM_PARALLEL is not set where batchd can see it, and Ollama's default is 1")
+    fewer = found[0] if found is not None else 1
+    return ("WARN", f"backend.lanes={lanes}, but {seen}: extra lanes only queue on the server",
+            f"systemctl edit ollama: [Service] Environment=OLLAMA_NUM_PARALLEL={lanes}, then restart ollama "
+            f"(each parallel request needs its own num_ctx of VRAM); or set backend.lanes = {fewer}")
+
+
+def _server_num_parallel(host: str) -> tuple[int, str] | None:
+    """OLLAMA_NUM_PARALLEL of a local Ollama: its systemd unit's environment, else this process's."""
+    if not re.match(r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?$", host):
+        return None
+    exe = shutil.which("systemctl")
+    if exe is not None:
+        try:
+            out = subprocess.run([exe, "show", "ollama.service", "--property=Environment", "--value"],
+                                 capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        found = re.search(r"(?:^|\s)OLLAMA_NUM_PARALLEL=(\d+)", out)
+        if found:
+            return int(found.group(1)), "ollama.service"
+    value = os.environ.get("OLLAMA_NUM_PARALLEL", "")
+    return (int(value), "environment") if value.isdigit() else None
 
 
 async def _embedded(settings: Settings) -> list[Check]:

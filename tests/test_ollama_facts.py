@@ -115,3 +115,35 @@ def test_versions_parse_and_say_what_they_lack() -> None:
     (level, text), = version_notes("0.30.0")
     assert level == "info" and "uncached" in text
     assert version_notes("0.12.6") == [] and version_notes("0.29.0") == [] and version_notes("0.33.0") == []
+
+
+# -- doctor: version and OLLAMA_NUM_PARALLEL ------------------------------------------------------------
+
+def test_doctor_says_extra_lanes_only_queue_on_a_default_ollama() -> None:
+    from batchd.doctor import _parallel
+
+    level, what, fix = _parallel(4, None)
+    assert level == "WARN" and "default is 1" in what and "only queue" in what
+    assert "OLLAMA_NUM_PARALLEL=4" in fix and "backend.lanes = 1" in fix
+    level, what, fix = _parallel(4, (2, "ollama.service"))
+    assert level == "WARN" and "OLLAMA_NUM_PARALLEL=2 (ollama.service)" in what and "backend.lanes = 2" in fix
+    assert _parallel(4, (4, "environment"))[0] == "OK"
+    assert _parallel(1, None)[0] == "OK"
+
+
+def test_doctor_reads_the_version_and_warns_on_an_old_ollama(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchd.doctor import _ollama
+    from tests.emulator import Emulator
+
+    monkeypatch.delenv("OLLAMA_NUM_PARALLEL", raising=False)
+    with Emulator(version="0.12.0") as emu:
+        settings = Settings(backend={"url": emu.url, "lanes": 2})
+        backend = OllamaBackend(url=emu.url)
+        checks = asyncio.run(_ollama(settings, backend))
+        assert checks[0][0] == "WARN" and "0.12.0 ignores truncate/shift" in checks[0][1]
+        assert checks[0][2] == "upgrade Ollama to 0.12.6 or later"
+        emu.version = "0.30.0"
+        (level, what, _), _parallel_check = asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))
+        assert level == "OK" and what.startswith("Ollama 0.30.0; ") and "uncached" in what
+        emu.version = "0.33.0"
+        assert asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))[0] == ("OK", "Ollama 0.33.0", "")
