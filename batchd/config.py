@@ -55,6 +55,10 @@ class BackendSettings(_Section):
     backoff_max_seconds: float = Field(default=60.0, ge=0)
     #: seconds (a number; negative: forever) or a Go duration ("30m", "1h30m"); see backends.ollama_facts
     keep_alive: int | float | str = "30m"
+    #: Ollama ``shift``: "off" sends shift=false (an answer that fills the window stops with done_reason
+    #: length, which batchd sees); "server" sends none: the server's default (on), so on Ollama >= 0.30
+    #: other clients that send none do not reload the model back and forth (README: shared Ollama)
+    shift: Literal["off", "server"] = "off"
     api_key: str | None = Field(default=None, repr=False)
     api_key_file: Path | None = None
     allowed_models: list[str] = Field(default_factory=list)

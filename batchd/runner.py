@@ -24,7 +24,7 @@ import orjson
 import structlog
 
 from batchd.backends.base import OPENAI_OPTION_KEYS, Backend, ChatRequest, ChatResult
-from batchd.backends.ollama_facts import strip_runner_options, version_notes
+from batchd.backends.ollama_facts import CACHE_ONLY_COUNTS, parse_version, strip_runner_options, version_notes
 from batchd.config import Settings
 from batchd.context import ContextBudget, Conversation
 from batchd.errors import (
@@ -191,6 +191,7 @@ class JobRunner:
                                  lanes=self.lanes)
         self.budget: ContextBudget | None = None
         self.reloads: ReloadWatch | None = None
+        self._cache_only_counts = False
         self._lanes_changed = asyncio.Event()
         self._closing = False
         self._base_counts = (0, 0)
@@ -278,6 +279,8 @@ class JobRunner:
             return
         for level, note in version_notes(self.metrics.server_version):
             getattr(log, level)("server_version", job_id=self.job.id, version=self.metrics.server_version, note=note)
+        # 0.30.0 counted only uncached prompt tokens: known, not to be proven call by call
+        self._cache_only_counts = parse_version(self.metrics.server_version) == CACHE_ONLY_COUNTS
 
     def _strip(self, chat: ChatRequest) -> ChatRequest:
         """Runner options out of a request line (a shared server would reload for them): logged once."""
@@ -305,6 +308,7 @@ class JobRunner:
         if self.budget is None:
             self.budget = ContextBudget(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics)
             self.budget.pressure = self.policy.pressure
+            self.budget.counts_cache_only = self._cache_only_counts
         return Conversation(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics,
                             mode=self.job.mode or self.settings.context.mode, budget=self.budget, lane=lane)
 
@@ -522,6 +526,7 @@ class JobRunner:
     def _apply_policy(self) -> None:
         if self.budget is not None:
             self.budget.pressure = self.policy.pressure
+            self.budget.counts_cache_only = self._cache_only_counts
         self.active_lanes = self.policy.lanes
         self._lanes_changed.set()
         self._lanes_changed = asyncio.Event()

@@ -5,11 +5,12 @@ One job: speak Ollama's HTTP protocol (and the OpenAI-compatible
 ``ThreadingHTTPServer`` in a background thread, with deterministic replies
 (``emulator_model``), context-window rules, a loaded-model state and injectable faults.
 
-Eras (``mode``, see ``emulator_eras``): ``go`` is Ollama 0.12.6-0.29 (version
-"0.29.0"), ``llamaserver`` is >= 0.30.1 (version "0.33.0"); each with its own
-error bodies. The loaded model is reloaded (``reload_seconds`` of sleep, reported
-as ``load_duration``) when a request's num_ctx, runner options or (llamaserver)
-shift differ, after the requests in flight finish. ``Emulator.ollama(mode)``
+Eras (``mode``, see ``emulator_eras``): ``go`` is Ollama 0.12.6-0.24 (version
+"0.24.0", the Go runner's last release: there is no 0.25-0.29), ``llamaserver``
+is >= 0.30.1 (version "0.33.0"); each with its own error bodies. The loaded
+model is reloaded (``reload_seconds`` of sleep, reported as ``load_duration``)
+when a request's num_ctx, runner options or (llamaserver) shift differ, after
+the requests in flight finish. ``Emulator.ollama(mode)``
 gives a stock server: one slot (``OLLAMA_NUM_PARALLEL=1``, the rest queue) and a
 real reload cost; ``Emulator()`` keeps tests fast (unlimited slots, free reloads).
 

@@ -2,7 +2,7 @@
 
 Read from ollama/ollama (the search tool's ``read_file`` / a mirror of v0.33):
 
-- ``go`` (0.12.6 - 0.29): the Go runner. Overflow with ``truncate: false`` is
+- ``go`` (0.12.6 - 0.24.0, the last Go-runner release; 0.30.0 followed it): the Go runner. Overflow with ``truncate: false`` is
   ``400 {"error": "the input length exceeds the context length"}``; a crashed runner is
   ``500 "llama runner process has terminated: ..."``; ``server/sched.go`` reloads the model
   when ``num_ctx`` or a runner option differs.
@@ -56,7 +56,7 @@ class Era:
 
 
 ERAS = {
-    "go": Era("go", "0.29.0", GO_CRASH, shift_reloads=False),
+    "go": Era("go", "0.24.0", GO_CRASH, shift_reloads=False),
     "llamaserver": Era("llamaserver", "0.33.0", LLAMASERVER_CRASH, shift_reloads=True),
 }
 

@@ -93,7 +93,7 @@ def test_streaming_chat_is_ndjson_ending_with_done(client: httpx.Client) -> None
 
 
 def test_info_endpoints(emu: Emulator, client: httpx.Client) -> None:
-    assert client.get("/api/version").json() == {"version": "0.29.0"}  # the Go-runner era by default
+    assert client.get("/api/version").json() == {"version": "0.24.0"}  # the Go-runner era by default
     emu.set_ps(size=7_000, size_vram=3_000)
     ps = client.get("/api/ps").json()["models"][0]
     assert (ps["name"], ps["size"], ps["size_vram"]) == (MODEL, 7_000, 3_000)
@@ -337,7 +337,7 @@ def test_runs_as_a_process() -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("listening on http://127.0.0.1:")
-        assert httpx.get(line.split()[-1] + "/api/version").json()["version"] == "0.29.0"
+        assert httpx.get(line.split()[-1] + "/api/version").json()["version"] == "0.24.0"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
     finally:

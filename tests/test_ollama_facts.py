@@ -114,7 +114,7 @@ def test_versions_parse_and_say_what_they_lack() -> None:
     assert level == "warning" and "truncate" in text and "silently" in text
     (level, text), = version_notes("0.30.0")
     assert level == "info" and "uncached" in text
-    assert version_notes("0.12.6") == [] and version_notes("0.29.0") == [] and version_notes("0.33.0") == []
+    assert version_notes("0.12.6") == [] and version_notes("0.24.0") == [] and version_notes("0.33.0") == []
 
 
 # -- doctor: version and OLLAMA_NUM_PARALLEL ------------------------------------------------------------

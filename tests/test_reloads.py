@@ -8,10 +8,11 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import structlog.testing
 
 from batchd.backends import make_backend
-from batchd.backends.base import LoadedModel
+from batchd.backends.base import ChatRequest, LoadedModel
 from batchd.claim import Claimer
 from batchd.config import Settings
 from batchd.daemon import Daemon
@@ -163,3 +164,36 @@ def test_a_current_version_is_stored_without_a_warning(
     runner, outcome, events = run_lines(make_settings(), [user(0)])
     assert runner.metrics.server_version == "0.33.0"
     assert not [e for e in events if e["event"] == "server_version"]
+
+
+def test_ollama_0_30_0_is_known_to_count_only_uncached_prompt_tokens(
+        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    emulator.version = "0.30.0"
+    runner, outcome, events = run_lines(make_settings(), [user(0)])
+    assert runner.budget is not None and runner.budget.counts_cache_only
+    (note,) = [e for e in events if e["event"] == "server_version"]
+    assert note["log_level"] == "info" and "uncached" in note["note"]
+    emulator.version = "0.30.1"
+    runner, outcome, events = run_lines(make_settings(), [user(0)])
+    assert runner.budget is not None and not runner.budget.counts_cache_only
+
+
+# -- the shift trade-off on a shared Ollama >= 0.30 ----------------------------------------------------
+
+@pytest.mark.parametrize(("shift", "reloads"), [("off", 2), ("server", 0)])
+def test_shift_server_shares_the_runner_with_clients_that_send_none(shift: str, reloads: int) -> None:
+    with Emulator(mode="llamaserver") as emu:
+        settings = Settings(backend={"url": emu.url, "shift": shift})
+        other = {"model": MODEL, "stream": False, "options": {"num_ctx": 2048},
+                 "messages": [{"role": "user", "content": "hi"}]}
+
+        async def go() -> None:
+            backend = make_backend(settings)
+            async with httpx.AsyncClient(base_url=emu.url) as client:
+                assert (await client.post("/api/chat", json=other)).status_code == 200  # loads the model
+                await backend.chat(ChatRequest(model=MODEL, num_ctx=2048, messages=other["messages"]))
+                assert (await client.post("/api/chat", json=other)).status_code == 200
+            await backend.aclose()
+
+        asyncio.run(go())
+        assert emu.reloads == reloads

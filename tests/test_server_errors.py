@@ -27,7 +27,7 @@ LLAMA_SERVER_OVERFLOW: dict[str, Any] = {"error": {
     "try increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 9000, "n_ctx": 4096}}
 #: Ollama >= 0.30.1: the same body as a JSON *string* in ``error``
 OLLAMA_030_OVERFLOW = {"error": json.dumps(LLAMA_SERVER_OVERFLOW)}
-#: Ollama <= 0.29 (Go runner) and the embedding path today
+#: Ollama <= 0.24 (Go runner) and the embedding path today
 OLLAMA_GO_OVERFLOW = {"error": "the input length exceeds the context length"}
 
 REQUEST = ChatRequest(model="gemma3:4b", num_ctx=4096, messages=[{"role": "user", "content": "hi"}])
@@ -86,7 +86,7 @@ def test_a_string_error_that_only_looks_like_json_stays_text() -> None:
     "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
     "check ollama server logs for details",
     "llama-server process no longer running: exit status 2 ",
-    # the Go runner's wording (<= 0.29)
+    # the Go runner's wording (<= 0.24)
     "llama runner process has terminated: exit status 2",
 ])
 def test_runner_crash_texts_count_as_runner_crashes(text: str) -> None:

@@ -28,7 +28,7 @@ from batchd.errors import (
 )
 
 # A crashed runner: out of memory mostly. "llama runner process has terminated" is the Go runner's
-# (<= 0.29); "model runner has unexpectedly stopped" and "llama-server process no longer running" are
+# (<= 0.24); "model runner has unexpectedly stopped" and "llama-server process no longer running" are
 # Ollama >= 0.30's (ollama/ollama llm/llama_server.go). All are transient: trim hard, back off, retry.
 _OOM_HINTS = ("out of memory", "runner process has terminated", "cudamalloc", "oom", "unable to allocate",
               "model runner has unexpectedly stopped", "llama-server process no longer running")
