@@ -72,6 +72,8 @@ async def _host(settings: Settings, url: str) -> list[Check]:
         res.append(_num_ctx(settings, ctx))
         if kind == "ollama":
             res.extend(await _ollama(settings, backend))
+        elif kind == "openai":
+            res.extend(await _ollama_behind_v1(backend.host))
         for m in await backend.loaded():
             if m.size and m.size_vram < m.size:
                 res.append(("WARN", f"{m.name}: {m.size - m.size_vram:,} of {m.size:,} bytes offloaded to CPU",
@@ -101,6 +103,24 @@ async def _ollama(settings: Settings, backend: Any) -> list[Check]:
         res.append(("OK", f"Ollama {version}" + "".join(f"; {text}" for _, text in notes), ""))
     res.append(_parallel(settings.backend.lanes, _server_num_parallel(backend.host)))
     return res
+
+
+async def _ollama_behind_v1(host: str) -> list[Check]:
+    """The openai backend pointed at Ollama's own ``/v1``: it works, but blind."""
+    from batchd.backends.ollama import OllamaBackend
+
+    probe = OllamaBackend(url=host, timeout=5, connect_timeout=2)
+    try:
+        version = await probe.version()
+    except BatchdError:
+        return []
+    finally:
+        await probe.aclose()
+    if version is None:
+        return []
+    return [("WARN", f"{host} is Ollama {version}: its /v1 endpoint cuts prompts silently at the server's default "
+                     "window (OLLAMA_CONTEXT_LENGTH; num_ctx cannot be sent) and reports no cached tokens",
+             "set backend.kind = ollama: batchd then pins num_ctx and sees an overflow as an error")]
 
 
 def _parallel(lanes: int, found: tuple[int, str] | None) -> Check:

@@ -147,3 +147,13 @@ def test_doctor_reads_the_version_and_warns_on_an_old_ollama(monkeypatch: pytest
         assert level == "OK" and what.startswith("Ollama 0.30.0; ") and "uncached" in what
         emu.version = "0.33.0"
         assert asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))[0] == ("OK", "Ollama 0.33.0", "")
+
+
+def test_doctor_warns_when_the_openai_backend_points_at_ollama() -> None:
+    from batchd.doctor import _ollama_behind_v1
+    from tests.emulator import Emulator
+
+    with Emulator() as emu:
+        ((level, what, fix),) = asyncio.run(_ollama_behind_v1(emu.url))
+    assert level == "WARN" and "silently" in what and "backend.kind = ollama" in fix
+    assert asyncio.run(_ollama_behind_v1("http://127.0.0.1:9")) == []  # nothing listens: no opinion
