@@ -11,8 +11,9 @@ only HTTP, through ``OllamaBackend`` / ``OpenAIBackend``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -53,7 +54,7 @@ class Server:
         return chat
 
 
-Case = Callable[[Server], Awaitable[None]]
+Case = Callable[[Server], Coroutine[Any, Any, None]]
 CASES: list[Case] = []
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
@@ -29,7 +29,7 @@ MODEL = "gemma3:4b"
 
 def run_lines(settings: Settings, bodies: list[dict[str, Any]],
               scenario: Callable[[JobRunner], Awaitable[None]] | None = None
-              ) -> tuple[JobRunner, str, list[dict[str, Any]]]:
+              ) -> tuple[JobRunner, str, list[MutableMapping[str, Any]]]:
     """Run a JSONL job of these bodies; (runner, outcome, captured log events)."""
     with (settings.inbox / "job.jsonl").open("wb") as fh:
         for i, body in enumerate(bodies):
@@ -184,14 +184,14 @@ def test_ollama_0_30_0_is_known_to_count_only_uncached_prompt_tokens(
 def test_shift_server_shares_the_runner_with_clients_that_send_none(shift: str, reloads: int) -> None:
     with Emulator(mode="llamaserver") as emu:
         settings = Settings(backend={"url": emu.url, "shift": shift})
-        other = {"model": MODEL, "stream": False, "options": {"num_ctx": 2048},
-                 "messages": [{"role": "user", "content": "hi"}]}
+        messages: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+        other = {"model": MODEL, "stream": False, "options": {"num_ctx": 2048}, "messages": messages}
 
         async def go() -> None:
             backend = make_backend(settings)
             async with httpx.AsyncClient(base_url=emu.url) as client:
                 assert (await client.post("/api/chat", json=other)).status_code == 200  # loads the model
-                await backend.chat(ChatRequest(model=MODEL, num_ctx=2048, messages=other["messages"]))
+                await backend.chat(ChatRequest(model=MODEL, num_ctx=2048, messages=messages))
                 assert (await client.post("/api/chat", json=other)).status_code == 200
             await backend.aclose()
 
