@@ -24,7 +24,6 @@ import orjson
 import structlog
 
 from batchd.backends.base import OPENAI_OPTION_KEYS, Backend, ChatRequest, ChatResult
-from batchd.backends.ollama_facts import CACHE_ONLY_COUNTS, parse_version, strip_runner_options, version_notes
 from batchd.config import Settings
 from batchd.context import ContextBudget, Conversation
 from batchd.errors import (
@@ -40,8 +39,8 @@ from batchd.errors import (
 from batchd.ingest import full_body
 from batchd.journal import Job, Journal, Outcome, Request, ReqState
 from batchd.metrics import JobMetrics
-from batchd.reloads import ReloadWatch
 from batchd.replies import ReplyChecker, checker_for
+from batchd.serverside import ServerSide
 from batchd.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
 
 log = structlog.get_logger("batchd.runner")
@@ -52,8 +51,6 @@ FLUSH_ROWS = 512
 MONITOR_TICK = 0.25
 SAMPLE_SECONDS = 2.0
 METRICS_SECONDS = 2.0
-#: how often /api/ps is read for a changed context_length (a reload by another client)
-PS_SECONDS = 10.0
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -190,8 +187,8 @@ class JobRunner:
         self.policy = VramPolicy(high_water=settings.vram.high_water, low_water=settings.vram.low_water,
                                  lanes=self.lanes)
         self.budget: ContextBudget | None = None
-        self.reloads: ReloadWatch | None = None
-        self._cache_only_counts = False
+        #: the server's version, request hygiene and reloads (set once the context is pinned)
+        self.server: ServerSide | None = None
         self._lanes_changed = asyncio.Event()
         self._closing = False
         self._base_counts = (0, 0)
@@ -221,7 +218,9 @@ class JobRunner:
         try:
             await self._pin_context()
             if self.fatal is None:
-                await self._check_server()
+                self.server = ServerSide(backend=self.backend, metrics=self.metrics, job_id=self.job.id,
+                                         model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx)
+                await self.server.start()
                 await self._run_lanes()
         finally:
             monitor.cancel()
@@ -266,35 +265,6 @@ class JobRunner:
             self.journal.update_job(self.job.id, meta={**self.job.meta, "num_ctx": self.num_ctx})
         self.metrics.num_ctx = self.num_ctx
 
-    async def _check_server(self) -> None:
-        """Ollama: read its version into metrics.json and say what it lacks; watch for reloads."""
-        self.reloads = ReloadWatch(metrics=self.metrics, num_ctx=self.num_ctx,
-                                   model=self.job.model or self.settings.backend.model)
-        read = getattr(self.backend, "version", None)
-        if read is None:
-            return
-        try:
-            self.metrics.server_version = await read()
-        except (TransientError, RequestError):
-            return
-        for level, note in version_notes(self.metrics.server_version):
-            getattr(log, level)("server_version", job_id=self.job.id, version=self.metrics.server_version, note=note)
-        # 0.30.0 counted only uncached prompt tokens: known, not to be proven call by call
-        self._cache_only_counts = parse_version(self.metrics.server_version) == CACHE_ONLY_COUNTS
-
-    def _strip(self, chat: ChatRequest) -> ChatRequest:
-        """Runner options out of a request line (a shared server would reload for them): logged once."""
-        options, dropped = strip_runner_options(chat.options)
-        if not dropped:
-            return chat
-        new = sorted(set(dropped) - set(self.metrics.runner_options_stripped))
-        if new:
-            if not self.metrics.runner_options_stripped:
-                log.warning("runner_options_stripped", job_id=self.job.id, options=dropped, num_ctx=self.num_ctx,
-                            hint="runner options reload the model on the server; set them there, not per request")
-            self.metrics.runner_options_stripped = sorted({*self.metrics.runner_options_stripped, *new})
-        return replace(chat, options=options)
-
     async def _wait_gate(self) -> bool:
         """Wait for the backend; True when asked to stop meanwhile."""
         stopper = asyncio.create_task(self.stop.wait())
@@ -308,7 +278,7 @@ class JobRunner:
         if self.budget is None:
             self.budget = ContextBudget(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics)
             self.budget.pressure = self.policy.pressure
-            self.budget.counts_cache_only = self._cache_only_counts
+            self.budget.counts_cache_only = self.server is not None and self.server.counts_cache_only
         return Conversation(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics,
                             mode=self.job.mode or self.settings.context.mode, budget=self.budget, lane=lane)
 
@@ -391,8 +361,10 @@ class JobRunner:
 
     async def _execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
         body = full_body(self.prefix, req.body or {})
-        chat = self._strip(to_chat_request(body, model=self.job.model or self.settings.backend.model,
-                                           num_ctx=self.num_ctx, custom_id=req.custom_id or ""))
+        chat = to_chat_request(body, model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx,
+                               custom_id=req.custom_id or "")
+        if self.server is not None:
+            chat = self.server.strip(chat)
         num_predict = int(chat.options.get("num_predict") or self.settings.context.num_predict)
         # The job's shared prefix (CSV pipelines) is known; a JSONL line's is its leading turns.
         prefix_len = len(self.prefix.get("messages") or []) if self.prefix else None
@@ -456,8 +428,8 @@ class JobRunner:
                     return self._failure(req, attempts, ContextLengthExceeded(
                         "the server cut the prompt to fit its context window", status_code=None))
                 # Cut at the window with nothing left to trim: the reply stands, marked "length".
-            if self.reloads is not None:
-                self.reloads.on_reply(result.load_seconds, self.clock())
+            if self.server is not None:
+                self.server.on_reply(result, self.clock())
             self.metrics.add_reply(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                                    latency=result.latency_s, cached=result.cached_tokens)
             problem = self.replies.problem(result.content)
@@ -507,7 +479,6 @@ class JobRunner:
         ps = OllamaPsSource(self.backend) if source.name != "ollama" and self.backend.kind == "ollama" else None
         watch = VramWatch(source=source, policy=self.policy, metrics=self.metrics, offload=ps)
         next_sample = self.clock() + SAMPLE_SECONDS  # a short job gets just the final sample
-        next_ps = self.clock() if self.backend.kind == "ollama" else float("inf")
         while True:
             now = self.clock()
             if await watch.poll(now):
@@ -515,18 +486,13 @@ class JobRunner:
             if now >= next_sample:
                 next_sample = now + SAMPLE_SECONDS
                 self._sample()
-            if now >= next_ps and self.reloads is not None:
-                next_ps = now + PS_SECONDS
-                try:
-                    self.reloads.on_ps(await self.backend.loaded())
-                except TransientError:
-                    pass
+            if self.server is not None:
+                await self.server.poll(now)
             await self.sleep(self.monitor_tick)
 
     def _apply_policy(self) -> None:
         if self.budget is not None:
             self.budget.pressure = self.policy.pressure
-            self.budget.counts_cache_only = self._cache_only_counts
         self.active_lanes = self.policy.lanes
         self._lanes_changed.set()
         self._lanes_changed = asyncio.Event()

@@ -197,3 +197,12 @@ def test_shift_server_shares_the_runner_with_clients_that_send_none(shift: str, 
 
         asyncio.run(go())
         assert emu.reloads == reloads
+
+
+def test_a_vram_policy_change_keeps_what_the_budget_learned(
+        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    runner, outcome, events = run_lines(make_settings(), [user(0)])
+    assert runner.budget is not None
+    runner.budget.counts_cache_only = True  # proven on some call of the job
+    runner._apply_policy()
+    assert runner.budget.counts_cache_only
