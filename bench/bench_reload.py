@@ -40,7 +40,7 @@ def neighbour(url: str, every: float, stop: threading.Event) -> None:
 
 
 async def batch(url: str, rows: int, *, shift: bool, options: dict[str, object]) -> None:
-    backend = OllamaBackend(url=url, shift=shift)
+    backend = OllamaBackend(url=url, send_shift_false=shift)
     try:
         for i in range(rows):
             await backend.chat(ChatRequest(model=MODEL, num_ctx=NUM_CTX, options={"num_predict": 8, **options},

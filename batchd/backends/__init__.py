@@ -25,7 +25,7 @@ def make_backend(settings: Settings, url: str | None = None) -> Backend:
         from batchd.backends.ollama import OllamaBackend
 
         return OllamaBackend(url=url, timeout=b.timeout_seconds, connect_timeout=b.connect_timeout_seconds,
-                             keep_alive=b.keep_alive, max_connections=conns, shift=b.shift == "off")
+                             keep_alive=b.keep_alive, max_connections=conns, send_shift_false=b.shift == "off")
     if b.kind == "openai":
         from batchd.backends.openai import OpenAIBackend
 

@@ -31,11 +31,11 @@ class OllamaBackend:
         keep_alive: str | float = "30m",
         max_connections: int = 16,
         transport: httpx.AsyncBaseTransport | None = None,
-        shift: bool = True,
+        send_shift_false: bool = True,
     ) -> None:
         self.host = url.rstrip("/")
-        #: send shift=false (False: leave the server's default, which reloads nothing on a shared server)
-        self.send_shift_off = shift
+        #: False: send no shift, so the server's default applies (backend.shift = "server")
+        self.send_shift_false = send_shift_false
         self.keep_alive = encode_keep_alive(keep_alive)  # "-1" as a string is a 400 on every call
         self._client = make_client(
             self.host,
@@ -53,15 +53,17 @@ class OllamaBackend:
             "stream": False,
             "options": {**request.options, "num_ctx": request.num_ctx},
             # Ollama silently cuts overflowing prompts and still answers 200; with
-            # both off, overflow is a 400 the context loop can act on.
+            # truncate off (>= 0.12.6), overflow is a 400 the context loop can act on.
             "truncate": False,
             "keep_alive": self.keep_alive,
             # Thinking models default think to true (server/routes.go ChatHandler) and spend
             # num_predict on thoughts; off unless the request or pipeline asks.
             "think": request.think if request.think is not None else False,
         }
-        if self.send_shift_off:
-            # >= 0.30: a different shift reloads the model (server/sched.go needsReload)
+        if self.send_shift_false:
+            # An answer that fills the window stops (done_reason "length") instead of silently
+            # dropping the oldest prompt tokens. >= 0.30: a client with another shift reloads the
+            # model (server/sched.go needsReload), hence backend.shift = "server" for shared servers.
             payload["shift"] = False
         if request.format is not None:
             payload["format"] = request.format
