@@ -73,7 +73,7 @@ async def _host(settings: Settings, url: str) -> list[Check]:
         if kind == "ollama":
             res.extend(await _ollama(settings, backend))
         elif kind == "openai":
-            res.extend(await _ollama_behind_v1(backend.host))
+            res.extend(await _ollama_behind_v1(url))
         for m in await backend.loaded():
             if m.size and m.size_vram < m.size:
                 res.append(("WARN", f"{m.name}: {m.size - m.size_vram:,} of {m.size:,} bytes offloaded to CPU",
@@ -105,11 +105,11 @@ async def _ollama(settings: Settings, backend: Any) -> list[Check]:
     return res
 
 
-async def _ollama_behind_v1(host: str) -> list[Check]:
+async def _ollama_behind_v1(url: str) -> list[Check]:
     """The openai backend pointed at Ollama's own ``/v1``: it works, but blind."""
     from batchd.backends.ollama import OllamaBackend
 
-    probe = OllamaBackend(url=host, timeout=5, connect_timeout=2)
+    probe = OllamaBackend(url=url.rstrip("/").removesuffix("/v1"), timeout=5, connect_timeout=2)
     try:
         version = await probe.version()
     except BatchdError:
@@ -118,8 +118,8 @@ async def _ollama_behind_v1(host: str) -> list[Check]:
         await probe.aclose()
     if version is None:
         return []
-    return [("WARN", f"{host} is Ollama {version}: its /v1 endpoint cuts prompts silently at the server's default "
-                     "window (OLLAMA_CONTEXT_LENGTH; num_ctx cannot be sent) and reports no cached tokens",
+    return [("WARN", f"{probe.host} is Ollama {version}: its /v1 endpoint cuts prompts silently at the server's "
+                     "default window (OLLAMA_CONTEXT_LENGTH; num_ctx cannot be sent) and reports no cached tokens",
              "set backend.kind = ollama: batchd then pins num_ctx and sees an overflow as an error")]
 
 
