@@ -89,6 +89,7 @@ class Emulator:
         self._loaded_key: tuple[Any, ...] | None = None
         self._using = 0  # requests running on the loaded model
         self._queue: deque[object] = deque()  # requests waiting to be scheduled, in arrival order
+        self._cached: list[dict[str, Any]] = []  # what the (one-slot) prompt cache holds
         self._reloading = False
         self.context_length = context_length
         self.latency = latency
@@ -266,6 +267,17 @@ class Emulator:
                 self._using += 1
                 self._cond.notify_all()
         return max(1_000_000, int((time.perf_counter() - started) * 1e9))
+
+    def _cache_hit(self, messages: list[dict[str, Any]], answer: str) -> int:
+        """Prompt tokens a one-slot prefix cache holds for ``messages`` (the last call plus its answer)."""
+        with self._lock:
+            held, self._cached = self._cached, [*messages, {"role": "assistant", "content": answer}]
+        same = 0
+        for a, b in zip(messages, held):
+            if a.get("role") != b.get("role") or a.get("content") != b.get("content"):
+                break
+            same += 1
+        return count_tokens(messages[:same])
 
     def _release(self) -> None:
         with self._cond:
@@ -547,9 +559,13 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is not None and evals > limit:  # "length" only when the output really hit the limit
             content, evals, reason = content[: max(limit, 0) * 4], max(limit, 0), "length"
         elapsed_ns = max(2, int(self._generate(last) * 1e9))
+        counted = window if truncated else prompt
+        cached = emu._cache_hit(messages, content)
+        if emu.version == "0.30.0":  # it counted only what the prompt cache did not hold (fixed in 0.30.1)
+            counted = max(1, counted - cached)
         counts = {
             "done_reason": reason, "total_duration": load_ns + elapsed_ns, "load_duration": load_ns,
-            "prompt_eval_count": window if truncated else prompt,
+            "prompt_eval_count": counted,
             "prompt_eval_duration": elapsed_ns // 5, "eval_count": evals,
             "eval_duration": elapsed_ns - elapsed_ns // 5}
         model, created = body["model"], _now_iso()

@@ -206,3 +206,27 @@ def test_a_vram_policy_change_keeps_what_the_budget_learned(
     runner.budget.counts_cache_only = True  # proven on some call of the job
     runner._apply_policy()
     assert runner.budget.counts_cache_only
+
+
+def test_a_conversation_on_ollama_0_30_0_sees_no_false_truncation(
+        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    """0.30.0 reports only uncached prompt tokens: a growing conversation looks like cut prompts
+    unless batchd knows the version."""
+    emulator.version = "0.30.0"
+    settings = make_settings(context={"num_ctx": 8192, "mode": "conversation"})
+    runner, outcome, events = run_lines(settings, [user(i) for i in range(12)])
+    assert outcome == "completed" and runner.done == 12
+    assert runner.metrics.truncations_detected == 0
+    assert len(emulator.calls) == 12  # no retry for a truncation that did not happen
+    assert emulator.calls[-1]["messages"][0]["content"] == "Candidate 0."  # the history was kept
+
+
+def test_the_emulator_counts_like_0_30_0() -> None:
+    with Emulator(version="0.30.0") as emu, httpx.Client(base_url=emu.url) as client:
+        first = [{"role": "user", "content": "x" * 400}]
+        r1 = client.post("/api/chat", json={"model": MODEL, "stream": False, "messages": first}).json()
+        second = [*first, {"role": "assistant", "content": r1["message"]["content"]},
+                  {"role": "user", "content": "y" * 40}]
+        r2 = client.post("/api/chat", json={"model": MODEL, "stream": False, "messages": second}).json()
+    assert r1["prompt_eval_count"] == 104
+    assert r2["prompt_eval_count"] == 10 + 4  # only the new message: the rest came from the cache
