@@ -342,3 +342,39 @@ def test_runs_as_a_process() -> None:
         assert proc.wait(timeout=5) == 0
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize(("mode", "shift_reloads"), [("go", False), ("llamaserver", True)])
+def test_reloads_follow_the_era(make_emu: Callable[..., Emulator], mode: str, shift_reloads: bool) -> None:
+    emu = make_emu(mode=mode, reload_seconds=0.05)
+    with httpx.Client(base_url=emu.url, timeout=5) as c:
+        def load_ms(**extra: Any) -> float:
+            return chat(c, "x", **extra).json()["load_duration"] / 1e6
+
+        assert load_ms(options={"num_ctx": 2048}) >= 50  # the first load
+        assert load_ms(options={"num_ctx": 2048}) < 5  # warm
+        assert (load_ms(options={"num_ctx": 2048}, shift=False) >= 50) is shift_reloads
+        assert load_ms(options={"num_ctx": 2048, "num_gpu": 10}, shift=False) >= 50  # a runner option
+        assert load_ms(options={"num_ctx": 2048, "num_gpu": 10, "temperature": 0.3}, shift=False) < 5  # sampling
+        assert emu.reloads == (2 if shift_reloads else 1)
+        assert c.get("/api/version").json()["version"] == {"go": "0.24.0", "llamaserver": "0.33.0"}[mode]
+
+
+def test_the_eras_error_bodies(make_emu: Callable[..., Emulator]) -> None:
+    long = "x" * 4 * 5000
+    for mode in ("go", "llamaserver"):
+        emu = make_emu(mode=mode)
+        with httpx.Client(base_url=emu.url, timeout=5) as c:
+            r = chat(c, long, truncate=False)
+            assert r.status_code == 400
+            if mode == "go":
+                assert r.json() == {"error": "the input length exceeds the context length"}
+            else:
+                inner = json.loads(r.json()["error"])["error"]
+                assert inner["type"] == "exceed_context_size_error" and inner["n_ctx"] == 4096
+                assert inner["n_prompt_tokens"] == 5004 and inner["message"].startswith("request (5004 tokens)")
+            assert chat(c, "x", options={"stop": "\n"}).json() == {"error": 'option "stop" must be of type array'}
+            assert chat(c, "x", keep_alive="-1").status_code == 400
+            assert chat(c, "x", keep_alive=-1).status_code == 200
+            emu.fail_next(500)
+            assert "runner" in chat(c, "x").json()["error"]
