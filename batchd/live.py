@@ -71,6 +71,8 @@ class LiveViews:
         self._last_ping = float("-inf")
         self._warned: dict[str, float] = {}
         self._chown_warned = False
+        self.tick = TICK
+        self.min_gap = MIN_GAP
 
     @property
     def settings(self) -> Any:
@@ -113,21 +115,22 @@ class LiveViews:
             page = self.settings.status_page.enabled and (
                 poked or now - last_page >= self.settings.status_page.interval_seconds)
             metrics = self.exporter.enabled and now - last_metrics >= self.settings.metrics.interval_seconds
-            if (page or metrics) and now - last_write >= MIN_GAP:
+            # The gap is a real-time brake on rewrites, not a schedule: it ignores an injected clock.
+            if (page or metrics) and time.monotonic() - last_write >= self.min_gap:
                 self._poked.clear()
                 signature = probe.signature
-                last_write = now
+                last_write = time.monotonic()
                 if page:
                     last_page = now
                 if metrics:
                     last_metrics = now
                 await self._in_thread(page=page, metrics=metrics, state=DaemonState.RUNNING, waiting=probe.waiting)
             self._maybe_ping()
-            if self._poked.is_set():  # poked within MIN_GAP of the last write: it goes after the gap
-                await asyncio.sleep(MIN_GAP)
+            if self._poked.is_set():  # poked within min_gap of the last write: it goes after the gap
+                await asyncio.sleep(self.min_gap)
                 continue
             # Not wait_for: on 3.11 it swallows a cancel that lands as the event fires (bpo-42130).
-            await first(self._poked.wait(), stop.wait(), timeout=TICK)
+            await first(self._poked.wait(), stop.wait(), timeout=self.tick)
 
     async def close(self) -> None:
         """A last page saying the daemon stopped (``run --once`` leaves it too), then let go."""
