@@ -24,8 +24,16 @@ from batchd.inbox import safe_stem
 from batchd.journal import JobState, Journal, NewRequest, Outcome, ReqState
 from batchd.live import LiveViews
 from batchd.ops import status_views
-from batchd.statuspage import NAMES, STATUS_HTML, STATUS_JSON, DaemonState, Waiting, page_data, render_html, \
-    render_json
+from batchd.statuspage import (
+    NAMES,
+    STATUS_HTML,
+    STATUS_JSON,
+    DaemonState,
+    Waiting,
+    page_data,
+    render_html,
+    render_json,
+)
 from tests.conftest import outbox_entries, run_daemon_once, write_jsonl
 
 EVIL = "<script>alert(1)</script>\n\x1b[31m\u202egnp.exe"
