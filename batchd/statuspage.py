@@ -84,9 +84,9 @@ h1{font-size:22px;margin:4px 0}h2{font-size:17px;margin:22px 0 8px}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #dde1e7}
 th,td{padding:7px 10px;border-bottom:1px solid #e9ecf0;text-align:left;vertical-align:middle}
 th{background:#eef1f5;font-weight:600;font-size:13px}
-td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.p{white-space:nowrap}
 .id{color:#7a8390;font-size:12px;display:block}
-.bar{width:220px;height:14px;background:#e3e7ed;border-radius:7px;overflow:hidden;display:inline-block;
+.bar{width:160px;height:14px;background:#e3e7ed;border-radius:7px;overflow:hidden;display:inline-block;
 vertical-align:middle}
 .fill{height:100%;background:#2f7de1}
 .pct{display:inline-block;width:56px;text-align:right;font-variant-numeric:tabular-nums}
@@ -141,13 +141,13 @@ def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, n
         state = v["state"]
         label, css = _STATE_TEXT.get(state, state), state
         if waiting and waiting["job_id"] == v["job_id"]:
-            label, css = f"paused: waiting for the backend since {_clock(waiting['since_unix'])}", "paused"
+            label, css = "paused: waiting for the backend", "paused"
         eta = "-"
         if v["eta_seconds"] is not None:
             eta = f"{_dur(v['eta_seconds'])} (about {_clock(now + v['eta_seconds'], date=False)})"
         rows.append(
             f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}</td>"
-            f"<td class='s-{html.escape(css)}'>{html.escape(label)}</td><td>{_bar(v['progress'])}</td>"
+            f"<td class='s-{html.escape(css)}'>{html.escape(label)}</td><td class='p'>{_bar(v['progress'])}</td>"
             f"<td class='n'>{v['finished']:,} / {v['total']:,}</td><td class='n'>{v['failed']:,}</td>"
             f"<td class='n'>{_rate(v['req_per_s'])}</td><td class='n'>{html.escape(eta)}</td></tr>")
     return "".join(rows) + "</tbody></table>"

@@ -149,7 +149,7 @@ def test_waiting_for_the_backend_and_a_stopped_daemon_are_said(journal: Journal)
     assert data["waiting_for_backend"]["since_unix"] == round(now - 125, 3)
     page = render_html(data)
     assert "Waiting for the backend (127.0.0.1:11434) since" in page and "(2m05s)" in page
-    assert "paused: waiting for the backend since" in page
+    assert "paused: waiting for the backend<" in page
     stopped = render_html(page_data(views, now=now, daemon=DaemonState.STOPPED))
     assert "batchd is not running" in stopped
 
