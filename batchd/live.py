@@ -73,6 +73,8 @@ class LiveViews:
         self._chown_warned = False
         self.tick = TICK
         self.min_gap = MIN_GAP
+        self._signature: tuple[Any, ...] | None = None
+        self._last_page = self._last_metrics = self._last_write = float("-inf")
 
     @property
     def settings(self) -> Any:
@@ -98,39 +100,42 @@ class LiveViews:
     # -- the task -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the metrics endpoint (ConfigError, exit 2, on a bad address) and write a first page."""
+        """Open the metrics endpoint; ConfigError (exit 2) on a bad address or a port in use."""
         self.exporter.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        clock = self.daemon.clock
-        last_page = last_metrics = float("-inf")
-        last_write = float("-inf")
-        signature: tuple[Any, ...] | None = None
         while not stop.is_set():
-            probe = self._probe()
-            self.exporter.set_live(probe.live)
-            self.exporter.refresh()
-            now = clock()
-            poked = self._poked.is_set() or probe.signature != signature
-            page = self.settings.status_page.enabled and (
-                poked or now - last_page >= self.settings.status_page.interval_seconds)
-            metrics = self.exporter.enabled and now - last_metrics >= self.settings.metrics.interval_seconds
-            # The gap is a real-time brake on rewrites, not a schedule: it ignores an injected clock.
-            if (page or metrics) and time.monotonic() - last_write >= self.min_gap:
-                self._poked.clear()
-                signature = probe.signature
-                last_write = time.monotonic()
-                if page:
-                    last_page = now
-                if metrics:
-                    last_metrics = now
-                await self._in_thread(page=page, metrics=metrics, state=DaemonState.RUNNING, waiting=probe.waiting)
-            self._maybe_ping()
+            try:
+                await self.step()
+            except Exception as exc:  # noqa: BLE001 - a bug in a view must not stop the views for good
+                self._warn("live_failed", repr(exc))
             if self._poked.is_set():  # poked within min_gap of the last write: it goes after the gap
                 await asyncio.sleep(self.min_gap)
                 continue
             # Not wait_for: on 3.11 it swallows a cancel that lands as the event fires (bpo-42130).
             await first(self._poked.wait(), stop.wait(), timeout=self.tick)
+
+    async def step(self) -> None:
+        """One tick: refresh the in-memory gauges; write what is due (in the worker thread)."""
+        probe = self._probe()
+        self.exporter.set_live(probe.live)
+        self.exporter.refresh()
+        now = self.daemon.clock()
+        poked = self._poked.is_set() or probe.signature != self._signature
+        page = self.settings.status_page.enabled and (
+            poked or now - self._last_page >= self.settings.status_page.interval_seconds)
+        metrics = self.exporter.enabled and now - self._last_metrics >= self.settings.metrics.interval_seconds
+        # The gap is a real-time brake on rewrites, not a schedule: it ignores an injected clock.
+        if (page or metrics) and time.monotonic() - self._last_write >= self.min_gap:
+            self._poked.clear()
+            self._signature = probe.signature
+            self._last_write = time.monotonic()
+            if page:
+                self._last_page = now
+            if metrics:
+                self._last_metrics = now
+            await self._in_thread(page=page, metrics=metrics, state=DaemonState.RUNNING, waiting=probe.waiting)
+        self._maybe_ping()
 
     async def close(self) -> None:
         """A last page saying the daemon stopped (``run --once`` leaves it too), then let go."""
@@ -140,6 +145,8 @@ class LiveViews:
         try:
             await self._in_thread(page=self.settings.status_page.enabled, metrics=self.exporter.enabled,
                                   state=DaemonState.STOPPED, waiting=None)
+        except Exception as exc:  # noqa: BLE001 - shutting down: a last page is nice, not essential
+            self._warn("live_failed", repr(exc))
         finally:
             self.exporter.stop()
             if self._pool is not None:

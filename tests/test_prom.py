@@ -201,3 +201,20 @@ def test_grafana_dashboard_is_valid_and_names_metrics_that_exist() -> None:
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for topic in ("throughput", "eta", "failures by cause", "vram", "backend up"):
         assert topic in titles
+
+
+def test_metrics_settings_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchd.config import load_settings
+
+    cfg = tmp_path / "batchd.toml"
+    cfg.write_text('[metrics]\ninterval_seconds = 2\n\n[status_page]\nenabled = false\nrecent = 5\n')
+    monkeypatch.setenv("BATCHD_METRICS__LISTEN", "9464")
+    monkeypatch.setenv("BATCHD_METRICS__TEXTFILE", "/var/lib/node_exporter/batchd.prom")
+    s = load_settings(cfg)
+    assert s.metrics.listen == "9464" and str(s.metrics.textfile) == "/var/lib/node_exporter/batchd.prom"
+    assert s.metrics.interval_seconds == 2 and not s.status_page.enabled and s.status_page.recent == 5
+    monkeypatch.delenv("BATCHD_METRICS__LISTEN")
+    monkeypatch.delenv("BATCHD_METRICS__TEXTFILE")
+    default = load_settings(cfg)
+    assert default.metrics.listen is None and default.metrics.textfile is None  # off unless configured
+    assert not Exporter(default.metrics).enabled

@@ -317,3 +317,33 @@ async def _until(predicate: Any, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met"
         await asyncio.sleep(0.02)
+
+
+def test_a_failing_write_is_logged_and_the_next_tick_tries_again(
+        make_settings: Any, folders: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchd.statuspage
+
+    Journal(folders.state / "journal.sqlite3").close()
+    fake = _fake_daemon(make_settings(status_page={"interval_seconds": 0.5}), [0.0])
+    live = LiveViews(daemon=fake)  # type: ignore[arg-type]
+    calls = {"n": 0}
+    real = batchd.statuspage.render_html
+
+    def flaky(*args: Any, **kw: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug in the page")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(batchd.statuspage, "render_html", flaky)
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError):
+            await live.step()
+        assert not (folders.outbox / STATUS_HTML).exists()
+        fake.clock = lambda: 1.0  # the interval passed: the next tick writes
+        await live.step()
+        await live.close()
+
+    asyncio.run(scenario())
+    assert calls["n"] >= 2 and (folders.outbox / STATUS_HTML).read_text().endswith("</html>\n")
