@@ -16,7 +16,17 @@ import argparse
 import resource
 import statistics
 
-from bench.common import EmulatorProcess, folders, free_port, header, load, machine, run_once, summary, write_requests
+from bench.common import (
+    EmulatorProcess,
+    folders,
+    free_port,
+    header,
+    load,
+    machine,
+    run_once,
+    summary,
+    write_requests,
+)
 
 
 def one(url: str, n: int, lanes: int, live: bool) -> tuple[float, float]:
