@@ -225,7 +225,7 @@ def test_metrics_endpoint_during_a_run_agrees_with_metrics_json(
     textfile = folders.root / "node_exporter" / "batchd.prom"
     textfile.parent.mkdir()
     d = start(BATCHD_METRICS__LISTEN=f"127.0.0.1:{port}", BATCHD_METRICS__INTERVAL_SECONDS="0.5",
-              BATCHD_METRICS__TEXTFILE=str(textfile))
+              BATCHD_METRICS__TEXTFILE=str(textfile), BATCHD_VRAM__SOURCE="ollama")
     idle = _scrape(port)
     assert _sum(idle, "batchd_job_running") == 0 and _sum(idle, "batchd_build_info") == 1
     emulator.fail_next(503, count=5)  # retried: batchd_request_retries_total{cause="busy"}
@@ -241,6 +241,9 @@ def test_metrics_endpoint_during_a_run_agrees_with_metrics_json(
     assert _sum(during, "batchd_lanes") == 16 and _sum(during, "batchd_backend_up") == 1
     assert _sum(during, "batchd_queue_requests") > 0
     assert _sum(during, "batchd_request_latency_seconds_count") > 0
+    # Ollama's /api/ps (the emulator's) tells the model's VRAM, not the card's: used is known, total is not.
+    assert _sum(during, "batchd_vram_used_bytes") == emulator.ps["size_vram"]
+    assert not [n for n, _ in during if n == "batchd_vram_total_bytes"]
 
     metrics_json = folders.outbox / "m" / "metrics.json"
     wait_for(metrics_json.exists, timeout=180)
