@@ -74,6 +74,7 @@ class LiveViews:
         self.tick = TICK
         self.min_gap = MIN_GAP
         self._signature: tuple[Any, ...] | None = None
+        self._reload_warned = False
         self._last_page = self._last_metrics = self._last_write = float("-inf")
 
     @property
@@ -117,6 +118,9 @@ class LiveViews:
 
     async def step(self) -> None:
         """One tick: refresh the in-memory gauges; write what is due (in the worker thread)."""
+        if self.settings.metrics != self.exporter.settings and not self._reload_warned:
+            self._reload_warned = True  # the listener and the file were set up at start; a SIGHUP keeps them
+            log.warning("config_reload_partial", key="metrics", reason="[metrics] changes apply at the next restart")
         probe = self._probe()
         self.exporter.set_live(probe.live)
         self.exporter.refresh()

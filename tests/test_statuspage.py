@@ -347,3 +347,22 @@ def test_a_failing_write_is_logged_and_the_next_tick_tries_again(
 
     asyncio.run(scenario())
     assert calls["n"] >= 2 and (folders.outbox / STATUS_HTML).read_text().endswith("</html>\n")
+
+
+def test_a_reload_that_changes_metrics_says_it_needs_a_restart(make_settings: Any) -> None:
+    from structlog.testing import capture_logs
+
+    fake = _fake_daemon(make_settings(status_page={"enabled": False}), [0.0])
+    live = LiveViews(daemon=fake)  # type: ignore[arg-type]
+    fake.settings = make_settings(status_page={"enabled": False}, metrics={"listen": "9464"})
+
+    async def ticks() -> None:
+        await live.step()
+        await live.step()
+        await live.close()
+
+    with capture_logs() as logs:
+        asyncio.run(ticks())
+    partial = [e for e in logs if e["event"] == "config_reload_partial"]
+    assert len(partial) == 1 and partial[0]["key"] == "metrics"
+    assert live.exporter.port is None  # nothing started listening behind the operator's back
