@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from batchd.ops import _dur
+from batchd.redact import escape_controls
 
 # Job folders are named by ``inbox.safe_stem`` (only ``[A-Za-z0-9._-]``, never a leading
 # ``.``, ``_`` or ``-``) plus ``.2``, ``.3``…, so a name with ``!`` can never be one.
@@ -196,18 +197,15 @@ def _error(v: dict[str, Any]) -> str:
     return f"<span class='err'>{_shown(message[:200])}</span>"
 
 
-# Control characters, and the invisible or direction-changing ones that could make a file
-# name read as another: shown as escapes, never passed through.
-_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+# Beyond the control characters (``redact.escape_controls``, as ``batchd status`` shows them): the
+# invisible and direction-changing ones that could make a file name read as another.
+_INVISIBLE = re.compile("[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def _shown(text: object) -> str:
     """Untrusted text (file names, error messages) made safe and visible in HTML."""
-    def esc(m: re.Match[str]) -> str:
-        c = ord(m.group())
-        return f"\\x{c:02x}" if c <= 0xFF else f"\\u{c:04x}"
-
-    return html.escape(_HIDDEN.sub(esc, str(text)))
+    visible = _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", escape_controls(str(text)))
+    return html.escape(visible)
 
 
 def _clock(ts: float, *, date: bool = True) -> str:
