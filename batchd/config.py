@@ -140,6 +140,27 @@ class ApiSettings(_Section):
     max_stored_bytes: int = Field(default=20 * 1024**3, ge=1)
 
 
+class MetricsSettings(_Section):
+    """Prometheus exposition (``prom.py``); both outputs are off unless set."""
+
+    #: ``host:port`` for ``GET /metrics``; a bare ``port`` (or ``:port``) listens on 127.0.0.1
+    listen: str | None = None
+    #: a node_exporter textfile-collector file (``*.prom``), rewritten atomically
+    textfile: Path | None = None
+    #: how often the textfile is rewritten and the journal-derived gauges refreshed
+    interval_seconds: float = Field(default=5.0, ge=0.5)
+
+
+class StatusPageSettings(_Section):
+    """The live status page in the outbox root (``statuspage.py``)."""
+
+    enabled: bool = True
+    #: rewritten at most this often, and at once when a job changes state
+    interval_seconds: float = Field(default=3.0, ge=0.5)
+    #: finished jobs listed under the running and queued ones
+    recent: int = Field(default=20, ge=0, le=500)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -161,6 +182,8 @@ class Settings(BaseSettings):
     vram: VramSettings = Field(default_factory=VramSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
     pipeline: Pipeline = Field(default_factory=Pipeline)
 
     @field_validator("inbox", "outbox", "state_dir", mode="before")

@@ -26,6 +26,7 @@ from batchd.errors import BatchdError, ConfigError, StorageError
 from batchd.inbox import scan
 from batchd.intake import Intake, first
 from batchd.journal import Job, JobState, Journal
+from batchd.live import LiveViews
 from batchd.outbox import Outbox
 from batchd.runner import JobRunner
 from batchd.watch import choose_mode
@@ -69,6 +70,8 @@ class Daemon:
         self._progress_mark: tuple[str, int] | None = None  # (job id, last logged progress step)
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         self.status_seconds = STATUS_SECONDS
+        #: the outbox status page and the Prometheus metrics, kept current off the request path
+        self.live = LiveViews(daemon=self)
 
     @property
     def backend(self) -> Backend:
@@ -147,6 +150,9 @@ class Daemon:
         try:
             self.outbox.publish(job)
             self.jobs_done += 1
+            published = self.journal.job(job.id)
+            if published is not None:
+                self.live.job_published(published, self.journal.counts(job.id))
         except StorageError as exc:
             # Disk full or outbox unwritable: keep the job finalizing and try again later.
             log.error("publish_failed", job_id=job.id, input=job.input_name, error=exc.message)
@@ -169,10 +175,12 @@ class Daemon:
                                stop=self.stop, sleep=self.sleep, clock=self.clock)
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
+            self.live.job_started(runner)
             try:
                 outcome = await runner.run()
             finally:
                 self.current = None
+                self.live.job_ended()
             if outcome == "interrupted":
                 self.journal.update_job(job.id, state=JobState.QUEUED)
                 log.info("job_interrupted")
@@ -195,15 +203,19 @@ class Daemon:
 
     async def run_once(self) -> int:
         """Drain the inbox and all pending work, then return (``batchd run --once``)."""
+        self.live.start()
         self.startup()
         self.claim_present()
         progress = asyncio.create_task(self._progress_ticker(), name="progress")
+        live = asyncio.create_task(self.live.run(self.stop), name="live")
         try:
             while not self.stop.is_set() and await self.step():
                 pass
         finally:
             progress.cancel()
-            await asyncio.gather(progress, return_exceptions=True)
+            live.cancel()
+            await asyncio.gather(progress, live, return_exceptions=True)
+            await self.live.close()  # the final page: what ran, and that batchd is no longer running
         return 0
 
     async def _progress_ticker(self) -> None:
@@ -216,6 +228,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Watch, claim and run until ``stop`` is set; returns the exit status (0)."""
+        self.live.start()
         self.startup()
         self._threaded_claims = True
         api = None
@@ -224,11 +237,12 @@ class Daemon:
 
             # Raises ConfigError (exit 2) before serving: non-loopback without a token, port taken.
             api = start_api(self.settings, self.stop, on_queued=self.wake)
-        self.intake = intake = Intake(settings=lambda: self.settings, stop=self.stop, on_claimed=self._wake.set,
+        self.intake = intake = Intake(settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake,
                                       clock=self.clock)
         watch = asyncio.create_task(intake.watch(), name="watch")
         claims = asyncio.create_task(intake.claims(), name="claims")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        live = asyncio.create_task(self.live.run(self.stop), name="live")
         await first(intake.ready.wait(), self.stop.wait())
         if not self.stop.is_set():
             self.on_ready()
@@ -249,14 +263,17 @@ class Daemon:
             self.stop.set()
             watch.cancel()
             heartbeat.cancel()
+            live.cancel()
             # The claim thread finishes the file in hand: a claim is atomic, so waiting is short and safe.
-            await asyncio.gather(watch, heartbeat, claims, *([api] if api else []), return_exceptions=True)
+            await asyncio.gather(watch, heartbeat, claims, live, *([api] if api else []), return_exceptions=True)
+            await self.live.close()
             log.info("daemon_stopped")
         return 0
 
     def wake(self) -> None:
-        """New work was queued elsewhere (an API upload): look for it now, not after the idle wait."""
+        """New work was queued (a claim, an API upload): look for it now, not after the idle wait."""
         self._wake.set()
+        self.live.poke()
 
     def reload(self) -> None:
         """SIGHUP: only a flag; the heartbeat task applies it (between awaits, work in flight is kept)."""

@@ -1,4 +1,4 @@
-"""Small filesystem helpers shared by the claimer, pipelines and the outbox.
+"""Small filesystem helpers shared by the claimer, pipelines, the outbox and the status files.
 
 The ``*_at`` helpers work relative to an open folder descriptor and never
 follow a symbolic link: that is how batchd reads a group-writable inbox with
@@ -9,9 +9,11 @@ more rights than the people who write there (an ``openat2`` with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 #: a folder, never through a symlink
@@ -85,3 +87,32 @@ def read_beneath(dir_fd: int, rel: str, limit: int = 1 << 20) -> bytes:
     if len(data) > limit:
         raise UnsafeFile(errno.EFBIG, f"is over {limit:,} bytes")
     return data
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o640, gid: int | None = None) -> bool:
+    """Replace ``path`` so that a reader sees the old content or the new, never a part.
+
+    The temp file sits in the same folder (``rename`` is atomic only within one
+    filesystem) and starts with a dot, so listings and the inbox rules pass it
+    by. It gets ``mode`` whatever the umask and, when given, group ``gid``;
+    returns False when that ``fchown`` was refused (the file is written anyway).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    owned = True
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            if gid is not None:
+                try:
+                    os.fchown(fh.fileno(), -1, gid)
+                except PermissionError:
+                    owned = False  # not a member of that group; a setgid folder still passes its group on
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return owned

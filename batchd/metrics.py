@@ -6,6 +6,7 @@ a restart continues counting) and written to ``metrics.json`` at the end.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,6 +14,11 @@ from typing import Any
 
 #: latency samples kept for percentiles (a ring, so memory stays flat on 170,000 rows)
 _LATENCY_RING = 4096
+#: upper bounds (seconds) of the latency histogram the Prometheus exposition serves (``prom.py``)
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+_COUNTERS = ("retries", "trims", "failures")
 
 
 @dataclass
@@ -23,6 +29,9 @@ class JobMetrics:
     #: prompt tokens the job would have sent had every request gone alone with its whole prefix
     isolated_prompt_tokens: int = 0
     requests_sent: int = 0
+    #: requests finished by this job's runs, and the failed ones by error code (``count_outcome``)
+    completed: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     trims: Counter[str] = field(default_factory=Counter)
     truncations_detected: int = 0
@@ -55,10 +64,15 @@ class JobMetrics:
     chars_per_token: float | None = None
     busy_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    #: per-bucket (not cumulative) counts over LATENCY_BUCKETS plus +Inf, and their sum
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
     _ring_pos: int = 0
     _run_started: float = field(default_factory=time.monotonic)
 
     def add_latency(self, seconds: float) -> None:
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
         if len(self.latencies) < _LATENCY_RING:
             self.latencies.append(seconds)
         else:
@@ -74,6 +88,13 @@ class JobMetrics:
         self.add_latency(latency)
         self.ctx_current = prompt_tokens + completion_tokens
         self.ctx_peak = max(self.ctx_peak, self.ctx_current)
+
+    def count_outcome(self, ok: bool, cause: str | None = None) -> None:
+        """One request finished: the runner's single place that records outcomes calls this."""
+        if ok:
+            self.completed += 1
+        else:
+            self.failures[cause or "unknown"] += 1
 
     def note_vram(self, used_fraction: float | None, source: str | None, total: float | None = None,
                   used_bytes: int | None = None, processes: list[list[int]] | None = None) -> None:
@@ -94,16 +115,18 @@ class JobMetrics:
 
     def to_state(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        state["retries"] = dict(self.retries)
-        state["trims"] = dict(self.trims)
+        for key in _COUNTERS:
+            state[key] = dict(getattr(self, key))
         return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> JobMetrics:
         m = cls()
         for key, value in state.items():
-            if key in ("retries", "trims"):
+            if key in _COUNTERS:
                 setattr(m, key, Counter(value))
+            elif key == "latency_counts" and len(value) != len(m.latency_counts):
+                continue  # saved with other buckets: start the histogram afresh
             elif hasattr(m, key) and not key.startswith("_"):
                 setattr(m, key, value)
         return m

@@ -350,6 +350,7 @@ class JobRunner:
             if outcome is None:  # job-level failure: leave the request to the skip sweep
                 continue
             self._pending.append(outcome)
+            self.metrics.count_outcome(outcome.state is ReqState.DONE, (outcome.error or {}).get("code"))
             if outcome.state is ReqState.DONE:
                 self.done += 1
             else:

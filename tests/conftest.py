@@ -78,6 +78,12 @@ def make_settings(folders: Folders, emulator: Emulator) -> Callable[..., Setting
     return make
 
 
+def outbox_entries(outbox: Path) -> list[Path]:
+    """What is in the outbox root apart from the live status files (``!status.*``, and their
+    dot-named temp files while one is being replaced): job folders and any ``.partial`` one."""
+    return sorted(p for p in outbox.iterdir() if not p.name.lstrip(".").startswith("!status."))
+
+
 def run_daemon_once(settings: Settings) -> None:
     """``batchd run --once`` in this process (for tests that look inside afterwards)."""
     import asyncio

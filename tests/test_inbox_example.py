@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 
-from tests.conftest import REPO, Folders, read_jsonl, run_batchd
+from tests.conftest import REPO, Folders, outbox_entries, read_jsonl, run_batchd
 from tests.emulator import Emulator
 
 EXAMPLE = REPO / "inbox.example"
@@ -25,7 +25,7 @@ def test_copying_the_contents_runs_both_samples_and_ignores_the_rest(folders: Fo
 
     r = run_batchd(folders.env(emulator.url), "run", "--once", timeout=300)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in folders.outbox.iterdir()) == ["candidates", "requests"]
+    assert [p.name for p in outbox_entries(folders.outbox)] == ["candidates", "requests"]
     assert len(read_jsonl(folders.outbox / "requests" / "results.jsonl")) == 20
     assert len(read_jsonl(folders.outbox / "candidates" / "results.jsonl")) == 200
     # Left alone: the README, README-batch.csv, and a JSONL in a folder without pipeline.toml.

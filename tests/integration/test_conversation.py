@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from batchd.config import Settings
-from tests.conftest import read_jsonl, run_daemon_once
+from tests.conftest import outbox_entries, read_jsonl, run_daemon_once
 from tests.emulator import Emulator, count_tokens
 
 SYSTEM = {"role": "system", "content": "You score job candidates from 1 to 10. Reply with one short line."}
@@ -29,7 +29,7 @@ def drop_jsonl(inbox: Path, name: str, users: list[str]) -> list[str]:
 
 def run_once(settings: Settings) -> dict[str, Any]:
     run_daemon_once(settings)
-    (folder,) = [p for p in settings.outbox.iterdir() if not p.name.startswith(".")]
+    (folder,) = [p for p in outbox_entries(settings.outbox) if not p.name.startswith(".")]
     return {"metrics": orjson.loads((folder / "metrics.json").read_bytes()),
             "results": read_jsonl(folder / "results.jsonl"), "errors": read_jsonl(folder / "errors.jsonl")}
 

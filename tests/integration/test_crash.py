@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 
-from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, run_batchd, wait_for, write_jsonl
+from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.emulator import Emulator
 
 
@@ -32,6 +32,6 @@ def test_kill_9_mid_run_then_resume(folders: Folders, emulator: Emulator) -> Non
     assert [r["custom_id"] for r in results] == [c for i, c in enumerate(ids) if i % 1000 != 999]
     # the restart did not start over: it re-sent at most one unflushed batch
     assert emulator.chat_count - sent_before < 4995 - 1000
-    assert not [p for p in folders.outbox.iterdir() if p.name != "big"]
+    assert not [p for p in outbox_entries(folders.outbox) if p.name != "big"]
     db = sqlite3.connect(folders.state / "journal.sqlite3")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

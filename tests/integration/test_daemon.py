@@ -23,7 +23,7 @@ import pytest
 
 from batchd.daemon import Daemon
 from batchd.journal import Job, JobState, Journal
-from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, wait_for, write_jsonl
+from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, wait_for, write_jsonl
 from tests.emulator import Emulator
 
 
@@ -94,7 +94,7 @@ def journal_jobs(folders: Folders) -> list[Job]:
 
 
 def published(folders: Folders) -> list[Path]:
-    return sorted(p for p in folders.outbox.iterdir() if not p.name.startswith("."))
+    return [p for p in outbox_entries(folders.outbox) if not p.name.startswith(".")]
 
 
 def metrics(folder: Path) -> dict[str, Any]:

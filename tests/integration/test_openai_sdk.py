@@ -19,7 +19,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 from batchd.config import Settings  # noqa: E402
-from tests.conftest import read_jsonl, wait_for, write_jsonl  # noqa: E402
+from tests.conftest import outbox_entries, read_jsonl, wait_for, write_jsonl  # noqa: E402
 from tests.emulator import Emulator  # noqa: E402
 from tests.test_api import ApiHarness, free_port  # noqa: E402
 
@@ -61,7 +61,7 @@ def wait_status(c: Any, batch_id: str, *statuses: str, timeout: float = 60) -> A
 
 
 def outbox_folder(h: ApiHarness, job_input: str) -> Path:
-    for folder in h.settings.outbox.iterdir():
+    for folder in outbox_entries(h.settings.outbox):
         metrics = orjson.loads((folder / "metrics.json").read_bytes())
         if metrics["input"] == job_input:
             return folder

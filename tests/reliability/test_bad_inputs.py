@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
+from tests.conftest import Folders, outbox_entries, read_jsonl, run_batchd, write_jsonl
 from tests.data import make_bad
 from tests.emulator import Emulator
 
@@ -53,7 +53,7 @@ def test_whole_corpus_in_one_drop(folders: Folders, emulator: Emulator, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     by_input: dict[str, Path] = {}
-    for folder in folders.outbox.iterdir():
+    for folder in outbox_entries(folders.outbox):
         assert SAFE.match(folder.name), f"unsafe outbox name {folder.name!r}"
         assert folder.resolve().parent == folders.outbox.resolve()
         m = orjson.loads((folder / "metrics.json").read_bytes())

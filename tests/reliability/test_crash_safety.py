@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, run_batchd, wait_for, write_jsonl
+from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.emulator import Emulator
 
 SCALE = float(os.environ.get("BATCHD_RELIABILITY_SCALE", "1"))
@@ -87,7 +87,7 @@ def test_twenty_kills_then_identical_outbox(tmp_path: Path, emulator: Emulator) 
     assert final.returncode == 0, final.stderr[-2000:]
     assert kills >= kills_wanted, f"only {kills} kills landed before the job finished"
 
-    assert sorted(p.name for p in f.outbox.iterdir()) == ["big"]  # no strays, no .partial, no big.2
+    assert [p.name for p in outbox_entries(f.outbox)] == ["big"]  # no strays, no .partial, no big.2
     assert _normalised(f.outbox / "big") == _normalised(runs["reference"].outbox / "big")
     ids = [r["custom_id"] for r in read_jsonl(f.outbox / "big" / "results.jsonl")]
     ids += [e["custom_id"] for e in read_jsonl(f.outbox / "big" / "errors.jsonl")]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, run_batchd, wait_for, write_jsonl
+from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.emulator import Emulator
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs as the outbox")
@@ -41,7 +41,7 @@ def test_once_fails_cleanly_then_publishes(folders: Folders, emulator: Emulator,
     first = run_batchd(env, "run", "--once")
     assert first.returncode == 1
     assert "No space left" in first.stderr or "cannot publish" in first.stderr
-    assert list(small_outbox.iterdir()) == []  # no half-published folder, no .partial left behind
+    assert outbox_entries(small_outbox) == []  # no half-published folder, no .partial left behind
     calls = emulator.chat_count
     _grow(small_outbox)
     second = run_batchd(env, "run", "--once")
@@ -60,7 +60,7 @@ def test_daemon_waits_and_publishes_when_space_returns(folders: Folders, emulato
     try:
         wait_for(lambda: "publish_failed" in log.read_text(), timeout=60)
         assert proc.poll() is None  # still up, waiting for space
-        assert not [p for p in small_outbox.iterdir()]  # nothing half-published
+        assert not outbox_entries(small_outbox)  # nothing half-published
         _grow(small_outbox)
         wait_for(lambda: (small_outbox / "big" / "metrics.json").exists(), timeout=60)
     finally:
@@ -68,4 +68,4 @@ def test_daemon_waits_and_publishes_when_space_returns(folders: Folders, emulato
         proc.wait(timeout=60)
     assert proc.returncode == 0
     assert len(read_jsonl(small_outbox / "big" / "results.jsonl")) == 300
-    assert sorted(p.name for p in small_outbox.iterdir()) == ["big"]
+    assert [p.name for p in outbox_entries(small_outbox)] == ["big"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, wait_for, write_jsonl
+from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, wait_for, write_jsonl
 from tests.emulator import Emulator
 from tests.reliability.procstats import Sampler, quarter_medians, slope_mb_per_min
 
@@ -43,10 +43,10 @@ def test_many_files_dropped_at_once(folders: Folders, emulator: Emulator, tmp_pa
     try:
         for p in sorted(staging.iterdir()):
             os.rename(p, folders.inbox / p.name)
-        wait_for(lambda: len(list(folders.outbox.iterdir())) >= n, timeout=60 + 2 * n)
+        wait_for(lambda: len(outbox_entries(folders.outbox)) >= n, timeout=60 + 2 * n)
     finally:
         _stop(proc)
-    names = sorted(p.name for p in folders.outbox.iterdir())
+    names = [p.name for p in outbox_entries(folders.outbox)]
     assert names == [f"f{i:04d}" for i in range(n)]  # each exactly once, no .2 copies
     ids = [r["custom_id"] for name in names for r in read_jsonl(folders.outbox / name / "results.jsonl")]
     assert len(ids) == len(set(ids)) == 2 * n
@@ -92,8 +92,8 @@ def test_many_small_jobs_back_to_back_do_not_leak(folders: Folders, emulator: Em
             write_jsonl(folders.inbox / f"s{dropped:05d}.jsonl.part", 3, start=dropped * 3)
             os.rename(folders.inbox / f"s{dropped:05d}.jsonl.part", folders.inbox / f"s{dropped:05d}.jsonl")
             dropped += 1
-            wait_for(lambda: len(list(folders.outbox.iterdir())) >= dropped - 2, timeout=60)
-        wait_for(lambda: len(list(folders.outbox.iterdir())) >= dropped, timeout=60)
+            wait_for(lambda: len(outbox_entries(folders.outbox)) >= dropped - 2, timeout=60)
+        wait_for(lambda: len(outbox_entries(folders.outbox)) >= dropped, timeout=60)
     finally:
         samples = sampler.stop()
         _stop(proc)

@@ -1,0 +1,316 @@
+"""Prometheus exposition: ``batchd_*`` metrics on ``/metrics`` and/or a node_exporter textfile.
+
+Nothing here runs on the request path. The runner counts into its
+``JobMetrics`` as before (one ``count_outcome`` per finished request); the
+exporter takes the difference between a job's counters now and when this
+process started running it, adds what earlier jobs left, and serves that as
+process-lifetime counters (a restart resets them, which Prometheus' ``rate()``
+expects). ``live.py`` calls ``refresh`` about once a second on the event loop;
+the HTTP thread only reads the last snapshot. Labels stay low-cardinality:
+status, error code, retry cause, trim strategy; never a custom_id or file name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from batchd import __version__, errors
+from batchd.config import MetricsSettings
+from batchd.errors import ConfigError
+from batchd.fsutil import write_atomic
+from batchd.journal import FINISHED
+from batchd.metrics import LATENCY_BUCKETS, JobMetrics
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def _known_codes() -> frozenset[str]:
+    """Every error code and retry cause the exception tree can produce (label values stay bounded)."""
+    seen: set[str] = set()
+    todo: list[type[BaseException]] = [errors.BatchdError]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        seen.update(v for v in (getattr(cls, "code", None), getattr(cls, "cause", None)) if isinstance(v, str))
+    return frozenset(seen | {"context_overflow", "invalid_reply", "prompt_truncated", "length_at_window",
+                             "invalid_line", "unknown"})
+
+
+KNOWN = _known_codes()
+_JOB_STATUSES = frozenset(s.value for s in FINISHED)
+
+
+def _label(value: str) -> str:
+    return value if value in KNOWN else "other"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Counters of one job (or a sum of runs): what the exporter adds up across jobs."""
+
+    completed: int = 0
+    failed: Mapping[str, int] = field(default_factory=dict)
+    retries: Mapping[str, int] = field(default_factory=dict)
+    trims: Mapping[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    overflows: int = 0
+    oom_events: int = 0
+    outages: int = 0
+    latency_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)
+    latency_sum: float = 0.0
+
+    @classmethod
+    def of(cls, m: JobMetrics) -> Tally:
+        return cls(completed=m.completed, failed=dict(m.failures), retries=dict(m.retries), trims=dict(m.trims),
+                   prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens,
+                   cached_prompt_tokens=m.cached_prompt_tokens,
+                   overflows=m.retries.get("context_overflow", 0) + m.truncations_detected,
+                   oom_events=m.oom_events, outages=m.outages, latency_counts=tuple(m.latency_counts),
+                   latency_sum=m.latency_sum)
+
+    def combine(self, other: Tally, sign: int = 1) -> Tally:
+        def maps(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+            out = Counter(a)
+            for k, v in b.items():
+                out[k] += sign * v
+            return {k: v for k, v in out.items() if v}
+
+        return Tally(
+            completed=self.completed + sign * other.completed, failed=maps(self.failed, other.failed),
+            retries=maps(self.retries, other.retries), trims=maps(self.trims, other.trims),
+            prompt_tokens=self.prompt_tokens + sign * other.prompt_tokens,
+            completion_tokens=self.completion_tokens + sign * other.completion_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens + sign * other.cached_prompt_tokens,
+            overflows=self.overflows + sign * other.overflows, oom_events=self.oom_events + sign * other.oom_events,
+            outages=self.outages + sign * other.outages,
+            latency_counts=tuple(a + sign * b for a, b in zip(self.latency_counts, other.latency_counts)),
+            latency_sum=self.latency_sum + sign * other.latency_sum)
+
+
+@dataclass(frozen=True)
+class Live:
+    """Gauges read from the daemon's memory each tick (``live.py``)."""
+
+    job_running: bool = False
+    lanes: int = 0
+    lanes_active: int = 0
+    lanes_in_use: int = 0
+    backend_up: bool | None = None
+    vram_used_bytes: int | None = None
+    vram_total_bytes: float | None = None
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Gauges derived from the journal (``ops.status_views``), refreshed off the event loop."""
+
+    jobs: int = 0
+    requests: int = 0
+    progress: float | None = None
+    eta_seconds: float | None = None
+
+
+class Exporter:
+    """The registry (not the global one) and its two outputs. See the module docstring."""
+
+    def __init__(self, settings: MetricsSettings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._lock = threading.Lock()
+        self._finished = Tally()  # folded runs, plus invalid/skipped rows counted at publish
+        self._invalid: Counter[tuple[str, str]] = Counter()  # (status, cause) counted at publish
+        self._jobs: Counter[str] = Counter()
+        self._running: tuple[JobMetrics, Tally] | None = None
+        self._snapshot: tuple[Tally, dict[tuple[str, str], int], dict[str, int]] = (Tally(), {}, {})
+        # replaced whole (never mutated), so the HTTP thread reads them without a lock
+        self._live = Live()
+        self._queue = Queue()
+        self._server: Any = None
+        self.registry.register(_Collector(self))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.listen or self.settings.textfile)
+
+    # -- what the daemon tells us ----------------------------------------------------------
+
+    def job_started(self, metrics: JobMetrics) -> None:
+        """A run of a job begins; its counters so far (a resumed job's) are not this process's."""
+        self._running = (metrics, Tally.of(metrics))
+
+    def job_ended(self) -> None:
+        if self._running is not None:
+            metrics, base = self._running
+            self._finished = self._finished.combine(Tally.of(metrics).combine(base, -1))
+            self._running = None
+        self.refresh()
+
+    def job_published(self, status: str, counts: Mapping[str, int]) -> None:
+        """Rows no run ever finished: invalid input lines, and those skipped by a cancel or failure."""
+        if counts.get("invalid"):
+            self._invalid[("failed", "invalid_input")] += counts["invalid"]
+        if counts.get("skipped"):  # cause: what stopped the job (cancelled, failed)
+            self._invalid[("skipped", status if status in _JOB_STATUSES else "other")] += counts["skipped"]
+        self._jobs[status if status in _JOB_STATUSES else "other"] += 1
+        self.refresh()
+
+    def set_live(self, live: Live) -> None:
+        self._live = live
+
+    def set_queue(self, queue: Queue) -> None:
+        self._queue = queue
+
+    def refresh(self) -> None:
+        """Take a consistent snapshot for the HTTP thread (called on the event loop)."""
+        tally = self._finished
+        if self._running is not None:
+            metrics, base = self._running
+            tally = tally.combine(Tally.of(metrics).combine(base, -1))
+        with self._lock:
+            self._snapshot = (tally, dict(self._invalid), dict(self._jobs))
+
+    def snapshot(self) -> tuple[Tally, Live, Queue, dict[tuple[str, str], int], dict[str, int]]:
+        with self._lock:
+            tally, extra, jobs = self._snapshot
+        return tally, self._live, self._queue, extra, jobs
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen on ``metrics.listen``; ConfigError (exit 2) when malformed or the port is taken."""
+        if not self.settings.listen:
+            return
+        host, port = parse_listen(self.settings.listen)
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError("metrics.listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+    @property
+    def port(self) -> int | None:
+        return int(self._server.server_port) if self._server is not None else None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def write_textfile(self) -> None:
+        """node_exporter runs as its own user: the file is world-readable (it holds no names)."""
+        path = self.settings.textfile
+        if path is not None:
+            write_atomic(Path(path), self.exposition(), mode=0o644)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``:port`` or ``port`` (loopback)."""
+    text = listen.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "", text
+    host = host.strip("[]") or DEFAULT_HOST
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError("metrics.listen", f"{listen!r} is not host:port") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError("metrics.listen", f"port {port} is out of range")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError("metrics.listen", f"{host!r} is not an IP address") from None
+    return host, port
+
+
+class _Collector(Collector):
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        tally, live, queue, extra, jobs = self.exporter.snapshot()
+        req = CounterMetricFamily("batchd_requests", "Requests finished, by status and cause (error code).",
+                                  labels=["status", "cause"])
+        req.add_metric(["completed", "none"], tally.completed)
+        failed = Counter({("failed", _label(k)): v for k, v in tally.failed.items()})
+        for (status, cause), n in sorted((failed + Counter(extra)).items()):
+            req.add_metric([status, cause], n)
+        yield req
+        yield _by("batchd_request_retries", "Request retries, by cause.", "cause",
+                  {_label(k): v for k, v in tally.retries.items()})
+        yield _counter("batchd_prompt_tokens", "Prompt tokens the backend reported.", tally.prompt_tokens)
+        yield _counter("batchd_completion_tokens", "Completion tokens the backend reported.", tally.completion_tokens)
+        yield _counter("batchd_cached_prompt_tokens", "Prompt tokens estimated served from the backend's cache.",
+                       tally.cached_prompt_tokens)
+        yield _by("batchd_context_trims", "Conversation trims, by strategy.", "strategy", tally.trims)
+        yield _counter("batchd_context_overflows", "Prompts the backend refused or cut for the context window.",
+                       tally.overflows)
+        yield _counter("batchd_oom_events", "Backend out-of-memory errors.", tally.oom_events)
+        yield _counter("batchd_backend_outages", "Times the backend stopped answering and jobs paused.",
+                       tally.outages)
+        yield _by("batchd_jobs_finished", "Jobs published to the outbox, by status.", "status", jobs)
+        hist = HistogramMetricFamily("batchd_request_latency_seconds", "Backend call latency of answered requests.")
+        cumulative, buckets = 0, []
+        for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], tally.latency_counts):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        hist.add_metric([], buckets, tally.latency_sum)
+        yield hist
+        yield _gauge("batchd_queue_jobs", "Jobs waiting to run (queued or being read).", queue.jobs)
+        yield _gauge("batchd_queue_requests", "Requests not yet finished in running and queued jobs.", queue.requests)
+        yield _gauge("batchd_job_running", "1 while a job runs.", int(live.job_running))
+        if queue.progress is not None:
+            yield _gauge("batchd_job_progress_ratio", "Finished fraction of the running job.", queue.progress)
+        if queue.eta_seconds is not None:
+            yield _gauge("batchd_job_eta_seconds", "Estimated seconds until the running job ends.", queue.eta_seconds)
+        yield _gauge("batchd_lanes", "Lanes configured for the running job.", live.lanes)
+        yield _gauge("batchd_lanes_active", "Lanes the VRAM policy lets take requests.", live.lanes_active)
+        yield _gauge("batchd_lanes_in_use", "Requests in flight to the backend.", live.lanes_in_use)
+        if live.backend_up is not None:
+            yield _gauge("batchd_backend_up", "1 when the backend answers, 0 while jobs wait for it.",
+                         int(live.backend_up))
+        if live.vram_used_bytes is not None:
+            yield _gauge("batchd_vram_used_bytes", "GPU memory in use (while a job runs).", live.vram_used_bytes)
+        if live.vram_total_bytes is not None:
+            yield _gauge("batchd_vram_total_bytes", "GPU memory of the card (while a job runs).",
+                         live.vram_total_bytes)
+        info = GaugeMetricFamily("batchd_build_info", "batchd version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _by(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(values.items()):
+        family.add_metric([key], n)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
