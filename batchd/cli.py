@@ -12,10 +12,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batchd import __version__
-from batchd.config import Settings, load_settings, unknown_env_warnings
 from batchd.errors import BatchdError, ConfigError
+
+if TYPE_CHECKING:
+    from batchd.config import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # --version and --help end here, before any dependency is imported
+    from batchd.config import load_settings, unknown_env_warnings
+
     try:
         try:
             settings = load_settings(config=args.config)
@@ -96,6 +101,7 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
     import structlog
 
     from batchd import logs, preflight
+    from batchd.config import load_settings
     from batchd.service import Notifier, ServiceDaemon
 
     preflight.check(settings)  # the same checks as `batchd doctor`: exit 2 before anything starts
