@@ -96,6 +96,9 @@ class Daemon:
     def on_reloaded(self) -> None:
         """Called after a reload, applied or refused (READY=1 again)."""
 
+    def on_settings(self) -> None:
+        """Called when the service loop starts with ``self.settings``, and after each applied reload."""
+
     # -- start-up -------------------------------------------------------------------
 
     def startup(self) -> None:
@@ -231,6 +234,7 @@ class Daemon:
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         await first(intake.ready.wait(), self.stop.wait())
         if not self.stop.is_set():
+            self.on_settings()
             self.on_ready()
             log.info("daemon_ready", inbox=str(self.settings.inbox),
                      watch=choose_mode(self.settings.watch.mode, self.settings.inbox))
@@ -362,6 +366,7 @@ class Daemon:
             self._backend_stale = True
         if self.intake is not None:
             self.intake.nudge()
+        self.on_settings()
         log.info("config_reloaded", changed=changed)
 
     async def aclose(self) -> None:

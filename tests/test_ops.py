@@ -218,6 +218,8 @@ def test_doctor_end_to_end_ok_then_fail_when_the_backend_is_down(folders: Folder
     r = run_batchd(env, "doctor")
     lines = r.stdout.splitlines()
     assert r.returncode == 0, r.stdout + r.stderr
+    # First where the settings came from: this shell names its own (BATCHD_CONFIG, BATCHD_*).
+    assert lines.pop(0) == f"configuration: {folders.root / 'batchd.toml'} + environment"
     assert all(re.match(r"(OK  |WARN|FAIL) |     fix: ", line) for line in lines), lines
     for expected in ("OK   configuration is valid", f"OK   inbox {folders.inbox} is writable",
                      f"OK   ollama backend at {emulator.url} answers",
