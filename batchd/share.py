@@ -14,8 +14,9 @@ log = structlog.get_logger("batchd.share")
 
 #: what the people who drop files may do with what batchd publishes: read, never write
 FILE_MODE = 0o640
-#: setgid: whatever is created inside later keeps the share's group too
-DIR_MODE = 0o2750
+#: No setgid bit: the unit's RestrictSUIDSGID=yes makes a chmod that sets it fail with EPERM
+#: (seen under tests/system), so every file gets the group explicitly instead of inheriting it.
+DIR_MODE = 0o750
 
 #: (folder, gid) pairs whose chown failure was logged: once per folder, not once per file
 _WARNED: set[tuple[str, int]] = set()
@@ -30,7 +31,7 @@ class SharedFolder:
     (``batchd``) is never right: the readers are not in it. Modes are set
     explicitly after creation, so neither the umask nor the mode of the file a
     copy came from matters. Group first, then mode: an unprivileged chown may
-    clear the setgid bit.
+    clear mode bits.
     """
 
     root: Path

@@ -53,7 +53,7 @@ def _assert_group_readable(paths: list[Path], gid: int) -> None:
     assert paths
     for p in paths:
         st = p.lstat()
-        want = 0o2750 if stat.S_ISDIR(st.st_mode) else 0o640
+        want = 0o750 if stat.S_ISDIR(st.st_mode) else 0o640
         assert (oct(stat.S_IMODE(st.st_mode)), st.st_gid) == (oct(want), gid), p
 
 

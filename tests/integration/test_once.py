@@ -46,7 +46,7 @@ def test_jsonl_with_invalid_lines(folders: Folders, emulator: Emulator) -> None:
     assert {c["options"]["num_ctx"] for c in emulator.calls} == {8192}
     assert all(c["truncate"] is False and c["shift"] is False and c["stream"] is False for c in emulator.calls)
     # the published folder and files are private to the service and its group
-    assert stat.S_IMODE(os.stat(out).st_mode) == 0o2750  # setgid: the group stays on all inside
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o750
     assert stat.S_IMODE(os.stat(out / "results.jsonl").st_mode) == 0o640
     assert not any(p.name.endswith(".partial") for p in folders.outbox.iterdir())
 

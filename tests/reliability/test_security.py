@@ -13,7 +13,7 @@ from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
 from tests.emulator import Emulator
 
 
-def test_outputs_are_0640_2750_with_the_users_group_whatever_the_input_mode(
+def test_outputs_are_0640_0750_with_the_users_group_whatever_the_input_mode(
         folders: Folders, emulator: Emulator) -> None:
     if os.geteuid() != 0:
         pytest.skip("chown to another group needs root")
@@ -24,7 +24,7 @@ def test_outputs_are_0640_2750_with_the_users_group_whatever_the_input_mode(
     assert proc.returncode == 0, proc.stderr
     gid = grp.getgrnam(group).gr_gid
     out = folders.outbox / "x"
-    assert stat.S_IMODE(out.stat().st_mode) == 0o2750 and out.stat().st_gid == gid
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750 and out.stat().st_gid == gid
     for f in out.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o640, f
         assert f.stat().st_gid == gid, f
