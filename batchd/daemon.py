@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from batchd.backends import make_backend
-from batchd.backends.base import Backend
+from batchd.backends.base import Backend, answering_model
 from batchd.claim import Claimer
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
@@ -166,7 +166,8 @@ class Daemon:
             fresh = self.journal.job(job.id)
             assert fresh is not None
             counts = self.journal.counts(job.id)
-            log.info("job_started", requests=fresh.total, pending=counts.get("queued", 0), model=fresh.model,
+            log.info("job_started", requests=fresh.total, pending=counts.get("queued", 0),
+                     **answering_model(self.backend, fresh.model or self.settings.backend.model),
                      mode=fresh.mode, lanes=self.settings.backend.lanes)
             runner = JobRunner(settings=self.settings, journal=self.journal, backend=self.backend, job=fresh,
                                stop=self.stop, sleep=self.sleep, clock=self.clock)
