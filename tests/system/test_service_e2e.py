@@ -316,6 +316,7 @@ def test_doctor_run_by_root_checks_the_backend_a_drop_in_set(service: SystemdMac
             doctor.stdout + doctor.stderr
         assert f"OK   ollama backend at {other.url} answers" in lines, doctor.stdout
         assert emulator.url not in doctor.stdout
+        assert "OK   results are readable by group batchd-users (files 0640, folders 0750)" in lines, doctor.stdout
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         # The file names no secret and is the service's own (0640 batchd:batchd in a 0750 state dir).
         assert m.run("stat", "-c", "%a %U %G", record).stdout.split() == ["640", "batchd", "batchd"]
