@@ -144,26 +144,36 @@ print(exe, os.path.realpath(exe), "%d.%d" % sys.version_info[:2], sep="\t")' 2>/
 
 python_is_new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
 
+# Why the service could not run this interpreter ("<exe> <real>"), or nothing when it can.
+unreachable() {
+    if hidden_path "$1" || hidden_path "$2"; then
+        echo "under a home directory that batchd.service cannot see (ProtectHome=yes)"
+    elif command -v runuser >/dev/null && ! (cd / && runuser -u "$SERVICE_USER" -- "$1" -c '') 2>/dev/null; then
+        echo "which the $SERVICE_USER user cannot run (a folder on the way is not readable by it?)"
+    fi
+}
+
 # Sets PYTHON to an interpreter that is >= 3.11 and that the sandboxed service can run.
 choose_python() {
     step "Python interpreter"
     command -v "$PYTHON" >/dev/null || die "$PYTHON not found (install python3 >= 3.11 and python3-venv)"
     python_is_new_enough "$PYTHON" ||
         die "$PYTHON is $("$PYTHON" -V 2>&1); batchd needs 3.11 or newer (set BATCHD_PYTHON)"
-    local exe real version
+    local exe real version problem
     IFS=$'\t' read -r exe real version <<<"$(python_facts "$PYTHON")"
     [ -n "$exe" ] || die "$PYTHON does not run"
-    if ! hidden_path "$exe" && ! hidden_path "$real"; then
+    problem=$(unreachable "$exe" "$real")
+    if [ -z "$problem" ]; then
         note "$exe ($version)"
         return 0
     fi
-    local why="$PYTHON is $exe, under a home directory that batchd.service cannot see (ProtectHome=yes)"
+    local why="$PYTHON is $exe, $problem"
     if [ -n "${BATCHD_PYTHON:-}" ]; then
         die "$why; fix: BATCHD_PYTHON=$SYSTEM_PYTHON $0 (a system Python >= 3.11, outside /root and /home)"
     fi
     if [ -x "$SYSTEM_PYTHON" ] && python_is_new_enough "$SYSTEM_PYTHON"; then
         IFS=$'\t' read -r exe real version <<<"$(python_facts "$SYSTEM_PYTHON")"
-        if [ -n "$exe" ] && ! hidden_path "$exe" && ! hidden_path "$real"; then
+        if [ -n "$exe" ] && [ -z "$(unreachable "$exe" "$real")" ]; then
             note "$why; using $SYSTEM_PYTHON ($version) instead"
             PYTHON=$SYSTEM_PYTHON
             return 0

@@ -141,6 +141,21 @@ def test_install_refuses_an_explicit_python_under_root(clean_machine: SystemdMac
     assert not clean_machine.path("/opt/batchd/venv").exists()
 
 
+def test_install_refuses_a_python_the_service_user_cannot_reach(clean_machine: SystemdMachine) -> None:
+    """Outside any home, but behind a 0700 folder: batchd could not run the venv either."""
+    m = clean_machine
+    m.run("mkdir", "-p", "/opt/private-py/bin")
+    m.run("chmod", "0700", "/opt/private-py")
+    m.run("ln", "-sf", "/usr/bin/python3", "/opt/private-py/bin/python3")
+    try:
+        r = m.run(INSTALL, env={**OFFLINE, "BATCHD_PYTHON": "/opt/private-py/bin/python3"}, check=False)
+    finally:
+        m.run("rm", "-rf", "/opt/private-py", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("install.sh:")]
+    assert "which the batchd user cannot run" in line and "fix: BATCHD_PYTHON=/usr/bin/python3" in line, line
+
+
 def test_install_refuses_non_root(machine: SystemdMachine) -> None:
     # A copy nobody can read: the checkout may sit in a 0700 home (/root/src/batchd).
     script = "/tmp/batchd-install-probe/install.sh"
