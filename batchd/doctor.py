@@ -30,7 +30,7 @@ def _readers(settings: Settings, *, uid: int | None = None, groups: list[int] | 
     """Results go to the outbox's group: the daemon must be in it, or chown fails and only it can read them."""
     import grp
 
-    from batchd.fsutil import SharedFolder
+    from batchd.share import SharedFolder
 
     gid = SharedFolder.of(settings.outbox, group=settings.group).gid
     if gid is None:
