@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import structlog
@@ -27,13 +26,14 @@ import structlog
 from batchd import __version__
 from batchd.config import Settings, config_path, load_settings
 from batchd.errors import ConfigError
+from batchd.redact import redact_url
 
 log = structlog.get_logger("batchd.effective")
 
 FILE_NAME = "effective-settings.json"
-#: a key whose value is a secret, whatever section it is in (``api_key_file`` is a path: kept)
+#: a key whose value is a secret, whatever section it is in (``api_key_file`` is a path: kept).
+#: Narrower than ``redact.looks_secret``: a dropped key is one the service's record cannot give back.
 _SECRET_KEY = re.compile(r"(^|_)(api_key|token|password|secret)$")
-_HIDDEN = "***"
 
 
 @dataclass(frozen=True)
@@ -49,25 +49,14 @@ def record_path(settings: Settings) -> Path:
 
 
 def redact(value: Any) -> Any:
-    """The settings dump without secrets: secret keys dropped, URL passwords hidden."""
+    """The settings dump without secrets: secret keys dropped, URL credentials hidden (``***@``)."""
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items() if not (_SECRET_KEY.search(k) and isinstance(v, str))}
     if isinstance(value, list):
         return [redact(v) for v in value]
     if isinstance(value, str) and "@" in value and "://" in value:
-        return _hide_password(value)
+        return redact_url(value)
     return value
-
-
-def _hide_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:{_HIDDEN}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def write_record(settings: Settings, *, config: Path | None, pid: int | None = None) -> Path | None:
@@ -103,7 +92,7 @@ def _restore(recorded: Any, local: Any) -> Any:
         return {k: _restore(v, local.get(k)) for k, v in recorded.items()}
     if isinstance(recorded, list) and isinstance(local, list):
         return [_restore(r, lo) for r, lo in zip(recorded, local)] + recorded[len(local):]
-    if isinstance(recorded, str) and isinstance(local, str) and f":{_HIDDEN}@" in recorded:
+    if isinstance(recorded, str) and isinstance(local, str) and "***@" in recorded:
         return local if redact(local) == recorded else recorded
     return recorded
 

@@ -51,8 +51,8 @@ def test_the_record_keeps_no_secret(folders: Folders) -> None:
     body = orjson.loads(text)
     assert body["pid"] == 4242 and body["config_file"] == "/etc/batchd/batchd.toml" and body["written_at"]
     rec = body["settings"]
-    assert rec["backend"]["url"] == "http://bob:***@gpu1:8000"
-    assert rec["backend"]["urls"] == ["https://u:***@gpu2/v1"]
+    assert rec["backend"]["url"] == "http://***@gpu1:8000"
+    assert rec["backend"]["urls"] == ["https://***@gpu2/v1"]
     assert "api_key" not in rec["backend"] and rec["backend"]["api_key_file"] == "/etc/batchd/key"
     assert "token" not in rec["api"] and rec["api"]["listen"] == "127.0.0.1:8080"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
