@@ -12,10 +12,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batchd import __version__
-from batchd.config import Settings, load_settings, unknown_env_warnings
 from batchd.errors import BatchdError, ConfigError
+
+if TYPE_CHECKING:
+    from batchd.config import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,18 +52,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: commands about the running service: they use its recorded settings (see effective.py)
+OPERATOR_COMMANDS = ("status", "cancel", "retry", "doctor")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # --version and --help end here, before any dependency is imported
+    from batchd.config import load_settings, unknown_env_warnings
+    from batchd.effective import load_for_operator
+
     try:
+        source = ""
         try:
-            settings = load_settings(config=args.config)
+            if args.command in OPERATOR_COMMANDS:
+                # Run from a shell: the service's settings (drop-ins included) unless this shell names its own.
+                loaded = load_for_operator(args.config)
+                settings, source = loaded.settings, loaded.source
+            else:
+                settings = load_settings(config=args.config)
         except BatchdError:
             raise
         except Exception as exc:  # noqa: BLE001 - exit 2 in one line: the unit does not restart on 2
             raise ConfigError("settings", f"{type(exc).__name__}: {exc}") from exc
         for warning in unknown_env_warnings(os.environ):
             print(f"batchd: warning: {warning}", file=sys.stderr)
-        return _dispatch(args, settings)
+        return _dispatch(args, settings, source=source)
     except ConfigError as exc:
         print(f"batchd: configuration error: {exc.key}: {exc.problem}", file=sys.stderr)
         return 2
@@ -71,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+def _dispatch(args: argparse.Namespace, settings: Settings, *, source: str = "") -> int:
     cmd = args.command
     if cmd == "run":
         return _run(settings, once=args.once, config=args.config)
@@ -88,7 +104,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "retry":
         return ops.retry(settings, args.job)
     if cmd == "doctor":
-        return ops.doctor(settings)
+        return ops.doctor(settings, source=source)
     raise ConfigError("command", f"unknown command {cmd!r}")
 
 
@@ -96,6 +112,7 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
     import structlog
 
     from batchd import logs, preflight
+    from batchd.config import load_settings
     from batchd.service import Notifier, ServiceDaemon
 
     preflight.check(settings)  # the same checks as `batchd doctor`: exit 2 before anything starts
@@ -106,7 +123,7 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
 
     async def go() -> int:
         # SIGHUP re-reads the same sources (file + environment) the first load used.
-        daemon = ServiceDaemon(notifier=notifier, settings=settings,
+        daemon = ServiceDaemon(notifier=notifier, settings=settings, config=config,
                                reload_settings=lambda: load_settings(config=config))
         loop = asyncio.get_running_loop()
         stops = {"n": 0}

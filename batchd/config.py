@@ -219,9 +219,14 @@ class Settings(BaseSettings):
 _CONFIG_PATH: dict[str, Path | None] = {"path": None}
 
 
+def config_path(config: Path | None = None) -> Path:
+    """The TOML file ``load_settings(config)`` reads (it may not exist)."""
+    return config or Path(os.environ.get("BATCHD_CONFIG") or DEFAULT_CONFIG)
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Build Settings from file + environment + overrides; ConfigError names the bad key."""
-    path = config or Path(os.environ.get("BATCHD_CONFIG") or DEFAULT_CONFIG)
+    path = config_path(config)
     explicit = config is not None or "BATCHD_CONFIG" in os.environ
     if path.exists():
         try:

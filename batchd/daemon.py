@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from batchd.backends import make_backend
-from batchd.backends.base import Backend
+from batchd.backends.base import Backend, answering_model
 from batchd.claim import Claimer
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
@@ -99,6 +99,9 @@ class Daemon:
     def on_reloaded(self) -> None:
         """Called after a reload, applied or refused (READY=1 again)."""
 
+    def on_settings(self) -> None:
+        """Called when the service loop starts with ``self.settings``, and after each applied reload."""
+
     # -- start-up -------------------------------------------------------------------
 
     def startup(self) -> None:
@@ -169,7 +172,8 @@ class Daemon:
             fresh = self.journal.job(job.id)
             assert fresh is not None
             counts = self.journal.counts(job.id)
-            log.info("job_started", requests=fresh.total, pending=counts.get("queued", 0), model=fresh.model,
+            log.info("job_started", requests=fresh.total, pending=counts.get("queued", 0),
+                     **answering_model(self.backend, fresh.model or self.settings.backend.model),
                      mode=fresh.mode, lanes=self.settings.backend.lanes)
             runner = JobRunner(settings=self.settings, journal=self.journal, backend=self.backend, job=fresh,
                                stop=self.stop, sleep=self.sleep, clock=self.clock)
@@ -245,6 +249,7 @@ class Daemon:
         live = asyncio.create_task(self.live.run(self.stop), name="live")
         await first(intake.ready.wait(), self.stop.wait())
         if not self.stop.is_set():
+            self.on_settings()
             self.on_ready()
             log.info("daemon_ready", inbox=str(self.settings.inbox),
                      watch=choose_mode(self.settings.watch.mode, self.settings.inbox))
@@ -379,6 +384,7 @@ class Daemon:
             self._backend_stale = True
         if self.intake is not None:
             self.intake.nudge()
+        self.on_settings()
         log.info("config_reloaded", changed=changed)
 
     async def aclose(self) -> None:

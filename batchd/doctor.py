@@ -26,6 +26,27 @@ def _folder(path: Path, name: str) -> Check:
     return "OK", f"{name} {path} is writable", ""
 
 
+def _readers(settings: Settings, *, uid: int | None = None, groups: list[int] | None = None) -> Check:
+    """Results go to the outbox's group: the daemon must be in it, or chown fails and only it can read them."""
+    import grp
+
+    from batchd.share import SharedFolder
+
+    gid = SharedFolder.of(settings.outbox, group=settings.group).gid
+    if gid is None:
+        return "OK", "outbox group: not known until the outbox exists", ""
+    try:
+        name = grp.getgrgid(gid).gr_name
+    except KeyError:
+        name = str(gid)
+    uid = os.geteuid() if uid is None else uid
+    groups = [os.getegid(), *os.getgroups()] if groups is None else groups
+    if uid != 0 and gid not in groups:
+        what = f"uid {uid} is not in group {name}, which owns the outbox: results would be readable by it only"
+        return "WARN", what, f"usermod -aG {name} <the daemon's user> (then restart it)"
+    return "OK", f"results are readable by group {name} (files 0640, folders 0750)", ""
+
+
 _START = {
     "ollama": "start the server (systemctl start ollama) or fix backend.url",
     "openai": "start the OpenAI-compatible server (vLLM, llama.cpp server, ...) or fix backend.url / backend.urls",
@@ -284,7 +305,7 @@ def run_checks(settings: Settings) -> int:
     checks: list[Callable[[], list[Check]]] = [
         lambda: [config],
         lambda: [_folder(settings.inbox, "inbox"), _folder(settings.outbox, "outbox"),
-                 _folder(settings.state_dir, "state_dir")],
+                 _folder(settings.state_dir, "state_dir"), _readers(settings)],
         lambda: _backend(settings),
         lambda: [_gpu(settings)],
         lambda: [_inotify()],

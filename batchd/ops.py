@@ -328,7 +328,9 @@ def retry(settings: Settings, job_ref: str) -> int:
     return 0
 
 
-def doctor(settings: Settings) -> int:
+def doctor(settings: Settings, *, source: str = "") -> int:
     from batchd.doctor import run_checks
 
+    if source:
+        print(f"configuration: {source}")
     return run_checks(settings)

@@ -21,6 +21,7 @@ import structlog
 
 from batchd.config import Settings
 from batchd.fsutil import fsync_dir
+from batchd.share import SharedFolder
 from batchd.errors import StorageError
 from batchd.journal import Job, JobState, Journal, Request, ReqState
 from batchd.metrics import JobMetrics
@@ -30,9 +31,6 @@ from batchd.report import ReportData, write_report
 from batchd.scores import ScoreSheet
 
 log = structlog.get_logger("batchd.outbox")
-
-FILE_MODE = 0o640
-DIR_MODE = 0o750
 
 
 def _iso(ts: float | None) -> str | None:
@@ -44,7 +42,7 @@ class Outbox:
         self.settings = settings
         self.journal = journal
         self.root = settings.outbox
-        self._gid = _group_id(settings.group)
+        self._share = SharedFolder.of(self.root, group=settings.group)
 
     def publish(self, job: Job) -> Path:
         final = str(job.meta.get("final") or "completed")
@@ -60,8 +58,9 @@ class Outbox:
             shutil.rmtree(partial)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            partial.mkdir(mode=DIR_MODE)
-            self._own(partial, DIR_MODE)
+            # Looked up per job: the share's group may have been fixed since the daemon started.
+            self._share = SharedFolder.of(self.root, group=self.settings.group)
+            self._share.mkdir(partial)
             self._write_all(job, final, partial)
             fsync_dir(partial)
             target = self.root / name
@@ -133,17 +132,8 @@ class Outbox:
                 log.error("report_failed", job_id=job.id, error=repr(exc))
 
     def _open(self, path: Path) -> Any:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-        self._own(path, FILE_MODE)
-        return _SyncedFile(os.fdopen(fd, "wb", buffering=1 << 20))
-
-    def _own(self, path: Path, mode: int) -> None:
-        os.chmod(path, mode)  # regardless of umask or the input file's mode
-        if self._gid is not None:
-            try:
-                os.chown(path, -1, self._gid)
-            except OSError as exc:
-                log.warning("outbox_chown_failed", path=str(path), error=str(exc))
+        # Group and mode are set on the new file itself: regardless of umask or the input file's mode.
+        return _SyncedFile(os.fdopen(self._share.create(path), "wb", buffering=1 << 20))
 
     def _job_error_line(self, job: Job) -> bytes:
         return orjson.dumps({"id": result_id(job.sha256, job.input_name, "batch_req"), "custom_id": None,
@@ -237,14 +227,3 @@ def _published_by(folder: Path, job_id: str) -> bool:
     except (OSError, orjson.JSONDecodeError):
         return False
 
-
-def _group_id(group: str | None) -> int | None:
-    if not group:
-        return None
-    import grp
-
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        log.warning("outbox_group_missing", group=group)
-        return None

@@ -18,9 +18,11 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from batchd.daemon import Daemon
+from batchd.effective import write_record
 
 #: STATUS= is sent at most this often, unless the daemon changes state (idle -> job -> waiting)
 STATUS_SECONDS = 3.0
@@ -208,9 +210,10 @@ def _one_line(text: str) -> str:
 class ServiceDaemon(Daemon):
     """The daemon with its hooks wired to a ``Notifier`` (what ``batchd run`` runs)."""
 
-    def __init__(self, *, notifier: Notifier, **kwargs: Any) -> None:
+    def __init__(self, *, notifier: Notifier, config: Path | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.notifier = notifier
+        self.config = config
         # The notifier paces STATUS= itself and sends a change of state (idle -> job) at once,
         # so let the daemon offer a fresh line on every heartbeat.
         self.status_seconds = min(self.status_seconds, self.heartbeat_seconds)
@@ -232,6 +235,10 @@ class ServiceDaemon(Daemon):
 
     def on_reloaded(self) -> None:
         self.notifier.ready(self.status_line())
+
+    def on_settings(self) -> None:
+        # For `batchd doctor`/`status` from a shell, which does not see the unit's Environment=.
+        write_record(self.settings, config=self.config)
 
     def on_stopping(self) -> None:
         self.notifier.stopping("stopping: finishing requests in flight")

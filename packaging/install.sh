@@ -13,7 +13,10 @@
 #                          "systemd" compiles systemd-python: needs libsystemd-dev,
 #                          pkg-config, a C compiler and the Python headers.
 #   BATCHD_PIP_ARGS        extra pip arguments, e.g. "--no-index --find-links /wheels".
-#   BATCHD_PYTHON          interpreter for the venv (default python3, 3.11 or newer).
+#   BATCHD_PYTHON          interpreter for the venv (default python3, 3.11 or newer). The
+#                          unit's sandbox cannot run one under /root, /home or /run/user
+#                          (pyenv, conda): such a python3 is passed over for /usr/bin/python3,
+#                          such a BATCHD_PYTHON is refused.
 set -euo pipefail
 umask 022
 
@@ -24,6 +27,8 @@ VENV=$PREFIX/venv
 BIN_LINK=/usr/local/bin/batchd
 EXTRAS=${BATCHD_INSTALL_EXTRAS-systemd,gpu}
 PYTHON=${BATCHD_PYTHON:-python3}
+SYSTEM_PYTHON=/usr/bin/python3
+SERVICE_USER=batchd
 UNIT=/etc/systemd/system/batchd.service
 SYSUSERS=/usr/lib/sysusers.d/batchd.conf
 TMPFILES=/usr/lib/tmpfiles.d/batchd.conf
@@ -33,7 +38,7 @@ UNINSTALL=0
 step() { printf '==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -126,18 +131,92 @@ ensure_build_deps() {
     die "the systemd extra needs libsystemd headers, pkg-config, a C compiler and Python.h (e.g. dnf install systemd-devel pkgconf gcc python3-devel), or run with BATCHD_INSTALL_EXTRAS=gpu"
 }
 
+# ProtectHome=yes hides /root, /home and /run/user from the service: a venv built on an
+# interpreter there (pyenv, conda, a user's own build) fails at start with status=203/EXEC.
+hidden_path() { case $1 in /root|/root/*|/home|/home/*|/run/user|/run/user/*) return 0 ;; esac; return 1; }
+
+# "<executable as the venv will link it> <its resolved path> <major.minor>", or nothing.
+python_facts() {
+    "$1" -c 'import os, sys
+exe = os.path.abspath(getattr(sys, "_base_executable", "") or sys.executable)
+print(exe, os.path.realpath(exe), "%d.%d" % sys.version_info[:2], sep="\t")' 2>/dev/null
+}
+
+python_is_new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+
+# Why the service could not run this interpreter ("<exe> <real>"), or nothing when it can.
+unreachable() {
+    if hidden_path "$1" || hidden_path "$2"; then
+        echo "under a home directory that batchd.service cannot see (ProtectHome=yes)"
+    elif command -v runuser >/dev/null && ! (cd / && runuser -u "$SERVICE_USER" -- "$1" -c '') 2>/dev/null; then
+        echo "which the $SERVICE_USER user cannot run (a folder on the way is not readable by it?)"
+    fi
+}
+
+# Sets PYTHON to an interpreter that is >= 3.11 and that the sandboxed service can run.
+choose_python() {
+    step "Python interpreter"
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found (install python3 >= 3.11 and python3-venv)"
+    python_is_new_enough "$PYTHON" ||
+        die "$PYTHON is $("$PYTHON" -V 2>&1); batchd needs 3.11 or newer (set BATCHD_PYTHON)"
+    local exe real version problem
+    IFS=$'\t' read -r exe real version <<<"$(python_facts "$PYTHON")"
+    [ -n "$exe" ] || die "$PYTHON does not run"
+    problem=$(unreachable "$exe" "$real")
+    if [ -z "$problem" ]; then
+        note "$exe ($version)"
+        return 0
+    fi
+    local why="$PYTHON is $exe, $problem"
+    if [ -n "${BATCHD_PYTHON:-}" ]; then
+        die "$why; fix: BATCHD_PYTHON=$SYSTEM_PYTHON $0 (a system Python >= 3.11, outside /root and /home)"
+    fi
+    if [ -x "$SYSTEM_PYTHON" ] && python_is_new_enough "$SYSTEM_PYTHON"; then
+        IFS=$'\t' read -r exe real version <<<"$(python_facts "$SYSTEM_PYTHON")"
+        if [ -n "$exe" ] && [ -z "$(unreachable "$exe" "$real")" ]; then
+            note "$why; using $SYSTEM_PYTHON ($version) instead"
+            PYTHON=$SYSTEM_PYTHON
+            return 0
+        fi
+    fi
+    die "$why, and $SYSTEM_PYTHON is missing or older than 3.11; fix: apt-get install python3 python3-venv (3.11+), or BATCHD_PYTHON=/path/to/python3.11 outside /root and /home"
+}
+
+# Debian/Ubuntu split venv and ensurepip into python3-venv.
+ensure_venv_module() {
+    "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null && return 0
+    if [ "$PYTHON" = "$SYSTEM_PYTHON" ] && command -v apt-get >/dev/null; then
+        note "apt-get install python3-venv"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv >/dev/null ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv >/dev/null; } ||
+            die "could not install python3-venv; fix: apt-get install python3-venv"
+        return 0
+    fi
+    die "$PYTHON has no venv/ensurepip module (Debian/Ubuntu: apt-get install python3-venv)"
+}
+
+# A venv whose interpreter the service cannot run (left by an earlier install): rebuild it.
+venv_usable() {
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c '' 2>/dev/null || return 1
+    local home
+    home=$(sed -n 's/^home *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
+    if hidden_path "$home" || hidden_path "$(readlink -f "$VENV/bin/python")"; then
+        note "$VENV runs on $(readlink -f "$VENV/bin/python"), which batchd.service cannot see: rebuilding"
+        return 1
+    fi
+}
+
 install_venv() {
     step "Python environment $VENV"
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found (install python3 >= 3.11 and python3-venv)"
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-        die "$PYTHON is $("$PYTHON" -V 2>&1); batchd needs 3.11 or newer (set BATCHD_PYTHON)"
-    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c '' 2>/dev/null; then
+    if venv_usable; then
         note "exists; upgrading in place"
     else
         rm -rf "$VENV"
         mkdir -p "$PREFIX"
+        ensure_venv_module
         "$PYTHON" -m venv "$VENV" ||
             die "could not create the venv (Debian/Ubuntu: apt-get install python3-venv)"
+        note "built on $(readlink -f "$VENV/bin/python")"
     fi
     local spec=$SOURCE
     [ -n "$EXTRAS" ] && spec="${SOURCE}[${EXTRAS}]"
@@ -211,10 +290,22 @@ esac
 SOURCE=$(cd "$(dirname "$SOURCE")" && pwd)/$(basename "$SOURCE")
 
 create_users
+choose_python
 ensure_build_deps
 install_venv
 install_config
 create_dirs
 install_unit
+check_service_user() {
+    step "Checking that $SERVICE_USER can run $VENV/bin/batchd"
+    command -v runuser >/dev/null || { note "runuser not found; skipped"; return 0; }
+    local out
+    if ! out=$(cd / && runuser -u "$SERVICE_USER" -- "$VENV/bin/batchd" --version 2>&1); then
+        die "$SERVICE_USER cannot run $VENV/bin/batchd ($out); the venv's interpreter is $(readlink -f "$VENV/bin/python"): rebuild it on a Python $SERVICE_USER can read (BATCHD_PYTHON=$SYSTEM_PYTHON)"
+    fi
+    note "$out"
+}
+
+check_service_user
 version=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("batchd"))')
 step "Done: batchd $version in $VENV"

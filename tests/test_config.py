@@ -141,15 +141,19 @@ def test_undecodable_env_value_exits_2_in_one_line(monkeypatch: pytest.MonkeyPat
     assert "JSON" in err[0]
 
 
+@pytest.mark.parametrize("command", ["status", "run"])  # operator commands load through effective.py
 def test_any_unexpected_error_while_loading_settings_exits_2(monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    import batchd.cli
+                                                             capsys: pytest.CaptureFixture[str], command: str) -> None:
+    import batchd.config
+    import batchd.effective
 
     def broken(**_: object) -> Settings:
         raise RuntimeError("something nobody foresaw")
 
-    monkeypatch.setattr(batchd.cli, "load_settings", broken)
-    assert main(["status"]) == 2
+    # cli imports load_settings when it runs (so `batchd --version` needs no pydantic)
+    monkeypatch.setattr(batchd.config, "load_settings", broken)
+    monkeypatch.setattr(batchd.effective, "load_settings", broken)
+    assert main([command]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["batchd: configuration error: settings: RuntimeError: something nobody foresaw"]
 

@@ -218,6 +218,8 @@ def test_doctor_end_to_end_ok_then_fail_when_the_backend_is_down(folders: Folder
     r = run_batchd(env, "doctor")
     lines = r.stdout.splitlines()
     assert r.returncode == 0, r.stdout + r.stderr
+    # First where the settings came from: this shell names its own (BATCHD_CONFIG, BATCHD_*).
+    assert lines.pop(0) == f"configuration: {folders.root / 'batchd.toml'} + environment"
     assert all(re.match(r"(OK  |WARN|FAIL) |     fix: ", line) for line in lines), lines
     for expected in ("OK   configuration is valid", f"OK   inbox {folders.inbox} is writable",
                      f"OK   ollama backend at {emulator.url} answers",
@@ -308,3 +310,19 @@ def test_unknown_ambiguous_and_unfinished_job_refs_exit_2_in_one_line(
     else:
         code, err = run("abc222")
         assert code == 1 and err == []  # already finished: said on stdout, exit 1
+
+
+def test_doctor_warns_when_the_daemon_cannot_hand_results_to_the_outbox_group(tmp_path: Path) -> None:
+    import grp
+
+    from batchd.doctor import _readers
+
+    gid = tmp_path.stat().st_gid
+    name = grp.getgrgid(gid).gr_name
+    settings = Settings(outbox=tmp_path)
+    level, what, fix = _readers(settings, uid=1000, groups=[gid + 1])
+    assert level == "WARN" and f"uid 1000 is not in group {name}, which owns the outbox" in what
+    assert fix.startswith(f"usermod -aG {name} ")
+    assert _readers(settings, uid=1000, groups=[gid + 1, gid])[:2] == (
+        "OK", f"results are readable by group {name} (files 0640, folders 0750)")
+    assert _readers(Settings(outbox=tmp_path / "not-yet"), uid=1000, groups=[])[0] == "OK"

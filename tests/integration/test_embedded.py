@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import shutil
 import time
+from pathlib import Path
 
 import jsonschema
 import orjson
@@ -63,3 +64,54 @@ def test_twenty_candidates_on_the_embedded_model(folders: Folders) -> None:
     # the model that answered (the GGUF), not the name the pipeline asked for
     assert metrics["model"] == results[0]["response"]["body"]["model"] != metrics["requested_model"]
     print(f"embedded: {ROWS} rows in {elapsed:.1f}s ({ROWS / elapsed:.2f} req/s incl. start-up)")
+
+
+def test_llama_cpp_internals_go_to_the_debug_log_not_the_console(capfd: pytest.CaptureFixture[str]) -> None:
+    """llama.cpp's loader/context lines (``llama_context: n_ctx_seq ...``) are debug events, not stderr."""
+    import asyncio
+
+    import structlog
+
+    from batchd.backends.base import ChatRequest
+    from batchd.backends.embedded import EmbeddedBackend
+
+    backend = EmbeddedBackend(model_path=Path(_model_path()), threads=1, model_name=None)
+    request = ChatRequest(model="gemma3:4b", num_ctx=2048, options={"num_predict": 2, "temperature": 0},
+                          messages=[{"role": "user", "content": "Say hi."}])
+
+    async def go() -> None:
+        try:
+            await backend.chat(request)
+        finally:
+            await backend.aclose()
+
+    capfd.readouterr()
+    with structlog.testing.capture_logs() as events:
+        asyncio.run(go())
+    out, err = capfd.readouterr()
+    for internal in ("llama_", "print_info:", "load_tensors:", "sched_reserve:"):
+        assert internal not in out + err, (out + err)[-2000:]
+    lines = [e["message"] for e in events if e["event"] == "llama_cpp_log"]
+    assert all(e["log_level"] == "debug" for e in events if e["event"] == "llama_cpp_log")
+    assert any(line.startswith("llama_context: n_ctx") for line in lines), lines[:20]
+    assert not any("\n" in line for line in lines)
+
+
+def test_make_demo_console_is_clean_and_job_started_names_the_gguf(folders: Folders) -> None:
+    """What `make demo` runs (console log, level info), on two rows: no llama.cpp lines, the GGUF named."""
+    model = Path(_model_path())
+    (folders.inbox / "two.jsonl").write_bytes(b"".join(orjson.dumps(
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "gemma3:4b", "max_tokens": 4, "temperature": 0,
+                  "messages": [{"role": "user", "content": f"Say {i}."}]}}) + b"\n" for i in range(2)))
+    env = folders.env("http://127.0.0.1:9", BATCHD_BACKEND__KIND="embedded", BATCHD_BACKEND__MODEL_PATH=str(model),
+                      BATCHD_CONTEXT__NUM_CTX="2048", BATCHD_BACKEND__THREADS="1", BATCHD_LOG__TARGET="console")
+    proc = run_batchd(env, "run", "--once", timeout=300)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-2000:]
+    for internal in ("llama_context", "llama_kv_cache", "llama_model_loader", "print_info:", "load_tensors:"):
+        assert internal not in console, console[-3000:]
+    (started,) = [line for line in console.splitlines() if "job_started" in line]
+    assert f"model={model.stem} " in started and f"model_file={model.name}" in started, started
+    assert "requested_model=gemma3:4b" in started, started
+    assert len(read_jsonl(folders.outbox / "two" / "results.jsonl")) == 2

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import SystemdMachine, purge_batchd
+from harness import DEFAULT_PATH, SystemdMachine, purge_batchd
 
 pytestmark = pytest.mark.system
 
@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 INSTALL = str(REPO / "packaging/install.sh")
 OFFLINE = {"BATCHD_INSTALL_EXTRAS": "", "BATCHD_PIP_ARGS": "--no-index --no-deps"}
 KEPT = ("/etc/batchd", "/var/lib/batchd", "/srv/batchd")
+# A python3 as pyenv or conda would put it first on root's PATH: under /root, which
+# ProtectHome=yes hides from the unit. A link to the system's python keeps it offline and fast.
+HOME_PYTHON_DIR = "/root/.pyenv-systest/bin"
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +104,68 @@ def test_install_rerun_uninstall(clean_machine: SystemdMachine, wheel: Path) -> 
     assert m.path("/srv/batchd/inbox").is_dir()
 
 
+@pytest.fixture
+def home_python(clean_machine: SystemdMachine) -> Iterator[str]:
+    m = clean_machine
+    m.run("mkdir", "-p", HOME_PYTHON_DIR)
+    m.run("ln", "-sf", "/usr/bin/python3", f"{HOME_PYTHON_DIR}/python3")
+    yield f"{HOME_PYTHON_DIR}/python3"
+    m.run("rm", "-rf", HOME_PYTHON_DIR.rsplit("/", 1)[0], check=False)
+
+
+@pytest.mark.slow
+def test_install_passes_over_a_python3_under_root(clean_machine: SystemdMachine, home_python: str,
+                                                   wheel: Path) -> None:
+    """root's python3 is pyenv's: the venv is built on /usr/bin/python3, and batchd runs it."""
+    m = clean_machine
+    inside = f"/tmp/wheelhouse/{wheel.name}"
+    m.write_file(inside, wheel.read_bytes())
+    env = {**OFFLINE, "PATH": f"{HOME_PYTHON_DIR}:{DEFAULT_PATH}"}
+    assert m.run("sh", "-c", "command -v python3", env=env).stdout.strip() == home_python
+    r = m.run(INSTALL, "--source", inside, env=env, check=False, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{home_python}, under a home directory that batchd.service cannot see" in r.stdout
+    assert "using /usr/bin/python3" in r.stdout
+    assert "home = /usr/bin\n" in m.read_text("/opt/batchd/venv/pyvenv.cfg")
+    assert not m.run("readlink", "-f", "/opt/batchd/venv/bin/python").stdout.startswith("/root/")
+    # install.sh's own last check, and the same by hand
+    assert "Checking that batchd can run /opt/batchd/venv/bin/batchd" in r.stdout
+    assert m.run("/opt/batchd/venv/bin/batchd", "--version", user="batchd").stdout.startswith("batchd ")
+
+
+def test_install_refuses_an_explicit_python_under_root(clean_machine: SystemdMachine, home_python: str) -> None:
+    r = clean_machine.run(INSTALL, env={**OFFLINE, "BATCHD_PYTHON": home_python}, check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("install.sh:")]  # one line says it all
+    assert "cannot see (ProtectHome=yes)" in line and "fix: BATCHD_PYTHON=/usr/bin/python3" in line, line
+    assert not clean_machine.path("/opt/batchd/venv").exists()
+
+
+def test_install_refuses_a_python_the_service_user_cannot_reach(clean_machine: SystemdMachine) -> None:
+    """Outside any home, but behind a 0700 folder: batchd could not run the venv either."""
+    m = clean_machine
+    m.run("mkdir", "-p", "/opt/private-py/bin")
+    m.run("chmod", "0700", "/opt/private-py")
+    m.run("ln", "-sf", "/usr/bin/python3", "/opt/private-py/bin/python3")
+    try:
+        r = m.run(INSTALL, env={**OFFLINE, "BATCHD_PYTHON": "/opt/private-py/bin/python3"}, check=False)
+    finally:
+        m.run("rm", "-rf", "/opt/private-py", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("install.sh:")]
+    assert "which the batchd user cannot run" in line and "fix: BATCHD_PYTHON=/usr/bin/python3" in line, line
+
+
 def test_install_refuses_non_root(machine: SystemdMachine) -> None:
-    r = machine.run("bash", INSTALL, user="nobody", check=False)
-    assert r.returncode == 1
+    # A copy nobody can read: the checkout may sit in a 0700 home (/root/src/batchd).
+    script = "/tmp/batchd-install-probe/install.sh"
+    machine.write_file(script, Path(INSTALL).read_bytes(), mode=0o755)
+    machine.path(script).parent.chmod(0o755)
+    try:
+        r = machine.run("bash", script, user="nobody", check=False)
+    finally:
+        machine.run("rm", "-rf", "/tmp/batchd-install-probe", check=False)
+    assert r.returncode == 1, r.stderr
     assert "must run as root" in r.stderr
 
 

@@ -14,6 +14,7 @@ fields either way.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from typing import Any
 
 import orjson
 import pytest
-from harness import SystemdMachine, purge_batchd
+from harness import DEFAULT_PATH, SystemdMachine, purge_batchd
 
 from tests.emulator import Emulator
 
@@ -37,6 +38,27 @@ BATCHD = "/opt/batchd/venv/bin/batchd"
 INBOX, OUTBOX = "/srv/batchd/inbox", "/srv/batchd/outbox"
 WHEELS = "/tmp/batchd-wheels"
 GRACE = 5  # shutdown_grace_seconds in the test config
+DROP_IN = "/etc/systemd/system/batchd.service.d/50-backend.conf"
+MEMBER, OUTSIDER = "alice", "mallory"  # a person in batchd-users, and one who is not
+
+
+def hidden(path: str) -> bool:
+    return path.startswith(("/root/", "/home/"))
+
+
+def home_python(m: SystemdMachine) -> str:
+    """A folder whose python3 lives under /root, as root's shell has it with pyenv or conda.
+
+    This host's own interpreter when it is such a one (the one running this test), else a
+    link made inside the machine: install.sh must not build the service's venv on either.
+    """
+    real = os.path.realpath(sys.executable)
+    if hidden(real) and Path(real).with_name("python3").exists():
+        return str(Path(real).parent)
+    folder = "/root/.conda-systest/bin"
+    m.run("mkdir", "-p", folder)
+    m.run("ln", "-sf", "/usr/bin/python3", f"{folder}/python3")
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +129,26 @@ def installed(machine: SystemdMachine, wheelhouse: tuple[Path, str], emulator: E
         m.write_file(f"{WHEELS}/{whl.name}", whl.read_bytes())
     (batchd_whl,) = dist.glob("batchd-*.whl")
     started = time.monotonic()
+    # From a root shell whose python3 is pyenv's or conda's, under /root (ProtectHome= hides it).
+    path = f"{home_python(m)}:{DEFAULT_PATH}"
+    assert hidden(m.run("sh", "-c", "command -v python3", env={"PATH": path}).stdout.strip())
     r = m.run(INSTALL, "--source", f"{WHEELS}/{batchd_whl.name}", check=False, timeout=300,
-              env={"BATCHD_INSTALL_EXTRAS": extras, "BATCHD_PIP_ARGS": f"--no-index --find-links {WHEELS}"})
+              env={"BATCHD_INSTALL_EXTRAS": extras, "BATCHD_PIP_ARGS": f"--no-index --find-links {WHEELS}",
+                   "PATH": path})
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "using /usr/bin/python3" in r.stdout, r.stdout
     print(f"install.sh (extras {extras!r}) took {time.monotonic() - started:.1f}s")
+    for user in (MEMBER, OUTSIDER):
+        m.run("useradd", "--no-create-home", user, check=False)
+    m.run("usermod", "-aG", "batchd-users", MEMBER)  # as the README tells the operator
     m.write_file("/etc/batchd/batchd.toml", config(emulator.url), mode=0o640, owner="root:batchd")
     try:
         yield m
     finally:
         purge_batchd(m)
-        m.run("rm", "-rf", WHEELS, check=False)
+        for user in (MEMBER, OUTSIDER):
+            m.run("userdel", user, check=False)
+        m.run("rm", "-rf", WHEELS, "/root/.conda-systest", check=False)
         # Leave the shared machine's journal as we found it (empty of batchd): later tests read
         # `journalctl -u batchd` and must not see this module's warnings (a kill -9, a failed request).
         m.journalctl("--rotate", "--vacuum-size=1", check=False)
@@ -154,7 +186,10 @@ def outbox_ids(m: SystemdMachine, stem: str) -> tuple[list[str], list[str]]:
 
 def published(m: SystemdMachine, stem: str, timeout: float) -> dict[str, Any]:
     metrics = m.path(f"{OUTBOX}/{stem}/metrics.json")
-    m.wait_for(lambda: metrics.exists() or not m.is_active("batchd"), timeout=timeout, what=f"outbox {stem}")
+    try:
+        m.wait_for(lambda: metrics.exists() or not m.is_active("batchd"), timeout=timeout, what=f"outbox {stem}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{m.diagnostics()}") from exc
     assert metrics.exists(), m.diagnostics()
     loaded: dict[str, Any] = orjson.loads(metrics.read_bytes())
     return loaded
@@ -235,6 +270,65 @@ def test_start_status_journal_and_clean_stop(service: SystemdMachine, emulator: 
     assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, props
     assert took < GRACE + 5, took
     assert m.journal("batchd", "EVENT=daemon_stopped", this_run)
+
+
+def test_a_member_of_batchd_users_reads_every_result(service: SystemdMachine) -> None:
+    """The people who drop files read what comes out; nobody else does (UMask=0027, no world bits)."""
+    m = service
+    m.systemctl("start", "batchd")
+    ids = drop_csv(m, "people.csv", [(f"p{i}", f"Person {i}") for i in range(5)])
+    m.write_file(f"{INBOX}/notes.txt", "not a batch\n", mode=0o640)  # rejected: an error record
+    published(m, "people", timeout=60)
+    published(m, "notes", timeout=30)
+    for stem in ("people", "notes"):
+        folder = f"{OUTBOX}/{stem}"
+        names = m.run("ls", "-A", folder, user=MEMBER).stdout.split()
+        assert names, stem
+        for name in names:
+            r = m.run("cat", f"{folder}/{name}", user=MEMBER, check=False)
+            assert r.returncode == 0, f"{MEMBER} cannot read {folder}/{name}: {r.stderr}"
+        modes = m.run("stat", "-c", "%a %U %G %n", folder, *(f"{folder}/{n}" for n in names)).stdout.splitlines()
+        assert modes[0] == f"750 batchd batchd-users {folder}", modes
+        assert all(line.startswith("640 batchd batchd-users ") for line in modes[1:]), modes
+    assert set(m.run("ls", f"{OUTBOX}/people", user=MEMBER).stdout.split()) >= {
+        "results.jsonl", "errors.jsonl", "scores.csv", "metrics.json", "report.html", "input.csv"}
+    text = m.run("cat", f"{OUTBOX}/people/results.jsonl", user=MEMBER).stdout
+    assert [orjson.loads(line)["custom_id"] for line in text.splitlines()] == ids
+    denied = m.run("cat", f"{OUTBOX}/people/results.jsonl", user=OUTSIDER, check=False)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+
+
+def test_doctor_run_by_root_checks_the_backend_a_drop_in_set(service: SystemdMachine, emulator: Emulator) -> None:
+    """`systemctl edit batchd` -> Environment=: the service and root's `batchd doctor` both use it."""
+    m = service
+    other = Emulator(slots=2)
+    other.start()
+    try:
+        m.write_file(DROP_IN, f"[Service]\nEnvironment=BATCHD_BACKEND__URL={other.url}\n")
+        m.systemctl("daemon-reload")
+        m.systemctl("start", "batchd")
+        record = "/var/lib/batchd/effective-settings.json"
+        m.wait_for(lambda: m.path(record).exists(), timeout=15, what="the effective settings recorded")
+        # Root's shell has no BATCHD_* of its own; /usr/local/bin/batchd runs the command as batchd.
+        doctor = m.run("/usr/local/bin/batchd", "doctor", check=False)
+        lines = doctor.stdout.splitlines()
+        assert lines and lines[0].startswith(f"configuration: service's effective settings from {record} (written "), \
+            doctor.stdout + doctor.stderr
+        assert f"OK   ollama backend at {other.url} answers" in lines, doctor.stdout
+        assert emulator.url not in doctor.stdout
+        assert "OK   results are readable by group batchd-users (files 0640, folders 0750)" in lines, doctor.stdout
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        # The file names no secret and is the service's own (0640 batchd:batchd in a 0750 state dir).
+        assert m.run("stat", "-c", "%a %U %G", record).stdout.split() == ["640", "batchd", "batchd"]
+        # And the daemon itself talks to that server, not the TOML's.
+        drop_csv(m, "routed.csv", [("r1", "Ada")])
+        assert published(m, "routed", timeout=60)["status"] == "completed"
+        assert other.chat_count >= 1 and emulator.chat_count == 0
+    finally:
+        m.run("rm", "-rf", DROP_IN.rsplit("/", 1)[0], check=False)
+        m.systemctl("stop", "batchd", check=False)
+        m.systemctl("daemon-reload", check=False)
+        other.stop()
 
 
 def test_kill_9_mid_job_then_start_resumes_every_id_once(service: SystemdMachine, emulator: Emulator) -> None:
