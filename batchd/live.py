@@ -13,8 +13,6 @@ the queue gauges every ``metrics.interval_seconds``.
 from __future__ import annotations
 
 import asyncio
-import grp
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +28,7 @@ from batchd.fsutil import write_atomic
 from batchd.intake import first
 from batchd.journal import Job, Journal
 from batchd.prom import Exporter, Live, Queue
+from batchd.share import SharedFolder
 from batchd.statuspage import DaemonState, Waiting
 
 if TYPE_CHECKING:
@@ -234,7 +233,7 @@ class LiveViews:
         outbox: Path = self.settings.outbox
         outbox.mkdir(parents=True, exist_ok=True)
         data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting)
-        gid = _group_of(self.settings.group, outbox)
+        gid = SharedFolder.of(outbox, group=self.settings.group).gid
         # JSON first: a script that follows the page's link never finds older data than the page showed.
         owned = write_atomic(outbox / statuspage.STATUS_JSON, statuspage.render_json(data), gid=gid)
         owned &= write_atomic(outbox / statuspage.STATUS_HTML,
@@ -271,19 +270,6 @@ def _queue(views: dict[str, list[dict[str, Any]]]) -> Queue:
                  requests=sum(max(0, v["total"] - v["finished"]) for v in active),
                  progress=head["progress"] if head else None,
                  eta_seconds=head["eta_seconds"] if head else None)
-
-
-def _group_of(group: str | None, outbox: Path) -> int | None:
-    """The configured group, else the outbox root's (normally ``batchd-users`` via its setgid bit)."""
-    if group:
-        try:
-            return grp.getgrnam(group).gr_gid
-        except KeyError:
-            return None
-    try:
-        return os.stat(outbox).st_gid
-    except OSError:
-        return None
 
 
 def _host(url: str) -> str:

@@ -296,6 +296,15 @@ def test_a_member_of_batchd_users_reads_every_result(service: SystemdMachine) ->
     assert [orjson.loads(line)["custom_id"] for line in text.splitlines()] == ids
     denied = m.run("cat", f"{OUTBOX}/people/results.jsonl", user=OUTSIDER, check=False)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+    # The live status page at the outbox root is theirs to read too, and says the job finished.
+    # (rewritten off the request path, moments after the publish: wait for it with a deadline)
+    def page_lists_people() -> bool:
+        r = m.run("cat", f"{OUTBOX}/!status.json", user=MEMBER, check=False)
+        assert r.returncode != 1 or "No such file" in r.stderr, r.stderr  # never "Permission denied"
+        page = orjson.loads(r.stdout) if r.returncode == 0 else {}
+        return any(j.get("outbox") == "people" and j.get("input") == "people.csv" for j in page.get("recent", []))
+    m.wait_for(page_lists_people, timeout=20, what="!status.json listing the finished job")
+    assert "<html" in m.run("cat", f"{OUTBOX}/!status.html", user=MEMBER).stdout.lower()
 
 
 def test_doctor_run_by_root_checks_the_backend_a_drop_in_set(service: SystemdMachine, emulator: Emulator) -> None:
