@@ -95,6 +95,8 @@ class Emulator:
         self.latency = latency
         self.models = tuple(models)
         self.silent_truncate = False
+        #: when set, every route answers this status (a proxy refusing credentials: 401/403; 404)
+        self.refuse: int | None = None
         self.calls: list[dict[str, Any]] = []
         self.peak_concurrency = 0
         self.ps: dict[str, int] = {"size": 5_000_000_000, "size_vram": 5_000_000_000}
@@ -429,8 +431,18 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.hdrs.get("content-length") or 0))
 
     # routes
+    def _refused(self) -> bool:
+        status = self.server.emu.refuse
+        if status is None:
+            return False
+        self._read_body()  # 0 bytes for a GET
+        self._json(status, {"error": "unauthorized" if status in (401, 403) else "404 page not found"})
+        return True
+
     def do_GET(self) -> None:
         emu, path = self.server.emu, self.path
+        if self._refused():
+            return
         if path == "/api/version":
             self._json(200, {"version": emu.version})
         elif path == "/api/tags":
@@ -454,6 +466,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"404 page not found", "text/plain")
 
     def do_POST(self) -> None:
+        if self._refused():
+            return
         path, raw = self.path, self._read_body()
         if path in ("/api/chat", "/v1/chat/completions"):
             self._chat(raw, openai=path.startswith("/v1"))

@@ -1,0 +1,284 @@
+"""The five edges of a job's life that once broke the promise "nothing lost, nothing run twice".
+
+1. a stop near the end of a job; 2. a backend that comes back "wrong" during an outage;
+3. cancel in every state (and ``cancel %``); 4. conversation mode's false truncations;
+5. the duplicate key after a pipeline edit. Each test failed on the main of 2026-11-28.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchd.backends import make_backend
+from batchd.claim import Claimer
+from batchd.config import Settings
+from batchd.inbox import scan
+from batchd.journal import JobState, Journal, ReqState
+from batchd.ops import request_cancel
+from batchd.runner import JobRunner
+from tests.conftest import Folders, run_daemon_once
+from tests.emulator import Emulator
+from tests.test_runner import FakeGpu, queued_job, until, write_requests
+
+
+async def _runner(settings: Settings, journal: Journal, n: int, **kw: Any) -> tuple[JobRunner, Any]:
+    job = queued_job(settings, journal, n, **kw)
+    backend = make_backend(settings)
+    runner = JobRunner(settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(),
+                       vram_source=FakeGpu())
+    runner.monitor_tick = 0.01
+    return runner, backend
+
+
+# -- 1. stop near the end of a job ----------------------------------------------------------
+
+
+def test_stop_with_the_last_rows_in_flight_loses_nothing_and_is_not_completed(
+        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    emulator.latency = 1.5  # the last calls are still out when the grace period ends
+    settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"}, shutdown_grace_seconds=0.2)
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+
+    async def go() -> tuple[JobRunner, str, int]:
+        runner, backend = await _runner(settings, journal, 6)
+        try:
+            task = asyncio.create_task(runner.run())
+            await until(lambda: journal.counts(runner.job.id).get("queued", 0) == 0)  # all handed to lanes
+            await until(lambda: len(emulator.calls) == 2)
+            runner.stop.set()
+            outcome = await asyncio.wait_for(task, 5)
+            return runner, outcome, len(emulator.calls)
+        finally:
+            await backend.aclose()
+
+    runner, outcome, calls = asyncio.run(go())
+    assert outcome == "interrupted"
+    assert calls == 2  # no lane took another request after the stop
+    counts = journal.counts(runner.job.id)
+    assert counts.get("running", 0) == 0 and counts.get("queued", 0) == 6 - counts.get("done", 0)
+    assert journal.end_run(runner.job.id, outcome) is None  # back to the queue, never "completed"
+    job = journal.job(runner.job.id)
+    assert job is not None and job.state is JobState.QUEUED
+
+
+def test_the_grace_period_counts_from_the_stop_and_lets_calls_in_flight_finish(
+        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    emulator.latency = 0.3
+    settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"}, shutdown_grace_seconds=1.0)
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+
+    async def go() -> tuple[JobRunner, str]:
+        runner, backend = await _runner(settings, journal, 20)
+        try:
+            task = asyncio.create_task(runner.run())
+            await until(lambda: runner.done >= 4 and runner.in_flight == 2)
+            runner.stop.set()
+            return runner, await asyncio.wait_for(task, 5)
+        finally:
+            await backend.aclose()
+
+    runner, outcome = asyncio.run(go())
+    counts = journal.counts(runner.job.id)
+    assert outcome == "interrupted" and counts.get("running", 0) == 0
+    assert counts["done"] == runner.done and runner.done in (6, 7, 8)  # the two in flight finished
+    assert counts["queued"] == 20 - runner.done
+
+
+def test_completed_is_refused_while_a_request_is_left(tmp_path: Path) -> None:
+    from batchd.journal import NewRequest, RunOutcome
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    with journal.transaction() as db:
+        journal.create_job(job_id="j1", db=db, state=JobState.QUEUED, input_name="x", stem="x", kind="jsonl")
+        journal.insert_requests("j1", [NewRequest(seq=1, line=1, custom_id="a", body={})], db)
+    assert journal.start_run("j1", 0.0)
+    assert journal.take_pending("j1", 10)
+    assert journal.end_run("j1", RunOutcome.COMPLETED) is None  # the guard: a running row is left
+    job = journal.job("j1")
+    assert job is not None and job.state is JobState.QUEUED and journal.counts("j1") == {"queued": 1}
+
+
+# -- 2. the backend comes back "wrong" during an outage -------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "unauthorized"), (403, "unauthorized"),
+                                              (404, "model_not_found")])
+def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
+        make_settings: Callable[..., Settings], emulator: Emulator, status: int, code: str) -> None:
+    from batchd.daemon import Daemon
+
+    emulator.latency = 0.05
+    settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"})
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+    seen: dict[str, str] = {}
+
+    async def go() -> tuple[JobRunner, str]:
+        runner, backend = await _runner(settings, journal, 30)
+        daemon = Daemon(settings=settings, journal=journal, backend=backend)
+        daemon.current = runner
+        try:
+            task = asyncio.create_task(runner.run())
+            await until(lambda: runner.done >= 3)
+            emulator.down()
+            await until(lambda: runner.gate.down_since is not None)
+            seen["status"] = daemon.status_line()
+            emulator.refuse = status
+            emulator.up()
+            return runner, await asyncio.wait_for(task, 10)
+        finally:
+            await backend.aclose()
+
+    runner, outcome = asyncio.run(go())
+    assert "waiting for backend" in seen["status"] and " since " in seen["status"]
+    assert outcome == "failed" and runner.fatal is not None and runner.fatal.code == code
+    journal.end_run(runner.job.id, outcome, error=runner.fatal.as_record())
+    counts = journal.counts(runner.job.id)
+    assert counts.get("queued", 0) == counts.get("running", 0) == counts.get("skipped", 0) == 0
+    failed = list(journal.iter_requests(runner.job.id, [ReqState.FAILED]))
+    assert failed and {r.error["code"] for r in failed if r.error} == {code}
+    job = journal.job(runner.job.id)
+    assert job is not None and job.final is not None and job.final.value == "failed"
+
+
+# -- 3. cancel in every state -------------------------------------------------------------------
+
+
+def test_cancel_while_the_backend_is_down_is_seen_within_a_second(
+        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    emulator.latency = 0.02
+    settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"})
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+
+    async def go() -> tuple[JobRunner, str, float]:
+        runner, backend = await _runner(settings, journal, 40)
+        try:
+            task = asyncio.create_task(runner.run())
+            await until(lambda: runner.done >= 3)
+            emulator.down()
+            await until(lambda: runner.gate.down_since is not None)
+            loop = asyncio.get_running_loop()
+            asked = loop.time()
+            assert request_cancel(journal, runner.job.id) == "cancelling"
+            outcome = await asyncio.wait_for(task, 5)
+            return runner, outcome, loop.time() - asked
+        finally:
+            await backend.aclose()
+
+    runner, outcome, took = asyncio.run(go())
+    assert outcome == "cancelled" and took < 1.0
+    assert journal.counts(runner.job.id).get("running", 0) == 0
+
+
+def test_a_cancel_during_ingest_is_not_overwritten(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+    write_requests(settings.inbox / "job.jsonl", 10)
+    claimer = Claimer(settings=settings, journal=journal)
+    real_ingest = claimer.ingest
+    claimer.ingest = lambda job_id: JobState.INGESTING  # type: ignore[method-assign]  # claimed, not read yet
+    (cand,) = scan(settings.inbox)
+    claimed = claimer.claim(cand)
+    assert claimed is not None
+    assert request_cancel(journal, claimed.job_id) == "cancelling"
+    real_ingest(claimed.job_id)
+    job = journal.job(claimed.job_id)
+    assert job is not None and job.state is JobState.FINALIZING
+    assert job.final is not None and job.final.value == "cancelled"
+    assert set(journal.counts(job.id)) == {"skipped"}
+
+
+def test_a_cancel_that_arrives_as_the_last_request_finishes_reports_completed(
+        make_settings: Callable[..., Settings], folders: Folders, emulator: Emulator,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(context={"mode": "isolated"})
+    write_requests(settings.inbox / "job.jsonl", 5)
+    real_flush = JobRunner.flush
+
+    def flush(self: JobRunner, force: bool = False) -> None:
+        if force:  # the run's last flush: every request has its answer, the job is still running
+            request_cancel(self.journal, self.job.id)
+        real_flush(self, force)
+
+    monkeypatch.setattr(JobRunner, "flush", flush)
+    run_daemon_once(settings)
+    (folder,) = [p for p in folders.outbox.iterdir() if not p.name.startswith(".")]
+    metrics = orjson.loads((folder / "metrics.json").read_bytes())
+    assert metrics["status"] == "completed" and metrics["request_counts"]["completed"] == 5
+
+
+def test_a_job_prefix_is_matched_literally(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+    job = queued_job(settings, journal, 2)
+    assert journal.job(job.id[:5]) is not None and journal.job(job.id) is not None
+    for pattern in ("%", "_", job.id[:3] + "%", "_" * len(job.id), ""):
+        assert journal.job(pattern) is None, pattern
+
+
+# -- 4. conversation mode: no false truncations -----------------------------------------------
+
+
+def test_an_honest_server_gets_one_call_per_row_and_the_trigger_stays(
+        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    settings = make_settings(context={"mode": "conversation", "num_ctx": 8192})
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+
+    async def go() -> JobRunner:
+        runner, backend = await _runner(settings, journal, 200, size=40)
+        try:
+            assert await runner.run() == "completed"
+            return runner
+        finally:
+            await backend.aclose()
+
+    runner = asyncio.run(go())
+    m = runner.metrics
+    assert len(emulator.calls) == 200
+    assert m.truncations_detected == 0 and m.trim_at == settings.context.trim_at
+    assert runner.budget is not None and runner.budget.window == 8192
+
+
+# -- 5. duplicate means the same work ------------------------------------------------------------
+
+
+def _drop_csv(inbox: Path, name: str = "cands.csv") -> None:
+    folder = inbox / "scoring"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text("name,text\nAda,Writes compilers.\nBob,Builds bridges.\n", encoding="utf-8")
+
+
+def _claim_all(settings: Settings, journal: Journal) -> list[JobState]:
+    claimer = Claimer(settings=settings, journal=journal)
+    out = []
+    for cand in scan(settings.inbox):
+        claimed = claimer.claim(cand)
+        assert claimed is not None
+        out.append(claimed.state)
+    return out
+
+
+def test_redrop_after_a_pipeline_edit_is_new_work(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+    toml = settings.inbox / "scoring" / "pipeline.toml"
+    toml.parent.mkdir()
+    toml.write_text('system_prompt = "Score from 1 to 10."\nuser_template = "{name}: {text}"\n', encoding="utf-8")
+    _drop_csv(settings.inbox)
+    assert _claim_all(settings, journal) == [JobState.QUEUED]
+    _drop_csv(settings.inbox)  # the same bytes, the same pipeline: the same work
+    assert _claim_all(settings, journal) == [JobState.FINALIZING]
+    toml.write_text('system_prompt = "Score from 1 to 5."\nuser_template = "{name}: {text}"\n', encoding="utf-8")
+    _drop_csv(settings.inbox)  # the same bytes, another prompt: new work
+    assert _claim_all(settings, journal) == [JobState.QUEUED]
+    toml.write_text('system_prompt = "Score from 1 to 5."\nuser_template = "{name}: {text}"\n'
+                    '[options]\ntemperature = 0.2\n', encoding="utf-8")
+    _drop_csv(settings.inbox)  # another option: new work
+    assert _claim_all(settings, journal) == [JobState.QUEUED]
+    states = [j.state for j in journal.jobs()]
+    assert states.count(JobState.FINALIZING) == 1
