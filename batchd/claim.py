@@ -28,13 +28,33 @@ from batchd.errors import ConfigError, InputError
 from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
 from batchd.inbox import Candidate, safe_stem
 from batchd.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
-from batchd.journal import Job, JobState, Journal, NewRequest, ReqState
+from batchd.journal import Job, JobState, Journal, NewRequest
 from batchd.pipeline import Pipeline, load_pipeline_at
 
 log = structlog.get_logger("batchd.claim")
 
 CHUNK = 1 << 20
 INSERT_BATCH = 5000
+
+
+class IngestCancelled(Exception):
+    """A cancel arrived while the file was being read: stop reading."""
+
+
+def work_key(sha256: str, folder: str | None, pipeline: Pipeline, settings: Settings) -> str:
+    """The duplicate key: the file's bytes plus everything that decides what would be sent (system
+    prompt, template, few-shot, schema, options, mode: the pipeline; the model and num_ctx it resolves
+    to). The same file under an edited pipeline is new work."""
+    definition = {
+        "folder": folder,
+        "pipeline": pipeline.model_dump(mode="json"),
+        "model": settings.model_for(pipeline),
+        "mode": pipeline.mode or settings.context.mode,
+        "num_ctx": settings.context.num_ctx,
+        "num_ctx_cap": settings.context.num_ctx_cap,
+    }
+    digest = hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"{sha256}:{digest[:32]}"
 
 
 @dataclass(frozen=True)
@@ -277,16 +297,10 @@ class Claimer:
     def _reject(self, cand: Candidate, st: os.stat_result | None, message: str, code: str) -> Claimed:
         """Record a file that cannot become a job; it stays in the inbox, untouched."""
         job_id = new_job_id()
-        with self.journal.transaction() as db:
-            file_id = self.journal.add_file(name=display(cand.path.name), inbox_path=os.fsencode(cand.rel),
-                                            spool=None, sha256=None,
-                                            size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1,
-                                            db=db)
-            db.execute("UPDATE files SET state='rejected' WHERE id=?", (file_id,))
-            self.journal.create_job(job_id=job_id, db=db, state=JobState.FINALIZING, input_name=display(cand.rel),
-                                    stem=safe_stem(cand.path.name), kind="rejected", file_id=file_id,
-                                    pipeline=cand.pipeline, error={"code": code, "message": message},
-                                    meta={"final": "failed"})
+        self.journal.reject_file(job_id=job_id, name=display(cand.path.name), inbox_path=os.fsencode(cand.rel),
+                                 size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1,
+                                 input_name=display(cand.rel), stem=safe_stem(cand.path.name),
+                                 pipeline=cand.pipeline, error={"code": code, "message": message})
         log.warning("input_rejected", job_id=job_id, input=display(cand.rel), code=code, reason=message)
         return Claimed(job_id, JobState.FINALIZING)
 
@@ -296,37 +310,34 @@ class Claimer:
         """Parse the spooled file into request rows; restartable from scratch."""
         job = self.journal.job(job_id)
         assert job is not None and job.spool is not None
-        twin = self.journal.find_done_twin(job.sha256 or "", job.pipeline, exclude=job.id)
-        if twin is not None:
-            self.journal.update_job(job.id, state=JobState.FINALIZING, duplicate_of=twin,
-                                    meta={**job.meta, "final": "duplicate"})
-            log.info("job_duplicate", job_id=job.id, input=job.input_name, duplicate_of=twin)
-            return JobState.FINALIZING
         pipeline = Pipeline.model_validate_json(job.pipeline_json or "{}")
         model = self.settings.model_for(pipeline)
         mode = pipeline.mode or self.settings.context.mode
+        twin = self.journal.claim_work(job.id, work_key(job.sha256 or "", job.pipeline, pipeline, self.settings))
+        if twin is not None:
+            log.info("job_duplicate", job_id=job.id, input=job.input_name, duplicate_of=twin)
+            return JobState.FINALIZING
+        self.journal.restart_ingest(job.id)  # a half-done earlier ingest starts over
         try:
             total, invalid, columns, prefix = self._parse_into(job, pipeline, model)
+        except IngestCancelled:
+            total, invalid, columns, prefix = 0, 0, [], None
         except TooManyInvalid as exc:
-            with self.journal.transaction() as db:
-                # Only the invalid lines stay (errors.jsonl lists them); nothing of this file runs.
-                db.execute("DELETE FROM requests WHERE job_id=? AND state != ?", (job.id, ReqState.INVALID.value))
-                kept = db.execute("SELECT COUNT(*) FROM requests WHERE job_id=?", (job.id,)).fetchone()[0]
-                self.journal.update_job(job.id, db=db, state=JobState.FINALIZING, error=exc.as_record(),
-                                        total=kept, meta={**job.meta, "final": "failed"})
+            # Only the invalid lines stay (errors.jsonl lists them); nothing of this file runs.
+            self.journal.fail_ingest(job.id, exc.as_record(), keep_invalid=True)
             log.warning("input_invalid", job_id=job.id, input=job.input_name, code=exc.code, reason=exc.message)
             return JobState.FINALIZING
         except InputError as exc:
-            with self.journal.transaction() as db:
-                db.execute("DELETE FROM requests WHERE job_id=?", (job.id,))
-                self.journal.update_job(job.id, db=db, state=JobState.FINALIZING, error=exc.as_record(),
-                                        meta={**job.meta, "final": "failed"})
+            self.journal.fail_ingest(job.id, exc.as_record())
             log.warning("input_invalid", job_id=job.id, input=job.input_name, code=exc.code, reason=exc.message)
             return JobState.FINALIZING
-        self.journal.update_job(job.id, state=JobState.QUEUED, total=total, columns=columns, model=model, mode=mode,
-                                prefix_json=orjson.dumps(prefix).decode() if prefix else None)
-        log.info("job_queued", job_id=job.id, input=job.input_name, requests=total, invalid=invalid, mode=mode)
-        return JobState.QUEUED
+        state = self.journal.finish_ingest(job.id, total=total, columns=columns, model=model, mode=mode,
+                                           prefix_json=orjson.dumps(prefix).decode() if prefix else None)
+        if state is JobState.QUEUED:
+            log.info("job_queued", job_id=job.id, input=job.input_name, requests=total, invalid=invalid, mode=mode)
+        else:
+            log.info("job_cancelled", job_id=job.id, input=job.input_name, during="ingest")
+        return state
 
     def _parse_into(self, job: Job, pipeline: Pipeline, model: str) -> tuple[int, int, list[str], dict | None]:
         assert job.spool is not None
@@ -351,6 +362,8 @@ class Claimer:
                     raise TooManyInvalid(cap, r.line or total)
                 if len(batch) >= INSERT_BATCH:
                     total += self._insert(job.id, batch)
+                    if self.journal.cancel_requested(job.id):
+                        raise IngestCancelled(job.id)
             total += self._insert(job.id, batch)
         if total == 0:
             raise InputError("file has no requests (empty, or only a header)", code="empty_file")

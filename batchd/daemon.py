@@ -25,7 +25,7 @@ from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
 from batchd.inbox import scan
 from batchd.intake import Intake, first
-from batchd.journal import Job, JobState, Journal
+from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.live import LiveViews
 from batchd.outbox import Outbox
 from batchd.runner import JobRunner
@@ -147,7 +147,7 @@ class Daemon:
             # never run, and EVENT=job_finished must count every finished job once.
             counts = self.journal.counts(job.id)
             log.info("job_finished", job_id=job.id, input=job.input_name,
-                     status=str(job.meta.get("final") or "completed"), completed=counts.get("done", 0),
+                     status=(job.final or FinalStatus.COMPLETED).value, completed=counts.get("done", 0),
                      failed=counts.get("failed", 0) + counts.get("invalid", 0), skipped=counts.get("skipped", 0))
             self._announced.add(job.id)
         try:
@@ -161,14 +161,16 @@ class Daemon:
             log.error("publish_failed", job_id=job.id, input=job.input_name, error=exc.message)
             raise
 
-    async def run_job(self, job: Job) -> str:
+    async def run_job(self, job: Job) -> RunOutcome | None:
+        """Run one job until it is done, fails, is cancelled or the daemon stops; publish it when final."""
         if self._backend_stale and self._backend is not None:
             await self._backend.aclose()  # the config changed the backend: the next job gets a new one
             self._backend = None
         self._backend_stale = False
         structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input_name)
         try:
-            self.journal.update_job(job.id, state=JobState.RUNNING, started_at=job.started_at or time.time())
+            if not self.journal.start_run(job.id, time.time()):
+                return None  # cancelled (or finished) between the lookup and now
             fresh = self.journal.job(job.id)
             assert fresh is not None
             counts = self.journal.counts(job.id)
@@ -185,25 +187,28 @@ class Daemon:
             finally:
                 self.current = None
                 self.live.job_ended()
-            if outcome == "interrupted":
-                self.journal.update_job(job.id, state=JobState.QUEUED)
-                log.info("job_interrupted")
+            error = runner.fatal.as_record() if runner.fatal is not None else None
+            final = self.journal.end_run(job.id, outcome, error=error)
+            if final is None:
+                log.info("job_interrupted", outcome=outcome.value)
                 return outcome
-            with self.journal.transaction() as db:
-                if outcome in ("failed", "cancelled"):
-                    self.journal.skip_unfinished(job.id, db)
-                error = runner.fatal.as_record() if runner.fatal is not None else None
-                fields: dict[str, object] = {"state": JobState.FINALIZING, "finished_at": time.time(),
-                                             "meta": {**fresh.meta, "final": outcome, "num_ctx": runner.num_ctx}}
-                if error:
-                    fields["error"] = error
-                self.journal.update_job(job.id, db=db, **fields)
-            final = self.journal.job(job.id)
-            assert final is not None
-            self.publish(final)
+            finished = self.journal.job(job.id)
+            assert finished is not None
+            self.publish(finished)  # logs job_finished
             return outcome
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "input")
+
+    def publish_ready(self) -> int:
+        """Publish every finalizing job but the running one's (a job cancelled while queued
+        is published at once, not after the job in front of it)."""
+        running = self.current.job.id if self.current is not None else None
+        n = 0
+        for job in self.journal.jobs([JobState.FINALIZING]):
+            if job.id != running:
+                self.publish(job)
+                n += 1
+        return n
 
     async def run_once(self) -> int:
         """Drain the inbox and all pending work, then return (``batchd run --once``)."""
@@ -297,6 +302,8 @@ class Daemon:
                         self._apply_reload()
                     finally:
                         self.on_reloaded()  # systemd waits for READY=1 after RELOADING=1, even on failure
+                if self.current is not None:
+                    self.publish_ready()  # the job loop is busy with the running job
                 self._log_progress()
                 now = self.clock()
                 last_at, last_text = self._last_status
@@ -316,9 +323,12 @@ class Daemon:
         if runner is None:
             text = f"idle, {self.jobs_done} jobs done"
             return f"{text}, queue {len(queued)}" if queued else text
-        if runner.gate.down_since is not None:
+        gate = runner.gate
+        if gate.down_since is not None:
             host = runner.backend.host.split("://", 1)[-1]
-            return f"waiting for backend at {host} (down {_duration(self.clock() - runner.gate.down_since)})"
+            since = time.strftime("%H:%M:%S", time.localtime(gate.down_since_wall or time.time()))
+            return (f"waiting for backend at {host} since {since} (down {_duration(self.clock() - gate.down_since)}, "
+                    f"{gate.probes} probes; {gate.reason[:80]})")
         job = runner.job
         finished, rate = self._progress(runner)
         parts = [f"{job.input_name}: {finished:,}/{job.total:,} ({100 * finished / max(1, job.total):.1f}%)"]

@@ -13,7 +13,8 @@
     │   ├── BadRequest              other 400s from the server
     │   └── InvalidReply            reply not JSON / fails the schema after retries
     ├── JobError                    the whole job stops at once (job_id)
-    │   └── ModelNotFound           404: 170,000 copies of it help nobody
+    │   ├── ModelNotFound           404: 170,000 copies of it help nobody
+    │   └── Unauthorized            401/403: the credentials are refused
     ├── InputError                  a dropped file that cannot become a job (to the outbox)
     │   └── LineError               one bad line; valid lines still run (line, code)
     └── StorageError                the journal or the outbox cannot be written (disk full)
@@ -136,6 +137,12 @@ class JobError(BatchdError):
 
 class ModelNotFound(JobError):
     code = "model_not_found"
+
+
+class Unauthorized(JobError):
+    """401/403: a wrong or missing API key (or a proxy in front) refuses every request alike."""
+
+    code = "unauthorized"
 
 
 class InputError(BatchdError):

@@ -37,6 +37,37 @@ FINISHED = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.DU
 ACTIVE = (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING)
 
 
+class FinalStatus(str, Enum):
+    """What a finished job's outbox says (``jobs.final``; the job state once published)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DUPLICATE = "duplicate"
+
+
+class RunOutcome(str, Enum):
+    """How one run of a job ended (the runner's verdict; ``Journal.end_run`` applies it)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # a stop: the job goes back to the queue
+
+
+class CancelAnswer(str, Enum):
+    """``Journal.request_cancel``: what a cancel did."""
+
+    CANCELLING = "cancelling"  # running or ingesting: the runner / ingest stops within a second
+    CANCELLED = "cancelled"  # had not run: finalizing now
+    MISSING = "missing"
+    ALREADY_FINALIZING = "already_finalizing"
+    ALREADY_COMPLETED = "already_completed"
+    ALREADY_FAILED = "already_failed"
+    ALREADY_CANCELLED = "already_cancelled"
+    ALREADY_DUPLICATE = "already_duplicate"
+
+
 class ReqState(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -46,7 +77,7 @@ class ReqState(str, Enum):
     SKIPPED = "skipped"
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -121,7 +152,43 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX samples_job ON samples(job_id, t);
     """,
+    # 2: the final status gets its own column (it was meta_json's "final"); the duplicate key
+    # becomes sha256 + a hash of the effective job definition (``work_key``).
+    2: """
+    ALTER TABLE jobs ADD COLUMN final TEXT;
+    ALTER TABLE jobs ADD COLUMN work_key TEXT;
+    CREATE INDEX jobs_work ON jobs(work_key);
+    """,
+    # 3: the HTTP API's tables join the migrations (they were created ad hoc, IF NOT EXISTS).
+    3: """
+    CREATE TABLE IF NOT EXISTS api_files (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        sha256 TEXT,
+        spool TEXT,
+        batch_id TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS api_batches (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL UNIQUE,
+        input_file_id TEXT NOT NULL,
+        output_file_id TEXT NOT NULL,
+        error_file_id TEXT NOT NULL,
+        metadata TEXT,
+        created_at REAL NOT NULL,
+        validated_at REAL,
+        cancelling_at REAL
+    );
+    """,
 }
+
+#: request states that still owe work
+_UNFINISHED = "('queued','running')"
 
 
 @dataclass(frozen=True)
@@ -153,6 +220,8 @@ class Job:
     meta: dict[str, Any]
     file_id: int | None
     spool: str | None
+    final: FinalStatus | None = None
+    work_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +267,7 @@ _JOB_COLS = (
     "j.id, j.seq, j.source, j.input_name, j.stem, j.kind, j.sha256, j.pipeline, j.pipeline_json, "
     "j.prefix_json, j.model, j.mode, j.state, j.error, j.duplicate_of, j.retry_of, j.cancel_requested, "
     "j.total, j.columns_json, j.created_at, j.started_at, j.finished_at, j.outbox_name, j.metrics_json, "
-    "j.meta_json, j.file_id, f.spool"
+    "j.meta_json, j.file_id, f.spool, j.final, j.work_key"
 )
 _REQ_COLS = "job_id, seq, line, custom_id, body, row, state, attempts, result, error, prompt_tokens, completion_tokens"
 
@@ -266,6 +335,16 @@ class Journal:
             raise StorageError(f"journal schema {version} is newer than this batchd ({SCHEMA_VERSION})")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;")
+            if target == 2:
+                self._backfill_final()
+
+    def _backfill_final(self) -> None:
+        """Version 1 kept the final status in meta_json; move it to its column."""
+        with self.transaction() as db:
+            for job_id, meta in db.execute("SELECT id, meta_json FROM jobs").fetchall():
+                final = (_loads(meta) or {}).get("final")
+                if final in FinalStatus._value2member_map_:
+                    db.execute("UPDATE jobs SET final=? WHERE id=?", (final, job_id))
 
     def integrity_check(self) -> str:
         return str(self._query("PRAGMA integrity_check")[0][0])
@@ -318,24 +397,172 @@ class Journal:
                    stem: str, kind: str, file_id: int | None = None, source: str = "inbox",
                    sha256: str | None = None, pipeline: str | None = None, pipeline_json: str | None = None,
                    error: dict[str, Any] | None = None, duplicate_of: str | None = None,
-                   retry_of: str | None = None, meta: dict[str, Any] | None = None) -> None:
+                   retry_of: str | None = None, meta: dict[str, Any] | None = None,
+                   final: FinalStatus | None = None) -> None:
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
         db.execute(
             "INSERT INTO jobs (id, seq, file_id, source, input_name, stem, kind, sha256, pipeline, "
-            "pipeline_json, state, error, duplicate_of, retry_of, created_at, meta_json) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "pipeline_json, state, error, duplicate_of, retry_of, created_at, meta_json, final) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job_id, seq, file_id, source, input_name, stem, kind, sha256, pipeline, pipeline_json,
-             state.value, _dumps(error), duplicate_of, retry_of, time.time(), _dumps(meta or {})),
+             state.value, _dumps(error), duplicate_of, retry_of, time.time(), _dumps(meta or {}),
+             final.value if final else None),
         )
 
-    def find_done_twin(self, sha256: str, pipeline: str | None, exclude: str) -> str | None:
-        """An earlier job over the same bytes and pipeline that ran or is still to run."""
-        rows = self._query(
-            "SELECT id FROM jobs WHERE sha256=? AND pipeline IS ? AND id != ? "
-            "AND state IN ('queued','running','finalizing','completed') ORDER BY seq LIMIT 1",
-            (sha256, pipeline, exclude),
-        )
-        return str(rows[0][0]) if rows else None
+    def reject_file(self, *, job_id: str, name: str, inbox_path: bytes, size: int, mtime_ns: int,
+                    input_name: str, stem: str, pipeline: str | None, error: dict[str, Any]) -> None:
+        """A dropped file that cannot become a job: a file row and a failed job, to be published."""
+        with self.transaction() as db:
+            file_id = self.add_file(name=name, inbox_path=inbox_path, spool=None, sha256=None, size=size,
+                                    mtime_ns=mtime_ns, db=db)
+            db.execute("UPDATE files SET state='rejected' WHERE id=?", (file_id,))
+            self.create_job(job_id=job_id, db=db, state=JobState.FINALIZING, input_name=input_name, stem=stem,
+                            kind="rejected", file_id=file_id, pipeline=pipeline, error=error,
+                            final=FinalStatus.FAILED)
+
+    # -- the job lifecycle: every transition one transaction with its guard ------------------
+    #
+    #   ingesting --finish_ingest--> queued --start_run--> running --end_run--> finalizing --published--> final
+    #       |  (cancel / invalid / duplicate)                  |  (stop)  --> queued
+    #       +--------------------> finalizing                  +--------> finalizing (completed only when no
+    #                                                                     request is queued or running)
+
+    def claim_work(self, job_id: str, work_key: str) -> str | None:
+        """Ingest's first step: record the job's duplicate key; the id of an earlier job that did or
+        will do the same work (same bytes, same effective definition), else None. One transaction."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET work_key=? WHERE id=?", (work_key, job_id))
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE work_key=? AND id != ? "
+                "AND state IN ('queued','running','finalizing','completed') "
+                "AND (state != 'finalizing' OR final IS 'completed' OR final IS NULL) ORDER BY seq LIMIT 1",
+                (work_key, job_id)).fetchall()
+            if not rows:
+                return None
+            twin = str(rows[0][0])
+            db.execute("UPDATE jobs SET state='finalizing', final='duplicate', duplicate_of=? "
+                       "WHERE id=? AND state='ingesting'", (twin, job_id))
+            return twin
+
+    def restart_ingest(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM requests WHERE job_id=?", (job_id,))
+
+    def fail_ingest(self, job_id: str, error: dict[str, Any], *, keep_invalid: bool = False) -> None:
+        """The file cannot become a job: published failed with ``error``. No requests, or (``keep_invalid``:
+        too many invalid lines) only the invalid ones, which errors.jsonl lists."""
+        with self.transaction() as db:
+            if keep_invalid:
+                db.execute("DELETE FROM requests WHERE job_id=? AND state != 'invalid'", (job_id,))
+            else:
+                db.execute("DELETE FROM requests WHERE job_id=?", (job_id,))
+            kept = db.execute("SELECT COUNT(*) FROM requests WHERE job_id=?", (job_id,)).fetchone()[0]
+            db.execute("UPDATE jobs SET state='finalizing', final='failed', error=?, total=? "
+                       "WHERE id=? AND state='ingesting'", (_dumps(error), kept, job_id))
+
+    def finish_ingest(self, job_id: str, *, total: int, columns: list[str], model: str, mode: str,
+                      prefix_json: str | None) -> JobState:
+        """Ingest is done: ``queued``, or ``finalizing`` (cancelled) when a cancel came in meanwhile."""
+        with self.transaction() as db:
+            row = db.execute("SELECT state, cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row[0] != JobState.INGESTING.value:
+                return JobState(row[0]) if row else JobState.FINALIZING
+            cancelled = bool(row[1])
+            if cancelled:
+                db.execute(f"UPDATE requests SET state='skipped' WHERE job_id=? AND state IN {_UNFINISHED}", (job_id,))
+            state = JobState.FINALIZING if cancelled else JobState.QUEUED
+            db.execute("UPDATE jobs SET state=?, final=?, total=?, columns_json=?, model=?, mode=?, prefix_json=? "
+                       "WHERE id=?", (state.value, FinalStatus.CANCELLED.value if cancelled else None, total,
+                                      _dumps(columns), model, mode, prefix_json, job_id))
+            return state
+
+    def cancel_requested(self, job_id: str) -> bool:
+        rows = self._query("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,))
+        return bool(rows and rows[0][0])
+
+    def start_run(self, job_id: str, started_at: float) -> bool:
+        """queued (or running after a crash) -> running; False when the job is past that."""
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE jobs SET state='running', started_at=COALESCE(started_at, ?) "
+                "WHERE id=? AND state IN ('queued','running')", (started_at, job_id)).rowcount == 1
+
+    def end_run(self, job_id: str, outcome: RunOutcome, *, error: dict[str, Any] | None = None,
+                meta: dict[str, Any] | None = None) -> FinalStatus | None:
+        """Apply a run's outcome in one transaction; the final status, or None when the job went back
+        to ``queued`` (stopped with work left). ``completed`` is given only when no request is queued
+        or running: a run that claims it with work left goes back to the queue instead."""
+        with self.transaction() as db:
+            left = db.execute(f"SELECT COUNT(*) FROM requests WHERE job_id=? AND state IN {_UNFINISHED}",
+                              (job_id,)).fetchone()[0]
+            final: FinalStatus | None
+            if outcome is RunOutcome.FAILED:
+                record = _dumps({"code": (error or {}).get("code", "job_error"),
+                                 "message": (error or {}).get("message", "the job failed")})
+                db.execute(f"UPDATE requests SET state='failed', error=?, finished_at=? "
+                           f"WHERE job_id=? AND state IN {_UNFINISHED}", (record, time.time(), job_id))
+                final = FinalStatus.FAILED
+            elif not left:
+                final = FinalStatus.COMPLETED  # a cancel or stop that came after the last request
+            elif outcome is RunOutcome.CANCELLED:
+                db.execute(f"UPDATE requests SET state='skipped' WHERE job_id=? AND state IN {_UNFINISHED}",
+                           (job_id,))
+                final = FinalStatus.CANCELLED
+            else:
+                db.execute("UPDATE requests SET state='queued' WHERE job_id=? AND state='running'", (job_id,))
+                db.execute("UPDATE jobs SET state='queued' WHERE id=?", (job_id,))
+                return None
+            sets, args = ["state='finalizing'", "final=?", "finished_at=?"], [final.value, time.time()]
+            if error is not None:
+                sets.append("error=?")
+                args.append(_dumps(error))
+            if meta is not None:
+                sets.append("meta_json=?")
+                args.append(_dumps(meta))
+            db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", (*args, job_id))
+            return final
+
+    def request_cancel(self, job_id: str) -> CancelAnswer:
+        """Cancel a job (``batchd cancel``, the API). Running or ingesting: flag it, the runner or ingest
+        stops; queued: finalizing as cancelled now. Read and write in one transaction."""
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                return CancelAnswer.MISSING
+            state = JobState(row[0])
+            if state in FINISHED or state is JobState.FINALIZING:
+                return CancelAnswer(f"already_{state.value}")
+            db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
+            if state in (JobState.RUNNING, JobState.INGESTING):
+                return CancelAnswer.CANCELLING
+            db.execute(f"UPDATE requests SET state='skipped' WHERE job_id=? AND state IN {_UNFINISHED}", (job_id,))
+            db.execute("UPDATE jobs SET state='finalizing', final='cancelled', finished_at=? WHERE id=?",
+                       (time.time(), job_id))
+            return CancelAnswer.CANCELLED
+
+    def published(self, job_id: str, final: FinalStatus, finished_at: float) -> None:
+        """finalizing -> the final status, once the outbox folder is in place."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET state=?, final=?, finished_at=COALESCE(finished_at, ?) WHERE id=?",
+                       (final.value, final.value, finished_at, job_id))
+
+    def add_retry(self, job: Job, new_id: str) -> int:
+        """A new queued job holding copies of ``job``'s failed and skipped requests; 0 (and no job) if none."""
+        with self.transaction() as db:
+            self.create_job(job_id=new_id, db=db, state=JobState.QUEUED, input_name=job.input_name, stem=job.stem,
+                            kind=job.kind, file_id=job.file_id, source=job.source, sha256=job.sha256,
+                            pipeline=job.pipeline, pipeline_json=job.pipeline_json, retry_of=job.id,
+                            meta={"retry_of": job.id})
+            n = int(db.execute(
+                "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state) "
+                "SELECT ?, seq, line, custom_id, body, row, 'queued' FROM requests "
+                "WHERE job_id=? AND state IN ('failed','skipped')", (new_id, job.id)).rowcount)
+            if n == 0:
+                db.execute("DELETE FROM jobs WHERE id=?", (new_id,))
+                return 0
+            db.execute("UPDATE jobs SET total=?, prefix_json=?, model=?, mode=?, columns_json=? WHERE id=?",
+                       (n, job.prefix_json, job.model, job.mode, _dumps(job.columns), new_id))
+            return n
 
     def insert_requests(self, job_id: str, rows: Iterable[NewRequest], db: sqlite3.Connection) -> int:
         sql = ("INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
@@ -367,11 +594,12 @@ class Journal:
             tx.execute(sql, (*args, job_id))
 
     def job(self, job_id: str) -> Job | None:
+        """A job by its id or a unique prefix of it (matched literally: no pattern characters)."""
+        if not job_id:
+            return None
         rows = self._query(
-            f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id WHERE j.id=? OR j.id LIKE ? "
-            "ORDER BY j.seq LIMIT 2",
-            (job_id, f"{job_id}%"),
-        )
+            f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
+            "WHERE substr(j.id, 1, ?) = ? ORDER BY j.seq LIMIT 2", (len(job_id), job_id))
         exact = [r for r in rows if r[0] == job_id]
         if exact:
             return _job(exact[0])
@@ -485,6 +713,7 @@ def _job(r: Sequence[Any]) -> Job:
         error=_loads(r[13]), duplicate_of=r[14], retry_of=r[15], cancel_requested=bool(r[16]), total=r[17],
         columns=_loads(r[18]) or [], created_at=r[19], started_at=r[20], finished_at=r[21],
         outbox_name=r[22], metrics=_loads(r[23]) or {}, meta=_loads(r[24]) or {}, file_id=r[25], spool=r[26],
+        final=FinalStatus(r[27]) if r[27] else None, work_key=r[28],
     )
 
 

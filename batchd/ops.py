@@ -251,26 +251,12 @@ def render(settings: Settings, path: Path, *, pipeline: str | None, row: int) ->
 
 
 def request_cancel(journal: Journal, job_id: str) -> str:
-    """Cancel one job; returns ``cancelling`` (running: stops after the requests in flight),
-    ``cancelled`` (had not run: finalizing now), ``missing``, or ``already_<state>`` for a job
-    past the point of cancelling (``already_cancelled`` must not read as ``cancelled``).
-
-    Read and write in one transaction so a daemon starting the job meanwhile
-    (another process) cannot be overtaken. Shared by ``batchd cancel`` and the HTTP API.
+    """Cancel one job; returns ``cancelling`` (running or ingesting: it stops within a second and is
+    published), ``cancelled`` (had not run: finalizing now), ``missing``, or ``already_<state>`` for a
+    job past the point of cancelling (``already_cancelled`` must not read as ``cancelled``).
+    Shared by ``batchd cancel`` and the HTTP API; the journal reads and writes in one transaction.
     """
-    with journal.transaction() as db:
-        job = journal.job(job_id)
-        if job is None:
-            return "missing"
-        if job.state in FINISHED or job.state is JobState.FINALIZING:
-            return f"already_{job.state.value}"
-        if job.state is JobState.RUNNING:
-            journal.update_job(job.id, db=db, cancel_requested=1)
-            return "cancelling"
-        journal.skip_unfinished(job.id, db)
-        journal.update_job(job.id, db=db, state=JobState.FINALIZING, cancel_requested=1,
-                           meta={**job.meta, "final": "cancelled"})
-        return "cancelled"
+    return journal.request_cancel(job_id).value
 
 
 def find_job(journal: Journal, job_ref: str) -> Job:
@@ -290,7 +276,7 @@ def cancel(settings: Settings, job_ref: str) -> int:
     job = find_job(journal, job_ref)
     outcome = request_cancel(journal, job.id)
     if outcome == "cancelling":
-        print(f"{job.id}: cancelling after the requests in flight; its outbox will say cancelled")
+        print(f"{job.id}: cancelling now (requests in flight are abandoned); its outbox will say cancelled")
         return 0
     if outcome == "cancelled":
         print(f"{job.id}: cancelled before it ran; its outbox will say cancelled")
@@ -308,20 +294,8 @@ def retry(settings: Settings, job_ref: str) -> int:
     if job.state not in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
         raise ConfigError("JOB", f"job {job.id} is {job.state.value}; only finished jobs can be retried")
     new_id = new_job_id()
-    with journal.transaction() as db:
-        journal.create_job(job_id=new_id, db=db, state=JobState.QUEUED, input_name=job.input_name, stem=job.stem,
-                           kind=job.kind, file_id=job.file_id, source=job.source, sha256=job.sha256,
-                           pipeline=job.pipeline, pipeline_json=job.pipeline_json, retry_of=job.id,
-                           meta={"retry_of": job.id})
-        n = db.execute(
-            "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state) "
-            "SELECT ?, seq, line, custom_id, body, row, 'queued' FROM requests "
-            "WHERE job_id=? AND state IN ('failed','skipped')", (new_id, job.id)).rowcount
-        db.execute("UPDATE jobs SET total=?, prefix_json=?, model=?, mode=?, columns_json=? WHERE id=?",
-                   (n, job.prefix_json, job.model, job.mode, orjson.dumps(job.columns), new_id))
+    n = journal.add_retry(job, new_id)
     if n == 0:
-        with journal.transaction() as db:
-            db.execute("DELETE FROM jobs WHERE id=?", (new_id,))
         print(f"{job.id} has no failed requests to retry")
         return 1
     print(f"{new_id}: retrying {n} request(s) of {job.id}; results go to a new outbox folder")

@@ -23,7 +23,7 @@ from batchd.config import Settings
 from batchd.fsutil import fsync_dir
 from batchd.share import SharedFolder
 from batchd.errors import StorageError
-from batchd.journal import Job, JobState, Journal, Request, ReqState
+from batchd.journal import FinalStatus, Job, Journal, Request, ReqState
 from batchd.metrics import JobMetrics
 from batchd.pipeline import Pipeline
 from batchd.runner import result_id
@@ -45,7 +45,7 @@ class Outbox:
         self._share = SharedFolder.of(self.root, group=settings.group)
 
     def publish(self, job: Job) -> Path:
-        final = str(job.meta.get("final") or "completed")
+        final = (job.final or FinalStatus.COMPLETED).value
         if job.outbox_name:
             existing = self.root / job.outbox_name
             if _published_by(existing, job.id):
@@ -73,7 +73,7 @@ class Outbox:
         return target
 
     def _finish(self, job: Job, final: str, target: Path) -> None:
-        self.journal.update_job(job.id, state=JobState(final), finished_at=job.finished_at or time.time())
+        self.journal.published(job.id, FinalStatus(final), job.finished_at or time.time())
         log.info("job_published", job_id=job.id, input=job.input_name, status=final, outbox=str(target))
 
     def _free_name(self, job: Job) -> str:

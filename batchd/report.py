@@ -132,7 +132,7 @@ footer{color:#7b8794;font-size:12px;text-align:center;padding:8px}
 
 
 def render(job: Job, data: ReportData, samples: Sequence[Sample], metrics: dict[str, Any]) -> str:
-    final = str(metrics.get("status") or job.meta.get("final") or job.state.value)
+    final = str(metrics.get("status") or (job.final.value if job.final else job.state.value))
     facts = [("model", job.model), ("pipeline", job.pipeline or ("default" if job.kind == "csv" else None)),
              ("mode", job.mode), ("job", job.id), ("started", _when(job.started_at)),
              ("finished", _when(job.finished_at))]

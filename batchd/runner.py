@@ -8,6 +8,15 @@ every lane (``Gate``) without burning attempts; 5xx/503/timeouts are retried
 with exponential backoff and jitter up to ``backend.max_attempts``; a missing
 model fails the job at once. A monitor task reads VRAM (``vram``), pauses or
 resumes lanes per ``VramPolicy`` and samples progress into the journal.
+
+Stop, cancel and fatal errors are handled in one place. A lane looks at them
+before it takes a request (``_halted``). A *control* task polls the journal for
+a cancel every ``CONTROL_SECONDS`` and starts the grace clock at the moment of
+a stop; cancel, a fatal error or the end of the grace period set ``_abort``,
+which ends every lane at once, wherever it waits (the backend, a backoff, a
+call in flight). Every request taken from the journal and not yet recorded is
+in ``_taken``; at the end they all go back to ``queued``, and
+``Journal.end_run`` decides the job's state under its guard.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from batchd.config import Settings
 from batchd.context import ContextBudget, Conversation
 from batchd.errors import (
     BackendBusy,
+    BatchdError,
     BackendOutOfMemory,
     BackendUnavailable,
     ContextLengthExceeded,
@@ -37,7 +47,7 @@ from batchd.errors import (
     TransientError,
 )
 from batchd.ingest import full_body
-from batchd.journal import Job, Journal, Outcome, Request, ReqState
+from batchd.journal import Job, Journal, Outcome, Request, ReqState, RunOutcome
 from batchd.metrics import JobMetrics
 from batchd.replies import ReplyChecker, checker_for
 from batchd.serverside import ServerSide
@@ -51,6 +61,8 @@ FLUSH_ROWS = 512
 MONITOR_TICK = 0.25
 SAMPLE_SECONDS = 2.0
 METRICS_SECONDS = 2.0
+#: how often the control task looks for a cancel in the journal (a cancel is seen within this)
+CONTROL_SECONDS = 0.25
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -109,19 +121,29 @@ def _reply_checker(prefix: dict[str, Any] | None, pipeline_json: str | None) -> 
 
 
 class Gate:
-    """Open while the backend answers; closed during an outage, with one prober."""
+    """Open while the backend answers; closed during an outage, with one prober.
+
+    The prober never dies: a transient answer (refused, timeout, 5xx, 503) keeps it probing
+    with backoff; an answer that says the job cannot run (``JobError``: model gone, credentials
+    refused) ends the wait through ``on_fatal``; any other answer means the server is up.
+    """
 
     def __init__(self, backend: Backend, *, sleep: Sleep, clock: Callable[[], float],
-                 metrics: JobMetrics, max_wait: float = 30.0) -> None:
+                 metrics: JobMetrics, max_wait: float = 30.0,
+                 on_fatal: Callable[[JobError], None] | None = None) -> None:
         self.backend = backend
         self.sleep = sleep
         self.clock = clock
         self.metrics = metrics
         self.max_wait = max_wait
+        self.on_fatal = on_fatal
         self._open = asyncio.Event()
         self._open.set()
         self._prober: asyncio.Task[None] | None = None
         self.down_since: float | None = None
+        #: wall-clock time of the outage's start (the status line shows it)
+        self.down_since_wall: float | None = None
+        self.probes = 0
         self.reason = ""
 
     @property
@@ -133,6 +155,8 @@ class Gate:
             return
         self._open.clear()
         self.down_since = self.clock()
+        self.down_since_wall = time.time()
+        self.probes = 0
         self.reason = reason
         self.metrics.outages += 1
         log.warning("backend_down", host=self.backend.host, reason=reason)
@@ -145,16 +169,28 @@ class Gate:
         delay = 0.5
         while True:
             await self.sleep(delay)
+            self.probes += 1
             try:
                 await self.backend.ping()
-            except TransientError:
+            except TransientError as exc:
+                self.reason = str(exc)
+                delay = min(self.max_wait, delay * 2)
+                continue
+            except JobError as exc:
+                log.error("backend_refused", host=self.backend.host, code=exc.code, error=exc.message)
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+            except BatchdError as exc:  # it answered (a 400 to the probe): it is up; calls will tell more
+                log.warning("backend_probe_answer", host=self.backend.host, code=exc.code, error=exc.message)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave the gate closed for ever
+                log.error("backend_probe_failed", host=self.backend.host, error=repr(exc))
                 delay = min(self.max_wait, delay * 2)
                 continue
             break
         down = self.clock() - (self.down_since or self.clock())
         self.metrics.outage_seconds += down
         log.info("backend_up", host=self.backend.host, down_seconds=round(down, 1))
-        self.down_since = None
+        self.down_since = self.down_since_wall = None
         self._open.set()
 
     def cancel(self) -> None:
@@ -194,11 +230,17 @@ class JobRunner:
         self._base_counts = (0, 0)
         self.monitor_tick = MONITOR_TICK
         self.gate = Gate(backend, sleep=sleep, clock=clock, metrics=self.metrics,
-                         max_wait=settings.backend.backoff_max_seconds or 30.0)
+                         max_wait=settings.backend.backoff_max_seconds or 30.0, on_fatal=self._fail)
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
         self.replies = _reply_checker(self.prefix, job.pipeline_json)
         self.fatal: JobError | None = None
         self.cancelled = False
+        #: set when in-flight work is abandoned: cancel, a fatal error, the stop's grace period over
+        self._abort = asyncio.Event()
+        #: when the stop was seen (the grace period counts from here)
+        self.stopped_at: float | None = None
+        #: taken from the journal (marked running) and not yet recorded: back to queued at the end
+        self._taken: set[int] = set()
         self._pending: list[Outcome] = []
         self._last_flush = clock()
         self._metrics_saved = self._last_flush
@@ -207,39 +249,101 @@ class JobRunner:
 
     # -- the job ---------------------------------------------------------------------
 
-    async def run(self) -> str:
-        """Returns ``completed``, ``failed``, ``cancelled`` or ``interrupted`` (stop asked)."""
+    async def run(self) -> RunOutcome:
+        """One run of the job; ``Journal.end_run`` turns the outcome into the job's next state."""
         started = self.clock()
         own_source = self.vram_source is None
         source = self.vram_source or pick_source(self.settings, self.backend)
         counts = self.journal.counts(self.job.id)
         self._base_counts = (counts.get(ReqState.DONE.value, 0), counts.get(ReqState.FAILED.value, 0))
         monitor = asyncio.create_task(self._monitor(source))
+        control = asyncio.create_task(self._control())
         try:
             await self._pin_context()
-            if self.fatal is None:
+            if not self._halted():
                 self.server = ServerSide(backend=self.backend, metrics=self.metrics, job_id=self.job.id,
                                          model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx)
-                await self.server.start()
+                start = asyncio.ensure_future(self.server.start())
+                await _first(start, self._abort.wait())
+                if not start.done():
+                    start.cancel()
+                elif (failed := start.exception()) is not None:
+                    if not isinstance(failed, JobError):
+                        raise failed
+                    self._fail(failed)  # the version probe met a refusal: model gone, credentials
+            if not self._halted():
                 await self._run_lanes()
         finally:
+            control.cancel()
             monitor.cancel()
-            (ended,) = await asyncio.gather(monitor, return_exceptions=True)
-            if isinstance(ended, Exception):
-                log.error("monitor_failed", job_id=self.job.id, error=repr(ended))
+            ended = await asyncio.gather(monitor, control, return_exceptions=True)
+            for task_end in ended:
+                if isinstance(task_end, Exception):
+                    log.error("monitor_failed", job_id=self.job.id, error=repr(task_end))
             if own_source:
                 source.close()
             self.gate.cancel()
             self.metrics.busy_seconds += self.clock() - started
             self._sample()
             self.flush(force=True)
+            if self._taken:  # in flight or in the lanes' queue when the run ended: not lost, not done
+                self.journal.requeue(self.job.id, sorted(self._taken))
+                self._taken.clear()
         if self.fatal is not None:
-            return "failed"
+            return RunOutcome.FAILED
         if self.cancelled:
-            return "cancelled"
-        if self.stop.is_set() and self.journal.counts(self.job.id).get(ReqState.QUEUED.value):
-            return "interrupted"
-        return "completed"
+            return RunOutcome.CANCELLED
+        if self.stop.is_set():
+            return RunOutcome.INTERRUPTED
+        return RunOutcome.COMPLETED
+
+    def _halted(self) -> bool:
+        """No new request is taken: stop, cancel or a fatal error."""
+        return self.stop.is_set() or self.cancelled or self.fatal is not None
+
+    def _fail(self, exc: JobError) -> None:
+        """The whole job cannot go on (model gone, credentials refused): end every lane now."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("job_failed_fast", job_id=self.job.id, code=exc.code, error=exc.message)
+        self._abort.set()
+
+    def _check_cancel(self) -> None:
+        if not self.cancelled and self.journal.cancel_requested(self.job.id):
+            self.cancelled = True
+            log.info("job_cancelling", job_id=self.job.id)
+            self._abort.set()
+
+    async def _control(self) -> None:
+        """Cancel within CONTROL_SECONDS in every state; the stop's grace period from its moment."""
+        stop = asyncio.ensure_future(self.stop.wait())
+        try:
+            while not self._abort.is_set():
+                self._check_cancel()
+                if self.stop.is_set():
+                    break
+                await _first(self.sleep(CONTROL_SECONDS), stop, self._abort.wait())
+            if self._abort.is_set():
+                return
+            self.stopped_at = self.clock()
+            self._wake_lanes()
+            grace = self.settings.shutdown_grace_seconds
+            log.info("job_stopping", job_id=self.job.id, in_flight=self.in_flight, grace_seconds=grace)
+            end = asyncio.ensure_future(self.sleep(grace))
+            while not end.done() and not self._abort.is_set():
+                await _first(end, self.sleep(CONTROL_SECONDS), self._abort.wait())
+                self._check_cancel()
+            if not self._abort.is_set():
+                if self.in_flight:
+                    log.warning("shutdown_grace_expired", job_id=self.job.id, in_flight=self.in_flight)
+                self._abort.set()
+            end.cancel()
+        finally:
+            stop.cancel()
+
+    def _wake_lanes(self) -> None:
+        self._lanes_changed.set()
+        self._lanes_changed = asyncio.Event()
 
     async def _pin_context(self) -> None:
         """One num_ctx for the whole job: a different value would reload the model."""
@@ -258,7 +362,7 @@ class JobRunner:
                     trained = None
                     break
                 except JobError as exc:
-                    self.fatal = exc
+                    self._fail(exc)
                     return
             cap = self.settings.context.num_ctx_cap
             self.num_ctx = self.settings.context.num_ctx or min(trained or cap, cap)
@@ -266,13 +370,9 @@ class JobRunner:
         self.metrics.num_ctx = self.num_ctx
 
     async def _wait_gate(self) -> bool:
-        """Wait for the backend; True when asked to stop meanwhile."""
-        stopper = asyncio.create_task(self.stop.wait())
-        opener = asyncio.create_task(self.gate.wait())
-        await asyncio.wait({stopper, opener}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        opener.cancel()
-        return not self.gate.is_open
+        """Wait for the backend; True when the job must not go on (stop, cancel, fatal)."""
+        await _first(self.gate.wait(), self.stop.wait(), self._abort.wait())
+        return not self.gate.is_open or self._halted()
 
     def new_conversation(self, lane: int) -> Conversation:
         if self.budget is None:
@@ -286,69 +386,59 @@ class JobRunner:
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.lanes * 2)
         lanes = [asyncio.create_task(self._lane(i, queue)) for i in range(self.lanes)]
         feeder = asyncio.create_task(self._feed(queue))
-        await feeder
-        self._closing = True  # paused lanes leave now; the active ones drain the queue
-        self._lanes_changed.set()
-        for _ in lanes:
-            await queue.put(None)
-        grace = self.settings.shutdown_grace_seconds
-        if self.stop.is_set():
-            done, pending = await asyncio.wait(lanes, timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("shutdown_grace_expired", job_id=self.job.id, in_flight=len(pending))
-            await asyncio.gather(*lanes, return_exceptions=True)
-        else:
-            await asyncio.gather(*lanes)
+        try:
+            await _first(asyncio.wait(lanes), self._abort.wait())
+        finally:
+            for task in (*lanes, feeder):
+                task.cancel()  # a no-op for the ones already done
+            ended = await asyncio.gather(*lanes, feeder, return_exceptions=True)
+        for end in ended:
+            if isinstance(end, Exception):
+                raise end
 
     async def _feed(self, queue: asyncio.Queue[Request | None]) -> None:
         chunk = max(64, self.lanes * 16)
-        while not self._should_stop():
-            batch = self.journal.take_pending(self.job.id, chunk)
-            if not batch:
-                return
-            for i, req in enumerate(batch):
-                if self._should_stop():
-                    self.journal.requeue(self.job.id, [r.seq for r in batch[i:]])
-                    return
-                await queue.put(req)
-        # Requests queued for lanes but never started go back to the journal's queue.
-        left = []
-        while not queue.empty():
-            item = queue.get_nowait()
-            if item is not None:
-                left.append(item.seq)
-        if left:
-            self.journal.requeue(self.job.id, left)
+        try:
+            while not self._should_stop():
+                batch = self.journal.take_pending(self.job.id, chunk)
+                if not batch:
+                    break
+                self._taken.update(r.seq for r in batch)
+                for req in batch:
+                    if self._should_stop():
+                        break
+                    await queue.put(req)
+        finally:
+            self._closing = True  # paused lanes leave now; the active ones drain the queue
+            self._wake_lanes()
+        for _ in range(self.lanes):
+            await queue.put(None)
 
     def _should_stop(self) -> bool:
         if self.clock() - self._last_flush > FLUSH_SECONDS:
             self.flush()
-        return self.stop.is_set() or self.fatal is not None or self.cancelled
+        return self._halted()
 
     async def _lane(self, index: int, queue: asyncio.Queue[Request | None]) -> None:
         conv = self.new_conversation(index)
         while True:
             # A lane over the VRAM policy's count pauses between requests, never mid-request.
-            while index >= self.active_lanes and not self._closing:
+            while index >= self.active_lanes and not self._closing and not self._halted():
                 changed = self._lanes_changed
                 await changed.wait()
-            if index >= self.active_lanes:
+            if index >= self.active_lanes or self._halted():
                 return
             req = await queue.get()
-            if req is None:
-                return
-            if self.fatal is not None or self.cancelled:
-                self.journal.requeue(self.job.id, [req.seq])
-                continue
+            if req is None or self._halted():
+                return  # a request taken but not started stays in _taken: back to queued at the end
             self.in_flight += 1
             try:
                 outcome = await self._execute(req, conv, index)
             finally:
                 self.in_flight -= 1
-            if outcome is None:  # job-level failure: leave the request to the skip sweep
+            if outcome is None:  # stopped while the backend was away: back to queued at the end
                 continue
+            self._taken.discard(req.seq)
             self._pending.append(outcome)
             self.metrics.count_outcome(outcome.state is ReqState.DONE, (outcome.error or {}).get("code"))
             if outcome.state is ReqState.DONE:
@@ -387,7 +477,6 @@ class JobRunner:
                 attempts -= 1  # an outage pauses the job; it is not this request's fault
                 self.gate.close(str(exc))
                 if await self._wait_gate():
-                    self.journal.requeue(self.job.id, [req.seq])
                     return None
                 continue
             except ContextLengthExceeded as exc:
@@ -409,10 +498,7 @@ class JobRunner:
                 await self.sleep(delay)
                 continue
             except JobError as exc:
-                if self.fatal is None:
-                    self.fatal = exc
-                    log.error("job_failed_fast", job_id=self.job.id, code=exc.code, error=exc.message)
-                self.journal.requeue(self.job.id, [req.seq])
+                self._fail(exc)
                 return None
             except RequestError as exc:
                 return self._failure(req, attempts, exc)
@@ -511,12 +597,19 @@ class JobRunner:
         if self._pending:
             batch, self._pending = self._pending, []
             self.journal.record(self.job.id, batch)
-        current = self.journal.job(self.job.id)
-        if current is not None and current.cancel_requested and not self.cancelled:
-            self.cancelled = True
-            log.info("job_cancelling", job_id=self.job.id)
         # Each journal write is an fsync that stalls every lane's event loop for a few ms,
         # so the counters (a restart continues from them) go at most every METRICS_SECONDS.
         if force or self._last_flush - self._metrics_saved >= METRICS_SECONDS:
             self._metrics_saved = self._last_flush
             self.journal.update_job(self.job.id, metrics={"state": self.metrics.to_state()})
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    """Wait until the first of ``aws`` is done; cancel the others (those this call wrapped)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task, aw in zip(tasks, aws):
+            if task is not aw:  # a future the caller passed in is the caller's to cancel
+                task.cancel()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from batchd.journal import Job, JobState, Journal, NewRequest, Outcome, ReqState
+from batchd.journal import FinalStatus, Job, JobState, Journal, NewRequest, Outcome, ReqState
 from batchd.pipeline import Pipeline
 from batchd.report import TOP_N, ReportData, render, write_report
 from batchd.scores import Scored, ScoreSheet
@@ -26,7 +26,7 @@ def _job(**kw: object) -> Job:
         pipeline="cands", pipeline_json=None, prefix_json=None, model="gemma3:270m", mode="isolated",
         state=JobState.FINALIZING, error=None, duplicate_of=None, retry_of=None, cancel_requested=False, total=0,
         columns=[], created_at=1000.0, started_at=1000.0, finished_at=2000.0, outbox_name=None, metrics={},
-        meta={"final": "completed", "num_ctx": 8192}, file_id=None, spool=None)
+        meta={"num_ctx": 8192}, file_id=None, spool=None, final=FinalStatus.COMPLETED)
     fields.update(kw)
     return Job(**fields)  # type: ignore[arg-type]
 
@@ -114,7 +114,7 @@ def test_zero_or_one_sample_degrades_to_a_note(n: int) -> None:
 
 def test_no_scores_at_all() -> None:
     data = _data(0, failed=2)
-    page = render(_job(meta={"final": "failed"}), data, [], {"status": "failed"})
+    page = render(_job(final=FinalStatus.FAILED), data, [], {"status": "failed"})
     assert "No scores" in page and "class='badge failed'" in page and "invalid_reply" in page
 
 

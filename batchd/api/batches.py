@@ -42,7 +42,7 @@ from batchd.config import Settings
 from batchd.errors import StorageError
 from batchd.fsutil import fsync_dir
 from batchd.inbox import pipeline_for, safe_stem
-from batchd.journal import FINISHED, Job, JobState, Journal, ReqState
+from batchd.journal import FINISHED, FinalStatus, Job, JobState, Journal, ReqState
 from batchd.ops import request_cancel
 
 log = structlog.get_logger("batchd.api")
@@ -312,13 +312,13 @@ class BatchService:
 
 
 def _status(job: Job) -> BatchStatus:
-    final = job.meta.get("final")
+    final = job.final
     if job.state is JobState.INGESTING:
         return "validating"
     if job.state in (JobState.QUEUED, JobState.RUNNING):
         return "cancelling" if job.cancel_requested else "in_progress"
     if job.state is JobState.FINALIZING:
-        return "cancelling" if final == "cancelled" else "finalizing"
+        return "cancelling" if final is FinalStatus.CANCELLED else "finalizing"
     if job.state is JobState.FAILED:
         return "failed"
     if job.state is JobState.CANCELLED:

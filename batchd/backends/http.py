@@ -22,9 +22,9 @@ from batchd.errors import (
     BackendUnavailable,
     BadRequest,
     ContextLengthExceeded,
-    JobError,
     ModelNotFound,
     TransientError,
+    Unauthorized,
 )
 
 # A crashed runner: out of memory mostly. "llama runner process has terminated" is the Go runner's
@@ -135,7 +135,7 @@ def raise_for_status(status: int, message: str, *, model: str, code: str | None 
         raise ModelNotFound(message or f"model {model!r} not found", status_code=404)
     if status in (401, 403):
         # A wrong or missing API key fails every request alike: stop the job, not 170,000 lines.
-        raise JobError(f"the server refused the credentials (HTTP {status}): {message}", status_code=status)
+        raise Unauthorized(f"the server refused the credentials (HTTP {status}): {message}", status_code=status)
     if status in (429, 503):
         raise BackendBusy(message, status_code=status, retry_after=seconds(retry_after))
     if status >= 500:
