@@ -245,17 +245,29 @@ class Conversation:
 
     # -- hearing back ----------------------------------------------------------------
 
+    def counted(self, result: ChatResult) -> int:
+        """The prompt tokens the server saw, as well as the reply tells; 0 when it does not say
+        (older Ollama omits ``prompt_eval_count`` on a cache hit). A server that counts only the
+        uncached part but reports the cached part beside it (``prompt_eval_cached_count``) is
+        added up; one whose count already holds the cached part (OpenAI's) is taken as it is."""
+        reported = result.prompt_tokens or 0
+        cached = result.cached_tokens
+        if reported and cached and abs(reported + cached - self._predicted) < abs(reported - self._predicted):
+            return reported + cached
+        return reported
+
     def truncation(self, result: ChatResult) -> str | None:
         """Why the reply shows the prompt did not fit (``prompt_truncated``, ``length_at_window``), or None."""
-        reported = result.prompt_tokens
+        reported = self.counted(result)
         if reported and self._predicted and not self._counts_cache_only(reported):
             calibrated = self.budget.estimate.samples >= 1
             low = reported < (TRUNCATED_BELOW if calibrated else TRUNCATED_BELOW_UNCALIBRATED) * self._predicted
-            grown = self._predicted - self._previous_predicted
-            if self._extends and self._previous_prompt and grown >= GROWTH_MIN_TOKENS:
-                # The call holds the whole previous one, so its true size grew by what was
-                # added, whatever the chars-per-token ratio of the whole is.
-                low = low or reported < self._previous_prompt + GROWTH_SEEN * grown
+            if self._extends and self._previous_prompt:
+                # The call holds the whole previous one, so it grew by what was added: the previous
+                # answer and the new turn, estimated with one ratio (never two estimates subtracted).
+                grown = self.budget.estimate.messages(self._sent[len(self._previous) - 1:])
+                if grown >= GROWTH_MIN_TOKENS:
+                    low = low or reported < self._previous_prompt + GROWTH_SEEN * grown
             if low:
                 return "prompt_truncated"
         if result.finish_reason == "length" and reported + self._headroom > self.budget.window:
@@ -307,7 +319,7 @@ class Conversation:
     def record(self, messages: list[Message], result: ChatResult, *, prefix_len: int | None = None) -> None:
         """A reply arrived for ``messages`` (the request's own messages, not the history)."""
         est = self.budget.estimate
-        reported = result.prompt_tokens
+        reported = self.counted(result)
         counted = bool(reported) and not self._counts_cache_only(reported)
         if counted and self.truncation(result) is None:
             if abs(reported - self._predicted) <= 0.25 * self._predicted:

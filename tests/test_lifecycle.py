@@ -282,3 +282,25 @@ def test_redrop_after_a_pipeline_edit_is_new_work(make_settings: Callable[..., S
     assert _claim_all(settings, journal) == [JobState.QUEUED]
     states = [j.state for j in journal.jobs()]
     assert states.count(JobState.FINALIZING) == 1
+
+
+def test_truncation_reads_missing_and_split_prompt_counts_right() -> None:
+    from batchd.backends.base import ChatResult
+    from tests.test_context import SYSTEM, conv, reply, turn, user
+
+    c = conv(num_ctx=8192)
+    for i in range(6):  # equal-length turns: every one crosses the same rounding steps
+        turn(c, [SYSTEM, user(i, 300)])
+    sent = c.build([SYSTEM, user(7, 300)], 64)
+    full = reply(sent)
+    assert c.truncation(full) is None
+    # No prompt_eval_count at all (older Ollama on a cache hit): no verdict either way.
+    assert c.truncation(ChatResult(content=full.content, finish_reason="stop", prompt_tokens=0,
+                                   completion_tokens=1, model="m")) is None
+    # Only the uncached part counted, the cached part reported beside it (prompt_eval_cached_count).
+    cached = c._cached
+    split = ChatResult(content=full.content, finish_reason="stop", prompt_tokens=full.prompt_tokens - cached,
+                       completion_tokens=1, model="m", cached_tokens=cached)
+    assert c.counted(split) == full.prompt_tokens and c.truncation(split) is None
+    # A real cut is still seen.
+    assert c.truncation(reply(sent, prompt=full.prompt_tokens // 2)) == "prompt_truncated"
