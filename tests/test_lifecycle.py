@@ -304,3 +304,24 @@ def test_truncation_reads_missing_and_split_prompt_counts_right() -> None:
     assert c.counted(split) == full.prompt_tokens and c.truncation(split) is None
     # A real cut is still seen.
     assert c.truncation(reply(sent, prompt=full.prompt_tokens // 2)) == "prompt_truncated"
+
+
+def test_a_version_1_journal_migrates_its_final_status_and_api_tables(tmp_path: Path) -> None:
+    import sqlite3
+
+    from batchd.journal import _MIGRATIONS, SCHEMA_VERSION, FinalStatus
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN; {_MIGRATIONS[1]} PRAGMA user_version=1; COMMIT;")
+    db.execute("CREATE TABLE api_files (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, role TEXT NOT NULL, "
+               "filename TEXT NOT NULL, bytes INTEGER NOT NULL DEFAULT 0, sha256 TEXT, spool TEXT, batch_id TEXT, "
+               "created_at REAL NOT NULL)")  # made ad hoc by an older API
+    db.execute("INSERT INTO jobs (id, seq, input_name, stem, kind, state, created_at, meta_json) "
+               "VALUES ('old1', 1, 'a.csv', 'a', 'csv', 'finalizing', 0, ?)", (orjson.dumps({"final": "cancelled"}),))
+    db.close()
+    journal = Journal(path)
+    job = journal.job("old1")
+    assert job is not None and job.final is FinalStatus.CANCELLED and job.work_key is None
+    assert journal._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
+    assert journal.api_batch("none") is None and journal.api_file("none") is None
