@@ -576,6 +576,9 @@ class Journal:
         return len(batch)
 
     def update_job(self, job_id: str, db: sqlite3.Connection | None = None, **fields: Any) -> None:
+        """A job's data (metrics, meta, outbox name); its state changes only through the transitions."""
+        if "state" in fields or "final" in fields:
+            raise ValueError("a job's state changes through the lifecycle methods, not update_job")
         encode = {"error": _dumps, "metrics": _dumps, "columns": _dumps, "meta": _dumps}
         cols, args = [], []
         for key, value in fields.items():

@@ -41,7 +41,7 @@ def test_take_pending_marks_running_in_order_and_recover_requeues(tmp_path: Path
     assert [r.seq for r in first] == [1, 2, 3, 4]
     assert j.counts("job1") == {"running": 4, "queued": 6}
     j.record("job1", [Outcome(seq=1, state=ReqState.DONE, attempts=1, result={"ok": 1}, prompt_tokens=3)])
-    j.update_job("job1", state=JobState.RUNNING)
+    assert j.start_run("job1", 0.0)
     # a crash here: a new process recovers
     j2 = Journal(tmp_path / "j.sqlite3")
     assert j2.recover() == {"requests": 3, "jobs": 1, "ingesting": 0}

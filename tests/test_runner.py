@@ -59,7 +59,7 @@ def queued_job(settings: Settings, journal: Journal, n: int, **kw: Any) -> Job:
     assert claimed is not None
     if claimed.state is JobState.INGESTING:
         claimer.ingest(claimed.job_id)
-    journal.update_job(claimed.job_id, state=JobState.RUNNING)
+    assert journal.start_run(claimed.job_id, 0.0)
     job = journal.job(claimed.job_id)
     assert job is not None
     return job
@@ -141,6 +141,7 @@ def test_vram_pressure_pauses_a_lane_goes_aggressive_and_recovers(
 def test_oom_trims_aggressively_backs_off_and_counts(
         make_settings: Callable[..., Settings], emulator: Emulator) -> None:
     settings = make_settings(context={"num_ctx": 8192})
+    emulator.latency = 0.02  # the fault goes in while calls are left (at zero latency the job could be over)
 
     async def scenario(r: JobRunner) -> None:
         await until(lambda: r.done >= 3)
