@@ -330,21 +330,35 @@ class Journal:
             raise StorageError(f"journal read failed: {exc}") from exc
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StorageError(f"journal schema {version} is newer than this batchd ({SCHEMA_VERSION})")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;")
-            if target == 2:
-                self._backfill_final()
+        """Each step reads the version and moves it on in one BEGIN IMMEDIATE transaction, so two
+        processes opening a fresh journal at once (the daemon and ``batchd status``) cannot both run it."""
+        while True:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StorageError(f"journal schema {version} is newer than this batchd ({SCHEMA_VERSION})")
+                if version == SCHEMA_VERSION:
+                    self._db.execute("COMMIT")
+                    return
+                target = version + 1
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                if target == 2:
+                    self._backfill_final()
+                self._db.execute(f"PRAGMA user_version={target}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def _backfill_final(self) -> None:
-        """Version 1 kept the final status in meta_json; move it to its column."""
-        with self.transaction() as db:
-            for job_id, meta in db.execute("SELECT id, meta_json FROM jobs").fetchall():
-                final = (_loads(meta) or {}).get("final")
-                if final in FinalStatus._value2member_map_:
-                    db.execute("UPDATE jobs SET final=? WHERE id=?", (final, job_id))
+        """Version 1 kept the final status in meta_json; move it to its column (inside the migration)."""
+        for job_id, meta in self._db.execute("SELECT id, meta_json FROM jobs").fetchall():
+            final = (_loads(meta) or {}).get("final")
+            if final in FinalStatus._value2member_map_:
+                self._db.execute("UPDATE jobs SET final=? WHERE id=?", (final, job_id))
 
     def integrity_check(self) -> str:
         return str(self._query("PRAGMA integrity_check")[0][0])

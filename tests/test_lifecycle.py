@@ -325,3 +325,25 @@ def test_a_version_1_journal_migrates_its_final_status_and_api_tables(tmp_path: 
     assert job is not None and job.final is FinalStatus.CANCELLED and job.work_key is None
     assert journal._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
     assert journal.api_batch("none") is None and journal.api_file("none") is None
+
+
+def test_two_processes_opening_a_fresh_journal_at_once_migrate_it_once(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "fresh.sqlite3"
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            Journal(path).close()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
