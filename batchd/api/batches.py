@@ -245,7 +245,10 @@ class BatchService:
     async def cancel(self, rec: BatchRecord) -> BatchObject:
         ingesting = self.pending.get(rec.id)
         if ingesting is not None:
-            # Ingest ends by setting the job queued: cancelling before that would be overwritten.
+            # Ingest looks for a cancel between batches of rows and ends the job cancelled
+            # (``Journal.finish_ingest``): ask first, then wait the moment it takes.
+            if request_cancel(self.journal, rec.job_id) == "cancelling":
+                self.store.mark(rec.id, cancelling_at=time.time())
             await asyncio.shield(ingesting)
         view = self.batch_object(rec)
         if view.status in ("cancelling", "cancelled"):

@@ -390,6 +390,7 @@ def test_hooks_ready_watchdog_and_status_during_a_long_job(make_settings: Callab
     assert progress and re.fullmatch(r"job\.jsonl: [\d,]+/80 \(\d+\.\d%\)(, [\d.]+ req/s, ETA \w+)?, queue \d",
                                      progress[0]), progress
     host = emulator.url.split("://")[1]
-    assert any(re.fullmatch(rf"waiting for backend at {re.escape(host)} \(down \d+s\)", s) for s in statuses)
+    assert any(re.fullmatch(rf"waiting for backend at {re.escape(host)} since \d\d:\d\d:\d\d "
+                            rf"\(down \d+s, \d+ probes; .*\)", s) for s in statuses), statuses
     beats = [c[0] for c in daemon.calls if c[1] == "watchdog"]
     assert max(b - a for a, b in zip(beats, beats[1:])) < 1.0  # the loop never blocked for long

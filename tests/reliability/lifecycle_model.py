@@ -50,10 +50,11 @@ kill = st.tuples(st.just("kill"), st.integers(0, 40))  # after this many more ca
 
 
 def scripts(*, kills: bool = False) -> st.SearchStrategy[list[Action]]:
-    """A first drop, then up to seven more actions."""
-    kinds = [drop, stop, down, burst, refuse, cancel, retry, redrop, edit, wait]
+    """A first drop, then up to seven more actions (drops and cancels drawn twice as often: a cancel
+    needs a job that is not over yet)."""
+    kinds = [drop, drop, stop, down, burst, refuse, cancel, cancel, retry, redrop, edit, wait]
     if kills:
-        kinds = [drop, kill, down, burst, cancel, redrop, edit, wait]
+        kinds = [drop, drop, kill, kill, down, burst, cancel, redrop, edit, wait]
     return st.tuples(drop, st.lists(st.one_of(*kinds), min_size=1, max_size=7)).map(lambda t: [t[0], *t[1]])
 
 
