@@ -94,7 +94,10 @@ def test_missing_model_fails_fast_not_once_per_line(folders: Folders, emulator: 
     assert m["status"] == "failed"
     assert "not found" in m["error"]["message"]
     assert emulator.chat_count <= 2
-    assert len(read_jsonl(folders.outbox / "m" / "errors.jsonl")) <= 2
+    # Fast, yet every line accounted for: each one fails with the job's reason, plus the job's own line.
+    errors = read_jsonl(folders.outbox / "m" / "errors.jsonl")
+    assert len(errors) == 301 and {e["error"]["code"] for e in errors} == {"model_not_found"}
+    assert sorted(e["custom_id"] for e in errors if e["custom_id"]) == [f"req-{i:06d}" for i in range(300)]
 
 
 def test_server_errors_are_retried_then_succeed(folders: Folders, emulator: Emulator) -> None:
