@@ -526,7 +526,8 @@ class Journal:
                 db.execute("UPDATE requests SET state='queued' WHERE job_id=? AND state='running'", (job_id,))
                 db.execute("UPDATE jobs SET state='queued' WHERE id=?", (job_id,))
                 return None
-            sets, args = ["state='finalizing'", "final=?", "finished_at=?"], [final.value, time.time()]
+            sets = ["state='finalizing'", "final=?", "finished_at=?"]
+            args: list[Any] = [final.value, time.time()]
             if error is not None:
                 sets.append("error=?")
                 args.append(_dumps(error))
