@@ -286,7 +286,9 @@ class Killed(World):
             _reset(self.emu)
             wait_for(self._quiet, timeout=QUIET_SECONDS, interval=0.1)
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=15) == 0
+            # 0 once its handler is in place; a SIGTERM during interpreter start-up (the restart after
+            # the last kill found nothing to do) ends it by the signal, which systemd counts as clean.
+            assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
             journal = Journal(self.f.state / "journal.sqlite3")
             try:
                 check_quiet(self.f.outbox, journal, drops=self.drops, tally=self.tally)
@@ -333,6 +335,8 @@ def test_lifecycle_properties_kill9(emulator: Emulator) -> None:
     @example(script=[("drop", "jsonl", 24), ("kill", 5), ("drop", "csv", 10), ("kill", 3), ("redrop", 0)])
     # found: the daemon and a reader opening a fresh journal at once both ran migration 1
     @example(script=[("drop", "jsonl", 3), ("drop", "jsonl", 3)])
+    # found: SIGTERM right after the restart, before the handler was installed (the test's driver)
+    @example(script=[("drop", "jsonl", 10), ("burst", "drop", 5), ("edit", 6), ("kill", 19)])
     def scenario(script: list[Action]) -> None:
         _reset(emulator)
         folders = _folders()
