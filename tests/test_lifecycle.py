@@ -207,7 +207,7 @@ def test_a_cancel_that_arrives_as_the_last_request_finishes_reports_completed(
 
     monkeypatch.setattr(JobRunner, "flush", flush)
     run_daemon_once(settings)
-    (folder,) = [p for p in folders.outbox.iterdir() if not p.name.startswith(".")]
+    (folder,) = [p for p in folders.outbox.iterdir() if p.is_dir() and not p.name.startswith(".")]
     metrics = orjson.loads((folder / "metrics.json").read_bytes())
     assert metrics["status"] == "completed" and metrics["request_counts"]["completed"] == 5
 
