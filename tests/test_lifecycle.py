@@ -347,3 +347,53 @@ def test_two_processes_opening_a_fresh_journal_at_once_migrate_it_once(tmp_path:
     for t in threads:
         t.join()
     assert errors == []
+
+
+class DilatedClock:
+    """A fake clock running 100x faster than the real one: a production-size grace (30 s) in 0.3 s."""
+
+    SCALE = 100.0
+
+    def __init__(self) -> None:
+        import time as _time
+
+        self._t0 = _time.monotonic()
+        self._mono = _time.monotonic
+
+    def __call__(self) -> float:
+        return (self._mono() - self._t0) * self.SCALE
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self.SCALE)
+
+
+def test_the_grace_period_is_counted_on_the_runners_clock_from_the_stop(
+        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    emulator.latency = 2.0  # = 200 s on the fake clock: far beyond the grace
+    settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated", "num_ctx": 4096},
+                             shutdown_grace_seconds=30.0)
+    journal = Journal(settings.state_dir / "journal.sqlite3")
+    clock = DilatedClock()
+
+    async def go() -> tuple[JobRunner, str, float, float]:
+        job = queued_job(settings, journal, 6)
+        backend = make_backend(settings)
+        runner = JobRunner(settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(),
+                           vram_source=FakeGpu(), sleep=clock.sleep, clock=clock)
+        runner.monitor_tick = 0.5
+        try:
+            task = asyncio.create_task(runner.run())
+            await until(lambda: runner.in_flight == 2)
+            await asyncio.sleep(0.2)  # 20 fake seconds of the calls go by before the stop
+            stop_at = clock()
+            runner.stop.set()
+            outcome = await asyncio.wait_for(task, 5)
+            return runner, outcome, stop_at, clock()
+        finally:
+            await backend.aclose()
+
+    runner, outcome, stop_at, ended = asyncio.run(go())
+    assert outcome == "interrupted" and runner.stopped_at is not None
+    assert runner.stopped_at - stop_at < 5  # the grace clock starts at the stop ...
+    assert 30 <= ended - stop_at < 45  # ... and runs its 30 s, not less for the calls' earlier time
+    assert journal.counts(runner.job.id) == {"queued": 6}  # both calls abandoned, back in the queue
