@@ -19,7 +19,7 @@ import pytest
 
 from batchd.config import Settings
 from batchd.share import SharedFolder
-from tests.conftest import Folders, read_jsonl, run_daemon_once, write_jsonl
+from tests.conftest import Folders, outbox_entries, read_jsonl, run_daemon_once, write_jsonl
 
 
 @pytest.fixture
@@ -66,8 +66,10 @@ def test_every_published_file_carries_the_outbox_group_under_umask_0077(
     os.chmod(folders.inbox / "batch.jsonl", 0o600)  # the spool copy keeps no trace of the drop's mode
     (folders.inbox / "notes.txt").write_text("not a batch\n")  # rejected: an error record only
     run_daemon_once(make_settings())
-    names = sorted(os.listdir(folders.outbox))
+    names = [p.name for p in outbox_entries(folders.outbox)]
     assert names == ["batch", "notes"], names
+    # the live status page at the root is published for the same readers (checked below with the rest)
+    assert {"!status.html", "!status.json"} <= set(os.listdir(folders.outbox))
     assert {p.name for p in (folders.outbox / "batch").iterdir()} >= {
         "results.jsonl", "errors.jsonl", "scores.csv", "metrics.json", "report.html", "input.jsonl"}
     _assert_group_readable(_published(folders.outbox), gid)
