@@ -42,7 +42,7 @@ def run_lines(settings: Settings, bodies: list[dict[str, Any]],
     assert claimed is not None
     if claimed.state is JobState.INGESTING:
         claimer.ingest(claimed.job_id)
-    journal.update_job(claimed.job_id, state=JobState.RUNNING)
+    assert journal.start_run(claimed.job_id, 0.0)
     job = journal.job(claimed.job_id)
     assert job is not None
 
@@ -174,7 +174,8 @@ def test_ollama_0_30_0_is_known_to_count_only_uncached_prompt_tokens(
     (note,) = [e for e in events if e["event"] == "server_version"]
     assert note["log_level"] == "info" and "uncached" in note["note"]
     emulator.version = "0.30.1"
-    runner, outcome, events = run_lines(make_settings(), [user(0)])
+    # other lines: the same file again would be a duplicate of the first job (same work), not a new run
+    runner, outcome, events = run_lines(make_settings(), [user(1)])
     assert runner.budget is not None and not runner.budget.counts_cache_only
 
 
