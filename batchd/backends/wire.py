@@ -37,7 +37,7 @@ def parse(model: type[_W], data: Any) -> _W:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise BackendServerError(f"reply has no valid {field_path(first['loc'])} ({first['msg']})",
-                                 status_code=502) from None
+                                 status_code=502) from exc
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
