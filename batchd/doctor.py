@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from batchd.backends.ollama import OllamaBackend
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, ModelNotFound
 from batchd.redact import redact_url
@@ -91,7 +92,7 @@ async def _host(settings: Settings, url: str) -> list[Check]:
                            "check backend.api_key / backend.api_key_file" if kind == "openai" else "")]
         res.append(("OK", f"model {model} present, context length {ctx or 'not reported'}", ""))
         res.append(_num_ctx(settings, ctx))
-        if kind == "ollama":
+        if isinstance(backend, OllamaBackend):
             res.extend(await _ollama(settings, backend))
         elif kind == "openai":
             res.extend(await _ollama_behind_v1(url))
@@ -106,13 +107,13 @@ async def _host(settings: Settings, url: str) -> list[Check]:
         await backend.aclose()
 
 
-async def _ollama(settings: Settings, backend: Any) -> list[Check]:
+async def _ollama(settings: Settings, backend: OllamaBackend) -> list[Check]:
     """Ollama only: its version and what it lacks; how many requests it serves at once."""
     from batchd.backends.ollama_facts import version_notes
 
-    read = getattr(backend, "version", None)
+    version: str | None
     try:
-        version = await read() if read is not None else None
+        version = await backend.version()
     except BatchdError:
         version = None
     notes = version_notes(version)
@@ -128,8 +129,6 @@ async def _ollama(settings: Settings, backend: Any) -> list[Check]:
 
 async def _ollama_behind_v1(url: str) -> list[Check]:
     """The openai backend pointed at Ollama's own ``/v1``: it works, but blind."""
-    from batchd.backends.ollama import OllamaBackend
-
     probe = OllamaBackend(url=url.rstrip("/").removesuffix("/v1"), timeout=5, connect_timeout=2)
     try:
         version = await probe.version()
@@ -137,10 +136,8 @@ async def _ollama_behind_v1(url: str) -> list[Check]:
         return []
     finally:
         await probe.aclose()
-    if version is None:
-        return []
-    return [("WARN", f"{probe.host} is Ollama {version}: its /v1 endpoint cuts prompts silently at the server's "
-                     "default window (OLLAMA_CONTEXT_LENGTH; num_ctx cannot be sent) and reports no cached tokens",
+    return [("WARN", (f"{probe.host} is Ollama {version}: its /v1 endpoint cuts prompts silently at the server's "
+                      "default window (OLLAMA_CONTEXT_LENGTH; num_ctx cannot be sent) and reports no cached tokens"),
              "set backend.kind = ollama: batchd then pins num_ctx and sees an overflow as an error")]
 
 
@@ -154,8 +151,8 @@ def _parallel(lanes: int, found: tuple[int, str] | None) -> Check:
             else "OLLAMA_NUM_PARALLEL is not set where batchd can see it, and Ollama's default is 1")
     fewer = found[0] if found is not None else 1
     return ("WARN", f"backend.lanes={lanes}, but {seen}: extra lanes only queue on the server",
-            f"systemctl edit ollama: [Service] Environment=OLLAMA_NUM_PARALLEL={lanes}, then restart ollama "
-            f"(each parallel request needs its own num_ctx of VRAM); or set backend.lanes = {fewer}")
+            (f"systemctl edit ollama: [Service] Environment=OLLAMA_NUM_PARALLEL={lanes}, then restart ollama "
+             f"(each parallel request needs its own num_ctx of VRAM); or set backend.lanes = {fewer}"))
 
 
 def _server_num_parallel(host: str) -> tuple[int, str] | None:
@@ -166,7 +163,7 @@ def _server_num_parallel(host: str) -> tuple[int, str] | None:
     if exe is not None:
         try:
             out = subprocess.run([exe, "show", "ollama.service", "--property=Environment", "--value"],
-                                 capture_output=True, text=True, timeout=5).stdout
+                                 capture_output=True, text=True, timeout=5, check=False).stdout
         except (OSError, subprocess.TimeoutExpired):
             out = ""
         found = re.search(r"(?:^|\s)OLLAMA_NUM_PARALLEL=(\d+)", out)
@@ -185,11 +182,11 @@ async def _embedded(settings: Settings) -> list[Check]:
     except ConfigError as exc:
         return [("FAIL", f"embedded backend: {exc}", "pip install 'batchd[embedded]' or fix backend.model_path")]
     assert isinstance(backend, EmbeddedBackend)
-    res: list[Check] = [("OK", f"embedded llama.cpp importable, {backend.threads} threads, one call at a time; "
-                               "requests' model names are ignored", "")]
+    res: list[Check] = [("OK", (f"embedded llama.cpp importable, {backend.threads} threads, one call at a time; "
+                                "requests' model names are ignored"), "")]
     if settings.backend.lanes > 1:
-        res.append(("WARN", f"backend.lanes={settings.backend.lanes}: the embedded model serves one call at a "
-                            "time, extra lanes only queue", "set backend.lanes = 1"))
+        res.append(("WARN", (f"backend.lanes={settings.backend.lanes}: the embedded model serves one call at a "
+                             "time, extra lanes only queue"), "set backend.lanes = 1"))
     path = backend.model_file()
     if path is None:  # assembling writes ~250 MB: leave it to the service user on the first job
         res.append(("OK", "default model Gemma 3 270M: assembled into state_dir/models on the first job", ""))
@@ -261,7 +258,7 @@ def _unit(root: Path = Path("/")) -> Check:
     if root != Path("/"):
         cmd.insert(2, f"--root={root}")
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return "WARN", f"systemd-analyze failed: {exc}", ""
     found = _EXPOSURE.search(r.stdout)
@@ -271,8 +268,8 @@ def _unit(root: Path = Path("/")) -> Check:
     score = float(found.group(1))
     if score > EXPOSURE_TARGET:
         return ("WARN", f"batchd.service exposure {score:.1f} (the shipped unit scores <= {EXPOSURE_TARGET:.1f})",
-                "a drop-in weakened the sandbox: see systemctl cat batchd and "
-                "systemd-analyze security batchd.service")
+                ("a drop-in weakened the sandbox: see systemctl cat batchd and "
+                 "systemd-analyze security batchd.service"))
     return "OK", f"batchd.service sandbox exposure {score:.1f} (<= {EXPOSURE_TARGET:.1f})", ""
 
 

@@ -11,6 +11,7 @@ lane fewer" above ``high_water`` and "restore" below ``low_water``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,7 +76,7 @@ class NvmlSource:
 
     def __init__(self, gpu_index: int = 0, *, nvml: Any = None) -> None:
         if nvml is None:
-            import pynvml  # type: ignore[import-not-found,unused-ignore]  # lazy: GPU hosts only (nvidia-ml-py)
+            import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]  # lazy: GPU hosts only (nvidia-ml-py)
 
             nvml = pynvml
         self._nvml = nvml
@@ -93,12 +94,10 @@ class NvmlSource:
         nvml = self._nvml
         v2 = getattr(nvml, "nvmlMemory_v2", None)
         if v2 is not None:
-            try:
+            with contextlib.suppress(Exception):  # old drivers lack v2; v1 counts the reserve as used
                 info = nvml.nvmlDeviceGetMemoryInfo(self._handle, version=v2)
                 reserved = int(getattr(info, "reserved", 0) or 0)
                 return int(info.used), int(info.total) - reserved, reserved
-            except Exception:  # noqa: BLE001 - old drivers lack v2; v1 counts the reserve as used
-                pass
         info = nvml.nvmlDeviceGetMemoryInfo(self._handle)
         return int(info.used), int(info.total), 0
 
@@ -121,10 +120,8 @@ class NvmlSource:
         return VramReading(used_bytes=used, total_bytes=total, source=self.name, processes=self.processes())
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # shutting down a library that is already gone
             self._nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001 - shutting down a library that is already gone
-            pass
 
 
 class OllamaPsSource:

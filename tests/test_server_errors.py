@@ -83,8 +83,8 @@ def test_a_string_error_that_only_looks_like_json_stays_text() -> None:
 
 @pytest.mark.parametrize("text", [
     # llm/llama_server.go (Ollama >= 0.30)
-    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
-    "check ollama server logs for details",
+    ("model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
+     "check ollama server logs for details"),
     "llama-server process no longer running: exit status 2 ",
     # the Go runner's wording (<= 0.24)
     "llama runner process has terminated: exit status 2",

@@ -175,7 +175,7 @@ def test_watch_reads_at_the_source_pace_and_records_metrics() -> None:
     gpu = Fraction(0.5)
     metrics = JobMetrics(lanes=2, lanes_min=2)
     watch = VramWatch(source=gpu, policy=VramPolicy(high_water=0.9, low_water=0.8, lanes=2), metrics=metrics)
-    poll: Callable[[float], bool] = lambda now: run(watch.poll(now))  # noqa: E731
+    poll: Callable[[float], bool] = lambda now: run(watch.poll(now))
     assert poll(0.0) is False and metrics.vram_used == 0.5 and metrics.vram_source == "fake"
     gpu.fraction = 0.95
     assert poll(0.5) is False  # too soon for this source

@@ -32,6 +32,7 @@ import structlog
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
 from batchd.backends.llama_log import route_llama_log
+from batchd.backends.wire import LlamaCompletion, OpenAIUsage, parse
 from batchd.errors import BackendServerError, BadRequest, ConfigError, ContextLengthExceeded, ModelNotFound
 
 log = structlog.get_logger("batchd.backends.embedded")
@@ -171,13 +172,13 @@ class EmbeddedBackend:
                 if greedy is not None:
                     greedy.close()
             latency = time.perf_counter() - started
-        choice = out["choices"][0]
-        usage = out.get("usage") or {}
+        reply = parse(LlamaCompletion, out)
+        usage = reply.usage or OpenAIUsage()
         return ChatResult(
-            content=choice["text"],
-            finish_reason=finish_reason(choice.get("finish_reason")),
-            prompt_tokens=int(usage.get("prompt_tokens") or len(tokens)),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            content=reply.choices[0].text,
+            finish_reason=finish_reason(reply.choices[0].finish_reason),
+            prompt_tokens=usage.prompt_tokens or len(tokens),
+            completion_tokens=usage.completion_tokens or 0,
             model=self._model_name or self._path().stem,
             latency_s=latency,
             cached_tokens=cached,
@@ -235,7 +236,7 @@ class EmbeddedBackend:
     def _tokens(self, llm: Any, messages: list[dict[str, Any]]) -> list[int]:
         try:
             prompt = self._formatter(messages=messages).prompt
-        except Exception as exc:  # noqa: BLE001 - a template error is this request's problem
+        except Exception as exc:  # a template error is this request's problem
             raise BadRequest(f"chat template failed: {exc}") from exc
         tokens: list[int] = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         return tokens

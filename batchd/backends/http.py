@@ -1,19 +1,22 @@
 """The one mapping from HTTP transport errors and statuses to ``batchd.errors``.
 
 Shared by every backend that speaks HTTP (ollama, openai): ``translate`` for
-httpx exceptions, ``decode`` for a response, ``raise_for_status`` for a status
-code and its message. Callers see only ``batchd.errors`` classes.
+httpx exceptions, ``decode`` for a response, ``error_of`` for an error body,
+``raise_for_status`` for a status code and its message; ``JsonHttp`` calls all
+of them and hands back the reply as its ``wire`` model. Callers see only
+``batchd.errors`` classes.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 
+from batchd.backends.wire import ErrorDetail, ErrorReply, Wire, parse
 from batchd.errors import (
     BackendBusy,
     BackendOutOfMemory,
@@ -26,6 +29,8 @@ from batchd.errors import (
     TransientError,
     Unauthorized,
 )
+
+_W = TypeVar("_W", bound=Wire)
 
 # A crashed runner: out of memory mostly. "llama runner process has terminated" is the Go runner's
 # (<= 0.24); "model runner has unexpectedly stopped" and "llama-server process no longer running" are
@@ -89,31 +94,27 @@ def error_of(data: Any, text: str) -> ErrorBody:
     - OpenAI, vLLM and Ollama's ``/v1``: ``{"error": {"message", "type", "param", "code"}}``
       (``code`` may be null: ollama/ollama ``openai/openai.go`` ``NewError``).
     """
-    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return ErrorBody(text[:500])
+    reply = ErrorReply.model_validate(data)  # lenient: odd fields become None, it never raises
+    err = reply.error
     if isinstance(err, str) and err.lstrip().startswith("{"):
         try:
             inner = orjson.loads(err)
         except orjson.JSONDecodeError:
             inner = None
-        if isinstance(inner, dict) and isinstance(inner.get("error"), (dict, str)):
+        if isinstance(inner, dict) and ErrorReply.model_validate(inner).error is not None:
             return error_of(inner, err)
-    if isinstance(err, dict):
-        message = str(err.get("message") or text[:500])
-        code = err.get("code")
-        kind = err.get("type")
+    if isinstance(err, ErrorDetail):
         # llama.cpp puts the HTTP status in "code" and the meaning in "type"
-        named = kind if isinstance(kind, str) and (code is None or isinstance(code, int)) else code
-        return _with_numbers(ErrorBody(message, str(named) if named else None,
-                                       _count(err.get("n_ctx")), _count(err.get("n_prompt_tokens"))))
-    if isinstance(err, str) and err:
+        named = err.type if err.type is not None and (err.code is None or isinstance(err.code, int)) else err.code
+        return _with_numbers(ErrorBody(err.message or text[:500], str(named) if named else None,
+                                       err.n_ctx, err.n_prompt_tokens))
+    if err:
         return _with_numbers(ErrorBody(err))
-    if isinstance(data, dict) and isinstance(data.get("message"), str):  # some proxies (LiteLLM, FastAPI)
-        return ErrorBody(str(data["message"]))
+    if reply.message is not None:  # some proxies (LiteLLM, FastAPI)
+        return ErrorBody(reply.message)
     return ErrorBody(text[:500])
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _with_numbers(err: ErrorBody) -> ErrorBody:
@@ -156,24 +157,25 @@ def seconds(value: str | None) -> float | None:
 
 
 class JsonHttp:
-    """GET/POST of JSON with every httpx error translated: the one call path of the HTTP backends."""
+    """GET/POST of JSON with every httpx error translated and the reply parsed into its ``wire`` model:
+    the one call path of the HTTP backends."""
 
     def __init__(self, client: httpx.AsyncClient, host: str) -> None:
         self.client = client
         self.host = host
 
-    async def get(self, path: str) -> dict[str, Any]:
+    async def get(self, path: str, reply: type[_W]) -> _W:
         try:
             resp = await self.client.get(path)
         except httpx.HTTPError as exc:
             raise translate(exc, self.host) from exc
-        return decode(resp, model="")
+        return parse(reply, decode(resp, model=""))
 
-    async def post(self, path: str, payload: dict[str, Any], *, model: str) -> dict[str, Any]:
+    async def post(self, path: str, payload: dict[str, Any], *, model: str, reply: type[_W]) -> _W:
         try:
             resp = await self.client.post(
                 path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
             )
         except httpx.HTTPError as exc:
             raise translate(exc, self.host) from exc
-        return decode(resp, model=model)
+        return parse(reply, decode(resp, model=model))

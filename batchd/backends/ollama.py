@@ -15,7 +15,7 @@ from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_re
 from batchd.backends.http import JsonHttp
 from batchd.backends.ollama_facts import encode_keep_alive
 from batchd.backends.transport import make_client
-from batchd.errors import BackendServerError
+from batchd.backends.wire import OllamaChatResponse, OllamaPsResponse, OllamaShowResponse, OllamaVersion
 from batchd.redact import redact_url
 
 
@@ -68,50 +68,38 @@ class OllamaBackend:
         if request.format is not None:
             payload["format"] = request.format
         started = time.perf_counter()
-        data = await self._http.post("/api/chat", payload, model=request.model)
-        message = data.get("message") or {}
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise BackendServerError("reply has no message.content", status_code=502)
+        reply = await self._http.post("/api/chat", payload, model=request.model, reply=OllamaChatResponse)
         return ChatResult(
-            content=content,
-            finish_reason=finish_reason(data.get("done_reason")),
-            prompt_tokens=int(data.get("prompt_eval_count") or 0),
-            completion_tokens=int(data.get("eval_count") or 0),
-            model=str(data.get("model") or request.model),
+            content=reply.message.content,
+            finish_reason=finish_reason(reply.done_reason),
+            prompt_tokens=reply.prompt_eval_count or 0,
+            completion_tokens=reply.eval_count or 0,
+            model=reply.model or request.model,
             latency_s=time.perf_counter() - started,
-            load_seconds=data["load_duration"] / 1e9 if isinstance(data.get("load_duration"), int) else None,
+            load_seconds=reply.load_duration / 1e9 if reply.load_duration is not None else None,
         )
 
     async def ping(self) -> None:
-        await self._http.get("/api/version")
+        await self._http.get("/api/version", OllamaVersion)
 
-    async def version(self) -> str | None:
+    async def version(self) -> str:
         """The server's version string (``GET /api/version``), e.g. ``"0.33.0"``."""
-        data = await self._http.get("/api/version")
-        return str(data["version"]) if isinstance(data.get("version"), str) else None
+        return (await self._http.get("/api/version", OllamaVersion)).version
+
+    async def show(self, model: str) -> OllamaShowResponse:
+        """``POST /api/show``: the model's metadata; raises ModelNotFound."""
+        return await self._http.post("/api/show", {"model": model}, model=model, reply=OllamaShowResponse)
 
     async def context_length(self, model: str) -> int | None:
-        data = await self._http.post("/api/show", {"model": model}, model=model)
-        info = data.get("model_info") or {}
-        for key, value in info.items():
-            if key.endswith(".context_length") and isinstance(value, int):
-                return value
-        return None
+        return (await self.show(model)).context_length()
+
+    async def ps(self) -> OllamaPsResponse:
+        """``GET /api/ps``: the models in memory."""
+        return await self._http.get("/api/ps", OllamaPsResponse)
 
     async def loaded(self) -> list[LoadedModel]:
-        data = await self._http.get("/api/ps")
-        out = []
-        for m in data.get("models") or []:
-            out.append(
-                LoadedModel(
-                    name=str(m.get("name") or m.get("model") or ""),
-                    size=int(m.get("size") or 0),
-                    size_vram=int(m.get("size_vram") or 0),
-                    context_length=m.get("context_length"),
-                )
-            )
-        return out
+        return [LoadedModel(name=m.label, size=m.size, size_vram=m.size_vram, context_length=m.context_length)
+                for m in (await self.ps()).models]
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -16,7 +16,8 @@ import httpx
 from batchd.backends.base import OLLAMA_TO_OPENAI, ChatRequest, ChatResult, LoadedModel, finish_reason
 from batchd.backends.http import JsonHttp, decode, translate
 from batchd.backends.transport import make_client
-from batchd.errors import BackendServerError, ModelNotFound
+from batchd.backends.wire import ChatCompletion, OpenAIModel, OpenAIModelList, OpenAIUsage
+from batchd.errors import ModelNotFound
 from batchd.redact import redact_url
 
 #: Ollama option name -> OpenAI body key; anything else (num_ctx, num_gpu, ...) is server-side
@@ -59,8 +60,7 @@ class OpenAIBackend:
     ) -> None:
         self.host = url.rstrip("/")
         # A base URL given with /v1 (the OpenAI SDK habit) must not become /v1/v1/...
-        if self.host.endswith("/v1"):
-            self.host = self.host[: -len("/v1")]
+        self.host = self.host.removesuffix("/v1")
         # The key lives only in the client's headers: never an attribute a repr or a log could show.
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = make_client(
@@ -78,21 +78,18 @@ class OpenAIBackend:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         started = time.perf_counter()
-        data = await self._http.post("/v1/chat/completions", to_body(request), model=request.model)
-        choices = data.get("choices") or []
-        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-        content = (choice.get("message") or {}).get("content")
-        if not isinstance(content, str):
-            raise BackendServerError("reply has no choices[0].message.content", status_code=502)
-        usage = data.get("usage") or {}
+        reply = await self._http.post("/v1/chat/completions", to_body(request), model=request.model,
+                                      reply=ChatCompletion)
+        content = reply.content()
+        usage = reply.usage or OpenAIUsage()
         return ChatResult(
             content=content,
-            finish_reason=finish_reason(choice.get("finish_reason")),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            model=str(data.get("model") or request.model),
+            finish_reason=finish_reason(reply.choices[0].finish_reason),
+            prompt_tokens=usage.prompt_tokens or 0,
+            completion_tokens=usage.completion_tokens or 0,
+            model=reply.model or request.model,
             latency_s=time.perf_counter() - started,
-            cached_tokens=_cached(data),
+            cached_tokens=reply.cached_tokens(),
         )
 
     async def ping(self) -> None:
@@ -112,12 +109,12 @@ class OpenAIBackend:
         if entry is None:
             raise ModelNotFound(f"model {model!r} is not served by {self.host} (it serves: "
                                 f"{', '.join(sorted(entries)[:10])})", status_code=404)
-        return _window(entry)
+        return entry.window()
 
-    async def models(self) -> dict[str, dict[str, Any]]:
+    async def models(self) -> dict[str, OpenAIModel]:
         """``GET /v1/models`` as ``{id: entry}``."""
-        data = await self._http.get("/v1/models")
-        return {str(m["id"]): m for m in data.get("data") or [] if isinstance(m, dict) and m.get("id")}
+        listing = await self._http.get("/v1/models", OpenAIModelList)
+        return {m.id: m for m in listing.data if m.id}
 
     async def loaded(self) -> list[LoadedModel]:
         return []  # the OpenAI protocol does not say what is in VRAM
@@ -125,25 +122,3 @@ class OpenAIBackend:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-
-def _window(entry: dict[str, Any]) -> int | None:
-    """The served context window of a ``/v1/models`` entry, where the server tells."""
-    meta: dict[str, Any] = entry["meta"] if isinstance(entry.get("meta"), dict) else {}
-    # vLLM: max_model_len; llama.cpp server: meta.n_ctx_train (the trained window);
-    # LM Studio / OpenRouter style listings: context_length.
-    for value in (entry.get("max_model_len"), meta.get("n_ctx"), entry.get("context_length"),
-                  meta.get("n_ctx_train")):
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def _cached(data: dict[str, Any]) -> int | None:
-    """Prompt tokens served from the prefix cache: OpenAI's usage field, else llama.cpp's timings."""
-    details = (data.get("usage") or {}).get("prompt_tokens_details") or {}
-    if isinstance(details.get("cached_tokens"), int):
-        return int(details["cached_tokens"])
-    timings = data.get("timings") or {}
-    if isinstance(timings.get("cache_n"), int):
-        return int(timings["cache_n"])
-    return None
