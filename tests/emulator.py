@@ -68,7 +68,7 @@ _GARBAGE_BODY = b'{"model": "gemma3:4b", "message": {"role": "assist'  # cut mid
 class Fault:
     """One injected misbehaviour, consumed by one chat request."""
 
-    kind: Literal["fail", "drop", "garbage", "timeout"]
+    kind: Literal["fail", "drop", "garbage", "timeout", "pass"]  # pass: answer normally (a place holder)
     status: int = 500
     body: dict[str, Any] | str | bytes | None = None  # None: Ollama's usual message
     seconds: float = 0.0
@@ -187,7 +187,10 @@ class Emulator:
             self._faults.extend([fault] * count)
 
     def fail_next(self, status: int = 503, count: int = 1,
-                  body: dict[str, Any] | str | bytes | None = None) -> None:
+                  body: dict[str, Any] | str | bytes | None = None, *, after: int = 0) -> None:
+        """The next ``count`` chat calls fail, after ``after`` calls answered normally (deterministic,
+        where waiting for progress and then injecting would race a fast job)."""
+        self.inject(Fault("pass"), after)
         self.inject(Fault("fail", status=status, body=body), count)
 
     def fail_rate(self, status: int = 500, rate: float = 0.1, seed: int = 1) -> None:
@@ -291,7 +294,8 @@ class Emulator:
         with self._lock:
             self.calls.append(body)
             if self._faults:
-                return self._faults.popleft()
+                fault = self._faults.popleft()
+                return None if fault.kind == "pass" else fault
             status, rate = self._fail_rate
             if rate and self._rng.random() < rate:
                 return Fault("fail", status=status)

@@ -141,13 +141,10 @@ def test_vram_pressure_pauses_a_lane_goes_aggressive_and_recovers(
 def test_oom_trims_aggressively_backs_off_and_counts(
         make_settings: Callable[..., Settings], emulator: Emulator) -> None:
     settings = make_settings(context={"num_ctx": 8192})
-    emulator.latency = 0.02  # the fault goes in while calls are left (at zero latency the job could be over)
+    # the 4th call fails (injected before the job starts: waiting for progress first raced a fast job)
+    emulator.fail_next(500, count=1, after=3)  # "llama runner process has terminated"
 
-    async def scenario(r: JobRunner) -> None:
-        await until(lambda: r.done >= 3)
-        emulator.fail_next(500, count=1)  # "llama runner process has terminated"
-
-    runner, outcome, journal = run_job(settings, 12, scenario=scenario)
+    runner, outcome, journal = run_job(settings, 12)
     assert outcome == "completed" and runner.done == 12
     assert runner.metrics.oom_events == 1 and runner.metrics.retries["oom"] == 1
     assert runner.metrics.trims["aggressive"] == 1
