@@ -8,7 +8,12 @@ but the newest turn. Isolated mode: every request alone, prefix first.
 
 Kept messages are stored as sent and never rewritten, so the system prompt and
 kept turns stay byte-identical from call to call; only trimming (whole
-exchanges, never part of one) changes the prefix the server can reuse.
+exchanges, never part of one) changes the prefix the server can reuse. The
+sliding trim therefore keeps a cached head: the first exchanges after the
+prefix, frozen at the first trim, stay where they are, and the exchanges after
+them go, oldest first, down to half the room at once. The server reuses
+prefix + head from its cache; only the few recent exchanges kept after the head
+are evaluated again, and the next calls extend the prompt until the next trim.
 
 Sizes are predicted with a chars-per-token estimate calibrated from the
 server's ``prompt_tokens`` (shared by all lanes of a job), plus ``num_predict``
@@ -41,8 +46,8 @@ MESSAGE_OVERHEAD = 4
 MIN_TRIM_AT = 0.3
 #: each overflow / truncation lowers the trigger by this factor for the rest of the job
 TRIM_AT_STEP = 0.85
-#: a sliding trim keeps history down to this share of its room, so trims come in
-#: batches and the kept prefix stays stable (cacheable) for the calls in between
+#: a sliding trim keeps history down to this share of its room at once, so trims come
+#: in big steps and the calls in between extend the kept prompt (the cache holds it)
 SLIDE_TO = 0.5
 #: reported prompt tokens below this share of the prediction mean the server cut the prompt
 TRUNCATED_BELOW = 0.75
@@ -161,6 +166,7 @@ class Conversation:
         #: kept exchanges: each is a request's own messages plus the answer, as sent
         self.history: list[list[Message]] = []
         self._anchors = 0  # few-shot pairs in the prefix (they count as hybrid anchors)
+        self._head = 0  # exchanges at the start of history that sliding trims keep (cached)
         self._harder = False
         self._drop_all = False
         self._overflows = 0
@@ -182,7 +188,7 @@ class Conversation:
         prefix, own = messages[:cut], messages[cut:]
         if prefix != self.prefix or model != self.model:
             # A different system prompt or model starts a fresh conversation.
-            self.prefix, self.model, self.history = list(prefix), model, []
+            self.prefix, self.model, self.history, self._head = list(prefix), model, [], 0
             self._anchors = sum(1 for m in prefix if m.get("role") == "assistant")
         est = self.budget.estimate
         base = est.messages(prefix) + est.messages(own)
@@ -214,8 +220,7 @@ class Conversation:
             self._harder = False
             self._trim(self.budget.strategy, min(room, kept // 2))
         elif kept > room:
-            strategy = self.budget.strategy
-            self._trim(strategy, int(room * SLIDE_TO) if strategy == "sliding" else room)
+            self._trim(self.budget.strategy, room)
 
     def _trim(self, strategy: str, room: int) -> None:
         est = self.budget.estimate
@@ -232,16 +237,34 @@ class Conversation:
             while anchors and sum(est.messages(x) for x in anchors) > room:
                 anchors = anchors[1:]
             self.history = anchors + tail
-        else:  # sliding: the oldest go first
-            kept = sum(est.messages(x) for x in self.history)
-            while self.history and kept > room:
-                kept -= est.messages(self.history.pop(0))
+        else:
+            self._slide(int(room * SLIDE_TO))
+        if strategy != "sliding" or room <= 0:
+            self._head = 0
         dropped = before - len(self.history)
         if dropped:
             used = "aggressive" if room <= 0 else strategy
             self.metrics.trims[used] += 1
             log.info("context_trimmed", lane=self.lane, strategy=used, dropped=dropped, kept=len(self.history),
-                     trim_at=self.budget.trim_at)
+                     head=self._head, trim_at=self.budget.trim_at)
+
+    def _slide(self, target: int) -> None:
+        """Sliding: keep the cached head, drop the oldest exchanges after it until ``target`` is met."""
+        sizes = [self.budget.estimate.messages(x) for x in self.history]
+        head = min(self._head, len(sizes))
+        if head == 0:
+            # The first trim freezes the head: the first exchanges that fit the target. They
+            # sit right after the prefix in the server's cache and stay there from now on.
+            while head < len(sizes) and sum(sizes[:head + 1]) <= target:
+                head += 1
+        while head and sum(sizes[:head]) > target:  # the window shrank: the head's end goes
+            head -= 1
+        kept, first = sum(sizes), head
+        while first < len(sizes) and kept > target:
+            kept -= sizes[first]
+            first += 1
+        self.history = self.history[:head] + self.history[first:]
+        self._head = head
 
     # -- hearing back ----------------------------------------------------------------
 

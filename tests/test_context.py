@@ -83,7 +83,7 @@ def test_a_different_prefix_or_model_starts_a_fresh_history() -> None:
     assert c.build([other, user(3)], 64, model="b") == [other, user(3)]
 
 
-def test_sliding_drops_the_oldest_whole_exchanges_and_counts_the_trim() -> None:
+def test_sliding_drops_the_oldest_whole_exchanges_after_the_head_and_counts_the_trim() -> None:
     c = conv(num_ctx=1024)
     trigger = int(0.75 * 1024)
     sizes = []
@@ -94,9 +94,10 @@ def test_sliding_drops_the_oldest_whole_exchanges_and_counts_the_trim() -> None:
         assert [m["role"] for m in sent[1:-1]] == ["user", "assistant"] * ((len(sent) - 2) // 2)
     assert max(sizes) + 64 <= trigger
     assert c.metrics.trims["sliding"] >= 2
-    # the oldest went first: the kept ones are the most recent
+    # the cached head (the first exchanges) stays; after it the oldest went first
     kept = [x[0]["content"] for x in c.history]
-    assert kept == [user(i)["content"] for i in range(20 - len(kept), 20)]
+    head = next(i for i, k in enumerate(kept) if k != user(i)["content"])
+    assert head >= 1 and kept[head:] == [user(i)["content"] for i in range(20 - len(kept) + head, 20)]
 
 
 def test_hybrid_keeps_anchors_and_the_last_exchanges() -> None:
