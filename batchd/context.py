@@ -55,6 +55,8 @@ TRUNCATED_BELOW_UNCALIBRATED = 0.5
 #: a call that holds the whole previous one must grow by at least this share of the predicted growth
 GROWTH_SEEN = 0.6
 GROWTH_MIN_TOKENS = 32  # below this, tokenizer noise outweighs the signal
+#: conversation mode is judged once this many calls per lane went out (each lane's first pays in full)
+PAYING_AFTER_CALLS = 8
 
 
 def split_prefix(messages: list[Message]) -> int:
@@ -138,6 +140,25 @@ class ContextBudget:
         if 0 < n_ctx < self.window:
             log.warning("context_window_learned", window=n_ctx, num_ctx=self.num_ctx, source="server_error")
             self.window = n_ctx
+
+    def check_paying(self, *, lanes: int, final: bool = False) -> None:
+        """Conversation mode costs more than it saves when the server evaluated more prompt tokens
+        than the same requests sent alone with their whole prefix: say so once (log and metrics)."""
+        m = self.metrics
+        evaluated = max(0, m.prompt_tokens - m.cached_prompt_tokens)
+        if m.conversation_not_paying is not None:
+            if final:  # the job's closing figures
+                m.conversation_not_paying.update(evaluated=evaluated, isolated_estimate=m.isolated_prompt_tokens,
+                                                 requests=m.requests_sent)
+            return
+        if m.requests_sent < PAYING_AFTER_CALLS * max(1, lanes) or evaluated <= m.isolated_prompt_tokens:
+            return
+        m.conversation_not_paying = {"evaluated": evaluated, "isolated_estimate": m.isolated_prompt_tokens,
+                                     "requests": m.requests_sent}
+        log.warning("conversation_not_paying", evaluated=evaluated, isolated_estimate=m.isolated_prompt_tokens,
+                    requests=m.requests_sent,
+                    hint='mode = "isolated" would evaluate fewer prompt tokens; a pipeline that sets '
+                         'mode = "conversation" by name is not warned')
 
     def note_cut(self, cut_at: int) -> None:
         """A cut prompt came back with ``cut_at`` tokens. A cap shows as the same count twice:

@@ -61,6 +61,8 @@ class JobMetrics:
     server_version: str | None = None
     reloads: int = 0
     runner_options_stripped: list[str] = field(default_factory=list)
+    #: set once when conversation mode evaluated more prompt tokens than isolated requests would
+    conversation_not_paying: dict[str, Any] | None = None
     chars_per_token: float | None = None
     busy_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
@@ -166,6 +168,7 @@ class JobMetrics:
                 "trims": dict(self.trims),
                 "trims_total": sum(self.trims.values()),
                 "truncations_detected": self.truncations_detected,
+                "conversation_not_paying": self.conversation_not_paying,
             },
             "vram": {
                 "source": self.vram_source,

@@ -233,6 +233,9 @@ class JobRunner:
                          max_wait=settings.backend.backoff_max_seconds or 30.0, on_fatal=self._fail)
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
         self.replies = _reply_checker(self.prefix, job.pipeline_json)
+        #: the pipeline (or the configuration) named conversation mode: no conversation_not_paying
+        self._conversation_asked = ("mode" in settings.context.model_fields_set
+                                    or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation")
         self.fatal: JobError | None = None
         self.cancelled = False
         #: set when in-flight work is abandoned: cancel, a fatal error, the stop's grace period over
@@ -284,6 +287,8 @@ class JobRunner:
                 source.close()
             self.gate.cancel()
             self.metrics.busy_seconds += self.clock() - started
+            if self.budget is not None and self.metrics.conversation_not_paying is not None:
+                self.budget.check_paying(lanes=self.lanes, final=True)
             self._sample()
             self.flush(force=True)
             if self._taken:  # in flight or in the lanes' queue when the run ended: not lost, not done
@@ -529,6 +534,8 @@ class JobRunner:
                     continue
                 return self._failure(req, attempts, InvalidReply(problem, raw=result.content))
             conv.record(asked, result, prefix_len=prefix_len)
+            if conv.mode == "conversation" and not self._conversation_asked:
+                conv.budget.check_paying(lanes=self.lanes)
             return self._success(req, attempts, result)
 
     def _backoff(self, attempts: int, exc: TransientError) -> float:
