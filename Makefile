@@ -14,12 +14,13 @@ DEMO_EXTRAS := embedded
 TEST_EXTRAS := test,api,systemd,gpu,embedded
 BENCH_EXTRAS := test,embedded,bench
 
-.PHONY: help demo test bench sysdeps sysdeps-test venv clean
+.PHONY: help demo test bench llama-server sysdeps sysdeps-test venv clean
 
 help:
 	@echo "make demo   set up, then run inbox.example through the embedded Gemma 3 270M"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/BENCHMARKS.md by hand)"
+	@echo "make llama-server  build llama.cpp's server once (cached in ~/.cache/batchd; make test starts it too)"
 
 # Installs the Debian packages when root and missing; otherwise prints the one-line fix
 # and stops (optional packages, $(2)=optional: only a note; the tests that need them skip).
@@ -64,8 +65,18 @@ demo: sysdeps venv
 	  $(BIN)/batchd run --once
 	@$(BIN)/python bench/demo_summary.py $(DEMO)/outbox
 
+# llama.cpp's own llama-server, for tests/integration/test_llama_server.py: compiled from the
+# llama-cpp-python sdist once per version into ~/.cache/batchd (about 11 minutes on 2 idle cores).
+# `make test` starts that build in the background; those tests run last and wait for it.
+LLAMA_SERVER_BUILD = bash tests/realserver/build_llama_server.sh $(BIN)/python
+
+llama-server: sysdeps venv
+	$(call install_extras,$(DEMO_EXTRAS))
+	@$(LLAMA_SERVER_BUILD)
+
 test: sysdeps-test venv
 	$(call install_extras,$(TEST_EXTRAS))
+	@$(LLAMA_SERVER_BUILD) --background || true
 	$(BIN)/python -m pytest -q tests
 
 bench: venv

@@ -26,6 +26,8 @@ class JobMetrics:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
+    #: replies whose server said it reused nothing from its prefix cache (``cached_tokens`` 0)
+    prompt_cache_misses: int = 0
     #: prompt tokens the job would have sent had every request gone alone with its whole prefix
     isolated_prompt_tokens: int = 0
     requests_sent: int = 0
@@ -87,6 +89,8 @@ class JobMetrics:
         self.completion_tokens += completion_tokens
         if cached:
             self.cached_prompt_tokens += cached
+        elif cached == 0:
+            self.prompt_cache_misses += 1
         self.add_latency(latency)
         self.ctx_current = prompt_tokens + completion_tokens
         self.ctx_peak = max(self.ctx_peak, self.ctx_current)
@@ -151,6 +155,7 @@ class JobMetrics:
                 "completion": self.completion_tokens,
                 "total": self.prompt_tokens + self.completion_tokens,
                 "prompt_cached_estimate": self.cached_prompt_tokens,
+                "prompt_cache_misses": self.prompt_cache_misses,
                 "prompt_evaluated_estimate": evaluated,
                 "isolated_prompt_estimate": self.isolated_prompt_tokens,
                 "saved_vs_isolated_estimate": saved,

@@ -146,3 +146,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests against the real llama-server run last: `make test` builds it in the background meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("llama_server") is not None)

@@ -60,6 +60,7 @@ def test_conversation_that_costs_more_than_isolated_says_so_once(
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
     assert flag["evaluated"] == tokens["prompt_evaluated_estimate"]  # the closing figures
     assert flag["isolated_estimate"] == tokens["isolated_prompt_estimate"] and flag["requests"] == 40
+    assert tokens["prompt_cache_misses"] == 40  # the server said so on every reply
 
 
 @pytest.mark.parametrize("mode", ["conversation", "isolated"])
