@@ -119,7 +119,7 @@ class LlamaServer:
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--parallel", str(self.slots), "--ctx-size", str(self.ctx), "--threads", str(self.threads),
                 # the packaged GGUF carries no chat template: Gemma's built-in one
-                "--chat-template", "gemma", "--no-webui", *self.extra]
+                "--no-jinja", "--chat-template", "gemma", "--no-webui", *self.extra]
 
     def start(self, timeout: float = 120.0) -> Self:
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop()

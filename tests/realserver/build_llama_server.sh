@@ -40,24 +40,24 @@ done
 
 build() {
     set -euo pipefail
-    local work src started
-    work=$(mktemp -d "$CACHE/.build-$VER.XXXXXX")
-    trap 'rm -rf "$work"' EXIT
+    local src started
+    WORK=$(mktemp -d "$CACHE/.build-$VER.XXXXXX")  # global: the EXIT trap runs after build() returned
+    trap 'rm -rf "$WORK"' EXIT
     started=$(date +%s)
     echo ">> llama-server $VER: fetching the llama-cpp-python sdist (pip's cache after the wheel build)"
-    "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VER" -d "$work" \
+    "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VER" -d "$WORK" \
         || unavailable "$DIR" "cannot download the llama-cpp-python $VER sdist"
-    tar xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
-    src=$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)
+    tar xzf "$WORK"/llama_cpp_python-*.tar.gz -C "$WORK"
+    src=$(echo "$WORK"/llama_cpp_python-*/vendor/llama.cpp)
     [ -f "$src/tools/server/CMakeLists.txt" ] || unavailable "$DIR" "the $VER sdist has no vendor/llama.cpp/tools/server"
     echo ">> llama-server $VER: cmake (Release, static, the server target only, -j$JOBS)"
-    cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    cmake -S "$src" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
         -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
-    cmake --build "$work/build" --target llama-server -j"$JOBS"
+    cmake --build "$WORK/build" --target llama-server -j"$JOBS"
     mkdir -p "$DIR"
-    cp "$work/build/bin/llama-server" "$BIN.tmp"
+    cp "$WORK/build/bin/llama-server" "$BIN.tmp"
     "$BIN.tmp" --version
     mv "$BIN.tmp" "$BIN"                  # atomic: a waiter never sees half a binary
     echo ">> llama-server $VER built in $(( $(date +%s) - started )) s: $BIN"
