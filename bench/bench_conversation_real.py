@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--modes", default="isolated,conversation")
     ap.add_argument("--old-ref", help="also run conversation mode with batchd at this git revision")
+    ap.add_argument("--server-args", default="", help="extra llama-server flags, e.g. --swa-full")
     args = ap.parse_args(argv)
 
     binary, model = llama_server_binary(wait=0), gemma_gguf()
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {binary if isinstance(binary, str) else model}")
         return 0
     header(f"conversation vs isolated on llama-server: Gemma 3 270M, {args.rows} rows, {args.slots} slots/lanes, "
-           f"max_tokens {args.max_tokens}, threads {args.threads}")
+           f"max_tokens {args.max_tokens}, threads {args.threads} {args.server_args}".rstrip())
     print(f"{'window':>6} {'mode':>16} {'ok':>4} {'calls':>5} {'sent':>7} {'evaluated':>9} {'isolated est':>12} "
           f"{'saved':>6} {'misses':>6} {'trims':>5} {'trunc':>5} {'ovfl':>4} {'req/s':>6}  load (before -> after)")
     with tempfile.TemporaryDirectory(prefix="bench-conv-") as tmp:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         for window in (int(w) for w in args.windows.split(",")):
             log = Path(tmp) / f"server-{window}.log"
             with LlamaServer(binary, model, slots=args.slots, ctx=window * args.slots, threads=args.threads,
-                             log_path=log) as server:
+                             log_path=log, extra=tuple(args.server_args.split())) as server:
                 for mode, root in variants:
                     before = load()
                     r = run(server.url, mode=mode, rows=args.rows, lanes=args.slots, max_tokens=args.max_tokens,
