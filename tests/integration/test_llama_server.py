@@ -119,7 +119,7 @@ def job(make_settings: Callable[..., Settings], llama: LlamaServer) -> Callable[
         drop(settings.inbox, texts)
         with structlog.testing.capture_logs() as logs:
             run_daemon_once(settings)
-        (folder,) = [p for p in settings.outbox.iterdir() if not p.name.startswith(".")]
+        (folder,) = [p for p in settings.outbox.iterdir() if p.is_dir() and not p.name.startswith(".")]
         return {"metrics": orjson.loads((folder / "metrics.json").read_bytes()), "logs": logs,
                 "results": read_jsonl(folder / "results.jsonl"), "errors": read_jsonl(folder / "errors.jsonl")}
 
