@@ -248,7 +248,10 @@ def test_metrics_endpoint_during_a_run_agrees_with_metrics_json(
     metrics_json = folders.outbox / "m" / "metrics.json"
     wait_for(metrics_json.exists, timeout=180)
     m = orjson.loads(metrics_json.read_bytes())
-    end = wait_for(lambda: (s := _scrape(port)) and _sum(s, "batchd_jobs_finished_total") == 1 and s, timeout=30)
+    # Counters move as things happen; the queue gauges are recomputed off the request path (live.py's worker,
+    # poked at the publish), so a scrape right after the publish may still show the last tick's queue.
+    end = wait_for(lambda: (s := _scrape(port)) and _sum(s, "batchd_jobs_finished_total") == 1
+                   and _sum(s, "batchd_queue_requests") == 0 and s, timeout=30)
     counts = m["request_counts"]
     invalid = sum(1 for i in range(3000) if i % 250 == 249)
     refused = sum(1 for i in range(3000) if i % 100 == 99 and i % 250 != 249)
