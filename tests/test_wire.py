@@ -174,3 +174,27 @@ def test_openai_models_are_typed_entries_and_odd_listings_do_not_fail() -> None:
 ])
 def test_error_bodies_read_through_one_typed_model(body: object, expected: ErrorBody) -> None:
     assert error_of(body, "RAW") == expected
+
+
+def test_the_ollama_backend_passes_prompt_eval_cached_count_on() -> None:
+    """Newer Ollama reports the cached part beside the count; the conversation loop adds them up."""
+    import asyncio
+
+    import httpx
+
+    from batchd.backends.base import ChatRequest
+    from batchd.backends.ollama import OllamaBackend
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**OLLAMA_CHAT, "prompt_eval_count": 20, "prompt_eval_cached_count": 100})
+
+    async def go() -> tuple[int, int | None]:
+        backend = OllamaBackend(url="http://ollama.test", transport=httpx.MockTransport(reply))
+        try:
+            r = await backend.chat(ChatRequest(model="gemma3:4b", num_ctx=2048,
+                                               messages=[{"role": "user", "content": "hi"}]))
+        finally:
+            await backend.aclose()
+        return r.prompt_tokens, r.cached_tokens
+
+    assert asyncio.run(go()) == (20, 100)

@@ -77,6 +77,7 @@ class OllamaBackend:
             model=reply.model or request.model,
             latency_s=time.perf_counter() - started,
             load_seconds=reply.load_duration / 1e9 if reply.load_duration is not None else None,
+            cached_tokens=reply.prompt_eval_cached_count,
         )
 
     async def ping(self) -> None:
