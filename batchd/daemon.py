@@ -28,6 +28,7 @@ from batchd.intake import Intake, first
 from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.live import LiveViews
 from batchd.outbox import Outbox
+from batchd.pace import duration, eta, rate
 from batchd.runner import JobRunner
 from batchd.watch import choose_mode
 
@@ -327,13 +328,13 @@ class Daemon:
         if gate.down_since is not None:
             host = runner.backend.host.split("://", 1)[-1]
             since = time.strftime("%H:%M:%S", time.localtime(gate.down_since_wall or time.time()))
-            return (f"waiting for backend at {host} since {since} (down {_duration(self.clock() - gate.down_since)}, "
+            return (f"waiting for backend at {host} since {since} (down {duration(self.clock() - gate.down_since)}, "
                     f"{gate.probes} probes; {gate.reason[:80]})")
         job = runner.job
-        finished, rate = self._progress(runner)
+        finished, per_s = self._progress(runner)
         parts = [f"{job.input_name}: {finished:,}/{job.total:,} ({100 * finished / max(1, job.total):.1f}%)"]
-        if rate:
-            parts += [f"{rate:.1f} req/s", f"ETA {_duration((job.total - finished) / rate)}"]
+        if per_s:
+            parts += [f"{per_s:.1f} req/s", f"ETA {duration(eta(job.total - finished, per_s) or 0)}"]
         if runner.metrics.reloads:
             parts.append(f"model reloaded {runner.metrics.reloads}x (another client?)")
         parts.append(f"queue {len(queued)}")
@@ -342,8 +343,7 @@ class Daemon:
     def _progress(self, runner: JobRunner) -> tuple[int, float | None]:
         """(requests finished, req/s since this run of the job started) of the running job."""
         fresh = runner.done + runner.failed
-        elapsed = self.clock() - self._job_started
-        return self._job_base + fresh, (fresh / elapsed if fresh and elapsed > 0 else None)
+        return self._job_base + fresh, rate(fresh, self.clock() - self._job_started)
 
     def _log_progress(self) -> None:
         """``job_progress`` each time the running job crosses another ``log.progress_every_percent``."""
@@ -351,7 +351,8 @@ class Daemon:
         if runner is None:
             return
         job = runner.job
-        finished, rate = self._progress(runner)
+        finished, per_s = self._progress(runner)
+        left = eta(job.total - finished, per_s)
         step = runner.settings.log.progress_every_percent
         mark = int(100 * finished / max(1, job.total) // step)
         if self._progress_mark is None or self._progress_mark[0] != job.id:
@@ -365,8 +366,8 @@ class Daemon:
         log.info("job_progress", job_id=job.id, input=job.input_name, finished=finished, total=job.total,
                  failed=counts.get("failed", 0) + counts.get("invalid", 0),
                  percent=round(100 * finished / max(1, job.total), 1),
-                 req_per_s=round(rate, 2) if rate else None,
-                 eta_seconds=round((job.total - finished) / rate) if rate else None)
+                 req_per_s=round(per_s, 2) if per_s else None,
+                 eta_seconds=round(left) if left is not None else None)
 
     def _apply_reload(self) -> None:
         if self.reload_settings is None:
@@ -401,12 +402,3 @@ class Daemon:
         if self._backend is not None:
             await self._backend.aclose()
         self.journal.close()
-
-
-def _duration(seconds: float) -> str:
-    s = int(max(0, seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from batchd.journal import Job, Journal
+from batchd.pace import duration
 from batchd.scores import Scored, ScoreSheet
 
 TOP_N = 20
@@ -173,7 +174,7 @@ def _cards(data: ReportData, metrics: dict[str, Any]) -> str:
     cards = [("rows", sum(st.values())), ("scored", n), ("ok", st["ok"]),
              ("failed", st["failed"]), ("invalid input", st["invalid"]), ("unparsed", st["unparsed"]),
              ("skipped", st["skipped"]), ("mean score", mean), ("median score", median),
-             ("elapsed", _duration(perf.get("elapsed_seconds"))),
+             ("elapsed", _elapsed(perf.get("elapsed_seconds"))),
              ("rows / min", round(perf["requests_per_second"] * 60, 1) if perf.get("requests_per_second") else None),
              ("tokens", f"{tokens['total']:,}" if tokens.get("total") else None)]
     return "<div class='cards' style='margin-bottom:16px'>" + "".join(
@@ -409,12 +410,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
 
 
-def _duration(seconds: Any) -> str | None:
+def _elapsed(seconds: Any) -> str | None:
+    """The job's elapsed time for its card; None (no card) when the metrics do not say."""
     if not isinstance(seconds, (int, float)) or seconds <= 0:
         return None
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
+    return duration(seconds, tenths=True)
 
 
 def _when(ts: float | None) -> str | None:
