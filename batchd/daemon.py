@@ -36,9 +36,8 @@ log = structlog.get_logger("batchd.daemon")
 
 #: the job loop looks at the journal this often when idle (``batchd retry``/``cancel`` write there)
 IDLE_SECONDS = 1.0
+#: watchdog hook, status line, progress log and reloads run this often
 HEARTBEAT_SECONDS = 1.0
-#: ``on_status`` is called at most this often (systemd shows the latest line)
-STATUS_SECONDS = 5.0
 
 
 class Daemon:
@@ -67,10 +66,8 @@ class Daemon:
         self.intake: Intake | None = None
         self._job_started = 0.0
         self._job_base = 0
-        self._last_status: tuple[float, str] = (0.0, "")
         self._progress_mark: tuple[str, int] | None = None  # (job id, last logged progress step)
         self.heartbeat_seconds = HEARTBEAT_SECONDS
-        self.status_seconds = STATUS_SECONDS
         #: the outbox status page and the Prometheus metrics, kept current off the request path
         self.live = LiveViews(daemon=self)
 
@@ -86,7 +83,7 @@ class Daemon:
         """Called once the daemon watches the inbox (READY=1)."""
 
     def on_status(self, text: str) -> None:
-        """A one-line status, at most every ``status_seconds`` (STATUS=...)."""
+        """The one-line status, offered every heartbeat; the receiver paces it (``service.Notifier``)."""
 
     def on_watchdog(self) -> None:
         """Called from the event loop every ``heartbeat_seconds`` while it is responsive (WATCHDOG=1)."""
@@ -306,13 +303,7 @@ class Daemon:
                 if self.current is not None:
                     self.publish_ready()  # the job loop is busy with the running job
                 self._log_progress()
-                now = self.clock()
-                last_at, last_text = self._last_status
-                if now - last_at >= self.status_seconds:
-                    text = self.status_line()
-                    if text != last_text or now - last_at >= 60:
-                        self._last_status = (now, text)
-                        self.on_status(text)
+                self.on_status(self.status_line())
             except Exception:  # noqa: BLE001 - a status hiccup must not end the watchdog pings
                 log.exception("heartbeat_failed")
             await first(self.stop.wait(), timeout=self.heartbeat_seconds)

@@ -214,15 +214,12 @@ class ServiceDaemon(Daemon):
         super().__init__(**kwargs)
         self.notifier = notifier
         self.config = config
-        # The notifier paces STATUS= itself and sends a change of state (idle -> job) at once,
-        # so let the daemon offer a fresh line on every heartbeat.
-        self.status_seconds = min(self.status_seconds, self.heartbeat_seconds)
 
     def on_ready(self) -> None:
         self.notifier.ready(self.status_line())
 
     def on_status(self, text: str) -> None:
-        self.notifier.status(text)
+        self.notifier.status(text)  # the one pacer: the daemon offers a line every heartbeat
 
     def on_watchdog(self) -> None:
         self.notifier.watchdog()

@@ -144,6 +144,30 @@ def test_status_is_paced_but_a_change_of_state_goes_at_once(make_notifier: Calla
                    "other.csv: 0/5 (0.0%), queue 0", "other.csv: 5/5 (100.0%), queue 0", "multi line status"]
 
 
+@pytest.mark.parametrize("listener", ["path"], indirect=True)
+def test_one_pacer_a_line_every_heartbeat_paced_by_the_notifier(
+        make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any]) -> None:
+    # The daemon offers its status line on every heartbeat (1 s here, on a fake clock) and paces
+    # nothing itself; the notifier alone decides what reaches systemd.
+    clock = Clock()
+    daemon = ServiceDaemon(notifier=make_notifier(clock=clock, status_seconds=3.0), settings=make_settings())
+    assert not hasattr(daemon, "status_seconds")
+    offered = ["idle, 0 jobs done", *(f"big.csv: {n}/10 ({10 * n:.1f}%), queue 0" for n in range(1, 6)),
+               "idle, 1 jobs done", "idle, 1 jobs done"]
+    for line in offered:  # one heartbeat each: watchdog hook (flushes a held line), then the status line
+        daemon.on_watchdog()
+        daemon.on_status(line)
+        clock.now += 1.0
+    daemon.on_watchdog()
+    got = [fields(d)["STATUS"] for d in listener.wait(lambda g: len(g) >= 4)]
+    # idle at once; the job's first line at once (a change of kind); 3 s later the line held back
+    # (3/10, flushed by that heartbeat's watchdog hook); idle again at once; the repeated idle line never.
+    assert got == ["idle, 0 jobs done", "big.csv: 1/10 (10.0%), queue 0", "big.csv: 3/10 (30.0%), queue 0",
+                   "idle, 1 jobs done"]
+    assert listener.take() == []
+    daemon.journal.close()
+
+
 def test_watchdog_pings_at_half_the_interval(make_notifier: Callable[..., Notifier], listener: Listener) -> None:
     clock = Clock()
     n = make_notifier(clock=clock, watchdog_usec=10_000_000, watchdog_pid=os.getpid())
@@ -214,9 +238,9 @@ def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
     settings = make_settings(watch={"mode": "inotify"})
     notifier = make_notifier(watchdog_usec=200_000, status_seconds=0.2)
     daemon = ServiceDaemon(notifier=notifier, settings=settings, reload_settings=lambda: settings)
-    # Fast heartbeat AND fast status sampling: ServiceDaemon derived status_seconds (1 s) from the
-    # default heartbeat in its constructor, and a 0.6 s job can fall between two 1 s samples.
-    daemon.heartbeat_seconds = daemon.status_seconds = 0.05
+    # A fast heartbeat: the daemon offers a status line on each, and a 0.6 s job can fall between
+    # two 1 s heartbeats.
+    daemon.heartbeat_seconds = 0.05
     received: list[str] = []
 
     def kinds() -> list[str]:

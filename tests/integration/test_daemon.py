@@ -367,7 +367,7 @@ def test_hooks_ready_watchdog_and_status_during_a_long_job(make_settings: Callab
                                                             emulator: Emulator, folders: Folders) -> None:
     emulator.latency = 0.02
     daemon = Recorder(settings=make_settings(watch={"mode": "inotify"}))
-    daemon.heartbeat_seconds, daemon.status_seconds = 0.1, 0.2
+    daemon.heartbeat_seconds = 0.1
 
     async def scenario() -> None:
         task = asyncio.create_task(daemon.run())
