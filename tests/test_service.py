@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -21,7 +22,7 @@ import pytest
 import structlog.testing
 
 from batchd import service
-from batchd.service import Notifier, ServiceDaemon, status_state
+from batchd.service import Notifier, ServiceDaemon, Signals, status_state
 from tests.conftest import Folders, write_jsonl
 from tests.emulator import Emulator
 
@@ -285,3 +286,34 @@ def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
     lines = [fields(d)["STATUS"] for d in received if d.startswith("STATUS=job.jsonl")]
     assert re.fullmatch(r"job\.jsonl: [\d,]+/60 \(\d+\.\d%\)(, [\d.]+ req/s, ETA \w+)?, queue \d", lines[0])
     assert (folders.outbox / "job").is_dir()
+
+
+@pytest.mark.parametrize("listener", ["path"], indirect=True)
+def test_signal_handlers_only_set_flags_the_loop_logs_and_notifies(
+        make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any]) -> None:
+    daemon = ServiceDaemon(notifier=make_notifier(), settings=make_settings(shutdown_grace_seconds=7))
+    exits: list[int] = []
+    signals = Signals(daemon, exit_now=exits.append)
+
+    async def scenario() -> list[dict[str, Any]]:
+        signals.install(asyncio.get_running_loop())
+        os.kill(os.getpid(), signal.SIGHUP)  # a real signal: the installed handler sets the reload flag
+        for _ in range(100):
+            if daemon._reload_asked:
+                break
+            await asyncio.sleep(0.01)
+        assert daemon._reload_asked
+        with structlog.testing.capture_logs() as events:
+            signals.on_stop(signal.SIGTERM)
+            # In the handler: flags only. Nothing logged or sent yet.
+            assert daemon.stop.is_set() and events == [] and listener.take() == []
+            await asyncio.sleep(0)  # the loop runs the scheduled announcement
+            signals.on_stop(signal.SIGINT)  # the second one: exit now (os._exit in service)
+        return events
+
+    events = asyncio.run(scenario())
+    assert [(e["event"], e["signal"], e["grace_seconds"]) for e in events] == [("stop_requested", "SIGTERM", 7)]
+    assert exits == [1]
+    got = listener.wait(lambda g: len(g) >= 1)
+    assert fields(got[0]) == {"STOPPING": "1", "STATUS": "stopping: finishing requests in flight (up to 7s)"}
+    daemon.journal.close()
