@@ -46,7 +46,7 @@ class Daemon:
                  clock: Callable[[], float] = time.monotonic,
                  reload_settings: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
-        self.journal = journal or Journal(settings.state_dir / "journal.sqlite3")
+        self.journal = journal or Journal(settings.journal_path)
         self._backend = backend
         self._backend_stale = False
         self.sleep = sleep

@@ -169,7 +169,7 @@ class Intake:
         """Claim queued candidates in order until stop; the file in hand is always finished."""
         # A sqlite connection must not be used by two threads at once: the claim thread has its own.
         # WAL + busy_timeout let it write while the runner flushes; ingest commits every 5,000 rows.
-        journal = Journal(self.settings().state_dir / "journal.sqlite3")
+        journal = Journal(self.settings().journal_path)
         try:
             while not self.stop.is_set():
                 getter = asyncio.ensure_future(self._claims.get())

@@ -244,7 +244,7 @@ class LiveViews:
 
     def _open_journal(self) -> Journal | None:
         if self._journal is None:
-            path = self.settings.state_dir / "journal.sqlite3"
+            path = self.settings.journal_path
             if not path.exists():
                 return None
             self._journal = Journal(path)

@@ -24,7 +24,7 @@ from batchd.redact import escape_controls
 
 
 def _journal(settings: Settings) -> Journal:
-    path = settings.state_dir / "journal.sqlite3"
+    path = settings.journal_path
     if not path.exists():
         # Creating it here (as whoever runs the command, often root) would leave a journal
         # the daemon's user cannot write.
@@ -136,7 +136,7 @@ def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
 
 def status(settings: Settings, *, as_json: bool, limit: int) -> int:
     views: dict[str, list[dict[str, Any]]] = {"active": [], "recent": []}
-    if (settings.state_dir / "journal.sqlite3").exists():  # no journal yet: nothing has run
+    if settings.journal_path.exists():  # no journal yet: nothing has run
         journal = _journal(settings)
         try:
             views = status_views(journal, limit=limit)

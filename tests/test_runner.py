@@ -75,7 +75,7 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
 
 def run_job(settings: Settings, n: int, *, gpu: FakeGpu | None = None,
             scenario: Callable[[JobRunner], Any] | None = None, **kw: Any) -> tuple[JobRunner, str, Journal]:
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     job = queued_job(settings, journal, n, **kw)
 
     async def go() -> tuple[JobRunner, str]:

@@ -62,7 +62,7 @@ def start_api(settings: Settings, stop_event: asyncio.Event, *, journal: Journal
     sock = bind(host, port)
     try:
         own = journal is None
-        db = journal or Journal(settings.state_dir / "journal.sqlite3")
+        db = journal or Journal(settings.journal_path)
         service = BatchService(settings=settings, journal=db, on_queued=on_queued)
         sweep(service.uploads)
         service.retention.expire()
