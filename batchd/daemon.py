@@ -18,13 +18,14 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from batchd.aio import wait_first
 from batchd.backends import make_backend
 from batchd.backends.base import Backend, answering_model
 from batchd.claim import Claimer
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
 from batchd.inbox import scan
-from batchd.intake import Intake, first
+from batchd.intake import Intake
 from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.live import LiveViews
 from batchd.outbox import Outbox
@@ -250,7 +251,7 @@ class Daemon:
         claims = asyncio.create_task(intake.claims(), name="claims")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         live = asyncio.create_task(self.live.run(self.stop), name="live")
-        await first(intake.ready.wait(), self.stop.wait())
+        await wait_first(intake.ready.wait(), self.stop.wait())
         if not self.stop.is_set():
             self.on_settings()
             self.on_ready()
@@ -264,7 +265,7 @@ class Daemon:
                     worked = False  # logged by publish(); retried after the idle wait
                 if not worked:
                     self._wake.clear()
-                    await first(self._wake.wait(), self.stop.wait(), timeout=IDLE_SECONDS)
+                    await wait_first(self._wake.wait(), self.stop.wait(), timeout=IDLE_SECONDS)
         finally:
             self.on_stopping()
             log.info("daemon_stopping", jobs_done=self.jobs_done)
@@ -306,7 +307,7 @@ class Daemon:
                 self.on_status(self.status_line())
             except Exception:  # noqa: BLE001 - a status hiccup must not end the watchdog pings
                 log.exception("heartbeat_failed")
-            await first(self.stop.wait(), timeout=self.heartbeat_seconds)
+            await wait_first(self.stop.wait(), timeout=self.heartbeat_seconds)
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: job progress, rate, ETA and queue, or idle."""

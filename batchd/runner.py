@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 import structlog
 
+from batchd.aio import wait_first
 from batchd.backends.base import OPENAI_OPTION_KEYS, Backend, ChatRequest, ChatResult
 from batchd.config import Settings
 from batchd.context import ContextBudget, Conversation
@@ -267,7 +268,7 @@ class JobRunner:
                 self.server = ServerSide(backend=self.backend, metrics=self.metrics, job_id=self.job.id,
                                          model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx)
                 start = asyncio.ensure_future(self.server.start())
-                await _first(start, self._abort.wait())
+                await wait_first(start, self._abort.wait())
                 if not start.done():
                     start.cancel()
                 elif (failed := start.exception()) is not None:
@@ -327,7 +328,7 @@ class JobRunner:
                 self._check_cancel()
                 if self.stop.is_set():
                     break
-                await _first(self.sleep(CONTROL_SECONDS), stop, self._abort.wait())
+                await wait_first(self.sleep(CONTROL_SECONDS), stop, self._abort.wait())
             if self._abort.is_set():
                 return
             self.stopped_at = self.clock()
@@ -336,7 +337,7 @@ class JobRunner:
             log.info("job_stopping", job_id=self.job.id, in_flight=self.in_flight, grace_seconds=grace)
             end = asyncio.ensure_future(self.sleep(grace))
             while not end.done() and not self._abort.is_set():
-                await _first(end, self.sleep(CONTROL_SECONDS), self._abort.wait())
+                await wait_first(end, self.sleep(CONTROL_SECONDS), self._abort.wait())
                 self._check_cancel()
             if not self._abort.is_set():
                 if self.in_flight:
@@ -376,7 +377,7 @@ class JobRunner:
 
     async def _wait_gate(self) -> bool:
         """Wait for the backend; True when the job must not go on (stop, cancel, fatal)."""
-        await _first(self.gate.wait(), self.stop.wait(), self._abort.wait())
+        await wait_first(self.gate.wait(), self.stop.wait(), self._abort.wait())
         return not self.gate.is_open or self._halted()
 
     def new_conversation(self, lane: int) -> Conversation:
@@ -392,7 +393,7 @@ class JobRunner:
         lanes = [asyncio.create_task(self._lane(i, queue)) for i in range(self.lanes)]
         feeder = asyncio.create_task(self._feed(queue))
         try:
-            await _first(asyncio.wait(lanes), self._abort.wait())
+            await wait_first(asyncio.wait(lanes), self._abort.wait())
         finally:
             for task in (*lanes, feeder):
                 task.cancel()  # a no-op for the ones already done
@@ -609,14 +610,3 @@ class JobRunner:
         if force or self._last_flush - self._metrics_saved >= METRICS_SECONDS:
             self._metrics_saved = self._last_flush
             self.journal.update_job(self.job.id, metrics={"state": self.metrics.to_state()})
-
-
-async def _first(*aws: Awaitable[object]) -> None:
-    """Wait until the first of ``aws`` is done; cancel the others (those this call wrapped)."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task, aw in zip(tasks, aws):
-            if task is not aw:  # a future the caller passed in is the caller's to cancel
-                task.cancel()

@@ -18,7 +18,7 @@ from batchd.journal import Job, JobState, Journal, ReqState
 from batchd.metrics import JobMetrics
 from batchd.runner import JobRunner
 from batchd.vram import VramReading
-from tests.conftest import Folders
+from tests.conftest import until
 from tests.emulator import Emulator, count_tokens
 
 SYSTEM = "You score job candidates from 1 to 10. Be brief."
@@ -63,14 +63,6 @@ def queued_job(settings: Settings, journal: Journal, n: int, **kw: Any) -> Job:
     job = journal.job(claimed.job_id)
     assert job is not None
     return job
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"condition not met within {timeout}s"
-        await asyncio.sleep(0.005)
 
 
 def run_job(settings: Settings, n: int, *, gpu: FakeGpu | None = None,

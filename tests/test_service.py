@@ -23,7 +23,7 @@ import structlog.testing
 
 from batchd import service
 from batchd.service import Notifier, ServiceDaemon, Signals, status_state
-from tests.conftest import Folders, write_jsonl
+from tests.conftest import Folders, until, write_jsonl
 from tests.emulator import Emulator
 
 HAVE_LIBSYSTEMD = service._libsystemd_notify() is not None
@@ -247,23 +247,21 @@ def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
     def kinds() -> list[str]:
         return [d.split("=", 1)[0] for d in received]
 
-    async def until(pred: Callable[[], bool], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+    async def heard(pred: Callable[[], bool]) -> None:
+        def check() -> bool:
             received.extend(listener.take())
-            if pred():
-                return
-            assert time.monotonic() < deadline, received
-            await asyncio.sleep(0.02)
+            return pred()
+
+        await until(check, timeout=20, describe=lambda: received)
 
     async def scenario() -> None:
         task = asyncio.create_task(daemon.run())
-        await until(lambda: "READY" in kinds())
+        await heard(lambda: "READY" in kinds())
         write_jsonl(folders.inbox / "job.jsonl", 60)
-        await until(lambda: any(d.startswith("STATUS=job.jsonl: ") for d in received))
-        await until(lambda: "STATUS=idle, 1 jobs done" in received)
+        await heard(lambda: any(d.startswith("STATUS=job.jsonl: ") for d in received))
+        await heard(lambda: "STATUS=idle, 1 jobs done" in received)
         daemon.reload()
-        await until(lambda: "RELOADING" in kinds() and "READY" in kinds()[kinds().index("RELOADING"):])
+        await heard(lambda: "RELOADING" in kinds() and "READY" in kinds()[kinds().index("RELOADING"):])
         daemon.stop.set()
         assert await task == 0
         await daemon.aclose()
