@@ -612,16 +612,19 @@ class Journal:
             tx.execute(sql, (*args, job_id))
 
     def job(self, job_id: str) -> Job | None:
-        """A job by its id or a unique prefix of it (matched literally: no pattern characters)."""
-        if not job_id:
-            return None
+        """The job with exactly this id (an operator's short form: ``jobs_starting_with``)."""
+        rows = self._query(
+            f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id WHERE j.id=?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def jobs_starting_with(self, prefix: str, limit: int = 6) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (matched literally: no pattern characters), oldest first."""
+        if not prefix:
+            return []
         rows = self._query(
             f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
-            "WHERE substr(j.id, 1, ?) = ? ORDER BY j.seq LIMIT 2", (len(job_id), job_id))
-        exact = [r for r in rows if r[0] == job_id]
-        if exact:
-            return _job(exact[0])
-        return _job(rows[0]) if len(rows) == 1 else None
+            "WHERE substr(j.id, 1, ?) = ? ORDER BY j.seq LIMIT ?", (len(prefix), prefix, limit))
+        return [_job(r) for r in rows]
 
     def jobs(self, states: Sequence[JobState] | None = None, limit: int = 1000) -> list[Job]:
         where, args = "", []

@@ -255,7 +255,10 @@ def find_job(journal: Journal, job_ref: str) -> Job:
     job = journal.job(job_ref)
     if job is not None:
         return job
-    matches = sorted(j.id for j in journal.jobs() if j.id.startswith(job_ref))
+    found = journal.jobs_starting_with(job_ref)
+    if len(found) == 1:
+        return found[0]
+    matches = sorted(j.id for j in found)
     if len(matches) > 1:
         shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
         raise ConfigError("JOB", f"{job_ref!r} is ambiguous: it starts {shown}; give more of the id")

@@ -216,9 +216,9 @@ def test_a_job_prefix_is_matched_literally(make_settings: Callable[..., Settings
     settings = make_settings()
     journal = Journal(settings.journal_path)
     job = queued_job(settings, journal, 2)
-    assert journal.job(job.id[:5]) is not None and journal.job(job.id) is not None
+    assert [j.id for j in journal.jobs_starting_with(job.id[:5])] == [job.id] and journal.job(job.id) is not None
     for pattern in ("%", "_", job.id[:3] + "%", "_" * len(job.id), ""):
-        assert journal.job(pattern) is None, pattern
+        assert journal.job(pattern) is None and journal.jobs_starting_with(pattern) == [], pattern
 
 
 # -- 4. conversation mode: no false truncations -----------------------------------------------
