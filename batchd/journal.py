@@ -379,9 +379,6 @@ class Journal:
 
     # -- files and jobs ----------------------------------------------------------
 
-    def next_job_seq(self) -> int:
-        return int(self._query("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs")[0][0])
-
     def find_claim(self, inbox_path: bytes, size: int, mtime_ns: int) -> int | None:
         # inbox paths are stored as bytes: a file name need not be valid UTF-8
         rows = self._query(
@@ -703,13 +700,6 @@ class Journal:
             for r in rows:
                 yield _request(r)
             last = rows[-1][1]
-
-    def retry_failed(self, job_id: str) -> int:
-        """Failed and skipped requests go back to the queue (``batchd retry``)."""
-        with self.transaction() as db:
-            return db.execute(
-                "UPDATE requests SET state='queued', attempts=0, error=NULL, result=NULL "
-                "WHERE job_id=? AND state IN ('failed','skipped')", (job_id,)).rowcount
 
     # -- the HTTP API's records (api_files, api_batches; ``api/store.py`` gives them types) --------
 

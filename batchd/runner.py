@@ -50,7 +50,7 @@ from batchd.errors import (
 from batchd.ingest import full_body
 from batchd.journal import Job, Journal, Outcome, Request, ReqState, RunOutcome
 from batchd.metrics import JobMetrics
-from batchd.replies import ReplyChecker, checker_for
+from batchd.replies import checker_for
 from batchd.serverside import ServerSide
 from batchd.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
 
@@ -114,11 +114,6 @@ def result_id(sha: str | None, custom_id: str | None, kind: str) -> str:
     """Deterministic ids: the same input gives the same ids, run after run (crash or not)."""
     h = hashlib.sha256(f"{sha}\0{custom_id}\0{kind}".encode()).hexdigest()[:24]
     return f"{kind}_{h}"
-
-
-def _reply_checker(prefix: dict[str, Any] | None, pipeline_json: str | None) -> ReplyChecker:
-    """Schema checks for pipeline jobs (their prefix carries the response_format)."""
-    return checker_for(prefix, pipeline_json)
 
 
 class Gate:
@@ -233,7 +228,7 @@ class JobRunner:
         self.gate = Gate(backend, sleep=sleep, clock=clock, metrics=self.metrics,
                          max_wait=settings.backend.backoff_max_seconds or 30.0, on_fatal=self._fail)
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
-        self.replies = _reply_checker(self.prefix, job.pipeline_json)
+        self.replies = checker_for(self.prefix, job.pipeline_json)  # schema checks for pipeline jobs
         #: the pipeline (or the configuration) named conversation mode: no conversation_not_paying
         self._conversation_asked = ("mode" in settings.context.model_fields_set
                                     or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation")
@@ -491,7 +486,6 @@ class JobRunner:
                     continue
                 return self._failure(req, attempts, exc)
             except TransientError as exc:
-                last = exc
                 self.metrics.retries[exc.cause] += 1
                 if isinstance(exc, BackendOutOfMemory):
                     self.metrics.oom_events += 1
