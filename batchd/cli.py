@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,11 +108,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings, *, source: str = "")
 
 
 def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
-    import structlog
-
     from batchd import logs, preflight
     from batchd.config import load_settings
-    from batchd.service import Notifier, ServiceDaemon
+    from batchd.service import Notifier, ServiceDaemon, Signals
 
     preflight.check(settings)  # the same checks as `batchd doctor`: exit 2 before anything starts
     logs.configure(target=settings.log.target, level=settings.log.level,
@@ -125,24 +122,7 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
         # SIGHUP re-reads the same sources (file + environment) the first load used.
         daemon = ServiceDaemon(notifier=notifier, settings=settings, config=config,
                                reload_settings=lambda: load_settings(config=config))
-        loop = asyncio.get_running_loop()
-        stops = {"n": 0}
-
-        def on_signal(signum: int) -> None:
-            # Handlers only set flags; the loops notice and wind down.
-            stops["n"] += 1
-            if stops["n"] > 1:
-                os._exit(1)  # second signal: exit now; the journal is still the truth
-            grace = daemon.settings.shutdown_grace_seconds
-            structlog.get_logger("batchd.cli").info("stop_requested", signal=signal.Signals(signum).name,
-                                                    grace_seconds=grace)
-            # At once, not when the job loop gets there: systemctl status shows why we linger.
-            notifier.stopping(f"stopping: finishing requests in flight (up to {grace:g}s)")
-            daemon.stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+        Signals(daemon).install(asyncio.get_running_loop())
         try:
             return await (daemon.run_once() if once else daemon.run())
         finally:

@@ -213,6 +213,11 @@ class Settings(BaseSettings):
     def model_for(self, pipeline: Pipeline | None) -> str:
         return (pipeline.model if pipeline and pipeline.model else None) or self.backend.model
 
+    @property
+    def journal_path(self) -> Path:
+        """The journal's SQLite file (``state_dir/journal.sqlite3``): the one place that names it."""
+        return self.state_dir / "journal.sqlite3"
+
 
 # The TOML path is chosen by load_settings() before validation; a module-level slot
 # because pydantic-settings calls settings_customise_sources as a classmethod.

@@ -18,16 +18,18 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from batchd.aio import wait_first
 from batchd.backends import make_backend
 from batchd.backends.base import Backend, answering_model
 from batchd.claim import Claimer
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
 from batchd.inbox import scan
-from batchd.intake import Intake, first
+from batchd.intake import Intake
 from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.live import LiveViews
 from batchd.outbox import Outbox
+from batchd.pace import duration, eta, rate
 from batchd.runner import JobRunner
 from batchd.watch import choose_mode
 
@@ -35,9 +37,8 @@ log = structlog.get_logger("batchd.daemon")
 
 #: the job loop looks at the journal this often when idle (``batchd retry``/``cancel`` write there)
 IDLE_SECONDS = 1.0
+#: watchdog hook, status line, progress log and reloads run this often
 HEARTBEAT_SECONDS = 1.0
-#: ``on_status`` is called at most this often (systemd shows the latest line)
-STATUS_SECONDS = 5.0
 
 
 class Daemon:
@@ -46,7 +47,7 @@ class Daemon:
                  clock: Callable[[], float] = time.monotonic,
                  reload_settings: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
-        self.journal = journal or Journal(settings.state_dir / "journal.sqlite3")
+        self.journal = journal or Journal(settings.journal_path)
         self._backend = backend
         self._backend_stale = False
         self.sleep = sleep
@@ -66,10 +67,8 @@ class Daemon:
         self.intake: Intake | None = None
         self._job_started = 0.0
         self._job_base = 0
-        self._last_status: tuple[float, str] = (0.0, "")
         self._progress_mark: tuple[str, int] | None = None  # (job id, last logged progress step)
         self.heartbeat_seconds = HEARTBEAT_SECONDS
-        self.status_seconds = STATUS_SECONDS
         #: the outbox status page and the Prometheus metrics, kept current off the request path
         self.live = LiveViews(daemon=self)
 
@@ -85,7 +84,7 @@ class Daemon:
         """Called once the daemon watches the inbox (READY=1)."""
 
     def on_status(self, text: str) -> None:
-        """A one-line status, at most every ``status_seconds`` (STATUS=...)."""
+        """The one-line status, offered every heartbeat; the receiver paces it (``service.Notifier``)."""
 
     def on_watchdog(self) -> None:
         """Called from the event loop every ``heartbeat_seconds`` while it is responsive (WATCHDOG=1)."""
@@ -252,7 +251,7 @@ class Daemon:
         claims = asyncio.create_task(intake.claims(), name="claims")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         live = asyncio.create_task(self.live.run(self.stop), name="live")
-        await first(intake.ready.wait(), self.stop.wait())
+        await wait_first(intake.ready.wait(), self.stop.wait())
         if not self.stop.is_set():
             self.on_settings()
             self.on_ready()
@@ -266,7 +265,7 @@ class Daemon:
                     worked = False  # logged by publish(); retried after the idle wait
                 if not worked:
                     self._wake.clear()
-                    await first(self._wake.wait(), self.stop.wait(), timeout=IDLE_SECONDS)
+                    await wait_first(self._wake.wait(), self.stop.wait(), timeout=IDLE_SECONDS)
         finally:
             self.on_stopping()
             log.info("daemon_stopping", jobs_done=self.jobs_done)
@@ -305,16 +304,10 @@ class Daemon:
                 if self.current is not None:
                     self.publish_ready()  # the job loop is busy with the running job
                 self._log_progress()
-                now = self.clock()
-                last_at, last_text = self._last_status
-                if now - last_at >= self.status_seconds:
-                    text = self.status_line()
-                    if text != last_text or now - last_at >= 60:
-                        self._last_status = (now, text)
-                        self.on_status(text)
+                self.on_status(self.status_line())
             except Exception:  # noqa: BLE001 - a status hiccup must not end the watchdog pings
                 log.exception("heartbeat_failed")
-            await first(self.stop.wait(), timeout=self.heartbeat_seconds)
+            await wait_first(self.stop.wait(), timeout=self.heartbeat_seconds)
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: job progress, rate, ETA and queue, or idle."""
@@ -327,13 +320,13 @@ class Daemon:
         if gate.down_since is not None:
             host = runner.backend.host.split("://", 1)[-1]
             since = time.strftime("%H:%M:%S", time.localtime(gate.down_since_wall or time.time()))
-            return (f"waiting for backend at {host} since {since} (down {_duration(self.clock() - gate.down_since)}, "
+            return (f"waiting for backend at {host} since {since} (down {duration(self.clock() - gate.down_since)}, "
                     f"{gate.probes} probes; {gate.reason[:80]})")
         job = runner.job
-        finished, rate = self._progress(runner)
+        finished, per_s = self._progress(runner)
         parts = [f"{job.input_name}: {finished:,}/{job.total:,} ({100 * finished / max(1, job.total):.1f}%)"]
-        if rate:
-            parts += [f"{rate:.1f} req/s", f"ETA {_duration((job.total - finished) / rate)}"]
+        if per_s:
+            parts += [f"{per_s:.1f} req/s", f"ETA {duration(eta(job.total - finished, per_s) or 0)}"]
         if runner.metrics.reloads:
             parts.append(f"model reloaded {runner.metrics.reloads}x (another client?)")
         parts.append(f"queue {len(queued)}")
@@ -342,8 +335,7 @@ class Daemon:
     def _progress(self, runner: JobRunner) -> tuple[int, float | None]:
         """(requests finished, req/s since this run of the job started) of the running job."""
         fresh = runner.done + runner.failed
-        elapsed = self.clock() - self._job_started
-        return self._job_base + fresh, (fresh / elapsed if fresh and elapsed > 0 else None)
+        return self._job_base + fresh, rate(fresh, self.clock() - self._job_started)
 
     def _log_progress(self) -> None:
         """``job_progress`` each time the running job crosses another ``log.progress_every_percent``."""
@@ -351,7 +343,8 @@ class Daemon:
         if runner is None:
             return
         job = runner.job
-        finished, rate = self._progress(runner)
+        finished, per_s = self._progress(runner)
+        left = eta(job.total - finished, per_s)
         step = runner.settings.log.progress_every_percent
         mark = int(100 * finished / max(1, job.total) // step)
         if self._progress_mark is None or self._progress_mark[0] != job.id:
@@ -365,8 +358,8 @@ class Daemon:
         log.info("job_progress", job_id=job.id, input=job.input_name, finished=finished, total=job.total,
                  failed=counts.get("failed", 0) + counts.get("invalid", 0),
                  percent=round(100 * finished / max(1, job.total), 1),
-                 req_per_s=round(rate, 2) if rate else None,
-                 eta_seconds=round((job.total - finished) / rate) if rate else None)
+                 req_per_s=round(per_s, 2) if per_s else None,
+                 eta_seconds=round(left) if left is not None else None)
 
     def _apply_reload(self) -> None:
         if self.reload_settings is None:
@@ -401,12 +394,3 @@ class Daemon:
         if self._backend is not None:
             await self._backend.aclose()
         self.journal.close()
-
-
-def _duration(seconds: float) -> str:
-    s = int(max(0, seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"

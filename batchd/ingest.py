@@ -13,7 +13,6 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
@@ -260,17 +259,6 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
         keep = {c: row.get(c, "") for c in passthrough} if passthrough else None
         body = {"messages": [{"role": "user", "content": render(row)}]}
         yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=body, row=keep)
-
-
-def csv_to_batch_lines(path: Path, pipeline: Pipeline, model: str, limits: Limits) -> Iterator[bytes]:
-    """The OpenAI batch JSONL the daemon would journal for this CSV (``batchd convert``)."""
-    prefix = pipeline_prefix(pipeline, model)
-    with path.open("rb") as fh:
-        _, rows = read_csv(fh, pipeline, limits)
-        for r in rows:
-            if r.body is None:
-                continue
-            yield batch_line(r.custom_id or "", full_body(prefix, r.body))
 
 
 def batch_line(custom_id: str, body: dict[str, Any]) -> bytes:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
+from batchd.aio import wait_first
 from batchd.claim import Claimer
 from batchd.config import Settings
 from batchd.errors import BatchdError
@@ -71,7 +72,7 @@ class Intake:
             except Exception:  # noqa: BLE001 - keep watching whatever went wrong; jobs still run
                 log.exception("watch_failed", inbox=str(self.settings().inbox))
                 self.ready.set()
-                await first(self.stop.wait(), timeout=backoff)
+                await wait_first(self.stop.wait(), timeout=backoff)
                 backoff = min(UNAVAILABLE_BACKOFF_MAX, backoff * 2)
 
     async def _watch_once(self, on_path: Callable[[Path, Signature | None], None],
@@ -90,7 +91,7 @@ class Intake:
             if not unavailable:  # once per outage, not once per retry
                 log.warning("inbox_unavailable", inbox=str(inbox), error=str(exc))
             self.ready.set()  # still READY: jobs run while we wait for the share to come back
-            await first(self.stop.wait(), timeout=backoff)
+            await wait_first(self.stop.wait(), timeout=backoff)
             return min(UNAVAILABLE_BACKOFF_MAX, backoff * 2), True
         if unavailable:
             log.info("inbox_available", inbox=str(inbox))
@@ -139,7 +140,7 @@ class Intake:
             if due is not None:
                 wait = min(wait, due + 0.01)
             self._nudge.clear()
-            await first(self._nudge.wait(), timeout=max(0.01, wait))
+            await wait_first(self._nudge.wait(), timeout=max(0.01, wait))
         return False
 
     async def _rescan(self) -> None:
@@ -169,13 +170,11 @@ class Intake:
         """Claim queued candidates in order until stop; the file in hand is always finished."""
         # A sqlite connection must not be used by two threads at once: the claim thread has its own.
         # WAL + busy_timeout let it write while the runner flushes; ingest commits every 5,000 rows.
-        journal = Journal(self.settings().state_dir / "journal.sqlite3")
+        journal = Journal(self.settings().journal_path)
         try:
             while not self.stop.is_set():
                 getter = asyncio.ensure_future(self._claims.get())
-                stopper = asyncio.ensure_future(self.stop.wait())
-                await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
+                await wait_first(getter, self.stop.wait())
                 if not getter.done():
                     getter.cancel()
                     break
@@ -212,15 +211,4 @@ class Intake:
             except (BatchdError, OSError) as exc:
                 log.error("ingest_failed", job_id=job.id, input=job.input_name, error=str(exc))
         return claimed
-
-
-async def first(*aws: Awaitable[object], timeout: float | None = None) -> None:
-    """Wait until the first of ``aws`` finishes (or ``timeout``); cancel the rest."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            if not t.done():
-                t.cancel()
 

@@ -379,9 +379,6 @@ class Journal:
 
     # -- files and jobs ----------------------------------------------------------
 
-    def next_job_seq(self) -> int:
-        return int(self._query("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs")[0][0])
-
     def find_claim(self, inbox_path: bytes, size: int, mtime_ns: int) -> int | None:
         # inbox paths are stored as bytes: a file name need not be valid UTF-8
         rows = self._query(
@@ -612,16 +609,19 @@ class Journal:
             tx.execute(sql, (*args, job_id))
 
     def job(self, job_id: str) -> Job | None:
-        """A job by its id or a unique prefix of it (matched literally: no pattern characters)."""
-        if not job_id:
-            return None
+        """The job with exactly this id (an operator's short form: ``jobs_starting_with``)."""
+        rows = self._query(
+            f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id WHERE j.id=?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def jobs_starting_with(self, prefix: str, limit: int = 6) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (matched literally: no pattern characters), oldest first."""
+        if not prefix:
+            return []
         rows = self._query(
             f"SELECT {_JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
-            "WHERE substr(j.id, 1, ?) = ? ORDER BY j.seq LIMIT 2", (len(job_id), job_id))
-        exact = [r for r in rows if r[0] == job_id]
-        if exact:
-            return _job(exact[0])
-        return _job(rows[0]) if len(rows) == 1 else None
+            "WHERE substr(j.id, 1, ?) = ? ORDER BY j.seq LIMIT ?", (len(prefix), prefix, limit))
+        return [_job(r) for r in rows]
 
     def jobs(self, states: Sequence[JobState] | None = None, limit: int = 1000) -> list[Job]:
         where, args = "", []
@@ -700,13 +700,6 @@ class Journal:
             for r in rows:
                 yield _request(r)
             last = rows[-1][1]
-
-    def retry_failed(self, job_id: str) -> int:
-        """Failed and skipped requests go back to the queue (``batchd retry``)."""
-        with self.transaction() as db:
-            return db.execute(
-                "UPDATE requests SET state='queued', attempts=0, error=NULL, result=NULL "
-                "WHERE job_id=? AND state IN ('failed','skipped')", (job_id,)).rowcount
 
     # -- the HTTP API's records (api_files, api_batches; ``api/store.py`` gives them types) --------
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from batchd import ops, statuspage
+from batchd.aio import wait_first
 from batchd.errors import BatchdError
 from batchd.fsutil import write_atomic
-from batchd.intake import first
 from batchd.journal import Job, Journal
 from batchd.prom import Exporter, Live, Queue
 from batchd.share import SharedFolder
@@ -113,7 +113,7 @@ class LiveViews:
                 await asyncio.sleep(self.min_gap)
                 continue
             # Not wait_for: on 3.11 it swallows a cancel that lands as the event fires (bpo-42130).
-            await first(self._poked.wait(), stop.wait(), timeout=self.tick)
+            await wait_first(self._poked.wait(), stop.wait(), timeout=self.tick)
 
     async def step(self) -> None:
         """One tick: refresh the in-memory gauges; write what is due (in the worker thread)."""
@@ -244,7 +244,7 @@ class LiveViews:
 
     def _open_journal(self) -> Journal | None:
         if self._journal is None:
-            path = self.settings.state_dir / "journal.sqlite3"
+            path = self.settings.journal_path
             if not path.exists():
                 return None
             self._journal = Journal(path)

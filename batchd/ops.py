@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from batchd import pace
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, InputError
 from batchd.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
@@ -23,7 +24,7 @@ from batchd.redact import escape_controls
 
 
 def _journal(settings: Settings) -> Journal:
-    path = settings.state_dir / "journal.sqlite3"
+    path = settings.journal_path
     if not path.exists():
         # Creating it here (as whoever runs the command, often root) would leave a journal
         # the daemon's user cannot write.
@@ -52,14 +53,14 @@ RATE_WINDOW_SECONDS = 120.0
 
 
 def _rate(journal: Journal, job: Job, done_failed: int, now: float) -> float | None:
-    samples = [(t, d + f) for t, d, f, *_ in journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)]
-    if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
-        (t0, n0), (t1, n1) = samples[0], samples[-1]
-        return max(0.0, (n1 - n0) / (t1 - t0))
+    points = [(t, d + f) for t, d, f, *_ in journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)]
+    measured = pace.window_rate(points)
+    if measured is not None:
+        return measured
     # No samples yet (the runner writes one every few seconds): the job's busy time, else wall time.
     state = job.metrics.get("state", {}) if job.metrics else {}
     elapsed = state.get("busy_seconds") or (now - job.started_at if job.started_at else 0)
-    return done_failed / elapsed if done_failed and elapsed > 0 else None
+    return pace.rate(done_failed, elapsed)
 
 
 def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, 
     if job.state is JobState.RUNNING:
         rate = _rate(journal, job, done + counts.get("failed", 0), now)
         left = counts.get("queued", 0) + counts.get("running", 0)
-        eta = left / rate if rate else None
+        eta = pace.eta(left, rate)
     state = job.state.value
     if job.cancel_requested and job.state is JobState.RUNNING:
         state = "cancelling"
@@ -114,8 +115,8 @@ def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
     for v in views["active"] + views["recent"]:
         rows.append((
             v["job_id"], v["state"], _bar(v["progress"]), f"{v['finished']:,}/{v['total']:,}",
-            f"{v['req_per_s']:.1f}" if v["req_per_s"] else "-",
-            _dur(v["eta_seconds"]) if v["eta_seconds"] is not None else "-",
+            pace.rate_text(v["req_per_s"]),
+            pace.duration(v["eta_seconds"]) if v["eta_seconds"] is not None else "-",
             f"{v['failed']:,}" if v["failed"] else "-",
             v["input"] + (f"  ({str(v['error'].get('message', ''))[:60]})" if v["error"] else ""),
         ))
@@ -135,7 +136,7 @@ def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
 
 def status(settings: Settings, *, as_json: bool, limit: int) -> int:
     views: dict[str, list[dict[str, Any]]] = {"active": [], "recent": []}
-    if (settings.state_dir / "journal.sqlite3").exists():  # no journal yet: nothing has run
+    if settings.journal_path.exists():  # no journal yet: nothing has run
         journal = _journal(settings)
         try:
             views = status_views(journal, limit=limit)
@@ -151,16 +152,6 @@ def status(settings: Settings, *, as_json: bool, limit: int) -> int:
 def _bar(fraction: float, width: int = 20) -> str:
     filled = int(fraction * width)  # floor: a bar is full only when the job is
     return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
-
-
-def _dur(seconds: float) -> str:
-    seconds = int(seconds)
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    if d:
-        return f"{d}d{h:02d}h"
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 # -- convert / render ------------------------------------------------------------------
@@ -264,7 +255,10 @@ def find_job(journal: Journal, job_ref: str) -> Job:
     job = journal.job(job_ref)
     if job is not None:
         return job
-    matches = sorted(j.id for j in journal.jobs() if j.id.startswith(job_ref))
+    found = journal.jobs_starting_with(job_ref)
+    if len(found) == 1:
+        return found[0]
+    matches = sorted(j.id for j in found)
     if len(matches) > 1:
         shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
         raise ConfigError("JOB", f"{job_ref!r} is ambiguous: it starts {shown}; give more of the id")

@@ -2,7 +2,7 @@
 
 Self-contained on purpose (no network, no script, no external CSS or fonts;
 a Content-Security-Policy forbids anything else): it is read from a shared
-folder, mailed around and opened offline. Plots are inline SVG drawn here.
+folder, mailed around and opened offline. Plots are inline SVG (``svgchart.py``).
 Every name, id and model output is untrusted text and goes through
 ``html.escape``. Rows stream from the journal: only the histogram, the top and
 bottom rows and counters are kept, so 170,000 rows cost the same memory as 200.
@@ -21,14 +21,14 @@ from typing import Any
 
 import orjson
 
+from batchd import svgchart
 from batchd.journal import Job, Journal
+from batchd.pace import duration
 from batchd.scores import Scored, ScoreSheet
+from batchd.svgchart import number
 
 TOP_N = 20
-MAX_POINTS = 400
 CELL_CHARS = 160
-W, H = 960, 240
-L, R, T, B = 70, 20, 14, 44  # plot margins: room for tick labels and axis titles
 Sample = Sequence[Any]  # (t, done, failed, ctx_tokens, vram_used, trims, lanes)
 
 
@@ -173,11 +173,11 @@ def _cards(data: ReportData, metrics: dict[str, Any]) -> str:
     cards = [("rows", sum(st.values())), ("scored", n), ("ok", st["ok"]),
              ("failed", st["failed"]), ("invalid input", st["invalid"]), ("unparsed", st["unparsed"]),
              ("skipped", st["skipped"]), ("mean score", mean), ("median score", median),
-             ("elapsed", _duration(perf.get("elapsed_seconds"))),
+             ("elapsed", _elapsed(perf.get("elapsed_seconds"))),
              ("rows / min", round(perf["requests_per_second"] * 60, 1) if perf.get("requests_per_second") else None),
              ("tokens", f"{tokens['total']:,}" if tokens.get("total") else None)]
     return "<div class='cards' style='margin-bottom:16px'>" + "".join(
-        f"<div class='card'><b>{escape(_fmt(v))}</b><span>{escape(k)}</span></div>"
+        f"<div class='card'><b>{escape(number(v))}</b><span>{escape(k)}</span></div>"
         for k, v in cards if v not in (None, 0) or k in ("rows", "failed")) + "</div>"
 
 
@@ -188,7 +188,7 @@ def _histogram(data: ReportData) -> str:
     if data.sheet.scale:  # the whole scale, so 20 rows at 7 read as "all 7 out of 1-10"
         lo, hi = min(lo, data.sheet.scale[0]), max(hi, data.sheet.scale[1])
     if all(v.is_integer() for v in (lo, hi, *data.hist)) and hi - lo <= 30:
-        bins = [(_fmt(int(v)), data.hist.get(float(v), 0)) for v in range(int(lo), int(hi) + 1)]
+        bins = [(number(int(v)), data.hist.get(float(v), 0)) for v in range(int(lo), int(hi) + 1)]
     else:
         n = 10
         # Divided before subtracting: scores near ±1.8e308 (any reply is possible) must not overflow to inf.
@@ -199,22 +199,8 @@ def _histogram(data: ReportData) -> str:
         def edge(i: int) -> float:
             return lo * (1 - i / n) + hi * (i / n)
 
-        bins = [(f"{_fmt(edge(i))}–{_fmt(edge(i + 1))}", c) for i, c in enumerate(counts)]
-    top = max(c for _, c in bins)
-    ys = _ticks(0, top, whole=True)
-    ymax = ys[-1]
-    pw, ph = W - L - R, H - T - B
-    step = pw / len(bins)
-    out = _axes(ys, lambda y: T + ph - ph * y / ymax, "rows", "score")
-    for i, (label, c) in enumerate(bins):
-        x = L + i * step
-        h = ph * c / ymax
-        out.append(f"<rect x='{x + step * 0.12:.1f}' y='{T + ph - h:.1f}' width='{step * 0.76:.1f}' "
-                   f"height='{h:.1f}' fill='#3b82f6'><title>{escape(label)}: {c:,}</title></rect>")
-        out.append(f"<text x='{x + step / 2:.1f}' y='{T + ph + 16}' text-anchor='middle'>{escape(label)}</text>")
-        if c:
-            out.append(f"<text x='{x + step / 2:.1f}' y='{T + ph - h - 4:.1f}' text-anchor='middle'>{c:,}</text>")
-    return _svg(out, "score histogram")
+        bins = [(f"{number(edge(i))}–{number(edge(i + 1))}", c) for i, c in enumerate(counts)]
+    return svgchart.bars(bins, ylabel="rows", xlabel="score", label="score histogram")
 
 
 def _rank_sections(data: ReportData) -> list[str]:
@@ -276,7 +262,7 @@ def _throughput(samples: Sequence[Sample], job: Job) -> str:
         if dt_s > 0:  # a step per interval: the rate is an average over it, not a value at an instant
             rate = max(0.0, ((b[1] + b[2]) - (a[1] + a[2])) * 60 / dt_s)
             pts += [(float(a[0]) - t0, rate), (float(b[0]) - t0, rate)]
-    return _line(pts, "rows / min", color="#2f855a") if pts else _too_few(samples)
+    return svgchart.line(pts, "rows / min", color="#2f855a") if pts else _too_few(samples)
 
 
 def _context(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
@@ -288,7 +274,7 @@ def _context(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> st
     num_ctx = (metrics.get("context") or {}).get("num_ctx") or job.meta.get("num_ctx")
     note = f"<p class='note'>Red ticks: {len(trims):,} sample interval(s) with context trims.</p>" if trims else \
         "<p class='note'>No context trims.</p>"
-    return _line([(t - t0, v) for t, v in pts], "tokens", color="#6b46c1", marks=trims,
+    return svgchart.line([(t - t0, v) for t, v in pts], "tokens", color="#6b46c1", marks=trims,
                  ref=(float(num_ctx), f"num_ctx {num_ctx:,}") if num_ctx else None) + note
 
 
@@ -307,7 +293,7 @@ def _vram(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
         ref = (total / 2**30, f"card total {total / 2**30:.1f} GiB") if total else None
     else:
         unit, scale = "VRAM used", 1.0
-    return _line([(t - t0, v * scale) for t, v in pts], unit, color="#dd6b20", ref=ref)
+    return svgchart.line([(t - t0, v * scale) for t, v in pts], unit, color="#dd6b20", ref=ref)
 
 
 def _too_few(points: Sequence[Any], text: str = "") -> str:
@@ -316,105 +302,21 @@ def _too_few(points: Sequence[Any], text: str = "") -> str:
     return f"<p class='note'>{escape(what)}</p>"
 
 
-# -- drawing ---------------------------------------------------------------------------
-
-
-def _line(pts: list[tuple[float, float]], ylabel: str, *, color: str, marks: Sequence[float] = (),
-          ref: tuple[float, str] | None = None) -> str:
-    pts = _thin(pts)
-    xmax = max(x for x, _ in pts) or 1.0
-    unit, div = ("h", 3600.0) if xmax >= 7200 else ("min", 60.0) if xmax >= 120 else ("s", 1.0)
-    ytop = max([y for _, y in pts] + ([ref[0]] if ref else []))
-    ys = _ticks(0, ytop or 1.0)
-    xs = _ticks(0, xmax / div)
-    pw, ph = W - L - R, H - T - B
-
-    def sx(x: float) -> float:
-        return L + pw * x / (xs[-1] * div)
-
-    def sy(y: float) -> float:
-        return T + ph - ph * y / ys[-1]
-
-    out = _axes(ys, sy, ylabel, f"time since start ({unit})")
-    for x in xs:
-        out.append(f"<text x='{sx(x * div):.1f}' y='{T + ph + 16}' text-anchor='middle'>{_fmt(x)}</text>")
-    for m in list(dict.fromkeys(round(sx(m)) for m in marks))[:MAX_POINTS]:
-        out.append(f"<line x1='{m}' x2='{m}' y1='{T + ph}' y2='{T + ph - 10}' stroke='#e53e3e' stroke-width='2'/>")
-    if ref:
-        out.append(f"<line x1='{L}' x2='{L + pw}' y1='{sy(ref[0]):.1f}' y2='{sy(ref[0]):.1f}' stroke='#9aa5b1' "
-                   f"stroke-dasharray='5 4'/><text x='{L + pw - 4}' y='{sy(ref[0]) - 4:.1f}' "
-                   f"text-anchor='end'>{escape(ref[1])}</text>")
-    path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-    out.append(f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='2' "
-               "stroke-linejoin='round'/>")
-    return _svg(out, ylabel)
-
-
-def _axes(ys: list[float], sy: Any, ylabel: str, xlabel: str) -> list[str]:
-    out = []
-    for y in ys:
-        out.append(f"<line x1='{L}' x2='{W - R}' y1='{sy(y):.1f}' y2='{sy(y):.1f}' stroke='#e4e7eb'/>"
-                   f"<text x='{L - 6}' y='{sy(y) + 4:.1f}' text-anchor='end'>{_fmt(y)}</text>")
-    out.append(f"<line x1='{L}' x2='{L}' y1='{T}' y2='{H - B}' stroke='#9aa5b1'/>"
-               f"<line x1='{L}' x2='{W - R}' y1='{H - B}' y2='{H - B}' stroke='#9aa5b1'/>")
-    out.append(f"<text x='{L + (W - L - R) / 2:.0f}' y='{H - 6}' text-anchor='middle'>{escape(xlabel)}</text>")
-    out.append(f"<text transform='translate(16 {T + (H - T - B) / 2:.0f}) rotate(-90)' "
-               f"text-anchor='middle'>{escape(ylabel)}</text>")
-    return out
-
-
-def _svg(parts: list[str], label: str) -> str:
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {W} {H}' width='{W}' height='{H}' "
-            f"role='img' aria-label='{escape(label)}'>" + "".join(parts) + "</svg>")
-
-
-def _thin(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """At most MAX_POINTS points; each bucket keeps its highest value so peaks survive."""
-    if len(pts) <= MAX_POINTS:
-        return pts
-    k = math.ceil(len(pts) / MAX_POINTS)
-    return [max(pts[i:i + k], key=lambda p: p[1]) for i in range(0, len(pts), k)]
-
-
-def _ticks(lo: float, hi: float, n: int = 5, *, whole: bool = False) -> list[float]:
-    """Round tick values from lo to at least hi (1, 2, 5 × 10^k steps; ≥ 1 for counts)."""
-    if hi <= lo:
-        hi = lo + 1
-    raw = max((hi - lo) / n, 1.0) if whole else (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    count = math.ceil((hi - lo) / step - 1e-9)
-    return [lo + i * step for i in range(count + 1)]
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if not math.isfinite(v) or abs(v) >= 1e15:
-            return f"{v:.3g}"
-        if v.is_integer():
-            return f"{int(v):,}"
-        return f"{v:,.2f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
-    return str(v)
-
-
 def _short(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         text = "; ".join("" if v is None else str(v) for v in value)
     elif isinstance(value, dict):
         text = orjson.dumps(value).decode()
     else:
-        text = _fmt(value) if isinstance(value, (int, float)) else "" if value is None else str(value)
+        text = number(value) if isinstance(value, (int, float)) else "" if value is None else str(value)
     return text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
 
 
-def _duration(seconds: Any) -> str | None:
+def _elapsed(seconds: Any) -> str | None:
+    """The job's elapsed time for its card; None (no card) when the metrics do not say."""
     if not isinstance(seconds, (int, float)) or seconds <= 0:
         return None
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
+    return duration(seconds, tenths=True)
 
 
 def _when(ts: float | None) -> str | None:

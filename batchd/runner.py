@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 import structlog
 
+from batchd.aio import wait_first
 from batchd.backends.base import OPENAI_OPTION_KEYS, Backend, ChatRequest, ChatResult
 from batchd.config import Settings
 from batchd.context import ContextBudget, Conversation
@@ -49,7 +50,7 @@ from batchd.errors import (
 from batchd.ingest import full_body
 from batchd.journal import Job, Journal, Outcome, Request, ReqState, RunOutcome
 from batchd.metrics import JobMetrics
-from batchd.replies import ReplyChecker, checker_for
+from batchd.replies import checker_for
 from batchd.serverside import ServerSide
 from batchd.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
 
@@ -113,11 +114,6 @@ def result_id(sha: str | None, custom_id: str | None, kind: str) -> str:
     """Deterministic ids: the same input gives the same ids, run after run (crash or not)."""
     h = hashlib.sha256(f"{sha}\0{custom_id}\0{kind}".encode()).hexdigest()[:24]
     return f"{kind}_{h}"
-
-
-def _reply_checker(prefix: dict[str, Any] | None, pipeline_json: str | None) -> ReplyChecker:
-    """Schema checks for pipeline jobs (their prefix carries the response_format)."""
-    return checker_for(prefix, pipeline_json)
 
 
 class Gate:
@@ -232,7 +228,7 @@ class JobRunner:
         self.gate = Gate(backend, sleep=sleep, clock=clock, metrics=self.metrics,
                          max_wait=settings.backend.backoff_max_seconds or 30.0, on_fatal=self._fail)
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
-        self.replies = _reply_checker(self.prefix, job.pipeline_json)
+        self.replies = checker_for(self.prefix, job.pipeline_json)  # schema checks for pipeline jobs
         #: the pipeline (or the configuration) named conversation mode: no conversation_not_paying
         self._conversation_asked = ("mode" in settings.context.model_fields_set
                                     or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation")
@@ -267,7 +263,7 @@ class JobRunner:
                 self.server = ServerSide(backend=self.backend, metrics=self.metrics, job_id=self.job.id,
                                          model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx)
                 start = asyncio.ensure_future(self.server.start())
-                await _first(start, self._abort.wait())
+                await wait_first(start, self._abort.wait())
                 if not start.done():
                     start.cancel()
                 elif (failed := start.exception()) is not None:
@@ -327,7 +323,7 @@ class JobRunner:
                 self._check_cancel()
                 if self.stop.is_set():
                     break
-                await _first(self.sleep(CONTROL_SECONDS), stop, self._abort.wait())
+                await wait_first(self.sleep(CONTROL_SECONDS), stop, self._abort.wait())
             if self._abort.is_set():
                 return
             self.stopped_at = self.clock()
@@ -336,7 +332,7 @@ class JobRunner:
             log.info("job_stopping", job_id=self.job.id, in_flight=self.in_flight, grace_seconds=grace)
             end = asyncio.ensure_future(self.sleep(grace))
             while not end.done() and not self._abort.is_set():
-                await _first(end, self.sleep(CONTROL_SECONDS), self._abort.wait())
+                await wait_first(end, self.sleep(CONTROL_SECONDS), self._abort.wait())
                 self._check_cancel()
             if not self._abort.is_set():
                 if self.in_flight:
@@ -376,7 +372,7 @@ class JobRunner:
 
     async def _wait_gate(self) -> bool:
         """Wait for the backend; True when the job must not go on (stop, cancel, fatal)."""
-        await _first(self.gate.wait(), self.stop.wait(), self._abort.wait())
+        await wait_first(self.gate.wait(), self.stop.wait(), self._abort.wait())
         return not self.gate.is_open or self._halted()
 
     def new_conversation(self, lane: int) -> Conversation:
@@ -392,7 +388,7 @@ class JobRunner:
         lanes = [asyncio.create_task(self._lane(i, queue)) for i in range(self.lanes)]
         feeder = asyncio.create_task(self._feed(queue))
         try:
-            await _first(asyncio.wait(lanes), self._abort.wait())
+            await wait_first(asyncio.wait(lanes), self._abort.wait())
         finally:
             for task in (*lanes, feeder):
                 task.cancel()  # a no-op for the ones already done
@@ -490,7 +486,6 @@ class JobRunner:
                     continue
                 return self._failure(req, attempts, exc)
             except TransientError as exc:
-                last = exc
                 self.metrics.retries[exc.cause] += 1
                 if isinstance(exc, BackendOutOfMemory):
                     self.metrics.oom_events += 1
@@ -609,14 +604,3 @@ class JobRunner:
         if force or self._last_flush - self._metrics_saved >= METRICS_SECONDS:
             self._metrics_saved = self._last_flush
             self.journal.update_job(self.job.id, metrics={"state": self.metrics.to_state()})
-
-
-async def _first(*aws: Awaitable[object]) -> None:
-    """Wait until the first of ``aws`` is done; cancel the others (those this call wrapped)."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task, aw in zip(tasks, aws):
-            if task is not aw:  # a future the caller passed in is the caller's to cancel
-                task.cancel()

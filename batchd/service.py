@@ -1,4 +1,4 @@
-"""systemd glue: sd_notify for ``Type=notify`` and a daemon that reports through it.
+"""systemd glue: sd_notify for ``Type=notify``, a daemon that reports through it, and its signals.
 
 ``Notifier`` speaks the notify protocol (one datagram of ``KEY=value`` lines
 to ``$NOTIFY_SOCKET``): ``READY=1`` once watching, ``STATUS=`` one line at a
@@ -10,19 +10,32 @@ otherwise; without ``$NOTIFY_SOCKET`` (not under systemd) every call is a no-op.
 The environment is read by the caller (``cli``) and handed in, so tests build
 a ``Notifier`` for a socket of their own. One exception is inherent:
 libsystemd's ``sd_notify`` reads ``$NOTIFY_SOCKET`` itself.
+
+``Signals`` wires SIGTERM/SIGINT (stop) and SIGHUP (reload) to a ``ServiceDaemon``.
+Its handlers only set flags and schedule work on the event loop; the logging
+and the ``STOPPING=1`` happen in a loop callback. The one exception is a second
+SIGTERM/SIGINT, which ends the process at once with ``os._exit(1)``: the
+operator asked twice, requests in flight are abandoned, and the journal (which
+commits every result) is still the truth for the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from batchd.daemon import Daemon
 from batchd.effective import write_record
+
+log = structlog.get_logger("batchd.service")
 
 #: STATUS= is sent at most this often, unless the daemon changes state (idle -> job -> waiting)
 STATUS_SECONDS = 3.0
@@ -214,15 +227,12 @@ class ServiceDaemon(Daemon):
         super().__init__(**kwargs)
         self.notifier = notifier
         self.config = config
-        # The notifier paces STATUS= itself and sends a change of state (idle -> job) at once,
-        # so let the daemon offer a fresh line on every heartbeat.
-        self.status_seconds = min(self.status_seconds, self.heartbeat_seconds)
 
     def on_ready(self) -> None:
         self.notifier.ready(self.status_line())
 
     def on_status(self, text: str) -> None:
-        self.notifier.status(text)
+        self.notifier.status(text)  # the one pacer: the daemon offers a line every heartbeat
 
     def on_watchdog(self) -> None:
         self.notifier.watchdog()
@@ -243,6 +253,42 @@ class ServiceDaemon(Daemon):
     def on_stopping(self) -> None:
         self.notifier.stopping("stopping: finishing requests in flight")
 
+    def stop_requested(self, signame: str) -> None:
+        """A stop signal arrived (called on the loop, never in the handler): log it, tell systemd at
+        once (not when the job loop gets there: ``systemctl status`` shows why we linger)."""
+        grace = self.settings.shutdown_grace_seconds
+        log.info("stop_requested", signal=signame, grace_seconds=grace)
+        self.notifier.stopping(f"stopping: finishing requests in flight (up to {grace:g}s)")
+
     async def aclose(self) -> None:
         await super().aclose()
         self.notifier.close()
+
+
+class Signals:
+    """SIGTERM/SIGINT stop the daemon, a second one exits at once; SIGHUP reloads. See the module docstring."""
+
+    STOP = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, daemon: ServiceDaemon, *, exit_now: Callable[[int], object] = os._exit) -> None:
+        self.daemon = daemon
+        self.exit_now = exit_now
+        self.stops = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Register the handlers on ``loop`` (they go when the loop is closed)."""
+        self._loop = loop
+        for sig in self.STOP:
+            loop.add_signal_handler(sig, self.on_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.daemon.reload)  # a flag; the heartbeat applies it
+
+    def on_stop(self, signum: int) -> None:
+        """Set the stop flag and schedule the announcement; a second signal exits now."""
+        self.stops += 1
+        if self.stops > 1:
+            self.exit_now(1)  # the documented exception: no clean-up, the journal is the truth
+            return
+        assert self._loop is not None, "install() first"
+        self._loop.call_soon(self.daemon.stop_requested, signal.Signals(signum).name)
+        self.daemon.stop.set()

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from batchd.ops import _dur
+from batchd.pace import duration, rate_text
 from batchd.redact import escape_controls
 
 # Job folders are named by ``inbox.safe_stem`` (only ``[A-Za-z0-9._-]``, never a leading
@@ -116,7 +116,7 @@ def render_html(data: dict[str, Any], *, outbox: Path | None = None) -> str:
     waiting = data.get("waiting_for_backend")
     if waiting:
         parts.append(f"<p class='banner wait'>Waiting for the backend ({_shown(waiting['backend'])}) since "
-                     f"{_clock(waiting['since_unix'])} ({_dur(now - waiting['since_unix'])}): "
+                     f"{_clock(waiting['since_unix'])} ({duration(now - waiting['since_unix'])}): "
                      "the job resumes by itself when it answers; nothing is lost.</p>")
     parts.append("<h2>Running and queued</h2>")
     parts.append(_active_table(active, waiting, now) if active else
@@ -145,12 +145,12 @@ def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, n
             label, css = "paused: waiting for the backend", "paused"
         eta = "-"
         if v["eta_seconds"] is not None:
-            eta = f"{_dur(v['eta_seconds'])} (about {_clock(now + v['eta_seconds'], date=False)})"
+            eta = f"{duration(v['eta_seconds'])} (about {_clock(now + v['eta_seconds'], date=False)})"
         rows.append(
             f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}</td>"
             f"<td class='s-{html.escape(css)}'>{html.escape(label)}</td><td class='p'>{_bar(v['progress'])}</td>"
             f"<td class='n'>{v['finished']:,} / {v['total']:,}</td><td class='n'>{v['failed']:,}</td>"
-            f"<td class='n'>{_rate(v['req_per_s'])}</td><td class='n'>{html.escape(eta)}</td></tr>")
+            f"<td class='n'>{rate_text(v['req_per_s'])}</td><td class='n'>{html.escape(eta)}</td></tr>")
     return "".join(rows) + "</tbody></table>"
 
 
@@ -159,7 +159,7 @@ def _recent_table(views: list[dict[str, Any]], now: float, outbox: Path | None) 
              "<th>Finished</th><th>Results</th></tr></thead><tbody>")]
     for v in views:
         finished = v["finished_at"]
-        when = f"{_clock(finished)} ({_dur(now - finished)} ago)" if finished else "-"
+        when = f"{_clock(finished)} ({duration(now - finished)} ago)" if finished else "-"
         rows.append(
             f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}</td>"
             f"<td class='s-{html.escape(v['state'])}'>{html.escape(v['state'])}</td>"
@@ -183,10 +183,6 @@ def _bar(fraction: float) -> str:
     return (f"<span class='bar' role='progressbar' aria-valuemin='0' aria-valuemax='100' "
             f"aria-valuenow='{pct:.1f}'><span class='fill' style='display:block;width:{pct:.2f}%'></span></span>"
             f"<span class='pct'>{pct:.1f}%</span>")
-
-
-def _rate(rate: float | None) -> str:
-    return f"{rate:.1f}" if rate else "-"
 
 
 def _error(v: dict[str, Any]) -> str:

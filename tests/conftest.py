@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -108,16 +109,38 @@ def run_batchd(env: dict[str, str], *args: str, timeout: float = 120) -> subproc
     return subprocess.run(batchd_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Poll a condition with a deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+class _Poll:
+    """The one poll-until rule of the tests: a truthy value ends it, the deadline fails it, saying
+    what was awaited (and ``describe()``, the state worth seeing when it fails)."""
+
+    def __init__(self, predicate: Callable[[], Any], timeout: float, describe: Callable[[], object] | None) -> None:
+        self.predicate, self.timeout, self.describe = predicate, timeout, describe
+        self.deadline = time.monotonic() + timeout
+
+    def check(self) -> Any:
+        value = self.predicate()
+        if not value and time.monotonic() > self.deadline:
+            seen = f"; {self.describe()}" if self.describe is not None else ""
+            raise AssertionError(f"condition not met within {self.timeout}s: {self.predicate}{seen}")
+        return value
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, *,
+             describe: Callable[[], object] | None = None) -> Any:
+    """Poll a condition with a deadline (never a fixed sleep); returns its first truthy value. Blocking."""
+    poll = _Poll(predicate, timeout, describe)
+    while not (value := poll.check()):
         time.sleep(interval)
+    return value
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.01, *,
+                describe: Callable[[], object] | None = None) -> Any:
+    """``wait_for`` inside a running event loop: sleeps with ``asyncio.sleep`` so the loop runs meanwhile."""
+    poll = _Poll(predicate, timeout, describe)
+    while not (value := poll.check()):
+        await asyncio.sleep(interval)
+    return value
 
 
 def write_jsonl(path: Path, n: int, *, model: str = "gemma3:4b", start: int = 0, bad_every: int = 0) -> list[str]:

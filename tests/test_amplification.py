@@ -62,7 +62,7 @@ def test_uploads_and_finished_batches_expire_after_retention(make_settings: Call
     from batchd.api.store import ApiStore
 
     settings = make_settings(api={"retention_days": 30})
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     try:
         store = ApiStore(journal)
         clock = _Clock()

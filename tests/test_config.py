@@ -234,3 +234,10 @@ def test_load_settings_turns_any_error_into_a_config_error(monkeypatch: pytest.M
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert (info.value.key, info.value.problem) == ("settings", "KeyError: 'surprise'")
+
+
+def test_the_journal_path_is_named_in_one_place(tmp_path: Path) -> None:
+    assert Settings(state_dir=tmp_path).journal_path == tmp_path / "journal.sqlite3"
+    package = Path(__file__).resolve().parents[1] / "batchd"
+    naming = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "journal.sqlite3" in p.read_text())
+    assert naming == ["config.py"]

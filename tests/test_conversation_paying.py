@@ -31,7 +31,7 @@ class NoCacheBackend(OpenAIBackend):
 
 
 def run(settings: Settings, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     job = queued_job(settings, journal, n)
 
     async def go() -> JobRunner:

@@ -20,7 +20,7 @@ EXAMPLE = REPO / "inbox.example" / "candidates"
 
 
 def _journaled_lines(settings: Settings) -> list[bytes]:
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     try:
         (job,) = [j for j in journal.jobs() if j.kind == "csv"]
         prefix = orjson.loads(job.prefix_json) if job.prefix_json else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from batchd import cli
 from batchd.config import Settings
 from batchd.effective import FILE_NAME, load_for_operator, redact, write_record
 from batchd.service import Notifier, ServiceDaemon
-from tests.conftest import Folders
+from tests.conftest import Folders, until
 from tests.emulator import Emulator
 
 SECRET = "s3cr3t-value"
@@ -158,19 +157,13 @@ def test_the_service_records_its_settings_at_start_and_after_a_reload(
         except (OSError, orjson.JSONDecodeError):
             return {}
 
-    async def until(pred: Callable[[], bool], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            assert time.monotonic() < deadline, recorded()
-            await asyncio.sleep(0.02)
-
     async def scenario() -> None:
         task = asyncio.create_task(daemon.run())
-        await until(lambda: recorded().get("settings", {}).get("backend", {}).get("lanes") == 2)
+        await until(lambda: recorded().get("settings", {}).get("backend", {}).get("lanes") == 2, describe=recorded)
         assert recorded()["pid"] == os.getpid() and recorded()["config_file"] == "/etc/x.toml"
         current["settings"] = make_settings(backend={"api_key": SECRET, "lanes": 5})
         daemon.reload()
-        await until(lambda: recorded()["settings"]["backend"]["lanes"] == 5)
+        await until(lambda: recorded()["settings"]["backend"]["lanes"] == 5, describe=recorded)
         daemon.stop.set()
         assert await task == 0
         await daemon.aclose()

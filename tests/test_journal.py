@@ -81,10 +81,12 @@ def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
     assert j.counts("x") == {"queued": 2}
 
 
-def test_job_lookup_by_unique_prefix(tmp_path: Path) -> None:
+def test_job_takes_a_whole_id_and_jobs_starting_with_a_prefix(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.sqlite3")
     _job(j, "abc123", 1)
     _job(j, "abd456", 1)
-    assert j.job("abc").id == "abc123"  # type: ignore[union-attr]
-    assert j.job("ab") is None  # ambiguous
+    assert j.job("abc") is None  # job() takes a whole id, nothing less
+    assert j.job("abc123").id == "abc123"  # type: ignore[union-attr]
+    assert [x.id for x in j.jobs_starting_with("abc")] == ["abc123"]
+    assert [x.id for x in j.jobs_starting_with("ab")] == ["abc123", "abd456"]  # ambiguous: the caller says so
     assert j.next_job().id == "abc123"  # type: ignore[union-attr]  # claim order

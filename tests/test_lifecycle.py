@@ -43,7 +43,7 @@ def test_stop_with_the_last_rows_in_flight_loses_nothing_and_is_not_completed(
         make_settings: Callable[..., Settings], emulator: Emulator) -> None:
     emulator.latency = 1.5  # the last calls are still out when the grace period ends
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"}, shutdown_grace_seconds=0.2)
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str, int]:
         runner, backend = await _runner(settings, journal, 6)
@@ -71,7 +71,7 @@ def test_the_grace_period_counts_from_the_stop_and_lets_calls_in_flight_finish(
         make_settings: Callable[..., Settings], emulator: Emulator) -> None:
     emulator.latency = 0.3
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"}, shutdown_grace_seconds=1.0)
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str]:
         runner, backend = await _runner(settings, journal, 20)
@@ -115,7 +115,7 @@ def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
 
     emulator.latency = 0.05
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"})
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     seen: dict[str, str] = {}
 
     async def go() -> tuple[JobRunner, str]:
@@ -153,7 +153,7 @@ def test_cancel_while_the_backend_is_down_is_seen_within_a_second(
         make_settings: Callable[..., Settings], emulator: Emulator) -> None:
     emulator.latency = 0.02
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"})
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str, float]:
         runner, backend = await _runner(settings, journal, 40)
@@ -177,7 +177,7 @@ def test_cancel_while_the_backend_is_down_is_seen_within_a_second(
 
 def test_a_cancel_during_ingest_is_not_overwritten(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     write_requests(settings.inbox / "job.jsonl", 10)
     claimer = Claimer(settings=settings, journal=journal)
     real_ingest = claimer.ingest
@@ -214,11 +214,11 @@ def test_a_cancel_that_arrives_as_the_last_request_finishes_reports_completed(
 
 def test_a_job_prefix_is_matched_literally(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     job = queued_job(settings, journal, 2)
-    assert journal.job(job.id[:5]) is not None and journal.job(job.id) is not None
+    assert [j.id for j in journal.jobs_starting_with(job.id[:5])] == [job.id] and journal.job(job.id) is not None
     for pattern in ("%", "_", job.id[:3] + "%", "_" * len(job.id), ""):
-        assert journal.job(pattern) is None, pattern
+        assert journal.job(pattern) is None and journal.jobs_starting_with(pattern) == [], pattern
 
 
 # -- 4. conversation mode: no false truncations -----------------------------------------------
@@ -227,7 +227,7 @@ def test_a_job_prefix_is_matched_literally(make_settings: Callable[..., Settings
 def test_an_honest_server_gets_one_call_per_row_and_the_trigger_stays(
         make_settings: Callable[..., Settings], emulator: Emulator) -> None:
     settings = make_settings(context={"mode": "conversation", "num_ctx": 8192})
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
 
     async def go() -> JobRunner:
         runner, backend = await _runner(settings, journal, 200, size=40)
@@ -265,7 +265,7 @@ def _claim_all(settings: Settings, journal: Journal) -> list[JobState]:
 
 def test_redrop_after_a_pipeline_edit_is_new_work(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     toml = settings.inbox / "scoring" / "pipeline.toml"
     toml.parent.mkdir()
     toml.write_text('system_prompt = "Score from 1 to 10."\nuser_template = "{name}: {text}"\n', encoding="utf-8")
@@ -372,7 +372,7 @@ def test_the_grace_period_is_counted_on_the_runners_clock_from_the_stop(
     emulator.latency = 2.0  # = 200 s on the fake clock: far beyond the grace
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated", "num_ctx": 4096},
                              shutdown_grace_seconds=30.0)
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     clock = DilatedClock()
 
     async def go() -> tuple[JobRunner, str, float, float]:

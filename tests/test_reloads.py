@@ -35,7 +35,7 @@ def run_lines(settings: Settings, bodies: list[dict[str, Any]],
         for i, body in enumerate(bodies):
             fh.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
                                    "body": {"model": MODEL, **body}}) + b"\n")
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     claimer = Claimer(settings=settings, journal=journal)
     (cand,) = scan(settings.inbox)
     claimed = claimer.claim(cand)

@@ -18,7 +18,7 @@ from batchd.journal import Job, JobState, Journal, ReqState
 from batchd.metrics import JobMetrics
 from batchd.runner import JobRunner
 from batchd.vram import VramReading
-from tests.conftest import Folders
+from tests.conftest import until
 from tests.emulator import Emulator, count_tokens
 
 SYSTEM = "You score job candidates from 1 to 10. Be brief."
@@ -65,17 +65,9 @@ def queued_job(settings: Settings, journal: Journal, n: int, **kw: Any) -> Job:
     return job
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"condition not met within {timeout}s"
-        await asyncio.sleep(0.005)
-
-
 def run_job(settings: Settings, n: int, *, gpu: FakeGpu | None = None,
             scenario: Callable[[JobRunner], Any] | None = None, **kw: Any) -> tuple[JobRunner, str, Journal]:
-    journal = Journal(settings.state_dir / "journal.sqlite3")
+    journal = Journal(settings.journal_path)
     job = queued_job(settings, journal, n, **kw)
 
     async def go() -> tuple[JobRunner, str]:

@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -21,8 +22,8 @@ import pytest
 import structlog.testing
 
 from batchd import service
-from batchd.service import Notifier, ServiceDaemon, status_state
-from tests.conftest import Folders, write_jsonl
+from batchd.service import Notifier, ServiceDaemon, Signals, status_state
+from tests.conftest import Folders, until, write_jsonl
 from tests.emulator import Emulator
 
 HAVE_LIBSYSTEMD = service._libsystemd_notify() is not None
@@ -144,6 +145,30 @@ def test_status_is_paced_but_a_change_of_state_goes_at_once(make_notifier: Calla
                    "other.csv: 0/5 (0.0%), queue 0", "other.csv: 5/5 (100.0%), queue 0", "multi line status"]
 
 
+@pytest.mark.parametrize("listener", ["path"], indirect=True)
+def test_one_pacer_a_line_every_heartbeat_paced_by_the_notifier(
+        make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any]) -> None:
+    # The daemon offers its status line on every heartbeat (1 s here, on a fake clock) and paces
+    # nothing itself; the notifier alone decides what reaches systemd.
+    clock = Clock()
+    daemon = ServiceDaemon(notifier=make_notifier(clock=clock, status_seconds=3.0), settings=make_settings())
+    assert not hasattr(daemon, "status_seconds")
+    offered = ["idle, 0 jobs done", *(f"big.csv: {n}/10 ({10 * n:.1f}%), queue 0" for n in range(1, 6)),
+               "idle, 1 jobs done", "idle, 1 jobs done"]
+    for line in offered:  # one heartbeat each: watchdog hook (flushes a held line), then the status line
+        daemon.on_watchdog()
+        daemon.on_status(line)
+        clock.now += 1.0
+    daemon.on_watchdog()
+    got = [fields(d)["STATUS"] for d in listener.wait(lambda g: len(g) >= 4)]
+    # idle at once; the job's first line at once (a change of kind); 3 s later the line held back
+    # (3/10, flushed by that heartbeat's watchdog hook); idle again at once; the repeated idle line never.
+    assert got == ["idle, 0 jobs done", "big.csv: 1/10 (10.0%), queue 0", "big.csv: 3/10 (30.0%), queue 0",
+                   "idle, 1 jobs done"]
+    assert listener.take() == []
+    daemon.journal.close()
+
+
 def test_watchdog_pings_at_half_the_interval(make_notifier: Callable[..., Notifier], listener: Listener) -> None:
     clock = Clock()
     n = make_notifier(clock=clock, watchdog_usec=10_000_000, watchdog_pid=os.getpid())
@@ -214,31 +239,29 @@ def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
     settings = make_settings(watch={"mode": "inotify"})
     notifier = make_notifier(watchdog_usec=200_000, status_seconds=0.2)
     daemon = ServiceDaemon(notifier=notifier, settings=settings, reload_settings=lambda: settings)
-    # Fast heartbeat AND fast status sampling: ServiceDaemon derived status_seconds (1 s) from the
-    # default heartbeat in its constructor, and a 0.6 s job can fall between two 1 s samples.
-    daemon.heartbeat_seconds = daemon.status_seconds = 0.05
+    # A fast heartbeat: the daemon offers a status line on each, and a 0.6 s job can fall between
+    # two 1 s heartbeats.
+    daemon.heartbeat_seconds = 0.05
     received: list[str] = []
 
     def kinds() -> list[str]:
         return [d.split("=", 1)[0] for d in received]
 
-    async def until(pred: Callable[[], bool], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+    async def heard(pred: Callable[[], bool]) -> None:
+        def check() -> bool:
             received.extend(listener.take())
-            if pred():
-                return
-            assert time.monotonic() < deadline, received
-            await asyncio.sleep(0.02)
+            return pred()
+
+        await until(check, timeout=20, describe=lambda: received)
 
     async def scenario() -> None:
         task = asyncio.create_task(daemon.run())
-        await until(lambda: "READY" in kinds())
+        await heard(lambda: "READY" in kinds())
         write_jsonl(folders.inbox / "job.jsonl", 60)
-        await until(lambda: any(d.startswith("STATUS=job.jsonl: ") for d in received))
-        await until(lambda: "STATUS=idle, 1 jobs done" in received)
+        await heard(lambda: any(d.startswith("STATUS=job.jsonl: ") for d in received))
+        await heard(lambda: "STATUS=idle, 1 jobs done" in received)
         daemon.reload()
-        await until(lambda: "RELOADING" in kinds() and "READY" in kinds()[kinds().index("RELOADING"):])
+        await heard(lambda: "RELOADING" in kinds() and "READY" in kinds()[kinds().index("RELOADING"):])
         daemon.stop.set()
         assert await task == 0
         await daemon.aclose()
@@ -261,3 +284,34 @@ def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
     lines = [fields(d)["STATUS"] for d in received if d.startswith("STATUS=job.jsonl")]
     assert re.fullmatch(r"job\.jsonl: [\d,]+/60 \(\d+\.\d%\)(, [\d.]+ req/s, ETA \w+)?, queue \d", lines[0])
     assert (folders.outbox / "job").is_dir()
+
+
+@pytest.mark.parametrize("listener", ["path"], indirect=True)
+def test_signal_handlers_only_set_flags_the_loop_logs_and_notifies(
+        make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any]) -> None:
+    daemon = ServiceDaemon(notifier=make_notifier(), settings=make_settings(shutdown_grace_seconds=7))
+    exits: list[int] = []
+    signals = Signals(daemon, exit_now=exits.append)
+
+    async def scenario() -> list[dict[str, Any]]:
+        signals.install(asyncio.get_running_loop())
+        os.kill(os.getpid(), signal.SIGHUP)  # a real signal: the installed handler sets the reload flag
+        for _ in range(100):
+            if daemon._reload_asked:
+                break
+            await asyncio.sleep(0.01)
+        assert daemon._reload_asked
+        with structlog.testing.capture_logs() as events:
+            signals.on_stop(signal.SIGTERM)
+            # In the handler: flags only. Nothing logged or sent yet.
+            assert daemon.stop.is_set() and events == [] and listener.take() == []
+            await asyncio.sleep(0)  # the loop runs the scheduled announcement
+            signals.on_stop(signal.SIGINT)  # the second one: exit now (os._exit in service)
+        return events
+
+    events = asyncio.run(scenario())
+    assert [(e["event"], e["signal"], e["grace_seconds"]) for e in events] == [("stop_requested", "SIGTERM", 7)]
+    assert exits == [1]
+    got = listener.wait(lambda g: len(g) >= 1)
+    assert fields(got[0]) == {"STOPPING": "1", "STATUS": "stopping: finishing requests in flight (up to 7s)"}
+    daemon.journal.close()

@@ -34,7 +34,7 @@ from batchd.statuspage import (
     render_html,
     render_json,
 )
-from tests.conftest import outbox_entries, run_daemon_once, write_jsonl
+from tests.conftest import outbox_entries, run_daemon_once, until, write_jsonl
 
 EVIL = "<script>alert(1)</script>\n\x1b[31m\u202egnp.exe"
 
@@ -291,7 +291,7 @@ def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_sett
         stop = asyncio.Event()
         task = asyncio.create_task(live.run(stop))
         try:
-            await _until(lambda: page.exists())
+            await until(lambda: page.exists())
             first = version()
             await asyncio.sleep(0.6)  # a dozen ticks, nothing changed, the clock stands: no rewrite
             assert version() == first
@@ -300,7 +300,7 @@ def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_sett
                 lanes=4, active_lanes=4, in_flight=3, cancelled=False)
             runner.gate.down_since = clock[0] - 90
             fake.current = runner  # the job now waits for its backend: a change, written at once
-            await _until(lambda: version() != first or task.done())
+            await until(lambda: version() != first or task.done())
             if task.done():
                 task.result()
             data = orjson.loads(page.read_bytes())
@@ -310,7 +310,7 @@ def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_sett
             await asyncio.sleep(0.3)
             assert version() == second
             clock[0] += 61  # the interval passes: rewritten although nothing changed
-            await _until(lambda: version() != second)
+            await until(lambda: version() != second)
         finally:
             stop.set()
             await task
@@ -318,13 +318,6 @@ def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_sett
         assert orjson.loads(page.read_bytes())["daemon"] == "stopped"
 
     asyncio.run(scenario())
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.02)
 
 
 def test_a_failing_write_is_logged_and_the_next_tick_tries_again(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from batchd.backends.transport import AsyncioTransport, make_client
+from tests.conftest import until
 from tests.emulator import Emulator
 
 MODEL = "gemma3:4b"
@@ -28,15 +28,6 @@ def client_for(url: str, *, read: float = 10.0,
 async def chat(client: httpx.AsyncClient, text: str = "hi") -> httpx.Response:
     return await client.post("/api/chat", json={"model": MODEL, "stream": False,
                                                 "messages": [{"role": "user", "content": text}]})
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Wait for a condition with a deadline, letting the event loop run meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 def fds() -> int:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
+from batchd.api.files import Content, open_outbox_file, outbox_size, stream
 from batchd.api.models import (
     WINDOW_SECONDS,
     BatchCreate,
@@ -49,7 +48,6 @@ log = structlog.get_logger("batchd.api")
 
 #: validation errors listed in a batch object; the full list is the error file
 MAX_LISTED_ERRORS = 1000
-CHUNK = 1 << 20
 _OUTBOX_NAMES = {"output": "results.jsonl", "error": "errors.jsonl"}
 
 
@@ -62,12 +60,6 @@ class ApiError(Exception):
         self.message = message
         self.code = code
         self.param = param
-
-
-@dataclass(frozen=True)
-class Content:
-    chunks: Iterator[bytes]
-    size: int
 
 
 class BatchService:
@@ -121,7 +113,7 @@ class BatchService:
             return FileObject(id=rec.id, bytes=rec.bytes, created_at=int(rec.created_at), filename=rec.filename,
                               purpose="batch")
         job = self._source_job_of(rec)
-        size = _outbox_size(self.settings.outbox, job, _OUTBOX_NAMES[rec.role]) if job else None
+        size = outbox_size(self.settings.outbox, job, _OUTBOX_NAMES[rec.role]) if job else None
         if not size or job is None:
             return None
         return FileObject(id=rec.id, bytes=size, created_at=int(job.finished_at or rec.created_at),
@@ -140,12 +132,12 @@ class BatchService:
             except OSError as exc:
                 raise ApiError(404, f"No such File object: {rec.id}", code="file_not_found",
                                param="file_id") from exc
-            return _content(fd)
+            return stream(fd)
         job = self._source_job_of(rec)
-        out = _open_outbox(self.settings.outbox, job, _OUTBOX_NAMES[rec.role]) if job else None
+        out = open_outbox_file(self.settings.outbox, job, _OUTBOX_NAMES[rec.role]) if job else None
         if out is None:
             raise ApiError(404, f"No such File object: {rec.id}", code="file_not_found", param="file_id")
-        return _content(out)
+        return stream(out)
 
     def delete_file(self, rec: FileRecord) -> None:
         """An upload's spool copy goes; a batch keeps its own link. Output files stay in the outbox."""
@@ -288,9 +280,9 @@ class BatchService:
             usage=_usage(src),
         )
         if src.state in FINISHED:
-            if _outbox_size(self.settings.outbox, src, "results.jsonl"):
+            if outbox_size(self.settings.outbox, src, "results.jsonl"):
                 obj.output_file_id = rec.output_file_id
-            if _outbox_size(self.settings.outbox, src, "errors.jsonl"):
+            if outbox_size(self.settings.outbox, src, "errors.jsonl"):
                 obj.error_file_id = rec.error_file_id
         return obj
 
@@ -353,47 +345,3 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, dst)
     fsync_dir(dst.parent)
-
-
-def _open_outbox(outbox: Path, job: Job, name: str) -> int | None:
-    """An fd on ``outbox/<job folder>/<name>``, following no link at either level."""
-    folder = job.outbox_name
-    if job.state not in FINISHED or not folder or "/" in folder or folder in (".", ".."):
-        return None
-    try:
-        dfd = os.open(outbox / folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
-    except OSError:
-        return None
-    finally:
-        os.close(dfd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
-
-
-def _outbox_size(outbox: Path, job: Job, name: str) -> int | None:
-    fd = _open_outbox(outbox, job, name)
-    if fd is None:
-        return None
-    try:
-        return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-
-
-def _content(fd: int) -> Content:
-    fh = os.fdopen(fd, "rb")  # owns the fd from here: closed by the reader or by GC
-
-    def chunks() -> Iterator[bytes]:
-        try:
-            while chunk := fh.read(CHUNK):
-                yield chunk
-        finally:
-            fh.close()
-
-    return Content(chunks(), os.fstat(fd).st_size)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator
 import structlog
 import uvicorn
 
+from batchd.aio import wait_first
 from batchd.api.app import create_app
 from batchd.api.batches import BatchService
 from batchd.api.listen import check_listen, ensure_installed
@@ -62,7 +63,7 @@ def start_api(settings: Settings, stop_event: asyncio.Event, *, journal: Journal
     sock = bind(host, port)
     try:
         own = journal is None
-        db = journal or Journal(settings.state_dir / "journal.sqlite3")
+        db = journal or Journal(settings.journal_path)
         service = BatchService(settings=settings, journal=db, on_queued=on_queued)
         sweep(service.uploads)
         service.retention.expire()
@@ -94,14 +95,12 @@ async def _serve(settings: Settings, stop_event: asyncio.Event, sock: socket.soc
                             timeout_graceful_shutdown=5, limit_concurrency=64)
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="batchd-api-uvicorn")
-    waiter = asyncio.create_task(stop_event.wait())
     try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        await wait_first(task, stop_event.wait())  # uvicorn's task stays ours: stopped below
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise BatchdError(f"API server stopped: {task.exception()}") from task.exception()
     finally:
         server.should_exit = True
-        waiter.cancel()
         await asyncio.gather(task, return_exceptions=True)
         if service.pending:
             # Ingest is restartable; waiting a little only saves redoing it at the next start.

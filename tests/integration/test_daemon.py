@@ -23,7 +23,7 @@ import pytest
 
 from batchd.daemon import Daemon
 from batchd.journal import Job, JobState, Journal
-from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, wait_for, write_jsonl
+from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, until, wait_for, write_jsonl
 from tests.emulator import Emulator
 
 
@@ -356,30 +356,23 @@ class Recorder(Daemon):
         self.calls.append((time.monotonic(), "watchdog", ""))
 
 
-async def _until(cond: Callable[[], Any], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
-        await asyncio.sleep(0.05)
-
-
 def test_hooks_ready_watchdog_and_status_during_a_long_job(make_settings: Callable[..., Any],
                                                             emulator: Emulator, folders: Folders) -> None:
     emulator.latency = 0.02
     daemon = Recorder(settings=make_settings(watch={"mode": "inotify"}))
-    daemon.heartbeat_seconds, daemon.status_seconds = 0.1, 0.2
+    daemon.heartbeat_seconds = 0.1
 
     async def scenario() -> None:
         task = asyncio.create_task(daemon.run())
-        await _until(lambda: any(c[1] == "ready" for c in daemon.calls))
+        await until(lambda: any(c[1] == "ready" for c in daemon.calls))
         write_jsonl(folders.inbox / "job.jsonl", 80)
-        await _until(lambda: (folders.outbox / "job").exists())
-        await _until(lambda: any(c[2] == "idle, 1 jobs done" for c in daemon.calls))
+        await until(lambda: (folders.outbox / "job").exists())
+        await until(lambda: any(c[2] == "idle, 1 jobs done" for c in daemon.calls))
         emulator.down()  # a queued job meets a dead backend: the status says so
         write_jsonl(folders.inbox / "next.jsonl", 2, start=100)
-        await _until(lambda: any(c[2].startswith("waiting for backend") for c in daemon.calls))
+        await until(lambda: any(c[2].startswith("waiting for backend") for c in daemon.calls))
         emulator.up()
-        await _until(lambda: (folders.outbox / "next").exists())
+        await until(lambda: (folders.outbox / "next").exists())
         daemon.stop.set()
         assert await task == 0
         await daemon.aclose()

@@ -1,0 +1,23 @@
+"""Small asyncio helpers that are no one module's business."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+
+async def wait_first(*aws: Awaitable[object], timeout: float | None = None) -> None:
+    """Wait until the first of ``aws`` is done (or ``timeout`` passes), then cancel the rest.
+
+    Coroutines are wrapped in tasks here and cancelled here, also when the caller
+    is cancelled. A task or future the caller passed in stays the caller's: it is
+    left running (look at ``.done()``, cancel it if you mean to). Nothing is
+    raised for an awaitable that failed: await the one you care about.
+    """
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task, aw in zip(tasks, aws):
+            if task is not aw and not task.done():
+                task.cancel()
