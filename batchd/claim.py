@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import structlog
@@ -339,7 +340,7 @@ class Claimer:
             log.info("job_cancelled", job_id=job.id, input=job.input_name, during="ingest")
         return state
 
-    def _parse_into(self, job: Job, pipeline: Pipeline, model: str) -> tuple[int, int, list[str], dict | None]:
+    def _parse_into(self, job: Job, pipeline: Pipeline, model: str) -> tuple[int, int, list[str], dict[str, Any] | None]:
         assert job.spool is not None
         columns: list[str] = []
         prefix = None

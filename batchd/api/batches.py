@@ -163,7 +163,7 @@ class BatchService:
         _link_or_copy(Path(rec.spool), job_spool)
         pipeline = pipeline_for(self.settings.inbox, None, self.settings.pipeline)
         with self.journal.transaction() as db:
-            file_row = self.journal.add_file(name=rec.filename, inbox_path=f"api/{rec.id}", spool=str(job_spool),
+            file_row = self.journal.add_file(name=rec.filename, inbox_path=os.fsencode(f"api/{rec.id}"), spool=str(job_spool),
                                              sha256=rec.sha256, size=rec.bytes, mtime_ns=-1, db=db)
             self.journal.create_job(job_id=job_id, db=db, state=JobState.INGESTING, input_name=f"api:{rec.filename}",
                                     stem=safe_stem(rec.filename), kind="jsonl", file_id=file_row, source="api",
