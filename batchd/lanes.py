@@ -1,0 +1,318 @@
+"""How many requests to keep in flight: the adaptive lanes controller (``backend.lanes = "auto"``).
+
+In the family of TCP Vegas, Netflix's concurrency-limits (Vegas, Gradient2) and
+Envoy's adaptive-concurrency filter. Pure logic on an injected clock: the
+runner calls ``start()`` before each backend call and ``done()`` after it, and
+obeys ``limit``. Everything is measured over *windows of completed requests*
+(at least ``min_samples`` and at least ``limit`` of them, all started under the
+current limit), never over wall-clock ticks, so a 30 s generation and a 30 ms
+one are treated alike.
+
+Per window: ``R`` = mean latency of the window's requests (averaged with the
+earlier windows at the same limit unless it jumped), ``X`` = throughput by
+Little's law (mean in flight / ``R``), ``F`` = the no-load floor: the lowest
+per-limit average plus its standard error (a bare minimum over many noisy
+averages reads low), forgotten when the limit fell by a third or more and the
+latency did not fall with it (then it is the work itself, not a queue).
+With ``ratio = R / F``:
+
+- **grow** when ``ratio < grow_ratio`` and the window used its limit: doubling
+  (slow start) until the first back-off, then ``+max(1, limit // 8)``; also when
+  the last step up bought at least half its share of extra throughput
+  (batching servers, whose latency rises while their throughput still does);
+- **back off on queueing** when latency rose and throughput did not: straight
+  back to the previous limit after a step up that bought nothing; otherwise by
+  one step, or (``ratio`` of 2 and more, e.g. the server lost capacity) to
+  ``limit * target_ratio / ratio``, Vegas's estimate of what the server serves;
+- **back off at once** on 503/429 (``x busy_factor``), on a timeout
+  (``x timeout_factor``) and on a VRAM-pressure signal (``x vram_factor``;
+  no growth until it clears); once per window, not once per failed reply;
+- **hold** otherwise; after ``max(explore, cooldown)`` windows held, **probe**
+  one step up to see whether the server has more room now.
+
+A back-off remembers the limit it left as a ceiling; climbing back onto it
+waits ``cooldown`` windows, and every undone step doubles ``cooldown`` (up to
+``cooldown_max``) until a step up pays again. So a server with one slot is
+offered a second request ever more rarely, and a held level costs one probe
+per ``cooldown_max`` windows at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Reason(str, Enum):
+    GROW = "grow"
+    THROUGHPUT = "throughput"
+    PROBE = "probe"
+    QUEUEING = "queueing"
+    BUSY = "busy"
+    TIMEOUT = "timeout"
+    VRAM = "vram"
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    BUSY = "busy"  #: 503 / 429: the server says it is full
+    TIMEOUT = "timeout"
+    ERROR = "error"  #: anything else: no latency sample, no decision
+
+
+@dataclass(frozen=True)
+class Change:
+    at: float
+    old: int
+    new: int
+    reason: Reason
+    #: the window's figures behind the decision (None for immediate back-offs)
+    latency: float | None = None
+    floor: float | None = None
+    rate: float | None = None
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Handed out by ``start()``, given back to ``done()``."""
+
+    epoch: int
+    started: float
+
+
+@dataclass
+class _Window:
+    """The first ``quota`` requests started under one limit; closed when the last of them is back.
+
+    Waiting for all of them (not the first ``quota`` to finish) keeps the slow ones in the mean.
+    """
+
+    epoch: int
+    quota: int
+    t0: float = 0.0
+    started: int = 0
+    finished: int = 0
+    latencies: list[float] = field(default_factory=list)
+    count: int = 0  #: completions of any request since t0 (the rate)
+    area: float = 0.0  #: integral of requests in flight since t0 (was the limit used?)
+
+
+class LaneController:
+    """The number of requests allowed in flight, adjusted from what completed requests show."""
+
+    def __init__(self, *, lanes_min: int = 1, lanes_max: int = 64, initial: int | None = None,
+                 clock: Callable[[], float], min_samples: int = 16, grow_ratio: float = 1.2,
+                 shrink_ratio: float = 1.5, target_ratio: float = 1.1, busy_factor: float = 0.7,
+                 timeout_factor: float = 0.5, vram_factor: float = 0.75, cooldown: int = 4,
+                 cooldown_max: int = 64, explore: int = 8) -> None:
+        if not 1 <= lanes_min <= lanes_max:
+            raise ValueError(f"need 1 <= lanes_min ({lanes_min}) <= lanes_max ({lanes_max})")
+        self.lanes_min = lanes_min
+        self.lanes_max = lanes_max
+        self.clock = clock
+        self.min_samples = min_samples
+        self.grow_ratio = grow_ratio
+        self.shrink_ratio = shrink_ratio
+        self.target_ratio = target_ratio
+        self.busy_factor = busy_factor
+        self.timeout_factor = timeout_factor
+        self.vram_factor = vram_factor
+        self.cooldown_base = cooldown
+        self.cooldown_max = cooldown_max
+        self.explore = explore
+        self._holds = 0
+        #: limit -> [mean window latency (a short average), windows seen]; the floor is the lowest
+        self._levels: dict[int, list[float]] = {}  # [mean, windows, standard error]
+        self.limit = max(lanes_min, min(lanes_max, initial or lanes_min))
+        self.floor: float | None = None
+        self.in_flight = 0
+        self.changes: list[Change] = []
+        self.on_change: Callable[[Change], None] | None = None
+        self.pressure_on = False
+        self._epoch = 0
+        self._last_t = clock()
+        self._slow_start = True
+        self._ceiling: int | None = None
+        self._cooldown = cooldown
+        self._since_backoff = 0
+        #: (limit, rate, latency) of the last window closed at another limit
+        self._ref: tuple[int, float, float] | None = None
+        self._last: tuple[int, float, float] | None = None
+        self._open: dict[int, _Window] = {}
+        self._collecting = _Window(0, self._quota())
+        self._reset_windows()
+
+    @property
+    def fixed(self) -> bool:
+        return self.lanes_min == self.lanes_max
+
+    # -- what the runner calls ---------------------------------------------------------
+
+    def start(self) -> Ticket:
+        now = self.clock()
+        self._integrate(now)
+        self.in_flight += 1
+        w = self._collecting
+        if w.started == 0:
+            w.t0 = now
+            self._open[w.epoch] = w
+        w.started += 1
+        if w.started >= w.quota:  # full: it now only waits for its requests to come back
+            self._epoch += 1
+            self._collecting = _Window(self._epoch, self._quota())
+        return Ticket(w.epoch, now)
+
+    def done(self, ticket: Ticket, outcome: Outcome = Outcome.OK) -> Change | None:
+        now = self.clock()
+        self._integrate(now)
+        self.in_flight = max(0, self.in_flight - 1)
+        w = self._open.get(ticket.epoch)  # None: sent under a limit that has changed since
+        if outcome is Outcome.BUSY and w is not None:
+            return self._backoff(self.busy_factor, Reason.BUSY, now)
+        if outcome is Outcome.TIMEOUT and w is not None:
+            return self._backoff(self.timeout_factor, Reason.TIMEOUT, now)
+        if outcome is Outcome.OK:
+            for other in self._open.values():
+                other.count += 1
+        if w is None:
+            return None
+        w.finished += 1
+        if outcome is Outcome.OK:
+            w.latencies.append(now - ticket.started)
+        if w.started >= w.quota and w.finished >= w.started:
+            del self._open[w.epoch]
+            if w.latencies:
+                return self._close(w, now)
+        return None
+
+    def pressure(self, on: bool) -> Change | None:
+        """The VRAM policy's signal: shrink once when it starts, no growth while it lasts."""
+        was, self.pressure_on = self.pressure_on, on
+        if on and not was:
+            return self._backoff(self.vram_factor, Reason.VRAM, self.clock())
+        return None
+
+    # -- windows and decisions -------------------------------------------------------------
+
+    def _quota(self) -> int:
+        return max(self.min_samples, self.limit)
+
+    def _reset_windows(self) -> None:
+        """Forget every open window: what they measured ran under another limit."""
+        self._epoch += 1
+        self._open = {}
+        self._collecting = _Window(self._epoch, self._quota())
+
+    def _integrate(self, now: float) -> None:
+        dt = now - self._last_t
+        if dt > 0:
+            for w in self._open.values():
+                w.area += self.in_flight * dt
+        self._last_t = now
+
+    def _close(self, w: _Window, now: float) -> Change | None:
+        span = max(now - w.t0, 1e-9)
+        latency = sum(w.latencies) / len(w.latencies)
+        rate = w.area / span / latency  # Little: in flight / time in system (steadier than counting)
+        busy = w.area / span
+        limit = self.limit
+        last = self._last
+        if last is not None and last[0] >= 1.5 * limit and latency >= 0.9 * last[2]:
+            # Far fewer in flight and no faster: this latency is the work itself, not a queue.
+            self._levels.clear()
+        n = len(w.latencies)
+        spread = (sum((x - latency) ** 2 for x in w.latencies) / max(1, n - 1)) ** 0.5
+        level = self._levels.setdefault(limit, [latency, 0, 0.0])
+        level[1] += 1
+        level[0] += max(1 / level[1], 0.2) * (latency - level[0])
+        level[2] = spread / (n * min(level[1], 9)) ** 0.5  # the standard error of that average
+        # The lowest average plus its error: a plain minimum over many noisy averages reads low.
+        self.floor = min(m + se for m, _, se in self._levels.values())
+        if latency < 2 * self.floor:  # a single window is noisy; the level's average is not
+            latency = level[0]
+        just_grew = last is not None and last[0] < limit
+        if last is not None and last[0] != limit:
+            self._ref = last
+        self._last = (limit, rate, latency)
+        self._since_backoff += 1
+        ratio = latency / self.floor
+        ref = self._ref
+        gained = self._gained(limit, rate)
+        used = busy >= 0.8 * limit
+        figures = {"latency": latency, "floor": self.floor, "rate": rate}
+        change = self._decide(limit, ratio, rate, gained, used, just_grew, ref, now, figures)
+        if self._since_backoff and self._ceiling is not None and limit >= self._ceiling:
+            self._ceiling = None  # that level held: forget it
+        return change
+
+    def _decide(self, limit: int, ratio: float, rate: float, gained: bool, used: bool, just_grew: bool,
+                ref: tuple[int, float, float] | None, now: float, figures: dict[str, float]) -> Change | None:
+        step = limit if self._slow_start else max(1, limit // 8)
+        if ratio >= self.shrink_ratio and not gained:
+            if just_grew and ref is not None:
+                return self._backoff_to(ref[0], Reason.QUEUEING, now, figures)  # the step bought a queue
+            if ref is not None and ref[0] > limit and rate >= 0.9 * ref[1]:
+                return None  # the excess is gone: this is the knee
+            target = int(limit * self.target_ratio / ratio)  # Vegas: what the server really serves
+            if ratio < 2 * self.shrink_ratio - 1:  # a mild queue (or noise on the floor): one step
+                target = max(target, limit - max(1, limit // 8))
+            return self._backoff_to(target, Reason.QUEUEING, now, figures)
+        if self.pressure_on or not used:
+            return None
+        if ratio < self.grow_ratio:
+            if just_grew:
+                self._cooldown = self.cooldown_base  # the last step up was free: explore freely again
+            return self._grow(limit + step, Reason.GROW, now, figures)
+        if just_grew and ref is not None:
+            if gained:  # latency rose, but so did throughput (a batching server): keep going
+                self._cooldown = self.cooldown_base
+                return self._grow(limit + step, Reason.THROUGHPUT, now, figures)
+            return self._backoff_to(ref[0], Reason.QUEUEING, now, figures)  # latency rose, nothing gained
+        self._holds += 1
+        if self._holds >= max(self.explore, self._cooldown):  # held a while: does one step more pay now?
+            return self._grow(limit + step, Reason.PROBE, now, figures)
+        return None
+
+    def _gained(self, limit: int, rate: float) -> bool:
+        """Did the last increase buy at least half its share of extra throughput?"""
+        ref = self._ref
+        if ref is None or ref[0] >= limit or ref[1] <= 0:
+            return False
+        return rate / ref[1] - 1 >= 0.5 * (limit / ref[0] - 1)
+
+    def _grow(self, target: int, reason: Reason, now: float, figures: dict[str, float]) -> Change | None:
+        if self._ceiling is not None and target >= self._ceiling:
+            if self._since_backoff < self._cooldown:
+                target = self._ceiling - 1  # up to just below the level that failed, not onto it
+            else:
+                target = self._ceiling  # try that level once more, one step at a time
+        return self._set(max(target, self.limit), reason, now, figures)
+
+    def _backoff(self, factor: float, reason: Reason, now: float) -> Change | None:
+        return self._backoff_to(int(self.limit * factor), reason, now, {})
+
+    def _backoff_to(self, target: int, reason: Reason, now: float, figures: dict[str, float]) -> Change | None:
+        old = self.limit
+        target = min(old - 1, target)
+        if not self._slow_start:  # each undone step makes the next exploration wait twice as long
+            self._cooldown = min(self.cooldown_max, self._cooldown * 2)
+        self._ceiling = old
+        self._since_backoff = 0
+        self._slow_start = False
+        return self._set(target, reason, now, figures)
+
+    def _set(self, target: int, reason: Reason, now: float, figures: dict[str, float]) -> Change | None:
+        target = max(self.lanes_min, min(self.lanes_max, target))
+        old = self.limit
+        if target == old:
+            return None
+        self._holds = 0
+        self.limit = target
+        self._reset_windows()
+        change = Change(at=now, old=old, new=target, reason=reason, latency=figures.get("latency"),
+                        floor=figures.get("floor"), rate=figures.get("rate"))
+        self.changes.append(change)
+        if self.on_change is not None:
+            self.on_change(change)
+        return change
