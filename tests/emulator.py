@@ -18,7 +18,13 @@ Markers in the last user message target single rows: ``<<GARBAGE>>`` (content
 is not JSON), ``<<SLOW:0.5>>`` (extra seconds while holding a slot),
 ``<<FAIL:500>>`` (always that status).
 
-Run standalone: ``python -m tests.emulator --port 0 --latency 0 --slots 4 [--mode llamaserver]``.
+Slots (``slots=K``, ``tests.slots.SlotPool``): K requests are served at once,
+more wait for a slot in arrival order, so their latency grows; ``set_slots(K)``
+changes K at once, ``set_slots(K, at=T)`` T seconds after start. ``latency_max``
+draws each request's latency uniformly from ``[latency, latency_max]``.
+
+Run standalone: ``python -m tests.emulator --port 0 --latency 0 --slots 4 [--mode llamaserver]``
+(``--latency-max 0.2 --slots-at 30:4 --record FILE`` for the slots and timings above).
 Stdlib only on purpose: the benchmark and the system tests start it as a bare
 process.
 """
@@ -47,6 +53,7 @@ if __package__ in (None, ""):  # run as a script: tests/ is on sys.path, not the
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.emulator_eras import ERAS, Era, bad_request, runner_key, shifts  # noqa: E402
 from tests.emulator_model import count_tokens, last_user_content, reply_content, tokens  # noqa: E402,F401
+from tests.slots import SlotPool  # noqa: E402
 
 DEFAULT_NUM_CTX = 4096  # what Ollama gives a model when the request names no num_ctx
 ERROR_MESSAGES = {
@@ -79,7 +86,7 @@ class Emulator:
 
     def __init__(self, *, context_length: int = 8192, latency: float = 0.0, slots: int | None = None,
                  models: tuple[str, ...] | list[str] = ("gemma3:4b",), port: int = 0, mode: str = "go",
-                 version: str | None = None, reload_seconds: float = 0.0) -> None:
+                 version: str | None = None, reload_seconds: float = 0.0, latency_max: float | None = None) -> None:
         self.era: Era = ERAS[mode]
         self.version = version or self.era.version
         #: seconds a (re)load takes; requests wait for it and report it as load_duration
@@ -93,6 +100,8 @@ class Emulator:
         self._reloading = False
         self.context_length = context_length
         self.latency = latency
+        self.latency_max = latency_max
+        self._latency_rng = random.Random(7)
         self.models = tuple(models)
         self.silent_truncate = False
         #: when set, every route answers this status (a proxy refusing credentials: 401/403; 404)
@@ -109,9 +118,10 @@ class Emulator:
         self._rng = random.Random(1)
         self._chaos: tuple[random.Random, list[tuple[float, Fault]]] | None = None
         self._inflight = 0
-        self._sem: threading.Semaphore | None = None
-        self._slots: int | None = None
-        self.slots = slots
+        self._pool = SlotPool(slots)
+        #: (arrived, done) monotonic seconds of each chat request, when ``record`` is on (benchmarks)
+        self.record = False
+        self.timings: list[tuple[float, float]] = []
         self._wake = threading.Event()  # set on down/stop so sleeping handlers give up
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -166,12 +176,25 @@ class Emulator:
     # knobs
     @property
     def slots(self) -> int | None:
-        return self._slots
+        return self._pool.slots
 
     @slots.setter
     def slots(self, value: int | None) -> None:
-        self._slots = value
-        self._sem = threading.Semaphore(value) if value else None
+        self._pool.resize(value or None)
+
+    def set_slots(self, value: int | None, at: float | None = None) -> None:
+        """K parallel slots from now on, or ``at`` seconds after the emulator was made."""
+        if at is None:
+            self._pool.resize(value or None)
+        else:
+            self._pool.schedule(at, value or None)
+
+    def request_latency(self) -> float:
+        """This request's service time: ``latency``, or uniform in ``[latency, latency_max]``."""
+        if self.latency_max is None or self.latency_max <= self.latency:
+            return self.latency
+        with self._lock:
+            return self._latency_rng.uniform(self.latency, self.latency_max)
 
     def set_ps(self, *, size: int | None = None, size_vram: int | None = None,
                context_length: int | None = None) -> None:
@@ -310,9 +333,9 @@ class Emulator:
 
     def _work(self, seconds: float) -> None:
         """Hold a slot (if limited) for ``seconds``, counting concurrency."""
-        sem = self._sem
-        if sem is not None:
-            sem.acquire()
+        arrived = time.monotonic()
+        if not self._pool.acquire(self._wake):
+            return
         try:
             with self._lock:
                 self._inflight += 1
@@ -321,9 +344,10 @@ class Emulator:
                 self._wake.wait(seconds)
             with self._lock:
                 self._inflight -= 1
+                if self.record:
+                    self.timings.append((arrived, time.monotonic()))
         finally:
-            if sem is not None:
-                sem.release()
+            self._pool.release()
 
 
 class _Server(ThreadingHTTPServer):
@@ -544,7 +568,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "<<SLOW:" in last:
             slow = float(last.split("<<SLOW:", 1)[1].split(">>", 1)[0])
         started = time.perf_counter()
-        self.server.emu._work(self.server.emu.latency + slow)
+        self.server.emu._work(self.server.emu.request_latency() + slow)
         return time.perf_counter() - started
 
     def _ollama(self, body: dict[str, Any], messages: list[dict[str, Any]], last: str) -> None:
@@ -646,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--slots", type=int, default=1, help="requests served at once, like OLLAMA_NUM_PARALLEL "
                         "(default 1, the rest queue); 0: unlimited")
+    parser.add_argument("--latency-max", type=float, default=None, help="latency uniform in [latency, this]")
+    parser.add_argument("--slots-at", default="", help="T:K[,T:K...]: K slots from T seconds after start")
+    parser.add_argument("--record", default=None, help="on exit, write each chat's [arrived, done] here (JSON)")
     parser.add_argument("--mode", choices=sorted(ERAS), default="go", help="the Ollama era to speak")
     parser.add_argument("--version", default=None, help="the version /api/version reports (default: the era's)")
     parser.add_argument("--reload-seconds", type=float, default=0.0, help="what a model (re)load costs")
@@ -659,7 +686,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     emu = Emulator(context_length=args.context_length, latency=args.latency, slots=args.slots or None,
                    models=tuple(args.models.split(",")), port=args.port, mode=args.mode, version=args.version,
-                   reload_seconds=args.reload_seconds)
+                   reload_seconds=args.reload_seconds, latency_max=args.latency_max)
+    for item in filter(None, args.slots_at.split(",")):
+        at, k = item.split(":")
+        emu.set_slots(int(k), at=float(at))
+    emu.record = args.record is not None
     emu.silent_truncate = args.silent_truncate
     if args.fail_rate:
         emu.fail_rate(rate=args.fail_rate)
@@ -667,6 +698,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"listening on {emu.url}", flush=True)
         while not stop.wait(0.5):
             pass
+    if args.record:
+        with open(args.record, "w") as fh:
+            wall0 = time.time() - (time.monotonic() - emu._pool.created)  # t0 on the wall clock
+            json.dump({"t0": emu._pool.created, "t0_wall": wall0, "timings": emu.timings}, fh)
     return 0
 
 
