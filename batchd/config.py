@@ -16,7 +16,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -47,7 +47,11 @@ class BackendSettings(_Section):
     #: several hosts of the same kind; when set, ``url`` is ignored
     urls: list[str] = Field(default_factory=list)
     model: str = "gemma3:4b"
-    lanes: int = Field(default=1, ge=1, le=256)
+    #: requests in flight at once: an integer pins it, "auto" lets ``batchd.lanes`` find the server's knee
+    lanes: int | Literal["auto"] = 1
+    #: bounds for "auto" (a pinned integer ignores them); lanes_max unset = 64 per host, at most 256
+    lanes_min: int = Field(default=1, ge=1, le=256)
+    lanes_max: int | None = Field(default=None, ge=1, le=256)
     timeout_seconds: float = Field(default=600.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=100)
@@ -80,9 +84,37 @@ class BackendSettings(_Section):
         from batchd.backends.ollama_facts import encode_keep_alive
 
         return encode_keep_alive(v)  # Ollama answers 400 to every request with a bad one
+    @field_validator("lanes", mode="before")
+    @classmethod
+    def _lanes(cls, v: Any) -> Any:
+        text = str(v).strip().lower()
+        if text == "auto":
+            return "auto"
+        if isinstance(v, bool) or not text.isdigit() or not 1 <= int(text) <= 256:
+            raise ValueError('lanes is an integer from 1 to 256, or "auto"')
+        return int(text)
+
+    @model_validator(mode="after")
+    def _lane_bounds(self) -> BackendSettings:
+        if self.lanes_max is not None and self.lanes_min > self.lanes_max:
+            raise ValueError(f"lanes_min ({self.lanes_min}) is above lanes_max ({self.lanes_max})")
+        return self
 
     def hosts(self) -> list[str]:
         return [u.rstrip("/") for u in (self.urls or [self.url])]
+
+    @property
+    def auto_lanes(self) -> bool:
+        return self.lanes == "auto"
+
+    def lane_bounds(self) -> tuple[int, int]:
+        """(min, max) requests in flight: a pinned integer is both; the embedded model serves one at a time."""
+        if self.lanes != "auto":
+            return self.lanes, self.lanes
+        if self.kind == "embedded":
+            return 1, 1
+        top = self.lanes_max or min(256, 64 * len(self.hosts()))
+        return min(self.lanes_min, top), top
 
 
 class ContextSettings(_Section):

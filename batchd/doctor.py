@@ -184,7 +184,7 @@ async def _embedded(settings: Settings) -> list[Check]:
     assert isinstance(backend, EmbeddedBackend)
     res: list[Check] = [("OK", (f"embedded llama.cpp importable, {backend.threads} threads, one call at a time; "
                                 "requests' model names are ignored"), "")]
-    if settings.backend.lanes > 1:
+    if settings.backend.lanes != "auto" and settings.backend.lanes > 1:
         res.append(("WARN", (f"backend.lanes={settings.backend.lanes}: the embedded model serves one call at a "
                              "time, extra lanes only queue"), "set backend.lanes = 1"))
     path = backend.model_file()

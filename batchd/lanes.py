@@ -186,10 +186,11 @@ class LaneController:
                 return self._close(w, now)
         return None
 
-    def pressure(self, on: bool) -> Change | None:
-        """The VRAM policy's signal: shrink once when it starts, no growth while it lasts."""
+    def pressure(self, on: bool, *, again: bool = False) -> Change | None:
+        """The VRAM policy's signal: shrink when it starts (and ``again`` on each further step),
+        no growth while it lasts."""
         was, self.pressure_on = self.pressure_on, on
-        if on and not was:
+        if on and (again or not was):
             return self._backoff(self.vram_factor, Reason.VRAM, self.clock())
         return None
 

@@ -19,6 +19,8 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 
 
 _COUNTERS = ("retries", "trims", "failures")
+#: lanes changes kept for metrics.json and the report (the oldest half is thinned beyond this)
+_LANES_SERIES_MAX = 2000
 
 
 @dataclass
@@ -55,6 +57,11 @@ class JobMetrics:
     offload: dict[str, Any] | None = None
     lanes: int = 1
     lanes_min: int = 1
+    lanes_max: int = 1
+    #: "fixed" (``backend.lanes = N``) or "auto" (the adaptive controller)
+    lanes_mode: str = "fixed"
+    #: ``[[unix time, lanes, reason], ...]``: the start and every change of the limit
+    lanes_series: list[list[Any]] = field(default_factory=list)
     #: the model the server says answered (the embedded backend serves its GGUF whatever a request names)
     served_model: str | None = None
     trim_at: float | None = None
@@ -101,6 +108,13 @@ class JobMetrics:
             self.completed += 1
         else:
             self.failures[cause or "unknown"] += 1
+    def note_lanes(self, lanes: int, reason: str, at: float | None = None) -> None:
+        self.lanes = lanes
+        self.lanes_max = max(self.lanes_max, lanes)
+        self.lanes_series.append([round(at if at is not None else time.time(), 3), lanes, reason])
+        if len(self.lanes_series) > _LANES_SERIES_MAX:
+            half = len(self.lanes_series) // 2
+            self.lanes_series[:half] = self.lanes_series[:half:2]
 
     def note_vram(self, used_fraction: float | None, source: str | None, total: float | None = None,
                   used_bytes: int | None = None, processes: list[list[int]] | None = None) -> None:
@@ -201,6 +215,9 @@ class JobMetrics:
             },
             "server": {"version": self.server_version, "reloads": self.reloads,
                        "runner_options_stripped": self.runner_options_stripped},
+            "lanes": {"mode": self.lanes_mode, "current": self.lanes, "min": self.lanes_min,
+                      "max": self.lanes_max, "changes": max(0, len(self.lanes_series) - 1)},
+            "lanes_series": self.lanes_series,
             "retries": {"total": sum(self.retries.values()), "by_cause": dict(self.retries)},
             "outages": {"count": self.outages, "seconds": round(self.outage_seconds, 1)},
         }

@@ -38,9 +38,10 @@ from batchd.config import Settings
 from batchd.context import ContextBudget, Conversation
 from batchd.errors import (
     BackendBusy,
-    BatchdError,
     BackendOutOfMemory,
+    BackendTimeout,
     BackendUnavailable,
+    BatchdError,
     ContextLengthExceeded,
     InvalidReply,
     JobError,
@@ -48,7 +49,9 @@ from batchd.errors import (
     TransientError,
 )
 from batchd.ingest import full_body
-from batchd.journal import Job, Journal, Outcome, Request, ReqState, RunOutcome
+from batchd.journal import Job, Journal, Outcome, ReqState, Request, RunOutcome
+from batchd.lanes import Change, LaneController, Ticket
+from batchd.lanes import Outcome as CallOutcome
 from batchd.metrics import JobMetrics
 from batchd.replies import checker_for
 from batchd.serverside import ServerSide
@@ -209,12 +212,21 @@ class JobRunner:
         self.rng = rng or random.Random()
         self.metrics = JobMetrics.from_state(job.metrics.get("state", {})) if job.metrics else JobMetrics()
         self.prefix: dict[str, Any] | None = orjson.loads(job.prefix_json) if job.prefix_json else None
-        self.lanes = settings.backend.lanes
-        #: lanes allowed to take new requests (the VRAM policy lowers it; the others pause)
-        self.active_lanes = self.lanes
+        low, high = settings.backend.lane_bounds()
+        #: how many requests may be in flight: pinned (``lanes = N``) or adaptive (``lanes = "auto"``)
+        self.control = LaneController(lanes_min=low, lanes_max=high, clock=clock)
+        self.control.on_change = self._lanes_moved
+        self.auto = not self.control.fixed
+        #: lane tasks: one per request that may ever be in flight; those above the limit park
+        self.lanes = high
+        #: lanes allowed to take new requests (the controller or the VRAM policy lowers it; the others park)
+        self.active_lanes = self.control.limit
         self.in_flight = 0
-        self.metrics.lanes = self.lanes
-        self.metrics.lanes_min = min(self.metrics.lanes_min, self.lanes) if job.metrics else self.lanes
+        self.metrics.lanes = self.active_lanes
+        self.metrics.lanes_min = (min(self.metrics.lanes_min, self.active_lanes) if job.metrics
+                                  else self.active_lanes)
+        self.metrics.lanes_mode = "auto" if self.auto else "fixed"
+        self.metrics.note_lanes(self.active_lanes, "start")
         self.vram_source = vram_source
         self.policy = VramPolicy(high_water=settings.vram.high_water, low_water=settings.vram.low_water,
                                  lanes=self.lanes)
@@ -423,12 +435,16 @@ class JobRunner:
     async def _lane(self, index: int, queue: asyncio.Queue[Request | None]) -> None:
         conv = self.new_conversation(index)
         while True:
-            # A lane over the VRAM policy's count pauses between requests, never mid-request.
+            # A lane over the limit (controller or VRAM policy) parks between requests, never mid-request.
+            parked = False
             while index >= self.active_lanes and not self._closing and not self._halted():
+                parked = True
                 changed = self._lanes_changed
                 await changed.wait()
             if index >= self.active_lanes or self._halted():
                 return
+            if parked:  # a lane owns its history: a revived lane starts a fresh conversation (prefix first)
+                conv = self.new_conversation(index)
             req = await queue.get()
             if req is None or self._halted():
                 return  # a request taken but not started stays in _taken: back to queued at the end
@@ -473,7 +489,13 @@ class JobRunner:
             self.metrics.requests_sent += 1
             try:
                 # affinity: with several hosts a lane's conversation stays where its prefix cache lives
-                result = await self.backend.chat(replace(chat, messages=messages, affinity=lane))
+                ticket = self.control.start() if self.auto else None
+                try:
+                    result = await self.backend.chat(replace(chat, messages=messages, affinity=lane))
+                except BaseException as exc:
+                    self._call_ended(ticket, exc)
+                    raise
+                self._call_ended(ticket, None)
             except BackendUnavailable as exc:
                 attempts -= 1  # an outage pauses the job; it is not this request's fault
                 self.gate.close(str(exc))
@@ -533,6 +555,39 @@ class JobRunner:
                 conv.budget.check_paying(lanes=self.lanes)
             return self._success(req, attempts, result)
 
+    def _call_ended(self, ticket: Ticket | None, exc: BaseException | None) -> None:
+        """Tell the lanes controller how one call went (503/429 and OOM: busy; a timeout; else nothing)."""
+        if ticket is None:
+            return
+        if exc is None:
+            outcome = CallOutcome.OK
+        elif isinstance(exc, (BackendBusy, BackendOutOfMemory)):
+            outcome = CallOutcome.BUSY
+        elif isinstance(exc, BackendTimeout):
+            outcome = CallOutcome.TIMEOUT
+        else:
+            outcome = CallOutcome.ERROR
+        self.control.done(ticket, outcome)
+
+    def _lanes_moved(self, change: Change) -> None:
+        """The controller changed the limit: log it, record it, let parked lanes go or lanes park."""
+        log.info("lanes_changed", job_id=self.job.id, **{"from": change.old, "to": change.new},
+                 reason=change.reason.value,
+                 latency_ms=round(change.latency * 1000, 1) if change.latency is not None else None,
+                 floor_ms=round(change.floor * 1000, 1) if change.floor is not None else None,
+                 rate=round(change.rate, 2) if change.rate is not None else None)
+        self.metrics.note_lanes(change.new, change.reason.value)
+        self._set_active()
+
+    def _set_active(self) -> None:
+        # auto: the controller already heard the VRAM policy (pressure); pinned: the policy's count
+        limit = self.control.limit if self.auto else min(self.policy.lanes, self.lanes)
+        self.metrics.lanes = limit
+        self.metrics.lanes_min = min(self.metrics.lanes_min, limit)
+        if limit != self.active_lanes:
+            self.active_lanes = limit
+            self._wake_lanes()
+
     def _backoff(self, attempts: int, exc: TransientError) -> float:
         base = self.settings.backend.backoff_seconds
         cap = self.settings.backend.backoff_max_seconds
@@ -582,9 +637,10 @@ class JobRunner:
     def _apply_policy(self) -> None:
         if self.budget is not None:
             self.budget.pressure = self.policy.pressure
-        self.active_lanes = self.policy.lanes
-        self._lanes_changed.set()
-        self._lanes_changed = asyncio.Event()
+        if self.auto:  # each step of the policy (on, and again while it lasts) is one back-off
+            self.control.pressure(self.policy.pressure, again=self.control.pressure_on)
+        self._set_active()
+        self._wake_lanes()
 
     def _sample(self) -> None:
         done, failed = self._base_counts

@@ -20,7 +20,7 @@ def make_backend(settings: Settings, url: str | None = None) -> Backend:
 
         return MultiBackend([make_backend(settings, h) for h in hosts])
     url = url or hosts[0]
-    conns = max(4, b.lanes * 2)
+    conns = max(4, b.lane_bounds()[1] * 2)
     if b.kind == "ollama":
         from batchd.backends.ollama import OllamaBackend
 
