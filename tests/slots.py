@@ -24,7 +24,7 @@ class SlotPool:
         self._busy = 0
         self._queue: deque[object] = deque()
         self._plan: list[tuple[float, int | None]] = []
-        self._t0 = time.monotonic()
+        self._t0 = self.created = time.monotonic()
         self.waiting_peak = 0
 
     @property
