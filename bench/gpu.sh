@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# GPU benchmark (see bench/gpu.py): old one-at-a-time tool vs batchd lanes 1, 8, 32, auto on llama.cpp's
+# server with CUDA. Prints "no GPU: ..." and exits 0 where there is none.
+#   bash bench/gpu.sh [--requests 2000] [--url http://host:port] [--server-bin PATH] [--workdir DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec "${PYTHON:-python3}" -m bench.gpu "$@"

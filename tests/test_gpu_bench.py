@@ -1,0 +1,46 @@
+"""bench/gpu.sh: the "no GPU" line here, and its measuring half against the emulator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.emulator import Emulator
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _no_gpu_here() -> bool:
+    from bench.gpu import detect_gpu
+
+    return detect_gpu()[0] is None
+
+
+@pytest.mark.skipif(not _no_gpu_here(), reason="this machine has a GPU: the script would install and measure")
+def test_without_a_gpu_it_says_so_and_exits_0() -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    for cmd in (["bash", "bench/gpu.sh"], [sys.executable, "-m", "bench.gpu"]):
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+                             check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("no GPU: ") and "nothing measured" in out.stdout
+        assert "pip" not in out.stdout  # nothing was installed
+
+
+def test_measures_old_tool_and_batchd_lanes_against_a_server(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import gpu
+
+    with Emulator(latency=0.01, slots=2) as emu:
+        code = gpu.main(["--url", emu.url, "--allow-no-gpu", "--requests", "24", "--old-requests", "6",
+                         "--lanes", "1,auto", "--max-tokens", "16"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    table = out[out.index("mode "):].splitlines()
+    assert [line.split()[0:3] for line in table[1:4]] == [["old", "tool", "6"], ["batchd", "lanes", "1"],
+                                                          ["batchd", "lanes", "auto"]]
+    for line in table[1:4]:
+        assert float(line.split()[-5]) > 0  # req/s
