@@ -72,8 +72,12 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, 
     finished = done + failed + skipped
     now = now or time.time()
     rate = eta = None
+    state_metrics = job.metrics.get("state", {}) if job.metrics else {}
+    lanes = state_metrics.get("lanes")
     if job.state is JobState.RUNNING:
         rate = _rate(journal, job, done + counts.get("failed", 0), now)
+        recent = journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)
+        lanes = recent[-1][6] if recent and recent[-1][6] is not None else lanes
         left = counts.get("queued", 0) + counts.get("running", 0)
         eta = pace.eta(left, rate)
     state = job.state.value
@@ -85,6 +89,7 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, 
         "total": job.total, "done": done, "failed": failed, "skipped": skipped, "finished": finished,
         "progress": round(finished / job.total, 4) if job.total else (1.0 if job.state in FINISHED else 0.0),
         "req_per_s": round(rate, 3) if rate else None, "eta_seconds": round(eta) if eta else None,
+        "lanes": lanes, "lanes_mode": state_metrics.get("lanes_mode"),
         "retry_of": job.retry_of, "outbox": job.outbox_name, "error": _escaped(job.error),
         "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
     }
@@ -106,7 +111,7 @@ def status_views(journal: Journal, *, limit: int, now: float | None = None) -> d
             "recent": [job_view(journal, j, now) for j in recent]}
 
 
-_COLUMNS = ("JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "ETA", "FAILED", "INPUT")
+_COLUMNS = ("JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT")
 
 
 def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
@@ -116,12 +121,13 @@ def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
         rows.append((
             v["job_id"], v["state"], _bar(v["progress"]), f"{v['finished']:,}/{v['total']:,}",
             pace.rate_text(v["req_per_s"]),
+            (f"{v['lanes']}" + (" auto" if v.get("lanes_mode") == "auto" else "")) if v.get("lanes") else "-",
             pace.duration(v["eta_seconds"]) if v["eta_seconds"] is not None else "-",
             f"{v['failed']:,}" if v["failed"] else "-",
             v["input"] + (f"  ({str(v['error'].get('message', ''))[:60]})" if v["error"] else ""),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
-    right = {3, 4, 5, 6}  # numbers line up on the right
+    right = {3, 4, 5, 6, 7}  # numbers line up on the right
     lines = []
     for r in rows:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]

@@ -143,6 +143,7 @@ def render(job: Job, data: ReportData, samples: Sequence[Sample], metrics: dict[
              *_rank_sections(data),
              _section("Failures by cause", _failures(data)),
              _section("Throughput over time", _throughput(samples, job)),
+             _section("Lanes over time", _lanes(samples, job, metrics)),
              _section("Context size over time", _context(samples, job, metrics)),
              _section("VRAM over time", _vram(samples, job, metrics))]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -263,6 +264,29 @@ def _throughput(samples: Sequence[Sample], job: Job) -> str:
             rate = max(0.0, ((b[1] + b[2]) - (a[1] + a[2])) * 60 / dt_s)
             pts += [(float(a[0]) - t0, rate), (float(b[0]) - t0, rate)]
     return svgchart.line(pts, "rows / min", color="#2f855a") if pts else _too_few(samples)
+
+
+def _lanes(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
+    """Requests allowed in flight, as steps: every change the lanes controller (or VRAM policy) made."""
+    series = [(float(t), int(n)) for t, n, *_ in metrics.get("lanes_series") or []]
+    if not series:  # an older metrics.json: the lanes column of the samples
+        series = [(float(s[0]), int(s[6])) for s in samples if len(s) > 6 and s[6] is not None]
+    if not series:
+        return _too_few(series, "No lanes recorded for this job.")
+    t0 = _origin(samples, job) if samples else series[0][0]
+    end = max([series[-1][0], *(float(s[0]) for s in samples[-1:])])
+    pts: list[tuple[float, float]] = []
+    for t, n in series:
+        if pts:
+            pts.append((t - t0, pts[-1][1]))
+        pts.append((t - t0, float(n)))
+    pts.append((end - t0, pts[-1][1]))
+    pts = [(max(0.0, x), y) for x, y in pts]
+    mode = (metrics.get("lanes") or {}).get("mode")
+    changes = len(series) - 1
+    note = (f"<p class='note'>{'Adaptive (lanes = auto)' if mode == 'auto' else 'Pinned'}: {changes:,} change(s); "
+            f"each is a <code>lanes_changed</code> event in the journal with its reason.</p>")
+    return _line(pts, "requests in flight (limit)", color="#2b6cb0") + note
 
 
 def _context(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:

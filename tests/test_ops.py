@@ -114,8 +114,8 @@ def test_status_then_cancel_a_running_and_a_queued_job_then_retry_the_rest(
     text = d.cli("status").stdout
     assert text.startswith("running big.jsonl, 1 queued\n\n")
     header, first, second = text.splitlines()[2:5]
-    assert header.split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "ETA", "FAILED", "INPUT"]
-    row = rf"{view['job_id']}  running +\[#*\.+\] +\d+\.\d%  +[\d,]+/400  +[\d.]+  +(\d+m\d\d|\d+)s +-  big\.jsonl$"
+    assert header.split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT"]
+    row = rf"{view['job_id']}  running +\[#*\.+\] +\d+\.\d%  +[\d,]+/400  +[\d.]+  +1  +(\d+m\d\d|\d+)s +-  big\.jsonl$"
     assert re.match(row, first), first
     assert re.search(r"queued +\[\.{20}\]   0\.0%  +0/20 .* next\.jsonl$", second), second
 
@@ -196,16 +196,18 @@ def test_status_of_an_empty_journal_and_the_table_shape(folders: Folders, emulat
     assert orjson.loads(run_batchd(env, "status", "--json").stdout) == {"active": [], "recent": []}
 
     view = {"job_id": "abc", "state": "running", "progress": 0.266, "finished": 45_210, "total": 170_000,
-            "req_per_s": 3.9, "eta_seconds": 42_120, "failed": 12, "input": "candidates.csv", "error": None}
+            "req_per_s": 3.9, "eta_seconds": 42_120, "failed": 12, "input": "candidates.csv", "error": None,
+            "lanes": 12, "lanes_mode": "auto"}
     done = {**view, "job_id": "def", "state": "failed", "progress": 1.0, "finished": 10, "total": 10,
-            "req_per_s": None, "eta_seconds": None, "failed": 0, "input": "x.csv",
+            "req_per_s": None, "eta_seconds": None, "failed": 0, "input": "x.csv", "lanes": None,
             "error": {"message": "model gemma9 not found"}}
     lines = status_table({"active": [view], "recent": [done]}).splitlines()
     assert lines[0] == "running candidates.csv, 0 queued"
-    assert lines[2].split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "ETA", "FAILED", "INPUT"]
-    assert lines[3] == ("abc  running  [#####...............]  26.6%  45,210/170,000    3.9  11h42m      12  "
+    assert lines[2].split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED",
+                                "INPUT"]
+    assert lines[3] == ("abc  running  [#####...............]  26.6%  45,210/170,000    3.9  12 auto  11h42m      12  "
                         "candidates.csv")
-    assert lines[4] == ("def  failed   [####################] 100.0%           10/10      -       -       -  "
+    assert lines[4] == ("def  failed   [####################] 100.0%           10/10      -        -       -       -  "
                         "x.csv  (model gemma9 not found)")
 
 

@@ -69,13 +69,27 @@ def test_everything_untrusted_is_escaped() -> None:
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
 
 
+def test_lanes_chart_draws_the_controllers_steps() -> None:
+    series = [[1000.0, 1, "start"], [1004.0, 2, "grow"], [1010.0, 4, "grow"], [1030.0, 3, "queueing"]]
+    page = render(_job(), _data(10), _samples(40), {"status": "completed", "lanes_series": series,
+                                                    "lanes": {"mode": "auto"}})
+    section = page[page.index("Lanes over time"):page.index("Context size over time")]
+    assert "Adaptive (lanes = auto): 3 change(s)" in section and "lanes_changed" in section
+    path = re.search(r"<polyline points='([^']+)'", section)
+    assert path is not None
+    ys = [float(p.split(",")[1]) for p in path.group(1).split()]
+    xs = [float(p.split(",")[0]) for p in path.group(1).split()]
+    assert len(set(ys)) == 4 and xs == sorted(xs)  # four levels, drawn as steps left to right
+    assert sum(1 for a, b in zip(xs, xs[1:]) if a == b) == 3  # a vertical edge at each change
+
+
 def test_charts_and_sections_with_many_samples() -> None:
     page = render(_job(), _data(300, failed=7), _samples(20000), {"status": "completed",
                                                                  "vram": {"total_bytes": 16 * 2**30}})
     for title in ("Score distribution", "Top 20 by score", "Bottom 20 by score", "Failures by cause",
-                  "Throughput over time", "Context size over time", "VRAM over time"):
+                  "Throughput over time", "Lanes over time", "Context size over time", "VRAM over time"):
         assert title in page
-    assert page.count("<svg") == 4
+    assert page.count("<svg") == 5
     assert "num_ctx 8,192" in page and "card total 16.0 GiB" in page and "time since start (h)" in page
     assert "invalid_reply" in page and ">7<" in page
     # Thinned: an overnight job's 20,000 samples do not become 20,000 SVG points.
