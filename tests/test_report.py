@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -80,7 +81,7 @@ def test_lanes_chart_draws_the_controllers_steps() -> None:
     ys = [float(p.split(",")[1]) for p in path.group(1).split()]
     xs = [float(p.split(",")[0]) for p in path.group(1).split()]
     assert len(set(ys)) == 4 and xs == sorted(xs)  # four levels, drawn as steps left to right
-    assert sum(1 for a, b in zip(xs, xs[1:]) if a == b) == 3  # a vertical edge at each change
+    assert sum(1 for a, b in itertools.pairwise(xs) if a == b) == 3  # a vertical edge at each change
 
 
 def test_charts_and_sections_with_many_samples() -> None:
