@@ -102,8 +102,8 @@ class LaneController:
     """The number of requests allowed in flight, adjusted from what completed requests show."""
 
     def __init__(self, *, lanes_min: int = 1, lanes_max: int = 64, initial: int | None = None,
-                 clock: Callable[[], float], min_samples: int = 16, grow_ratio: float = 1.2,
-                 shrink_ratio: float = 1.5, target_ratio: float = 1.1, busy_factor: float = 0.7,
+                 clock: Callable[[], float], min_samples: int = 16, grow_ratio: float = 1.15,
+                 shrink_ratio: float = 1.4, target_ratio: float = 1.1, busy_factor: float = 0.7,
                  timeout_factor: float = 0.5, vram_factor: float = 0.75, cooldown: int = 4,
                  cooldown_max: int = 64, explore: int = 8) -> None:
         if not 1 <= lanes_min <= lanes_max:
@@ -122,6 +122,9 @@ class LaneController:
         self.cooldown_max = cooldown_max
         self.explore = explore
         self._holds = 0
+        self._settling = False
+        #: (limit, latency) while a deeper cut tests whether the floor moved
+        self._floor_test: tuple[int, float] | None = None
         #: limit -> [mean window latency (a short average), windows seen]; the floor is the lowest
         self._levels: dict[int, list[float]] = {}  # [mean, windows, standard error]
         self.limit = max(lanes_min, min(lanes_max, initial or lanes_min))
@@ -213,23 +216,38 @@ class LaneController:
         self._last_t = now
 
     def _close(self, w: _Window, now: float) -> Change | None:
+        if self._settling:  # the first window after a cut still waits behind the old queue: not a reading
+            self._settling = False
+            return None
         span = max(now - w.t0, 1e-9)
         latency = sum(w.latencies) / len(w.latencies)
         rate = w.area / span / latency  # Little: in flight / time in system (steadier than counting)
         busy = w.area / span
         limit = self.limit
         last = self._last
-        if last is not None and last[0] >= 1.5 * limit and latency >= 0.9 * last[2]:
-            # Far fewer in flight and no faster: this latency is the work itself, not a queue.
+        test, self._floor_test = self._floor_test, None
+        # a queue halves with half the load; the work itself does not (0.75: well clear of both)
+        if test is not None and latency >= 0.75 * test[1]:
+            # Half as many in flight and no faster: this latency is the work itself, not a queue.
             self._levels.clear()
-        n = len(w.latencies)
-        spread = (sum((x - latency) ** 2 for x in w.latencies) / max(1, n - 1)) ** 0.5
-        level = self._levels.setdefault(limit, [latency, 0, 0.0])
-        level[1] += 1
-        level[0] += max(1 / level[1], 0.2) * (latency - level[0])
-        level[2] = spread / (n * min(level[1], 9)) ** 0.5  # the standard error of that average
-        # The lowest average plus its error: a plain minimum over many noisy averages reads low.
-        self.floor = min(m + se for m, _, se in self._levels.values())
+            self.floor = None
+            self._last = None
+            self._ref = None
+            self._record(w, latency)
+            return self._set(test[0], Reason.GROW, now, {"latency": latency, "floor": latency, "rate": 0.0})
+        slow = latency >= self.shrink_ratio * (self.floor or latency)
+        suspect = slow and last is not None and last[0] >= 1.5 * limit and latency >= 0.9 * last[2]
+        if slow and limit <= self.lanes_min:  # nothing lower to try: at the least load it is the work itself
+            self._levels.clear()
+        elif suspect and test is None:
+            # Far fewer in flight and no faster: a stale floor, or a queue that a deeper cut would show?
+            if limit // 2 < self.lanes_min:
+                self._levels.clear()
+            else:
+                self._floor_test = (limit, latency)
+                return self._backoff_to(limit // 2, Reason.QUEUEING, now, {"latency": latency,
+                                                                           "floor": self.floor or latency})
+        level = self._record(w, latency)
         if latency < 2 * self.floor:  # a single window is noisy; the level's average is not
             latency = level[0]
         just_grew = last is not None and last[0] < limit
@@ -237,6 +255,7 @@ class LaneController:
             self._ref = last
         self._last = (limit, rate, latency)
         self._since_backoff += 1
+        assert self.floor is not None
         ratio = latency / self.floor
         ref = self._ref
         gained = self._gained(limit, rate)
@@ -246,6 +265,18 @@ class LaneController:
         if self._since_backoff and self._ceiling is not None and limit >= self._ceiling:
             self._ceiling = None  # that level held: forget it
         return change
+
+    def _record(self, w: _Window, latency: float) -> list[float]:
+        """Fold the window into its limit's average; the floor follows."""
+        n = len(w.latencies)
+        spread = (sum((x - latency) ** 2 for x in w.latencies) / max(1, n - 1)) ** 0.5
+        level = self._levels.setdefault(self.limit, [latency, 0, 0.0])
+        level[1] += 1
+        level[0] += max(1 / level[1], 0.2) * (latency - level[0])
+        level[2] = spread / (n * min(level[1], 9)) ** 0.5  # the standard error of that average
+        # The lowest average plus its error: a plain minimum over many noisy averages reads low.
+        self.floor = min(m + se for m, _, se in self._levels.values())
+        return level
 
     def _decide(self, limit: int, ratio: float, rate: float, gained: bool, used: bool, just_grew: bool,
                 ref: tuple[int, float, float] | None, now: float, figures: dict[str, float]) -> Change | None:
@@ -309,6 +340,7 @@ class LaneController:
         if target == old:
             return None
         self._holds = 0
+        self._settling = target < old
         self.limit = target
         self._reset_windows()
         change = Change(at=now, old=old, new=target, reason=reason, latency=figures.get("latency"),

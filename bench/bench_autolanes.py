@@ -57,11 +57,12 @@ class Server:
             raise RuntimeError(f"emulator did not start: {line!r}")
         self.url = line.removeprefix("listening on ")
 
-    def finish(self) -> tuple[float, list[tuple[float, float]]]:
+    def finish(self) -> tuple[float, float, list[tuple[float, float]]]:
+        """(t0 monotonic, t0 wall clock, [(arrived, done), ...]) of the emulator's run."""
         self.proc.terminate()
         self.proc.wait(timeout=30)
         data = json.loads(self.record.read_text())
-        return float(data["t0"]), [(float(a), float(b)) for a, b in data["timings"]]
+        return float(data["t0"]), float(data["t0_wall"]), [(float(a), float(b)) for a, b in data["timings"]]
 
 
 def analyse(timings: list[tuple[float, float]], t0: float | None = None) -> dict[str, Any]:
@@ -115,10 +116,11 @@ def run(k: int, lanes: str, n: int, *, slots_at: str = "") -> tuple[dict[str, An
             env = f.env(server.url, BATCHD_BACKEND__LANES=lanes, BATCHD_CONTEXT__MODE="isolated")
             wall = run_once(env, timeout=900)
         finally:
-            t0, timings = server.finish()
+            t0, wall0, timings = server.finish()
         metrics = f.metrics("bench")
         errors = f.lines("bench", "errors.jsonl")
     a = analyse(timings, t0)
+    a["wall0"] = wall0
     a.update(wall=wall, errors=len(errors), completed=metrics["request_counts"]["completed"], total=n,
              job_rps=metrics["performance"]["requests_per_second"], lanes_series=metrics.get("lanes_series") or [],
              lanes_max=(metrics.get("lanes") or {}).get("max"))
@@ -160,35 +162,40 @@ def matrix(ks: list[int], fixed: list[int], seconds: float, auto_seconds: float)
     return ok
 
 
+def buckets(a: dict[str, Any], width: float = 2.0) -> list[float]:
+    """Mean requests in flight at the server per ``width`` seconds since the emulator started."""
+    acc: dict[int, float] = {}
+    level, last = 0, a["t0"]
+    for t, d in a["events"]:
+        pos = last
+        while pos < t:  # spread the interval over the buckets it covers
+            b = int((pos - a["t0"]) // width)
+            edge = min(t, a["t0"] + (b + 1) * width)
+            acc[b] = acc.get(b, 0.0) + level * (edge - pos)
+            pos = edge
+        level += d
+        last = t
+    top = max(acc) if acc else -1
+    return [acc.get(b, 0.0) / width for b in range(top + 1)]
+
+
 def change(seconds_before: float, seconds_after: float) -> bool:
     """K = 16 for the first ``seconds_before`` s after the server starts, then 4."""
     n = int(16 / MEAN * seconds_before + 4 / MEAN * seconds_after)
     a, _ = run(16, "auto", n, slots_at=f"{seconds_before}:4")
-    drop = a["t0"] + seconds_before
-    # the server-side in-flight level, averaged over 2 s windows, after the drop
-    followed = None
-    events = a["events"]
-    level, last, area, win_start = 0, events[0][0], 0.0, drop
-    for t, d in events:
-        if t > drop:
-            lo = max(last, win_start)
-            area += level * max(0.0, t - lo)
-            if t - win_start >= 2.0:
-                if area / (t - win_start) <= 6.0 and followed is None:
-                    followed = win_start - drop
-                elif area / (t - win_start) > 6.0:
-                    followed = None  # not yet settled: only a level that stays counts
-                win_start, area = t, 0.0
-        level += d
-        last = t
-    series = [(round(t - a["t0"], 1), lanes, why) for t, lanes, why in
-              [(s[0] - a["lanes_series"][0][0] + (a["start"] - a["t0"]), s[1], s[2]) for s in a["lanes_series"]]]
+    level = buckets(a)
+    first = int(seconds_before // 2) + 1  # the first whole bucket after the drop
+    settled = [b for b in range(first, len(level) - 1) if all(x <= 6.0 for x in level[b:len(level) - 1])]
+    followed = settled[0] * 2.0 - seconds_before if settled else None
+    series = [(round(t - a["wall0"], 1), lanes, why) for t, lanes, why in a["lanes_series"]]
     after_drop = [s for s in series if s[0] >= seconds_before]
     good = followed is not None and followed <= 30 and a["errors"] == 0 and a["completed"] == n
     print(f"K 16 -> 4 at {seconds_before:.0f} s: {n} requests, {a['completed']} completed, {a['errors']} errors, "
-          f"rate {a['rate']:.1f}/s; in flight <= 6 at the server {followed if followed is not None else 'never'}"
-          f"{' s after the drop' if followed is not None else ''}; lanes changes after the drop: "
-          f"{after_drop[:8]}{' ...' if len(after_drop) > 8 else ''}  {'ok' if good else 'GOAL MISSED'}", flush=True)
+          f"rate {a['rate']:.1f}/s; in flight at the server (2 s means) "
+          f"{' '.join(f'{x:.0f}' for x in level[first - 3:first + 5])} around the drop; <= 6 from "
+          f"{followed if followed is not None else 'never'}{' s after the drop on' if followed is not None else ''}; "
+          f"lanes changes after the drop (s, lanes, reason): {after_drop[:6]}{' ...' if len(after_drop) > 6 else ''}"
+          f"  {'ok' if good else 'GOAL MISSED'}", flush=True)
     return good
 
 
