@@ -248,6 +248,7 @@ class LaneController:
                 return self._backoff_to(limit // 2, Reason.QUEUEING, now, {"latency": latency,
                                                                            "floor": self.floor or latency})
         level = self._record(w, latency)
+        assert self.floor is not None  # _record set it
         if latency < 2 * self.floor:  # a single window is noisy; the level's average is not
             latency = level[0]
         just_grew = last is not None and last[0] < limit
@@ -255,7 +256,6 @@ class LaneController:
             self._ref = last
         self._last = (limit, rate, latency)
         self._since_backoff += 1
-        assert self.floor is not None
         ratio = latency / self.floor
         ref = self._ref
         gained = self._gained(limit, rate)
