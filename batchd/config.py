@@ -48,7 +48,7 @@ class BackendSettings(_Section):
     urls: list[str] = Field(default_factory=list)
     model: str = "gemma3:4b"
     #: requests in flight at once: an integer pins it, "auto" lets ``batchd.lanes`` find the server's knee
-    lanes: int | Literal["auto"] = 1
+    lanes: int | Literal["auto"] = "auto"
     #: bounds for "auto" (a pinned integer ignores them); lanes_max unset = 64 per host, at most 256
     lanes_min: int = Field(default=1, ge=1, le=256)
     lanes_max: int | None = Field(default=None, ge=1, le=256)

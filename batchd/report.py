@@ -271,10 +271,10 @@ def _lanes(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
     series = [(float(t), int(n)) for t, n, *_ in metrics.get("lanes_series") or []]
     if not series:  # an older metrics.json: the lanes column of the samples
         series = [(float(s[0]), int(s[6])) for s in samples if len(s) > 6 and s[6] is not None]
-    if not series:
-        return _too_few(series, "No lanes recorded for this job.")
+    end = max([series[-1][0], *(float(s[0]) for s in samples[-1:])]) if series else 0.0
+    if not series or end <= series[0][0]:
+        return _too_few(series[:1], "" if series else "No lanes recorded for this job.")
     t0 = _origin(samples, job) if samples else series[0][0]
-    end = max([series[-1][0], *(float(s[0]) for s in samples[-1:])])
     pts: list[tuple[float, float]] = []
     for t, n in series:
         if pts:

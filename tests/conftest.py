@@ -41,6 +41,7 @@ class Folders:
             "BATCHD_BACKEND__BACKOFF_MAX_SECONDS": "0.5",
             "BATCHD_WATCH__STABLE_SECONDS": "0.3",
             "BATCHD_WATCH__POLL_SECONDS": "0.2",
+            "BATCHD_BACKEND__LANES": "1",  # pinned, as in make_settings; tests of "auto" ask for it
         })
         env.update(extra)
         return env
@@ -70,7 +71,9 @@ def make_settings(folders: Folders, emulator: Emulator) -> Callable[..., Setting
     """Settings for in-process tests: temp folders, the emulator, fast backoff."""
 
     def make(**overrides: Any) -> Settings:
-        backend = {"url": emulator.url, "backoff_seconds": 0.01, "backoff_max_seconds": 0.2,
+        # lanes pinned to 1 unless a test asks: call counts and orders stay deterministic
+        # (the default, "auto", has its own tests in test_lanes.py and test_runner_lanes.py)
+        backend = {"url": emulator.url, "backoff_seconds": 0.01, "backoff_max_seconds": 0.2, "lanes": 1,
                    **overrides.pop("backend", {})}
         watch = {"stable_seconds": 0.2, "rescan_seconds": 5, "poll_seconds": 0.1, **overrides.pop("watch", {})}
         return Settings(inbox=folders.inbox, outbox=folders.outbox, state_dir=folders.state, backend=backend,

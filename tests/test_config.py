@@ -18,7 +18,7 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert s.state_dir == Path("/var/lib/batchd")
     assert s.backend.kind == "ollama"
     assert s.backend.url == "http://127.0.0.1:11434"
-    assert s.backend.lanes == 1
+    assert s.backend.lanes == "auto"
     assert s.context.mode == "conversation"
     assert s.watch.mode == "auto"
     assert s.api.listen is None

@@ -204,5 +204,5 @@ def test_write_report_streams_from_the_journal(tmp_path: Path) -> None:
         journal.close()
     page = path.read_text(encoding="utf-8")
     assert "Top 20 by score" in page and "&lt;b&gt;P9&lt;/b&gt;" in page and "<b>P" not in page
-    assert "timeout" in page and page.count("<svg") == 4  # histogram, throughput, context, VRAM (%)
+    assert "timeout" in page and page.count("<svg") == 5  # histogram, throughput, lanes, context, VRAM (%)
     assert "VRAM used (%)" in page
