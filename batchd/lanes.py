@@ -300,7 +300,9 @@ class LaneController:
             if gained:  # latency rose, but so did throughput (a batching server): keep going
                 self._cooldown = self.cooldown_base
                 return self._grow(limit + step, Reason.THROUGHPUT, now, figures)
-            return self._backoff_to(ref[0], Reason.QUEUEING, now, figures)  # latency rose, nothing gained
+            if figures["latency"] / ref[2] - 1 >= 0.5 * (limit / ref[0] - 1):  # a queue grows with the step
+                return self._backoff_to(ref[0], Reason.QUEUEING, now, figures)  # latency rose, nothing gained
+            return None  # neither: keep the step (the next windows decide)
         self._holds += 1
         if self._holds >= max(self.explore, self._cooldown):  # held a while: does one step more pay now?
             return self._grow(limit + step, Reason.PROBE, now, figures)

@@ -189,6 +189,10 @@ def change(seconds_before: float, seconds_after: float) -> bool:
     followed = settled[0] * 2.0 - seconds_before if settled else None
     series = [(round(t - a["wall0"], 1), lanes, why) for t, lanes, why in a["lanes_series"]]
     after_drop = [s for s in series if s[0] >= seconds_before]
+    before = [s for s in series if s[0] < seconds_before]
+    print(f"before the drop: {len(before)} lanes values, last {before[-1] if before else None}, "
+          f"max {max((s[1] for s in before), default=None)}; in flight at the server (2 s means) "
+          f"{' '.join(f'{x:.0f}' for x in level[:first])}", flush=True)
     good = followed is not None and followed <= 30 and a["errors"] == 0 and a["completed"] == n
     print(f"K 16 -> 4 at {seconds_before:.0f} s: {n} requests, {a['completed']} completed, {a['errors']} errors, "
           f"rate {a['rate']:.1f}/s; in flight at the server (2 s means) "
