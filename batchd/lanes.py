@@ -292,7 +292,8 @@ class LaneController:
             return self._backoff_to(target, Reason.QUEUEING, now, figures)
         if self.pressure_on or not used:
             return None
-        if ratio < self.grow_ratio:
+        # slow start doubles until a queue shows (like TCP's until a loss): a noisy floor must not stall it
+        if ratio < self.grow_ratio or (self._slow_start and ratio < self.shrink_ratio):
             if just_grew:
                 self._cooldown = self.cooldown_base  # the last step up was free: explore freely again
             return self._grow(limit + step, Reason.GROW, now, figures)
