@@ -1,8 +1,8 @@
-"""Run the five benchmarks in sequence and print their one-line summaries (``python -m bench``, ``make bench``).
+"""Run the benchmarks in sequence and print their one-line summaries (``python -m bench``, ``make bench``).
 
 Each benchmark runs as its own process, so one that fails (a missing optional
 package, a backend that would not start) is reported and the others still run.
-Sizes are chosen to finish in about 15-20 minutes on a 2-core machine; the
+Sizes are chosen to finish in about 20-25 minutes on a 2-core machine; the
 flags below scale them. Figures go into ``docs/BENCHMARKS.md`` by hand.
 """
 
@@ -23,6 +23,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     runs = [
         ("overhead", ["bench.bench_overhead", "--requests", str(args.requests)]),
         ("lanes", ["bench.bench_lanes"]),
+        ("autolanes", ["bench.bench_autolanes", "--change"]),
         ("prefix", ["bench.bench_prefix", "--rows", str(args.prefix_rows)]),
         ("peer", ["bench.bench_peer", "--real-rows", str(args.peer_real_rows)]),
         ("ingest", ["bench.bench_ingest", "--rows", str(args.ingest_rows)]),
@@ -36,7 +37,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--only", help="comma-separated subset: overhead,lanes,prefix,peer,ingest,http")
+    ap.add_argument("--only", help="comma-separated subset: overhead,lanes,autolanes,prefix,peer,ingest,http")
     ap.add_argument("--requests", type=int, default=20_000, help="overhead: requests per run")
     ap.add_argument("--prefix-rows", type=int, default=8, help="prefix: candidates per run (6 runs)")
     ap.add_argument("--peer-real-rows", type=int, default=0, help="peer: candidates through llama.cpp's server")

@@ -135,3 +135,18 @@ def test_lanes_setting_accepts_auto_or_an_integer(monkeypatch: Any) -> None:
     monkeypatch.setenv("BATCHD_BACKEND__LANES_MAX", "32")
     settings = Settings()
     assert settings.backend.lanes == "auto" and settings.backend.lane_bounds() == (1, 32)
+
+
+def test_auto_over_a_host_pool_uses_both_hosts_slots(make_settings: Callable[..., Settings],
+                                                     emulator: Emulator) -> None:
+    emulator.latency, emulator.slots = 0.02, 2
+    with Emulator(latency=0.02, slots=2) as other:
+        settings = make_settings(backend={"lanes": "auto", "urls": [emulator.url, other.url]},
+                                 context={"mode": "isolated"})
+        assert settings.backend.lane_bounds() == (1, 128)  # 64 per host
+        runner, outcome, journal = run_job(settings, 400)
+        assert outcome == "completed" and runner.done == 400
+        # four slots in all: auto went past one host's two, and each host served some
+        assert runner.metrics.lanes_max >= 4
+        assert emulator.peak_concurrency == 2 and other.peak_concurrency == 2
+        journal.close()
