@@ -150,3 +150,12 @@ def test_auto_over_a_host_pool_uses_both_hosts_slots(make_settings: Callable[...
         assert runner.metrics.lanes_max >= 4
         assert emulator.peak_concurrency == 2 and other.peak_concurrency == 2
         journal.close()
+
+
+def test_doctor_on_auto_lanes_names_the_servers_parallel_slots() -> None:
+    from batchd.doctor import _parallel
+
+    level, what, fix = _parallel("auto", (8, "ollama.service"))
+    assert level == "OK" and "OLLAMA_NUM_PARALLEL=8" in what and fix == ""
+    level, what, fix = _parallel("auto", None)
+    assert level == "OK" and "one request at a time" in what and "OLLAMA_NUM_PARALLEL=4" in fix
