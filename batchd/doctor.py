@@ -148,10 +148,10 @@ def _parallel(lanes: int | str, found: tuple[int, str] | None) -> Check:
                 else "OLLAMA_NUM_PARALLEL not visible here (Ollama's default is 1)")
         if found is not None and found[0] > 1:
             return "OK", f"backend.lanes=auto: batchd finds the server's parallel slots itself; {seen}", ""
-        return ("OK", f"backend.lanes=auto: batchd finds the server's parallel slots itself; {seen}, so expect "
-                      "about one request at a time", "for more throughput: systemctl edit ollama: [Service] "
+        return ("OK", (f"backend.lanes=auto: batchd finds the server's parallel slots itself; {seen}, so expect "
+                       "about one request at a time"), ("for more throughput: systemctl edit ollama: [Service] "
                 "Environment=OLLAMA_NUM_PARALLEL=4, then restart ollama (each parallel request needs its own "
-                "num_ctx of VRAM)")
+                "num_ctx of VRAM)"))
     assert isinstance(lanes, int)
     if lanes <= 1:
         return "OK", "backend.lanes=1: one request at a time (Ollama's OLLAMA_NUM_PARALLEL defaults to 1)", ""
