@@ -189,7 +189,7 @@ def model_file(py: Path) -> Path:
 def start_server(binary: Path, gguf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-ngl", "999",
            "--parallel", "64", "-c", str(64 * 1024), "--cont-batching", "--alias", ALIAS,
-           "--chat-template", "gemma"]
+           "--no-jinja", "--chat-template", "gemma", "--no-webui"]
     print("+ " + " ".join(cmd), flush=True)
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -210,20 +210,27 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
 
 # -- the measurements ---------------------------------------------------------------------
 
-def body(i: int, max_tokens: int) -> dict[str, Any]:
-    return {"model": ALIAS, "max_tokens": max_tokens, "temperature": 0, "messages": [
+def served_model(url: str) -> str:
+    """The first model a running OpenAI-compatible server lists (``--url`` without ``--model``)."""
+    with urllib.request.urlopen(url + "/v1/models", timeout=10) as resp:
+        data = json.loads(resp.read())
+    return str((data.get("data") or [{}])[0].get("id") or ALIAS)
+
+
+def body(i: int, max_tokens: int, model: str = ALIAS) -> dict[str, Any]:
+    return {"model": model, "max_tokens": max_tokens, "temperature": 0, "messages": [
         {"role": "system", "content": "You score job candidates from 1 to 10 and give one reason."},
         {"role": "user", "content": f"Candidate {i}: {3 + i % 9} years in warehouse logistics, forklift "
                                     f"licence, team lead for {i % 5} years. Score and reason?"}]}
 
 
-def old_tool(url: str, n: int, max_tokens: int) -> dict[str, Any]:
+def old_tool(url: str, n: int, max_tokens: int, model: str) -> dict[str, Any]:
     """One request at a time, each on its own (no history, no overlap): how the old tool ran."""
     lat: list[float] = []
     tokens = 0
     started = time.perf_counter()
     for i in range(n):
-        data = json.dumps(body(i, max_tokens)).encode()
+        data = json.dumps(body(i, max_tokens, model)).encode()
         req = urllib.request.Request(url + "/v1/chat/completions", data=data,
                                      headers={"Content-Type": "application/json"})
         t = time.perf_counter()
@@ -237,7 +244,7 @@ def old_tool(url: str, n: int, max_tokens: int) -> dict[str, Any]:
             "lanes": "1 (old)", "batchd_vram": None}
 
 
-def batchd_run(py: str, url: str, lanes: str, n: int, max_tokens: int, vram: str) -> dict[str, Any]:
+def batchd_run(py: str, url: str, lanes: str, n: int, max_tokens: int, vram: str, model: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="batchd-gpu-") as tmp:
         root = Path(tmp)
         for sub in ("inbox", "outbox", "state"):
@@ -246,12 +253,12 @@ def batchd_run(py: str, url: str, lanes: str, n: int, max_tokens: int, vram: str
         with (root / "inbox" / "gpu.jsonl").open("w") as fh:
             for i in range(n):
                 fh.write(json.dumps({"custom_id": f"r{i:06d}", "method": "POST", "url": "/v1/chat/completions",
-                                     "body": body(i, max_tokens)}) + "\n")
+                                     "body": body(i, max_tokens, model)}) + "\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
         env.update({"BATCHD_CONFIG": str(root / "batchd.toml"), "BATCHD_INBOX": str(root / "inbox"),
                     "BATCHD_OUTBOX": str(root / "outbox"), "BATCHD_STATE_DIR": str(root / "state"),
                     "BATCHD_BACKEND__KIND": "openai", "BATCHD_BACKEND__URL": url,
-                    "BATCHD_BACKEND__MODEL": ALIAS, "BATCHD_BACKEND__LANES": lanes,
+                    "BATCHD_BACKEND__MODEL": model, "BATCHD_BACKEND__LANES": lanes,
                     "BATCHD_CONTEXT__MODE": "isolated", "BATCHD_CONTEXT__NUM_CTX": "1024",
                     "BATCHD_VRAM__SOURCE": vram, "BATCHD_LOG__TARGET": "json", "BATCHD_LOG__LEVEL": "warning"})
         proc = subprocess.run([py, "-m", "batchd", "run", "--once"], cwd=REPO, env=env, capture_output=True,
@@ -273,17 +280,19 @@ def gib(v: Any) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = f"{'mode':<22} {'reqs':>5} {'ok':>5} {'req/s':>8} {'out tok/s':>10} {'p95 s':>7} " \
-           f"{'GPU util %':>10} {'NVML mem GiB':>12} {'batchd VRAM GiB':>15}"
+           f"{'GPU util %':>10} {'NVML mem GiB':>12} {'batchd VRAM GiB':>15}  lanes"
     lines = [head]
     for r in rows:
         util = f"{r['gpu_util']:.0f}" if r.get("gpu_util") is not None else "-"
-        lines.append(f"{r['mode']:<22} {r['requests']:>5} {r['ok']:>5} {r['rps'] or 0:>8.2f} {r['tok_s'] or 0:>10.1f} "
+        rps = f"{r['rps']:.2f}" if r["rps"] is not None else "FAILED"
+        tok = f"{r['tok_s']:.1f}" if r["tok_s"] is not None else "-"
+        lines.append(f"{r['mode']:<22} {r['requests']:>5} {r['ok']:>5} {rps:>8} {tok:>10} "
                      f"{r['p95'] or 0:>7.3f} {util:>10} {gib(r.get('gpu_mem_peak')):>12} "
-                     f"{gib(r.get('batchd_vram')):>15}")
+                     f"{gib(r.get('batchd_vram')):>15}  {r['lanes']}")
     return "\n".join(lines)
 
 
-def measure(url: str, py: str, args: argparse.Namespace, vram: str) -> tuple[list[dict[str, Any]], bool]:
+def measure(url: str, py: str, args: argparse.Namespace, vram: str, model: str) -> tuple[list[dict[str, Any]], bool]:
     rows: list[dict[str, Any]] = []
     ok = True
     plan: list[tuple[str, str]] = [("old tool", "old"), *((f"batchd lanes {x}", x) for x in args.lanes.split(","))]
@@ -291,15 +300,20 @@ def measure(url: str, py: str, args: argparse.Namespace, vram: str) -> tuple[lis
         with NvmlSampler(args.gpu_index) as sampler:
             try:
                 if lanes == "old":
-                    r = old_tool(url, args.old_requests, args.max_tokens)
+                    r = old_tool(url, args.old_requests, args.max_tokens, model)
                 else:
-                    r = batchd_run(py, url, lanes, args.requests, args.max_tokens, vram)
+                    r = batchd_run(py, url, lanes, args.requests, args.max_tokens, vram, model)
             except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others still run
                 print(f"{mode}: FAILED {exc}", flush=True)
                 ok = False
                 continue
         r.update(mode=mode, **sampler.figures())
         rows.append(r)
+        if r["ok"] < r["requests"]:  # a rate over failed rows means nothing: say so, and fail the run
+            print(f"{mode}: FAILED {r['requests'] - r['ok']} of {r['requests']} requests", flush=True)
+            r["rps"] = r["tok_s"] = None
+            ok = False
+            continue
         print(f"{mode}: {r['rps']:.2f} req/s, {r['tok_s']:.1f} tok/s", flush=True)
     return rows, ok
 
@@ -313,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000, help="rows per batchd run")
     ap.add_argument("--old-requests", type=int, default=200, help="rows for the one-at-a-time loop")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--model", help="model name to ask for (default: the alias it serves, or the first of --url's)")
     ap.add_argument("--lanes", default=",".join(LANES))
     ap.add_argument("--gpu-index", type=int, default=0)
     args = ap.parse_args(argv)
@@ -336,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             server = start_server(binary, model_file(Path(py)), port, args.workdir / "server.log")
             url = f"http://127.0.0.1:{port}"
         wait_ready(url, server)
-        print(f"# ready after {time.perf_counter() - started:.0f} s (install, build, load)", flush=True)
-        rows, ok = measure(url, py, args, "nvml" if gpu else "none")
+        model = args.model or (served_model(url) if args.url else ALIAS)
+        print(f"# ready after {time.perf_counter() - started:.0f} s (install, build, load); model {model}", flush=True)
+        rows, ok = measure(url, py, args, "nvml" if gpu else "none", model)
     finally:
         if server is not None:
             server.terminate()

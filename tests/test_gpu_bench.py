@@ -43,4 +43,18 @@ def test_measures_old_tool_and_batchd_lanes_against_a_server(capsys: pytest.Capt
     assert [line.split()[0:3] for line in table[1:4]] == [["old", "tool", "6"], ["batchd", "lanes", "1"],
                                                           ["batchd", "lanes", "auto"]]
     for line in table[1:4]:
-        assert float(line.split()[-5]) > 0  # req/s
+        assert float(line[22:].split()[2]) > 0  # req/s, after the 22-character mode column
+    assert table[3].split("  ")[-1].strip().startswith("auto (")  # the lanes auto ended at, and its max
+
+
+def test_a_run_whose_rows_fail_is_reported_failed_not_fast(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import gpu
+
+    with Emulator(latency=0.0, models=("other:1b",)) as emu:  # batchd asks for a model it does not serve
+        code = gpu.main(["--url", emu.url, "--allow-no-gpu", "--requests", "5", "--old-requests", "2",
+                         "--lanes", "1", "--model", "gemma3:4b"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "batchd lanes 1: FAILED 5 of 5 requests" in out
+    row = next(line for line in out.splitlines() if line.startswith("batchd lanes 1 "))
+    assert "FAILED" in row
