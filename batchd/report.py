@@ -286,7 +286,7 @@ def _lanes(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
     changes = len(series) - 1
     note = (f"<p class='note'>{'Adaptive (lanes = auto)' if mode == 'auto' else 'Pinned'}: {changes:,} change(s); "
             f"each is a <code>lanes_changed</code> event in the journal with its reason.</p>")
-    return _line(pts, "requests in flight (limit)", color="#2b6cb0") + note
+    return svgchart.line(pts, "requests in flight (limit)", color="#2b6cb0") + note
 
 
 def _context(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
