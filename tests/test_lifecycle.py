@@ -309,11 +309,12 @@ def test_truncation_reads_missing_and_split_prompt_counts_right() -> None:
 def test_a_version_1_journal_migrates_its_final_status_and_api_tables(tmp_path: Path) -> None:
     import sqlite3
 
-    from batchd.journal import _MIGRATIONS, SCHEMA_VERSION, FinalStatus
+    from batchd.journal import SCHEMA_VERSION, FinalStatus
+    from batchd.journal.schema import MIGRATIONS
 
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path, isolation_level=None)
-    db.executescript(f"BEGIN; {_MIGRATIONS[1]} PRAGMA user_version=1; COMMIT;")
+    db.executescript(f"BEGIN; {MIGRATIONS[1]} PRAGMA user_version=1; COMMIT;")
     db.execute("CREATE TABLE api_files (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, role TEXT NOT NULL, "
                "filename TEXT NOT NULL, bytes INTEGER NOT NULL DEFAULT 0, sha256 TEXT, spool TEXT, batch_id TEXT, "
                "created_at REAL NOT NULL)")  # made ad hoc by an older API

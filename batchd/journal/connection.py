@@ -1,0 +1,68 @@
+"""The journal's connection: opened with WAL, ``busy_timeout`` and ``synchronous=FULL``, one
+``transaction()`` (``BEGIN IMMEDIATE``); sqlite3 errors are translated into ``StorageError`` here."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from batchd.errors import StorageError
+from batchd.journal.schema import migrate
+
+
+class Connection:
+    """One SQLite connection, owned; the base of ``Journal`` and of its mixins."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            # FULL: a committed batch survives power loss, not only kill -9; one fsync per batch.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            migrate(self._db)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open journal {path}: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot create journal folder for {path}: {exc}") from exc
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"journal busy or unwritable: {exc}") from exc
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StorageError(f"journal write failed: {exc}") from exc
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StorageError(f"journal commit failed: {exc}") from exc
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"journal read failed: {exc}") from exc
+
+    def integrity_check(self) -> str:
+        return str(self._query("PRAGMA integrity_check")[0][0])

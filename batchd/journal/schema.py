@@ -1,0 +1,152 @@
+"""The journal's schema: the DDL of each version and the migrations keyed on ``PRAGMA user_version``."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from batchd.errors import StorageError
+from batchd.journal.records import FinalStatus
+from batchd.journal.rows import load_json
+
+SCHEMA_VERSION = 3
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        inbox_path TEXT NOT NULL,
+        spool TEXT,
+        sha256 TEXT,
+        size INTEGER,
+        mtime_ns INTEGER,
+        state TEXT NOT NULL,
+        claimed_at REAL NOT NULL
+    );
+    CREATE INDEX files_inbox ON files(inbox_path, size, mtime_ns);
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        file_id INTEGER REFERENCES files(id),
+        source TEXT NOT NULL DEFAULT 'inbox',
+        input_name TEXT NOT NULL,
+        stem TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sha256 TEXT,
+        pipeline TEXT,
+        pipeline_json TEXT,
+        prefix_json TEXT,
+        model TEXT,
+        mode TEXT,
+        state TEXT NOT NULL,
+        error TEXT,
+        duplicate_of TEXT,
+        retry_of TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL DEFAULT 0,
+        columns_json TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        outbox_name TEXT,
+        metrics_json TEXT,
+        meta_json TEXT
+    );
+    CREATE INDEX jobs_state ON jobs(state, seq);
+    CREATE INDEX jobs_sha ON jobs(sha256);
+    CREATE TABLE requests (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        line INTEGER,
+        custom_id TEXT,
+        body BLOB,
+        row BLOB,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        result BLOB,
+        error BLOB,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        finished_at REAL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX requests_state ON requests(job_id, state, seq);
+    CREATE TABLE samples (
+        job_id TEXT NOT NULL,
+        t REAL NOT NULL,
+        done INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        ctx_tokens INTEGER,
+        vram_used REAL,
+        trims INTEGER,
+        lanes INTEGER
+    );
+    CREATE INDEX samples_job ON samples(job_id, t);
+    """,
+    # 2: the final status gets its own column (it was meta_json's "final"); the duplicate key
+    # becomes sha256 + a hash of the effective job definition (``work_key``).
+    2: """
+    ALTER TABLE jobs ADD COLUMN final TEXT;
+    ALTER TABLE jobs ADD COLUMN work_key TEXT;
+    CREATE INDEX jobs_work ON jobs(work_key);
+    """,
+    # 3: the HTTP API's tables join the migrations (they were created ad hoc, IF NOT EXISTS).
+    3: """
+    CREATE TABLE IF NOT EXISTS api_files (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        sha256 TEXT,
+        spool TEXT,
+        batch_id TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS api_batches (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL UNIQUE,
+        input_file_id TEXT NOT NULL,
+        output_file_id TEXT NOT NULL,
+        error_file_id TEXT NOT NULL,
+        metadata TEXT,
+        created_at REAL NOT NULL,
+        validated_at REAL,
+        cancelling_at REAL
+    );
+    """,
+}
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Each step reads the version and moves it on in one BEGIN IMMEDIATE transaction, so two
+    processes opening a fresh journal at once (the daemon and ``batchd status``) cannot both run it."""
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(f"journal schema {version} is newer than this batchd ({SCHEMA_VERSION})")
+            if version == SCHEMA_VERSION:
+                db.execute("COMMIT")
+                return
+            target = version + 1
+            for statement in MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if target == 2:
+                _backfill_final(db)
+            db.execute(f"PRAGMA user_version={target}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+def _backfill_final(db: sqlite3.Connection) -> None:
+    """Version 1 kept the final status in meta_json; move it to its column (inside the migration)."""
+    for job_id, meta in db.execute("SELECT id, meta_json FROM jobs").fetchall():
+        final = (load_json(meta) or {}).get("final")
+        if final in FinalStatus._value2member_map_:
+            db.execute("UPDATE jobs SET final=? WHERE id=?", (final, job_id))

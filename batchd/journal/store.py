@@ -1,0 +1,187 @@
+"""``Journal``, the class callers hold: jobs read back, requests taken, recorded and requeued in batches,
+the report's samples; the transitions (``lifecycle``) and the API's tables (``api_tables``) mixed in."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from batchd.journal.api_tables import ApiRecords
+from batchd.journal.lifecycle import Lifecycle
+from batchd.journal.records import Job, JobState, NewRequest, Outcome, ReqState, Request
+from batchd.journal.rows import (
+    JOB_COLS,
+    REQ_COLS,
+    dump_json,
+    job_from_row,
+    request_from_row,
+)
+
+
+class Journal(Lifecycle, ApiRecords):
+    """The SQLite journal: one connection, WAL, every read-then-write in one ``transaction()``."""
+
+    # -- files -----------------------------------------------------------------------
+
+    def find_claim(self, inbox_path: bytes, size: int, mtime_ns: int) -> int | None:
+        # inbox paths are stored as bytes: a file name need not be valid UTF-8
+        rows = self._query(
+            "SELECT id FROM files WHERE inbox_path=? AND size=? AND mtime_ns=?", (inbox_path, size, mtime_ns)
+        )
+        return int(rows[0][0]) if rows else None
+
+    def unlinked_claims(self) -> list[tuple[int, bytes, int, int]]:
+        """Claims whose inbox file may still exist (crash between commit and unlink)."""
+        rows = self._query("SELECT id, inbox_path, size, mtime_ns FROM files WHERE state='claimed'")
+        return [(int(a), bytes(b), int(c), int(d)) for a, b, c, d in rows]
+
+    def mark_file_removed(self, file_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE files SET state='removed' WHERE id=?", (file_id,))
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def insert_requests(self, job_id: str, rows: Iterable[NewRequest], db: sqlite3.Connection) -> int:
+        sql = ("INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        invalid, queued = ReqState.INVALID.value, ReqState.QUEUED.value  # hoisted: this loop runs 170,000 times
+        dumps = orjson.dumps
+        batch = [(job_id, r.seq, r.line, r.custom_id, None if r.body is None else dumps(r.body),
+                  None if r.row is None else dumps(r.row), queued if r.error is None else invalid,
+                  None if r.error is None else dumps(r.error)) for r in rows]
+        db.executemany(sql, batch)
+        return len(batch)
+
+    def update_job(self, job_id: str, db: sqlite3.Connection | None = None, **fields: Any) -> None:
+        """A job's data (metrics, meta, outbox name); its state changes only through the transitions."""
+        if "state" in fields or "final" in fields:
+            raise ValueError("a job's state changes through the lifecycle methods, not update_job")
+        encode = {"error": dump_json, "metrics": dump_json, "columns": dump_json, "meta": dump_json}
+        cols, args = [], []
+        for key, value in fields.items():
+            if isinstance(value, Enum):
+                value = value.value
+            if key in encode:
+                value = encode[key](value)
+                key = f"{key}_json" if key in ("metrics", "columns", "meta") else key
+            cols.append(f"{key}=?")
+            args.append(value)
+        sql = f"UPDATE jobs SET {', '.join(cols)} WHERE id=?"
+        if db is not None:
+            db.execute(sql, (*args, job_id))
+            return
+        with self.transaction() as tx:
+            tx.execute(sql, (*args, job_id))
+
+    def job(self, job_id: str) -> Job | None:
+        """The job with exactly this id (an operator's short form: ``jobs_starting_with``)."""
+        rows = self._query(
+            f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id WHERE j.id=?", (job_id,))
+        return job_from_row(rows[0]) if rows else None
+
+    def jobs_starting_with(self, prefix: str, limit: int = 6) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (matched literally: no pattern characters), oldest first."""
+        if not prefix:
+            return []
+        rows = self._query(
+            f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
+            "WHERE substr(j.id, 1, ?) = ? ORDER BY j.seq LIMIT ?", (len(prefix), prefix, limit))
+        return [job_from_row(r) for r in rows]
+
+    def jobs(self, states: Sequence[JobState] | None = None, limit: int = 1000) -> list[Job]:
+        where, args = "", []
+        if states:
+            where = f"WHERE j.state IN ({','.join('?' * len(states))})"
+            args = [s.value for s in states]
+        rows = self._query(
+            f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id {where} "
+            f"ORDER BY j.seq DESC LIMIT ?", (*args, limit))
+        return [job_from_row(r) for r in rows]
+
+    def next_job(self) -> Job | None:
+        """The oldest job with work left, in claim order."""
+        rows = self._query(
+            f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
+            "WHERE j.state IN ('running','queued','finalizing','ingesting') ORDER BY j.seq LIMIT 1")
+        return job_from_row(rows[0]) if rows else None
+
+    # -- requests -----------------------------------------------------------------
+
+    def take_pending(self, job_id: str, limit: int) -> list[Request]:
+        """The next queued requests in input order, marked running in the same transaction."""
+        with self.transaction() as db:
+            rows = db.execute(
+                f"SELECT {REQ_COLS} FROM requests WHERE job_id=? AND state='queued' ORDER BY seq LIMIT ?",
+                (job_id, limit)).fetchall()
+            if rows:
+                db.execute(
+                    "UPDATE requests SET state='running' WHERE job_id=? AND state='queued' AND seq BETWEEN ? AND ?",
+                    (job_id, rows[0][1], rows[-1][1]))
+        return [request_from_row(r) for r in rows]
+
+    def record(self, job_id: str, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE requests SET state=?, attempts=?, result=?, error=?, prompt_tokens=?, "
+                "completion_tokens=?, finished_at=? WHERE job_id=? AND seq=?",
+                [(o.state.value, o.attempts, dump_json(o.result), dump_json(o.error), o.prompt_tokens,
+                  o.completion_tokens, now, job_id, o.seq) for o in outcomes])
+
+    def requeue(self, job_id: str, seqs: Iterable[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE requests SET state='queued' WHERE job_id=? AND seq=? AND state='running'",
+                           [(job_id, s) for s in seqs])
+
+    def skip_unfinished(self, job_id: str, db: sqlite3.Connection | None = None) -> None:
+        sql = "UPDATE requests SET state='skipped' WHERE job_id=? AND state IN ('queued','running')"
+        if db is not None:
+            db.execute(sql, (job_id,))
+            return
+        with self.transaction() as tx:
+            tx.execute(sql, (job_id,))
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        rows = self._query("SELECT state, COUNT(*) FROM requests WHERE job_id=? GROUP BY state", (job_id,))
+        return {str(s): int(n) for s, n in rows}
+
+    def iter_requests(self, job_id: str, states: Sequence[ReqState] | None = None,
+                      chunk: int = 2000) -> Iterator[Request]:
+        """Stream a job's requests in input order, a chunk at a time (flat memory)."""
+        where = ""
+        extra: list[Any] = []
+        if states:
+            where = f" AND state IN ({','.join('?' * len(states))})"
+            extra = [s.value for s in states]
+        last = -1
+        while True:
+            rows = self._query(
+                f"SELECT {REQ_COLS} FROM requests WHERE job_id=? AND seq>?{where} ORDER BY seq LIMIT ?",
+                (job_id, last, *extra, chunk))
+            if not rows:
+                return
+            for r in rows:
+                yield request_from_row(r)
+            last = rows[-1][1]
+
+    # -- samples (time series for the report) ---------------------------------------
+
+    def add_sample(self, job_id: str, *, done: int, failed: int, ctx_tokens: int | None,
+                   vram_used: float | None, trims: int, lanes: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, time.time(), done, failed, ctx_tokens, vram_used, trims, lanes))
+
+    def samples(self, job_id: str, since: float | None = None
+                ) -> list[tuple[float, int, int, int | None, float | None, int, int]]:
+        """A job's time series, oldest first; ``since`` keeps only the recent stretch (in SQL, via the index)."""
+        return [tuple(r) for r in self._query(
+            "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? AND t>=? "
+            "ORDER BY t", (job_id, since if since is not None else float("-inf")))]
