@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+
+#: ``asyncio.sleep`` or a test's fake: what the runner, the gate and the daemon wait with
+Sleep = Callable[[float], Awaitable[None]]
 
 
 async def wait_first(*aws: Awaitable[object], timeout: float | None = None) -> None:

@@ -26,9 +26,9 @@ from batchd.errors import StorageError
 from batchd.journal import FinalStatus, Job, Journal, Request, ReqState
 from batchd.metrics import JobMetrics
 from batchd.pipeline import Pipeline
-from batchd.runner import result_id
 from batchd.report import ReportData, write_report
 from batchd.scores import ScoreSheet
+from batchd.translate import result_id
 
 log = structlog.get_logger("batchd.outbox")
 

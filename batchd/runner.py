@@ -4,10 +4,11 @@ Each lane keeps its own ``Conversation`` (history and trimming, see
 ``context``); all lanes share one ``ContextBudget``. Results are written to the
 journal in batches (every ``FLUSH_SECONDS`` or ``FLUSH_ROWS``); a crash loses at
 most one unflushed batch, which runs again. A backend that is down pauses
-every lane (``Gate``) without burning attempts; 5xx/503/timeouts are retried
-with exponential backoff and jitter up to ``backend.max_attempts``; a missing
-model fails the job at once. A monitor task reads VRAM (``vram``), pauses or
-resumes lanes per ``VramPolicy`` and samples progress into the journal.
+every lane (``outage.Gate``) without burning attempts; one request's calls and
+retries (5xx/503/timeouts: backoff with jitter up to ``backend.max_attempts``; a
+missing model fails the job at once) are ``attempts``, mixed in. A monitor
+task reads VRAM (``vram``), pauses or resumes lanes per ``VramPolicy`` and
+samples progress into the journal.
 
 Stop, cancel and fatal errors are handled in one place. A lane looks at them
 before it takes a request (``_halted``). A *control* task polls the journal for
@@ -22,37 +23,24 @@ in ``_taken``; at the end they all go back to ``queued``, and
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import structlog
 
-from batchd.aio import wait_first
-from batchd.backends.base import OPENAI_OPTION_KEYS, Backend, ChatRequest, ChatResult
+from batchd.aio import Sleep, wait_first
+from batchd.attempts import Attempts
+from batchd.backends.base import Backend
 from batchd.config import Settings
 from batchd.context import ContextBudget, Conversation
-from batchd.errors import (
-    BackendBusy,
-    BackendOutOfMemory,
-    BackendTimeout,
-    BackendUnavailable,
-    BatchdError,
-    ContextLengthExceeded,
-    InvalidReply,
-    JobError,
-    RequestError,
-    TransientError,
-)
-from batchd.ingest import full_body
+from batchd.errors import BackendUnavailable, JobError, TransientError
 from batchd.journal import Job, Journal, Outcome, ReqState, Request, RunOutcome
-from batchd.lanes import Change, LaneController, Ticket
-from batchd.lanes import Outcome as CallOutcome
+from batchd.lanes import Change, LaneController
 from batchd.metrics import JobMetrics
+from batchd.outage import Gate
 from batchd.replies import checker_for
 from batchd.serverside import ServerSide
 from batchd.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
@@ -68,136 +56,8 @@ METRICS_SECONDS = 2.0
 #: how often the control task looks for a cancel in the journal (a cancel is seen within this)
 CONTROL_SECONDS = 0.25
 
-Sleep = Callable[[float], Awaitable[None]]
 
-
-def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id: str = "") -> ChatRequest:
-    """An OpenAI chat body as a backend-neutral request (options in Ollama's names)."""
-    options: dict[str, Any] = dict(body.get("options") or {})
-    for key, name in OPENAI_OPTION_KEYS.items():
-        if body.get(key) is not None:
-            options[name] = body[key]
-    if isinstance(options.get("stop"), str):
-        # OpenAI allows one string; Ollama answers 500 'option "stop" must be of type array'
-        # (ollama/ollama api/types.go Options.FromMap) on every such request.
-        options["stop"] = [options["stop"]]
-    think = _think(body, options)
-    fmt: dict[str, Any] | str | None = None
-    rf = body.get("response_format")
-    if isinstance(rf, dict):
-        if rf.get("type") == "json_schema":
-            fmt = (rf.get("json_schema") or {}).get("schema") or "json"
-        elif rf.get("type") == "json_object":
-            fmt = "json"
-    messages = [
-        {"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])
-    ]
-    return ChatRequest(model=body.get("model") or model, messages=messages, num_ctx=num_ctx, options=options,
-                       format=fmt, custom_id=custom_id, think=think)
-
-
-def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
-    """Thinking as the request (``think``, OpenAI ``reasoning_effort``) or the pipeline's options ask."""
-    think = options.pop("think", None)  # a pipeline's options table: not a sampling option
-    if body.get("think") is not None:
-        think = body["think"]
-    effort = body.get("reasoning_effort")
-    if think is None and isinstance(effort, str):
-        think = False if effort == "none" else effort
-    return think if isinstance(think, (bool, str)) else None
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return str(content)
-
-
-def result_id(sha: str | None, custom_id: str | None, kind: str) -> str:
-    """Deterministic ids: the same input gives the same ids, run after run (crash or not)."""
-    h = hashlib.sha256(f"{sha}\0{custom_id}\0{kind}".encode()).hexdigest()[:24]
-    return f"{kind}_{h}"
-
-
-class Gate:
-    """Open while the backend answers; closed during an outage, with one prober.
-
-    The prober never dies: a transient answer (refused, timeout, 5xx, 503) keeps it probing
-    with backoff; an answer that says the job cannot run (``JobError``: model gone, credentials
-    refused) ends the wait through ``on_fatal``; any other answer means the server is up.
-    """
-
-    def __init__(self, backend: Backend, *, sleep: Sleep, clock: Callable[[], float],
-                 metrics: JobMetrics, max_wait: float = 30.0,
-                 on_fatal: Callable[[JobError], None] | None = None) -> None:
-        self.backend = backend
-        self.sleep = sleep
-        self.clock = clock
-        self.metrics = metrics
-        self.max_wait = max_wait
-        self.on_fatal = on_fatal
-        self._open = asyncio.Event()
-        self._open.set()
-        self._prober: asyncio.Task[None] | None = None
-        self.down_since: float | None = None
-        #: wall-clock time of the outage's start (the status line shows it)
-        self.down_since_wall: float | None = None
-        self.probes = 0
-        self.reason = ""
-
-    @property
-    def is_open(self) -> bool:
-        return self._open.is_set()
-
-    def close(self, reason: str) -> None:
-        if not self._open.is_set():
-            return
-        self._open.clear()
-        self.down_since = self.clock()
-        self.down_since_wall = time.time()
-        self.probes = 0
-        self.reason = reason
-        self.metrics.outages += 1
-        log.warning("backend_down", host=self.backend.host, reason=reason)
-        self._prober = asyncio.create_task(self._probe())
-
-    async def wait(self) -> None:
-        await self._open.wait()
-
-    async def _probe(self) -> None:
-        delay = 0.5
-        while True:
-            await self.sleep(delay)
-            self.probes += 1
-            try:
-                await self.backend.ping()
-            except TransientError as exc:
-                self.reason = str(exc)
-                delay = min(self.max_wait, delay * 2)
-                continue
-            except JobError as exc:
-                log.error("backend_refused", host=self.backend.host, code=exc.code, error=exc.message)
-                if self.on_fatal is not None:
-                    self.on_fatal(exc)
-            except BatchdError as exc:  # it answered (a 400 to the probe): it is up; calls will tell more
-                log.warning("backend_probe_answer", host=self.backend.host, code=exc.code, error=exc.message)
-            except Exception as exc:  # noqa: BLE001 - a bug here must not leave the gate closed for ever
-                log.error("backend_probe_failed", host=self.backend.host, error=repr(exc))
-                delay = min(self.max_wait, delay * 2)
-                continue
-            break
-        down = self.clock() - (self.down_since or self.clock())
-        self.metrics.outage_seconds += down
-        log.info("backend_up", host=self.backend.host, down_seconds=round(down, 1))
-        self.down_since = self.down_since_wall = None
-        self._open.set()
-
-    def cancel(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-
-
-class JobRunner:
+class JobRunner(Attempts):
     def __init__(self, *, settings: Settings, journal: Journal, backend: Backend, job: Job,
                  stop: asyncio.Event, sleep: Sleep = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
@@ -465,109 +325,7 @@ class JobRunner:
             if len(self._pending) >= FLUSH_ROWS:
                 self.flush()
 
-    # -- one request ---------------------------------------------------------------------
-
-    async def _execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
-        body = full_body(self.prefix, req.body or {})
-        chat = to_chat_request(body, model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx,
-                               custom_id=req.custom_id or "")
-        if self.server is not None:
-            chat = self.server.strip(chat)
-        num_predict = int(chat.options.get("num_predict") or self.settings.context.num_predict)
-        # The job's shared prefix (CSV pipelines) is known; a JSONL line's is its leading turns.
-        prefix_len = len(self.prefix.get("messages") or []) if self.prefix else None
-        asked = chat.messages
-        attempts = 0
-        reply_tries = 0
-        max_attempts = self.settings.backend.max_attempts
-        while True:
-            try:
-                messages = conv.build(chat.messages, num_predict, prefix_len=prefix_len, model=chat.model)
-            except ContextLengthExceeded as exc:
-                return self._failure(req, attempts, exc)
-            attempts += 1
-            self.metrics.requests_sent += 1
-            try:
-                # affinity: with several hosts a lane's conversation stays where its prefix cache lives
-                ticket = self.control.start() if self.auto else None
-                try:
-                    result = await self.backend.chat(replace(chat, messages=messages, affinity=lane))
-                except BaseException as exc:
-                    self._call_ended(ticket, exc)
-                    raise
-                self._call_ended(ticket, None)
-            except BackendUnavailable as exc:
-                attempts -= 1  # an outage pauses the job; it is not this request's fault
-                self.gate.close(str(exc))
-                if await self._wait_gate():
-                    return None
-                continue
-            except ContextLengthExceeded as exc:
-                self.metrics.retries["context_overflow"] += 1
-                if conv.on_overflow(n_ctx=exc.n_ctx, n_prompt_tokens=exc.n_prompt_tokens) and attempts < max_attempts:
-                    continue
-                return self._failure(req, attempts, exc)
-            except TransientError as exc:
-                self.metrics.retries[exc.cause] += 1
-                if isinstance(exc, BackendOutOfMemory):
-                    self.metrics.oom_events += 1
-                    conv.on_oom()
-                if attempts >= max_attempts:
-                    return self._failure(req, attempts, exc)
-                delay = self._backoff(attempts, exc)
-                log.info("request_retrying", job_id=self.job.id, custom_id=req.custom_id, code=exc.code,
-                         attempt=attempts, max_attempts=max_attempts, delay_seconds=round(delay, 2))
-                await self.sleep(delay)
-                continue
-            except JobError as exc:
-                self._fail(exc)
-                return None
-            except RequestError as exc:
-                return self._failure(req, attempts, exc)
-            verdict = conv.truncation(result)
-            if verdict is not None:
-                self.metrics.truncations_detected += 1
-                self.metrics.retries[verdict] += 1
-                log.warning("context_truncated", job_id=self.job.id, custom_id=req.custom_id, reason=verdict,
-                            prompt_tokens=result.prompt_tokens)
-                cut_at = result.prompt_tokens if verdict == "prompt_truncated" else None
-                if attempts < max_attempts and conv.on_overflow(cut_at):
-                    continue
-                if verdict == "prompt_truncated":
-                    return self._failure(req, attempts, ContextLengthExceeded(
-                        "the server cut the prompt to fit its context window", status_code=None))
-                # Cut at the window with nothing left to trim: the reply stands, marked "length".
-            if self.server is not None:
-                self.server.on_reply(result, self.clock())
-            self.metrics.add_reply(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                                   latency=result.latency_s, cached=result.cached_tokens)
-            problem = self.replies.problem(result.content)
-            if problem is not None:
-                if reply_tries < self.replies.retries:
-                    reply_tries += 1
-                    self.metrics.retries["invalid_reply"] += 1
-                    chat = replace(chat, messages=[*chat.messages, {"role": "assistant", "content": result.content},
-                                                   {"role": "user", "content": self.replies.correction(problem)}])
-                    continue
-                return self._failure(req, attempts, InvalidReply(problem, raw=result.content))
-            conv.record(asked, result, prefix_len=prefix_len)
-            if conv.mode == "conversation" and not self._conversation_asked:
-                conv.budget.check_paying(lanes=self.lanes)
-            return self._success(req, attempts, result)
-
-    def _call_ended(self, ticket: Ticket | None, exc: BaseException | None) -> None:
-        """Tell the lanes controller how one call went (503/429 and OOM: busy; a timeout; else nothing)."""
-        if ticket is None:
-            return
-        if exc is None:
-            outcome = CallOutcome.OK
-        elif isinstance(exc, (BackendBusy, BackendOutOfMemory)):
-            outcome = CallOutcome.BUSY
-        elif isinstance(exc, BackendTimeout):
-            outcome = CallOutcome.TIMEOUT
-        else:
-            outcome = CallOutcome.ERROR
-        self.control.done(ticket, outcome)
+    # -- how many lanes ----------------------------------------------------------------------
 
     def _lanes_moved(self, change: Change) -> None:
         """The controller changed the limit: log it, record it, let parked lanes go or lanes park."""
@@ -587,33 +345,6 @@ class JobRunner:
         if limit != self.active_lanes:
             self.active_lanes = limit
             self._wake_lanes()
-
-    def _backoff(self, attempts: int, exc: TransientError) -> float:
-        base = self.settings.backend.backoff_seconds
-        cap = self.settings.backend.backoff_max_seconds
-        delay = min(cap, base * 2.0 ** (attempts - 1)) * (0.5 + self.rng.random())
-        if isinstance(exc, BackendBusy) and exc.retry_after is not None:
-            delay = max(delay, min(cap, exc.retry_after))
-        return delay
-
-    def _success(self, req: Request, attempts: int, result: ChatResult) -> Outcome:
-        if self.metrics.served_model is None:
-            self.metrics.served_model = result.model
-        body = result.completion_body()
-        body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
-        return Outcome(seq=req.seq, state=ReqState.DONE, attempts=attempts, result=body,
-                       prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
-
-    def _failure(self, req: Request, attempts: int, exc: RequestError | TransientError) -> Outcome:
-        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
-        status = getattr(exc, "status_code", None)
-        if status is not None:
-            error["status_code"] = status
-        if isinstance(exc, InvalidReply):
-            error["raw"] = exc.raw
-        log.warning("request_failed", job_id=self.job.id, custom_id=req.custom_id, code=exc.code,
-                    error=exc.message, attempts=attempts)
-        return Outcome(seq=req.seq, state=ReqState.FAILED, attempts=attempts, error=error)
 
     # -- monitoring ------------------------------------------------------------------------
 

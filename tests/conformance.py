@@ -23,7 +23,7 @@ from batchd.backends.ollama import OllamaBackend
 from batchd.backends.ollama_facts import parse_version
 from batchd.backends.openai import OpenAIBackend
 from batchd.errors import ContextLengthExceeded
-from batchd.runner import to_chat_request
+from batchd.translate import to_chat_request
 
 
 @dataclass(frozen=True)

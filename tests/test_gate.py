@@ -11,7 +11,8 @@ import pytest
 from batchd.config import Settings
 from batchd.errors import BackendBusy, BackendServerError, BackendUnavailable, BadRequest, ModelNotFound
 from batchd.metrics import JobMetrics
-from batchd.runner import Gate, JobRunner
+from batchd.outage import Gate
+from batchd.runner import JobRunner
 
 
 class FakeClock:

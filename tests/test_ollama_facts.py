@@ -14,7 +14,7 @@ from batchd.backends.ollama import OllamaBackend
 from batchd.backends.ollama_facts import encode_keep_alive, parse_version, strip_runner_options, version_notes
 from batchd.config import Settings
 from batchd.errors import ConfigError
-from batchd.runner import to_chat_request
+from batchd.translate import to_chat_request
 
 
 def _sent(backend_kw: dict[str, Any], request: ChatRequest) -> dict[str, Any]:

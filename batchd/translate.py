@@ -1,0 +1,58 @@
+"""OpenAI batch lines in batchd's terms: a request body as a backend-neutral ``ChatRequest`` (options in
+Ollama's names), and the deterministic ids the results carry."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from batchd.backends.base import OPENAI_OPTION_KEYS, ChatRequest
+
+
+def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id: str = "") -> ChatRequest:
+    """An OpenAI chat body as a backend-neutral request (options in Ollama's names)."""
+    options: dict[str, Any] = dict(body.get("options") or {})
+    for key, name in OPENAI_OPTION_KEYS.items():
+        if body.get(key) is not None:
+            options[name] = body[key]
+    if isinstance(options.get("stop"), str):
+        # OpenAI allows one string; Ollama answers 500 'option "stop" must be of type array'
+        # (ollama/ollama api/types.go Options.FromMap) on every such request.
+        options["stop"] = [options["stop"]]
+    think = _think(body, options)
+    fmt: dict[str, Any] | str | None = None
+    rf = body.get("response_format")
+    if isinstance(rf, dict):
+        if rf.get("type") == "json_schema":
+            fmt = (rf.get("json_schema") or {}).get("schema") or "json"
+        elif rf.get("type") == "json_object":
+            fmt = "json"
+    messages = [
+        {"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])
+    ]
+    return ChatRequest(model=body.get("model") or model, messages=messages, num_ctx=num_ctx, options=options,
+                       format=fmt, custom_id=custom_id, think=think)
+
+
+def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
+    """Thinking as the request (``think``, OpenAI ``reasoning_effort``) or the pipeline's options ask."""
+    think = options.pop("think", None)  # a pipeline's options table: not a sampling option
+    if body.get("think") is not None:
+        think = body["think"]
+    effort = body.get("reasoning_effort")
+    if think is None and isinstance(effort, str):
+        think = False if effort == "none" else effort
+    return think if isinstance(think, (bool, str)) else None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def result_id(sha: str | None, custom_id: str | None, kind: str) -> str:
+    """Deterministic ids: the same input gives the same ids, run after run (crash or not)."""
+    h = hashlib.sha256(f"{sha}\0{custom_id}\0{kind}".encode()).hexdigest()[:24]
+    return f"{kind}_{h}"
+
