@@ -14,11 +14,12 @@ DEMO_EXTRAS := embedded
 TEST_EXTRAS := test,api,systemd,gpu,embedded
 BENCH_EXTRAS := test,embedded,bench
 
-.PHONY: help demo test bench llama-server sysdeps sysdeps-test venv clean
+.PHONY: help demo test lint bench llama-server sysdeps sysdeps-test venv clean
 
 help:
 	@echo "make demo   set up, then run inbox.example through the embedded Gemma 3 270M"
 	@echo "make test   set up, then run the whole test suite"
+	@echo "make lint   ruff check, ruff format --check, mypy --strict (make test runs them first)"
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/BENCHMARKS.md by hand)"
 	@echo "make llama-server  build llama.cpp's server once (cached in ~/.cache/batchd; make test starts it too)"
 
@@ -77,7 +78,18 @@ llama-server: sysdeps venv
 test: sysdeps-test venv
 	$(call install_extras,$(TEST_EXTRAS))
 	@$(LLAMA_SERVER_BUILD) --background || true
+	@$(MAKE) --no-print-directory lint-only
 	$(BIN)/python -m pytest -q tests
+
+# The rules the code is held to (pyproject.toml): lint, format, strict types. `make test` runs them first.
+lint: venv
+	$(call install_extras,$(TEST_EXTRAS))
+	@$(MAKE) --no-print-directory lint-only
+
+lint-only:
+	$(BIN)/ruff check batchd tests bench
+	$(BIN)/ruff format --check batchd tests bench
+	$(BIN)/mypy --strict batchd
 
 bench: venv
 	$(call install_extras,$(BENCH_EXTRAS))

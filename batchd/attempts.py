@@ -71,8 +71,12 @@ class Attempts:
 
     async def _execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
         body = full_body(self.prefix, req.body or {})
-        chat = to_chat_request(body, model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx,
-                               custom_id=req.custom_id or "")
+        chat = to_chat_request(
+            body,
+            model=self.job.model or self.settings.backend.model,
+            num_ctx=self.num_ctx,
+            custom_id=req.custom_id or "",
+        )
         if self.server is not None:
             chat = self.server.strip(chat)
         num_predict = int(chat.options.get("num_predict") or self.settings.context.num_predict)
@@ -117,8 +121,15 @@ class Attempts:
                 if attempts >= max_attempts:
                     return self._failure(req, attempts, exc)
                 delay = self._backoff(attempts, exc)
-                log.info("request_retrying", job_id=self.job.id, custom_id=req.custom_id, code=exc.code,
-                         attempt=attempts, max_attempts=max_attempts, delay_seconds=round(delay, 2))
+                log.info(
+                    "request_retrying",
+                    job_id=self.job.id,
+                    custom_id=req.custom_id,
+                    code=exc.code,
+                    attempt=attempts,
+                    max_attempts=max_attempts,
+                    delay_seconds=round(delay, 2),
+                )
                 await self.sleep(delay)
                 continue
             except JobError as exc:
@@ -130,26 +141,44 @@ class Attempts:
             if verdict is not None:
                 self.metrics.truncations_detected += 1
                 self.metrics.retries[verdict] += 1
-                log.warning("context_truncated", job_id=self.job.id, custom_id=req.custom_id, reason=verdict,
-                            prompt_tokens=result.prompt_tokens)
+                log.warning(
+                    "context_truncated",
+                    job_id=self.job.id,
+                    custom_id=req.custom_id,
+                    reason=verdict,
+                    prompt_tokens=result.prompt_tokens,
+                )
                 cut_at = result.prompt_tokens if verdict == "prompt_truncated" else None
                 if attempts < max_attempts and conv.on_overflow(cut_at):
                     continue
                 if verdict == "prompt_truncated":
-                    return self._failure(req, attempts, ContextLengthExceeded(
-                        "the server cut the prompt to fit its context window", status_code=None))
+                    return self._failure(
+                        req,
+                        attempts,
+                        ContextLengthExceeded("the server cut the prompt to fit its context window", status_code=None),
+                    )
                 # Cut at the window with nothing left to trim: the reply stands, marked "length".
             if self.server is not None:
                 self.server.on_reply(result, self.clock())
-            self.metrics.add_reply(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                                   latency=result.latency_s, cached=result.cached_tokens)
+            self.metrics.add_reply(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                latency=result.latency_s,
+                cached=result.cached_tokens,
+            )
             problem = self.replies.problem(result.content)
             if problem is not None:
                 if reply_tries < self.replies.retries:
                     reply_tries += 1
                     self.metrics.retries["invalid_reply"] += 1
-                    chat = replace(chat, messages=[*chat.messages, {"role": "assistant", "content": result.content},
-                                                   {"role": "user", "content": self.replies.correction(problem)}])
+                    chat = replace(
+                        chat,
+                        messages=[
+                            *chat.messages,
+                            {"role": "assistant", "content": result.content},
+                            {"role": "user", "content": self.replies.correction(problem)},
+                        ],
+                    )
                     continue
                 return self._failure(req, attempts, InvalidReply(problem, raw=result.content))
             conv.record(asked, result, prefix_len=prefix_len)
@@ -184,8 +213,14 @@ class Attempts:
             self.metrics.served_model = result.model
         body = result.completion_body()
         body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
-        return Outcome(seq=req.seq, state=ReqState.DONE, attempts=attempts, result=body,
-                       prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+        return Outcome(
+            seq=req.seq,
+            state=ReqState.DONE,
+            attempts=attempts,
+            result=body,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
 
     def _failure(self, req: Request, attempts: int, exc: RequestError | TransientError) -> Outcome:
         error: dict[str, Any] = {"code": exc.code, "message": exc.message}
@@ -194,6 +229,12 @@ class Attempts:
             error["status_code"] = status
         if isinstance(exc, InvalidReply):
             error["raw"] = exc.raw
-        log.warning("request_failed", job_id=self.job.id, custom_id=req.custom_id, code=exc.code,
-                    error=exc.message, attempts=attempts)
+        log.warning(
+            "request_failed",
+            job_id=self.job.id,
+            custom_id=req.custom_id,
+            code=exc.code,
+            error=exc.message,
+            attempts=attempts,
+        )
         return Outcome(seq=req.seq, state=ReqState.FAILED, attempts=attempts, error=error)

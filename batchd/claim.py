@@ -77,9 +77,12 @@ class TooManyInvalid(InputError):
     """More invalid lines than ``limits.max_invalid_lines``: the file fails, read no further."""
 
     def __init__(self, cap: int, line: int) -> None:
-        super().__init__(f"more than {cap:,} invalid lines (limits.max_invalid_lines): stopped reading at line "
-                         f"{line:,}; the first {cap:,} are listed one by one, the rest of the file was not read "
-                         "and nothing in it ran", code="too_many_invalid_lines")
+        super().__init__(
+            f"more than {cap:,} invalid lines (limits.max_invalid_lines): stopped reading at line "
+            f"{line:,}; the first {cap:,} are listed one by one, the rest of the file was not read "
+            "and nothing in it ran",
+            code="too_many_invalid_lines",
+        )
 
 
 class _FolderChanged(Exception):
@@ -95,8 +98,7 @@ def _no_hook(step: str) -> None:
 
 
 class Claimer:
-    def __init__(self, *, settings: Settings, journal: Journal,
-                 hook: Callable[[str], None] = _no_hook) -> None:
+    def __init__(self, *, settings: Settings, journal: Journal, hook: Callable[[str], None] = _no_hook) -> None:
         self.settings = settings
         self.journal = journal
         #: called before each filesystem step of a claim ("open_folder", "stat", "open_file",
@@ -120,8 +122,12 @@ class Claimer:
                 with self._folder(rel.rpartition("/")[0] or None, None) as dir_fd:
                     name = rel.rpartition("/")[2]
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    if (st.st_size == size and st.st_mtime_ns == mtime_ns and stat.S_ISREG(st.st_mode)
-                            and st.st_nlink == 1):
+                    if (
+                        st.st_size == size
+                        and st.st_mtime_ns == mtime_ns
+                        and stat.S_ISREG(st.st_mode)
+                        and st.st_nlink == 1
+                    ):
                         os.unlink(name, dir_fd=dir_fd)
             except (FileNotFoundError, _FolderChanged):
                 pass
@@ -194,8 +200,11 @@ class Claimer:
             return self._reject(cand, st, *problem)
         kind = SUPPORTED[cand.path.suffix.lower()]
         try:
-            pipeline = self.settings.pipeline if cand.pipeline is None else \
-                load_pipeline_at(dir_fd, self.settings.inbox / cand.pipeline)
+            pipeline = (
+                self.settings.pipeline
+                if cand.pipeline is None
+                else load_pipeline_at(dir_fd, self.settings.inbox / cand.pipeline)
+            )
         except ConfigError as exc:
             return self._reject(cand, st, f"pipeline {cand.pipeline!r} is broken: {exc.message}", "pipeline_error")
         job_id = new_job_id()
@@ -226,12 +235,27 @@ class Claimer:
         os.replace(tmp, spooled)
         fsync_dir(self.spool)
         with self.journal.transaction() as db:
-            file_id = self.journal.add_file(name=display(cand.path.name), inbox_path=os.fsencode(cand.rel),
-                                            spool=str(spooled), sha256=sha, size=size, mtime_ns=st.st_mtime_ns,
-                                            db=db)
-            self.journal.create_job(job_id=job_id, db=db, state=JobState.INGESTING, input_name=display(cand.rel),
-                                    stem=safe_stem(cand.path.name), kind=kind, file_id=file_id, sha256=sha,
-                                    pipeline=cand.pipeline, pipeline_json=pipeline.model_dump_json())
+            file_id = self.journal.add_file(
+                name=display(cand.path.name),
+                inbox_path=os.fsencode(cand.rel),
+                spool=str(spooled),
+                sha256=sha,
+                size=size,
+                mtime_ns=st.st_mtime_ns,
+                db=db,
+            )
+            self.journal.create_job(
+                job_id=job_id,
+                db=db,
+                state=JobState.INGESTING,
+                input_name=display(cand.rel),
+                stem=safe_stem(cand.path.name),
+                kind=kind,
+                file_id=file_id,
+                sha256=sha,
+                pipeline=cand.pipeline,
+                pipeline_json=pipeline.model_dump_json(),
+            )
         self._unlink(dir_fd, name, st, cand)
         self.journal.mark_file_removed(file_id)
         log.info("job_claimed", job_id=job_id, input=display(cand.rel), bytes=size, sha256=sha, pipeline=cand.pipeline)
@@ -259,14 +283,17 @@ class Claimer:
         if not stat.S_ISREG(st.st_mode):
             return "is not a regular file (FIFO, socket or device)", "not_a_file"
         if st.st_nlink > 1:
-            return ("has more than one hard link; batchd only takes plain files (copy the file in instead)",
-                    "hardlink")
+            return ("has more than one hard link; batchd only takes plain files (copy the file in instead)", "hardlink")
         if cand.path.suffix.lower() not in SUPPORTED:
-            return (f"unsupported file type {cand.path.suffix or '(none)'!r}; drop .csv or .jsonl files",
-                    "unsupported_type")
+            return (
+                f"unsupported file type {cand.path.suffix or '(none)'!r}; drop .csv or .jsonl files",
+                "unsupported_type",
+            )
         if st.st_size > self.settings.limits.max_file_bytes:
-            return (f"file is {st.st_size:,} bytes, over limits.max_file_bytes "
-                    f"({self.settings.limits.max_file_bytes:,})", "too_large")
+            return (
+                f"file is {st.st_size:,} bytes, over limits.max_file_bytes ({self.settings.limits.max_file_bytes:,})",
+                "too_large",
+            )
         return None
 
     def _copy(self, dir_fd: int, name: str, st: os.stat_result, dst: Path) -> tuple[str, int]:
@@ -298,10 +325,17 @@ class Claimer:
     def _reject(self, cand: Candidate, st: os.stat_result | None, message: str, code: str) -> Claimed:
         """Record a file that cannot become a job; it stays in the inbox, untouched."""
         job_id = new_job_id()
-        self.journal.reject_file(job_id=job_id, name=display(cand.path.name), inbox_path=os.fsencode(cand.rel),
-                                 size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1,
-                                 input_name=display(cand.rel), stem=safe_stem(cand.path.name),
-                                 pipeline=cand.pipeline, error={"code": code, "message": message})
+        self.journal.reject_file(
+            job_id=job_id,
+            name=display(cand.path.name),
+            inbox_path=os.fsencode(cand.rel),
+            size=st.st_size if st else -1,
+            mtime_ns=st.st_mtime_ns if st else -1,
+            input_name=display(cand.rel),
+            stem=safe_stem(cand.path.name),
+            pipeline=cand.pipeline,
+            error={"code": code, "message": message},
+        )
         log.warning("input_rejected", job_id=job_id, input=display(cand.rel), code=code, reason=message)
         return Claimed(job_id, JobState.FINALIZING)
 
@@ -332,15 +366,23 @@ class Claimer:
             self.journal.fail_ingest(job.id, exc.as_record())
             log.warning("input_invalid", job_id=job.id, input=job.input_name, code=exc.code, reason=exc.message)
             return JobState.FINALIZING
-        state = self.journal.finish_ingest(job.id, total=total, columns=columns, model=model, mode=mode,
-                                           prefix_json=orjson.dumps(prefix).decode() if prefix else None)
+        state = self.journal.finish_ingest(
+            job.id,
+            total=total,
+            columns=columns,
+            model=model,
+            mode=mode,
+            prefix_json=orjson.dumps(prefix).decode() if prefix else None,
+        )
         if state is JobState.QUEUED:
             log.info("job_queued", job_id=job.id, input=job.input_name, requests=total, invalid=invalid, mode=mode)
         else:
             log.info("job_cancelled", job_id=job.id, input=job.input_name, during="ingest")
         return state
 
-    def _parse_into(self, job: Job, pipeline: Pipeline, model: str) -> tuple[int, int, list[str], dict[str, Any] | None]:
+    def _parse_into(
+        self, job: Job, pipeline: Pipeline, model: str
+    ) -> tuple[int, int, list[str], dict[str, Any] | None]:
         assert job.spool is not None
         columns: list[str] = []
         prefix = None

@@ -113,15 +113,19 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
     from batchd.service import Notifier, ServiceDaemon, Signals
 
     preflight.check(settings)  # the same checks as `batchd doctor`: exit 2 before anything starts
-    logs.configure(target=settings.log.target, level=settings.log.level,
-                   under_journal=logs.stderr_is_journal(os.environ.get("JOURNAL_STREAM")))
+    logs.configure(
+        target=settings.log.target,
+        level=settings.log.level,
+        under_journal=logs.stderr_is_journal(os.environ.get("JOURNAL_STREAM")),
+    )
     # NOTIFY_SOCKET and WATCHDOG_* come from systemd (Type=notify); without them this is a no-op.
     notifier = Notifier.from_environ(os.environ)
 
     async def go() -> int:
         # SIGHUP re-reads the same sources (file + environment) the first load used.
-        daemon = ServiceDaemon(notifier=notifier, settings=settings, config=config,
-                               reload_settings=lambda: load_settings(config=config))
+        daemon = ServiceDaemon(
+            notifier=notifier, settings=settings, config=config, reload_settings=lambda: load_settings(config=config)
+        )
         Signals(daemon).install(asyncio.get_running_loop())
         try:
             return await (daemon.run_once() if once else daemon.run())

@@ -91,6 +91,7 @@ class BackendSettings(_Section):
         from batchd.backends.ollama_facts import encode_keep_alive
 
         return encode_keep_alive(v)  # Ollama answers 400 to every request with a bad one
+
     @field_validator("lanes", mode="before")
     @classmethod
     def _lanes(cls, v: Any) -> Any:
@@ -352,8 +353,11 @@ def _env_error(exc: SettingsError) -> ConfigError:
         cause = cause.__cause__
     if cause is None:
         return ConfigError("environment", f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc))
-    names = [k for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)
-             and k.upper().endswith(f"__{cause.key.upper()}") and v == cause.value]
+    names = [
+        k
+        for k, v in os.environ.items()
+        if k.upper().startswith(ENV_PREFIX) and k.upper().endswith(f"__{cause.key.upper()}") and v == cause.value
+    ]
     return ConfigError(names[0] if names else cause.key, cause.reason)
 
 
@@ -378,7 +382,7 @@ def unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
     for name in sorted(environ):
         if not name.upper().startswith(ENV_PREFIX):
             continue
-        head = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
+        head = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if head in Settings.model_fields or head.upper() in OTHER_ENV:
             continue
         near = get_close_matches(name.upper(), known, n=1, cutoff=0.75)

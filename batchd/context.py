@@ -148,17 +148,25 @@ class ContextBudget:
         evaluated = max(0, m.prompt_tokens - m.cached_prompt_tokens)
         if m.conversation_not_paying is not None:
             if final:  # the job's closing figures
-                m.conversation_not_paying.update(evaluated=evaluated, isolated_estimate=m.isolated_prompt_tokens,
-                                                 requests=m.requests_sent)
+                m.conversation_not_paying.update(
+                    evaluated=evaluated, isolated_estimate=m.isolated_prompt_tokens, requests=m.requests_sent
+                )
             return
         if m.requests_sent < PAYING_AFTER_CALLS * max(1, lanes) or evaluated <= m.isolated_prompt_tokens:
             return
-        m.conversation_not_paying = {"evaluated": evaluated, "isolated_estimate": m.isolated_prompt_tokens,
-                                     "requests": m.requests_sent}
-        log.warning("conversation_not_paying", evaluated=evaluated, isolated_estimate=m.isolated_prompt_tokens,
-                    requests=m.requests_sent,
-                    hint='mode = "isolated" would evaluate fewer prompt tokens; a pipeline that sets '
-                         'mode = "conversation" by name is not warned')
+        m.conversation_not_paying = {
+            "evaluated": evaluated,
+            "isolated_estimate": m.isolated_prompt_tokens,
+            "requests": m.requests_sent,
+        }
+        log.warning(
+            "conversation_not_paying",
+            evaluated=evaluated,
+            isolated_estimate=m.isolated_prompt_tokens,
+            requests=m.requests_sent,
+            hint='mode = "isolated" would evaluate fewer prompt tokens; a pipeline that sets '
+            'mode = "conversation" by name is not warned',
+        )
 
     def note_cut(self, cut_at: int) -> None:
         """A cut prompt came back with ``cut_at`` tokens. A cap shows as the same count twice:
@@ -174,8 +182,16 @@ class ContextBudget:
 class Conversation:
     """One lane's view of the context window."""
 
-    def __init__(self, *, settings: ContextSettings, num_ctx: int, metrics: JobMetrics, mode: str = "conversation",
-                 budget: ContextBudget | None = None, lane: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        settings: ContextSettings,
+        num_ctx: int,
+        metrics: JobMetrics,
+        mode: str = "conversation",
+        budget: ContextBudget | None = None,
+        lane: int = 0,
+    ) -> None:
         self.settings = settings
         self.num_ctx = num_ctx
         self.metrics = metrics
@@ -202,8 +218,9 @@ class Conversation:
 
     # -- building a call ---------------------------------------------------------
 
-    def build(self, messages: list[Message], num_predict: int, *, prefix_len: int | None = None,
-              model: str = "") -> list[Message]:
+    def build(
+        self, messages: list[Message], num_predict: int, *, prefix_len: int | None = None, model: str = ""
+    ) -> list[Message]:
         """The messages to send for this request; ContextLengthExceeded when it cannot fit alone."""
         cut = split_prefix(messages) if prefix_len is None else min(prefix_len, len(messages))
         prefix, own = messages[:cut], messages[cut:]
@@ -215,8 +232,8 @@ class Conversation:
         base = est.messages(prefix) + est.messages(own)
         if base > self.num_ctx:
             raise ContextLengthExceeded(
-                f"the request alone needs about {base} tokens; the context window is {self.num_ctx}",
-                status_code=None)
+                f"the request alone needs about {base} tokens; the context window is {self.num_ctx}", status_code=None
+            )
         self._headroom = self.budget.headroom(num_predict)
         if self.history:
             self._fit(base)
@@ -252,7 +269,7 @@ class Conversation:
             first = max(0, self.settings.keep_first - self._anchors)
             anchors = self.history[:first]
             tail = self.history[first:]
-            tail = tail[len(tail) - min(len(tail), self.settings.keep_last):]
+            tail = tail[len(tail) - min(len(tail), self.settings.keep_last) :]
             while tail and sum(est.messages(x) for x in anchors + tail) > room:
                 tail = tail[1:]
             while anchors and sum(est.messages(x) for x in anchors) > room:
@@ -266,8 +283,15 @@ class Conversation:
         if dropped:
             used = "aggressive" if room <= 0 else strategy
             self.metrics.trims[used] += 1
-            log.info("context_trimmed", lane=self.lane, strategy=used, dropped=dropped, kept=len(self.history),
-                     head=self._head, trim_at=self.budget.trim_at)
+            log.info(
+                "context_trimmed",
+                lane=self.lane,
+                strategy=used,
+                dropped=dropped,
+                kept=len(self.history),
+                head=self._head,
+                trim_at=self.budget.trim_at,
+            )
 
     def _slide(self, target: int) -> None:
         """Sliding: keep the cached head, drop the oldest exchanges after it until ``target`` is met."""
@@ -276,7 +300,7 @@ class Conversation:
         if head == 0:
             # The first trim freezes the head: the first exchanges that fit the target. They
             # sit right after the prefix in the server's cache and stay there from now on.
-            while head < len(sizes) and sum(sizes[:head + 1]) <= target:
+            while head < len(sizes) and sum(sizes[: head + 1]) <= target:
                 head += 1
         while head and sum(sizes[:head]) > target:  # the window shrank: the head's end goes
             head -= 1
@@ -309,7 +333,7 @@ class Conversation:
             if self._extends and self._previous_prompt:
                 # The call holds the whole previous one, so it grew by what was added: the previous
                 # answer and the new turn, estimated with one ratio (never two estimates subtracted).
-                grown = self.budget.estimate.messages(self._sent[len(self._previous) - 1:])
+                grown = self.budget.estimate.messages(self._sent[len(self._previous) - 1 :])
                 if grown >= GROWTH_MIN_TOKENS:
                     low = low or reported < self._previous_prompt + GROWTH_SEEN * grown
             if low:
@@ -333,8 +357,9 @@ class Conversation:
             self.budget.counts_cache_only = True
         return self.budget.counts_cache_only
 
-    def on_overflow(self, cut_at: int | None = None, *, n_ctx: int | None = None,
-                    n_prompt_tokens: int | None = None) -> bool:
+    def on_overflow(
+        self, cut_at: int | None = None, *, n_ctx: int | None = None, n_prompt_tokens: int | None = None
+    ) -> bool:
         """The prompt did not fit after all (``cut_at``: the count of a silently cut prompt;
         ``n_ctx`` / ``n_prompt_tokens``: the window and the true prompt size where the server's
         error said them): lower the job's trigger; True when trimming can help."""

@@ -42,10 +42,16 @@ HEARTBEAT_SECONDS = 1.0
 
 
 class Daemon:
-    def __init__(self, *, settings: Settings, journal: Journal | None = None, backend: Backend | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic,
-                 reload_settings: Callable[[], Settings] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        journal: Journal | None = None,
+        backend: Backend | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        reload_settings: Callable[[], Settings] | None = None,
+    ) -> None:
         self.settings = settings
         self.journal = journal or Journal(settings.journal_path)
         self._backend = backend
@@ -145,9 +151,15 @@ class Daemon:
             # Here and not in run_job: duplicates, rejected files and jobs cancelled while queued
             # never run, and EVENT=job_finished must count every finished job once.
             counts = self.journal.counts(job.id)
-            log.info("job_finished", job_id=job.id, input=job.input_name,
-                     status=(job.final or FinalStatus.COMPLETED).value, completed=counts.get("done", 0),
-                     failed=counts.get("failed", 0) + counts.get("invalid", 0), skipped=counts.get("skipped", 0))
+            log.info(
+                "job_finished",
+                job_id=job.id,
+                input=job.input_name,
+                status=(job.final or FinalStatus.COMPLETED).value,
+                completed=counts.get("done", 0),
+                failed=counts.get("failed", 0) + counts.get("invalid", 0),
+                skipped=counts.get("skipped", 0),
+            )
             self._announced.add(job.id)
         try:
             self.outbox.publish(job)
@@ -173,11 +185,23 @@ class Daemon:
             fresh = self.journal.job(job.id)
             assert fresh is not None
             counts = self.journal.counts(job.id)
-            log.info("job_started", requests=fresh.total, pending=counts.get("queued", 0),
-                     **answering_model(self.backend, fresh.model or self.settings.backend.model),
-                     mode=fresh.mode, lanes=self.settings.backend.lanes)
-            runner = JobRunner(settings=self.settings, journal=self.journal, backend=self.backend, job=fresh,
-                               stop=self.stop, sleep=self.sleep, clock=self.clock)
+            log.info(
+                "job_started",
+                requests=fresh.total,
+                pending=counts.get("queued", 0),
+                **answering_model(self.backend, fresh.model or self.settings.backend.model),
+                mode=fresh.mode,
+                lanes=self.settings.backend.lanes,
+            )
+            runner = JobRunner(
+                settings=self.settings,
+                journal=self.journal,
+                backend=self.backend,
+                job=fresh,
+                stop=self.stop,
+                sleep=self.sleep,
+                clock=self.clock,
+            )
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
             self.live.job_started(runner)
@@ -245,8 +269,9 @@ class Daemon:
 
             # Raises ConfigError (exit 2) before serving: non-loopback without a token, port taken.
             api = start_api(self.settings, self.stop, on_queued=self.wake)
-        self.intake = intake = Intake(settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake,
-                                      clock=self.clock)
+        self.intake = intake = Intake(
+            settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake, clock=self.clock
+        )
         watch = asyncio.create_task(intake.watch(), name="watch")
         claims = asyncio.create_task(intake.claims(), name="claims")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
@@ -255,8 +280,11 @@ class Daemon:
         if not self.stop.is_set():
             self.on_settings()
             self.on_ready()
-            log.info("daemon_ready", inbox=str(self.settings.inbox),
-                     watch=choose_mode(self.settings.watch.mode, self.settings.inbox))
+            log.info(
+                "daemon_ready",
+                inbox=str(self.settings.inbox),
+                watch=choose_mode(self.settings.watch.mode, self.settings.inbox),
+            )
         try:
             while not self.stop.is_set():
                 try:
@@ -320,8 +348,10 @@ class Daemon:
         if gate.down_since is not None:
             host = runner.backend.host.split("://", 1)[-1]
             since = time.strftime("%H:%M:%S", time.localtime(gate.down_since_wall or time.time()))
-            return (f"waiting for backend at {host} since {since} (down {duration(self.clock() - gate.down_since)}, "
-                    f"{gate.probes} probes; {gate.reason[:80]})")
+            return (
+                f"waiting for backend at {host} since {since} (down {duration(self.clock() - gate.down_since)}, "
+                f"{gate.probes} probes; {gate.reason[:80]})"
+            )
         job = runner.job
         finished, per_s = self._progress(runner)
         parts = [f"{job.input_name}: {finished:,}/{job.total:,} ({100 * finished / max(1, job.total):.1f}%)"]
@@ -355,11 +385,17 @@ class Daemon:
         self._progress_mark = (job.id, mark)
         counts = self.journal.counts(job.id)  # lags the runner by one flush (0.25 s): fine for a log line
         # The heartbeat task does not share run_job()'s bound context: name the job here.
-        log.info("job_progress", job_id=job.id, input=job.input_name, finished=finished, total=job.total,
-                 failed=counts.get("failed", 0) + counts.get("invalid", 0),
-                 percent=round(100 * finished / max(1, job.total), 1),
-                 req_per_s=round(per_s, 2) if per_s else None,
-                 eta_seconds=round(left) if left is not None else None)
+        log.info(
+            "job_progress",
+            job_id=job.id,
+            input=job.input_name,
+            finished=finished,
+            total=job.total,
+            failed=counts.get("failed", 0) + counts.get("invalid", 0),
+            percent=round(100 * finished / max(1, job.total), 1),
+            req_per_s=round(per_s, 2) if per_s else None,
+            eta_seconds=round(left) if left is not None else None,
+        )
 
     def _apply_reload(self) -> None:
         if self.reload_settings is None:

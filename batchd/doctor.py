@@ -85,11 +85,19 @@ async def _host(settings: Settings, url: str) -> list[Check]:
         try:
             ctx = await backend.context_length(model)
         except ModelNotFound as exc:
-            return [*res, ("FAIL", f"model {model} is not on {backend.host}: {exc.message}",
-                           _PULL[kind].format(model=model))]
+            return [
+                *res,
+                ("FAIL", f"model {model} is not on {backend.host}: {exc.message}", _PULL[kind].format(model=model)),
+            ]
         except BatchdError as exc:
-            return [*res, ("FAIL", f"{backend.host}: {exc.message}",
-                           "check backend.api_key / backend.api_key_file" if kind == "openai" else "")]
+            return [
+                *res,
+                (
+                    "FAIL",
+                    f"{backend.host}: {exc.message}",
+                    "check backend.api_key / backend.api_key_file" if kind == "openai" else "",
+                ),
+            ]
         res.append(("OK", f"model {model} present, context length {ctx or 'not reported'}", ""))
         res.append(_num_ctx(settings, ctx))
         if isinstance(backend, OllamaBackend):
@@ -98,8 +106,13 @@ async def _host(settings: Settings, url: str) -> list[Check]:
             res.extend(await _ollama_behind_v1(url))
         for m in await backend.loaded():
             if m.size and m.size_vram < m.size:
-                res.append(("WARN", f"{m.name}: {m.size - m.size_vram:,} of {m.size:,} bytes offloaded to CPU",
-                            "use a smaller model/quantisation or a smaller num_ctx"))
+                res.append(
+                    (
+                        "WARN",
+                        f"{m.name}: {m.size - m.size_vram:,} of {m.size:,} bytes offloaded to CPU",
+                        "use a smaller model/quantisation or a smaller num_ctx",
+                    )
+                )
         return res
     except BatchdError as exc:
         return [("FAIL", f"backend {redact_url(url)}: {exc.message}", _START[kind])]
@@ -136,33 +149,59 @@ async def _ollama_behind_v1(url: str) -> list[Check]:
         return []
     finally:
         await probe.aclose()
-    return [("WARN", (f"{probe.host} is Ollama {version}: its /v1 endpoint cuts prompts silently at the server's "
-                      "default window (OLLAMA_CONTEXT_LENGTH; num_ctx cannot be sent) and reports no cached tokens"),
-             "set backend.kind = ollama: batchd then pins num_ctx and sees an overflow as an error")]
+    return [
+        (
+            "WARN",
+            (
+                f"{probe.host} is Ollama {version}: its /v1 endpoint cuts prompts silently at the server's "
+                "default window (OLLAMA_CONTEXT_LENGTH; num_ctx cannot be sent) and reports no cached tokens"
+            ),
+            "set backend.kind = ollama: batchd then pins num_ctx and sees an overflow as an error",
+        )
+    ]
 
 
 def _parallel(lanes: int | str, found: tuple[int, str] | None) -> Check:
     """``found``: the server's OLLAMA_NUM_PARALLEL and where it was read, when batchd can see it."""
     if lanes == "auto":
-        seen = (f"OLLAMA_NUM_PARALLEL={found[0]} ({found[1]})" if found is not None
-                else "OLLAMA_NUM_PARALLEL not visible here (Ollama's default is 1)")
+        seen = (
+            f"OLLAMA_NUM_PARALLEL={found[0]} ({found[1]})"
+            if found is not None
+            else "OLLAMA_NUM_PARALLEL not visible here (Ollama's default is 1)"
+        )
         if found is not None and found[0] > 1:
             return "OK", f"backend.lanes=auto: batchd finds the server's parallel slots itself; {seen}", ""
-        return ("OK", (f"backend.lanes=auto: batchd finds the server's parallel slots itself; {seen}, so expect "
-                       "about one request at a time"), ("for more throughput: systemctl edit ollama: [Service] "
+        return (
+            "OK",
+            (
+                f"backend.lanes=auto: batchd finds the server's parallel slots itself; {seen}, so expect "
+                "about one request at a time"
+            ),
+            (
+                "for more throughput: systemctl edit ollama: [Service] "
                 "Environment=OLLAMA_NUM_PARALLEL=4, then restart ollama (each parallel request needs its own "
-                "num_ctx of VRAM)"))
+                "num_ctx of VRAM)"
+            ),
+        )
     assert isinstance(lanes, int)
     if lanes <= 1:
         return "OK", "backend.lanes=1: one request at a time (Ollama's OLLAMA_NUM_PARALLEL defaults to 1)", ""
     if found is not None and found[0] >= lanes:
         return "OK", f"OLLAMA_NUM_PARALLEL={found[0]} ({found[1]}) serves backend.lanes={lanes}", ""
-    seen = (f"OLLAMA_NUM_PARALLEL={found[0]} ({found[1]})" if found is not None
-            else "OLLAMA_NUM_PARALLEL is not set where batchd can see it, and Ollama's default is 1")
+    seen = (
+        f"OLLAMA_NUM_PARALLEL={found[0]} ({found[1]})"
+        if found is not None
+        else "OLLAMA_NUM_PARALLEL is not set where batchd can see it, and Ollama's default is 1"
+    )
     fewer = found[0] if found is not None else 1
-    return ("WARN", f"backend.lanes={lanes}, but {seen}: extra lanes only queue on the server",
-            (f"systemctl edit ollama: [Service] Environment=OLLAMA_NUM_PARALLEL={lanes}, then restart ollama "
-             f"(each parallel request needs its own num_ctx of VRAM); or set backend.lanes = {fewer}"))
+    return (
+        "WARN",
+        f"backend.lanes={lanes}, but {seen}: extra lanes only queue on the server",
+        (
+            f"systemctl edit ollama: [Service] Environment=OLLAMA_NUM_PARALLEL={lanes}, then restart ollama "
+            f"(each parallel request needs its own num_ctx of VRAM); or set backend.lanes = {fewer}"
+        ),
+    )
 
 
 def _server_num_parallel(host: str) -> tuple[int, str] | None:
@@ -172,8 +211,13 @@ def _server_num_parallel(host: str) -> tuple[int, str] | None:
     exe = shutil.which("systemctl")
     if exe is not None:
         try:
-            out = subprocess.run([exe, "show", "ollama.service", "--property=Environment", "--value"],
-                                 capture_output=True, text=True, timeout=5, check=False).stdout
+            out = subprocess.run(
+                [exe, "show", "ollama.service", "--property=Environment", "--value"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            ).stdout
         except (OSError, subprocess.TimeoutExpired):
             out = ""
         found = re.search(r"(?:^|\s)OLLAMA_NUM_PARALLEL=(\d+)", out)
@@ -192,11 +236,27 @@ async def _embedded(settings: Settings) -> list[Check]:
     except ConfigError as exc:
         return [("FAIL", f"embedded backend: {exc}", "pip install 'batchd[embedded]' or fix backend.model_path")]
     assert isinstance(backend, EmbeddedBackend)
-    res: list[Check] = [("OK", (f"embedded llama.cpp importable, {backend.threads} threads, one call at a time; "
-                                "requests' model names are ignored"), "")]
+    res: list[Check] = [
+        (
+            "OK",
+            (
+                f"embedded llama.cpp importable, {backend.threads} threads, one call at a time; "
+                "requests' model names are ignored"
+            ),
+            "",
+        )
+    ]
     if settings.backend.lanes != "auto" and settings.backend.lanes > 1:
-        res.append(("WARN", (f"backend.lanes={settings.backend.lanes}: the embedded model serves one call at a "
-                             "time, extra lanes only queue"), "set backend.lanes = 1"))
+        res.append(
+            (
+                "WARN",
+                (
+                    f"backend.lanes={settings.backend.lanes}: the embedded model serves one call at a "
+                    "time, extra lanes only queue"
+                ),
+                "set backend.lanes = 1",
+            )
+        )
     path = backend.model_file()
     if path is None:  # assembling writes ~250 MB: leave it to the service user on the first job
         res.append(("OK", "default model Gemma 3 270M: assembled into state_dir/models on the first job", ""))
@@ -215,8 +275,7 @@ async def _embedded(settings: Settings) -> list[Check]:
 def _num_ctx(settings: Settings, ctx: int | None) -> Check:
     num_ctx = settings.context.num_ctx or min(ctx or settings.context.num_ctx_cap, settings.context.num_ctx_cap)
     if ctx and num_ctx > ctx:
-        return ("WARN", f"context.num_ctx={num_ctx} is larger than the model's {ctx}",
-                f"set context.num_ctx <= {ctx}")
+        return ("WARN", f"context.num_ctx={num_ctx} is larger than the model's {ctx}", f"set context.num_ctx <= {ctx}")
     return ("OK", f"jobs will pin num_ctx={num_ctx}", "")
 
 
@@ -233,19 +292,31 @@ def _gpu(settings: Settings, *, nvml: Any = None) -> Check:
     try:
         return "OK", probe_nvml(settings.vram.gpu_index, nvml=nvml), ""
     except ImportError:
-        return (level, "NVML: nvidia-ml-py is not installed",
-                "pip install 'batchd[gpu]' into batchd's venv (install.sh does)" + fallback)
+        return (
+            level,
+            "NVML: nvidia-ml-py is not installed",
+            "pip install 'batchd[gpu]' into batchd's venv (install.sh does)" + fallback,
+        )
     except Exception as exc:  # noqa: BLE001 - pynvml's NVMLError family, OSError; doctor reports, never crashes
         text = f"{type(exc).__name__}: {exc}"
         if any(k in text for k in ("LibraryNotFound", "Library Not Found", "DriverNotLoaded", "Driver Not Loaded")):
-            return (level, f"NVML: no NVIDIA driver found ({text})",
-                    "install the NVIDIA driver (nvidia-smi must work)" + fallback)
+            return (
+                level,
+                f"NVML: no NVIDIA driver found ({text})",
+                "install the NVIDIA driver (nvidia-smi must work)" + fallback,
+            )
         if "InvalidArgument" in text:
-            return (level, f"NVML: there is no GPU {settings.vram.gpu_index} ({text})",
-                    "set vram.gpu_index to the card Ollama uses (nvidia-smi -L)")
+            return (
+                level,
+                f"NVML: there is no GPU {settings.vram.gpu_index} ({text})",
+                "set vram.gpu_index to the card Ollama uses (nvidia-smi -L)",
+            )
         if "NoPermission" in text or isinstance(exc, PermissionError):
-            return (level, f"NVML: no access to the GPU ({text})",
-                    "the unit needs DeviceAllow= for /dev/nvidiactl and /dev/nvidia<N> (packaging/batchd.service)")
+            return (
+                level,
+                f"NVML: no access to the GPU ({text})",
+                "the unit needs DeviceAllow= for /dev/nvidiactl and /dev/nvidia<N> (packaging/batchd.service)",
+            )
         return level, f"NVML: {text}", "check the NVIDIA driver (nvidia-smi)" + fallback
 
 
@@ -256,8 +327,11 @@ _EXPOSURE = re.compile(r"Overall exposure level for \S+: ([\d.]+)")
 
 def _unit(root: Path = Path("/")) -> Check:
     """The installed unit's sandbox, drop-ins included, scored by ``systemd-analyze security``."""
-    candidates = [root / "etc/systemd/system/batchd.service", root / "lib/systemd/system/batchd.service",
-                  root / "usr/lib/systemd/system/batchd.service"]
+    candidates = [
+        root / "etc/systemd/system/batchd.service",
+        root / "lib/systemd/system/batchd.service",
+        root / "usr/lib/systemd/system/batchd.service",
+    ]
     if not any(p.exists() for p in candidates):
         return "WARN", "batchd.service is not installed", "sudo packaging/install.sh"
     exe = shutil.which("systemd-analyze")
@@ -277,9 +351,11 @@ def _unit(root: Path = Path("/")) -> Check:
         return "WARN", f"could not score batchd.service: {why}", "systemd >= 250 has systemd-analyze --offline"
     score = float(found.group(1))
     if score > EXPOSURE_TARGET:
-        return ("WARN", f"batchd.service exposure {score:.1f} (the shipped unit scores <= {EXPOSURE_TARGET:.1f})",
-                ("a drop-in weakened the sandbox: see systemctl cat batchd and "
-                 "systemd-analyze security batchd.service"))
+        return (
+            "WARN",
+            f"batchd.service exposure {score:.1f} (the shipped unit scores <= {EXPOSURE_TARGET:.1f})",
+            ("a drop-in weakened the sandbox: see systemctl cat batchd and systemd-analyze security batchd.service"),
+        )
     return "OK", f"batchd.service sandbox exposure {score:.1f} (<= {EXPOSURE_TARGET:.1f})", ""
 
 
@@ -301,8 +377,11 @@ def _config(settings: Settings) -> Check:
     try:
         preflight.check(settings)
     except ConfigError as exc:
-        return ("FAIL", f"configuration: {exc.key}: {exc.problem}",
-                f"fix {exc.key} in the config file or its BATCHD_* variable: `batchd run` refuses to start (exit 2)")
+        return (
+            "FAIL",
+            f"configuration: {exc.key}: {exc.problem}",
+            f"fix {exc.key} in the config file or its BATCHD_* variable: `batchd run` refuses to start (exit 2)",
+        )
     return "OK", "configuration is valid", ""
 
 
@@ -311,8 +390,12 @@ def run_checks(settings: Settings) -> int:
     config = _config(settings)
     checks: list[Callable[[], list[Check]]] = [
         lambda: [config],
-        lambda: [_folder(settings.inbox, "inbox"), _folder(settings.outbox, "outbox"),
-                 _folder(settings.state_dir, "state_dir"), _readers(settings)],
+        lambda: [
+            _folder(settings.inbox, "inbox"),
+            _folder(settings.outbox, "outbox"),
+            _folder(settings.state_dir, "state_dir"),
+            _readers(settings),
+        ],
         lambda: _backend(settings),
         lambda: [_gpu(settings)],
         lambda: [_inotify()],

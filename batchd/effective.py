@@ -91,7 +91,7 @@ def _restore(recorded: Any, local: Any) -> Any:
     if isinstance(recorded, dict) and isinstance(local, dict):
         return {k: _restore(v, local.get(k)) for k, v in recorded.items()}
     if isinstance(recorded, list) and isinstance(local, list):
-        return [_restore(r, lo) for r, lo in zip(recorded, local)] + recorded[len(local):]
+        return [_restore(r, lo) for r, lo in zip(recorded, local)] + recorded[len(local) :]
     if isinstance(recorded, str) and isinstance(local, str) and "***@" in recorded:
         return local if redact(local) == recorded else recorded
     return recorded

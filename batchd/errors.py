@@ -107,8 +107,14 @@ class ContextLengthExceeded(RequestError):
 
     code = "context_length_exceeded"
 
-    def __init__(self, message: str, *, status_code: int | None = 400, n_ctx: int | None = None,
-                 n_prompt_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = 400,
+        n_ctx: int | None = None,
+        n_prompt_tokens: int | None = None,
+    ) -> None:
         super().__init__(message, status_code=status_code)
         self.n_ctx = n_ctx
         self.n_prompt_tokens = n_prompt_tokens

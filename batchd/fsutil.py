@@ -60,8 +60,7 @@ def open_beneath(dir_fd: int, rel: str, flags: int = READ_FLAGS) -> int:
         return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafeFile(exc.errno, "is a symbolic link (or goes through one); batchd never follows links") \
-                from exc
+            raise UnsafeFile(exc.errno, "is a symbolic link (or goes through one); batchd never follows links") from exc
         raise
     finally:
         for fd in opened:

@@ -16,9 +16,25 @@ from batchd.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
 
 # Sync tools, office suites, browsers and NAS boxes leave these behind; never touch them.
 IGNORED_NAMES = (
-    ".*", "~*", "*.tmp", "*.temp", "*.part", "*.partial", "*.crdownload", "*.download", "*.swp",
-    ".syncthing.*", "~syncthing~*", ".~lock.*#", "~$*", ".DS_Store", "Thumbs.db", "desktop.ini",
-    "*.!sync", "*.filepart", "README*",
+    ".*",
+    "~*",
+    "*.tmp",
+    "*.temp",
+    "*.part",
+    "*.partial",
+    "*.crdownload",
+    "*.download",
+    "*.swp",
+    ".syncthing.*",
+    "~syncthing~*",
+    ".~lock.*#",
+    "~$*",
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    "*.!sync",
+    "*.filepart",
+    "README*",
 )
 #: inside a pipeline folder only these are inputs; everything else is the pipeline's own assets
 INPUT_SUFFIXES = (".csv", ".jsonl")
@@ -93,8 +109,12 @@ def candidate_for(inbox: Path, path: Path) -> Candidate | None:
     parts = rel.parts
     if len(parts) == 1:
         return Candidate(path, parts[0], None)
-    if (len(parts) == 2 and not is_ignored_dir(parts[0]) and parts[1].lower().endswith(INPUT_SUFFIXES)
-            and (inbox / parts[0] / PIPELINE_FILE).is_file()):
+    if (
+        len(parts) == 2
+        and not is_ignored_dir(parts[0])
+        and parts[1].lower().endswith(INPUT_SUFFIXES)
+        and (inbox / parts[0] / PIPELINE_FILE).is_file()
+    ):
         try:
             st = (inbox / parts[0]).lstat()
         except OSError:

@@ -39,7 +39,12 @@ def sniff_text(head: bytes) -> None:
     """Refuse files that are not UTF-8 text, with a reason a person can act on."""
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise InputError("file is UTF-16 text; save it as UTF-8 (CSV UTF-8 in Excel)", code="not_utf8")
-    for magic, what in ((b"\x89PNG", "a PNG image"), (b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a zip archive (an .xlsx workbook?)"), (b"%PDF", "a PDF document")):
+    for magic, what in (
+        (b"\x89PNG", "a PNG image"),
+        (b"\x1f\x8b", "gzip-compressed"),
+        (b"PK\x03\x04", "a zip archive (an .xlsx workbook?)"),
+        (b"%PDF", "a PDF document"),
+    ):
         if head.startswith(magic):
             raise InputError(f"file is binary ({what}), not text", code="binary_file")
     if b"\x00" in head:
@@ -107,22 +112,25 @@ def read_jsonl(fh: BinaryIO, limits: Limits) -> Iterator[NewRequest]:
     sniff_text(fh.peek(8192)[:8192] if hasattr(fh, "peek") else b"")
     for lineno, raw in _lines(fh, limits):
         if raw == b"\xffTOOLONG":
-            err: LineError | None = LineError(f"line longer than {limits.max_line_bytes:,} bytes (limits.max_line_bytes)",
-                                              line=lineno, code="line_too_long")
+            err: LineError | None = LineError(
+                f"line longer than {limits.max_line_bytes:,} bytes (limits.max_line_bytes)",
+                line=lineno,
+                code="line_too_long",
+            )
             body, cid = None, None
         else:
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             if not raw.strip():
                 continue
             body, cid, err = _validate_line(raw, lineno, seen, limits)
         seq += 1
-        yield NewRequest(seq=seq, line=lineno, custom_id=cid, body=body,
-                         error=err.as_record() if err else None)
+        yield NewRequest(seq=seq, line=lineno, custom_id=cid, body=body, error=err.as_record() if err else None)
 
 
-def _validate_line(raw: bytes, lineno: int, seen: dict[str, int],
-                   limits: Limits) -> tuple[dict[str, Any] | None, str | None, LineError | None]:
+def _validate_line(
+    raw: bytes, lineno: int, seen: dict[str, int], limits: Limits
+) -> tuple[dict[str, Any] | None, str | None, LineError | None]:
     def bad(msg: str, code: str, cid: str | None = None) -> tuple[None, str | None, LineError]:
         return None, cid, LineError(msg, line=lineno, code=code)
 
@@ -134,8 +142,11 @@ def _validate_line(raw: bytes, lineno: int, seen: dict[str, int],
         return bad(f"line is JSON {type(obj).__name__}, expected an object", "invalid_line")
     cid = obj.get("custom_id")
     if not isinstance(cid, str) or not cid.strip():
-        return bad("custom_id is missing or not a non-empty string", "invalid_custom_id",
-                   None if cid is None else str(cid)[:MAX_CUSTOM_ID])
+        return bad(
+            "custom_id is missing or not a non-empty string",
+            "invalid_custom_id",
+            None if cid is None else str(cid)[:MAX_CUSTOM_ID],
+        )
     if len(cid) > MAX_CUSTOM_ID:
         return bad(f"custom_id longer than {MAX_CUSTOM_ID} characters", "invalid_custom_id", cid[:MAX_CUSTOM_ID])
     if cid in seen:
@@ -172,8 +183,9 @@ def check_messages(messages: Any) -> str | None:
             return f"body.messages[{i}].role {m.get('role')!r} is not one of {sorted(ROLES)}"
         content = m.get("content")
         if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
                 return f"body.messages[{i}].content: only text parts are supported"
         elif not isinstance(content, str):
             return f"body.messages[{i}].content must be a string"
@@ -224,15 +236,29 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
             return
         except UnicodeDecodeError as exc:
             seq += 1
-            yield NewRequest(seq=seq, line=start, custom_id=None, body=None,
-                             error=LineError(f"not UTF-8 text: {exc.reason}; rows after it were not read",
-                                             line=start, code="not_utf8").as_record())
+            yield NewRequest(
+                seq=seq,
+                line=start,
+                custom_id=None,
+                body=None,
+                error=LineError(
+                    f"not UTF-8 text: {exc.reason}; rows after it were not read", line=start, code="not_utf8"
+                ).as_record(),
+            )
             return
         except csv.Error as exc:
             seq += 1
-            yield NewRequest(seq=seq, line=start, custom_id=None, body=None,
-                             error=LineError(f"CSV syntax error ({exc}); unbalanced quote? rows after it were "
-                                             "not read", line=start, code="invalid_csv").as_record())
+            yield NewRequest(
+                seq=seq,
+                line=start,
+                custom_id=None,
+                body=None,
+                error=LineError(
+                    f"CSV syntax error ({exc}); unbalanced quote? rows after it were not read",
+                    line=start,
+                    code="invalid_csv",
+                ).as_record(),
+            )
             return
         if reader.line_num > max_lines:
             raise InputError(f"more than {max_lines:,} lines (limits.max_lines)", code="too_many_lines")
@@ -245,13 +271,15 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
         error: LineError | None = None
         if len(values) != width:
             what = "missing" if len(values) < width else "extra"
-            error = LineError(f"row has {len(values)} fields, header has {width} ({what} columns)", line=start,
-                              code="invalid_row")
+            error = LineError(
+                f"row has {len(values)} fields, header has {width} ({what} columns)", line=start, code="invalid_row"
+            )
         elif id_column and not given:
             error = LineError(f"empty id column {id_column!r}", line=start, code="invalid_custom_id")
         elif custom_id in seen:
-            error = LineError(f"duplicate id {custom_id!r} (first on line {seen[custom_id]})", line=start,
-                              code="duplicate_custom_id")
+            error = LineError(
+                f"duplicate id {custom_id!r} (first on line {seen[custom_id]})", line=start, code="duplicate_custom_id"
+            )
         if error is not None:
             yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=None, error=error.as_record())
             continue

@@ -35,8 +35,14 @@ CLAIM_BATCH = 64
 
 
 class Intake:
-    def __init__(self, *, settings: Callable[[], Settings], stop: asyncio.Event,
-                 on_claimed: Callable[[], None], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Callable[[], Settings],
+        stop: asyncio.Event,
+        on_claimed: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         #: a getter: SIGHUP swaps the daemon's settings and intake follows
         self.settings = settings
         self.stop = stop
@@ -75,15 +81,25 @@ class Intake:
                 await wait_first(self.stop.wait(), timeout=backoff)
                 backoff = min(UNAVAILABLE_BACKOFF_MAX, backoff * 2)
 
-    async def _watch_once(self, on_path: Callable[[Path, Signature | None], None],
-                          on_folder: Callable[[Path], None], backoff: float,
-                          unavailable: bool) -> tuple[float, bool]:
+    async def _watch_once(
+        self,
+        on_path: Callable[[Path, Signature | None], None],
+        on_folder: Callable[[Path], None],
+        backoff: float,
+        unavailable: bool,
+    ) -> tuple[float, bool]:
         """Start a watcher and run it until it ends; returns the next (backoff, unavailable)."""
         settings = self.settings()
         inbox, w = settings.inbox, settings.watch
         mode = await asyncio.to_thread(choose_mode, w.mode, inbox)
-        watcher = InboxWatcher(inbox=inbox, mode=mode, poll_seconds=w.poll_seconds, ignore=tuple(w.ignore),
-                               on_path=on_path, on_folder=on_folder)
+        watcher = InboxWatcher(
+            inbox=inbox,
+            mode=mode,
+            poll_seconds=w.poll_seconds,
+            ignore=tuple(w.ignore),
+            on_path=on_path,
+            on_folder=on_folder,
+        )
         try:
             await asyncio.to_thread(watcher.start)
         except OSError as exc:
@@ -211,4 +227,3 @@ class Intake:
             except (BatchdError, OSError) as exc:
                 log.error("ingest_failed", job_id=job.id, input=job.input_name, error=str(exc))
         return claimed
-

@@ -101,11 +101,24 @@ class _Window:
 class LaneController:
     """The number of requests allowed in flight, adjusted from what completed requests show."""
 
-    def __init__(self, *, lanes_min: int = 1, lanes_max: int = 64, initial: int | None = None,
-                 clock: Callable[[], float], min_samples: int = 16, grow_ratio: float = 1.15,
-                 shrink_ratio: float = 1.4, target_ratio: float = 1.1, busy_factor: float = 0.7,
-                 timeout_factor: float = 0.5, vram_factor: float = 0.75, cooldown: int = 4,
-                 cooldown_max: int = 64, explore: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        lanes_min: int = 1,
+        lanes_max: int = 64,
+        initial: int | None = None,
+        clock: Callable[[], float],
+        min_samples: int = 16,
+        grow_ratio: float = 1.15,
+        shrink_ratio: float = 1.4,
+        target_ratio: float = 1.1,
+        busy_factor: float = 0.7,
+        timeout_factor: float = 0.5,
+        vram_factor: float = 0.75,
+        cooldown: int = 4,
+        cooldown_max: int = 64,
+        explore: int = 8,
+    ) -> None:
         if not 1 <= lanes_min <= lanes_max:
             raise ValueError(f"need 1 <= lanes_min ({lanes_min}) <= lanes_max ({lanes_max})")
         self.lanes_min = lanes_min
@@ -245,8 +258,9 @@ class LaneController:
                 self._levels.clear()
             else:
                 self._floor_test = (limit, latency)
-                return self._backoff_to(limit // 2, Reason.QUEUEING, now, {"latency": latency,
-                                                                           "floor": self.floor or latency})
+                return self._backoff_to(
+                    limit // 2, Reason.QUEUEING, now, {"latency": latency, "floor": self.floor or latency}
+                )
         level = self._record(w, latency)
         assert self.floor is not None  # _record set it
         if latency < 2 * self.floor:  # a single window is noisy; the level's average is not
@@ -278,8 +292,18 @@ class LaneController:
         self.floor = min(m + se for m, _, se in self._levels.values())
         return level
 
-    def _decide(self, limit: int, ratio: float, rate: float, gained: bool, used: bool, just_grew: bool,
-                ref: tuple[int, float, float] | None, now: float, figures: dict[str, float]) -> Change | None:
+    def _decide(
+        self,
+        limit: int,
+        ratio: float,
+        rate: float,
+        gained: bool,
+        used: bool,
+        just_grew: bool,
+        ref: tuple[int, float, float] | None,
+        now: float,
+        figures: dict[str, float],
+    ) -> Change | None:
         step = limit if self._slow_start else max(1, limit // 8)
         if ratio >= self.shrink_ratio and not gained:
             if just_grew and ref is not None:
@@ -346,8 +370,15 @@ class LaneController:
         self._settling = target < old
         self.limit = target
         self._reset_windows()
-        change = Change(at=now, old=old, new=target, reason=reason, latency=figures.get("latency"),
-                        floor=figures.get("floor"), rate=figures.get("rate"))
+        change = Change(
+            at=now,
+            old=old,
+            new=target,
+            reason=reason,
+            latency=figures.get("latency"),
+            floor=figures.get("floor"),
+            rate=figures.get("rate"),
+        )
         self.changes.append(change)
         if self.on_change is not None:
             self.on_change(change)

@@ -126,7 +126,8 @@ class LiveViews:
         now = self.daemon.clock()
         poked = self._poked.is_set() or probe.signature != self._signature
         page = self.settings.status_page.enabled and (
-            poked or now - self._last_page >= self.settings.status_page.interval_seconds)
+            poked or now - self._last_page >= self.settings.status_page.interval_seconds
+        )
         metrics = self.exporter.enabled and now - self._last_metrics >= self.settings.metrics.interval_seconds
         # The gap is a real-time brake on rewrites, not a schedule: it ignores an injected clock.
         if (page or metrics) and time.monotonic() - self._last_write >= self.min_gap:
@@ -146,8 +147,12 @@ class LiveViews:
             self._pinging.cancel()
         self.exporter.job_ended()
         try:
-            await self._in_thread(page=self.settings.status_page.enabled, metrics=self.exporter.enabled,
-                                  state=DaemonState.STOPPED, waiting=None)
+            await self._in_thread(
+                page=self.settings.status_page.enabled,
+                metrics=self.exporter.enabled,
+                state=DaemonState.STOPPED,
+                waiting=None,
+            )
         except Exception as exc:  # noqa: BLE001 - shutting down: a last page is nice, not essential
             self._warn("live_failed", repr(exc))
         finally:
@@ -175,9 +180,15 @@ class LiveViews:
             self._outage = None
         self._backend_up = gate.is_open
         m = runner.metrics
-        live = Live(job_running=True, lanes=runner.lanes, lanes_active=runner.active_lanes,
-                    lanes_in_use=runner.in_flight, backend_up=gate.is_open, vram_used_bytes=m.vram_used_bytes,
-                    vram_total_bytes=m.vram_total)
+        live = Live(
+            job_running=True,
+            lanes=runner.lanes,
+            lanes_active=runner.active_lanes,
+            lanes_in_use=runner.in_flight,
+            backend_up=gate.is_open,
+            vram_used_bytes=m.vram_used_bytes,
+            vram_total_bytes=m.vram_total,
+        )
         return _Probe(live, waiting, (runner.job.id, waiting is None, runner.cancelled, self.daemon.jobs_done))
 
     def _maybe_ping(self) -> None:
@@ -228,16 +239,18 @@ class LiveViews:
             except OSError as exc:
                 self._warn("metrics_textfile_failed", str(exc), path=str(settings.metrics.textfile))
 
-    def _write_page(self, views: dict[str, list[dict[str, Any]]], now: float, state: DaemonState,
-                    waiting: Waiting | None) -> None:
+    def _write_page(
+        self, views: dict[str, list[dict[str, Any]]], now: float, state: DaemonState, waiting: Waiting | None
+    ) -> None:
         outbox: Path = self.settings.outbox
         outbox.mkdir(parents=True, exist_ok=True)
         data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting)
         gid = SharedFolder.of(outbox, group=self.settings.group).gid
         # JSON first: a script that follows the page's link never finds older data than the page showed.
         owned = write_atomic(outbox / statuspage.STATUS_JSON, statuspage.render_json(data), gid=gid)
-        owned &= write_atomic(outbox / statuspage.STATUS_HTML,
-                              statuspage.render_html(data, outbox=outbox).encode("utf-8"), gid=gid)
+        owned &= write_atomic(
+            outbox / statuspage.STATUS_HTML, statuspage.render_html(data, outbox=outbox).encode("utf-8"), gid=gid
+        )
         if not owned and not self._chown_warned:
             self._chown_warned = True
             log.warning("status_page_chown_failed", outbox=str(outbox), gid=gid)
@@ -266,10 +279,12 @@ def _queue(views: dict[str, list[dict[str, Any]]]) -> Queue:
     active = views["active"]
     running = [v for v in active if v["state"] in ("running", "cancelling")]
     head = running[0] if running else None
-    return Queue(jobs=sum(1 for v in active if v["state"] in ("queued", "ingesting")),
-                 requests=sum(max(0, v["total"] - v["finished"]) for v in active),
-                 progress=head["progress"] if head else None,
-                 eta_seconds=head["eta_seconds"] if head else None)
+    return Queue(
+        jobs=sum(1 for v in active if v["state"] in ("queued", "ingesting")),
+        requests=sum(max(0, v["total"] - v["finished"]) for v in active),
+        progress=head["progress"] if head else None,
+        eta_seconds=head["eta_seconds"] if head else None,
+    )
 
 
 def _host(url: str) -> str:

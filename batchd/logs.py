@@ -29,8 +29,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2, "exception": 3}
 _FIELD = re.compile(r"[^A-Z0-9_]")
 #: fields the sender sets itself; an event key of that name is renamed rather than clobbering them
-_RESERVED = frozenset({"MESSAGE", "MESSAGE_ID", "PRIORITY", "SYSLOG_IDENTIFIER", "CODE_FILE", "CODE_LINE",
-                       "CODE_FUNC", "EVENT"})
+_RESERVED = frozenset(
+    {"MESSAGE", "MESSAGE_ID", "PRIORITY", "SYSLOG_IDENTIFIER", "CODE_FILE", "CODE_LINE", "CODE_FUNC", "EVENT"}
+)
 #: keys that lead the MESSAGE text (what ``journalctl -u batchd`` shows without ``-o json``)
 _FIRST = ("job_id", "input", "custom_id", "status", "code", "error", "reason")
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -107,8 +108,12 @@ def _libsystemd_sender() -> Callable[[str, int, dict[str, str]], None]:
 
     def send(message: str, priority: int, fields: dict[str, str]) -> None:
         # sendv, not send: send() adds CODE_FILE/LINE/FUNC, which would all name this function.
-        journal.sendv(f"MESSAGE={message}", f"PRIORITY={priority}", f"SYSLOG_IDENTIFIER={IDENTIFIER}",
-                      *(f"{k}={v}" for k, v in fields.items()))
+        journal.sendv(
+            f"MESSAGE={message}",
+            f"PRIORITY={priority}",
+            f"SYSLOG_IDENTIFIER={IDENTIFIER}",
+            *(f"{k}={v}" for k, v in fields.items()),
+        )
 
     return send
 
@@ -158,9 +163,14 @@ def stderr_is_journal(journal_stream: str | None, fd: int = 2) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def configure(*, target: str = "auto", level: str = "info", under_journal: bool = False,
-              stream: TextIO | None = None,
-              journal_send: Callable[[str, int, dict[str, str]], None] | None = None) -> str:
+def configure(
+    *,
+    target: str = "auto",
+    level: str = "info",
+    under_journal: bool = False,
+    stream: TextIO | None = None,
+    journal_send: Callable[[str, int, dict[str, str]], None] | None = None,
+) -> str:
     """Set up structlog for the process; returns the target actually used.
 
     ``journal_send`` replaces the journald transport (tests).

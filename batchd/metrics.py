@@ -90,8 +90,9 @@ class JobMetrics:
             self.latencies[self._ring_pos] = seconds
             self._ring_pos = (self._ring_pos + 1) % _LATENCY_RING
 
-    def add_reply(self, *, prompt_tokens: int, completion_tokens: int, latency: float,
-                  cached: int | None = None) -> None:
+    def add_reply(
+        self, *, prompt_tokens: int, completion_tokens: int, latency: float, cached: int | None = None
+    ) -> None:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         if cached:
@@ -108,6 +109,7 @@ class JobMetrics:
             self.completed += 1
         else:
             self.failures[cause or "unknown"] += 1
+
     def note_lanes(self, lanes: int, reason: str, at: float | None = None) -> None:
         self.lanes = lanes
         self.lanes_max = max(self.lanes_max, lanes)
@@ -116,8 +118,14 @@ class JobMetrics:
             half = len(self.lanes_series) // 2
             self.lanes_series[:half] = self.lanes_series[:half:2]
 
-    def note_vram(self, used_fraction: float | None, source: str | None, total: float | None = None,
-                  used_bytes: int | None = None, processes: list[list[int]] | None = None) -> None:
+    def note_vram(
+        self,
+        used_fraction: float | None,
+        source: str | None,
+        total: float | None = None,
+        used_bytes: int | None = None,
+        processes: list[list[int]] | None = None,
+    ) -> None:
         self.vram_source = source
         if used_bytes is not None:
             self.vram_used_bytes = used_bytes
@@ -173,8 +181,9 @@ class JobMetrics:
                 "prompt_evaluated_estimate": evaluated,
                 "isolated_prompt_estimate": self.isolated_prompt_tokens,
                 "saved_vs_isolated_estimate": saved,
-                "saved_fraction": (round(saved / self.isolated_prompt_tokens, 4)
-                                   if self.isolated_prompt_tokens else None),
+                "saved_fraction": (
+                    round(saved / self.isolated_prompt_tokens, 4) if self.isolated_prompt_tokens else None
+                ),
                 "chars_per_token": self.chars_per_token,
             },
             "context": {
@@ -213,10 +222,18 @@ class JobMetrics:
                 "latency_max": round(lat[-1], 4) if lat else None,
                 "requests_sent": self.requests_sent,
             },
-            "server": {"version": self.server_version, "reloads": self.reloads,
-                       "runner_options_stripped": self.runner_options_stripped},
-            "lanes": {"mode": self.lanes_mode, "current": self.lanes, "min": self.lanes_min,
-                      "max": self.lanes_max, "changes": max(0, len(self.lanes_series) - 1)},
+            "server": {
+                "version": self.server_version,
+                "reloads": self.reloads,
+                "runner_options_stripped": self.runner_options_stripped,
+            },
+            "lanes": {
+                "mode": self.lanes_mode,
+                "current": self.lanes,
+                "min": self.lanes_min,
+                "max": self.lanes_max,
+                "changes": max(0, len(self.lanes_series) - 1),
+            },
             "lanes_series": self.lanes_series,
             "retries": {"total": sum(self.retries.values()), "by_cause": dict(self.retries)},
             "outages": {"count": self.outages, "seconds": round(self.outage_seconds, 1)},

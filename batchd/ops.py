@@ -85,13 +85,26 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, 
         state = "cancelling"
     return {
         # A dropped file's name is anyone's text: control characters (terminal escapes) shown escaped.
-        "job_id": job.id, "input": escape_controls(job.input_name), "state": state, "source": job.source,
-        "total": job.total, "done": done, "failed": failed, "skipped": skipped, "finished": finished,
+        "job_id": job.id,
+        "input": escape_controls(job.input_name),
+        "state": state,
+        "source": job.source,
+        "total": job.total,
+        "done": done,
+        "failed": failed,
+        "skipped": skipped,
+        "finished": finished,
         "progress": round(finished / job.total, 4) if job.total else (1.0 if job.state in FINISHED else 0.0),
-        "req_per_s": round(rate, 3) if rate else None, "eta_seconds": round(eta) if eta else None,
-        "lanes": lanes, "lanes_mode": state_metrics.get("lanes_mode"),
-        "retry_of": job.retry_of, "outbox": job.outbox_name, "error": _escaped(job.error),
-        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "req_per_s": round(rate, 3) if rate else None,
+        "eta_seconds": round(eta) if eta else None,
+        "lanes": lanes,
+        "lanes_mode": state_metrics.get("lanes_mode"),
+        "retry_of": job.retry_of,
+        "outbox": job.outbox_name,
+        "error": _escaped(job.error),
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
     }
 
 
@@ -107,8 +120,10 @@ def status_views(journal: Journal, *, limit: int, now: float | None = None) -> d
     """Running and queued jobs in the order they run, then the ``limit`` most recent finished ones."""
     active = sorted(journal.jobs([*ACTIVE, JobState.INGESTING]), key=lambda j: j.seq)
     recent = journal.jobs(list(FINISHED), limit=limit)
-    return {"active": [job_view(journal, j, now) for j in active],
-            "recent": [job_view(journal, j, now) for j in recent]}
+    return {
+        "active": [job_view(journal, j, now) for j in active],
+        "recent": [job_view(journal, j, now) for j in recent],
+    }
 
 
 _COLUMNS = ("JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT")
@@ -118,14 +133,19 @@ def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
     """The human form of ``batchd status``: one row per job, running and queued first."""
     rows = [_COLUMNS]
     for v in views["active"] + views["recent"]:
-        rows.append((
-            v["job_id"], v["state"], _bar(v["progress"]), f"{v['finished']:,}/{v['total']:,}",
-            pace.rate_text(v["req_per_s"]),
-            (f"{v['lanes']}" + (" auto" if v.get("lanes_mode") == "auto" else "")) if v.get("lanes") else "-",
-            pace.duration(v["eta_seconds"]) if v["eta_seconds"] is not None else "-",
-            f"{v['failed']:,}" if v["failed"] else "-",
-            v["input"] + (f"  ({str(v['error'].get('message', ''))[:60]})" if v["error"] else ""),
-        ))
+        rows.append(
+            (
+                v["job_id"],
+                v["state"],
+                _bar(v["progress"]),
+                f"{v['finished']:,}/{v['total']:,}",
+                pace.rate_text(v["req_per_s"]),
+                (f"{v['lanes']}" + (" auto" if v.get("lanes_mode") == "auto" else "")) if v.get("lanes") else "-",
+                pace.duration(v["eta_seconds"]) if v["eta_seconds"] is not None else "-",
+                f"{v['failed']:,}" if v["failed"] else "-",
+                v["input"] + (f"  ({str(v['error'].get('message', ''))[:60]})" if v["error"] else ""),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
     right = {3, 4, 5, 6, 7}  # numbers line up on the right
     lines = []
@@ -167,8 +187,11 @@ def _csv_pipeline(settings: Settings, path: Path, name: str | None, command: str
     """The pipeline the daemon would use: --pipeline, else the CSV's own folder's, else the default."""
     if not path.name.lower().endswith(".csv"):
         # The daemon reads only *.csv through a pipeline; anything else would be garbage rows here.
-        why = ("a .jsonl file is already OpenAI batch input: drop it into the inbox as it is"
-               if path.name.lower().endswith(".jsonl") else "this is not one")
+        why = (
+            "a .jsonl file is already OpenAI batch input: drop it into the inbox as it is"
+            if path.name.lower().endswith(".jsonl")
+            else "this is not one"
+        )
         raise ConfigError(str(path), f"{command} reads a CSV file (a .csv name); {why}")
     if name is None and (path.parent / "pipeline.toml").is_file():
         return load_pipeline(path.parent)

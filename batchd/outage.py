@@ -25,9 +25,16 @@ class Gate:
     refused) ends the wait through ``on_fatal``; any other answer means the server is up.
     """
 
-    def __init__(self, backend: Backend, *, sleep: Sleep, clock: Callable[[], float],
-                 metrics: JobMetrics, max_wait: float = 30.0,
-                 on_fatal: Callable[[JobError], None] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        sleep: Sleep,
+        clock: Callable[[], float],
+        metrics: JobMetrics,
+        max_wait: float = 30.0,
+        on_fatal: Callable[[JobError], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.sleep = sleep
         self.clock = clock

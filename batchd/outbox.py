@@ -20,21 +20,21 @@ import orjson
 import structlog
 
 from batchd.config import Settings
-from batchd.fsutil import fsync_dir
-from batchd.share import SharedFolder
 from batchd.errors import StorageError
-from batchd.journal import FinalStatus, Job, Journal, Request, ReqState
+from batchd.fsutil import fsync_dir
+from batchd.journal import FinalStatus, Job, Journal, ReqState, Request
 from batchd.metrics import JobMetrics
 from batchd.pipeline import Pipeline
 from batchd.report import ReportData, write_report
 from batchd.scores import ScoreSheet
+from batchd.share import SharedFolder
 from batchd.translate import result_id
 
 log = structlog.get_logger("batchd.outbox")
 
 
 def _iso(ts: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat() if ts else None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else None
 
 
 class Outbox:
@@ -93,8 +93,11 @@ class Outbox:
         report: ReportData | None = None
         if job.kind != "rejected" and final != "duplicate":
             report = ReportData(sheet)
-            with self._open(folder / "results.jsonl") as res, self._open(folder / "errors.jsonl") as err, \
-                    self._open(folder / "scores.csv") as sc:
+            with (
+                self._open(folder / "results.jsonl") as res,
+                self._open(folder / "errors.jsonl") as err,
+                self._open(folder / "scores.csv") as sc,
+            ):
                 text = io.TextIOWrapper(sc, encoding="utf-8", newline="", write_through=True)
                 writer = csv.writer(text)
                 writer.writerow(sheet.header())
@@ -136,17 +139,35 @@ class Outbox:
         return _SyncedFile(os.fdopen(self._share.create(path), "wb", buffering=1 << 20))
 
     def _job_error_line(self, job: Job) -> bytes:
-        return orjson.dumps({"id": result_id(job.sha256, job.input_name, "batch_req"), "custom_id": None,
-                             "response": None, "error": job.error, "input": job.input_name}) + b"\n"
+        return (
+            orjson.dumps(
+                {
+                    "id": result_id(job.sha256, job.input_name, "batch_req"),
+                    "custom_id": None,
+                    "response": None,
+                    "error": job.error,
+                    "input": job.input_name,
+                }
+            )
+            + b"\n"
+        )
 
     def _result_line(self, job: Job, req: Request) -> bytes:
-        return orjson.dumps({
-            "id": result_id(job.sha256, req.custom_id, "batch_req"),
-            "custom_id": req.custom_id,
-            "response": {"status_code": 200, "request_id": result_id(job.sha256, req.custom_id, "req"),
-                         "body": req.result},
-            "error": None,
-        }) + b"\n"
+        return (
+            orjson.dumps(
+                {
+                    "id": result_id(job.sha256, req.custom_id, "batch_req"),
+                    "custom_id": req.custom_id,
+                    "response": {
+                        "status_code": 200,
+                        "request_id": result_id(job.sha256, req.custom_id, "req"),
+                        "body": req.result,
+                    },
+                    "error": None,
+                }
+            )
+            + b"\n"
+        )
 
     def _error_line(self, job: Job, req: Request) -> bytes:
         error = dict(req.error or {"code": "unknown", "message": "unknown error"})
@@ -159,9 +180,17 @@ class Outbox:
         status = error.pop("status_code", None)
         raw = error.pop("raw", None)
         if status is not None:
-            line["response"] = {"status_code": status, "request_id": result_id(job.sha256, key, "req"),
-                                "body": {"error": {"message": error.get("message"), "type": "invalid_request_error"
-                                                   if status < 500 else "server_error", "code": error.get("code")}}}
+            line["response"] = {
+                "status_code": status,
+                "request_id": result_id(job.sha256, key, "req"),
+                "body": {
+                    "error": {
+                        "message": error.get("message"),
+                        "type": "invalid_request_error" if status < 500 else "server_error",
+                        "code": error.get("code"),
+                    }
+                },
+            }
             line["error"] = None
         else:
             line["response"] = None
@@ -226,4 +255,3 @@ def _published_by(folder: Path, job_id: str) -> bool:
         return bool(orjson.loads((folder / "metrics.json").read_bytes()).get("job_id") == job_id)
     except (OSError, orjson.JSONDecodeError):
         return False
-

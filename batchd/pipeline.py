@@ -62,8 +62,10 @@ class Pipeline(BaseModel):
             # The [pipeline] table of the main config; folder pipelines are resolved by load_pipeline().
             if not Path(self.system_prompt_file).is_absolute():
                 # Relative to what? Under systemd the working directory is /.
-                raise ConfigError("pipeline.system_prompt_file", "must be an absolute path in the main config "
-                                                                 f"(got {self.system_prompt_file!r})")
+                raise ConfigError(
+                    "pipeline.system_prompt_file",
+                    f"must be an absolute path in the main config (got {self.system_prompt_file!r})",
+                )
             try:
                 self.system_prompt = Path(self.system_prompt_file).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
@@ -77,8 +79,10 @@ class Pipeline(BaseModel):
                 raise ConfigError("format", f"not a valid JSON schema at {where}: {exc.message}") from exc
             fields = list(self.format.get("properties") or {})
             if fields and self.score_field not in fields:
-                raise ConfigError("score_field", f"{self.score_field!r} is not a property of [format] "
-                                                 f"(properties: {', '.join(fields)})")
+                raise ConfigError(
+                    "score_field",
+                    f"{self.score_field!r} is not a property of [format] (properties: {', '.join(fields)})",
+                )
         else:
             fields = []
         for col in self.passthrough_columns:
@@ -109,8 +113,7 @@ class Pipeline(BaseModel):
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 raise ConfigError(
                     f"pipeline {self.name!r}",
-                    f"column {column!r} ({use}) is not in the CSV header{hint} "
-                    f"(columns: {', '.join(header)})",
+                    f"column {column!r} ({use}) is not in the CSV header{hint} (columns: {', '.join(header)})",
                 )
 
     def render_user(self, row: dict[str, str]) -> str:
@@ -130,8 +133,11 @@ def template_fields(template: str) -> list[str]:
             continue
         # Attribute/index access ({a.b}, {a[0]}) and positions ({0}) would not name a column.
         if not field or field.isdigit() or not field.replace("_", "a").replace(" ", "a").replace("-", "a").isalnum():
-            raise ConfigError("user_template", f"placeholder {{{field}}} must name a column "
-                                               "(letters, digits, _ - and spaces; write {{ and }} for literal braces)")
+            raise ConfigError(
+                "user_template",
+                f"placeholder {{{field}}} must name a column "
+                "(letters, digits, _ - and spaces; write {{ and }} for literal braces)",
+            )
         # A spec like {n:d} fails on some rows only (every CSV value is text): refuse it up front.
         if spec or conversion:
             raise ConfigError("user_template", f"placeholder {{{field}}} may not carry a format spec or conversion")
@@ -188,8 +194,9 @@ def load_pipeline_at(dir_fd: int, folder: Path) -> Pipeline:
         except UnsafeFile as exc:
             raise ConfigError(f"{where}: system_prompt_file", f"{prompt_file!r} refused: {exc.strerror}") from exc
         except OSError as exc:
-            raise ConfigError(f"{where}: system_prompt_file",
-                              f"cannot read {prompt_file!r}: {exc.strerror or exc}") from exc
+            raise ConfigError(
+                f"{where}: system_prompt_file", f"cannot read {prompt_file!r}: {exc.strerror or exc}"
+            ) from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{where}: system_prompt_file", "cannot read: not UTF-8 text") from exc
     try:

@@ -47,8 +47,9 @@ def _known_codes() -> frozenset[str]:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
         seen.update(v for v in (getattr(cls, "code", None), getattr(cls, "cause", None)) if isinstance(v, str))
-    return frozenset(seen | {"context_overflow", "invalid_reply", "prompt_truncated", "length_at_window",
-                             "invalid_line", "unknown"})
+    return frozenset(
+        seen | {"context_overflow", "invalid_reply", "prompt_truncated", "length_at_window", "invalid_line", "unknown"}
+    )
 
 
 KNOWN = _known_codes()
@@ -78,12 +79,20 @@ class Tally:
 
     @classmethod
     def of(cls, m: JobMetrics) -> Tally:
-        return cls(completed=m.completed, failed=dict(m.failures), retries=dict(m.retries), trims=dict(m.trims),
-                   prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens,
-                   cached_prompt_tokens=m.cached_prompt_tokens,
-                   overflows=m.retries.get("context_overflow", 0) + m.truncations_detected,
-                   oom_events=m.oom_events, outages=m.outages, latency_counts=tuple(m.latency_counts),
-                   latency_sum=m.latency_sum)
+        return cls(
+            completed=m.completed,
+            failed=dict(m.failures),
+            retries=dict(m.retries),
+            trims=dict(m.trims),
+            prompt_tokens=m.prompt_tokens,
+            completion_tokens=m.completion_tokens,
+            cached_prompt_tokens=m.cached_prompt_tokens,
+            overflows=m.retries.get("context_overflow", 0) + m.truncations_detected,
+            oom_events=m.oom_events,
+            outages=m.outages,
+            latency_counts=tuple(m.latency_counts),
+            latency_sum=m.latency_sum,
+        )
 
     def combine(self, other: Tally, sign: int = 1) -> Tally:
         def maps(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
@@ -93,15 +102,19 @@ class Tally:
             return {k: v for k, v in out.items() if v}
 
         return Tally(
-            completed=self.completed + sign * other.completed, failed=maps(self.failed, other.failed),
-            retries=maps(self.retries, other.retries), trims=maps(self.trims, other.trims),
+            completed=self.completed + sign * other.completed,
+            failed=maps(self.failed, other.failed),
+            retries=maps(self.retries, other.retries),
+            trims=maps(self.trims, other.trims),
             prompt_tokens=self.prompt_tokens + sign * other.prompt_tokens,
             completion_tokens=self.completion_tokens + sign * other.completion_tokens,
             cached_prompt_tokens=self.cached_prompt_tokens + sign * other.cached_prompt_tokens,
-            overflows=self.overflows + sign * other.overflows, oom_events=self.oom_events + sign * other.oom_events,
+            overflows=self.overflows + sign * other.overflows,
+            oom_events=self.oom_events + sign * other.oom_events,
             outages=self.outages + sign * other.outages,
             latency_counts=tuple(a + sign * b for a, b in zip(self.latency_counts, other.latency_counts)),
-            latency_sum=self.latency_sum + sign * other.latency_sum)
+            latency_sum=self.latency_sum + sign * other.latency_sum,
+        )
 
 
 @dataclass(frozen=True)
@@ -250,25 +263,33 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         tally, live, queue, extra, jobs = self.exporter.snapshot()
-        req = CounterMetricFamily("batchd_requests", "Requests finished, by status and cause (error code).",
-                                  labels=["status", "cause"])
+        req = CounterMetricFamily(
+            "batchd_requests", "Requests finished, by status and cause (error code).", labels=["status", "cause"]
+        )
         req.add_metric(["completed", "none"], tally.completed)
         failed = Counter({("failed", _label(k)): v for k, v in tally.failed.items()})
         for (status, cause), n in sorted((failed + Counter(extra)).items()):
             req.add_metric([status, cause], n)
         yield req
-        yield _by("batchd_request_retries", "Request retries, by cause.", "cause",
-                  {_label(k): v for k, v in tally.retries.items()})
+        yield _by(
+            "batchd_request_retries",
+            "Request retries, by cause.",
+            "cause",
+            {_label(k): v for k, v in tally.retries.items()},
+        )
         yield _counter("batchd_prompt_tokens", "Prompt tokens the backend reported.", tally.prompt_tokens)
         yield _counter("batchd_completion_tokens", "Completion tokens the backend reported.", tally.completion_tokens)
-        yield _counter("batchd_cached_prompt_tokens", "Prompt tokens estimated served from the backend's cache.",
-                       tally.cached_prompt_tokens)
+        yield _counter(
+            "batchd_cached_prompt_tokens",
+            "Prompt tokens estimated served from the backend's cache.",
+            tally.cached_prompt_tokens,
+        )
         yield _by("batchd_context_trims", "Conversation trims, by strategy.", "strategy", tally.trims)
-        yield _counter("batchd_context_overflows", "Prompts the backend refused or cut for the context window.",
-                       tally.overflows)
+        yield _counter(
+            "batchd_context_overflows", "Prompts the backend refused or cut for the context window.", tally.overflows
+        )
         yield _counter("batchd_oom_events", "Backend out-of-memory errors.", tally.oom_events)
-        yield _counter("batchd_backend_outages", "Times the backend stopped answering and jobs paused.",
-                       tally.outages)
+        yield _counter("batchd_backend_outages", "Times the backend stopped answering and jobs paused.", tally.outages)
         yield _by("batchd_jobs_finished", "Jobs published to the outbox, by status.", "status", jobs)
         hist = HistogramMetricFamily("batchd_request_latency_seconds", "Backend call latency of answered requests.")
         cumulative, buckets = 0, []
@@ -288,13 +309,13 @@ class _Collector(Collector):
         yield _gauge("batchd_lanes_active", "Lanes the VRAM policy lets take requests.", live.lanes_active)
         yield _gauge("batchd_lanes_in_use", "Requests in flight to the backend.", live.lanes_in_use)
         if live.backend_up is not None:
-            yield _gauge("batchd_backend_up", "1 when the backend answers, 0 while jobs wait for it.",
-                         int(live.backend_up))
+            yield _gauge(
+                "batchd_backend_up", "1 when the backend answers, 0 while jobs wait for it.", int(live.backend_up)
+            )
         if live.vram_used_bytes is not None:
             yield _gauge("batchd_vram_used_bytes", "GPU memory in use (while a job runs).", live.vram_used_bytes)
         if live.vram_total_bytes is not None:
-            yield _gauge("batchd_vram_total_bytes", "GPU memory of the card (while a job runs).",
-                         live.vram_total_bytes)
+            yield _gauge("batchd_vram_total_bytes", "GPU memory of the card (while a job runs).", live.vram_total_bytes)
         info = GaugeMetricFamily("batchd_build_info", "batchd version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -313,4 +334,3 @@ def _by(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMe
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
-

@@ -66,18 +66,29 @@ class ReloadWatch:
         if ctx == self.num_ctx or ctx == before:
             return False  # batchd's own window (its first call may have loaded it), or no change
         if before is None:
-            log.warning("loaded_context_differs", model=self.model, context_length=ctx, num_ctx=self.num_ctx,
-                        hint="another client loaded it with its own num_ctx; batchd's calls will reload it")
+            log.warning(
+                "loaded_context_differs",
+                model=self.model,
+                context_length=ctx,
+                num_ctx=self.num_ctx,
+                hint="another client loaded it with its own num_ctx; batchd's calls will reload it",
+            )
             return False
         self._reloaded("api_ps", context_length=ctx, was=before)
         return True
 
     def _reloaded(self, seen_by: str, **detail: object) -> None:
         self.metrics.reloads += 1
-        log.warning("model_reloaded", model=self.model, seen_by=seen_by, num_ctx=self.num_ctx,
-                    reloads=self.metrics.reloads,
-                    hint="another client sends a different num_ctx, shift or runner options: "
-                         "see README 'Shared Ollama without reload thrash'", **detail)
+        log.warning(
+            "model_reloaded",
+            model=self.model,
+            seen_by=seen_by,
+            num_ctx=self.num_ctx,
+            reloads=self.metrics.reloads,
+            hint="another client sends a different num_ctx, shift or runner options: "
+            "see README 'Shared Ollama without reload thrash'",
+            **detail,
+        )
 
 
 def _same(name: str, model: str) -> bool:

@@ -51,8 +51,10 @@ class ReplyChecker:
         return None
 
     def correction(self, problem: str) -> str:
-        return (f"Your previous answer was invalid ({problem[:300]}). "
-                "Answer again with only a JSON object that matches the required schema.")
+        return (
+            f"Your previous answer was invalid ({problem[:300]}). "
+            "Answer again with only a JSON object that matches the required schema."
+        )
 
 
 def checker_for(prefix: dict[str, Any] | None, pipeline_json: str | None) -> ReplyChecker:

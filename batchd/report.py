@@ -89,9 +89,16 @@ class ReportData:
         return [v for _, _, v in sorted(rows.values(), key=lambda i: i[:2], reverse=True)]
 
 
-def write_report(folder: Path, job: Job, journal: Journal, *, sheet: ScoreSheet | None = None,
-                 data: ReportData | None = None, metrics: dict[str, Any] | None = None,
-                 opener: Any = None) -> Path:
+def write_report(
+    folder: Path,
+    job: Job,
+    journal: Journal,
+    *,
+    sheet: ScoreSheet | None = None,
+    data: ReportData | None = None,
+    metrics: dict[str, Any] | None = None,
+    opener: Any = None,
+) -> Path:
     """Write ``folder/report.html``; pass ``data`` when the caller already streamed the rows."""
     if data is None:
         data = ReportData(sheet or ScoreSheet(fields=[]))
@@ -133,26 +140,37 @@ footer{color:#7b8794;font-size:12px;text-align:center;padding:8px}
 
 def render(job: Job, data: ReportData, samples: Sequence[Sample], metrics: dict[str, Any]) -> str:
     final = str(metrics.get("status") or (job.final.value if job.final else job.state.value))
-    facts = [("model", job.model), ("pipeline", job.pipeline or ("default" if job.kind == "csv" else None)),
-             ("mode", job.mode), ("job", job.id), ("started", _when(job.started_at)),
-             ("finished", _when(job.finished_at))]
+    facts = [
+        ("model", job.model),
+        ("pipeline", job.pipeline or ("default" if job.kind == "csv" else None)),
+        ("mode", job.mode),
+        ("job", job.id),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+    ]
     sub = " · ".join(f"{k} <b>{escape(str(v))}</b>" for k, v in facts if v)
-    parts = [f"<h1>{escape(job.input_name)} <span class='badge {escape(final)}'>{escape(final)}</span></h1>",
-             f"<p class='sub'>{sub}</p>", _cards(data, metrics),
-             _section("Score distribution", _histogram(data)),
-             *_rank_sections(data),
-             _section("Failures by cause", _failures(data)),
-             _section("Throughput over time", _throughput(samples, job)),
-             _section("Lanes over time", _lanes(samples, job, metrics)),
-             _section("Context size over time", _context(samples, job, metrics)),
-             _section("VRAM over time", _vram(samples, job, metrics))]
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-            "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>batchd report: {escape(job.input_name)}</title><style>{CSS}</style></head><body><main>"
-            + "".join(parts) + f"<footer>batchd · generated {now} · full data in scores.csv, results.jsonl, "
-            "errors.jsonl and metrics.json beside this file</footer></main></body></html>\n")
+    parts = [
+        f"<h1>{escape(job.input_name)} <span class='badge {escape(final)}'>{escape(final)}</span></h1>",
+        f"<p class='sub'>{sub}</p>",
+        _cards(data, metrics),
+        _section("Score distribution", _histogram(data)),
+        *_rank_sections(data),
+        _section("Failures by cause", _failures(data)),
+        _section("Throughput over time", _throughput(samples, job)),
+        _section("Lanes over time", _lanes(samples, job, metrics)),
+        _section("Context size over time", _context(samples, job, metrics)),
+        _section("VRAM over time", _vram(samples, job, metrics)),
+    ]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>batchd report: {escape(job.input_name)}</title><style>{CSS}</style></head><body><main>"
+        + "".join(parts)
+        + f"<footer>batchd · generated {now} · full data in scores.csv, results.jsonl, "
+        "errors.jsonl and metrics.json beside this file</footer></main></body></html>\n"
+    )
 
 
 def _section(title: str, body: str) -> str:
@@ -171,15 +189,29 @@ def _cards(data: ReportData, metrics: dict[str, Any]) -> str:
         seen += c
         if median is None and seen * 2 >= n:
             median = v
-    cards = [("rows", sum(st.values())), ("scored", n), ("ok", st["ok"]),
-             ("failed", st["failed"]), ("invalid input", st["invalid"]), ("unparsed", st["unparsed"]),
-             ("skipped", st["skipped"]), ("mean score", mean), ("median score", median),
-             ("elapsed", _elapsed(perf.get("elapsed_seconds"))),
-             ("rows / min", round(perf["requests_per_second"] * 60, 1) if perf.get("requests_per_second") else None),
-             ("tokens", f"{tokens['total']:,}" if tokens.get("total") else None)]
-    return "<div class='cards' style='margin-bottom:16px'>" + "".join(
-        f"<div class='card'><b>{escape(number(v))}</b><span>{escape(k)}</span></div>"
-        for k, v in cards if v not in (None, 0) or k in ("rows", "failed")) + "</div>"
+    cards = [
+        ("rows", sum(st.values())),
+        ("scored", n),
+        ("ok", st["ok"]),
+        ("failed", st["failed"]),
+        ("invalid input", st["invalid"]),
+        ("unparsed", st["unparsed"]),
+        ("skipped", st["skipped"]),
+        ("mean score", mean),
+        ("median score", median),
+        ("elapsed", _elapsed(perf.get("elapsed_seconds"))),
+        ("rows / min", round(perf["requests_per_second"] * 60, 1) if perf.get("requests_per_second") else None),
+        ("tokens", f"{tokens['total']:,}" if tokens.get("total") else None),
+    ]
+    return (
+        "<div class='cards' style='margin-bottom:16px'>"
+        + "".join(
+            f"<div class='card'><b>{escape(number(v))}</b><span>{escape(k)}</span></div>"
+            for k, v in cards
+            if v not in (None, 0) or k in ("rows", "failed")
+        )
+        + "</div>"
+    )
 
 
 def _histogram(data: ReportData) -> str:
@@ -197,6 +229,7 @@ def _histogram(data: ReportData) -> str:
         counts = [0] * n
         for v, c in data.hist.items():
             counts[min(n - 1, max(0, int((v / n - lo / n) / width * n)))] += c
+
         def edge(i: int) -> float:
             return lo * (1 - i / n) + hi * (i / n)
 
@@ -208,14 +241,18 @@ def _rank_sections(data: ReportData) -> list[str]:
     cols = ["custom_id", "score", *data.sheet.passthrough, *data.sheet.fields]
     if data.scored <= 2 * TOP_N:  # the two heaps hold every scored row: one table, no repeats
         return [_section("All scored rows, best first", _table(cols, data.everything()))] if data.scored else []
-    return [_section(f"Top {TOP_N} by score", _table(cols, data.top())),
-            _section(f"Bottom {TOP_N} by score, lowest first", _table(cols, data.bottom()))]
+    return [
+        _section(f"Top {TOP_N} by score", _table(cols, data.top())),
+        _section(f"Bottom {TOP_N} by score, lowest first", _table(cols, data.bottom())),
+    ]
 
 
 def _table(cols: list[str], rows: list[dict[str, str]]) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td{' class=n' if c == 'score' else ''}>{escape(r.get(c, ''))}</td>"
-                                    for c in cols) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td{' class=n' if c == 'score' else ''}>{escape(r.get(c, ''))}</td>" for c in cols) + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -231,9 +268,12 @@ def _failures(data: ReportData) -> str:
     rows = "".join(
         f"<tr><td>{escape(cause)}</td><td class=n>{n:,}</td><td style='width:30%'><div class='bar' "
         f"style='width:{100 * n / top:.1f}%'></div></td><td>{escape(examples.get(cause, ''))}</td></tr>"
-        for cause, n in causes.most_common())
-    return ("<table><thead><tr><th>cause</th><th>rows</th><th></th><th>example</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table><p class='note'>Details per row in errors.jsonl.</p>")
+        for cause, n in causes.most_common()
+    )
+    return (
+        "<table><thead><tr><th>cause</th><th>rows</th><th></th><th>example</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table><p class='note'>Details per row in errors.jsonl.</p>"
+    )
 
 
 # -- time series from the journal's samples ----------------------------------------------
@@ -284,8 +324,10 @@ def _lanes(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
     pts = [(max(0.0, x), y) for x, y in pts]
     mode = (metrics.get("lanes") or {}).get("mode")
     changes = len(series) - 1
-    note = (f"<p class='note'>{'Adaptive (lanes = auto)' if mode == 'auto' else 'Pinned'}: {changes:,} change(s); "
-            f"each is a <code>lanes_changed</code> event in the journal with its reason.</p>")
+    note = (
+        f"<p class='note'>{'Adaptive (lanes = auto)' if mode == 'auto' else 'Pinned'}: {changes:,} change(s); "
+        f"each is a <code>lanes_changed</code> event in the journal with its reason.</p>"
+    )
     return svgchart.line(pts, "requests in flight (limit)", color="#2b6cb0") + note
 
 
@@ -296,10 +338,21 @@ def _context(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> st
     t0 = _origin(samples, job)
     trims = [float(b[0]) - t0 for a, b in zip(samples, samples[1:]) if (b[5] or 0) > (a[5] or 0)]
     num_ctx = (metrics.get("context") or {}).get("num_ctx") or job.meta.get("num_ctx")
-    note = f"<p class='note'>Red ticks: {len(trims):,} sample interval(s) with context trims.</p>" if trims else \
-        "<p class='note'>No context trims.</p>"
-    return svgchart.line([(t - t0, v) for t, v in pts], "tokens", color="#6b46c1", marks=trims,
-                 ref=(float(num_ctx), f"num_ctx {num_ctx:,}") if num_ctx else None) + note
+    note = (
+        f"<p class='note'>Red ticks: {len(trims):,} sample interval(s) with context trims.</p>"
+        if trims
+        else "<p class='note'>No context trims.</p>"
+    )
+    return (
+        svgchart.line(
+            [(t - t0, v) for t, v in pts],
+            "tokens",
+            color="#6b46c1",
+            marks=trims,
+            ref=(float(num_ctx), f"num_ctx {num_ctx:,}") if num_ctx else None,
+        )
+        + note
+    )
 
 
 def _vram(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
@@ -321,8 +374,11 @@ def _vram(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
 
 
 def _too_few(points: Sequence[Any], text: str = "") -> str:
-    what = text or ("No samples recorded for this job." if not points else
-                    "Only one sample was recorded: too short a job to draw a curve.")
+    what = text or (
+        "No samples recorded for this job."
+        if not points
+        else "Only one sample was recorded: too short a job to draw a curve."
+    )
     return f"<p class='note'>{escape(what)}</p>"
 
 
@@ -333,7 +389,7 @@ def _short(value: Any) -> str:
         text = orjson.dumps(value).decode()
     else:
         text = number(value) if isinstance(value, (int, float)) else "" if value is None else str(value)
-    return text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
 
 
 def _elapsed(seconds: Any) -> str | None:
@@ -344,4 +400,4 @@ def _elapsed(seconds: Any) -> str | None:
 
 
 def _when(ts: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if ts else None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ts else None

@@ -58,10 +58,19 @@ CONTROL_SECONDS = 0.25
 
 
 class JobRunner(Attempts):
-    def __init__(self, *, settings: Settings, journal: Journal, backend: Backend, job: Job,
-                 stop: asyncio.Event, sleep: Sleep = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
-                 vram_source: GpuMemory | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        journal: Journal,
+        backend: Backend,
+        job: Job,
+        stop: asyncio.Event,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        vram_source: GpuMemory | None = None,
+    ) -> None:
         self.settings = settings
         self.journal = journal
         self.backend = backend
@@ -83,13 +92,13 @@ class JobRunner(Attempts):
         self.active_lanes = self.control.limit
         self.in_flight = 0
         self.metrics.lanes = self.active_lanes
-        self.metrics.lanes_min = (min(self.metrics.lanes_min, self.active_lanes) if job.metrics
-                                  else self.active_lanes)
+        self.metrics.lanes_min = min(self.metrics.lanes_min, self.active_lanes) if job.metrics else self.active_lanes
         self.metrics.lanes_mode = "auto" if self.auto else "fixed"
         self.metrics.note_lanes(self.active_lanes, "start")
         self.vram_source = vram_source
-        self.policy = VramPolicy(high_water=settings.vram.high_water, low_water=settings.vram.low_water,
-                                 lanes=self.lanes)
+        self.policy = VramPolicy(
+            high_water=settings.vram.high_water, low_water=settings.vram.low_water, lanes=self.lanes
+        )
         self.budget: ContextBudget | None = None
         #: the server's version, request hygiene and reloads (set once the context is pinned)
         self.server: ServerSide | None = None
@@ -97,13 +106,21 @@ class JobRunner(Attempts):
         self._closing = False
         self._base_counts = (0, 0)
         self.monitor_tick = MONITOR_TICK
-        self.gate = Gate(backend, sleep=sleep, clock=clock, metrics=self.metrics,
-                         max_wait=settings.backend.backoff_max_seconds or 30.0, on_fatal=self._fail)
+        self.gate = Gate(
+            backend,
+            sleep=sleep,
+            clock=clock,
+            metrics=self.metrics,
+            max_wait=settings.backend.backoff_max_seconds or 30.0,
+            on_fatal=self._fail,
+        )
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
         self.replies = checker_for(self.prefix, job.pipeline_json)  # schema checks for pipeline jobs
         #: the pipeline (or the configuration) named conversation mode: no conversation_not_paying
-        self._conversation_asked = ("mode" in settings.context.model_fields_set
-                                    or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation")
+        self._conversation_asked = (
+            "mode" in settings.context.model_fields_set
+            or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation"
+        )
         self.fatal: JobError | None = None
         self.cancelled = False
         #: set when in-flight work is abandoned: cancel, a fatal error, the stop's grace period over
@@ -132,8 +149,13 @@ class JobRunner(Attempts):
         try:
             await self._pin_context()
             if not self._halted():
-                self.server = ServerSide(backend=self.backend, metrics=self.metrics, job_id=self.job.id,
-                                         model=self.job.model or self.settings.backend.model, num_ctx=self.num_ctx)
+                self.server = ServerSide(
+                    backend=self.backend,
+                    metrics=self.metrics,
+                    job_id=self.job.id,
+                    model=self.job.model or self.settings.backend.model,
+                    num_ctx=self.num_ctx,
+                )
                 start = asyncio.ensure_future(self.server.start())
                 await wait_first(start, self._abort.wait())
                 if not start.done():
@@ -252,8 +274,14 @@ class JobRunner(Attempts):
             self.budget = ContextBudget(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics)
             self.budget.pressure = self.policy.pressure
             self.budget.counts_cache_only = self.server is not None and self.server.counts_cache_only
-        return Conversation(settings=self.settings.context, num_ctx=self.num_ctx, metrics=self.metrics,
-                            mode=self.job.mode or self.settings.context.mode, budget=self.budget, lane=lane)
+        return Conversation(
+            settings=self.settings.context,
+            num_ctx=self.num_ctx,
+            metrics=self.metrics,
+            mode=self.job.mode or self.settings.context.mode,
+            budget=self.budget,
+            lane=lane,
+        )
 
     async def _run_lanes(self) -> None:
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.lanes * 2)
@@ -329,11 +357,15 @@ class JobRunner(Attempts):
 
     def _lanes_moved(self, change: Change) -> None:
         """The controller changed the limit: log it, record it, let parked lanes go or lanes park."""
-        log.info("lanes_changed", job_id=self.job.id, **{"from": change.old, "to": change.new},
-                 reason=change.reason.value,
-                 latency_ms=round(change.latency * 1000, 1) if change.latency is not None else None,
-                 floor_ms=round(change.floor * 1000, 1) if change.floor is not None else None,
-                 rate=round(change.rate, 2) if change.rate is not None else None)
+        log.info(
+            "lanes_changed",
+            job_id=self.job.id,
+            **{"from": change.old, "to": change.new},
+            reason=change.reason.value,
+            latency_ms=round(change.latency * 1000, 1) if change.latency is not None else None,
+            floor_ms=round(change.floor * 1000, 1) if change.floor is not None else None,
+            rate=round(change.rate, 2) if change.rate is not None else None,
+        )
         self.metrics.note_lanes(change.new, change.reason.value)
         self._set_active()
 
@@ -375,9 +407,15 @@ class JobRunner(Attempts):
 
     def _sample(self) -> None:
         done, failed = self._base_counts
-        self.journal.add_sample(self.job.id, done=done + self.done, failed=failed + self.failed,
-                                ctx_tokens=self.metrics.ctx_current, vram_used=self.metrics.vram_used,
-                                trims=sum(self.metrics.trims.values()), lanes=self.active_lanes)
+        self.journal.add_sample(
+            self.job.id,
+            done=done + self.done,
+            failed=failed + self.failed,
+            ctx_tokens=self.metrics.ctx_current,
+            vram_used=self.metrics.vram_used,
+            trims=sum(self.metrics.trims.values()),
+            lanes=self.active_lanes,
+        )
 
     # -- persistence -------------------------------------------------------------------------
 

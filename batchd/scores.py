@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from batchd.journal import Request, ReqState
+from batchd.journal import ReqState, Request
 
 _SCORE_PATTERNS = (
     # score: 7 / Score - 7 / **Score:** 7 / score is 7 / score = 7.5
@@ -113,8 +113,9 @@ def safe_cell(value: Any) -> str:
         text = str(value)
     if "\x00" in text:
         text = text.replace("\x00", "")  # spreadsheets cut cells at NUL
-    if (text.startswith(_FORMULA_START) or text.lstrip().startswith(_FORMULA_AFTER_SPACE)) \
-            and not _PLAIN_NUMBER.match(text):
+    if (text.startswith(_FORMULA_START) or text.lstrip().startswith(_FORMULA_AFTER_SPACE)) and not _PLAIN_NUMBER.match(
+        text
+    ):
         return "'" + text
     return text
 
@@ -147,8 +148,14 @@ class Scored:
 class ScoreSheet:
     """The columns of a job's scores.csv and how a journaled request fills them."""
 
-    def __init__(self, *, fields: list[str], score_field: str = "score",
-                 passthrough: list[str] | None = None, scale: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fields: list[str],
+        score_field: str = "score",
+        passthrough: list[str] | None = None,
+        scale: tuple[float, float] | None = None,
+    ) -> None:
         self.score_field = score_field
         self.passthrough = list(passthrough or [])
         self.fields = [f for f in fields if f != score_field]
@@ -166,18 +173,31 @@ class ScoreSheet:
         if isinstance(spec, dict):
             lo, hi = as_number(spec.get("minimum")), as_number(spec.get("maximum"))
             scale = (float(lo), float(hi)) if lo is not None and hi is not None and lo < hi else None
-        return cls(fields=schema_fields(fmt), score_field=pipeline.score_field, scale=scale,
-                   passthrough=pipeline.passthrough_columns if kind == "csv" else [])
+        return cls(
+            fields=schema_fields(fmt),
+            score_field=pipeline.score_field,
+            scale=scale,
+            passthrough=pipeline.passthrough_columns if kind == "csv" else [],
+        )
 
     def header(self) -> list[str]:
         # custom_id,status,score first: the outbox contract; then what a reader scans for.
         # The names come from pipeline.toml (a group member's file): neutralised like data cells.
-        return ["custom_id", "status", safe_cell(self.score_field), *map(safe_cell, self.passthrough),
-                *map(safe_cell, self.fields), "attempts", "prompt_tokens", "completion_tokens"]
+        return [
+            "custom_id",
+            "status",
+            safe_cell(self.score_field),
+            *map(safe_cell, self.passthrough),
+            *map(safe_cell, self.fields),
+            "attempts",
+            "prompt_tokens",
+            "completion_tokens",
+        ]
 
     def score(self, req: Request) -> Scored:
         status = {ReqState.DONE: "ok", ReqState.FAILED: "failed", ReqState.INVALID: "invalid"}.get(
-            req.state, req.state.value)
+            req.state, req.state.value
+        )
         score: float | int | None = None
         values: dict[str, Any] = {}
         if req.state is ReqState.DONE and req.result:
@@ -194,16 +214,31 @@ class ScoreSheet:
             if score is None:
                 status = "unparsed"
         error = req.error or {}
-        return Scored(seq=req.seq, custom_id=req.custom_id, status=status, score=score, values=values,
-                      row=dict(req.row or {}), attempts=req.attempts, prompt_tokens=req.prompt_tokens,
-                      completion_tokens=req.completion_tokens, error_code=error.get("code"),
-                      error_message=error.get("message"))
+        return Scored(
+            seq=req.seq,
+            custom_id=req.custom_id,
+            status=status,
+            score=score,
+            values=values,
+            row=dict(req.row or {}),
+            attempts=req.attempts,
+            prompt_tokens=req.prompt_tokens,
+            completion_tokens=req.completion_tokens,
+            error_code=error.get("code"),
+            error_message=error.get("message"),
+        )
 
     def cells(self, s: Scored) -> list[str]:
-        return [safe_cell(s.custom_id), s.status, safe_cell(s.score),
-                *[safe_cell(s.row.get(c)) for c in self.passthrough],
-                *[safe_cell(s.values.get(c)) for c in self.fields],
-                str(s.attempts), safe_cell(s.prompt_tokens), safe_cell(s.completion_tokens)]
+        return [
+            safe_cell(s.custom_id),
+            s.status,
+            safe_cell(s.score),
+            *[safe_cell(s.row.get(c)) for c in self.passthrough],
+            *[safe_cell(s.values.get(c)) for c in self.fields],
+            str(s.attempts),
+            safe_cell(s.prompt_tokens),
+            safe_cell(s.completion_tokens),
+        ]
 
 
 def _content(result: dict[str, Any]) -> str:

@@ -57,8 +57,13 @@ class ServerSide:
             return chat
         seen = self.metrics.runner_options_stripped
         if not seen:
-            log.warning("runner_options_stripped", job_id=self.job_id, options=dropped, num_ctx=self.num_ctx,
-                        hint="runner options reload the model on the server; set them there, not per request")
+            log.warning(
+                "runner_options_stripped",
+                job_id=self.job_id,
+                options=dropped,
+                num_ctx=self.num_ctx,
+                hint="runner options reload the model on the server; set them there, not per request",
+            )
         if set(dropped) - set(seen):
             self.metrics.runner_options_stripped = sorted({*seen, *dropped})
         return replace(chat, options=options)

@@ -65,10 +65,18 @@ def status_state(text: str) -> str:
 class Notifier:
     """sd_notify messages for one process. See the module docstring."""
 
-    def __init__(self, *, socket_path: str | None, watchdog_usec: int | None = None,
-                 watchdog_pid: int | None = None, pid: int | None = None, use_libsystemd: bool = True,
-                 status_seconds: float = STATUS_SECONDS, clock: Callable[[], float] = time.monotonic,
-                 monotonic_usec: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        socket_path: str | None,
+        watchdog_usec: int | None = None,
+        watchdog_pid: int | None = None,
+        pid: int | None = None,
+        use_libsystemd: bool = True,
+        status_seconds: float = STATUS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        monotonic_usec: Callable[[], int] | None = None,
+    ) -> None:
         self.socket_path = socket_path or None
         pid = os.getpid() if pid is None else pid
         # WATCHDOG_PID names the process systemd expects pings from; a child that inherited
@@ -95,8 +103,12 @@ class Notifier:
             except ValueError:
                 return None
 
-        return cls(socket_path=environ.get("NOTIFY_SOCKET"), watchdog_usec=number("WATCHDOG_USEC"),
-                   watchdog_pid=number("WATCHDOG_PID"), **kwargs)
+        return cls(
+            socket_path=environ.get("NOTIFY_SOCKET"),
+            watchdog_usec=number("WATCHDOG_USEC"),
+            watchdog_pid=number("WATCHDOG_PID"),
+            **kwargs,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -158,8 +170,9 @@ class Notifier:
     def reloading(self) -> bool:
         # systemd >= 253 (Type=notify-reload) wants the CLOCK_MONOTONIC time of the reload
         # request; older versions ignore the extra field.
-        return self.notify("RELOADING=1", f"MONOTONIC_USEC={self.monotonic_usec()}",
-                           self._status_line("reloading configuration"))
+        return self.notify(
+            "RELOADING=1", f"MONOTONIC_USEC={self.monotonic_usec()}", self._status_line("reloading configuration")
+        )
 
     def stopping(self, status: str | None = None) -> bool:
         """``STOPPING=1``, once per process."""

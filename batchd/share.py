@@ -58,8 +58,13 @@ class SharedFolder:
                 # Without CAP_CHOWN the kernel only allows a group the daemon is a member of.
                 if (str(self.root), self.gid) not in _WARNED:
                     _WARNED.add((str(self.root), self.gid))
-                    log.warning("outbox_chown_failed", path=name, gid=self.gid, error=str(exc),
-                                fix="make the daemon's user a member of that group (usermod -aG GROUP batchd)")
+                    log.warning(
+                        "outbox_chown_failed",
+                        path=name,
+                        gid=self.gid,
+                        error=str(exc),
+                        fix="make the daemon's user a member of that group (usermod -aG GROUP batchd)",
+                    )
         os.fchmod(fd, DIR_MODE if is_dir else FILE_MODE)
 
     def publish_path(self, path: Path) -> None:

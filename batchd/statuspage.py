@@ -52,8 +52,9 @@ class Waiting:
     since: float
 
 
-def page_data(views: dict[str, list[dict[str, Any]]], *, now: float, daemon: DaemonState,
-              waiting: Waiting | None = None) -> dict[str, Any]:
+def page_data(
+    views: dict[str, list[dict[str, Any]]], *, now: float, daemon: DaemonState, waiting: Waiting | None = None
+) -> dict[str, Any]:
     """What ``!status.json`` holds: ``active`` and ``recent`` exactly as ``batchd status --json``."""
     return {
         "schema": SCHEMA_VERSION,
@@ -61,9 +62,14 @@ def page_data(views: dict[str, list[dict[str, Any]]], *, now: float, daemon: Dae
         "generated_at_unix": round(now, 3),
         "refresh_seconds": REFRESH_SECONDS,
         "daemon": daemon.value,
-        "waiting_for_backend": None if waiting is None else {
-            "job_id": waiting.job_id, "backend": waiting.backend,
-            "since": _iso(waiting.since), "since_unix": round(waiting.since, 3)},
+        "waiting_for_backend": None
+        if waiting is None
+        else {
+            "job_id": waiting.job_id,
+            "backend": waiting.backend,
+            "since": _iso(waiting.since),
+            "since_unix": round(waiting.since, 3),
+        },
         "active": views["active"],
         "recent": views["recent"],
     }
@@ -97,8 +103,13 @@ vertical-align:middle}
 footer{color:#7a8390;font-size:13px;margin-top:20px}
 """
 
-_STATE_TEXT = {"ingesting": "reading the file", "queued": "queued", "running": "running",
-               "finalizing": "writing results", "cancelling": "cancelling"}
+_STATE_TEXT = {
+    "ingesting": "reading the file",
+    "queued": "queued",
+    "running": "running",
+    "finalizing": "writing results",
+    "cancelling": "cancelling",
+}
 
 
 def render_html(data: dict[str, Any], *, outbox: Path | None = None) -> str:
@@ -107,37 +118,57 @@ def render_html(data: dict[str, Any], *, outbox: Path | None = None) -> str:
     active, recent = data["active"], data["recent"]
     running = [v for v in active if v["state"] in ("running", "cancelling")]
     title = f"batchd: {len(running)} running, {len(active) - len(running)} queued"
-    parts = ["<h1>batchd status</h1>",
-             (f"<p class='meta'>Updated {_clock(now)} · this page reloads every {REFRESH_SECONDS} s · "
-              f"{len(active)} job(s) running or queued</p>")]
+    parts = [
+        "<h1>batchd status</h1>",
+        (
+            f"<p class='meta'>Updated {_clock(now)} · this page reloads every {REFRESH_SECONDS} s · "
+            f"{len(active)} job(s) running or queued</p>"
+        ),
+    ]
     if data["daemon"] != DaemonState.RUNNING.value:
-        parts.append(f"<p class='banner stopped'>batchd is not running (stopped {_clock(now)}): "
-                     "nothing moves until it starts again.</p>")
+        parts.append(
+            f"<p class='banner stopped'>batchd is not running (stopped {_clock(now)}): "
+            "nothing moves until it starts again.</p>"
+        )
     waiting = data.get("waiting_for_backend")
     if waiting:
-        parts.append(f"<p class='banner wait'>Waiting for the backend ({_shown(waiting['backend'])}) since "
-                     f"{_clock(waiting['since_unix'])} ({duration(now - waiting['since_unix'])}): "
-                     "the job resumes by itself when it answers; nothing is lost.</p>")
+        parts.append(
+            f"<p class='banner wait'>Waiting for the backend ({_shown(waiting['backend'])}) since "
+            f"{_clock(waiting['since_unix'])} ({duration(now - waiting['since_unix'])}): "
+            "the job resumes by itself when it answers; nothing is lost.</p>"
+        )
     parts.append("<h2>Running and queued</h2>")
-    parts.append(_active_table(active, waiting, now) if active else
-                 "<p>Nothing running or queued. Drop a .csv or .jsonl file into the inbox to start a job.</p>")
+    parts.append(
+        _active_table(active, waiting, now)
+        if active
+        else "<p>Nothing running or queued. Drop a .csv or .jsonl file into the inbox to start a job.</p>"
+    )
     parts.append("<h2>Recently finished</h2>")
     parts.append(_recent_table(recent, now, outbox) if recent else "<p>No finished jobs yet.</p>")
     json_href = html.escape(urllib.parse.quote(STATUS_JSON))
-    parts.append(f"<footer>batchd · the same data as JSON: <a href='{json_href}'>{html.escape(STATUS_JSON)}</a>"
-                 " · each finished job's folder holds results.jsonl, errors.jsonl, scores.csv, metrics.json"
-                 " and report.html</footer>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-            f"<meta http-equiv='refresh' content='{REFRESH_SECONDS}'>"
-            "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>"
-            + "".join(parts) + "</main></body></html>\n")
+    parts.append(
+        f"<footer>batchd · the same data as JSON: <a href='{json_href}'>{html.escape(STATUS_JSON)}</a>"
+        " · each finished job's folder holds results.jsonl, errors.jsonl, scores.csv, metrics.json"
+        " and report.html</footer>"
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+        f"<meta http-equiv='refresh' content='{REFRESH_SECONDS}'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>"
+        + "".join(parts)
+        + "</main></body></html>\n"
+    )
 
 
 def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, now: float) -> str:
-    rows = [("<table><thead><tr><th>Input</th><th>State</th><th>Progress</th><th>Done / total</th>"
-             "<th>Failed</th><th>Req/s</th><th>ETA</th></tr></thead><tbody>")]
+    rows = [
+        (
+            "<table><thead><tr><th>Input</th><th>State</th><th>Progress</th><th>Done / total</th>"
+            "<th>Failed</th><th>Req/s</th><th>ETA</th></tr></thead><tbody>"
+        )
+    ]
     for v in views:
         state = v["state"]
         label, css = _STATE_TEXT.get(state, state), state
@@ -150,13 +181,18 @@ def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, n
             f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}</td>"
             f"<td class='s-{html.escape(css)}'>{html.escape(label)}</td><td class='p'>{_bar(v['progress'])}</td>"
             f"<td class='n'>{v['finished']:,} / {v['total']:,}</td><td class='n'>{v['failed']:,}</td>"
-            f"<td class='n'>{rate_text(v['req_per_s'])}</td><td class='n'>{html.escape(eta)}</td></tr>")
+            f"<td class='n'>{rate_text(v['req_per_s'])}</td><td class='n'>{html.escape(eta)}</td></tr>"
+        )
     return "".join(rows) + "</tbody></table>"
 
 
 def _recent_table(views: list[dict[str, Any]], now: float, outbox: Path | None) -> str:
-    rows = [("<table><thead><tr><th>Input</th><th>Status</th><th>Done / total</th><th>Failed</th>"
-             "<th>Finished</th><th>Results</th></tr></thead><tbody>")]
+    rows = [
+        (
+            "<table><thead><tr><th>Input</th><th>Status</th><th>Done / total</th><th>Failed</th>"
+            "<th>Finished</th><th>Results</th></tr></thead><tbody>"
+        )
+    ]
     for v in views:
         finished = v["finished_at"]
         when = f"{_clock(finished)} ({duration(now - finished)} ago)" if finished else "-"
@@ -164,7 +200,8 @@ def _recent_table(views: list[dict[str, Any]], now: float, outbox: Path | None) 
             f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}</td>"
             f"<td class='s-{html.escape(v['state'])}'>{html.escape(v['state'])}</td>"
             f"<td class='n'>{v['done']:,} / {v['total']:,}</td><td class='n'>{v['failed']:,}</td>"
-            f"<td>{html.escape(when)}</td><td>{_links(v.get('outbox'), outbox)}</td></tr>")
+            f"<td>{html.escape(when)}</td><td>{_links(v.get('outbox'), outbox)}</td></tr>"
+        )
     return "".join(rows) + "</tbody></table>"
 
 
@@ -180,9 +217,11 @@ def _links(folder: str | None, outbox: Path | None) -> str:
 
 def _bar(fraction: float) -> str:
     pct = max(0.0, min(1.0, fraction)) * 100
-    return (f"<span class='bar' role='progressbar' aria-valuemin='0' aria-valuemax='100' "
-            f"aria-valuenow='{pct:.1f}'><span class='fill' style='display:block;width:{pct:.2f}%'></span></span>"
-            f"<span class='pct'>{pct:.1f}%</span>")
+    return (
+        f"<span class='bar' role='progressbar' aria-valuemin='0' aria-valuemax='100' "
+        f"aria-valuenow='{pct:.1f}'><span class='fill' style='display:block;width:{pct:.2f}%'></span></span>"
+        f"<span class='pct'>{pct:.1f}%</span>"
+    )
 
 
 def _error(v: dict[str, Any]) -> str:

@@ -27,16 +27,24 @@ def bars(bins: Sequence[tuple[str, int]], *, ylabel: str, xlabel: str, label: st
     for i, (name, c) in enumerate(bins):
         x = L + i * step
         h = ph * c / ymax
-        out.append(f"<rect x='{x + step * 0.12:.1f}' y='{T + ph - h:.1f}' width='{step * 0.76:.1f}' "
-                   f"height='{h:.1f}' fill='#3b82f6'><title>{escape(name)}: {c:,}</title></rect>")
+        out.append(
+            f"<rect x='{x + step * 0.12:.1f}' y='{T + ph - h:.1f}' width='{step * 0.76:.1f}' "
+            f"height='{h:.1f}' fill='#3b82f6'><title>{escape(name)}: {c:,}</title></rect>"
+        )
         out.append(f"<text x='{x + step / 2:.1f}' y='{T + ph + 16}' text-anchor='middle'>{escape(name)}</text>")
         if c:
             out.append(f"<text x='{x + step / 2:.1f}' y='{T + ph - h - 4:.1f}' text-anchor='middle'>{c:,}</text>")
     return _svg(out, label)
 
 
-def line(pts: list[tuple[float, float]], ylabel: str, *, color: str, marks: Sequence[float] = (),
-         ref: tuple[float, str] | None = None) -> str:
+def line(
+    pts: list[tuple[float, float]],
+    ylabel: str,
+    *,
+    color: str,
+    marks: Sequence[float] = (),
+    ref: tuple[float, str] | None = None,
+) -> str:
     """``(seconds since start, value)`` as a line; ``marks``: red ticks at those times; ``ref``: a dashed level."""
     pts = _thin(pts)
     xmax = max(x for x, _ in pts) or 1.0
@@ -58,31 +66,40 @@ def line(pts: list[tuple[float, float]], ylabel: str, *, color: str, marks: Sequ
     for m in list(dict.fromkeys(round(sx(m)) for m in marks))[:MAX_POINTS]:
         out.append(f"<line x1='{m}' x2='{m}' y1='{T + ph}' y2='{T + ph - 10}' stroke='#e53e3e' stroke-width='2'/>")
     if ref:
-        out.append(f"<line x1='{L}' x2='{L + pw}' y1='{sy(ref[0]):.1f}' y2='{sy(ref[0]):.1f}' stroke='#9aa5b1' "
-                   f"stroke-dasharray='5 4'/><text x='{L + pw - 4}' y='{sy(ref[0]) - 4:.1f}' "
-                   f"text-anchor='end'>{escape(ref[1])}</text>")
+        out.append(
+            f"<line x1='{L}' x2='{L + pw}' y1='{sy(ref[0]):.1f}' y2='{sy(ref[0]):.1f}' stroke='#9aa5b1' "
+            f"stroke-dasharray='5 4'/><text x='{L + pw - 4}' y='{sy(ref[0]) - 4:.1f}' "
+            f"text-anchor='end'>{escape(ref[1])}</text>"
+        )
     path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-    out.append(f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='2' "
-               "stroke-linejoin='round'/>")
+    out.append(f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='2' stroke-linejoin='round'/>")
     return _svg(out, ylabel)
 
 
 def _axes(ys: list[float], sy: Callable[[float], float], ylabel: str, xlabel: str) -> list[str]:
     out = []
     for y in ys:
-        out.append(f"<line x1='{L}' x2='{W - R}' y1='{sy(y):.1f}' y2='{sy(y):.1f}' stroke='#e4e7eb'/>"
-                   f"<text x='{L - 6}' y='{sy(y) + 4:.1f}' text-anchor='end'>{number(y)}</text>")
-    out.append(f"<line x1='{L}' x2='{L}' y1='{T}' y2='{H - B}' stroke='#9aa5b1'/>"
-               f"<line x1='{L}' x2='{W - R}' y1='{H - B}' y2='{H - B}' stroke='#9aa5b1'/>")
+        out.append(
+            f"<line x1='{L}' x2='{W - R}' y1='{sy(y):.1f}' y2='{sy(y):.1f}' stroke='#e4e7eb'/>"
+            f"<text x='{L - 6}' y='{sy(y) + 4:.1f}' text-anchor='end'>{number(y)}</text>"
+        )
+    out.append(
+        f"<line x1='{L}' x2='{L}' y1='{T}' y2='{H - B}' stroke='#9aa5b1'/>"
+        f"<line x1='{L}' x2='{W - R}' y1='{H - B}' y2='{H - B}' stroke='#9aa5b1'/>"
+    )
     out.append(f"<text x='{L + (W - L - R) / 2:.0f}' y='{H - 6}' text-anchor='middle'>{escape(xlabel)}</text>")
-    out.append(f"<text transform='translate(16 {T + (H - T - B) / 2:.0f}) rotate(-90)' "
-               f"text-anchor='middle'>{escape(ylabel)}</text>")
+    out.append(
+        f"<text transform='translate(16 {T + (H - T - B) / 2:.0f}) rotate(-90)' "
+        f"text-anchor='middle'>{escape(ylabel)}</text>"
+    )
     return out
 
 
 def _svg(parts: list[str], label: str) -> str:
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {W} {H}' width='{W}' height='{H}' "
-            f"role='img' aria-label='{escape(label)}'>" + "".join(parts) + "</svg>")
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {W} {H}' width='{W}' height='{H}' "
+        f"role='img' aria-label='{escape(label)}'>" + "".join(parts) + "</svg>"
+    )
 
 
 def _thin(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -90,7 +107,7 @@ def _thin(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
     if len(pts) <= MAX_POINTS:
         return pts
     k = math.ceil(len(pts) / MAX_POINTS)
-    return [max(pts[i:i + k], key=lambda p: p[1]) for i in range(0, len(pts), k)]
+    return [max(pts[i : i + k], key=lambda p: p[1]) for i in range(0, len(pts), k)]
 
 
 def ticks(lo: float, hi: float, n: int = 5, *, whole: bool = False) -> list[float]:

@@ -27,11 +27,16 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
             fmt = (rf.get("json_schema") or {}).get("schema") or "json"
         elif rf.get("type") == "json_object":
             fmt = "json"
-    messages = [
-        {"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])
-    ]
-    return ChatRequest(model=body.get("model") or model, messages=messages, num_ctx=num_ctx, options=options,
-                       format=fmt, custom_id=custom_id, think=think)
+    messages = [{"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])]
+    return ChatRequest(
+        model=body.get("model") or model,
+        messages=messages,
+        num_ctx=num_ctx,
+        options=options,
+        format=fmt,
+        custom_id=custom_id,
+        think=think,
+    )
 
 
 def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
@@ -55,4 +60,3 @@ def result_id(sha: str | None, custom_id: str | None, kind: str) -> str:
     """Deterministic ids: the same input gives the same ids, run after run (crash or not)."""
     h = hashlib.sha256(f"{sha}\0{custom_id}\0{kind}".encode()).hexdigest()[:24]
     return f"{kind}_{h}"
-

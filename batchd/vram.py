@@ -142,16 +142,28 @@ class OllamaPsSource:
         offload = None
         for m in models:
             if m.size and m.size_vram < m.size:
-                offload = {"model": m.name, "size": m.size, "size_vram": m.size_vram,
-                           "cpu_bytes": m.size - m.size_vram, "gpu_fraction": round(m.size_vram / m.size, 4)}
+                offload = {
+                    "model": m.name,
+                    "size": m.size,
+                    "size_vram": m.size_vram,
+                    "cpu_bytes": m.size - m.size_vram,
+                    "gpu_fraction": round(m.size_vram / m.size, 4),
+                }
                 key = (m.name, m.size, m.size_vram)
                 if key != self._offload_seen:
                     self._offload_seen = key
-                    log.warning("model_offloaded", model=m.name, size=m.size, size_vram=m.size_vram,
-                                cpu_bytes=m.size - m.size_vram, gpu_percent=round(100 * m.size_vram / m.size, 1))
+                    log.warning(
+                        "model_offloaded",
+                        model=m.name,
+                        size=m.size,
+                        size_vram=m.size_vram,
+                        cpu_bytes=m.size - m.size_vram,
+                        gpu_percent=round(100 * m.size_vram / m.size, 1),
+                    )
                 break
-        return VramReading(used_bytes=sum(m.size_vram for m in models), total_bytes=None, source=self.name,
-                           offload=offload)
+        return VramReading(
+            used_bytes=sum(m.size_vram for m in models), total_bytes=None, source=self.name, offload=offload
+        )
 
     def close(self) -> None:
         pass
@@ -219,8 +231,9 @@ class VramWatch:
     #: seconds between /api/ps looks for CPU offload when another source reads the card
     OFFLOAD_SECONDS = 30.0
 
-    def __init__(self, *, source: GpuMemory, policy: VramPolicy, metrics: JobMetrics,
-                 offload: OllamaPsSource | None = None) -> None:
+    def __init__(
+        self, *, source: GpuMemory, policy: VramPolicy, metrics: JobMetrics, offload: OllamaPsSource | None = None
+    ) -> None:
         self.source = source
         self.policy = policy
         self.metrics = metrics
@@ -243,8 +256,13 @@ class VramWatch:
         if reading is None:
             return False
         m = self.metrics
-        m.note_vram(reading.fraction, reading.source, total=reading.total_bytes, used_bytes=reading.used_bytes,
-                    processes=[list(p) for p in reading.processes] or None)
+        m.note_vram(
+            reading.fraction,
+            reading.source,
+            total=reading.total_bytes,
+            used_bytes=reading.used_bytes,
+            processes=[list(p) for p in reading.processes] or None,
+        )
         if reading.offload is not None:
             m.offload = reading.offload
         was = self.policy.pressure
@@ -254,9 +272,13 @@ class VramWatch:
             m.vram_pressure_events += 1
         m.lanes = self.policy.lanes
         m.lanes_min = min(m.lanes_min, self.policy.lanes)
-        log.warning("vram_pressure" if self.policy.pressure else "vram_relieved",
-                    used_fraction=round(reading.fraction or 0.0, 4), lanes=self.policy.lanes,
-                    max_lanes=self.policy.max_lanes, processes=m.vram_processes)
+        log.warning(
+            "vram_pressure" if self.policy.pressure else "vram_relieved",
+            used_fraction=round(reading.fraction or 0.0, 4),
+            lanes=self.policy.lanes,
+            max_lanes=self.policy.max_lanes,
+            processes=m.vram_processes,
+        )
         return True
 
 
@@ -274,7 +296,9 @@ def probe_nvml(gpu_index: int = 0, *, nvml: Any = None) -> str:
             driver = "?"
         used, total, reserved = source.memory()
         procs = source.processes()
-        return (f"GPU {gpu_index} {name} (driver {driver}): {used / GIB:.1f} of {total / GIB:.1f} GiB used"
-                f" ({reserved / GIB:.1f} GiB reserved by the driver), {len(procs)} compute process(es)")
+        return (
+            f"GPU {gpu_index} {name} (driver {driver}): {used / GIB:.1f} of {total / GIB:.1f} GiB used"
+            f" ({reserved / GIB:.1f} GiB reserved by the driver), {len(procs)} compute process(es)"
+        )
     finally:
         source.close()

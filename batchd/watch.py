@@ -41,21 +41,48 @@ from batchd.pipeline import PIPELINE_FILE
 log = structlog.get_logger("batchd.watch")
 
 #: filesystems where inotify only sees this machine's writes (or nothing): poll them
-NETWORK_FS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
-    "ocfs2", "gfs2", "davfs", "vboxsf", "virtiofs", "fuse.sshfs", "sshfs", "fuse.glusterfs", "fuse.rclone",
-    "fuse.s3fs", "fuse.davfs2", "fuse.cephfs", "fuse.vmhgfs-fuse", "fuse.gcsfuse", "fuse.juicefs",
-})
+NETWORK_FS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ocfs2",
+        "gfs2",
+        "davfs",
+        "vboxsf",
+        "virtiofs",
+        "fuse.sshfs",
+        "sshfs",
+        "fuse.glusterfs",
+        "fuse.rclone",
+        "fuse.s3fs",
+        "fuse.davfs2",
+        "fuse.cephfs",
+        "fuse.vmhgfs-fuse",
+        "fuse.gcsfuse",
+        "fuse.juicefs",
+    }
+)
 MOUNTINFO = Path("/proc/self/mountinfo")
 
 
 # -- which observer ---------------------------------------------------------------------
 
+
 def _unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \040, \011, \012, \134
     out, i = [], 0
     while i < len(field):
-        code = field[i + 1:i + 4]
+        code = field[i + 1 : i + 4]
         if field[i] == "\\" and len(code) == 3 and code.isdigit():
             out.append(chr(int(code, 8)))
             i += 4
@@ -97,6 +124,7 @@ def choose_mode(mode: str, inbox: Path, mountinfo: str | None = None) -> str:
 
 # -- stability ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Signature:
     kind: int
@@ -134,8 +162,13 @@ class StabilityTracker:
     Not thread-safe: call it from the event loop's thread only.
     """
 
-    def __init__(self, *, stable_seconds: float, clock: Callable[[], float] = time.monotonic,
-                 stat: Callable[[Path], Signature | None] = signature) -> None:
+    def __init__(
+        self,
+        *,
+        stable_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        stat: Callable[[Path], Signature | None] = signature,
+    ) -> None:
         self.stable_seconds = stable_seconds
         self.clock = clock
         self._stat = stat
@@ -239,8 +272,16 @@ class InboxWatcher:
     wrappers). ``start()`` raises ``OSError`` when the inbox is not there.
     """
 
-    def __init__(self, *, inbox: Path, mode: str, poll_seconds: float, ignore: tuple[str, ...],
-                 on_path: Callable[[Path, Signature | None], None], on_folder: Callable[[Path], None]) -> None:
+    def __init__(
+        self,
+        *,
+        inbox: Path,
+        mode: str,
+        poll_seconds: float,
+        ignore: tuple[str, ...],
+        on_path: Callable[[Path, Signature | None], None],
+        on_folder: Callable[[Path], None],
+    ) -> None:
         self.inbox = inbox
         self.mode = mode
         self.poll_seconds = poll_seconds
@@ -257,8 +298,7 @@ class InboxWatcher:
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(f"{self.inbox} is not a folder")
         self._identity = (st.st_dev, st.st_ino)
-        observer: BaseObserver = (PollingObserver(timeout=self.poll_seconds) if self.mode == "poll"
-                                  else Observer())
+        observer: BaseObserver = PollingObserver(timeout=self.poll_seconds) if self.mode == "poll" else Observer()
         self._watches[self.inbox] = observer.schedule(_Handler(self), str(self.inbox), recursive=False)
         observer.start()
         self._observer = observer

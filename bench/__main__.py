@@ -31,8 +31,11 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     ]
     only = set(args.only.split(",")) if args.only else None
     # bench_lanes.py belongs to another module owner and may be absent in a partial checkout.
-    return [(name, argv) for name, argv in runs
-            if (only is None or name in only) and (BENCH / f"{argv[0].split('.')[1]}.py").exists()]
+    return [
+        (name, argv)
+        for name, argv in runs
+        if (only is None or name in only) and (BENCH / f"{argv[0].split('.')[1]}.py").exists()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for name, cmd in plan(args):
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", *cmd], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         assert proc.stdout is not None
         lines = []
         for line in proc.stdout:  # pass through as it comes: some runs take minutes
@@ -59,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         code = proc.wait()
         took = time.perf_counter() - started
         found = [x for x in lines if x.lower().startswith(("summary ", "summary:"))]
-        summaries.append((found[-1] if found else f"SUMMARY {name}: no summary line") +
-                         f"  [{took:.0f} s, exit {code}]")
+        summaries.append(
+            (found[-1] if found else f"SUMMARY {name}: no summary line") + f"  [{took:.0f} s, exit {code}]"
+        )
         if code != 0:
             failed.append(name)
     print(f"\n# summaries ({time.perf_counter() - t0:.0f} s in all)")

@@ -44,8 +44,21 @@ class Server:
     """The emulator process with K slots, recording every chat's timing into a file."""
 
     def __init__(self, slots: int, record: Path, slots_at: str = "") -> None:
-        cmd = [sys.executable, "-m", "tests.emulator", "--port", "0", "--latency", str(LAT_MIN),
-               "--latency-max", str(LAT_MAX), "--slots", str(slots), "--record", str(record)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.emulator",
+            "--port",
+            "0",
+            "--latency",
+            str(LAT_MIN),
+            "--latency-max",
+            str(LAT_MAX),
+            "--slots",
+            str(slots),
+            "--record",
+            str(record),
+        ]
         if slots_at:
             cmd += ["--slots-at", slots_at]
         self.record = record
@@ -82,10 +95,20 @@ def analyse(timings: list[tuple[float, float]], t0: float | None = None) -> dict
         level += d
         peak = max(peak, level)
         last = t
-    return {"n": len(timings), "start": start, "span": span, "rate": len(timings) / span if span else 0.0,
-            "p50": lat[len(lat) // 2], "p95": lat[int(0.95 * (len(lat) - 1))], "peak": peak,
-            "above2": above2 / span if span else 0.0, "above1": above1 / span if span else 0.0,
-            "ends": ends, "events": events, "t0": t0}
+    return {
+        "n": len(timings),
+        "start": start,
+        "span": span,
+        "rate": len(timings) / span if span else 0.0,
+        "p50": lat[len(lat) // 2],
+        "p95": lat[int(0.95 * (len(lat) - 1))],
+        "peak": peak,
+        "above2": above2 / span if span else 0.0,
+        "above1": above1 / span if span else 0.0,
+        "ends": ends,
+        "events": events,
+        "t0": t0,
+    }
 
 
 def t90(a: dict[str, Any], target: float, window: float = 4.0) -> float | None:
@@ -121,16 +144,24 @@ def run(k: int, lanes: str, n: int, *, slots_at: str = "") -> tuple[dict[str, An
         errors = f.lines("bench", "errors.jsonl")
     a = analyse(timings, t0)
     a["wall0"] = wall0
-    a.update(wall=wall, errors=len(errors), completed=metrics["request_counts"]["completed"], total=n,
-             job_rps=metrics["performance"]["requests_per_second"], lanes_series=metrics.get("lanes_series") or [],
-             lanes_max=(metrics.get("lanes") or {}).get("max"))
+    a.update(
+        wall=wall,
+        errors=len(errors),
+        completed=metrics["request_counts"]["completed"],
+        total=n,
+        job_rps=metrics["performance"]["requests_per_second"],
+        lanes_series=metrics.get("lanes_series") or [],
+        lanes_max=(metrics.get("lanes") or {}).get("max"),
+    )
     return a, metrics
 
 
 def matrix(ks: list[int], fixed: list[int], seconds: float, auto_seconds: float) -> bool:
-    print(f"{'K':>3} {'lanes':>5} {'reqs':>6} {'rate/s':>8} {'vs best':>7} {'p50 s':>6} {'p95 s':>6} "
-          f"{'p95/best':>8} {'t90 s':>6} {'after10%':>8} {'peak':>5} {'>2 inflt':>8} {'changes':>7} {'wall s':>6}",
-          flush=True)
+    print(
+        f"{'K':>3} {'lanes':>5} {'reqs':>6} {'rate/s':>8} {'vs best':>7} {'p50 s':>6} {'p95 s':>6} "
+        f"{'p95/best':>8} {'t90 s':>6} {'after10%':>8} {'peak':>5} {'>2 inflt':>8} {'changes':>7} {'wall s':>6}",
+        flush=True,
+    )
     ok = True
     for k in ks:
         rows = {}
@@ -138,8 +169,11 @@ def matrix(ks: list[int], fixed: list[int], seconds: float, auto_seconds: float)
             n = max(20, int(min(lanes, k) / MEAN * seconds))
             a, _ = run(k, str(lanes), n)
             rows[lanes] = a
-            print(f"{k:>3} {lanes:>5} {n:>6} {a['rate']:>8.1f} {'':>7} {a['p50']:>6.3f} {a['p95']:>6.3f} "
-                  f"{'':>8} {'':>6} {'':>8} {a['peak']:>5} {a['above2']:>8.1%} {'':>7} {a['wall']:>6.1f}", flush=True)
+            print(
+                f"{k:>3} {lanes:>5} {n:>6} {a['rate']:>8.1f} {'':>7} {a['p50']:>6.3f} {a['p95']:>6.3f} "
+                f"{'':>8} {'':>6} {'':>8} {a['peak']:>5} {a['above2']:>8.1%} {'':>7} {a['wall']:>6.1f}",
+                flush=True,
+            )
         top = max(r["rate"] for r in rows.values())
         tied = [lanes for lanes, r in rows.items() if r["rate"] >= 0.95 * top]
         best_lanes = min(tied, key=lambda lanes: rows[lanes]["p95"])
@@ -149,16 +183,25 @@ def matrix(ks: list[int], fixed: list[int], seconds: float, auto_seconds: float)
         reach = t90(a, 0.9 * best["rate"])
         after = rate_after(a, 0.10)
         changes = max(0, len(a["lanes_series"]) - 1)
-        good = (reach is not None and reach <= 60 and after >= 0.9 * best["rate"]
-                and a["p95"] <= 1.5 * best["p95"] and a["errors"] == 0 and a["completed"] == n
-                and (k != 1 or a["above2"] <= 0.05))
+        good = (
+            reach is not None
+            and reach <= 60
+            and after >= 0.9 * best["rate"]
+            and a["p95"] <= 1.5 * best["p95"]
+            and a["errors"] == 0
+            and a["completed"] == n
+            and (k != 1 or a["above2"] <= 0.05)
+        )
         ok &= good
-        print(f"{k:>3} {'auto':>5} {n:>6} {a['rate']:>8.1f} {a['rate'] / best['rate']:>7.3f} {a['p50']:>6.3f} "
-              f"{a['p95']:>6.3f} {a['p95'] / best['p95']:>8.2f} "
-              f"{reach if reach is not None else float('nan'):>6.1f} {after / best['rate']:>8.3f} {a['peak']:>5} "
-              f"{a['above2']:>8.1%} {changes:>7} {a['wall']:>6.1f}  best fixed {best_lanes} "
-              f"({best['rate']:.1f}/s, p95 {best['p95']:.3f}); lanes at end {a['lanes_series'][-1][1]}, "
-              f"max {a['lanes_max']}  {'ok' if good else 'GOAL MISSED'}", flush=True)
+        print(
+            f"{k:>3} {'auto':>5} {n:>6} {a['rate']:>8.1f} {a['rate'] / best['rate']:>7.3f} {a['p50']:>6.3f} "
+            f"{a['p95']:>6.3f} {a['p95'] / best['p95']:>8.2f} "
+            f"{reach if reach is not None else float('nan'):>6.1f} {after / best['rate']:>8.3f} {a['peak']:>5} "
+            f"{a['above2']:>8.1%} {changes:>7} {a['wall']:>6.1f}  best fixed {best_lanes} "
+            f"({best['rate']:.1f}/s, p95 {best['p95']:.3f}); lanes at end {a['lanes_series'][-1][1]}, "
+            f"max {a['lanes_max']}  {'ok' if good else 'GOAL MISSED'}",
+            flush=True,
+        )
     return ok
 
 
@@ -185,21 +228,27 @@ def change(seconds_before: float, seconds_after: float) -> bool:
     a, _ = run(16, "auto", n, slots_at=f"{seconds_before}:4")
     level = buckets(a)
     first = int(seconds_before // 2) + 1  # the first whole bucket after the drop
-    settled = [b for b in range(first, len(level) - 1) if all(x <= 6.0 for x in level[b:len(level) - 1])]
+    settled = [b for b in range(first, len(level) - 1) if all(x <= 6.0 for x in level[b : len(level) - 1])]
     followed = settled[0] * 2.0 - seconds_before if settled else None
     series = [(round(t - a["wall0"], 1), lanes, why) for t, lanes, why in a["lanes_series"]]
     after_drop = [s for s in series if s[0] >= seconds_before]
     before = [s for s in series if s[0] < seconds_before]
-    print(f"before the drop: {len(before)} lanes values, last {before[-1] if before else None}, "
-          f"max {max((s[1] for s in before), default=None)}; in flight at the server (2 s means) "
-          f"{' '.join(f'{x:.0f}' for x in level[:first])}", flush=True)
+    print(
+        f"before the drop: {len(before)} lanes values, last {before[-1] if before else None}, "
+        f"max {max((s[1] for s in before), default=None)}; in flight at the server (2 s means) "
+        f"{' '.join(f'{x:.0f}' for x in level[:first])}",
+        flush=True,
+    )
     good = followed is not None and followed <= 30 and a["errors"] == 0 and a["completed"] == n
-    print(f"K 16 -> 4 at {seconds_before:.0f} s: {n} requests, {a['completed']} completed, {a['errors']} errors, "
-          f"rate {a['rate']:.1f}/s; in flight at the server (2 s means) "
-          f"{' '.join(f'{x:.0f}' for x in level[first - 3:first + 5])} around the drop; <= 6 from "
-          f"{followed if followed is not None else 'never'}{' s after the drop on' if followed is not None else ''}; "
-          f"lanes changes after the drop (s, lanes, reason): {after_drop[:6]}{' ...' if len(after_drop) > 6 else ''}"
-          f"  {'ok' if good else 'GOAL MISSED'}", flush=True)
+    print(
+        f"K 16 -> 4 at {seconds_before:.0f} s: {n} requests, {a['completed']} completed, {a['errors']} errors, "
+        f"rate {a['rate']:.1f}/s; in flight at the server (2 s means) "
+        f"{' '.join(f'{x:.0f}' for x in level[first - 3 : first + 5])} around the drop; <= 6 from "
+        f"{followed if followed is not None else 'never'}{' s after the drop on' if followed is not None else ''}; "
+        f"lanes changes after the drop (s, lanes, reason): {after_drop[:6]}{' ...' if len(after_drop) > 6 else ''}"
+        f"  {'ok' if good else 'GOAL MISSED'}",
+        flush=True,
+    )
     return good
 
 
@@ -218,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ok = True
     if not args.no_matrix:
-        ok &= matrix([int(x) for x in args.ks.split(",")], [int(x) for x in args.lanes.split(",")],
-                     args.seconds, args.auto_seconds)
+        ok &= matrix(
+            [int(x) for x in args.ks.split(",")],
+            [int(x) for x in args.lanes.split(",")],
+            args.seconds,
+            args.auto_seconds,
+        )
     if args.change or args.no_matrix:
         ok &= change(args.before, args.after)
     summary("autolanes", f"goals {'met' if ok else 'NOT met'} ({time.perf_counter() - started:.0f} s)")

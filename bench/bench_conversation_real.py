@@ -28,25 +28,34 @@ from bench.common import REPO, folders, header, load, run_once, summary
 from tests.realserver import ALIAS, LlamaServer, gemma_gguf, llama_server_binary
 
 STEM = "rows"
-SYSTEM = ("You score job candidates for a warehouse team lead role from 1 to 10. "
-          "Reply with the score and one short reason.")
+SYSTEM = (
+    "You score job candidates for a warehouse team lead role from 1 to 10. Reply with the score and one short reason."
+)
 _FIELDS = ["logistics", "retail", "a bakery", "the army", "a call centre", "farming", "shipping", "nursing"]
 _SKILLS = ["forklift licence", "Excel", "first aid", "Spanish", "people management", "SAP", "night shifts"]
 
 
 def candidate(i: int) -> str:
-    return (f"Candidate {i}: {3 + i % 17} years in {_FIELDS[i % len(_FIELDS)]}, "
-            f"knows {_SKILLS[i % len(_SKILLS)]} and {_SKILLS[(i * 3 + 1) % len(_SKILLS)]}. "
-            f"Led a team of {2 + i % 9} people; reliable, on time, asks good questions.")
+    return (
+        f"Candidate {i}: {3 + i % 17} years in {_FIELDS[i % len(_FIELDS)]}, "
+        f"knows {_SKILLS[i % len(_SKILLS)]} and {_SKILLS[(i * 3 + 1) % len(_SKILLS)]}. "
+        f"Led a team of {2 + i % 9} people; reliable, on time, asks good questions."
+    )
 
 
 def write_rows(path: Path, rows: int, max_tokens: int) -> None:
     with path.open("wb") as fh:
         for i in range(rows):
-            body = {"model": ALIAS, "max_tokens": max_tokens, "temperature": 0,
-                    "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": candidate(i)}]}
-            fh.write(orjson.dumps({"custom_id": f"c{i:04d}", "method": "POST", "url": "/v1/chat/completions",
-                                   "body": body}) + b"\n")
+            body = {
+                "model": ALIAS,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": candidate(i)}],
+            }
+            fh.write(
+                orjson.dumps({"custom_id": f"c{i:04d}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+                + b"\n"
+            )
 
 
 def export(ref: str, into: Path) -> Path:
@@ -60,22 +69,37 @@ def export(ref: str, into: Path) -> Path:
 def run(url: str, *, mode: str, rows: int, lanes: int, max_tokens: int, root: Path | None) -> dict[str, Any]:
     with folders(f"bench-conv-{mode}-") as f:
         write_rows(f.inbox / f"{STEM}.jsonl", rows, max_tokens)
-        env = f.env(url, BATCHD_BACKEND__KIND="openai", BATCHD_BACKEND__MODEL=ALIAS,
-                    BATCHD_BACKEND__LANES=str(lanes), BATCHD_BACKEND__TIMEOUT_SECONDS="300",
-                    BATCHD_CONTEXT__MODE=mode)
+        env = f.env(
+            url,
+            BATCHD_BACKEND__KIND="openai",
+            BATCHD_BACKEND__MODEL=ALIAS,
+            BATCHD_BACKEND__LANES=str(lanes),
+            BATCHD_BACKEND__TIMEOUT_SECONDS="300",
+            BATCHD_CONTEXT__MODE=mode,
+        )
         if root is not None:
             env["PYTHONPATH"] = str(root)
         wall = run_once(env, timeout=3600, root=root)
         m = f.metrics(STEM)
         tok, ctx, perf = m["tokens"], m["context"], m["performance"]
-        return {"completed": m["request_counts"]["completed"], "failed": m["request_counts"]["failed"],
-                "calls": perf["requests_sent"], "sent": tok["prompt"], "cached": tok["prompt_cached_estimate"],
-                "evaluated": tok["prompt_evaluated_estimate"], "isolated": tok["isolated_prompt_estimate"],
-                "misses": tok.get("prompt_cache_misses"), "saved": tok["saved_fraction"],
-                "trims": ctx["trims_total"], "truncations": ctx["truncations_detected"],
-                "overflows": m["retries"]["by_cause"].get("context_overflow", 0),
-                "not_paying": bool(ctx.get("conversation_not_paying")), "num_ctx": ctx["num_ctx"],
-                "rps": perf["requests_per_second"], "wall_s": round(wall, 1)}
+        return {
+            "completed": m["request_counts"]["completed"],
+            "failed": m["request_counts"]["failed"],
+            "calls": perf["requests_sent"],
+            "sent": tok["prompt"],
+            "cached": tok["prompt_cached_estimate"],
+            "evaluated": tok["prompt_evaluated_estimate"],
+            "isolated": tok["isolated_prompt_estimate"],
+            "misses": tok.get("prompt_cache_misses"),
+            "saved": tok["saved_fraction"],
+            "trims": ctx["trims_total"],
+            "truncations": ctx["truncations_detected"],
+            "overflows": m["retries"]["by_cause"].get("context_overflow", 0),
+            "not_paying": bool(ctx.get("conversation_not_paying")),
+            "num_ctx": ctx["num_ctx"],
+            "rps": perf["requests_per_second"],
+            "wall_s": round(wall, 1),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(binary, str) or isinstance(model, str):
         print(f"skipped: {binary if isinstance(binary, str) else model}")
         return 0
-    header(f"conversation vs isolated on llama-server: Gemma 3 270M, {args.rows} rows, {args.slots} slots/lanes, "
-           f"max_tokens {args.max_tokens}, threads {args.threads} {args.server_args}".rstrip())
-    print(f"{'window':>6} {'mode':>16} {'ok':>4} {'calls':>5} {'sent':>7} {'evaluated':>9} {'isolated est':>12} "
-          f"{'saved':>6} {'misses':>6} {'trims':>5} {'trunc':>5} {'ovfl':>4} {'req/s':>6}  load (before -> after)")
+    header(
+        f"conversation vs isolated on llama-server: Gemma 3 270M, {args.rows} rows, {args.slots} slots/lanes, "
+        f"max_tokens {args.max_tokens}, threads {args.threads} {args.server_args}".rstrip()
+    )
+    print(
+        f"{'window':>6} {'mode':>16} {'ok':>4} {'calls':>5} {'sent':>7} {'evaluated':>9} {'isolated est':>12} "
+        f"{'saved':>6} {'misses':>6} {'trims':>5} {'trunc':>5} {'ovfl':>4} {'req/s':>6}  load (before -> after)"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-conv-") as tmp:
         old = export(args.old_ref, Path(tmp)) if args.old_ref else None
         variants = [(mode, None) for mode in args.modes.split(",")]
@@ -105,19 +133,32 @@ def main(argv: list[str] | None = None) -> int:
             variants.append(("conversation", old))
         for window in (int(w) for w in args.windows.split(",")):
             log = Path(tmp) / f"server-{window}.log"
-            with LlamaServer(binary, model, slots=args.slots, ctx=window * args.slots, threads=args.threads,
-                             log_path=log, extra=tuple(args.server_args.split())) as server:
+            with LlamaServer(
+                binary,
+                model,
+                slots=args.slots,
+                ctx=window * args.slots,
+                threads=args.threads,
+                log_path=log,
+                extra=tuple(args.server_args.split()),
+            ) as server:
                 for mode, root in variants:
                     before = load()
-                    r = run(server.url, mode=mode, rows=args.rows, lanes=args.slots, max_tokens=args.max_tokens,
-                            root=root)
+                    r = run(
+                        server.url, mode=mode, rows=args.rows, lanes=args.slots, max_tokens=args.max_tokens, root=root
+                    )
                     label = f"{mode}@{args.old_ref}" if root else mode
-                    print(f"{window:>6} {label:>16} {r['completed']:>4} {r['calls']:>5} {r['sent']:>7,} "
-                          f"{r['evaluated']:>9,} {r['isolated']:>12,} {r['saved']:>6} {r['misses']!s:>6} "
-                          f"{r['trims']:>5} {r['truncations']:>5} {r['overflows']:>4} {r['rps']:>6.3f}  "
-                          f"{before} -> {load()}", flush=True)
-                    summary("conversation_real", f"window={window} mode={label} " + " ".join(
-                        f"{k}={v}" for k, v in r.items()))
+                    print(
+                        f"{window:>6} {label:>16} {r['completed']:>4} {r['calls']:>5} {r['sent']:>7,} "
+                        f"{r['evaluated']:>9,} {r['isolated']:>12,} {r['saved']:>6} {r['misses']!s:>6} "
+                        f"{r['trims']:>5} {r['truncations']:>5} {r['overflows']:>4} {r['rps']:>6.3f}  "
+                        f"{before} -> {load()}",
+                        flush=True,
+                    )
+                    summary(
+                        "conversation_real",
+                        f"window={window} mode={label} " + " ".join(f"{k}={v}" for k, v in r.items()),
+                    )
     return 0
 
 

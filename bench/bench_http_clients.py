@@ -28,12 +28,20 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.common import EmulatorProcess, header
 from batchd.backends.transport import AsyncioTransport
+from bench.common import EmulatorProcess, header
 
-BODY = orjson.dumps({"model": "gemma3:4b", "stream": False, "options": {"num_ctx": 8192},
-                     "messages": [{"role": "system", "content": "Score the candidate 1-10."},
-                                  {"role": "user", "content": "role: engineer\nname: Ada\nexperience: 12"}]})
+BODY = orjson.dumps(
+    {
+        "model": "gemma3:4b",
+        "stream": False,
+        "options": {"num_ctx": 8192},
+        "messages": [
+            {"role": "system", "content": "Score the candidate 1-10."},
+            {"role": "user", "content": "role: engineer\nname: Ada\nexperience: 12"},
+        ],
+    }
+)
 HEADERS = {"content-type": "application/json"}
 
 Post = Callable[[], Awaitable[dict[str, Any]]]
@@ -64,19 +72,24 @@ async def _drive(post: Post, n: int, k: int) -> float:
 async def with_httpx(url: str, n: int, k: int, transport: httpx.AsyncBaseTransport | None) -> float:
     kwargs: dict[str, Any] = {"transport": transport} if transport is not None else {"limits": limits(k)}
     async with httpx.AsyncClient(base_url=url, timeout=30, **kwargs) as client:
+
         async def post() -> dict[str, Any]:
             resp = await client.post("/api/chat", content=BODY, headers=HEADERS)
             return orjson.loads(resp.content)  # type: ignore[no-any-return]
+
         return await _drive(post, n, k)
 
 
 async def with_aiohttp(url: str, n: int, k: int) -> float:
     import aiohttp
+
     connector = aiohttp.TCPConnector(limit=k)
     async with aiohttp.ClientSession(base_url=url, connector=connector) as session:
+
         async def post() -> dict[str, Any]:
             async with session.post("/api/chat", data=BODY, headers=HEADERS) as resp:
                 return orjson.loads(await resp.read())  # type: ignore[no-any-return]
+
         return await _drive(post, n, k)
 
 
@@ -93,6 +106,7 @@ def clients(k: int) -> dict[str, Callable[[str, int], Awaitable[float]] | None]:
 
         def aio_transport() -> httpx.AsyncBaseTransport:
             import aiohttp as a
+
             return AiohttpTransport(client=lambda: a.ClientSession(connector=a.TCPConnector(limit=k)))
 
         table["httpx-aiohttp"] = lambda url, n: with_httpx(url, n, k, aio_transport())
@@ -117,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             table = clients(k)
             names = [name for name, fn in table.items() if fn is not None]
             for r in range(args.rounds):
-                for name in names[r % len(names):] + names[:r % len(names)]:
+                for name in names[r % len(names) :] + names[: r % len(names)]:
                     fn = table[name]
                     assert fn is not None
                     results.setdefault((name, k), []).append(asyncio.run(fn(emu.url, args.requests)))
-        print(f"{'client':<15}" + "".join(f"{f'{k} conn ms/req':>16}" for k in ks)
-              + "".join(f"{f'vs batchd @{k}':>14}" for k in ks))
+        print(
+            f"{'client':<15}"
+            + "".join(f"{f'{k} conn ms/req':>16}" for k in ks)
+            + "".join(f"{f'vs batchd @{k}':>14}" for k in ks)
+        )
         for name in clients(ks[0]):
             cells, ratios = [], []
             for k in ks:

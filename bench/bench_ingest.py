@@ -65,8 +65,9 @@ def run(rows: int) -> dict[str, float]:
         for sub in ("inbox", "outbox", "state"):
             (root / sub).mkdir()
         size = write_csv(root / "inbox" / "candidates.csv", rows)
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(root)], capture_output=True, text=True,
-                             cwd=ROOT, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(root)], capture_output=True, text=True, cwd=ROOT, check=True
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         result["file_mb"] = size / 1e6
         result["journal_mb"] = sum(p.stat().st_size for p in (root / "state").glob("journal*")) / 1e6
@@ -81,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     r = run(args.rows)
     print(f"rows {r['requests']:,}  file {r['file_mb']:.1f} MB  journal {r['journal_mb']:.1f} MB")
     # CPU time beside wall time: on a shared, loaded machine wall time alone misleads.
-    print(f"claim + journal: {r['seconds']:.2f} s wall, {r['cpu_seconds']:.2f} s CPU "
-          f"({r['requests'] / r['seconds']:,.0f} rows/s), "
-          f"peak RSS {r['peak_rss_mb']:.0f} MB, state {r['state']}")
+    print(
+        f"claim + journal: {r['seconds']:.2f} s wall, {r['cpu_seconds']:.2f} s CPU "
+        f"({r['requests'] / r['seconds']:,.0f} rows/s), "
+        f"peak RSS {r['peak_rss_mb']:.0f} MB, state {r['state']}"
+    )
     ok = r["seconds"] < 15 and r["peak_rss_mb"] < 300
-    print(f"SUMMARY ingest: {args.rows:,} rows in {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
-          f"-> {'meets' if ok else 'MISSES'} the goal (<15 s, <300 MB); total {time.perf_counter() - t0:.0f} s")
+    print(
+        f"SUMMARY ingest: {args.rows:,} rows in {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+        f"-> {'meets' if ok else 'MISSES'} the goal (<15 s, <300 MB); total {time.perf_counter() - t0:.0f} s"
+    )
     return 0
 
 

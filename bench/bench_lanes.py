@@ -33,8 +33,12 @@ GOAL = 0.9
 
 
 def start_emulator(latency: float, slots: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.emulator", "--port", "0", "--latency", str(latency),
-                             "--slots", str(slots)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.emulator", "--port", "0", "--latency", str(latency), "--slots", str(slots)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if not line.startswith("listening on "):
@@ -47,8 +51,14 @@ def transport_latency(url: str, n: int = 20) -> float:
     """Mean seconds per call for one plain keep-alive client: the best any lane can do."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    body = json.dumps({"model": "gemma3:4b", "messages": [{"role": "user", "content": "ping"}], "stream": False,
-                       "options": {"num_ctx": 8192}})
+    body = json.dumps(
+        {
+            "model": "gemma3:4b",
+            "messages": [{"role": "user", "content": "ping"}],
+            "stream": False,
+            "options": {"num_ctx": 8192},
+        }
+    )
     took = []
     try:
         for _ in range(n):
@@ -64,27 +74,35 @@ def transport_latency(url: str, n: int = 20) -> float:
 def write_input(path: Path, n: int) -> None:
     with path.open("w") as fh:
         for i in range(n):
-            body = {"model": "gemma3:4b", "messages": [
-                {"role": "system", "content": "You score job candidates from 1 to 10."},
-                {"role": "user", "content": f"Candidate {i}: five years in warehouse logistics."}]}
-            fh.write(json.dumps({"custom_id": f"c{i:05d}", "method": "POST", "url": "/v1/chat/completions",
-                                 "body": body}) + "\n")
+            body = {
+                "model": "gemma3:4b",
+                "messages": [
+                    {"role": "system", "content": "You score job candidates from 1 to 10."},
+                    {"role": "user", "content": f"Candidate {i}: five years in warehouse logistics."},
+                ],
+            }
+            fh.write(
+                json.dumps({"custom_id": f"c{i:05d}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+                + "\n"
+            )
 
 
 def env_for(root: Path, url: str, lanes: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    env.update({
-        "BATCHD_CONFIG": str(root / "batchd.toml"),
-        "BATCHD_INBOX": str(root / "inbox"),
-        "BATCHD_OUTBOX": str(root / "outbox"),
-        "BATCHD_STATE_DIR": str(root / "state"),
-        "BATCHD_BACKEND__URL": url,
-        "BATCHD_BACKEND__LANES": str(lanes),
-        "BATCHD_CONTEXT__MODE": "isolated",
-        "BATCHD_LOG__TARGET": "json",
-        "BATCHD_LOG__LEVEL": "warning",
-        "BATCHD_VRAM__SOURCE": "none",
-    })
+    env.update(
+        {
+            "BATCHD_CONFIG": str(root / "batchd.toml"),
+            "BATCHD_INBOX": str(root / "inbox"),
+            "BATCHD_OUTBOX": str(root / "outbox"),
+            "BATCHD_STATE_DIR": str(root / "state"),
+            "BATCHD_BACKEND__URL": url,
+            "BATCHD_BACKEND__LANES": str(lanes),
+            "BATCHD_CONTEXT__MODE": "isolated",
+            "BATCHD_LOG__TARGET": "json",
+            "BATCHD_LOG__LEVEL": "warning",
+            "BATCHD_VRAM__SOURCE": "none",
+        }
+    )
     return env
 
 
@@ -100,8 +118,14 @@ def run_one(lanes: int, latency: float, per_lane: int) -> dict[str, Any]:
             (root / "batchd.toml").write_text("# bench\n")
             write_input(root / "inbox" / "bench.jsonl", n)
             started = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "batchd", "run", "--once"], cwd=REPO,
-                                  env=env_for(root, url, lanes), capture_output=True, text=True, timeout=600)
+            proc = subprocess.run(
+                [sys.executable, "-m", "batchd", "run", "--once"],
+                cwd=REPO,
+                env=env_for(root, url, lanes),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             wall = time.perf_counter() - started
             if proc.returncode != 0:
                 raise RuntimeError(f"batchd exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -112,12 +136,22 @@ def run_one(lanes: int, latency: float, per_lane: int) -> dict[str, Any]:
     perf = metrics["performance"]
     ideal = lanes / latency
     rps = perf["requests_per_second"]
-    return {"lanes": lanes, "requests": n, "completed": metrics["request_counts"]["completed"],
-            "ideal_rps": round(ideal, 2), "job_rps": rps, "ratio": round(rps / ideal, 3),
-            "transport_s": round(raw, 4), "vs_ceiling": round(rps / (lanes / raw), 3),
-            "job_seconds": perf["elapsed_seconds"], "wall_seconds": round(wall, 2),
-            "wall_rps": round(n / wall, 2), "wall_ratio": round(n / wall / ideal, 3),
-            "latency_p50": perf["latency_p50"], "latency_p95": perf["latency_p95"]}
+    return {
+        "lanes": lanes,
+        "requests": n,
+        "completed": metrics["request_counts"]["completed"],
+        "ideal_rps": round(ideal, 2),
+        "job_rps": rps,
+        "ratio": round(rps / ideal, 3),
+        "transport_s": round(raw, 4),
+        "vs_ceiling": round(rps / (lanes / raw), 3),
+        "job_seconds": perf["elapsed_seconds"],
+        "wall_seconds": round(wall, 2),
+        "wall_rps": round(n / wall, 2),
+        "wall_ratio": round(n / wall / ideal, 3),
+        "latency_p50": perf["latency_p50"],
+        "latency_p95": perf["latency_p95"],
+    }
 
 
 def machine() -> str:
@@ -130,8 +164,7 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
-            f"load average {load:.2f} at start")
+    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, load average {load:.2f} at start"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,22 +176,29 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {machine()}")
     print(f"# latency {args.latency}s, {args.per_lane} requests per lane, isolated mode")
-    head = f"{'K':>3} {'reqs':>5} {'ideal/s':>8} {'job/s':>8} {'ratio':>6} {'raw s':>7} {'vs ceiling':>10} " \
-           f"{'job s':>7} {'wall s':>7} {'wall/s':>7} {'wall ratio':>10} {'p50':>6} {'p95':>6}"
+    head = (
+        f"{'K':>3} {'reqs':>5} {'ideal/s':>8} {'job/s':>8} {'ratio':>6} {'raw s':>7} {'vs ceiling':>10} "
+        f"{'job s':>7} {'wall s':>7} {'wall/s':>7} {'wall ratio':>10} {'p50':>6} {'p95':>6}"
+    )
     print(head)
     rows = []
     for k in (int(x) for x in args.lanes.split(",")):
         r = run_one(k, args.latency, args.per_lane)
         rows.append(r)
-        print(f"{r['lanes']:>3} {r['requests']:>5} {r['ideal_rps']:>8.2f} {r['job_rps']:>8.2f} {r['ratio']:>6.3f} "
-              f"{r['transport_s']:>7.4f} {r['vs_ceiling']:>10.3f} {r['job_seconds']:>7.2f} "
-              f"{r['wall_seconds']:>7.2f} {r['wall_rps']:>7.2f} {r['wall_ratio']:>10.3f} "
-              f"{r['latency_p50']:>6.3f} {r['latency_p95']:>6.3f}", flush=True)
+        print(
+            f"{r['lanes']:>3} {r['requests']:>5} {r['ideal_rps']:>8.2f} {r['job_rps']:>8.2f} {r['ratio']:>6.3f} "
+            f"{r['transport_s']:>7.4f} {r['vs_ceiling']:>10.3f} {r['job_seconds']:>7.2f} "
+            f"{r['wall_seconds']:>7.2f} {r['wall_rps']:>7.2f} {r['wall_ratio']:>10.3f} "
+            f"{r['latency_p50']:>6.3f} {r['latency_p95']:>6.3f}",
+            flush=True,
+        )
     worst = min(rows, key=lambda r: r["ratio"])
     ok = all(r["ratio"] >= GOAL for r in rows) and all(r["completed"] == r["requests"] for r in rows)
-    print(f"summary: lanes {args.lanes} at {args.latency}s latency reach {min(r['ratio'] for r in rows):.3f}"
-          f"-{max(r['ratio'] for r in rows):.3f} of K/latency (worst K={worst['lanes']}); "
-          f"goal >= {GOAL}: {'met' if ok else 'NOT met'}")
+    print(
+        f"summary: lanes {args.lanes} at {args.latency}s latency reach {min(r['ratio'] for r in rows):.3f}"
+        f"-{max(r['ratio'] for r in rows):.3f} of K/latency (worst K={worst['lanes']}); "
+        f"goal >= {GOAL}: {'met' if ok else 'NOT met'}"
+    )
     if args.json:
         print(json.dumps(rows, indent=1))
     return 0 if ok else 1

@@ -34,9 +34,12 @@ def one(url: str, n: int, lanes: int, live: bool) -> tuple[float, float]:
         write_requests(f.inbox / "bench.jsonl", n)
         extra = {"BATCHD_BACKEND__LANES": str(lanes), "BATCHD_CONTEXT__MODE": "isolated"}
         if live:
-            extra.update(BATCHD_STATUS_PAGE__INTERVAL_SECONDS="0.5", BATCHD_METRICS__INTERVAL_SECONDS="0.5",
-                         BATCHD_METRICS__LISTEN=f"127.0.0.1:{free_port()}",
-                         BATCHD_METRICS__TEXTFILE=str(f.root / "batchd.prom"))
+            extra.update(
+                BATCHD_STATUS_PAGE__INTERVAL_SECONDS="0.5",
+                BATCHD_METRICS__INTERVAL_SECONDS="0.5",
+                BATCHD_METRICS__LISTEN=f"127.0.0.1:{free_port()}",
+                BATCHD_METRICS__TEXTFILE=str(f.root / "batchd.prom"),
+            )
         else:
             extra["BATCHD_STATUS_PAGE__ENABLED"] = "false"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -61,14 +64,20 @@ def main() -> int:
             for live in (False, True):
                 rate, cpu = one(emu.url, args.requests, args.lanes, live)
                 results[live].append((rate, cpu))
-                print(f"round {r + 1} {'on ' if live else 'off'}: {rate:8.1f} req/s  {cpu:6.3f} CPU ms/req  "
-                      f"load {load()}", flush=True)
+                print(
+                    f"round {r + 1} {'on ' if live else 'off'}: {rate:8.1f} req/s  {cpu:6.3f} CPU ms/req  "
+                    f"load {load()}",
+                    flush=True,
+                )
     off = statistics.median(x[0] for x in results[False])
     on = statistics.median(x[0] for x in results[True])
     cpu_off = statistics.median(x[1] for x in results[False])
     cpu_on = statistics.median(x[1] for x in results[True])
-    summary("live", f"median req/s off {off:.1f}, on {on:.1f} ({100 * (on / off - 1):+.1f}%); "
-                    f"CPU ms/req off {cpu_off:.3f}, on {cpu_on:.3f}")
+    summary(
+        "live",
+        f"median req/s off {off:.1f}, on {on:.1f} ({100 * (on / off - 1):+.1f}%); "
+        f"CPU ms/req off {cpu_off:.3f}, on {cpu_on:.3f}",
+    )
     return 0
 
 

@@ -36,9 +36,17 @@ NUM_CTX = 8192  # what batchd pins against the emulator (its context_length, und
 def ollama_payload(i: int) -> bytes:
     """What batchd's Ollama backend posts for request ``i`` (same keys, same values)."""
     body = chat_body(i)
-    return orjson.dumps({"model": body["model"], "messages": body["messages"], "stream": False,
-                         "options": {"num_ctx": NUM_CTX}, "truncate": False, "shift": False,
-                         "keep_alive": "30m"})
+    return orjson.dumps(
+        {
+            "model": body["model"],
+            "messages": body["messages"],
+            "stream": False,
+            "options": {"num_ctx": NUM_CTX},
+            "truncate": False,
+            "shift": False,
+            "keep_alive": "30m",
+        }
+    )
 
 
 def bare_loop(url: str, n: int, lanes: int) -> tuple[float, float]:
@@ -79,8 +87,13 @@ def batchd_run(url: str, n: int, lanes: int, profile: str | None = None, root: P
         done = m["request_counts"]["completed"]
         if done != n:
             raise RuntimeError(f"batchd completed {done} of {n}")
-        return {"job_rps": m["performance"]["requests_per_second"], "job_s": m["performance"]["elapsed_seconds"],
-                "wall_s": wall, "e2e_rps": n / wall, "cpu_ms": cpu / n * 1000}
+        return {
+            "job_rps": m["performance"]["requests_per_second"],
+            "job_s": m["performance"]["elapsed_seconds"],
+            "wall_s": wall,
+            "e2e_rps": n / wall,
+            "cpu_ms": cpu / n * 1000,
+        }
 
 
 def _children_cpu() -> float:
@@ -95,10 +108,17 @@ def measure(url: str, n: int, lanes: int, profile: str | None, root: Path | None
     b = batchd_run(url, n, lanes, profile, root)
     bare2, cpu2 = bare_loop(url, n, lanes)
     bare_rps = n / ((bare1 + bare2) / 2)
-    return {"lanes": lanes, "n": n, "bare_rps": bare_rps, "bare_spread": abs(bare1 - bare2) / max(bare1, bare2),
-            "bare_cpu_ms": (cpu1 + cpu2) / 2 / n * 1000,
-            **b, "ratio": b["job_rps"] / bare_rps, "e2e_ratio": b["e2e_rps"] / bare_rps,
-            "load": f"{load_before} -> {load()}"}
+    return {
+        "lanes": lanes,
+        "n": n,
+        "bare_rps": bare_rps,
+        "bare_spread": abs(bare1 - bare2) / max(bare1, bare2),
+        "bare_cpu_ms": (cpu1 + cpu2) / 2 / n * 1000,
+        **b,
+        "ratio": b["job_rps"] / bare_rps,
+        "e2e_ratio": b["e2e_rps"] / bare_rps,
+        "load": f"{load_before} -> {load()}",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,18 +131,29 @@ def main(argv: list[str] | None = None) -> int:
     header(f"overhead: {args.requests:,} requests, zero-latency emulator, lanes {args.lanes}")
     rows = []
     with EmulatorProcess(latency=0.0, slots=0) as emu:
-        print(f"{'K':>2} {'bare/s':>8} {'spread':>6} {'job/s':>8} {'ratio':>6} {'e2e/s':>8} {'e2e ratio':>9} "
-              f"{'job s':>6} {'wall s':>6} {'CPU ms/req b/bare':>17}  load 1/5/15 (before -> after)")
+        print(
+            f"{'K':>2} {'bare/s':>8} {'spread':>6} {'job/s':>8} {'ratio':>6} {'e2e/s':>8} {'e2e ratio':>9} "
+            f"{'job s':>6} {'wall s':>6} {'CPU ms/req b/bare':>17}  load 1/5/15 (before -> after)"
+        )
         for k in (int(x) for x in args.lanes.split(",")):
             r = measure(emu.url, args.requests, k, args.profile, args.batchd_root)
             rows.append(r)
-            print(f"{k:>2} {r['bare_rps']:>8.0f} {r['bare_spread']:>6.1%} {r['job_rps']:>8.0f} {r['ratio']:>6.2f} "
-                  f"{r['e2e_rps']:>8.0f} {r['e2e_ratio']:>9.2f} {r['job_s']:>6.1f} {r['wall_s']:>6.1f} {r['cpu_ms']:>8.2f}/{r['bare_cpu_ms']:<8.2f}  {r['load']}",
-                  flush=True)
+            print(
+                f"{k:>2} {r['bare_rps']:>8.0f} {r['bare_spread']:>6.1%} {r['job_rps']:>8.0f} {r['ratio']:>6.2f} "
+                f"{r['e2e_rps']:>8.0f} {r['e2e_ratio']:>9.2f} {r['job_s']:>6.1f} {r['wall_s']:>6.1f} "
+                f"{r['cpu_ms']:>8.2f}/{r['bare_cpu_ms']:<8.2f}  {r['load']}",
+                flush=True,
+            )
     ok = all(r["ratio"] >= GOAL for r in rows)
-    summary("overhead", ", ".join(f"lanes={r['lanes']} ratio {r['ratio']:.2f} (e2e {r['e2e_ratio']:.2f}, "
-                                  f"{r['job_rps']:.0f} vs bare {r['bare_rps']:.0f} req/s)" for r in rows)
-            + f"; goal >= {GOAL}: {'met' if ok else 'NOT met'}; cores {os.cpu_count()}")
+    summary(
+        "overhead",
+        ", ".join(
+            f"lanes={r['lanes']} ratio {r['ratio']:.2f} (e2e {r['e2e_ratio']:.2f}, "
+            f"{r['job_rps']:.0f} vs bare {r['bare_rps']:.0f} req/s)"
+            for r in rows
+        )
+        + f"; goal >= {GOAL}: {'met' if ok else 'NOT met'}; cores {os.cpu_count()}",
+    )
     return 0
 
 

@@ -59,6 +59,7 @@ def subset_csv(dst: Path, rows: int | None) -> Path:
 
 # -- batchd ----------------------------------------------------------------------------------
 
+
 def start_batchd(f: Folders, url: str, lanes: int, rows: int | None, json_only: bool = False) -> subprocess.Popen[str]:
     folder = f.inbox / STEM
     folder.mkdir()
@@ -69,10 +70,17 @@ def start_batchd(f: Folders, url: str, lanes: int, rows: int | None, json_only: 
         toml = re.sub(r"^\[options\]", 'format = "json"\n\n[options]', toml, count=1, flags=re.M)
     (folder / "pipeline.toml").write_text(toml, encoding="utf-8")
     subset_csv(folder / f"{STEM}.csv", rows)
-    env = f.env(url, BATCHD_BACKEND__KIND="openai", BATCHD_BACKEND__LANES=str(lanes),
-                BATCHD_BACKEND__TIMEOUT_SECONDS="300")
-    return subprocess.Popen([sys.executable, "-m", "batchd", "run", "--once"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = f.env(
+        url, BATCHD_BACKEND__KIND="openai", BATCHD_BACKEND__LANES=str(lanes), BATCHD_BACKEND__TIMEOUT_SECONDS="300"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchd", "run", "--once"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def batchd_outcome(f: Folders, proc: subprocess.Popen[str], started: float, n: int) -> dict[str, Any]:
@@ -83,23 +91,56 @@ def batchd_outcome(f: Folders, proc: subprocess.Popen[str], started: float, n: i
         out["note"] = err.strip().splitlines()[-1][:200] if err.strip() else ""
         return out
     m = f.metrics(STEM)
-    ids = [r["custom_id"] for r in f.lines(STEM, "results.jsonl")] + \
-          [r["custom_id"] for r in f.lines(STEM, "errors.jsonl")]
-    out.update(done=m["request_counts"]["completed"], failed=m["request_counts"]["failed"],
-               job_rps=m["performance"]["requests_per_second"], e2e_rps=n / wall,
-               duplicates=len(ids) - len(set(ids)), missing=n - len(set(ids)),
-               outages=m.get("outages", {}), retries=m.get("retries", {}).get("total"))
+    ids = [r["custom_id"] for r in f.lines(STEM, "results.jsonl")] + [
+        r["custom_id"] for r in f.lines(STEM, "errors.jsonl")
+    ]
+    out.update(
+        done=m["request_counts"]["completed"],
+        failed=m["request_counts"]["failed"],
+        job_rps=m["performance"]["requests_per_second"],
+        e2e_rps=n / wall,
+        duplicates=len(ids) - len(set(ids)),
+        missing=n - len(set(ids)),
+        outages=m.get("outages", {}),
+        retries=m.get("retries", {}).get("total"),
+    )
     return out
 
 
 # -- batchllm --------------------------------------------------------------------------------
 
+
 def batchllm_cmd(csv_path: Path, out: Path, url: str, k: int, ckpt: Path, *extra: str) -> list[str]:
     system, template = pipeline_parts()
     exe = shutil.which("batchllm") or "batchllm"
-    return [exe, "run", str(csv_path), "-o", str(out), "-m", "gemma3:4b", "-s", system, "-t", template,
-            "-c", str(k), "--base-url", f"{url}/v1", "--api-key", "none", "--input-column", "candidate_id",
-            "--max-tokens", "200", "--temperature", "0", "--checkpoint", str(ckpt), *extra]
+    return [
+        exe,
+        "run",
+        str(csv_path),
+        "-o",
+        str(out),
+        "-m",
+        "gemma3:4b",
+        "-s",
+        system,
+        "-t",
+        template,
+        "-c",
+        str(k),
+        "--base-url",
+        f"{url}/v1",
+        "--api-key",
+        "none",
+        "--input-column",
+        "candidate_id",
+        "--max-tokens",
+        "200",
+        "--temperature",
+        "0",
+        "--checkpoint",
+        str(ckpt),
+        *extra,
+    ]
 
 
 def batchllm_outcome(proc: subprocess.Popen[str], started: float, out: Path, n: int) -> dict[str, Any]:
@@ -110,10 +151,14 @@ def batchllm_outcome(proc: subprocess.Popen[str], started: float, out: Path, n: 
         with out.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         ids = [r["candidate_id"] for r in rows]
-        res.update(done=sum(1 for r in rows if not r["error"] and r["output"]),
-                   failed=sum(1 for r in rows if r["error"]), duplicates=len(ids) - len(set(ids)),
-                   missing=n - len(set(ids)), e2e_rps=n / wall,
-                   error_types=sorted({r["error_type"] for r in rows if r["error_type"]}))
+        res.update(
+            done=sum(1 for r in rows if not r["error"] and r["output"]),
+            failed=sum(1 for r in rows if r["error"]),
+            duplicates=len(ids) - len(set(ids)),
+            missing=n - len(set(ids)),
+            e2e_rps=n / wall,
+            error_types=sorted({r["error_type"] for r in rows if r["error_type"]}),
+        )
         tput = re.search(r"Throughput\D+([\d.]+) items/s", stdout)
         if tput:
             res["own_rps"] = float(tput.group(1))
@@ -127,6 +172,7 @@ def have_batchllm() -> bool:
 
 
 # -- the scenarios ---------------------------------------------------------------------------
+
 
 def throughput(k: int, latency: float) -> list[dict[str, Any]]:
     n = rows_of(EXAMPLE / "candidates.csv")
@@ -143,8 +189,13 @@ def throughput(k: int, latency: float) -> list[dict[str, Any]]:
                 src, out = subset_csv(f.root / "candidates.csv", None), f.root / "out.csv"
                 lb = load()
                 started = time.perf_counter()
-                proc = subprocess.Popen(batchllm_cmd(src, out, emu.url, k, f.root / "ck.jsonl"), cwd=f.root,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                proc = subprocess.Popen(
+                    batchllm_cmd(src, out, emu.url, k, f.root / "ck.jsonl"),
+                    cwd=f.root,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
                 r = batchllm_outcome(proc, started, out, n)
                 r["load"] = f"{lb} -> {load()}"
                 res.append(r)
@@ -166,8 +217,13 @@ def outage(k: int, latency: float, down: float) -> list[dict[str, Any]]:
                     proc = start_batchd(f, emu.url, k, None)
                 else:
                     src, out, ck = subset_csv(f.root / "candidates.csv", None), f.root / "out.csv", f.root / "ck.jsonl"
-                    proc = subprocess.Popen(batchllm_cmd(src, out, emu.url, k, ck), cwd=f.root,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                    proc = subprocess.Popen(
+                        batchllm_cmd(src, out, emu.url, k, ck),
+                        cwd=f.root,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
                 time.sleep(kill_after)  # a benchmark scenario, not a test: the kill lands mid-run by design
                 emu.kill()
                 killed_at = time.perf_counter() - started
@@ -179,15 +235,19 @@ def outage(k: int, latency: float, down: float) -> list[dict[str, Any]]:
                         break
                     time.sleep(0.1)
                 emu.start()
-                r = (batchd_outcome(f, proc, started, n) if tool == "batchd"
-                     else batchllm_outcome(proc, started, out, n))
+                r = batchd_outcome(f, proc, started, n) if tool == "batchd" else batchllm_outcome(proc, started, out, n)
                 r.update(killed_at=killed_at, down_s=down, exited_while_down=exited_while_down)
                 if tool == "batchllm" and r.get("failed"):
                     # The documented way back: rerun with the same checkpoint and --retry-failed.
                     out2 = f.root / "out2.csv"
                     t2 = time.perf_counter()
-                    proc2 = subprocess.Popen(batchllm_cmd(src, out2, emu.url, k, ck, "--retry-failed"), cwd=f.root,
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                    proc2 = subprocess.Popen(
+                        batchllm_cmd(src, out2, emu.url, k, ck, "--retry-failed"),
+                        cwd=f.root,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
                     r2 = batchllm_outcome(proc2, t2, out2, n)
                     r["rerun"] = {key: r2.get(key) for key in ("exit", "done", "failed", "duplicates", "missing")}
                     r["rerun"]["wall_s"] = round(r2["wall_s"], 1)
@@ -210,15 +270,37 @@ def real_model(rows: int, threads: int) -> list[dict[str, Any]]:
             with folders("bench-peer-real-") as f:
                 src, out = subset_csv(f.root / "candidates.csv", rows), f.root / "out.csv"
                 started = time.perf_counter()
-                proc = subprocess.Popen(batchllm_cmd(src, out, url, 1, f.root / "ck.jsonl", "--expect-json"),
-                                        cwd=f.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                proc = subprocess.Popen(
+                    batchllm_cmd(src, out, url, 1, f.root / "ck.jsonl", "--expect-json"),
+                    cwd=f.root,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
                 res.append(batchllm_outcome(proc, started, out, rows))
     return res
 
 
 def fmt(r: dict[str, Any]) -> str:
-    keys = ("exit", "done", "failed", "duplicates", "missing", "job_rps", "own_rps", "e2e_rps", "wall_s", "outages",
-            "retries", "error_types", "killed_at", "exited_while_down", "rerun", "note", "load")
+    keys = (
+        "exit",
+        "done",
+        "failed",
+        "duplicates",
+        "missing",
+        "job_rps",
+        "own_rps",
+        "e2e_rps",
+        "wall_s",
+        "outages",
+        "retries",
+        "error_types",
+        "killed_at",
+        "exited_while_down",
+        "rerun",
+        "note",
+        "load",
+    )
     parts = []
     for key in keys:
         if key in r and r[key] is not None:
@@ -238,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     if not have_batchllm():
         print("batchllm not found: pip install batchllm-ai (peer runs skipped)")
     k, lat = args.slots, args.latency
-    header(f"peer: batchd vs batchllm-ai, emulator /v1/chat/completions, {k} slots x {lat}s (ideal {k / lat:.0f} req/s)")
+    header(
+        f"peer: batchd vs batchllm-ai, emulator /v1/chat/completions, {k} slots x {lat}s (ideal {k / lat:.0f} req/s)"
+    )
     tp = throughput(k, lat)
     for r in tp:
         print(fmt(r), flush=True)
@@ -253,19 +337,24 @@ def main(argv: list[str] | None = None) -> int:
         for r in real:
             print(fmt(r), flush=True)
     by = {r["tool"]: r for r in tp}
-    text = f"emulator {k}x{lat}s: batchd {by['batchd'].get('e2e_rps', 0):.1f} req/s end to end " \
-           f"(job {by['batchd'].get('job_rps', 0):.1f})"
+    text = (
+        f"emulator {k}x{lat}s: batchd {by['batchd'].get('e2e_rps', 0):.1f} req/s end to end "
+        f"(job {by['batchd'].get('job_rps', 0):.1f})"
+    )
     if "batchllm" in by:
         ratio = by["batchd"].get("e2e_rps", 0) / by["batchllm"]["e2e_rps"] if by["batchllm"].get("e2e_rps") else 0
         text += f", batchllm {by['batchllm'].get('e2e_rps', 0):.1f} req/s, ratio {ratio:.2f}"
     ob = {r["tool"]: r for r in out}
     if "batchd" in ob:
-        text += f"; outage: batchd {ob['batchd'].get('done')}/{ob['batchd']['rows']} done, " \
-                f"{ob['batchd'].get('duplicates')} duplicates"
+        text += (
+            f"; outage: batchd {ob['batchd'].get('done')}/{ob['batchd']['rows']} done, "
+            f"{ob['batchd'].get('duplicates')} duplicates"
+        )
     if "batchllm" in ob:
         b = ob["batchllm"]
-        text += f", batchllm {b.get('done')}/{b['rows']} done {b.get('failed')} failed" + \
-                (f" (rerun --retry-failed: {b['rerun'].get('done')} done)" if b.get("rerun") else "")
+        text += f", batchllm {b.get('done')}/{b['rows']} done {b.get('failed')} failed" + (
+            f" (rerun --retry-failed: {b['rerun'].get('done')} done)" if b.get("rerun") else ""
+        )
     if real:
         rb = {r["tool"]: r for r in real}
         text += "; real model: " + ", ".join(f"{t} {r.get('e2e_rps', 0):.3f} req/s" for t, r in rb.items())

@@ -52,11 +52,22 @@ def _requests(rows: int, num_predict: int) -> list[ChatRequest]:
     rubric = (EXAMPLE / "rubric.md").read_text(encoding="utf-8")
     with (EXAMPLE / "candidates.csv").open(newline="", encoding="utf-8") as fh:
         data = [r for _, r in zip(range(rows), csv.DictReader(fh))]
-    return [ChatRequest(model="any", num_ctx=2048, options={"num_predict": num_predict, "temperature": 0},
-                        messages=[{"role": "system", "content": rubric},
-                                  {"role": "user", "content": f"{r['current_title']}, {r['years_experience']} years. "
-                                                              f"Skills: {r['skills']}. {r['summary']}"}])
-            for r in data]
+    return [
+        ChatRequest(
+            model="any",
+            num_ctx=2048,
+            options={"num_predict": num_predict, "temperature": 0},
+            messages=[
+                {"role": "system", "content": rubric},
+                {
+                    "role": "user",
+                    "content": f"{r['current_title']}, {r['years_experience']} years. "
+                    f"Skills: {r['skills']}. {r['summary']}",
+                },
+            ],
+        )
+        for r in data
+    ]
 
 
 async def _run(backend: EmbeddedBackend, reqs: list[ChatRequest], *, clear: bool) -> tuple[list[float], int]:
@@ -79,10 +90,11 @@ async def micro(args: argparse.Namespace) -> None:
     for clear in (False, True, False, True):  # interleaved, so load changes hit both alike
         times, cached = await _run(backend, reqs[1:], clear=clear)
         label = "cache cleared" if clear else "prefix kept  "
-        print(f"{label}: median {statistics.median(times):.2f} s/request, mean {statistics.mean(times):.2f}, "
-              f"cached tokens {cached / len(times):.0f} of ~{prompt} per request, threads {backend.threads}")
+        print(
+            f"{label}: median {statistics.median(times):.2f} s/request, mean {statistics.mean(times):.2f}, "
+            f"cached tokens {cached / len(times):.0f} of ~{prompt} per request, threads {backend.threads}"
+        )
     await backend.aclose()
-
 
 
 # -- end to end: batchd run --once on the candidates pipeline -------------------------------
@@ -120,8 +132,13 @@ def prepare(f: Folders, variant: str, rows: int, *, schema: bool = True) -> None
     src = f.root / f"{STEM}.csv"
     src.write_text(head, encoding="utf-8")
     out = f.root / f"{STEM}.jsonl"
-    subprocess.run([sys.executable, "-m", "batchd", "convert", str(src), "--pipeline", str(folder), "-o", str(out)],
-                   cwd=REPO, env={**os.environ, "BATCHD_CONFIG": "/dev/null"}, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "batchd", "convert", str(src), "--pipeline", str(folder), "-o", str(out)],
+        cwd=REPO,
+        env={**os.environ, "BATCHD_CONFIG": "/dev/null"},
+        check=True,
+        capture_output=True,
+    )
     with out.open(encoding="utf-8") as fh, (f.inbox / f"{STEM}.jsonl").open("w", encoding="utf-8") as dst:
         for line in fh:
             obj = json.loads(line)
@@ -140,8 +157,10 @@ def server_tokenizer_config(path: Path) -> Path:
     template = GEMMA_TEMPLATE.replace(
         "{%- for message in loop_messages -%}",
         "{%- for message in loop_messages if not (message['role'] == 'assistant' and not message['content']) -%}",
-    ).replace("{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}",
-              "{{ '<start_of_turn>model\\n' }}")
+    ).replace(
+        "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}",
+        "{{ '<start_of_turn>model\\n' }}",
+    )
     path.write_text(json.dumps({"chat_template": template, "bos_token": "<bos>", "eos_token": "<eos>"}))
     return path
 
@@ -153,10 +172,31 @@ def llama_server(threads: int, log: Path) -> Iterator[str]:
 
     port = free_port()
     cfg = server_tokenizer_config(log.with_suffix(".tokenizer.json"))
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(pkg.assemble()), "--model_alias", "gemma3:4b",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", str(threads),
-           "--n_threads_batch", str(threads), "--chat_format", "hf-tokenizer-config",
-           "--hf_tokenizer_config_path", str(cfg), "--verbose", "true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(pkg.assemble()),
+        "--model_alias",
+        "gemma3:4b",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "4096",
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
+        "--chat_format",
+        "hf-tokenizer-config",
+        "--hf_tokenizer_config_path",
+        str(cfg),
+        "--verbose",
+        "true",
+    ]
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
         try:
@@ -172,8 +212,9 @@ def llama_server(threads: int, log: Path) -> Iterator[str]:
                 proc.wait()
 
 
-def run_variant(backend: str, variant: str, rows: int, threads: int, url: str | None,
-                log: Path | None) -> dict[str, Any]:
+def run_variant(
+    backend: str, variant: str, rows: int, threads: int, url: str | None, log: Path | None
+) -> dict[str, Any]:
     with folders(f"bench-prefix-{variant}-") as f:
         prepare(f, variant, rows, schema=backend == "embedded")
         extra = {"BATCHD_CONTEXT__NUM_CTX": "4096", "BATCHD_BACKEND__LANES": "1"}
@@ -186,11 +227,21 @@ def run_variant(backend: str, variant: str, rows: int, threads: int, url: str | 
         wall = run_once(f.env(url or "http://127.0.0.1:9", **extra), timeout=1800)
         m = f.metrics(STEM)
         tok, perf, counts = m["tokens"], m["performance"], m["request_counts"]
-        row = {"backend": backend, "variant": variant, "rows": rows, "completed": counts["completed"],
-               "failed": counts["failed"], "rps": perf["requests_per_second"], "job_s": perf["elapsed_seconds"],
-               "wall_s": round(wall, 1), "sent": tok["prompt"], "evaluated": tok["prompt_evaluated_estimate"],
-               "cached": tok["prompt_cached_estimate"], "completion": tok["completion"],
-               "load": f"{load_before} -> {load()}"}
+        row = {
+            "backend": backend,
+            "variant": variant,
+            "rows": rows,
+            "completed": counts["completed"],
+            "failed": counts["failed"],
+            "rps": perf["requests_per_second"],
+            "job_s": perf["elapsed_seconds"],
+            "wall_s": round(wall, 1),
+            "sent": tok["prompt"],
+            "evaluated": tok["prompt_evaluated_estimate"],
+            "cached": tok["prompt_cached_estimate"],
+            "completion": tok["completion"],
+            "load": f"{load_before} -> {load()}",
+        }
         # A reply is only as good as its score: a cache trick that yields no scores is no win.
         with (f.outbox / STEM / "scores.csv").open(encoding="utf-8-sig", newline="") as fh:
             row["scored"] = sum(1 for r in csv.DictReader(fh) if (r.get("score") or "").strip())
@@ -205,25 +256,34 @@ def run_variant(backend: str, variant: str, rows: int, threads: int, url: str | 
 
 def end_to_end(args: argparse.Namespace) -> int:
     header(f"prefix reuse: Gemma 3 270M, {args.rows} candidates, threads {args.threads}, backends {args.backends}")
-    print(f"{'backend':>8} {'variant':>12} {'ok':>4} {'req/s':>6} {'speed-up':>8} {'prompt sent':>11} "
-          f"{'evaluated':>9} {'cached':>7} {'compl.':>6} {'scored':>6} {'job s':>6}  load (before -> after)")
+    print(
+        f"{'backend':>8} {'variant':>12} {'ok':>4} {'req/s':>6} {'speed-up':>8} {'prompt sent':>11} "
+        f"{'evaluated':>9} {'cached':>7} {'compl.':>6} {'scored':>6} {'job s':>6}  load (before -> after)"
+    )
     rows: list[dict[str, Any]] = []
     for backend in args.backends.split(","):
         log = Path(f"/tmp/bench-llama-server-{os.getpid()}.log") if backend == "server" else None
-        with (llama_server(args.threads, log) if log else _nothing()) as url:
+        with llama_server(args.threads, log) if log else _nothing() as url:
             naive = None
             for variant in VARIANTS:
                 r = run_variant(backend, variant, args.rows, args.threads, url, log)
                 naive = naive or r
                 r["speedup"] = r["rps"] / naive["rps"] if naive["rps"] else float("nan")
                 rows.append(r)
-                print(f"{backend:>8} {variant:>12} {r['completed']:>4} {r['rps']:>6.3f} {r['speedup']:>7.2f}x "
-                      f"{r['sent']:>11,} {r['evaluated']:>9,} {r['cached']:>7,} {r['completion']:>6,} "
-                      f"{r['scored']:>6} {r['job_s']:>6.1f}  {r['load']}", flush=True)
+                print(
+                    f"{backend:>8} {variant:>12} {r['completed']:>4} {r['rps']:>6.3f} {r['speedup']:>7.2f}x "
+                    f"{r['sent']:>11,} {r['evaluated']:>9,} {r['cached']:>7,} {r['completion']:>6,} "
+                    f"{r['scored']:>6} {r['job_s']:>6.1f}  {r['load']}",
+                    flush=True,
+                )
     if args.json:
         print(json.dumps(rows, indent=1))
-    parts = [f"{r['backend']} {r['variant']} {r['speedup']:.2f}x ({r['evaluated']:,} of {r['sent']:,} prompt tokens "
-             f"evaluated)" for r in rows if r["variant"] != "naive"]
+    parts = [
+        f"{r['backend']} {r['variant']} {r['speedup']:.2f}x ({r['evaluated']:,} of {r['sent']:,} prompt tokens "
+        f"evaluated)"
+        for r in rows
+        if r["variant"] != "naive"
+    ]
     summary("prefix", f"{args.rows} candidates, speed-up over naive: " + "; ".join(parts))
     return 0
 
@@ -237,8 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--micro", action="store_true", help="the backend-only micro-benchmark")
     ap.add_argument("--rows", type=int, default=None, help="candidates (default 20; --micro: 6)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="llama.cpp threads (default 1: on a busy 2-core box 2 threads ran 3-8x slower)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="llama.cpp threads (default 1: on a busy 2-core box 2 threads ran 3-8x slower)",
+    )
     ap.add_argument("--num-predict", type=int, default=8, help="--micro only")
     ap.add_argument("--backends", default="embedded,server", help="embedded, server or both")
     ap.add_argument("--json", action="store_true")

@@ -19,8 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def lifecycle(examples: int) -> int:
     env = {**os.environ, "BATCHD_LIFECYCLE_PROFILE": "long", "BATCHD_LIFECYCLE_EXAMPLES": str(examples)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:logging", "--timeout=7200",
-           "tests/reliability/test_lifecycle_properties.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-s",
+        "-p",
+        "no:logging",
+        "--timeout=7200",
+        "tests/reliability/test_lifecycle_properties.py",
+    ]
     print("running:", " ".join(cmd), f"with BATCHD_LIFECYCLE_PROFILE=long BATCHD_LIFECYCLE_EXAMPLES={examples}")
     return subprocess.call(cmd, cwd=ROOT, env=env)
 

@@ -35,16 +35,29 @@ NUM_CTX = 4096
 def neighbour(url: str, every: float, stop: threading.Event) -> None:
     with httpx.Client(base_url=url, timeout=60) as client:
         while not stop.wait(every):
-            client.post("/api/chat", json={"model": MODEL, "stream": False, "options": {"num_ctx": NUM_CTX},
-                                           "messages": [{"role": "user", "content": "neighbour"}]})
+            client.post(
+                "/api/chat",
+                json={
+                    "model": MODEL,
+                    "stream": False,
+                    "options": {"num_ctx": NUM_CTX},
+                    "messages": [{"role": "user", "content": "neighbour"}],
+                },
+            )
 
 
 async def batch(url: str, rows: int, *, shift: bool, options: dict[str, object]) -> None:
     backend = OllamaBackend(url=url, send_shift_false=shift)
     try:
         for i in range(rows):
-            await backend.chat(ChatRequest(model=MODEL, num_ctx=NUM_CTX, options={"num_predict": 8, **options},
-                                           messages=[{"role": "user", "content": f"Candidate {i}."}]))
+            await backend.chat(
+                ChatRequest(
+                    model=MODEL,
+                    num_ctx=NUM_CTX,
+                    options={"num_predict": 8, **options},
+                    messages=[{"role": "user", "content": f"Candidate {i}."}],
+                )
+            )
     finally:
         await backend.aclose()
 

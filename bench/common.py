@@ -30,6 +30,7 @@ MODEL = "gemma3:4b"  # the emulator's default model name
 
 # -- machine facts -------------------------------------------------------------------
 
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,8 +48,10 @@ def load() -> str:
 
 
 def machine() -> str:
-    return (f"{os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load {load()}")
+    return (
+        f"{os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load {load()}"
+    )
 
 
 def header(title: str) -> None:
@@ -63,18 +66,29 @@ def summary(name: str, text: str) -> str:
 
 # -- the emulator as a process -----------------------------------------------------------
 
+
 class EmulatorProcess:
     """``python -m tests.emulator`` in its own process; ``kill()`` + ``start()`` keep the port."""
 
-    def __init__(self, *, latency: float = 0.0, slots: int = 0, port: int = 0,
-                 context_length: int = 8192) -> None:
+    def __init__(self, *, latency: float = 0.0, slots: int = 0, port: int = 0, context_length: int = 8192) -> None:
         self.latency, self.slots, self.port, self.context_length = latency, slots, port, context_length
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self, timeout: float = 30.0) -> EmulatorProcess:
-        cmd = [sys.executable, "-m", "tests.emulator", "--port", str(self.port), "--latency", str(self.latency),
-               "--slots", str(self.slots), "--context-length", str(self.context_length)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.emulator",
+            "--port",
+            str(self.port),
+            "--latency",
+            str(self.latency),
+            "--slots",
+            str(self.slots),
+            "--context-length",
+            str(self.context_length),
+        ]
         deadline = time.monotonic() + timeout
         while True:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -143,18 +157,22 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen[Any] | No
 
 # -- batchd in temp folders ---------------------------------------------------------------
 
+
 class Folders(TestFolders):
     """The tests' temp folders, with the quieter logging and quick retries benchmarks want."""
 
     def env(self, url: str, **extra: str) -> dict[str, str]:
-        return super().env(url, **{
-            "BATCHD_LOG__LEVEL": "warning",
-            "BATCHD_VRAM__SOURCE": "none",
-            # Quick retries so an outage is noticed and left within a second, not a minute.
-            "BATCHD_BACKEND__BACKOFF_SECONDS": "0.1",
-            "BATCHD_BACKEND__BACKOFF_MAX_SECONDS": "1",
-            **extra,
-        })
+        return super().env(
+            url,
+            **{
+                "BATCHD_LOG__LEVEL": "warning",
+                "BATCHD_VRAM__SOURCE": "none",
+                # Quick retries so an outage is noticed and left within a second, not a minute.
+                "BATCHD_BACKEND__BACKOFF_SECONDS": "0.1",
+                "BATCHD_BACKEND__BACKOFF_MAX_SECONDS": "1",
+                **extra,
+            },
+        )
 
     def metrics(self, stem: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.outbox / stem / "metrics.json").read_text())
@@ -178,16 +196,23 @@ def folders(prefix: str = "bench-") -> Iterator[Folders]:
         yield f
 
 
-def run_once(env: dict[str, str], timeout: float = 900, prefix: list[str] | None = None,
-             root: Path | None = None) -> float:
+def run_once(
+    env: dict[str, str], timeout: float = 900, prefix: list[str] | None = None, root: Path | None = None
+) -> float:
     """``batchd run --once``; returns wall seconds (process start to exit). Raises on a non-zero exit.
 
     ``prefix`` replaces the interpreter (e.g. ``[python, -m, cProfile, -o, OUT]``); ``-m batchd`` follows.
     ``root``: run the ``batchd`` package found there instead (a patched copy, to measure a fix).
     """
     started = time.perf_counter()
-    proc = subprocess.run([*(prefix or [sys.executable]), "-m", "batchd", "run", "--once"], cwd=root or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [*(prefix or [sys.executable]), "-m", "batchd", "run", "--once"],
+        cwd=root or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"batchd exited {proc.returncode}: {proc.stderr[-3000:]}")
@@ -196,14 +221,21 @@ def run_once(env: dict[str, str], timeout: float = 900, prefix: list[str] | None
 
 def chat_body(i: int) -> dict[str, Any]:
     """One short chat body; the same bodies go to batchd and to the bare loops."""
-    return {"model": MODEL, "messages": [
-        {"role": "system", "content": "You score job candidates from 1 to 10. Answer with one line."},
-        {"role": "user", "content": f"Candidate {i}: five years in warehouse logistics, forklift licence."}]}
+    return {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "You score job candidates from 1 to 10. Answer with one line."},
+            {"role": "user", "content": f"Candidate {i}: five years in warehouse logistics, forklift licence."},
+        ],
+    }
 
 
 def write_requests(path: Path, n: int) -> None:
     with path.open("w") as fh:
         for i in range(n):
-            fh.write(json.dumps({"custom_id": f"r{i:06d}", "method": "POST", "url": "/v1/chat/completions",
-                                 "body": chat_body(i)}) + "\n")
-
+            fh.write(
+                json.dumps(
+                    {"custom_id": f"r{i:06d}", "method": "POST", "url": "/v1/chat/completions", "body": chat_body(i)}
+                )
+                + "\n"
+            )

@@ -17,9 +17,11 @@ def main(outbox: Path) -> int:
         m = json.loads((folder / "metrics.json").read_text())
         counts = m.get("request_counts", {})
         perf = m.get("performance", {})
-        print(f"\n== {folder.name}/  ({m['input']}, status {m['status']}, "
-              f"{counts.get('completed', 0)}/{counts.get('total', 0)} ok, {counts.get('failed', 0)} failed, "
-              f"{perf.get('requests_per_second')} req/s, model {m.get('model')})")
+        print(
+            f"\n== {folder.name}/  ({m['input']}, status {m['status']}, "
+            f"{counts.get('completed', 0)}/{counts.get('total', 0)} ok, {counts.get('failed', 0)} failed, "
+            f"{perf.get('requests_per_second')} req/s, model {m.get('model')})"
+        )
         scores = folder / "scores.csv"
         if scores.exists():
             lines = scores.read_text(encoding="utf-8-sig").splitlines()

@@ -49,6 +49,7 @@ LANES = ("1", "8", "32", "auto")
 
 # -- the GPU -------------------------------------------------------------------------
 
+
 def detect_gpu() -> tuple[str | None, str]:
     """(name, '') for the first GPU, or (None, why not)."""
     try:
@@ -129,6 +130,7 @@ class NvmlSampler:
 
 # -- install and serve ---------------------------------------------------------------------
 
+
 def sh(cmd: list[str], **kw: Any) -> None:
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, **kw)
@@ -153,16 +155,43 @@ def build_server(work: Path, arch: str) -> Path:
     src = work / "src"
     if not src.exists():
         with tempfile.TemporaryDirectory() as tmp:
-            sh([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp,
-                LLAMA_CPP_PYTHON])
+            sh(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "-d",
+                    tmp,
+                    LLAMA_CPP_PYTHON,
+                ]
+            )
             (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
             with tarfile.open(sdist) as tar:
                 tar.extractall(work / "unpacked", filter="data")
         (src,) = [p / "vendor" / "llama.cpp" for p in (work / "unpacked").iterdir()]
     build = work / "build"
-    sh(["cmake", "-S", str(src), "-B", str(build), "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
-        "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-        "-DGGML_NATIVE=OFF", "-DCMAKE_BUILD_TYPE=Release"])
+    sh(
+        [
+            "cmake",
+            "-S",
+            str(src),
+            "-B",
+            str(build),
+            "-DGGML_CUDA=ON",
+            f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
+            "-DLLAMA_BUILD_SERVER=ON",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DGGML_NATIVE=OFF",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+    )
     sh(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 4)])
     found = next(build.rglob("llama-server"))
     shutil.copy2(found, binary)
@@ -187,9 +216,28 @@ def model_file(py: Path) -> Path:
 
 
 def start_server(binary: Path, gguf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-ngl", "999",
-           "--parallel", "64", "-c", str(64 * 1024), "--cont-batching", "--alias", ALIAS,
-           "--no-jinja", "--chat-template", "gemma", "--no-webui"]
+    cmd = [
+        str(binary),
+        "-m",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-ngl",
+        "999",
+        "--parallel",
+        "64",
+        "-c",
+        str(64 * 1024),
+        "--cont-batching",
+        "--alias",
+        ALIAS,
+        "--no-jinja",
+        "--chat-template",
+        "gemma",
+        "--no-webui",
+    ]
     print("+ " + " ".join(cmd), flush=True)
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -210,6 +258,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
 
 # -- the measurements ---------------------------------------------------------------------
 
+
 def served_model(url: str) -> str:
     """The first model a running OpenAI-compatible server lists (``--url`` without ``--model``)."""
     with urllib.request.urlopen(url + "/v1/models", timeout=10) as resp:
@@ -218,10 +267,19 @@ def served_model(url: str) -> str:
 
 
 def body(i: int, max_tokens: int, model: str = ALIAS) -> dict[str, Any]:
-    return {"model": model, "max_tokens": max_tokens, "temperature": 0, "messages": [
-        {"role": "system", "content": "You score job candidates from 1 to 10 and give one reason."},
-        {"role": "user", "content": f"Candidate {i}: {3 + i % 9} years in warehouse logistics, forklift "
-                                    f"licence, team lead for {i % 5} years. Score and reason?"}]}
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [
+            {"role": "system", "content": "You score job candidates from 1 to 10 and give one reason."},
+            {
+                "role": "user",
+                "content": f"Candidate {i}: {3 + i % 9} years in warehouse logistics, forklift "
+                f"licence, team lead for {i % 5} years. Score and reason?",
+            },
+        ],
+    }
 
 
 def old_tool(url: str, n: int, max_tokens: int, model: str) -> dict[str, Any]:
@@ -231,8 +289,9 @@ def old_tool(url: str, n: int, max_tokens: int, model: str) -> dict[str, Any]:
     started = time.perf_counter()
     for i in range(n):
         data = json.dumps(body(i, max_tokens, model)).encode()
-        req = urllib.request.Request(url + "/v1/chat/completions", data=data,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/v1/chat/completions", data=data, headers={"Content-Type": "application/json"}
+        )
         t = time.perf_counter()
         with urllib.request.urlopen(req, timeout=300) as resp:
             reply = json.loads(resp.read())
@@ -240,8 +299,15 @@ def old_tool(url: str, n: int, max_tokens: int, model: str) -> dict[str, Any]:
         tokens += int((reply.get("usage") or {}).get("completion_tokens") or 0)
     took = time.perf_counter() - started
     lat.sort()
-    return {"requests": n, "ok": n, "rps": n / took, "tok_s": tokens / took, "p95": lat[int(0.95 * (n - 1))],
-            "lanes": "1 (old)", "batchd_vram": None}
+    return {
+        "requests": n,
+        "ok": n,
+        "rps": n / took,
+        "tok_s": tokens / took,
+        "p95": lat[int(0.95 * (n - 1))],
+        "lanes": "1 (old)",
+        "batchd_vram": None,
+    }
 
 
 def batchd_run(py: str, url: str, lanes: str, n: int, max_tokens: int, vram: str, model: str) -> dict[str, Any]:
@@ -252,26 +318,59 @@ def batchd_run(py: str, url: str, lanes: str, n: int, max_tokens: int, vram: str
         (root / "batchd.toml").write_text("# gpu bench\n")
         with (root / "inbox" / "gpu.jsonl").open("w") as fh:
             for i in range(n):
-                fh.write(json.dumps({"custom_id": f"r{i:06d}", "method": "POST", "url": "/v1/chat/completions",
-                                     "body": body(i, max_tokens, model)}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "custom_id": f"r{i:06d}",
+                            "method": "POST",
+                            "url": "/v1/chat/completions",
+                            "body": body(i, max_tokens, model),
+                        }
+                    )
+                    + "\n"
+                )
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-        env.update({"BATCHD_CONFIG": str(root / "batchd.toml"), "BATCHD_INBOX": str(root / "inbox"),
-                    "BATCHD_OUTBOX": str(root / "outbox"), "BATCHD_STATE_DIR": str(root / "state"),
-                    "BATCHD_BACKEND__KIND": "openai", "BATCHD_BACKEND__URL": url,
-                    "BATCHD_BACKEND__MODEL": model, "BATCHD_BACKEND__LANES": lanes,
-                    "BATCHD_CONTEXT__MODE": "isolated", "BATCHD_CONTEXT__NUM_CTX": "1024",
-                    "BATCHD_VRAM__SOURCE": vram, "BATCHD_LOG__TARGET": "json", "BATCHD_LOG__LEVEL": "warning"})
-        proc = subprocess.run([py, "-m", "batchd", "run", "--once"], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=900, check=False)
+        env.update(
+            {
+                "BATCHD_CONFIG": str(root / "batchd.toml"),
+                "BATCHD_INBOX": str(root / "inbox"),
+                "BATCHD_OUTBOX": str(root / "outbox"),
+                "BATCHD_STATE_DIR": str(root / "state"),
+                "BATCHD_BACKEND__KIND": "openai",
+                "BATCHD_BACKEND__URL": url,
+                "BATCHD_BACKEND__MODEL": model,
+                "BATCHD_BACKEND__LANES": lanes,
+                "BATCHD_CONTEXT__MODE": "isolated",
+                "BATCHD_CONTEXT__NUM_CTX": "1024",
+                "BATCHD_VRAM__SOURCE": vram,
+                "BATCHD_LOG__TARGET": "json",
+                "BATCHD_LOG__LEVEL": "warning",
+            }
+        )
+        proc = subprocess.run(
+            [py, "-m", "batchd", "run", "--once"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"batchd exited {proc.returncode}: {proc.stderr[-2000:]}")
         m = json.loads((root / "outbox" / "gpu" / "metrics.json").read_text())
     perf = m["performance"]
     lanes_info = m.get("lanes") or {}
     shown = lanes if lanes != "auto" else f"auto ({lanes_info.get('current')}, max {lanes_info.get('max')})"
-    return {"requests": n, "ok": m["request_counts"]["completed"], "rps": perf["requests_per_second"],
-            "tok_s": perf["completion_tokens_per_second"], "p95": perf["latency_p95"], "lanes": shown,
-            "batchd_vram": (m.get("vram") or {}).get("peak_bytes")}
+    return {
+        "requests": n,
+        "ok": m["request_counts"]["completed"],
+        "rps": perf["requests_per_second"],
+        "tok_s": perf["completion_tokens_per_second"],
+        "p95": perf["latency_p95"],
+        "lanes": shown,
+        "batchd_vram": (m.get("vram") or {}).get("peak_bytes"),
+    }
 
 
 def gib(v: Any) -> str:
@@ -279,16 +378,20 @@ def gib(v: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'mode':<22} {'reqs':>5} {'ok':>5} {'req/s':>8} {'out tok/s':>10} {'p95 s':>7} " \
-           f"{'GPU util %':>10} {'NVML mem GiB':>12} {'batchd VRAM GiB':>15}  lanes"
+    head = (
+        f"{'mode':<22} {'reqs':>5} {'ok':>5} {'req/s':>8} {'out tok/s':>10} {'p95 s':>7} "
+        f"{'GPU util %':>10} {'NVML mem GiB':>12} {'batchd VRAM GiB':>15}  lanes"
+    )
     lines = [head]
     for r in rows:
         util = f"{r['gpu_util']:.0f}" if r.get("gpu_util") is not None else "-"
         rps = f"{r['rps']:.2f}" if r["rps"] is not None else "FAILED"
         tok = f"{r['tok_s']:.1f}" if r["tok_s"] is not None else "-"
-        lines.append(f"{r['mode']:<22} {r['requests']:>5} {r['ok']:>5} {rps:>8} {tok:>10} "
-                     f"{r['p95'] or 0:>7.3f} {util:>10} {gib(r.get('gpu_mem_peak')):>12} "
-                     f"{gib(r.get('batchd_vram')):>15}  {r['lanes']}")
+        lines.append(
+            f"{r['mode']:<22} {r['requests']:>5} {r['ok']:>5} {rps:>8} {tok:>10} "
+            f"{r['p95'] or 0:>7.3f} {util:>10} {gib(r.get('gpu_mem_peak')):>12} "
+            f"{gib(r.get('batchd_vram')):>15}  {r['lanes']}"
+        )
     return "\n".join(lines)
 
 
@@ -336,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     if gpu is None and not (args.url and args.allow_no_gpu):
         print(f"no GPU: {why}; nothing measured")
         return 0
-    print(f"# GPU: {gpu or 'none (--allow-no-gpu)'}; {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M %Z')}",
-          flush=True)
+    print(
+        f"# GPU: {gpu or 'none (--allow-no-gpu)'}; {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        flush=True,
+    )
     server: subprocess.Popen[bytes] | None = None
     py = sys.executable
     try:

@@ -47,10 +47,21 @@ class Server:
         return OpenAIBackend(url=self.url, timeout=60)
 
     def request(self, text: str, *, num_predict: int = 8, **body: object) -> ChatRequest:
-        chat = to_chat_request({"model": self.model, "max_tokens": num_predict, "temperature": 0, "seed": 1,
-                                "messages": [{"role": "system", "content": "Answer in one short sentence."},
-                                             {"role": "user", "content": text}], **body},
-                               model=self.model, num_ctx=self.num_ctx)
+        chat = to_chat_request(
+            {
+                "model": self.model,
+                "max_tokens": num_predict,
+                "temperature": 0,
+                "seed": 1,
+                "messages": [
+                    {"role": "system", "content": "Answer in one short sentence."},
+                    {"role": "user", "content": text},
+                ],
+                **body,
+            },
+            model=self.model,
+            num_ctx=self.num_ctx,
+        )
         return chat
 
 
@@ -79,6 +90,7 @@ async def answers_with_token_counts(server: Server) -> None:
         assert result.content.strip()
         assert result.prompt_tokens > 0 and 0 < result.completion_tokens <= 8
         assert result.finish_reason in ("stop", "length")
+
     await _with(server, go)
 
 
@@ -95,6 +107,7 @@ async def overflow_is_context_length_exceeded(server: Server) -> None:
             assert exc.n_prompt_tokens is not None and exc.n_prompt_tokens > server.num_ctx
         else:
             assert exc.n_ctx is None and exc.n_prompt_tokens is None
+
     await _with(server, go)
 
 
@@ -103,6 +116,7 @@ async def length_only_when_num_predict_was_hit(server: Server) -> None:
     async def go(b: Backend) -> None:
         cut = await b.chat(server.request("Write a long story about a cat.", num_predict=2))
         assert cut.finish_reason == "length" and cut.completion_tokens == 2
+
     await _with(server, go)
 
 
@@ -111,6 +125,7 @@ async def a_string_stop_is_accepted(server: Server) -> None:
     async def go(b: Backend) -> None:  # Ollama answers 500 to a string stop: batchd must send a list
         result = await b.chat(server.request("Name one colour.", stop="\n\n"))
         assert result.content is not None
+
     await _with(server, go)
 
 
@@ -119,6 +134,7 @@ async def queued_requests_all_answer(server: Server) -> None:
     async def go(b: Backend) -> None:  # more requests than slots: the rest queue, none fails
         results = await asyncio.gather(*(b.chat(server.request(f"Say the number {i}.")) for i in range(5)))
         assert all(r.completion_tokens > 0 for r in results)
+
     await _with(server, go)
 
 
@@ -131,6 +147,7 @@ async def version_is_a_release(server: Server) -> None:
         assert isinstance(b, OllamaBackend)
         version = parse_version(await b.version())
         assert version is not None and version >= (0, 12, 6)
+
     await _with(server, go)
 
 
@@ -143,13 +160,18 @@ async def a_different_num_ctx_reloads_the_model(server: Server) -> None:
         assert isinstance(b, OllamaBackend)
         await b.chat(server.request("Name one colour."))
         warm = await b.chat(server.request("Name one fruit."))
-        other = ChatRequest(model=server.model, num_ctx=server.num_ctx // 2,
-                            messages=[{"role": "user", "content": "Name one animal."}], options={"num_predict": 4})
+        other = ChatRequest(
+            model=server.model,
+            num_ctx=server.num_ctx // 2,
+            messages=[{"role": "user", "content": "Name one animal."}],
+            options={"num_predict": 4},
+        )
         reloaded = await b.chat(other)
         assert warm.load_seconds is not None and reloaded.load_seconds is not None
         assert reloaded.load_seconds > 5 * warm.load_seconds
         loaded = await b.loaded()
         assert [m.context_length for m in loaded if m.name == server.model] == [server.num_ctx // 2]
+
     await _with(server, go)
 
 
@@ -163,6 +185,14 @@ async def post(server: Server, path: str, body: dict[str, object]) -> httpx.Resp
 async def the_server_refuses_a_string_stop_as_ollama_does(server: Server) -> None:
     if server.kind != "ollama":
         pytest.skip("OpenAI-compatible servers accept a string stop")
-    resp = await post(server, "/api/chat", {"model": server.model, "stream": False, "options": {"stop": "\n"},
-                                            "messages": [{"role": "user", "content": "hi"}]})
+    resp = await post(
+        server,
+        "/api/chat",
+        {
+            "model": server.model,
+            "stream": False,
+            "options": {"stop": "\n"},
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert resp.status_code == 500 and resp.json() == {"error": 'option "stop" must be of type array'}

@@ -30,19 +30,21 @@ class Folders:
     def env(self, url: str, **extra: str) -> dict[str, str]:
         """Environment for a `batchd` subprocess using these folders and a backend URL."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-        env.update({
-            "BATCHD_CONFIG": str(self.root / "batchd.toml"),
-            "BATCHD_INBOX": str(self.inbox),
-            "BATCHD_OUTBOX": str(self.outbox),
-            "BATCHD_STATE_DIR": str(self.state),
-            "BATCHD_BACKEND__URL": url,
-            "BATCHD_LOG__TARGET": "json",
-            "BATCHD_BACKEND__BACKOFF_SECONDS": "0.05",
-            "BATCHD_BACKEND__BACKOFF_MAX_SECONDS": "0.5",
-            "BATCHD_WATCH__STABLE_SECONDS": "0.3",
-            "BATCHD_WATCH__POLL_SECONDS": "0.2",
-            "BATCHD_BACKEND__LANES": "1",  # pinned, as in make_settings; tests of "auto" ask for it
-        })
+        env.update(
+            {
+                "BATCHD_CONFIG": str(self.root / "batchd.toml"),
+                "BATCHD_INBOX": str(self.inbox),
+                "BATCHD_OUTBOX": str(self.outbox),
+                "BATCHD_STATE_DIR": str(self.state),
+                "BATCHD_BACKEND__URL": url,
+                "BATCHD_LOG__TARGET": "json",
+                "BATCHD_BACKEND__BACKOFF_SECONDS": "0.05",
+                "BATCHD_BACKEND__BACKOFF_MAX_SECONDS": "0.5",
+                "BATCHD_WATCH__STABLE_SECONDS": "0.3",
+                "BATCHD_WATCH__POLL_SECONDS": "0.2",
+                "BATCHD_BACKEND__LANES": "1",  # pinned, as in make_settings; tests of "auto" ask for it
+            }
+        )
         env.update(extra)
         return env
 
@@ -73,11 +75,22 @@ def make_settings(folders: Folders, emulator: Emulator) -> Callable[..., Setting
     def make(**overrides: Any) -> Settings:
         # lanes pinned to 1 unless a test asks: call counts and orders stay deterministic
         # (the default, "auto", has its own tests in test_lanes.py and test_runner_lanes.py)
-        backend = {"url": emulator.url, "backoff_seconds": 0.01, "backoff_max_seconds": 0.2, "lanes": 1,
-                   **overrides.pop("backend", {})}
+        backend = {
+            "url": emulator.url,
+            "backoff_seconds": 0.01,
+            "backoff_max_seconds": 0.2,
+            "lanes": 1,
+            **overrides.pop("backend", {}),
+        }
         watch = {"stable_seconds": 0.2, "rescan_seconds": 5, "poll_seconds": 0.1, **overrides.pop("watch", {})}
-        return Settings(inbox=folders.inbox, outbox=folders.outbox, state_dir=folders.state, backend=backend,
-                        watch=watch, **overrides)
+        return Settings(
+            inbox=folders.inbox,
+            outbox=folders.outbox,
+            state_dir=folders.state,
+            backend=backend,
+            watch=watch,
+            **overrides,
+        )
 
     return make
 
@@ -128,8 +141,13 @@ class _Poll:
         return value
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, *,
-             describe: Callable[[], object] | None = None) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    *,
+    describe: Callable[[], object] | None = None,
+) -> Any:
     """Poll a condition with a deadline (never a fixed sleep); returns its first truthy value. Blocking."""
     poll = _Poll(predicate, timeout, describe)
     while not (value := poll.check()):
@@ -137,8 +155,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
     return value
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.01, *,
-                describe: Callable[[], object] | None = None) -> Any:
+async def until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.01,
+    *,
+    describe: Callable[[], object] | None = None,
+) -> Any:
     """``wait_for`` inside a running event loop: sleeps with ``asyncio.sleep`` so the loop runs meanwhile."""
     poll = _Poll(predicate, timeout, describe)
     while not (value := poll.check()):
@@ -156,13 +179,35 @@ def write_jsonl(path: Path, n: int, *, model: str = "gemma3:4b", start: int = 0,
             cid = f"req-{i:06d}"
             ids.append(cid)
             if bad_every and i % bad_every == bad_every - 1:
-                fh.write(orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/embeddings",
-                                       "body": {"model": model, "input": "x"}}) + b"\n")
+                fh.write(
+                    orjson.dumps(
+                        {
+                            "custom_id": cid,
+                            "method": "POST",
+                            "url": "/v1/embeddings",
+                            "body": {"model": model, "input": "x"},
+                        }
+                    )
+                    + b"\n"
+                )
                 continue
-            fh.write(orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                                   "body": {"model": model, "messages": [
-                                       {"role": "system", "content": "You are terse."},
-                                       {"role": "user", "content": f"Question number {i}?"}]}}) + b"\n")
+            fh.write(
+                orjson.dumps(
+                    {
+                        "custom_id": cid,
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {
+                            "model": model,
+                            "messages": [
+                                {"role": "system", "content": "You are terse."},
+                                {"role": "user", "content": f"Question number {i}?"},
+                            ],
+                        },
+                    }
+                )
+                + b"\n"
+            )
     return ids
 
 

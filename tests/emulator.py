@@ -68,8 +68,8 @@ _completion_ids = itertools.count(1)
 _GARBAGE_BODY = b'{"model": "gemma3:4b", "message": {"role": "assist'  # cut mid-object
 
 
-
 # -- faults and the emulator -------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -84,9 +84,19 @@ class Fault:
 class Emulator:
     """An Ollama-speaking server on 127.0.0.1, started in a thread."""
 
-    def __init__(self, *, context_length: int = 8192, latency: float = 0.0, slots: int | None = None,
-                 models: tuple[str, ...] | list[str] = ("gemma3:4b",), port: int = 0, mode: str = "go",
-                 version: str | None = None, reload_seconds: float = 0.0, latency_max: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        context_length: int = 8192,
+        latency: float = 0.0,
+        slots: int | None = None,
+        models: tuple[str, ...] | list[str] = ("gemma3:4b",),
+        port: int = 0,
+        mode: str = "go",
+        version: str | None = None,
+        reload_seconds: float = 0.0,
+        latency_max: float | None = None,
+    ) -> None:
         self.era: Era = ERAS[mode]
         self.version = version or self.era.version
         #: seconds a (re)load takes; requests wait for it and report it as load_duration
@@ -149,8 +159,9 @@ class Emulator:
         self._server.emu = self
         self.port = self._server.server_address[1]
         # A short poll interval keeps down()/stop() quick; shutdown() waits one poll.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"emulator:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"emulator:{self.port}", daemon=True
+        )
         self._thread.start()
 
     def down(self) -> None:
@@ -196,8 +207,9 @@ class Emulator:
         with self._lock:
             return self._latency_rng.uniform(self.latency, self.latency_max)
 
-    def set_ps(self, *, size: int | None = None, size_vram: int | None = None,
-               context_length: int | None = None) -> None:
+    def set_ps(
+        self, *, size: int | None = None, size_vram: int | None = None, context_length: int | None = None
+    ) -> None:
         if size is not None:
             self.ps["size"] = size
         if size_vram is not None:
@@ -209,8 +221,9 @@ class Emulator:
         with self._lock:
             self._faults.extend([fault] * count)
 
-    def fail_next(self, status: int = 503, count: int = 1,
-                  body: dict[str, Any] | str | bytes | None = None, *, after: int = 0) -> None:
+    def fail_next(
+        self, status: int = 503, count: int = 1, body: dict[str, Any] | str | bytes | None = None, *, after: int = 0
+    ) -> None:
         """The next ``count`` chat calls fail, after ``after`` calls answered normally (deterministic,
         where waiting for progress and then injecting would race a fast job)."""
         self.inject(Fault("pass"), after)
@@ -276,8 +289,7 @@ class Emulator:
             # reload, later ones wait behind it even when they match the loaded model.
             ticket = object()
             self._queue.append(ticket)
-            while (self._queue[0] is not ticket or self._reloading
-                   or (key != self._loaded_key and self._using)):
+            while self._queue[0] is not ticket or self._reloading or (key != self._loaded_key and self._using):
                 self._cond.wait(0.05)  # Ollama reloads once the requests in flight are done
             self._queue.popleft()
             reload = key != self._loaded_key
@@ -385,8 +397,14 @@ def _now_iso(t: float | None = None) -> str:
 
 def _details(name: str) -> dict[str, Any]:
     family = name.split(":")[0].split(".")[0]
-    return {"parent_model": "", "format": "gguf", "family": family, "families": [family],
-            "parameter_size": "4.3B", "quantization_level": "Q4_K_M"}
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family],
+        "parameter_size": "4.3B",
+        "quantization_level": "Q4_K_M",
+    }
 
 
 def _digest(name: str) -> str:
@@ -433,10 +451,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(405, b"405 method not allowed", "text/plain")
 
     # plumbing
-    def _send(self, status: int, body: bytes, ctype: str = "application/json; charset=utf-8",
-              extra: str = "") -> None:
-        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\n{extra}\r\n")
+    def _send(self, status: int, body: bytes, ctype: str = "application/json; charset=utf-8", extra: str = "") -> None:
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n"
+        )
         self.wfile.write(head.encode() + body)  # one write: no Nagle/delayed-ACK stall
 
     def _json(self, status: int, obj: Any, extra: str = "") -> None:
@@ -447,8 +466,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not openai:
             return self._json(status, {"error": message}, extra)
         kind = "invalid_request_error" if status < 500 else "server_error"
-        self._json(status, {"error": {"message": message, "type": kind, "param": None,
-                                      "code": code or _OPENAI_CODES.get(status)}}, extra)
+        self._json(
+            status,
+            {"error": {"message": message, "type": kind, "param": None, "code": code or _OPENAI_CODES.get(status)}},
+            extra,
+        )
 
     def _stream(self, ctype: str, pieces: list[bytes]) -> None:
         out = [f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()]
@@ -474,18 +496,49 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/version":
             self._json(200, {"version": emu.version})
         elif path == "/api/tags":
-            self._json(200, {"models": [
-                {"name": m, "model": m, "size": emu.ps["size"], "digest": _digest(m),
-                 "modified_at": _now_iso(0), "details": _details(m)} for m in emu.models]})
+            self._json(
+                200,
+                {
+                    "models": [
+                        {
+                            "name": m,
+                            "model": m,
+                            "size": emu.ps["size"],
+                            "digest": _digest(m),
+                            "modified_at": _now_iso(0),
+                            "details": _details(m),
+                        }
+                        for m in emu.models
+                    ]
+                },
+            )
         elif path == "/api/ps":
             m = emu.models[0]
-            self._json(200, {"models": [{
-                "name": m, "model": m, "size": emu.ps["size"], "size_vram": emu.ps["size_vram"],
-                "context_length": emu.loaded_ctx, "expires_at": _now_iso(time.time() + 300),
-                "digest": _digest(m), "details": _details(m)}]})
+            self._json(
+                200,
+                {
+                    "models": [
+                        {
+                            "name": m,
+                            "model": m,
+                            "size": emu.ps["size"],
+                            "size_vram": emu.ps["size_vram"],
+                            "context_length": emu.loaded_ctx,
+                            "expires_at": _now_iso(time.time() + 300),
+                            "digest": _digest(m),
+                            "details": _details(m),
+                        }
+                    ]
+                },
+            )
         elif path == "/v1/models":
-            self._json(200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "library"} for m in emu.models]})
+            self._json(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": m, "object": "model", "created": 0, "owned_by": "library"} for m in emu.models],
+                },
+            )
         elif path == "/":
             self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
         elif path in ("/api/chat", "/api/show", "/v1/chat/completions"):
@@ -508,10 +561,17 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._known(model):
                 return self._json(404, {"error": f"model '{model}' not found"})
             arch = _details(model)["family"]
-            self._json(200, {
-                "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
-                "details": _details(model), "capabilities": ["completion"],
-                "model_info": {"general.architecture": arch, f"{arch}.context_length": emu.context_length}})
+            self._json(
+                200,
+                {
+                    "modelfile": "",
+                    "parameters": "",
+                    "template": "{{ .Prompt }}",
+                    "details": _details(model),
+                    "capabilities": ["completion"],
+                    "model_info": {"general.architecture": arch, f"{arch}.context_length": emu.context_length},
+                },
+            )
         else:
             self._send(404, b"404 page not found", "text/plain")
 
@@ -543,10 +603,14 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "fail":
                 if fault.body is None:
                     known = {**ERROR_MESSAGES, 500: emu.era.crash}
-                    return self._error(fault.status, known.get(fault.status, "internal error").format(model=model),
-                                       openai)
-                data = fault.body if isinstance(fault.body, bytes) else (
-                    fault.body.encode() if isinstance(fault.body, str) else json.dumps(fault.body).encode())
+                    return self._error(
+                        fault.status, known.get(fault.status, "internal error").format(model=model), openai
+                    )
+                data = (
+                    fault.body
+                    if isinstance(fault.body, bytes)
+                    else (fault.body.encode() if isinstance(fault.body, str) else json.dumps(fault.body).encode())
+                )
                 return self._send(fault.status, data)
             emu._wake.wait(fault.seconds)  # "timeout": stall, then answer normally
         last = last_user_content(messages)
@@ -584,8 +648,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             emu._release()
 
-    def _ollama_reply(self, body: dict[str, Any], messages: list[dict[str, Any]], last: str, window: int,
-                      load_ns: int) -> None:
+    def _ollama_reply(
+        self, body: dict[str, Any], messages: list[dict[str, Any]], last: str, window: int, load_ns: int
+    ) -> None:
         emu = self.server.emu
         opts = body.get("options") or {}
         prompt = count_tokens(messages)
@@ -606,19 +671,46 @@ class _Handler(BaseHTTPRequestHandler):
         if emu.version == "0.30.0":  # it counted only what the prompt cache did not hold (fixed in 0.30.1)
             counted = max(1, counted - cached)
         counts = {
-            "done_reason": reason, "total_duration": load_ns + elapsed_ns, "load_duration": load_ns,
+            "done_reason": reason,
+            "total_duration": load_ns + elapsed_ns,
+            "load_duration": load_ns,
             "prompt_eval_count": counted,
-            "prompt_eval_duration": elapsed_ns // 5, "eval_count": evals,
-            "eval_duration": elapsed_ns - elapsed_ns // 5}
+            "prompt_eval_duration": elapsed_ns // 5,
+            "eval_count": evals,
+            "eval_duration": elapsed_ns - elapsed_ns // 5,
+        }
         model, created = body["model"], _now_iso()
         if body.get("stream", True) is False:
-            return self._json(200, {"model": model, "created_at": created, "message": {
-                "role": "assistant", "content": content}, "done": True, **counts})
-        pieces = [content[i:i + 16] for i in range(0, len(content), 16)]
-        chunks = [json.dumps({"model": model, "created_at": created, "message": {
-            "role": "assistant", "content": p}, "done": False}).encode() + b"\n" for p in pieces]
-        chunks.append(json.dumps({"model": model, "created_at": created, "message": {
-            "role": "assistant", "content": ""}, "done": True, **counts}).encode() + b"\n")
+            return self._json(
+                200,
+                {
+                    "model": model,
+                    "created_at": created,
+                    "message": {"role": "assistant", "content": content},
+                    "done": True,
+                    **counts,
+                },
+            )
+        pieces = [content[i : i + 16] for i in range(0, len(content), 16)]
+        chunks = [
+            json.dumps(
+                {"model": model, "created_at": created, "message": {"role": "assistant", "content": p}, "done": False}
+            ).encode()
+            + b"\n"
+            for p in pieces
+        ]
+        chunks.append(
+            json.dumps(
+                {
+                    "model": model,
+                    "created_at": created,
+                    "message": {"role": "assistant", "content": ""},
+                    "done": True,
+                    **counts,
+                }
+            ).encode()
+            + b"\n"
+        )
         self._stream("application/x-ndjson", chunks)
 
     def _openai(self, body: dict[str, Any], messages: list[dict[str, Any]], last: str) -> None:
@@ -627,11 +719,16 @@ class _Handler(BaseHTTPRequestHandler):
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
         # vLLM refuses when prompt + max_tokens does not fit; it never truncates silently.
         if (prompt > window or prompt + max_tokens > window) and not emu.silent_truncate:
-            return self._error(400, (
-                f"This model's maximum context length is {window} tokens. However, you requested "
-                f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
-                "completion). Please reduce the length of the messages or completion."),
-                openai=True, code="context_length_exceeded")
+            return self._error(
+                400,
+                (
+                    f"This model's maximum context length is {window} tokens. However, you requested "
+                    f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
+                    "completion). Please reduce the length of the messages or completion."
+                ),
+                openai=True,
+                code="context_length_exceeded",
+            )
         rf = body.get("response_format") or {}
         fmt: Any = None
         if rf.get("type") == "json_schema":
@@ -645,19 +742,33 @@ class _Handler(BaseHTTPRequestHandler):
             content, completion, reason = content[: max(cap, 0) * 4], max(cap, 0), "length"
         self._generate(last)
         prompt = min(prompt, window)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}
-        head = {"id": f"chatcmpl-{next(_completion_ids):024x}",
-                "created": int(time.time()), "model": body["model"]}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        head = {"id": f"chatcmpl-{next(_completion_ids):024x}", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
-            return self._json(200, {**head, "object": "chat.completion", "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": content},
-                "finish_reason": reason}], "usage": usage})
-        events = [{**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {
-            "role": "assistant", "content": content[i:i + 16]}, "finish_reason": None}]}
-            for i in range(0, len(content), 16)]
-        events.append({**head, "object": "chat.completion.chunk", "choices": [
-            {"index": 0, "delta": {}, "finish_reason": reason}]})
+            return self._json(
+                200,
+                {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": reason}
+                    ],
+                    "usage": usage,
+                },
+            )
+        events = [
+            {
+                **head,
+                "object": "chat.completion.chunk",
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": content[i : i + 16]}, "finish_reason": None}
+                ],
+            }
+            for i in range(0, len(content), 16)
+        ]
+        events.append(
+            {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+        )
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
         data = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
@@ -668,8 +779,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--slots", type=int, default=1, help="requests served at once, like OLLAMA_NUM_PARALLEL "
-                        "(default 1, the rest queue); 0: unlimited")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=1,
+        help="requests served at once, like OLLAMA_NUM_PARALLEL (default 1, the rest queue); 0: unlimited",
+    )
     parser.add_argument("--latency-max", type=float, default=None, help="latency uniform in [latency, this]")
     parser.add_argument("--slots-at", default="", help="T:K[,T:K...]: K slots from T seconds after start")
     parser.add_argument("--record", default=None, help="on exit, write each chat's [arrived, done] here (JSON)")
@@ -684,9 +799,17 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    emu = Emulator(context_length=args.context_length, latency=args.latency, slots=args.slots or None,
-                   models=tuple(args.models.split(",")), port=args.port, mode=args.mode, version=args.version,
-                   reload_seconds=args.reload_seconds, latency_max=args.latency_max)
+    emu = Emulator(
+        context_length=args.context_length,
+        latency=args.latency,
+        slots=args.slots or None,
+        models=tuple(args.models.split(",")),
+        port=args.port,
+        mode=args.mode,
+        version=args.version,
+        reload_seconds=args.reload_seconds,
+        latency_max=args.latency_max,
+    )
     for item in filter(None, args.slots_at.split(",")):
         at, k = item.split(":")
         emu.set_slots(int(k), at=float(at))

@@ -2,7 +2,8 @@
 
 Read from ollama/ollama (the search tool's ``read_file`` / a mirror of v0.33):
 
-- ``go`` (0.12.6 - 0.24.0, the last Go-runner release; 0.30.0 followed it): the Go runner. Overflow with ``truncate: false`` is
+- ``go`` (0.12.6 - 0.24.0, the last Go-runner release; 0.30.0 followed it): the Go runner. Overflow
+  with ``truncate: false`` is
   ``400 {"error": "the input length exceeds the context length"}``; a crashed runner is
   ``500 "llama runner process has terminated: ..."``; ``server/sched.go`` reloads the model
   when ``num_ctx`` or a runner option differs.
@@ -25,11 +26,23 @@ from dataclasses import dataclass
 from typing import Any
 
 #: options that shape the loaded runner (api/types.go ``type Runner``; older ones read at load time)
-RUNNER_OPTIONS = ("num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "use_mlock", "numa",
-                  "low_vram", "f16_kv", "vocab_only")
+RUNNER_OPTIONS = (
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "use_mmap",
+    "num_thread",
+    "use_mlock",
+    "numa",
+    "low_vram",
+    "f16_kv",
+    "vocab_only",
+)
 GO_CRASH = "llama runner process has terminated: exit status 2"
-LLAMASERVER_CRASH = ("model runner has unexpectedly stopped, this may be due to resource limitations or an "
-                     "internal error, check ollama server logs for details")
+LLAMASERVER_CRASH = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an "
+    "internal error, check ollama server logs for details"
+)
 _GO_DURATION = re.compile(r"-?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
 
 
@@ -45,9 +58,16 @@ class Era:
         """The 400 body for a prompt that does not fit with ``truncate: false``."""
         if self.name == "go":
             return {"error": "the input length exceeds the context length"}
-        inner = {"error": {"code": 400, "message": f"request ({n_prompt} tokens) exceeds the available context "
-                           f"size ({n_ctx} tokens), try increasing it", "type": "exceed_context_size_error",
-                           "n_prompt_tokens": n_prompt, "n_ctx": n_ctx}}
+        inner = {
+            "error": {
+                "code": 400,
+                "message": f"request ({n_prompt} tokens) exceeds the available context "
+                f"size ({n_ctx} tokens), try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": n_prompt,
+                "n_ctx": n_ctx,
+            }
+        }
         return {"error": json.dumps(inner, separators=(",", ":"))}
 
     def overflows(self, n_prompt: int, n_ctx: int) -> bool:

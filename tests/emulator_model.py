@@ -12,10 +12,15 @@ import json
 from typing import Any
 
 _PHRASES = (
-    "Solid background.", "Clear writing.", "Relevant experience.", "Needs more detail.",
-    "Strong references.", "Limited evidence.", "Good fit for the role.", "Unclear motivation.",
+    "Solid background.",
+    "Clear writing.",
+    "Relevant experience.",
+    "Needs more detail.",
+    "Strong references.",
+    "Limited evidence.",
+    "Good fit for the role.",
+    "Unclear motivation.",
 )
-
 
 
 def tokens(text: str) -> int:

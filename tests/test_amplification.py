@@ -79,10 +79,18 @@ def test_uploads_and_finished_batches_expire_after_retention(make_settings: Call
             (folder / "metrics.json").write_bytes(orjson.dumps({"job_id": named}))
             (folder / "results.jsonl").write_bytes(b"r" * 100)
             with journal.transaction() as db:
-                journal.create_job(job_id=job_id, db=db, state=state, input_name="api:a", stem="a", kind="jsonl",
-                                   source="api")
-                store.add_batch(db, batch_id=f"batch_{job_id}", job_id=job_id, input_file_id="file-a",
-                                output_file_id=f"file-o{job_id}", error_file_id=f"file-e{job_id}", metadata=None)
+                journal.create_job(
+                    job_id=job_id, db=db, state=state, input_name="api:a", stem="a", kind="jsonl", source="api"
+                )
+                store.add_batch(
+                    db,
+                    batch_id=f"batch_{job_id}",
+                    job_id=job_id,
+                    input_file_id="file-a",
+                    output_file_id=f"file-o{job_id}",
+                    error_file_id=f"file-e{job_id}",
+                    metadata=None,
+                )
             journal.update_job(job_id, outbox_name=job_id)
             outbox_dirs[job_id] = folder
         assert retention.stored_bytes() == 3 + sum(f.stat().st_size for d in outbox_dirs.values() for f in d.iterdir())

@@ -104,8 +104,9 @@ def start_api(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., 
     """Factory: ``start_api(token=..., daemon=..., **settings)`` → a started harness."""
     started: list[ApiHarness] = []
 
-    def start(*, token: str | None = None, daemon: bool = False, max_upload_bytes: int = 1 << 20,
-              **overrides: Any) -> ApiHarness:
+    def start(
+        *, token: str | None = None, daemon: bool = False, max_upload_bytes: int = 1 << 20, **overrides: Any
+    ) -> ApiHarness:
         api = {"listen": f"127.0.0.1:{free_port()}", "token": token, "max_upload_bytes": max_upload_bytes}
         h = ApiHarness(make_settings(api=api, **overrides), daemon=daemon)
         started.append(h)
@@ -117,8 +118,9 @@ def start_api(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., 
 
 
 def upload(h: ApiHarness, data: bytes, *, name: str = "in.jsonl", purpose: str = "batch") -> httpx.Response:
-    return httpx.post(h.url + "/v1/files", files={"file": (name, data)}, data={"purpose": purpose},
-                      headers=h.auth(), timeout=10)
+    return httpx.post(
+        h.url + "/v1/files", files={"file": (name, data)}, data={"purpose": purpose}, headers=h.auth(), timeout=10
+    )
 
 
 def jsonl(tmp_path: Path, n: int, **kw: Any) -> bytes:
@@ -188,24 +190,37 @@ def test_upload_over_limit_is_413_without_reading_it(start_api: Callable[..., Ap
     assert r.status_code == 413 and "max_upload_bytes" in r.json()["error"]["message"]
     # No Content-Length (chunked): counted while reading, refused at the limit.
     boundary = "b0undary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n\r\n"
-            ).encode() + b"y" * 5000 + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+        ).encode()
+        + b"y" * 5000
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
     def chunks() -> Iterator[bytes]:
         for i in range(0, len(body), 512):
-            yield body[i:i + 512]
+            yield body[i : i + 512]
 
-    r = httpx.post(h.url + "/v1/files", content=chunks(),
-                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    r = httpx.post(
+        h.url + "/v1/files", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert r.status_code == 413
     assert len(spool_files(h.settings)) == 1  # only the accepted one; no part file left behind
 
 
-@pytest.mark.parametrize("path", [
-    "/v1/files/file-123", "/v1/files/..%2F..%2Fetc%2Fpasswd", "/v1/files/file-..%2Fjournal.sqlite3/content",
-    "/v1/files/FILE-0123456789abcdef01234567", "/v1/batches/batch_xyz", "/v1/batches/..%2Fx",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/files/file-123",
+        "/v1/files/..%2F..%2Fetc%2Fpasswd",
+        "/v1/files/file-..%2Fjournal.sqlite3/content",
+        "/v1/files/FILE-0123456789abcdef01234567",
+        "/v1/batches/batch_xyz",
+        "/v1/batches/..%2Fx",
+    ],
+)
 def test_malformed_ids_never_reach_a_lookup(start_api: Callable[..., ApiHarness], path: str) -> None:
     h = start_api()
     r = httpx.get(h.url + path)
@@ -236,11 +251,14 @@ def test_batch_create_validates_the_request(start_api: Callable[..., ApiHarness]
     assert create(h, fid, metadata={f"k{i}": "v" for i in range(17)}).status_code == 400
     assert create(h, f"file-{'1' * 24}").status_code == 404
     assert create(h, "../../journal").status_code == 400
-    r = httpx.post(h.url + "/v1/batches", content=b"{" + b" " * 100_000 + b"}",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        h.url + "/v1/batches", content=b"{" + b" " * 100_000 + b"}", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
-    assert httpx.post(h.url + "/v1/batches", content=b"not json",
-                      headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        httpx.post(h.url + "/v1/batches", content=b"not json", headers={"content-type": "application/json"}).status_code
+        == 400
+    )
 
 
 def batch(h: ApiHarness, batch_id: str) -> dict[str, Any]:
@@ -254,8 +272,9 @@ def settled(h: ApiHarness, batch_id: str) -> dict[str, Any]:
     return dict(wait_for(lambda: (x := batch(h, batch_id))["status"] != "validating" and x))
 
 
-def test_batches_queue_as_jobs_and_list(start_api: Callable[..., ApiHarness], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_batches_queue_as_jobs_and_list(
+    start_api: Callable[..., ApiHarness], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     h = start_api()  # no daemon: jobs are validated and then wait in the queue
     ids = []
     for i in range(3):
@@ -280,7 +299,7 @@ def test_batches_queue_as_jobs_and_list(start_api: Callable[..., ApiHarness], tm
     capsys.readouterr()
     ops.status(h.settings, as_json=True, limit=10)
     out = capsys.readouterr().out
-    active = orjson.loads(out[out.index("{\n"):])["active"]  # log lines from the server thread may precede it
+    active = orjson.loads(out[out.index("{\n") :])["active"]  # log lines from the server thread may precede it
     assert [v["source"] for v in active] == ["api"] * 3
     assert all(v["input"].startswith("api:") for v in active)
 
@@ -313,24 +332,39 @@ def test_deleting_the_upload_keeps_the_batch_input(start_api: Callable[..., ApiH
 
 def test_token_is_required_when_set(start_api: Callable[..., ApiHarness]) -> None:
     h = start_api(token=TOKEN)
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": TOKEN}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+    ):
         r = httpx.get(h.url + "/v1/files", headers=headers)
         assert r.status_code == 401, headers
         assert r.json()["error"]["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
     assert httpx.get(h.url + "/nowhere").status_code == 401  # unknown paths too: nothing is probed freely
-    assert httpx.post(h.url + "/v1/files", files={"file": ("a.jsonl", b"{}")},
-                      data={"purpose": "batch"}).status_code == 401
+    assert (
+        httpx.post(h.url + "/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "batch"}).status_code
+        == 401
+    )
     assert spool_files(h.settings) == []
     assert httpx.get(h.url + "/v1/files", headers=h.auth()).status_code == 200
 
 
-@pytest.mark.parametrize("listen, token, ok", [
-    ("127.0.0.1:8089", None, True), ("localhost:8089", None, True), ("[::1]:8089", None, True),
-    ("8089", None, True), (":8089", None, True),
-    ("0.0.0.0:8089", None, False), ("[::]:8089", None, False), ("192.168.1.5:8089", None, False),
-    ("batchd.example.org:8089", None, False), ("0.0.0.0:8089", TOKEN, True),
-])
+@pytest.mark.parametrize(
+    "listen, token, ok",
+    [
+        ("127.0.0.1:8089", None, True),
+        ("localhost:8089", None, True),
+        ("[::1]:8089", None, True),
+        ("8089", None, True),
+        (":8089", None, True),
+        ("0.0.0.0:8089", None, False),
+        ("[::]:8089", None, False),
+        ("192.168.1.5:8089", None, False),
+        ("batchd.example.org:8089", None, False),
+        ("0.0.0.0:8089", TOKEN, True),
+    ],
+)
 def test_non_loopback_listen_needs_a_token(listen: str, token: str | None, ok: bool) -> None:
     settings = Settings(api=ApiSettings(listen=listen, token=token))
     if ok:
@@ -386,10 +420,13 @@ def test_cancelling_the_api_task_closes_the_port(make_settings: Callable[..., Se
 def test_a_truncated_upload_is_refused(start_api: Callable[..., ApiHarness]) -> None:
     h = start_api()
     boundary = "cut"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n"
-            "{\"custom_id\": \"a\"").encode()  # no closing boundary: the client died mid-file
-    r = httpx.post(h.url + "/v1/files", content=body,
-                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+        '{"custom_id": "a"'
+    ).encode()  # no closing boundary: the client died mid-file
+    r = httpx.post(
+        h.url + "/v1/files", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert r.status_code == 400 and "boundary" in r.json()["error"]["message"]
     assert spool_files(h.settings) == []

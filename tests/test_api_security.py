@@ -56,19 +56,23 @@ def test_a_configured_host_name_is_allowed(api_with: Callable[..., ApiHarness]) 
 def test_cross_site_requests_are_refused(start_api: Callable[..., ApiHarness], tmp_path: Path) -> None:
     h = start_api()
     data = jsonl(tmp_path, 2)
-    r = httpx.post(h.url + "/v1/files", files={"file": ("x.jsonl", data)}, data={"purpose": "batch"},
-                   headers={"Origin": "https://evil.example"})
+    r = httpx.post(
+        h.url + "/v1/files",
+        files={"file": ("x.jsonl", data)},
+        data={"purpose": "batch"},
+        headers={"Origin": "https://evil.example"},
+    )
     _assert_refused(r, 403, "cross_site_request")
-    r = httpx.post(h.url + "/v1/files", files={"file": ("x.jsonl", data)}, data={"purpose": "batch"},
-                   headers={"Origin": "null"})
+    r = httpx.post(
+        h.url + "/v1/files", files={"file": ("x.jsonl", data)}, data={"purpose": "batch"}, headers={"Origin": "null"}
+    )
     _assert_refused(r, 403, "cross_site_request")
     for site in ("cross-site", "same-site"):
         r = httpx.get(h.url + "/v1/files", headers={"Sec-Fetch-Site": site})
         _assert_refused(r, 403, "cross_site_request")
     assert spool_files(h.settings) == []
     # the same machine's own pages and tools still work
-    assert httpx.get(h.url + "/v1/files", headers={"Sec-Fetch-Site": "same-origin",
-                                                   "Origin": h.url}).status_code == 200
+    assert httpx.get(h.url + "/v1/files", headers={"Sec-Fetch-Site": "same-origin", "Origin": h.url}).status_code == 200
     assert httpx.get(h.url + "/v1/files", headers={"Sec-Fetch-Site": "none"}).status_code == 200
 
 
@@ -77,8 +81,13 @@ def test_simple_request_content_types_are_refused(start_api: Callable[..., ApiHa
     h = start_api(daemon=False)
     file_id = upload(h, jsonl(tmp_path, 2)).json()["id"]
     body = f'{{"input_file_id": "{file_id}", "endpoint": "/v1/chat/completions", "completion_window": "24h"}}'
-    for ctype in ("text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
-                  "multipart/form-data; boundary=x", None):
+    for ctype in (
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        None,
+    ):
         headers = {"Content-Type": ctype} if ctype else {}
         r = httpx.post(h.url + "/v1/batches", content=body.encode(), headers=headers)
         _assert_refused(r, 415, "unsupported_media_type")
@@ -88,8 +97,9 @@ def test_simple_request_content_types_are_refused(start_api: Callable[..., ApiHa
     _assert_refused(r, 415, "unsupported_media_type")
     r = httpx.post(h.url + "/v1/files", content=b"purpose=batch", headers={"content-type": "text/plain"})
     _assert_refused(r, 415, "unsupported_media_type")
-    ok = httpx.post(h.url + "/v1/batches", content=body.encode(),
-                    headers={"Content-Type": "application/json; charset=utf-8"})
+    ok = httpx.post(
+        h.url + "/v1/batches", content=body.encode(), headers={"Content-Type": "application/json; charset=utf-8"}
+    )
     assert ok.status_code == 200, ok.text
 
 
@@ -100,12 +110,19 @@ def test_the_guard_runs_before_the_token_check(start_api: Callable[..., ApiHarne
     assert httpx.get(h.url + "/v1/files", headers=h.auth()).status_code == 200
 
 
-@pytest.mark.parametrize(("listen", "token", "ok"), [
-    ("0.0.0.0:8089", "Zq9", False), ("0.0.0.0:8089", "short-token-15ch", True),
-    ("0.0.0.0:8089", "short-token-15c", False), ("192.168.1.5:8089", "   ", False),
-    ("127.0.0.1:8089", "", False), ("127.0.0.1:8089", "  ", False), ("127.0.0.1:8089", "x", True),
-    ("127.0.0.1:8089", None, True),
-])
+@pytest.mark.parametrize(
+    ("listen", "token", "ok"),
+    [
+        ("0.0.0.0:8089", "Zq9", False),
+        ("0.0.0.0:8089", "short-token-15ch", True),
+        ("0.0.0.0:8089", "short-token-15c", False),
+        ("192.168.1.5:8089", "   ", False),
+        ("127.0.0.1:8089", "", False),
+        ("127.0.0.1:8089", "  ", False),
+        ("127.0.0.1:8089", "x", True),
+        ("127.0.0.1:8089", None, True),
+    ],
+)
 def test_api_token_length_and_blank(listen: str, token: str | None, ok: bool) -> None:
     from batchd.api.listen import check_listen
     from batchd.config import ApiSettings

@@ -51,14 +51,20 @@ LONG = "Python SQL Airflow Kafka Spark dbt BigQuery Snowflake Docker Kubernetes 
 Body = Callable[[Backend, "Emulator | None"], Awaitable[None]]
 
 
-def request(user: str, *, num_ctx: int = 1024, fmt: Any = None, model: str = "gemma3:4b",
-            num_predict: int = 24) -> ChatRequest:
-    return ChatRequest(model=model, num_ctx=num_ctx, format=fmt,
-                       messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
-                       options={"num_predict": num_predict, "temperature": 0, "seed": 7})
+def request(
+    user: str, *, num_ctx: int = 1024, fmt: Any = None, model: str = "gemma3:4b", num_predict: int = 24
+) -> ChatRequest:
+    return ChatRequest(
+        model=model,
+        num_ctx=num_ctx,
+        format=fmt,
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+        options={"num_predict": num_predict, "temperature": 0, "seed": 7},
+    )
 
 
 # -- the embedded model, loaded once per module ---------------------------------------------------
+
 
 def _embedded_missing() -> str | None:
     try:
@@ -96,8 +102,7 @@ class Target:
                 await body(self.embedded, None)
                 return
             with Emulator(context_length=context_length) as emu:
-                backend: Backend = (OllamaBackend(url=emu.url) if self.kind == "ollama"
-                                    else OpenAIBackend(url=emu.url))
+                backend: Backend = OllamaBackend(url=emu.url) if self.kind == "ollama" else OpenAIBackend(url=emu.url)
                 try:
                     await body(backend, emu)
                 finally:
@@ -113,6 +118,7 @@ def target(request: pytest.FixtureRequest) -> Target:
 
 
 # -- conformance -----------------------------------------------------------------------------------
+
 
 def test_result_shape_and_token_counts(target: Target) -> None:
     async def body(backend: Backend, emu: Emulator | None) -> None:
@@ -169,11 +175,12 @@ def test_prompt_plus_completion_over_the_window(target: Target) -> None:
 
 def test_schema_constrained_output_validates(target: Target) -> None:
     async def body(backend: Backend, emu: Emulator | None) -> None:
-        for profile in ("8 years Spark and Kafka, led a platform team.",
-                        "Graphic designer, no coding experience.",
-                        "Junior analyst, some SQL, learning Python."):
-            result = await backend.chat(request(f"Candidate: {profile} Answer with JSON.", fmt=SCHEMA,
-                                                num_predict=48))
+        for profile in (
+            "8 years Spark and Kafka, led a platform team.",
+            "Graphic designer, no coding experience.",
+            "Junior analyst, some SQL, learning Python.",
+        ):
+            result = await backend.chat(request(f"Candidate: {profile} Answer with JSON.", fmt=SCHEMA, num_predict=48))
             jsonschema.validate(json.loads(result.content), SCHEMA)
 
     target.run(body)
@@ -217,8 +224,9 @@ def test_server_down_is_backend_unavailable(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["ollama", "openai"])
-@pytest.mark.parametrize(("status", "error"), [(429, BackendBusy), (503, BackendBusy), (500, BackendOutOfMemory),
-                                               (502, BackendServerError)])
+@pytest.mark.parametrize(
+    ("status", "error"), [(429, BackendBusy), (503, BackendBusy), (500, BackendOutOfMemory), (502, BackendServerError)]
+)
 def test_http_errors_map_the_same(kind: str, status: int, error: type[Exception]) -> None:
     async def body(backend: Backend, emu: Emulator | None) -> None:
         assert emu is not None
@@ -234,17 +242,42 @@ def test_http_errors_map_the_same(kind: str, status: int, error: type[Exception]
 
 # -- the openai protocol ---------------------------------------------------------------------------
 
+
 def test_openai_body_maps_ollama_options_and_never_sends_num_ctx() -> None:
-    req = ChatRequest(model="m", num_ctx=4096, messages=[{"role": "user", "content": "x"}], format=SCHEMA,
-                      options={"num_predict": 50, "temperature": 0.2, "top_p": 0.9, "seed": 1, "stop": ["\n"],
-                               "presence_penalty": 0.1, "frequency_penalty": 0.3, "num_ctx": 9999,
-                               "num_gpu": 99})
+    req = ChatRequest(
+        model="m",
+        num_ctx=4096,
+        messages=[{"role": "user", "content": "x"}],
+        format=SCHEMA,
+        options={
+            "num_predict": 50,
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "seed": 1,
+            "stop": ["\n"],
+            "presence_penalty": 0.1,
+            "frequency_penalty": 0.3,
+            "num_ctx": 9999,
+            "num_gpu": 99,
+        },
+    )
     body = to_body(req)
-    assert body == {"model": "m", "messages": req.messages, "stream": False, "max_tokens": 50, "temperature": 0.2,
-                    "top_p": 0.9, "seed": 1, "stop": ["\n"], "presence_penalty": 0.1, "frequency_penalty": 0.3,
-                    "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA}}}
-    assert to_body(ChatRequest(model="m", num_ctx=1, messages=[], format="json",
-                               options={"num_predict": -1}))["response_format"] == {"type": "json_object"}
+    assert body == {
+        "model": "m",
+        "messages": req.messages,
+        "stream": False,
+        "max_tokens": 50,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "seed": 1,
+        "stop": ["\n"],
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA}},
+    }
+    assert to_body(ChatRequest(model="m", num_ctx=1, messages=[], format="json", options={"num_predict": -1}))[
+        "response_format"
+    ] == {"type": "json_object"}
     assert "max_tokens" not in to_body(ChatRequest(model="m", num_ctx=1, messages=[], options={"num_predict": -1}))
 
 
@@ -281,22 +314,43 @@ def test_openai_api_key_is_sent_as_bearer_and_never_shown() -> None:
 
 def test_openai_usage_cached_tokens_and_finish_reason() -> None:
     def handler(req: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={
-            "id": "x", "object": "chat.completion", "model": "served-name",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": 120, "completion_tokens": 5, "total_tokens": 125,
-                      "prompt_tokens_details": {"cached_tokens": 96}}})
+        return httpx.Response(
+            200,
+            json={
+                "id": "x",
+                "object": "chat.completion",
+                "model": "served-name",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "length"}
+                ],
+                "usage": {
+                    "prompt_tokens": 120,
+                    "completion_tokens": 5,
+                    "total_tokens": 125,
+                    "prompt_tokens_details": {"cached_tokens": 96},
+                },
+            },
+        )
 
     result = asyncio.run(_mock(handler).chat(request("x")))
-    assert (result.content, result.finish_reason, result.prompt_tokens, result.completion_tokens,
-            result.cached_tokens, result.model) == ("hello", "length", 120, 5, 96, "served-name")
+    assert (
+        result.content,
+        result.finish_reason,
+        result.prompt_tokens,
+        result.completion_tokens,
+        result.cached_tokens,
+        result.model,
+    ) == ("hello", "length", 120, 5, 96, "served-name")
 
 
-@pytest.mark.parametrize(("entry", "window"), [
-    ({"id": "m", "max_model_len": 32768}, 32768),  # vLLM
-    ({"id": "m", "meta": {"n_ctx_train": 131072, "n_vocab": 1}}, 131072),  # llama.cpp server
-    ({"id": "m", "owned_by": "me"}, None),  # says nothing
-])
+@pytest.mark.parametrize(
+    ("entry", "window"),
+    [
+        ({"id": "m", "max_model_len": 32768}, 32768),  # vLLM
+        ({"id": "m", "meta": {"n_ctx_train": 131072, "n_vocab": 1}}, 131072),  # llama.cpp server
+        ({"id": "m", "owned_by": "me"}, None),  # says nothing
+    ],
+)
 def test_openai_context_length_from_models(entry: dict[str, Any], window: int | None) -> None:
     backend = _mock(lambda req: httpx.Response(200, json={"object": "list", "data": [entry]}))
     assert asyncio.run(backend.context_length("m")) == window
@@ -310,18 +364,29 @@ def test_openai_auth_failure_fails_the_job() -> None:
         asyncio.run(backend.chat(request("x")))
 
 
-@pytest.mark.parametrize(("status", "message", "code", "error"), [
-    (400, "This model's maximum context length is 2048 tokens. However, you requested 3000", None,
-     ContextLengthExceeded),
-    (400, "prompt too big", "context_length_exceeded", ContextLengthExceeded),
-    (400, "the request exceeds the available context size, try increasing it", "exceed_context_size_error",
-     ContextLengthExceeded),
-    (400, "temperature must be non-negative", None, BadRequest),
-    (404, "The model `x` does not exist.", "model_not_found", ModelNotFound),
-    (500, "CUDA error: out of memory", None, BackendOutOfMemory),
-    (500, "boom", None, BackendServerError),
-    (429, "slow down", None, BackendBusy),
-])
+@pytest.mark.parametrize(
+    ("status", "message", "code", "error"),
+    [
+        (
+            400,
+            "This model's maximum context length is 2048 tokens. However, you requested 3000",
+            None,
+            ContextLengthExceeded,
+        ),
+        (400, "prompt too big", "context_length_exceeded", ContextLengthExceeded),
+        (
+            400,
+            "the request exceeds the available context size, try increasing it",
+            "exceed_context_size_error",
+            ContextLengthExceeded,
+        ),
+        (400, "temperature must be non-negative", None, BadRequest),
+        (404, "The model `x` does not exist.", "model_not_found", ModelNotFound),
+        (500, "CUDA error: out of memory", None, BackendOutOfMemory),
+        (500, "boom", None, BackendServerError),
+        (429, "slow down", None, BackendBusy),
+    ],
+)
 def test_raise_for_status(status: int, message: str, code: str | None, error: type[Exception]) -> None:
     with pytest.raises(error):
         raise_for_status(status, message, model="x", code=code)
@@ -329,14 +394,18 @@ def test_raise_for_status(status: int, message: str, code: str | None, error: ty
 
 # -- embedded only -----------------------------------------------------------------------------------
 
+
 @pytest.mark.embedded
 def test_embedded_reuses_the_common_prefix(gemma: Backend) -> None:
-    other = [{"role": "system", "content": "You translate job titles into French."},
-             {"role": "user", "content": "Data engineer"}]
+    other = [
+        {"role": "system", "content": "You translate job titles into French."},
+        {"role": "user", "content": "Data engineer"},
+    ]
 
     async def main() -> tuple[ChatResult, ChatResult, ChatResult]:
-        cold = await gemma.chat(ChatRequest(model="any-name", num_ctx=1024, messages=other,
-                                            options={"num_predict": 8, "temperature": 0}))
+        cold = await gemma.chat(
+            ChatRequest(model="any-name", num_ctx=1024, messages=other, options={"num_predict": 8, "temperature": 0})
+        )
         first = await gemma.chat(request("Candidate A: Python, 6 years."))
         second = await gemma.chat(request("Candidate B: SQL, 2 years."))
         return cold, first, second

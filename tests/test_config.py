@@ -26,8 +26,10 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 def test_toml_then_env_then_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cfg = tmp_path / "batchd.toml"
-    cfg.write_text('inbox = "/data/in"\noutbox = "/data/out"\n[backend]\nlanes = 3\nmodel = "from-toml"\n'
-                   '[context]\nnum_ctx = 4096\n[pipeline]\nuser_template = "Rate {name}"\n')
+    cfg.write_text(
+        'inbox = "/data/in"\noutbox = "/data/out"\n[backend]\nlanes = 3\nmodel = "from-toml"\n'
+        '[context]\nnum_ctx = 4096\n[pipeline]\nuser_template = "Rate {name}"\n'
+    )
     monkeypatch.setenv("BATCHD_CONFIG", str(cfg))
     monkeypatch.setenv("BATCHD_BACKEND__MODEL", "from-env")
     monkeypatch.setenv("BATCHD_OUTBOX", "/env/out")
@@ -52,9 +54,9 @@ def test_toml_then_env_then_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path:
         ("BATCHD_WATCH__MODE", "fanotify", "watch.mode"),
     ],
 )
-def test_wrong_value_exits_2_naming_the_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str], env: str, value: str,
-                                            key: str) -> None:
+def test_wrong_value_exits_2_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], env: str, value: str, key: str
+) -> None:
     (tmp_path / "c.toml").write_text("")
     monkeypatch.setenv("BATCHD_CONFIG", str(tmp_path / "c.toml"))
     monkeypatch.setenv(env, value)
@@ -114,24 +116,27 @@ def empty_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         ("BATCHD_WATCH__IGNORE", "*.bak,scratch-*", ["*.bak", "scratch-*"]),
     ],
 )
-def test_list_settings_from_env_take_commas_or_json(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
-                                                    env: str, value: str, expected: list[str]) -> None:
+def test_list_settings_from_env_take_commas_or_json(
+    monkeypatch: pytest.MonkeyPatch, empty_config: Path, env: str, value: str, expected: list[str]
+) -> None:
     monkeypatch.setenv(env, value)
     s = load_settings()
     section, key = env.removeprefix("BATCHD_").lower().split("__")
     assert getattr(getattr(s, section), key) == expected
 
 
-def test_bad_list_value_from_env_exits_2_in_one_line(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_list_value_from_env_exits_2_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, empty_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("BATCHD_BACKEND__URLS", "ftp://a,http://b")
     assert main(["status"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "backend.urls" in err[0] and "ftp://a" in err[0]
 
 
-def test_undecodable_env_value_exits_2_in_one_line(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_undecodable_env_value_exits_2_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, empty_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # A dict setting is JSON only; pydantic-settings raises its own SettingsError for it.
     monkeypatch.setenv("BATCHD_PIPELINE__OPTIONS", "{not json")
     assert main(["status"]) == 2
@@ -142,8 +147,9 @@ def test_undecodable_env_value_exits_2_in_one_line(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("command", ["status", "run"])  # operator commands load through effective.py
-def test_any_unexpected_error_while_loading_settings_exits_2(monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str], command: str) -> None:
+def test_any_unexpected_error_while_loading_settings_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
     import batchd.config
     import batchd.effective
 
@@ -163,8 +169,9 @@ def test_any_unexpected_error_while_loading_settings_exits_2(monkeypatch: pytest
 
 @pytest.mark.parametrize("env", ["BATCHD_INBOX", "BATCHD_OUTBOX", "BATCHD_STATE_DIR"])
 @pytest.mark.parametrize("value", ["", "relative/folder", "."])
-def test_empty_or_relative_folder_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
-                                                           env: str, value: str) -> None:
+def test_empty_or_relative_folder_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, empty_config: Path, env: str, value: str
+) -> None:
     monkeypatch.setenv(env, value)
     with pytest.raises(ConfigError) as info:
         load_settings()
@@ -186,10 +193,20 @@ def test_folders_in_the_file_must_be_absolute_too(monkeypatch: pytest.MonkeyPatc
 def test_unknown_variables_are_named_with_a_hint() -> None:
     from batchd.config import unknown_env_warnings
 
-    env = {"BATCHD_STATEDIR": "/x", "BATCHD_BACKEND__URL": "http://a", "BATCHD_CONFIG": "/etc/x.toml",
-           "BATCHD_PIP_ARGS": "--no-index", "BATCHD_INSTALL_EXTRAS": "gpu", "BATCHD_PYTHON": "python3",
-           "BATCHD_RELIABILITY_SCALE": "10", "BATCHD_SYSTEM_TESTS": "0", "BATCHD_inbox": "/in",
-           "BATCHD_BAKEND__URL": "http://b", "HOME": "/root", "XBATCHD_FOO": "1"}
+    env = {
+        "BATCHD_STATEDIR": "/x",
+        "BATCHD_BACKEND__URL": "http://a",
+        "BATCHD_CONFIG": "/etc/x.toml",
+        "BATCHD_PIP_ARGS": "--no-index",
+        "BATCHD_INSTALL_EXTRAS": "gpu",
+        "BATCHD_PYTHON": "python3",
+        "BATCHD_RELIABILITY_SCALE": "10",
+        "BATCHD_SYSTEM_TESTS": "0",
+        "BATCHD_inbox": "/in",
+        "BATCHD_BAKEND__URL": "http://b",
+        "HOME": "/root",
+        "XBATCHD_FOO": "1",
+    }
     warnings = unknown_env_warnings(env)
     assert warnings == [  # sorted by name
         "unknown environment variable BATCHD_BAKEND__URL is ignored (did you mean BATCHD_BACKEND__URL?)",
@@ -197,14 +214,16 @@ def test_unknown_variables_are_named_with_a_hint() -> None:
     ]
 
 
-def test_unknown_variable_warns_on_stderr_and_goes_on(monkeypatch: pytest.MonkeyPatch, empty_config: Path,
-                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_variable_warns_on_stderr_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, empty_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("BATCHD_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("BATCHD_STATEDIR", "/somewhere")
     assert main(["status", "--json"]) == 0
     out = capsys.readouterr()
     assert out.err.strip().splitlines() == [
-        "batchd: warning: unknown environment variable BATCHD_STATEDIR is ignored (did you mean BATCHD_STATE_DIR?)"]
+        "batchd: warning: unknown environment variable BATCHD_STATEDIR is ignored (did you mean BATCHD_STATE_DIR?)"
+    ]
     assert out.out.startswith("{")  # stdout stays machine-readable
 
 
@@ -222,8 +241,7 @@ def test_main_config_system_prompt_file_must_be_absolute(monkeypatch: pytest.Mon
     assert load_settings().pipeline.system_prompt == "Be fair."
 
 
-def test_load_settings_turns_any_error_into_a_config_error(monkeypatch: pytest.MonkeyPatch,
-                                                           empty_config: Path) -> None:
+def test_load_settings_turns_any_error_into_a_config_error(monkeypatch: pytest.MonkeyPatch, empty_config: Path) -> None:
     # SIGHUP reloads call load_settings() directly: they must get a ConfigError too, never a crash.
     import batchd.config
 

@@ -39,8 +39,11 @@ def model_keys(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[
 
 
 def set_keys(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    sections = {n for n, f in Settings.model_fields.items()
-                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+    sections = {
+        n
+        for n, f in Settings.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    }
     for key, value in data.items():
         if not prefix and key in sections:
             yield from set_keys(value, f"{key}.")
@@ -126,12 +129,16 @@ def test_the_shipped_config_runs_any_csv_at_the_inbox_root(folders: Folders, emu
     assert not any(m["role"] == "system" for m in sent)
 
 
-def test_the_commented_example_pipeline_runs_when_uncommented(folders: Folders, emulator: Emulator,
-                                                              tmp_path: Path) -> None:
+def test_the_commented_example_pipeline_runs_when_uncommented(
+    folders: Folders, emulator: Emulator, tmp_path: Path
+) -> None:
     # The example keys of [pipeline] together are a working pipeline for a role,name,experience,id CSV.
     text = CONFIG.read_text(encoding="utf-8")
-    examples = {k.removeprefix("pipeline."): v[0] for k, v in commented_keys(text).items()
-                if k.startswith("pipeline.") and k not in ("pipeline.system_prompt_file", "pipeline.model")}
+    examples = {
+        k.removeprefix("pipeline."): v[0]
+        for k, v in commented_keys(text).items()
+        if k.startswith("pipeline.") and k not in ("pipeline.system_prompt_file", "pipeline.model")
+    }
     lines = [f"{k} = {_toml(v)}" for k, v in examples.items()]
     cfg = tmp_path / "example.toml"
     cfg.write_text("[pipeline]\n" + "\n".join(lines) + "\n")

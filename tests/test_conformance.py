@@ -27,8 +27,14 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         yield Server(url=emu.url, kind="openai", model=MODEL, num_ctx=NUM_CTX, flavour="vllm")
     else:
         emu = Emulator.ollama(flavour, reload_seconds=0.1).start()
-        yield Server(url=emu.url, kind="ollama", model=MODEL, num_ctx=NUM_CTX, flavour=flavour,
-                     overflow_has_numbers=flavour == "llamaserver")
+        yield Server(
+            url=emu.url,
+            kind="ollama",
+            model=MODEL,
+            num_ctx=NUM_CTX,
+            flavour=flavour,
+            overflow_has_numbers=flavour == "llamaserver",
+        )
     emu.stop()
 
 

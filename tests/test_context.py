@@ -28,9 +28,13 @@ def conv(mode: str = "conversation", num_ctx: int = 1024, **ctx: Any) -> Convers
 def reply(sent: list[dict[str, Any]], *, prompt: int | None = None, reason: str = "stop") -> ChatResult:
     """What the emulator would answer for ``sent`` (its token counting, its reply text)."""
     content = reply_content(sent[-1]["content"])
-    return ChatResult(content=content, finish_reason=reason,
-                      prompt_tokens=count_tokens(sent) if prompt is None else prompt,
-                      completion_tokens=len(content) // 4, model="m")
+    return ChatResult(
+        content=content,
+        finish_reason=reason,
+        prompt_tokens=count_tokens(sent) if prompt is None else prompt,
+        completion_tokens=len(content) // 4,
+        model="m",
+    )
 
 
 def turn(c: Conversation, msgs: list[dict[str, Any]], num_predict: int = 64, **kw: Any) -> list[dict[str, Any]]:
@@ -62,7 +66,7 @@ def test_conversation_carries_earlier_exchanges_with_the_prefix_once_on_top() ->
     assert second[1] == user(1) and second[2]["role"] == "assistant" and second[3] == user(2)
     # byte-identical kept turns: the third call starts with the whole second call
     third = c.build([SYSTEM, user(3)], 64)
-    assert third[:len(second)] == second
+    assert third[: len(second)] == second
 
 
 def test_isolated_sends_each_request_alone() -> None:

@@ -44,19 +44,26 @@ class Slot:
         self.hits: list[int] = []
 
     def call(self, messages: list[Message]) -> ChatResult:
-        cached = count_tokens(messages[:common(messages, self.cache)])
+        cached = count_tokens(messages[: common(messages, self.cache)])
         prompt = count_tokens(messages)
         self.sent += prompt
         self.evaluated += prompt - cached
         self.hits.append(cached)
         self.cache = [*messages, {"role": "assistant", "content": ANSWER}]
-        return ChatResult(content=ANSWER, finish_reason="stop", prompt_tokens=prompt, completion_tokens=16,
-                          model="m", cached_tokens=cached)
+        return ChatResult(
+            content=ANSWER,
+            finish_reason="stop",
+            prompt_tokens=prompt,
+            completion_tokens=16,
+            model="m",
+            cached_tokens=cached,
+        )
 
 
 def run(rows: int, num_ctx: int, mode: str = "conversation") -> tuple[Conversation, Slot, list[list[Message]]]:
-    c = Conversation(settings=ContextSettings.model_validate({"mode": mode}), num_ctx=num_ctx,
-                     metrics=JobMetrics(), mode=mode)
+    c = Conversation(
+        settings=ContextSettings.model_validate({"mode": mode}), num_ctx=num_ctx, metrics=JobMetrics(), mode=mode
+    )
     slot, calls = Slot(), []
     for i in range(rows):
         asked = [SYSTEM, user(i)]
@@ -75,12 +82,12 @@ def test_a_sliding_trim_keeps_prefix_and_head_where_the_cache_holds_them() -> No
     for before, sent in pairwise(calls):
         assert count_tokens(sent) + 16 <= 0.75 * 512
         if len(sent) < len(before):  # a trim: the call keeps the start of the previous one
-            kept = sent[:common(sent, before)]
+            kept = sent[: common(sent, before)]
             assert len(kept) >= 3 and kept[0] == SYSTEM  # prefix and at least one exchange
             head = head or kept
-            assert kept[:len(head)] == head  # the same head at every trim
+            assert kept[: len(head)] == head  # the same head at every trim
     assert head is not None
-    assert all(hit >= count_tokens(head) for hit in slot.hits[len(head) // 2 + 1:])
+    assert all(hit >= count_tokens(head) for hit in slot.hits[len(head) // 2 + 1 :])
 
 
 def test_trims_come_in_big_steps() -> None:

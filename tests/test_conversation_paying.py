@@ -36,8 +36,9 @@ def run(settings: Settings, n: int) -> tuple[dict[str, Any], list[dict[str, Any]
 
     async def go() -> JobRunner:
         backend = NoCacheBackend(url=settings.backend.url)
-        runner = JobRunner(settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(),
-                           vram_source=FakeGpu())
+        runner = JobRunner(
+            settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(), vram_source=FakeGpu()
+        )
         try:
             assert await runner.run() == "completed"
         finally:
@@ -52,7 +53,8 @@ def run(settings: Settings, n: int) -> tuple[dict[str, Any], list[dict[str, Any]
 
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_conversation_that_costs_more_than_isolated_says_so_once(
-        make_settings: Callable[..., Settings], emulator: Emulator, lanes: int) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator, lanes: int
+) -> None:
     settings = make_settings(backend={"kind": "openai", "lanes": lanes}, context={"num_ctx": 4096})
     summary, warnings = run(settings, 40)
     tokens, flag = summary["tokens"], summary["context"]["conversation_not_paying"]
@@ -65,7 +67,8 @@ def test_conversation_that_costs_more_than_isolated_says_so_once(
 
 @pytest.mark.parametrize("mode", ["conversation", "isolated"])
 def test_no_warning_when_conversation_was_asked_for_by_name_or_isolated(
-        make_settings: Callable[..., Settings], emulator: Emulator, mode: str) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator, mode: str
+) -> None:
     settings = make_settings(backend={"kind": "openai"}, context={"num_ctx": 4096, "mode": mode})
     summary, warnings = run(settings, 30)
     assert warnings == [] and summary["context"]["conversation_not_paying"] is None

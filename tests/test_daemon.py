@@ -58,6 +58,5 @@ def test_job_finished_for_every_finished_job(folders: Folders, make_settings: Ca
     # Each job_finished comes before its job_published, and carries the job id.
     for name, ev in finished.items():
         assert ev["job_id"]
-        first_published = next(i for i, e in enumerate(events)
-                               if e["event"] == "job_published" and e["input"] == name)
+        first_published = next(i for i, e in enumerate(events) if e["event"] == "job_published" and e["input"] == name)
         assert events.index(ev) < first_published

@@ -33,8 +33,13 @@ def blocks() -> list[tuple[str, dict[str, str], str]]:
 
 def test_the_doc_has_both_worked_examples() -> None:
     files = {a["file"] for _, a, _ in blocks() if "file" in a}
-    assert {"hiring/pipeline.toml", "hiring/rubric.md", "hiring/applicants.csv",
-            "summaries/pipeline.toml", "summaries/tickets.csv"} <= files
+    assert {
+        "hiring/pipeline.toml",
+        "hiring/rubric.md",
+        "hiring/applicants.csv",
+        "summaries/pipeline.toml",
+        "summaries/tickets.csv",
+    } <= files
 
 
 @pytest.mark.parametrize("snippet", [b for lang, a, b in blocks() if lang == "toml" and "file" not in a])
@@ -109,13 +114,16 @@ def test_the_worked_examples_run(folders: Folders, emulator: Emulator) -> None:
         assert "Park" not in orjson.dumps(call).decode()
     ticket_calls = [c for c in emulator.calls if c["messages"][-1]["content"].startswith("Title: ")]
     assert [c["messages"][-1]["content"].splitlines()[0] for c in ticket_calls] == [
-        "Title: Login fails", "Title: Slow reports"]
+        "Title: Login fails",
+        "Title: Slow reports",
+    ]
     assert "The error says 'token expired'." in ticket_calls[0]["messages"][-1]["content"]
     assert all("format" not in c for c in ticket_calls)
 
 
-def test_a_jsonl_in_a_pipeline_folder_takes_mode_model_and_score_columns_only(folders: Folders,
-                                                                              emulator: Emulator) -> None:
+def test_a_jsonl_in_a_pipeline_folder_takes_mode_model_and_score_columns_only(
+    folders: Folders, emulator: Emulator
+) -> None:
     emulator.models = ("gemma3:4b", "pipeline-model:1b")
     _drop_examples(folders.inbox)
     for p in folders.inbox.glob("*/*.csv"):
@@ -127,7 +135,8 @@ def test_a_jsonl_in_a_pipeline_folder_takes_mode_model_and_score_columns_only(fo
         {"custom_id": "unnamed", "body": {"messages": [{"role": "user", "content": "two"}]}},
     ]
     (folders.inbox / "hiring" / "extra.jsonl").write_bytes(
-        b"".join(orjson.dumps({"method": "POST", "url": "/v1/chat/completions", **x}) + b"\n" for x in lines))
+        b"".join(orjson.dumps({"method": "POST", "url": "/v1/chat/completions", **x}) + b"\n" for x in lines)
+    )
     r = run_batchd(folders.env(emulator.url), "run", "--once")
     assert r.returncode == 0, r.stderr
     metrics = orjson.loads((folders.outbox / "extra" / "metrics.json").read_bytes())

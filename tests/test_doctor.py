@@ -14,12 +14,15 @@ from tests.emulator import Emulator
         ({"BATCHD_API__LISTEN": "nonsense"}, "api.listen"),
         ({"BATCHD_API__LISTEN": "127.0.0.1:99999"}, "api.listen"),
         ({"BATCHD_API__LISTEN": "0.0.0.0:8089"}, "api.token"),  # exposed without a token
-        ({"BATCHD_BACKEND__KIND": "openai", "BATCHD_BACKEND__API_KEY_FILE": "/nonexistent/key"},
-         "backend.api_key_file"),
+        (
+            {"BATCHD_BACKEND__KIND": "openai", "BATCHD_BACKEND__API_KEY_FILE": "/nonexistent/key"},
+            "backend.api_key_file",
+        ),
     ],
 )
-def test_doctor_fails_where_run_refuses_to_start(folders: Folders, emulator: Emulator, extra: dict[str, str],
-                                                 key: str) -> None:
+def test_doctor_fails_where_run_refuses_to_start(
+    folders: Folders, emulator: Emulator, extra: dict[str, str], key: str
+) -> None:
     env = folders.env(emulator.url, **extra)
     run = run_batchd(env, "run", timeout=30)
     assert run.returncode == 2, run.stderr

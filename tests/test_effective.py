@@ -33,16 +33,24 @@ def no_batchd_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def _toml(folders: Folders, url: str) -> Path:
     """/etc/batchd/batchd.toml as the operator sees it: the default URL, the API key."""
     path = folders.root / "batchd.toml"
-    path.write_text(f'state_dir = "{folders.state}"\ninbox = "{folders.inbox}"\noutbox = "{folders.outbox}"\n'
-                    f'[backend]\nurl = "{url}"\napi_key = "{SECRET}"\n')
+    path.write_text(
+        f'state_dir = "{folders.state}"\ninbox = "{folders.inbox}"\noutbox = "{folders.outbox}"\n'
+        f'[backend]\nurl = "{url}"\napi_key = "{SECRET}"\n'
+    )
     return path
 
 
 def test_the_record_keeps_no_secret(folders: Folders) -> None:
-    settings = Settings(state_dir=folders.state, backend={"url": f"http://bob:{SECRET}@gpu1:8000",
-                                                          "urls": [f"https://u:{SECRET}@gpu2/v1"],
-                                                          "api_key": SECRET, "api_key_file": "/etc/batchd/key"},
-                        api={"token": SECRET, "listen": "127.0.0.1:8080"})
+    settings = Settings(
+        state_dir=folders.state,
+        backend={
+            "url": f"http://bob:{SECRET}@gpu1:8000",
+            "urls": [f"https://u:{SECRET}@gpu2/v1"],
+            "api_key": SECRET,
+            "api_key_file": "/etc/batchd/key",
+        },
+        api={"token": SECRET, "listen": "127.0.0.1:8080"},
+    )
     path = write_record(settings, config=Path("/etc/batchd/batchd.toml"), pid=4242)
     assert path == folders.state / FILE_NAME
     text = path.read_text()
@@ -64,10 +72,15 @@ def test_redact_leaves_plain_values_alone() -> None:
 
 
 def test_a_shell_without_config_of_its_own_gets_the_services_settings(
-        folders: Folders, no_batchd_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    folders: Folders, no_batchd_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     toml = _toml(folders, "http://127.0.0.1:11434")
-    service = Settings(state_dir=folders.state, inbox=folders.inbox, outbox=folders.outbox,
-                       backend={"url": "http://10.0.0.7:8000", "lanes": 4, "api_key": SECRET})
+    service = Settings(
+        state_dir=folders.state,
+        inbox=folders.inbox,
+        outbox=folders.outbox,
+        backend={"url": "http://10.0.0.7:8000", "lanes": 4, "api_key": SECRET},
+    )
     write_record(service, config=toml, pid=77)
     import batchd.config
 
@@ -89,12 +102,15 @@ def test_a_shell_without_config_of_its_own_gets_the_services_settings(
     (folders.state / FILE_NAME).unlink()
     alone = load_for_operator(None, environ={})
     assert alone.settings.backend.url == "http://127.0.0.1:11434"
-    assert alone.source == f"{toml} + environment (the service has not recorded its settings in " \
-                           f"{folders.state / FILE_NAME})"
+    assert (
+        alone.source == f"{toml} + environment (the service has not recorded its settings in "
+        f"{folders.state / FILE_NAME})"
+    )
 
 
 def test_a_hidden_url_password_comes_back_from_the_local_config(
-        folders: Folders, no_batchd_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    folders: Folders, no_batchd_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"http://bob:{SECRET}@127.0.0.1:9"
     toml = _toml(folders, url)
     write_record(Settings(state_dir=folders.state, backend={"url": url}), config=toml)
@@ -105,7 +121,8 @@ def test_a_hidden_url_password_comes_back_from_the_local_config(
 
 
 def test_a_record_from_another_version_falls_back_and_says_so(
-        folders: Folders, no_batchd_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    folders: Folders, no_batchd_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     toml = _toml(folders, "http://127.0.0.1:11434")
     (folders.state / FILE_NAME).write_bytes(orjson.dumps({"settings": {"no_such_key": 1}, "pid": 1}))
     import batchd.config
@@ -117,11 +134,24 @@ def test_a_record_from_another_version_falls_back_and_says_so(
 
 
 def test_doctor_checks_the_services_backend_and_says_where_its_settings_came_from(
-        folders: Folders, emulator: Emulator, no_batchd_env: None, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    folders: Folders,
+    emulator: Emulator,
+    no_batchd_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     toml = _toml(folders, "http://127.0.0.1:9")  # nothing listens there: the service uses the emulator
-    write_record(Settings(state_dir=folders.state, inbox=folders.inbox, outbox=folders.outbox,
-                          backend={"url": emulator.url}, vram={"source": "none"}), config=toml, pid=99)
+    write_record(
+        Settings(
+            state_dir=folders.state,
+            inbox=folders.inbox,
+            outbox=folders.outbox,
+            backend={"url": emulator.url},
+            vram={"source": "none"},
+        ),
+        config=toml,
+        pid=99,
+    )
     import batchd.config
 
     monkeypatch.setattr(batchd.config, "DEFAULT_CONFIG", toml)
@@ -142,11 +172,16 @@ def test_doctor_checks_the_services_backend_and_says_where_its_settings_came_fro
 
 
 def test_the_service_records_its_settings_at_start_and_after_a_reload(
-        make_settings: Callable[..., Settings], folders: Folders) -> None:
+    make_settings: Callable[..., Settings], folders: Folders
+) -> None:
     settings = make_settings(backend={"api_key": SECRET, "lanes": 2})
     current = {"settings": settings}
-    daemon = ServiceDaemon(notifier=Notifier(socket_path=None), settings=settings, config=Path("/etc/x.toml"),
-                           reload_settings=lambda: current["settings"])
+    daemon = ServiceDaemon(
+        notifier=Notifier(socket_path=None),
+        settings=settings,
+        config=Path("/etc/x.toml"),
+        reload_settings=lambda: current["settings"],
+    )
     daemon.heartbeat_seconds = 0.02
     record = folders.state / FILE_NAME
 

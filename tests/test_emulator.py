@@ -55,8 +55,9 @@ def client(emu: Emulator) -> Iterator[httpx.Client]:
         yield c
 
 
-def chat(client: httpx.Client, content: str, history: list[dict[str, str]] | None = None,
-         **extra: Any) -> httpx.Response:
+def chat(
+    client: httpx.Client, content: str, history: list[dict[str, str]] | None = None, **extra: Any
+) -> httpx.Response:
     messages = [*(history or []), {"role": "user", "content": content}]
     return client.post("/api/chat", json={"model": MODEL, "messages": messages, "stream": False, **extra})
 
@@ -67,6 +68,7 @@ def openai_chat(client: httpx.Client, content: str, **extra: Any) -> httpx.Respo
 
 
 # -- shapes -----------------------------------------------------------------
+
 
 def test_chat_reply_has_ollama_fields(client: httpx.Client) -> None:
     messages = [{"role": "system", "content": "Rate it."}, {"role": "user", "content": "A CV."}]
@@ -134,6 +136,7 @@ def test_openai_reply_shape(client: httpx.Client) -> None:
 
 # -- determinism and formats -------------------------------------------------
 
+
 def test_answer_depends_only_on_last_user_message(client: httpx.Client) -> None:
     history = [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "ok"}]
     plain = chat(client, "Jane Doe, 5 years Python").json()["message"]["content"]
@@ -161,11 +164,15 @@ def test_schema_format_gives_valid_json(client: httpx.Client) -> None:
 
 def test_json_format_and_nested_schema() -> None:
     assert 1 <= json.loads(reply_content("x", "json"))["score"] <= 10
-    nested = {"$defs": {"Item": {"type": "object", "properties": {"ok": {"type": "boolean"}}}},
-              "type": "object", "properties": {
-                  "items": {"type": "array", "items": {"$ref": "#/$defs/Item"}, "maxItems": 1},
-                  "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-                  "ratio": {"type": "number", "minimum": 0, "maximum": 1}}}
+    nested = {
+        "$defs": {"Item": {"type": "object", "properties": {"ok": {"type": "boolean"}}}},
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/$defs/Item"}, "maxItems": 1},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "ratio": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+    }
     value = json.loads(reply_content("x", nested))
     assert isinstance(value["items"][0]["ok"], bool) and len(value["items"]) == 1
     assert isinstance(value["note"], str) and 0 <= value["ratio"] <= 1
@@ -181,6 +188,7 @@ def test_markers_target_single_rows(client: httpx.Client) -> None:
 
 
 # -- context window ---------------------------------------------------------
+
 
 def test_overflow_is_400_only_with_truncate_false(emu: Emulator, client: httpx.Client) -> None:
     long = "x" * 4 * 5000  # 5,000 tokens > the 4,096 default window
@@ -230,6 +238,7 @@ def test_openai_overflow_is_context_length_exceeded(client: httpx.Client) -> Non
 
 
 # -- faults -----------------------------------------------------------------
+
 
 def test_fail_next_answers_errors_then_recovers(emu: Emulator, client: httpx.Client) -> None:
     emu.fail_next(status=503, count=2)
@@ -314,8 +323,10 @@ def test_slots_limit_concurrency(make_emu: Callable[..., Emulator]) -> None:
     emu = make_emu(slots=2, latency=0.2)
     clients = [httpx.Client(base_url=emu.url, timeout=5) for _ in range(6)]  # SSL setup is slow
     codes: list[int] = []
-    threads = [threading.Thread(target=lambda c=c, i=i: codes.append(chat(c, f"c{i}").status_code))
-               for i, c in enumerate(clients)]
+    threads = [
+        threading.Thread(target=lambda c=c, i=i: codes.append(chat(c, f"c{i}").status_code))
+        for i, c in enumerate(clients)
+    ]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -331,8 +342,9 @@ def test_slots_limit_concurrency(make_emu: Callable[..., Emulator]) -> None:
 
 def test_runs_as_a_process() -> None:
     script = Path(__file__).with_name("emulator.py")
-    proc = subprocess.Popen([sys.executable, str(script), "--port", "0", "--slots", "4"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--port", "0", "--slots", "4"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -348,6 +360,7 @@ def test_runs_as_a_process() -> None:
 def test_reloads_follow_the_era(make_emu: Callable[..., Emulator], mode: str, shift_reloads: bool) -> None:
     emu = make_emu(mode=mode, reload_seconds=0.05)
     with httpx.Client(base_url=emu.url, timeout=5) as c:
+
         def load_ms(**extra: Any) -> float:
             return chat(c, "x", **extra).json()["load_duration"] / 1e6
 

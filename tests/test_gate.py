@@ -46,13 +46,20 @@ class ScriptedBackend:
             raise self.answers.pop(0)
 
 
-def run_outage(backend: ScriptedBackend, *, max_wait: float = 30.0,
-               on_fatal: Callable[[Exception], None] | None = None) -> tuple[Gate, FakeClock, JobMetrics]:
+def run_outage(
+    backend: ScriptedBackend, *, max_wait: float = 30.0, on_fatal: Callable[[Exception], None] | None = None
+) -> tuple[Gate, FakeClock, JobMetrics]:
     clock, metrics = FakeClock(), JobMetrics()
 
     async def go() -> Gate:
-        gate = Gate(backend, sleep=clock.sleep, clock=clock, metrics=metrics,  # type: ignore[arg-type]
-                    max_wait=max_wait, on_fatal=on_fatal)
+        gate = Gate(
+            backend,
+            sleep=clock.sleep,
+            clock=clock,
+            metrics=metrics,  # type: ignore[arg-type]
+            max_wait=max_wait,
+            on_fatal=on_fatal,
+        )
         gate.close("connection refused")
         assert not gate.is_open and gate.down_since == 1000.0
         await asyncio.wait_for(gate.wait(), timeout=5)  # real seconds: only a bug would take long
@@ -71,15 +78,17 @@ def test_the_prober_backs_off_doubling_up_to_its_cap_and_opens_when_the_server_a
 
 def test_a_5xx_or_a_bug_while_probing_keeps_probing() -> None:
     # Every kind of "not yet": a 500 from a proxy, and an exception nobody expected (the prober must never die).
-    gate, clock, _ = run_outage(ScriptedBackend(BackendServerError("bad gateway", status_code=502),
-                                                RuntimeError("bug in a probe")))
+    gate, clock, _ = run_outage(
+        ScriptedBackend(BackendServerError("bad gateway", status_code=502), RuntimeError("bug in a probe"))
+    )
     assert gate.is_open and clock.sleeps == [0.5, 1.0, 2.0]
 
 
 def test_a_model_gone_during_the_outage_ends_the_wait_through_on_fatal() -> None:
     fatal: list[Exception] = []
-    gate, clock, _ = run_outage(ScriptedBackend(BackendUnavailable("refused"), ModelNotFound("model 'x' not found")),
-                                on_fatal=fatal.append)
+    gate, clock, _ = run_outage(
+        ScriptedBackend(BackendUnavailable("refused"), ModelNotFound("model 'x' not found")), on_fatal=fatal.append
+    )
     assert [type(e) for e in fatal] == [ModelNotFound]
     assert gate.is_open and clock.sleeps == [0.5, 1.0]  # no further probing: the job decides
 
@@ -92,8 +101,12 @@ def test_a_400_to_the_probe_means_the_server_is_up() -> None:
 def test_closing_a_closed_gate_changes_nothing() -> None:
     async def go() -> None:
         clock, metrics = FakeClock(), JobMetrics()
-        gate = Gate(ScriptedBackend(BackendUnavailable("x")), sleep=clock.sleep, clock=clock,  # type: ignore[arg-type]
-                    metrics=metrics)
+        gate = Gate(
+            ScriptedBackend(BackendUnavailable("x")),
+            sleep=clock.sleep,
+            clock=clock,  # type: ignore[arg-type]
+            metrics=metrics,
+        )
         gate.close("first")
         clock.now += 5
         gate.close("second")

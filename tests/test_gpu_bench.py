@@ -24,8 +24,7 @@ def _no_gpu_here() -> bool:
 def test_without_a_gpu_it_says_so_and_exits_0() -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     for cmd in (["bash", "bench/gpu.sh"], [sys.executable, "-m", "bench.gpu"]):
-        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-                             check=False)
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("no GPU: ") and "nothing measured" in out.stdout
         assert "pip" not in out.stdout  # nothing was installed
@@ -35,13 +34,29 @@ def test_measures_old_tool_and_batchd_lanes_against_a_server(capsys: pytest.Capt
     from bench import gpu
 
     with Emulator(latency=0.01, slots=2) as emu:
-        code = gpu.main(["--url", emu.url, "--allow-no-gpu", "--requests", "24", "--old-requests", "6",
-                         "--lanes", "1,auto", "--max-tokens", "16"])
+        code = gpu.main(
+            [
+                "--url",
+                emu.url,
+                "--allow-no-gpu",
+                "--requests",
+                "24",
+                "--old-requests",
+                "6",
+                "--lanes",
+                "1,auto",
+                "--max-tokens",
+                "16",
+            ]
+        )
     out = capsys.readouterr().out
     assert code == 0, out
-    table = out[out.index("mode "):].splitlines()
-    assert [line.split()[0:3] for line in table[1:4]] == [["old", "tool", "6"], ["batchd", "lanes", "1"],
-                                                          ["batchd", "lanes", "auto"]]
+    table = out[out.index("mode ") :].splitlines()
+    assert [line.split()[0:3] for line in table[1:4]] == [
+        ["old", "tool", "6"],
+        ["batchd", "lanes", "1"],
+        ["batchd", "lanes", "auto"],
+    ]
     for line in table[1:4]:
         assert float(line[22:].split()[2]) > 0  # req/s, after the 22-character mode column
     assert table[3].split("  ")[-1].strip().startswith("auto (")  # the lanes auto ended at, and its max
@@ -51,8 +66,21 @@ def test_a_run_whose_rows_fail_is_reported_failed_not_fast(capsys: pytest.Captur
     from bench import gpu
 
     with Emulator(latency=0.0, models=("other:1b",)) as emu:  # batchd asks for a model it does not serve
-        code = gpu.main(["--url", emu.url, "--allow-no-gpu", "--requests", "5", "--old-requests", "2",
-                         "--lanes", "1", "--model", "gemma3:4b"])
+        code = gpu.main(
+            [
+                "--url",
+                emu.url,
+                "--allow-no-gpu",
+                "--requests",
+                "5",
+                "--old-requests",
+                "2",
+                "--lanes",
+                "1",
+                "--model",
+                "gemma3:4b",
+            ]
+        )
     out = capsys.readouterr().out
     assert code == 1
     assert "batchd lanes 1: FAILED 5 of 5 requests" in out

@@ -10,11 +10,24 @@ import pytest
 from batchd.inbox import candidate_for, is_ignored, is_ignored_dir, safe_stem, scan
 
 
-@pytest.mark.parametrize("name", [
-    ".hidden.csv", "~$report.csv", ".~lock.data.csv#", "x.tmp", "x.csv.part", "big.jsonl.crdownload",
-    ".syncthing.data.csv.tmp", "~syncthing~data.csv.tmp", ".DS_Store", "Thumbs.db", "desktop.ini",
-    "x.csv.filepart", "README.md",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".hidden.csv",
+        "~$report.csv",
+        ".~lock.data.csv#",
+        "x.tmp",
+        "x.csv.part",
+        "big.jsonl.crdownload",
+        ".syncthing.data.csv.tmp",
+        "~syncthing~data.csv.tmp",
+        ".DS_Store",
+        "Thumbs.db",
+        "desktop.ini",
+        "x.csv.filepart",
+        "README.md",
+    ],
+)
 def test_junk_names_are_ignored(name: str) -> None:
     assert is_ignored(name)
 
@@ -34,10 +47,16 @@ def test_nas_folders_are_ignored(name: str) -> None:
     assert is_ignored_dir(name)
 
 
-@pytest.mark.parametrize(("name", "stem"), [
-    ("Kandidaten 2024 (final).csv", "Kandidaten_2024_final"), ("a.b.c.jsonl", "a.b.c"),
-    ("../../etc/passwd", "input"), ("...", "input"), (".csv", "csv"),
-])
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("Kandidaten 2024 (final).csv", "Kandidaten_2024_final"),
+        ("a.b.c.jsonl", "a.b.c"),
+        ("../../etc/passwd", "input"),
+        ("...", "input"),
+        (".csv", "csv"),
+    ],
+)
 def test_safe_stem(name: str, stem: str) -> None:
     assert safe_stem(name) == stem
 

@@ -18,8 +18,12 @@ def _jsonl(*lines: bytes | dict, limits: Limits = LIMITS) -> list:
 
 
 def _good(cid: str, **body: object) -> dict:
-    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body},
+    }
 
 
 @pytest.mark.parametrize(
@@ -57,8 +61,11 @@ def test_duplicate_custom_id_rejects_later_lines() -> None:
 
 
 def test_allowed_models() -> None:
-    rows = _jsonl(_good("a"), {**_good("b"), "body": {"model": "evil", "messages": [{"role": "user", "content": "x"}]}},
-                  limits=Limits(max_lines=10, max_line_bytes=4096, allowed_models=("m",)))
+    rows = _jsonl(
+        _good("a"),
+        {**_good("b"), "body": {"model": "evil", "messages": [{"role": "user", "content": "x"}]}},
+        limits=Limits(max_lines=10, max_line_bytes=4096, allowed_models=("m",)),
+    )
     assert rows[0].error is None
     assert rows[1].error["code"] == "model_not_allowed"
 
@@ -98,7 +105,7 @@ def _csv(raw: bytes, pipeline: Pipeline | None = None) -> tuple[list[str], list]
 
 
 def test_csv_bom_crlf_quoted_newlines() -> None:
-    raw = "\ufeffname,notes\r\n\"Zoë, Jr\",\"line one\r\nline two\"\r\nBob,plain\r\n".encode()
+    raw = '\ufeffname,notes\r\n"Zoë, Jr","line one\r\nline two"\r\nBob,plain\r\n'.encode()
     header, rows = _csv(raw)
     assert header == ["name", "notes"]
     assert [r.custom_id for r in rows] == ["row-1", "row-2"]
@@ -109,13 +116,16 @@ def test_csv_bom_crlf_quoted_newlines() -> None:
 def test_csv_missing_and_extra_columns_are_row_errors() -> None:
     header, rows = _csv(b"a,b\n1,2\n3\n4,5,6\n7,8\n")
     assert [(r.line, (r.error or {}).get("code")) for r in rows] == [
-        (2, None), (3, "invalid_row"), (4, "invalid_row"), (5, None)]
+        (2, None),
+        (3, "invalid_row"),
+        (4, "invalid_row"),
+        (5, None),
+    ]
     assert "missing" in rows[1].error["message"] and "extra" in rows[2].error["message"]
 
 
 def test_csv_through_a_pipeline_template_and_id_column() -> None:
-    p = Pipeline(system_prompt="Rate.", user_template="Name: {name}", id_column="id",
-                 passthrough_columns=["name"])
+    p = Pipeline(system_prompt="Rate.", user_template="Name: {name}", id_column="id", passthrough_columns=["name"])
     _, rows = _csv(b"id,name\nC1,Ada\nC1,Bob\n,Eve\n", p)
     assert rows[0].custom_id == "C1" and rows[0].row == {"name": "Ada"}
     assert rows[0].body == {"messages": [{"role": "user", "content": "Name: Ada"}]}
@@ -130,7 +140,7 @@ def test_template_naming_a_missing_column_fails_at_load() -> None:
 
 
 def test_unbalanced_quote_reports_the_line() -> None:
-    raw = b"a,b\n1,2\n3,\"oops\n" + b"x" * 5000 + b"\n"
+    raw = b'a,b\n1,2\n3,"oops\n' + b"x" * 5000 + b"\n"
     _, rows = _csv(raw)
     assert rows[0].error is None
     assert rows[-1].error is not None and rows[-1].line == 3

@@ -12,8 +12,9 @@ from batchd.journal import SCHEMA_VERSION, JobState, Journal, NewRequest, Outcom
 def _job(j: Journal, job_id: str = "job1", n: int = 10) -> None:
     with j.transaction() as db:
         j.create_job(job_id=job_id, db=db, state=JobState.QUEUED, input_name="x.jsonl", stem="x", kind="jsonl")
-        j.insert_requests(job_id, [NewRequest(seq=i, line=i, custom_id=f"c{i}", body={"messages": []})
-                                   for i in range(1, n + 1)], db)
+        j.insert_requests(
+            job_id, [NewRequest(seq=i, line=i, custom_id=f"c{i}", body={"messages": []}) for i in range(1, n + 1)], db
+        )
 
 
 def test_wal_busy_timeout_and_schema_version(tmp_path: Path) -> None:
@@ -54,9 +55,20 @@ def test_invalid_rows_are_not_queued_and_stream_in_order(tmp_path: Path) -> None
     j = Journal(tmp_path / "j.sqlite3")
     with j.transaction() as db:
         j.create_job(job_id="a", db=db, state=JobState.QUEUED, input_name="a", stem="a", kind="jsonl")
-        j.insert_requests("a", [NewRequest(seq=i, line=i, custom_id=str(i), body=None if i % 3 == 0 else {},
-                                           error={"code": "x", "message": "bad"} if i % 3 == 0 else None)
-                                for i in range(1, 7000)], db)
+        j.insert_requests(
+            "a",
+            [
+                NewRequest(
+                    seq=i,
+                    line=i,
+                    custom_id=str(i),
+                    body=None if i % 3 == 0 else {},
+                    error={"code": "x", "message": "bad"} if i % 3 == 0 else None,
+                )
+                for i in range(1, 7000)
+            ],
+            db,
+        )
     assert j.counts("a")["invalid"] == 2333
     seqs = [r.seq for r in j.iter_requests("a", chunk=500)]
     assert seqs == list(range(1, 7000))

@@ -169,7 +169,10 @@ def test_floor_follows_latency_that_does_not_depend_on_load() -> None:
 
 def test_windows_count_completions_not_time() -> None:
     """A 30 s generation and a 30 ms one take the same decisions, scaled in time."""
-    fast, slow = Sim(slots=8, service=lambda r: r.uniform(0.02, 0.04)), Sim(slots=8, service=lambda r: r.uniform(20, 40))
+    fast, slow = (
+        Sim(slots=8, service=lambda r: r.uniform(0.02, 0.04)),
+        Sim(slots=8, service=lambda r: r.uniform(20, 40)),
+    )
     a, b = controller(fast, lanes_max=64), controller(slow, lanes_max=64)
     fast.run(a, until=60.0 * 0.001 * 30)
     slow.run(b, until=60.0 * 30)

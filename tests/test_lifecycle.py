@@ -30,8 +30,9 @@ from tests.test_runner import FakeGpu, queued_job, until, write_requests
 async def _runner(settings: Settings, journal: Journal, n: int, **kw: Any) -> tuple[JobRunner, Any]:
     job = queued_job(settings, journal, n, **kw)
     backend = make_backend(settings)
-    runner = JobRunner(settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(),
-                       vram_source=FakeGpu())
+    runner = JobRunner(
+        settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(), vram_source=FakeGpu()
+    )
     runner.monitor_tick = 0.01
     return runner, backend
 
@@ -40,7 +41,8 @@ async def _runner(settings: Settings, journal: Journal, n: int, **kw: Any) -> tu
 
 
 def test_stop_with_the_last_rows_in_flight_loses_nothing_and_is_not_completed(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency = 1.5  # the last calls are still out when the grace period ends
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"}, shutdown_grace_seconds=0.2)
     journal = Journal(settings.journal_path)
@@ -68,7 +70,8 @@ def test_stop_with_the_last_rows_in_flight_loses_nothing_and_is_not_completed(
 
 
 def test_the_grace_period_counts_from_the_stop_and_lets_calls_in_flight_finish(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency = 0.3
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"}, shutdown_grace_seconds=1.0)
     journal = Journal(settings.journal_path)
@@ -107,10 +110,10 @@ def test_completed_is_refused_while_a_request_is_left(tmp_path: Path) -> None:
 # -- 2. the backend comes back "wrong" during an outage -------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "code"), [(401, "unauthorized"), (403, "unauthorized"),
-                                              (404, "model_not_found")])
+@pytest.mark.parametrize(("status", "code"), [(401, "unauthorized"), (403, "unauthorized"), (404, "model_not_found")])
 def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
-        make_settings: Callable[..., Settings], emulator: Emulator, status: int, code: str) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator, status: int, code: str
+) -> None:
     from batchd.daemon import Daemon
 
     emulator.latency = 0.05
@@ -150,7 +153,8 @@ def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
 
 
 def test_cancel_while_the_backend_is_down_is_seen_within_a_second(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency = 0.02
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"})
     journal = Journal(settings.journal_path)
@@ -194,8 +198,8 @@ def test_a_cancel_during_ingest_is_not_overwritten(make_settings: Callable[..., 
 
 
 def test_a_cancel_that_arrives_as_the_last_request_finishes_reports_completed(
-        make_settings: Callable[..., Settings], folders: Folders, emulator: Emulator,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_settings: Callable[..., Settings], folders: Folders, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = make_settings(context={"mode": "isolated"})
     write_requests(settings.inbox / "job.jsonl", 5)
     real_flush = JobRunner.flush
@@ -225,7 +229,8 @@ def test_a_job_prefix_is_matched_literally(make_settings: Callable[..., Settings
 
 
 def test_an_honest_server_gets_one_call_per_row_and_the_trigger_stays(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     settings = make_settings(context={"mode": "conversation", "num_ctx": 8192})
     journal = Journal(settings.journal_path)
 
@@ -276,8 +281,10 @@ def test_redrop_after_a_pipeline_edit_is_new_work(make_settings: Callable[..., S
     toml.write_text('system_prompt = "Score from 1 to 5."\nuser_template = "{name}: {text}"\n', encoding="utf-8")
     _drop_csv(settings.inbox)  # the same bytes, another prompt: new work
     assert _claim_all(settings, journal) == [JobState.QUEUED]
-    toml.write_text('system_prompt = "Score from 1 to 5."\nuser_template = "{name}: {text}"\n'
-                    '[options]\ntemperature = 0.2\n', encoding="utf-8")
+    toml.write_text(
+        'system_prompt = "Score from 1 to 5."\nuser_template = "{name}: {text}"\n[options]\ntemperature = 0.2\n',
+        encoding="utf-8",
+    )
     _drop_csv(settings.inbox)  # another option: new work
     assert _claim_all(settings, journal) == [JobState.QUEUED]
     states = [j.state for j in journal.jobs()]
@@ -295,12 +302,22 @@ def test_truncation_reads_missing_and_split_prompt_counts_right() -> None:
     full = reply(sent)
     assert c.truncation(full) is None
     # No prompt_eval_count at all (older Ollama on a cache hit): no verdict either way.
-    assert c.truncation(ChatResult(content=full.content, finish_reason="stop", prompt_tokens=0,
-                                   completion_tokens=1, model="m")) is None
+    assert (
+        c.truncation(
+            ChatResult(content=full.content, finish_reason="stop", prompt_tokens=0, completion_tokens=1, model="m")
+        )
+        is None
+    )
     # Only the uncached part counted, the cached part reported beside it (prompt_eval_cached_count).
     cached = c._cached
-    split = ChatResult(content=full.content, finish_reason="stop", prompt_tokens=full.prompt_tokens - cached,
-                       completion_tokens=1, model="m", cached_tokens=cached)
+    split = ChatResult(
+        content=full.content,
+        finish_reason="stop",
+        prompt_tokens=full.prompt_tokens - cached,
+        completion_tokens=1,
+        model="m",
+        cached_tokens=cached,
+    )
     assert c.counted(split) == full.prompt_tokens and c.truncation(split) is None
     # A real cut is still seen.
     assert c.truncation(reply(sent, prompt=full.prompt_tokens // 2)) == "prompt_truncated"
@@ -315,11 +332,16 @@ def test_a_version_1_journal_migrates_its_final_status_and_api_tables(tmp_path: 
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path, isolation_level=None)
     db.executescript(f"BEGIN; {MIGRATIONS[1]} PRAGMA user_version=1; COMMIT;")
-    db.execute("CREATE TABLE api_files (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, role TEXT NOT NULL, "
-               "filename TEXT NOT NULL, bytes INTEGER NOT NULL DEFAULT 0, sha256 TEXT, spool TEXT, batch_id TEXT, "
-               "created_at REAL NOT NULL)")  # made ad hoc by an older API
-    db.execute("INSERT INTO jobs (id, seq, input_name, stem, kind, state, created_at, meta_json) "
-               "VALUES ('old1', 1, 'a.csv', 'a', 'csv', 'finalizing', 0, ?)", (orjson.dumps({"final": "cancelled"}),))
+    db.execute(
+        "CREATE TABLE api_files (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, role TEXT NOT NULL, "
+        "filename TEXT NOT NULL, bytes INTEGER NOT NULL DEFAULT 0, sha256 TEXT, spool TEXT, batch_id TEXT, "
+        "created_at REAL NOT NULL)"
+    )  # made ad hoc by an older API
+    db.execute(
+        "INSERT INTO jobs (id, seq, input_name, stem, kind, state, created_at, meta_json) "
+        "VALUES ('old1', 1, 'a.csv', 'a', 'csv', 'finalizing', 0, ?)",
+        (orjson.dumps({"final": "cancelled"}),),
+    )
     db.close()
     journal = Journal(path)
     job = journal.job("old1")
@@ -373,18 +395,28 @@ class DilatedClock:
 
 
 def test_the_grace_period_is_counted_on_the_runners_clock_from_the_stop(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency = 2.0  # = 200 s on the fake clock: far beyond the grace
-    settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated", "num_ctx": 4096},
-                             shutdown_grace_seconds=30.0)
+    settings = make_settings(
+        backend={"lanes": 2}, context={"mode": "isolated", "num_ctx": 4096}, shutdown_grace_seconds=30.0
+    )
     journal = Journal(settings.journal_path)
     clock = DilatedClock()
 
     async def go() -> tuple[JobRunner, str, float, float]:
         job = queued_job(settings, journal, 6)
         backend = make_backend(settings)
-        runner = JobRunner(settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(),
-                           vram_source=FakeGpu(), sleep=clock.sleep, clock=clock)
+        runner = JobRunner(
+            settings=settings,
+            journal=journal,
+            backend=backend,
+            job=job,
+            stop=asyncio.Event(),
+            vram_source=FakeGpu(),
+            sleep=clock.sleep,
+            clock=clock,
+        )
         runner.monitor_tick = 0.5
         try:
             task = asyncio.create_task(runner.run())

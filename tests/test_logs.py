@@ -35,9 +35,9 @@ def parse_native(data: bytes) -> dict[str, str]:
             i = nl + 1
         else:
             key = line
-            (size,) = struct.unpack("<Q", data[nl + 1:nl + 9])
-            value = data[nl + 9:nl + 9 + size]
-            assert data[nl + 9 + size:nl + 10 + size] == b"\n"
+            (size,) = struct.unpack("<Q", data[nl + 1 : nl + 9])
+            value = data[nl + 9 : nl + 9 + size]
+            assert data[nl + 9 + size : nl + 10 + size] == b"\n"
             i = nl + 10 + size
         out[key.decode()] = value.decode()
     return out
@@ -60,15 +60,36 @@ def journal_socket() -> Iterator[tuple[str, socket.socket]]:
 
 
 def test_journal_fields_are_uppercase_with_event_and_priority() -> None:
-    message, priority, fields = logs.journal_fields({
-        "event": "request_failed", "level": "warning", "timestamp": "t", "job_id": "abc123", "custom_id": "row 7",
-        "attempts": 3, "req/s": 2.5, "message": "clash", "priority": "clash", "_hidden": 1, "2x": True,
-        "detail": {"a": [1, 2]}, "none": None,
-    })
+    message, priority, fields = logs.journal_fields(
+        {
+            "event": "request_failed",
+            "level": "warning",
+            "timestamp": "t",
+            "job_id": "abc123",
+            "custom_id": "row 7",
+            "attempts": 3,
+            "req/s": 2.5,
+            "message": "clash",
+            "priority": "clash",
+            "_hidden": 1,
+            "2x": True,
+            "detail": {"a": [1, 2]},
+            "none": None,
+        }
+    )
     assert priority == 4
-    assert fields == {"EVENT": "request_failed", "JOB_ID": "abc123", "CUSTOM_ID": "row 7", "ATTEMPTS": "3",
-                      "REQ_S": "2.5", "BATCHD_MESSAGE": "clash", "BATCHD_PRIORITY": "clash", "HIDDEN": "1",
-                      "F_2X": "true", "DETAIL": '{"a":[1,2]}'}
+    assert fields == {
+        "EVENT": "request_failed",
+        "JOB_ID": "abc123",
+        "CUSTOM_ID": "row 7",
+        "ATTEMPTS": "3",
+        "REQ_S": "2.5",
+        "BATCHD_MESSAGE": "clash",
+        "BATCHD_PRIORITY": "clash",
+        "HIDDEN": "1",
+        "F_2X": "true",
+        "DETAIL": '{"a":[1,2]}',
+    }
     assert all(k == k.upper() and not k.startswith("_") for k in fields)
     assert message.startswith('request_failed job_id=abc123 custom_id="row 7" attempts=3')
     assert "none=" not in message
@@ -78,11 +99,21 @@ def test_journal_fields_are_uppercase_with_event_and_priority() -> None:
 
 
 def test_native_datagram_round_trips_multiline_values() -> None:
-    data = logs.native_datagram("boom\nTraceback ...", 3, {"EVENT": "heartbeat_failed", "JOB_ID": "j1",
-                                                            "EXCEPTION": "line 1\nline 2", "EMPTY": ""})
+    data = logs.native_datagram(
+        "boom\nTraceback ...",
+        3,
+        {"EVENT": "heartbeat_failed", "JOB_ID": "j1", "EXCEPTION": "line 1\nline 2", "EMPTY": ""},
+    )
     parsed = parse_native(data)
-    assert parsed == {"MESSAGE": "boom\nTraceback ...", "PRIORITY": "3", "SYSLOG_IDENTIFIER": "batchd",
-                      "EVENT": "heartbeat_failed", "JOB_ID": "j1", "EXCEPTION": "line 1\nline 2", "EMPTY": ""}
+    assert parsed == {
+        "MESSAGE": "boom\nTraceback ...",
+        "PRIORITY": "3",
+        "SYSLOG_IDENTIFIER": "batchd",
+        "EVENT": "heartbeat_failed",
+        "JOB_ID": "j1",
+        "EXCEPTION": "line 1\nline 2",
+        "EMPTY": "",
+    }
 
 
 def test_journald_target_sends_bound_job_context(journal_socket: tuple[str, socket.socket]) -> None:
@@ -95,8 +126,12 @@ def test_journald_target_sends_bound_job_context(journal_socket: tuple[str, sock
     log.info("job_started", requests=170_000, lanes=4)
     entry = parse_native(sock.recv(65536))
     assert entry["EVENT"] == "job_started" and entry["PRIORITY"] == "6"
-    assert (entry["JOB_ID"], entry["INPUT"], entry["REQUESTS"], entry["LANES"]) == ("job42", "candidates.csv",
-                                                                                    "170000", "4")
+    assert (entry["JOB_ID"], entry["INPUT"], entry["REQUESTS"], entry["LANES"]) == (
+        "job42",
+        "candidates.csv",
+        "170000",
+        "4",
+    )
     assert entry["MESSAGE"].startswith("job_started job_id=job42 input=candidates.csv")
     try:
         raise ValueError("bad thing")
@@ -127,7 +162,7 @@ def test_json_target_prints_one_line_per_event_with_tracebacks() -> None:
         log = structlog.get_logger("t")
         log.debug("hidden")
         try:
-            1 / 0
+            _ = 1 / 0
         except ZeroDivisionError:
             log.exception("claim_failed", input="a.csv")
     finally:

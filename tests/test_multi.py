@@ -41,8 +41,9 @@ def _multi(*emus: Emulator, clock: Clock | None = None) -> MultiBackend:
 
 
 def _req(i: int = 0, affinity: int | None = None) -> ChatRequest:
-    return ChatRequest(model="gemma3:4b", num_ctx=2048, messages=[{"role": "user", "content": f"q{i}"}],
-                       affinity=affinity)
+    return ChatRequest(
+        model="gemma3:4b", num_ctx=2048, messages=[{"role": "user", "content": f"q{i}"}], affinity=affinity
+    )
 
 
 def test_make_backend_builds_multi_for_several_urls(pair: tuple[Emulator, Emulator]) -> None:
@@ -156,6 +157,7 @@ def test_all_hosts_down_pauses_until_one_is_back(pair: tuple[Emulator, Emulator]
 
 def test_context_length_is_the_smallest_window() -> None:
     with Emulator(context_length=8192) as a, Emulator(context_length=4096) as b:
+
         async def main() -> int | None:
             multi = _multi(a, b)
             try:
@@ -193,8 +195,12 @@ def test_a_lanes_conversation_stays_on_its_host(folders: Folders, pair: tuple[Em
     a, b = pair
     a.latency = b.latency = 0.005
     write_jsonl(folders.inbox / "c.jsonl", 60)
-    env = folders.env(a.url, BATCHD_BACKEND__URLS=f'["{a.url}", "{b.url}"]', BATCHD_BACKEND__LANES="3",
-                      BATCHD_CONTEXT__MODE="conversation")
+    env = folders.env(
+        a.url,
+        BATCHD_BACKEND__URLS=f'["{a.url}", "{b.url}"]',
+        BATCHD_BACKEND__LANES="3",
+        BATCHD_CONTEXT__MODE="conversation",
+    )
     assert run_batchd(env, "run", "--once").returncode == 0
     hosts_of: dict[str, set[str]] = {}
     for name, emu in (("a", a), ("b", b)):

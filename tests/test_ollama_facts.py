@@ -22,9 +22,18 @@ def _sent(backend_kw: dict[str, Any], request: ChatRequest) -> dict[str, Any]:
 
     def handler(req: httpx.Request) -> httpx.Response:
         seen.append(json.loads(req.content))
-        return httpx.Response(200, json={"model": "m", "message": {"role": "assistant", "content": "ok"},
-                                         "done": True, "done_reason": "stop", "prompt_eval_count": 3,
-                                         "eval_count": 1, "load_duration": 2_500_000_000})
+        return httpx.Response(
+            200,
+            json={
+                "model": "m",
+                "message": {"role": "assistant", "content": "ok"},
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 3,
+                "eval_count": 1,
+                "load_duration": 2_500_000_000,
+            },
+        )
 
     backend = OllamaBackend(url="http://llm.test", transport=httpx.MockTransport(handler), **backend_kw)
     result = asyncio.run(backend.chat(request))
@@ -38,10 +47,14 @@ def _request(**kw: Any) -> ChatRequest:
 
 # -- item 1: a string stop ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body", [
-    {"stop": "\n"},                     # OpenAI allows one string
-    {"options": {"stop": "\n"}},        # a JSONL line's native Ollama options
-])
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"stop": "\n"},  # OpenAI allows one string
+        {"options": {"stop": "\n"}},  # a JSONL line's native Ollama options
+    ],
+)
 def test_a_string_stop_becomes_a_list(body: dict[str, Any]) -> None:
     chat = to_chat_request({"messages": [{"role": "user", "content": "x"}], **body}, model="m", num_ctx=1024)
     assert chat.options["stop"] == ["\n"]
@@ -54,28 +67,42 @@ def test_a_stop_list_stays_as_it_is() -> None:
 
 # -- item 5: think, keep_alive -------------------------------------------------------------------------
 
+
 def test_think_is_off_unless_asked() -> None:
     assert _sent({}, _request())["think"] is False
     assert _sent({}, _request(think=True))["think"] is True
     assert _sent({}, _request(think="high"))["think"] == "high"
 
 
-@pytest.mark.parametrize(("body", "think"), [
-    ({}, None),
-    ({"think": True}, True),
-    ({"reasoning_effort": "low"}, "low"),
-    ({"reasoning_effort": "none"}, False),
-    ({"options": {"think": True}}, True),  # a pipeline's options table
-])
+@pytest.mark.parametrize(
+    ("body", "think"),
+    [
+        ({}, None),
+        ({"think": True}, True),
+        ({"reasoning_effort": "low"}, "low"),
+        ({"reasoning_effort": "none"}, False),
+        ({"options": {"think": True}}, True),  # a pipeline's options table
+    ],
+)
 def test_think_is_read_from_the_request_or_pipeline(body: dict[str, Any], think: Any) -> None:
     chat = to_chat_request({"messages": [], **body}, model="m", num_ctx=1024)
     assert chat.think == think and "think" not in chat.options
 
 
-@pytest.mark.parametrize(("value", "encoded"), [
-    ("-1", -1), ("300", 300), ("1.5", 1.5), (-1, -1), ("5m", "5m"), ("1h30m", "1h30m"), ("0", 0),
-    ("-1m", "-1m"), ("500ms", "500ms"),
-])
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        ("-1", -1),
+        ("300", 300),
+        ("1.5", 1.5),
+        (-1, -1),
+        ("5m", "5m"),
+        ("1h30m", "1h30m"),
+        ("0", 0),
+        ("-1m", "-1m"),
+        ("500ms", "500ms"),
+    ],
+)
 def test_keep_alive_is_encoded_as_ollama_parses_it(value: Any, encoded: Any) -> None:
     assert encode_keep_alive(value) == encoded
     assert type(encode_keep_alive(value)) is type(encoded)
@@ -96,6 +123,7 @@ def test_keep_alive_minus_one_is_sent_as_a_number() -> None:
 
 # -- item 3: runner options ------------------------------------------------------------------------
 
+
 def test_runner_options_are_stripped_and_named() -> None:
     options = {"temperature": 0, "num_gpu": 99, "num_batch": 512, "num_ctx": 999, "use_mmap": False, "stop": ["x"]}
     kept, dropped = strip_runner_options(options)
@@ -106,18 +134,20 @@ def test_runner_options_are_stripped_and_named() -> None:
 
 # -- item 4: versions ----------------------------------------------------------------------------------
 
+
 def test_versions_parse_and_say_what_they_lack() -> None:
     assert parse_version("0.33.0") == (0, 33, 0)
     assert parse_version("v0.12.6-rc1") == (0, 12, 6)
     assert parse_version("0.0.0") is None and parse_version("dev") is None
-    (level, text), = version_notes("0.12.0")
+    ((level, text),) = version_notes("0.12.0")
     assert level == "warning" and "truncate" in text and "silently" in text
-    (level, text), = version_notes("0.30.0")
+    ((level, text),) = version_notes("0.30.0")
     assert level == "info" and "uncached" in text
     assert version_notes("0.12.6") == [] and version_notes("0.24.0") == [] and version_notes("0.33.0") == []
 
 
 # -- doctor: version and OLLAMA_NUM_PARALLEL ------------------------------------------------------------
+
 
 def test_doctor_says_extra_lanes_only_queue_on_a_default_ollama() -> None:
     from batchd.doctor import _parallel

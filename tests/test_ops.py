@@ -92,7 +92,8 @@ def ids(folder: Path, name: str) -> list[str]:
 
 
 def test_status_then_cancel_a_running_and_a_queued_job_then_retry_the_rest(
-        daemon: Callable[..., Daemon], folders: Folders, emulator: Emulator) -> None:
+    daemon: Callable[..., Daemon], folders: Folders, emulator: Emulator
+) -> None:
     emulator.latency = 0.02  # one lane: ~40 req/s, the job would take ~10 s
     # Isolated: requests independent and retryable in any order, which is what retry is about (in
     # conversation mode a false truncation guess after a trim can re-send one request; see the issue note).
@@ -115,7 +116,10 @@ def test_status_then_cancel_a_running_and_a_queued_job_then_retry_the_rest(
     assert text.startswith("running big.jsonl, 1 queued\n\n")
     header, first, second = text.splitlines()[2:5]
     assert header.split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT"]
-    row = rf"{view['job_id']}  running +\[#*\.+\] +\d+\.\d%  +[\d,]+/400  +[\d.]+  +(1|-)  +(\d+m\d\d|\d+)s +-  big\.jsonl$"
+    row = (
+        rf"{view['job_id']}  running +\[#*\.+\] +\d+\.\d%  +[\d,]+/400  +[\d.]+  +(1|-)  "
+        r"+(\d+m\d\d|\d+)s +-  big\.jsonl$"
+    )
     assert re.match(row, first), first
     assert re.search(r"queued +\[\.{20}\]   0\.0%  +0/20 .* next\.jsonl$", second), second
 
@@ -131,7 +135,7 @@ def test_status_then_cancel_a_running_and_a_queued_job_then_retry_the_rest(
     m = metrics(folders.outbox / "big")
     assert m["status"] == "cancelled"
     done = ids(folders.outbox / "big", "results.jsonl")
-    assert 30 <= len(done) < 400 and done == big[:len(done)]  # what finished, in input order
+    assert 30 <= len(done) < 400 and done == big[: len(done)]  # what finished, in input order
     assert m["request_counts"]["completed"] == len(done)
     with (folders.outbox / "big" / "scores.csv").open() as fh:
         statuses = [row["status"] for row in csv.DictReader(fh)]
@@ -159,8 +163,9 @@ def test_status_then_cancel_a_running_and_a_queued_job_then_retry_the_rest(
     assert len(retried) == 1 and retried[0]["state"] == "completed" and retried[0]["progress"] == 1.0
 
 
-def test_retry_re_runs_only_the_failed_requests(daemon: Callable[..., Daemon], folders: Folders,
-                                                emulator: Emulator) -> None:
+def test_retry_re_runs_only_the_failed_requests(
+    daemon: Callable[..., Daemon], folders: Folders, emulator: Emulator
+) -> None:
     d = daemon(BATCHD_BACKEND__MAX_ATTEMPTS="1")
     emulator.fail_next(500, count=4)  # the first four calls: one lane, so requests 0-3 fail
     all_ids = write_jsonl(folders.inbox / "job.jsonl", 30)
@@ -195,20 +200,44 @@ def test_status_of_an_empty_journal_and_the_table_shape(folders: Folders, emulat
     assert r.returncode == 0 and r.stdout == "idle, 0 queued, no jobs yet\n", r.stdout + r.stderr
     assert orjson.loads(run_batchd(env, "status", "--json").stdout) == {"active": [], "recent": []}
 
-    view = {"job_id": "abc", "state": "running", "progress": 0.266, "finished": 45_210, "total": 170_000,
-            "req_per_s": 3.9, "eta_seconds": 42_120, "failed": 12, "input": "candidates.csv", "error": None,
-            "lanes": 12, "lanes_mode": "auto"}
-    done = {**view, "job_id": "def", "state": "failed", "progress": 1.0, "finished": 10, "total": 10,
-            "req_per_s": None, "eta_seconds": None, "failed": 0, "input": "x.csv", "lanes": None,
-            "error": {"message": "model gemma9 not found"}}
+    view = {
+        "job_id": "abc",
+        "state": "running",
+        "progress": 0.266,
+        "finished": 45_210,
+        "total": 170_000,
+        "req_per_s": 3.9,
+        "eta_seconds": 42_120,
+        "failed": 12,
+        "input": "candidates.csv",
+        "error": None,
+        "lanes": 12,
+        "lanes_mode": "auto",
+    }
+    done = {
+        **view,
+        "job_id": "def",
+        "state": "failed",
+        "progress": 1.0,
+        "finished": 10,
+        "total": 10,
+        "req_per_s": None,
+        "eta_seconds": None,
+        "failed": 0,
+        "input": "x.csv",
+        "lanes": None,
+        "error": {"message": "model gemma9 not found"},
+    }
     lines = status_table({"active": [view], "recent": [done]}).splitlines()
     assert lines[0] == "running candidates.csv, 0 queued"
-    assert lines[2].split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED",
-                                "INPUT"]
-    assert lines[3] == ("abc  running  [#####...............]  26.6%  45,210/170,000    3.9  12 auto  11h42m      12  "
-                        "candidates.csv")
-    assert lines[4] == ("def  failed   [####################] 100.0%           10/10      -        -       -       -  "
-                        "x.csv  (model gemma9 not found)")
+    assert lines[2].split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT"]
+    assert lines[3] == (
+        "abc  running  [#####...............]  26.6%  45,210/170,000    3.9  12 auto  11h42m      12  candidates.csv"
+    )
+    assert lines[4] == (
+        "def  failed   [####################] 100.0%           10/10      -        -       -       -  "
+        "x.csv  (model gemma9 not found)"
+    )
 
 
 # -- doctor -------------------------------------------------------------------------------
@@ -222,9 +251,13 @@ def test_doctor_end_to_end_ok_then_fail_when_the_backend_is_down(folders: Folder
     # First where the settings came from: this shell names its own (BATCHD_CONFIG, BATCHD_*).
     assert lines.pop(0) == f"configuration: {folders.root / 'batchd.toml'} + environment"
     assert all(re.match(r"(OK  |WARN|FAIL) |     fix: ", line) for line in lines), lines
-    for expected in ("OK   configuration is valid", f"OK   inbox {folders.inbox} is writable",
-                     f"OK   ollama backend at {emulator.url} answers",
-                     "OK   model gemma3:4b present, context length 8192", "OK   jobs will pin num_ctx=8192"):
+    for expected in (
+        "OK   configuration is valid",
+        f"OK   inbox {folders.inbox} is writable",
+        f"OK   ollama backend at {emulator.url} answers",
+        "OK   model gemma3:4b present, context length 8192",
+        "OK   jobs will pin num_ctx=8192",
+    ):
         assert expected in lines, lines
     assert any(line.startswith(("OK   inotify", "WARN")) for line in lines)
     # Every WARN says how to fix it.
@@ -283,16 +316,21 @@ def test_operator_commands_never_create_the_journal(folders: Folders, emulator: 
 
 @pytest.mark.parametrize("command", ["cancel", "retry"])
 def test_unknown_ambiguous_and_unfinished_job_refs_exit_2_in_one_line(
-        folders: Folders, emulator: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        command: str) -> None:
+    folders: Folders,
+    emulator: Emulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
     from batchd.cli import main
     from batchd.journal import JobState, Journal
 
     journal = Journal(folders.state / "journal.sqlite3")
     with journal.transaction() as db:
         for job_id, state in (("abc111aaaaaa", JobState.QUEUED), ("abc222bbbbbb", JobState.COMPLETED)):
-            journal.create_job(job_id=job_id, db=db, state=state, input_name=f"{job_id}.jsonl", stem=job_id,
-                               kind="jsonl")
+            journal.create_job(
+                job_id=job_id, db=db, state=state, input_name=f"{job_id}.jsonl", stem=job_id, kind="jsonl"
+            )
     journal.close()
     for name, value in folders.env(emulator.url).items():
         if name.startswith("BATCHD_"):
@@ -303,11 +341,18 @@ def test_unknown_ambiguous_and_unfinished_job_refs_exit_2_in_one_line(
         return code, capsys.readouterr().err.strip().splitlines()
 
     assert run("zzz") == (2, ["batchd: configuration error: JOB: no job 'zzz' (batchd status lists the jobs)"])
-    assert run("abc") == (2, ["batchd: configuration error: JOB: 'abc' is ambiguous: it starts abc111aaaaaa, "
-                              "abc222bbbbbb; give more of the id"])
+    assert run("abc") == (
+        2,
+        [
+            "batchd: configuration error: JOB: 'abc' is ambiguous: it starts abc111aaaaaa, "
+            "abc222bbbbbb; give more of the id"
+        ],
+    )
     if command == "retry":
-        assert run("abc111") == (2, ["batchd: configuration error: JOB: job abc111aaaaaa is queued; "
-                                     "only finished jobs can be retried"])
+        assert run("abc111") == (
+            2,
+            ["batchd: configuration error: JOB: job abc111aaaaaa is queued; only finished jobs can be retried"],
+        )
     else:
         code, err = run("abc222")
         assert code == 1 and err == []  # already finished: said on stdout, exit 1
@@ -325,5 +370,7 @@ def test_doctor_warns_when_the_daemon_cannot_hand_results_to_the_outbox_group(tm
     assert level == "WARN" and f"uid 1000 is not in group {name}, which owns the outbox" in what
     assert fix.startswith(f"usermod -aG {name} ")
     assert _readers(settings, uid=1000, groups=[gid + 1, gid])[:2] == (
-        "OK", f"results are readable by group {name} (files 0640, folders 0750)")
+        "OK",
+        f"results are readable by group {name} (files 0640, folders 0750)",
+    )
     assert _readers(Settings(outbox=tmp_path / "not-yet"), uid=1000, groups=[])[0] == "OK"

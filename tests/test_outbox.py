@@ -58,7 +58,8 @@ def _assert_group_readable(paths: list[Path], gid: int) -> None:
 
 
 def test_every_published_file_carries_the_outbox_group_under_umask_0077(
-        folders: Folders, make_settings: Callable[..., Settings], strict_umask: None) -> None:
+    folders: Folders, make_settings: Callable[..., Settings], strict_umask: None
+) -> None:
     gid = _other_group()
     os.chown(folders.outbox, -1, gid)
     os.chmod(folders.outbox, 0o2750)  # as tmpfiles.d makes it
@@ -71,12 +72,19 @@ def test_every_published_file_carries_the_outbox_group_under_umask_0077(
     # the live status page at the root is published for the same readers (checked below with the rest)
     assert {"!status.html", "!status.json"} <= set(os.listdir(folders.outbox))
     assert {p.name for p in (folders.outbox / "batch").iterdir()} >= {
-        "results.jsonl", "errors.jsonl", "scores.csv", "metrics.json", "report.html", "input.jsonl"}
+        "results.jsonl",
+        "errors.jsonl",
+        "scores.csv",
+        "metrics.json",
+        "report.html",
+        "input.jsonl",
+    }
     _assert_group_readable(_published(folders.outbox), gid)
 
 
 def test_outbox_root_without_setgid_still_hands_its_group_down(
-        folders: Folders, make_settings: Callable[..., Settings], strict_umask: None) -> None:
+    folders: Folders, make_settings: Callable[..., Settings], strict_umask: None
+) -> None:
     gid = _other_group()
     os.chown(folders.outbox, -1, gid)
     os.chmod(folders.outbox, 0o750)  # an NFS export made by hand: no setgid bit
@@ -86,7 +94,8 @@ def test_outbox_root_without_setgid_still_hands_its_group_down(
 
 
 def test_a_configured_group_wins_over_the_outbox_root_group(
-        folders: Folders, make_settings: Callable[..., Settings], strict_umask: None) -> None:
+    folders: Folders, make_settings: Callable[..., Settings], strict_umask: None
+) -> None:
     gid = _other_group()
     write_jsonl(folders.inbox / "g.jsonl", 3)
     run_daemon_once(make_settings(group=grp.getgrgid(gid).gr_name))
@@ -110,14 +119,17 @@ def test_shared_folder_fixes_a_file_made_elsewhere(tmp_path: Path, strict_umask:
 
 
 def test_every_output_line_has_its_own_id(folders: Folders, make_settings: Callable[..., Settings]) -> None:
-    good = {"method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "gemma3:4b", "messages": [{"role": "user", "content": "hi"}]}}
+    good = {
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gemma3:4b", "messages": [{"role": "user", "content": "hi"}]},
+    }
     lines = [
         b"not json at all",
-        b'{"method": "POST"}',                                    # no custom_id
+        b'{"method": "POST"}',  # no custom_id
         orjson.dumps({**good, "custom_id": "a"}),
-        orjson.dumps({**good}),                                  # valid body, no custom_id
-        orjson.dumps({**good, "custom_id": "a"}),                # duplicate of line 3
+        orjson.dumps({**good}),  # valid body, no custom_id
+        orjson.dumps({**good, "custom_id": "a"}),  # duplicate of line 3
         b"[1, 2]",
     ]
     (folders.inbox / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")

@@ -7,17 +7,38 @@ import pytest
 from batchd.pace import duration, eta, rate, rate_text, window_rate
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (0, "0s"), (-3, "0s"), (5, "5s"), (59.9, "59s"), (60, "1m00s"), (65, "1m05s"), (3_599, "59m59s"),
-    (3_600, "1h00m"), (7_380, "2h03m"), (86_399, "23h59m"), (90_000, "1d01h"), (10 * 86_400, "10d00h"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (-3, "0s"),
+        (5, "5s"),
+        (59.9, "59s"),
+        (60, "1m00s"),
+        (65, "1m05s"),
+        (3_599, "59m59s"),
+        (3_600, "1h00m"),
+        (7_380, "2h03m"),
+        (86_399, "23h59m"),
+        (90_000, "1d01h"),
+        (10 * 86_400, "10d00h"),
+    ],
+)
 def test_duration(seconds: float, text: str) -> None:
     assert duration(seconds) == text
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (0.04, "0.0s"), (4.56, "4.5s"), (59.99, "59.9s"), (60, "1m00s"), (125.7, "2m05s"), (0, "0s"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.04, "0.0s"),
+        (4.56, "4.5s"),
+        (59.99, "59.9s"),
+        (60, "1m00s"),
+        (125.7, "2m05s"),
+        (0, "0s"),
+    ],
+)
 def test_duration_tenths(seconds: float, text: str) -> None:
     assert duration(seconds, tenths=True) == text
 

@@ -13,7 +13,7 @@ from batchd.ingest import Limits, pipeline_prefix, read_csv
 from batchd.pipeline import Pipeline, load_pipeline
 
 LIMITS = Limits(max_lines=1000, max_line_bytes=1 << 20)
-FULL = '''
+FULL = """
 model = "gemma3:270m"
 mode = "conversation"
 system_prompt_file = "rubric.md"
@@ -39,7 +39,7 @@ minimum = 1
 maximum = 10
 [format.properties.why]
 type = "string"
-'''
+"""
 
 
 def _folder(tmp_path: Path, toml: str, rubric: str | None = "Be strict.") -> Path:
@@ -85,10 +85,13 @@ def test_missing_template_column_is_named_at_header_time() -> None:
     assert info.value.code == "pipeline_mismatch"
 
 
-@pytest.mark.parametrize(("kwargs", "column", "use"), [
-    ({"id_column": "cid"}, "cid", "id_column"),
-    ({"passthrough_columns": ["email"]}, "email", "passthrough_columns"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "column", "use"),
+    [
+        ({"id_column": "cid"}, "cid", "id_column"),
+        ({"passthrough_columns": ["email"]}, "email", "passthrough_columns"),
+    ],
+)
 def test_other_missing_columns_are_named(kwargs: dict, column: str, use: str) -> None:
     with pytest.raises(ConfigError) as info:
         Pipeline(**kwargs).check_columns(["id", "title"])
@@ -103,23 +106,28 @@ def test_short_row_is_an_error_for_that_row_only() -> None:
     assert got[1].error is not None and "missing columns" in got[1].error["message"] and got[1].line == 3
 
 
-@pytest.mark.parametrize(("template", "words"), [
-    ("{a.b}", "must name a column"),
-    ("{a[0]}", "must name a column"),
-    ("{0}", "must name a column"),
-    ("{}", "must name a column"),
-    ("{years:d}", "format spec"),
-    ("{name!r}", "format spec"),
-    ("unclosed {name", "cannot parse"),
-])
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("{a.b}", "must name a column"),
+        ("{a[0]}", "must name a column"),
+        ("{0}", "must name a column"),
+        ("{}", "must name a column"),
+        ("{years:d}", "format spec"),
+        ("{name!r}", "format spec"),
+        ("unclosed {name", "cannot parse"),
+    ],
+)
 def test_bad_templates_fail_at_load(tmp_path: Path, template: str, words: str) -> None:
     err = _error(tmp_path, f"user_template = {template!r}\n".replace("'", '"'))
     assert "pipeline.toml" in err.key and "user_template" in err.key and words in err.problem
 
 
 def test_literal_braces_are_fine() -> None:
-    assert Pipeline(user_template='JSON like {{"a": 1}} for {name}').render_user({"name": "x"}) == \
-        'JSON like {"a": 1} for x'
+    assert (
+        Pipeline(user_template='JSON like {{"a": 1}} for {name}').render_user({"name": "x"})
+        == 'JSON like {"a": 1} for x'
+    )
 
 
 def test_malformed_toml_names_the_file_and_line(tmp_path: Path) -> None:
@@ -127,18 +135,21 @@ def test_malformed_toml_names_the_file_and_line(tmp_path: Path) -> None:
     assert err.key.endswith("pipeline.toml") and "line 1" in err.problem
 
 
-@pytest.mark.parametrize(("toml", "key", "words"), [
-    ('user_tempalte = "x"\n', "user_tempalte", "did you mean 'user_template'"),
-    ('mode = "chatty"\n', "mode", "conversation"),
-    ("reply_retries = 99\n", "reply_retries", "10"),
-    ('options = "hot"\n', "options", "dictionary"),
-    ('[format]\ntype = "objekt"\n', "format", "not a valid JSON schema"),
-    ('[format]\ntype = "object"\nproperties = { rating = { type = "number" } }\n', "score_field", "rating"),
-    ('passthrough_columns = ["status"]\n', "passthrough_columns", "clashes"),
-    ('system_prompt = "a"\nsystem_prompt_file = "rubric.md"\n', "system_prompt_file", "not both"),
-    ('system_prompt_file = "../../etc/passwd"\n', "system_prompt_file", "inside the pipeline folder"),
-    ('system_prompt_file = "nope.md"\n', "system_prompt_file", "nope.md"),
-])
+@pytest.mark.parametrize(
+    ("toml", "key", "words"),
+    [
+        ('user_tempalte = "x"\n', "user_tempalte", "did you mean 'user_template'"),
+        ('mode = "chatty"\n', "mode", "conversation"),
+        ("reply_retries = 99\n", "reply_retries", "10"),
+        ('options = "hot"\n', "options", "dictionary"),
+        ('[format]\ntype = "objekt"\n', "format", "not a valid JSON schema"),
+        ('[format]\ntype = "object"\nproperties = { rating = { type = "number" } }\n', "score_field", "rating"),
+        ('passthrough_columns = ["status"]\n', "passthrough_columns", "clashes"),
+        ('system_prompt = "a"\nsystem_prompt_file = "rubric.md"\n', "system_prompt_file", "not both"),
+        ('system_prompt_file = "../../etc/passwd"\n', "system_prompt_file", "inside the pipeline folder"),
+        ('system_prompt_file = "nope.md"\n', "system_prompt_file", "nope.md"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str, words: str) -> None:
     err = _error(tmp_path, toml)
     assert err.key.endswith(key) and str(tmp_path) in err.key
@@ -149,9 +160,12 @@ def test_main_config_pipeline_for_the_inbox_root(tmp_path: Path) -> None:
     rubric = tmp_path / "rubric.md"
     rubric.write_text("Root rubric.", encoding="utf-8")
     cfg = tmp_path / "batchd.toml"
-    cfg.write_text(f'[pipeline]\nuser_template = "Rate {{name}}"\nsystem_prompt_file = "{rubric}"\n'
-                   'passthrough_columns = ["name"]\n[pipeline.format]\ntype = "object"\n'
-                   '[pipeline.format.properties.score]\ntype = "integer"\n', encoding="utf-8")
+    cfg.write_text(
+        f'[pipeline]\nuser_template = "Rate {{name}}"\nsystem_prompt_file = "{rubric}"\n'
+        'passthrough_columns = ["name"]\n[pipeline.format]\ntype = "object"\n'
+        '[pipeline.format.properties.score]\ntype = "integer"\n',
+        encoding="utf-8",
+    )
     s = load_settings(config=cfg)
     assert s.pipeline.system_prompt == "Root rubric." and s.pipeline.name == "default"
     assert s.pipeline.prefix_messages()[0]["content"] == "Root rubric."

@@ -43,8 +43,9 @@ def _reply(m: JobMetrics, latency: float = 0.3) -> None:
 def test_counters_count_this_process_only_and_add_up_across_jobs() -> None:
     ex = Exporter(MetricsSettings())
     # A job resumed after a restart: what it counted before is not this process's.
-    resumed = JobMetrics.from_state({"prompt_tokens": 9000, "completed": 700, "retries": {"timeout": 9},
-                                     "failures": {"timeout": 4}})
+    resumed = JobMetrics.from_state(
+        {"prompt_tokens": 9000, "completed": 700, "retries": {"timeout": 9}, "failures": {"timeout": 4}}
+    )
     ex.job_started(resumed)
     _reply(resumed)
     _reply(resumed, latency=7.0)
@@ -85,8 +86,17 @@ def test_names_units_and_labels_follow_prometheus_conventions() -> None:
     ex.job_started(m)
     m.count_outcome(False, "some_code_a_server_made_up")
     m.retries["timeout"] += 1
-    ex.set_live(Live(job_running=True, lanes=4, lanes_active=3, lanes_in_use=2, backend_up=True,
-                     vram_used_bytes=5 * 2**30, vram_total_bytes=16 * 2**30))
+    ex.set_live(
+        Live(
+            job_running=True,
+            lanes=4,
+            lanes_active=3,
+            lanes_in_use=2,
+            backend_up=True,
+            vram_used_bytes=5 * 2**30,
+            vram_total_bytes=16 * 2**30,
+        )
+    )
     ex.set_queue(Queue(jobs=2, requests=1234, progress=0.25, eta_seconds=600))
     ex.refresh()
     families = list(text_string_to_metric_families(ex.exposition().decode()))
@@ -109,9 +119,16 @@ def test_names_units_and_labels_follow_prometheus_conventions() -> None:
     assert len(buckets) == len(LATENCY_BUCKETS) + 1
 
 
-@pytest.mark.parametrize(("listen", "want"), [("9464", ("127.0.0.1", 9464)), (":9464", ("127.0.0.1", 9464)),
-                                               ("0.0.0.0:9100", ("0.0.0.0", 9100)), ("[::1]:9464", ("::1", 9464)),
-                                               ("localhost:1", ("localhost", 1))])
+@pytest.mark.parametrize(
+    ("listen", "want"),
+    [
+        ("9464", ("127.0.0.1", 9464)),
+        (":9464", ("127.0.0.1", 9464)),
+        ("0.0.0.0:9100", ("0.0.0.0", 9100)),
+        ("[::1]:9464", ("::1", 9464)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
 def test_listen_forms(listen: str, want: tuple[str, int]) -> None:
     assert parse_listen(listen) == want
 
@@ -207,7 +224,7 @@ def test_metrics_settings_from_file_and_environment(tmp_path: Path, monkeypatch:
     from batchd.config import load_settings
 
     cfg = tmp_path / "batchd.toml"
-    cfg.write_text('[metrics]\ninterval_seconds = 2\n\n[status_page]\nenabled = false\nrecent = 5\n')
+    cfg.write_text("[metrics]\ninterval_seconds = 2\n\n[status_page]\nenabled = false\nrecent = 5\n")
     monkeypatch.setenv("BATCHD_METRICS__LISTEN", "9464")
     monkeypatch.setenv("BATCHD_METRICS__TEXTFILE", "/var/lib/node_exporter/batchd.prom")
     s = load_settings(cfg)

@@ -24,8 +24,20 @@ from tests.emulator import Emulator
 README = REPO / "README.md"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 #: programs the README may show besides batchd (run by hand, not by this test)
-OTHER_PROGRAMS = {"make", "pip", "git", "cd", "cp", "systemctl", "journalctl", "jq", "sudoedit", "usermod", "curl",
-                  "packaging/install.sh"}
+OTHER_PROGRAMS = {
+    "make",
+    "pip",
+    "git",
+    "cd",
+    "cp",
+    "systemctl",
+    "journalctl",
+    "jq",
+    "sudoedit",
+    "usermod",
+    "curl",
+    "packaging/install.sh",
+}
 #: placeholders the README uses in synopsis lines, and a value that parses in their place
 PLACEHOLDERS = {"FILE.csv": "x.csv", "FILE": "x.csv", "P": "p", "OUT.jsonl": "o.jsonl", "N": "1", "JOB": "b5f7"}
 _ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")
@@ -97,7 +109,8 @@ def test_the_batchd_commands_run_against_the_emulator(folders: Folders, emulator
     env = folders.env(emulator.url)
     (folders.inbox / "hello.jsonl").write_text(
         '{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
-        '"body": {"model": "gemma3:4b", "messages": [{"role": "user", "content": "hi"}]}}\n')
+        '"body": {"model": "gemma3:4b", "messages": [{"role": "user", "content": "hi"}]}}\n'
+    )
     expected = {"cancel": 2, "retry": 2}  # the README's sample ids are not in this journal: exit 2, one line
     ran = set()
     for argv in sorted(batchd_commands(), key=lambda a: a[0] != "run"):  # run first: status has a job to show
@@ -138,13 +151,15 @@ def test_the_synopsis_lists_every_command_and_option_and_parses() -> None:
                 shown.setdefault("", set()).update(w for w in words if w.startswith("-"))
     parser = _parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) <= set(shown), f"commands missing from the synopsis: " \
-                                                  f"{set(subparsers.choices) - set(shown)}"
+    assert set(subparsers.choices) <= set(shown), (
+        f"commands missing from the synopsis: {set(subparsers.choices) - set(shown)}"
+    )
     for name, sub in subparsers.choices.items():
         for action in sub._actions:
             if action.option_strings and "--help" not in action.option_strings:
-                assert set(action.option_strings) & shown[name], f"batchd {name} {action.option_strings[-1]} " \
-                                                                 "is missing from the synopsis"
+                assert set(action.option_strings) & shown[name], (
+                    f"batchd {name} {action.option_strings[-1]} is missing from the synopsis"
+                )
     top = {o for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")}
     assert top <= shown.get("", set()), f"top-level options missing from the synopsis: {top - shown.get('', set())}"
 
@@ -154,8 +169,9 @@ def test_the_python_example_compiles() -> None:
         compile(block, "README.md", "exec")
 
 
-def test_the_sample_configuration_error_is_what_batchd_prints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_sample_configuration_error_is_what_batchd_prints(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     samples = re.findall(r"`(batchd: configuration error: [^`]+)`", _text())
     assert samples
     (tmp_path / "c.toml").write_text("")
@@ -184,8 +200,11 @@ def test_the_scores_csv_columns_are_listed_in_their_real_order() -> None:
 
     row = re.search(r"^\| `scores\.csv` \| (.+) \|$", _text(), re.MULTILINE)
     assert row is not None
-    words = {"the score": "score", "the pipeline's passthrough columns": "passthrough",
-             "the other schema fields": "field"}
+    words = {
+        "the score": "score",
+        "the pipeline's passthrough columns": "passthrough",
+        "the other schema fields": "field",
+    }
     listed = [words.get(part, part.strip("`")) for part in row.group(1).split(", ")]
     real = ScoreSheet(fields=["score", "field"], passthrough=["passthrough"]).header()
     assert listed == real

@@ -26,8 +26,11 @@ def hold_lock(lock: Path, then_binary: Path | None, seconds: float) -> subproces
         "import fcntl, os, sys, time\n"
         f"fh = open({str(lock)!r}, 'a'); fcntl.flock(fh, fcntl.LOCK_EX); print('locked', flush=True)\n"
         f"time.sleep({seconds})\n"
-        + (f"os.makedirs({str(then_binary.parent)!r}, exist_ok=True); open({str(then_binary)!r}, 'w').close()\n"
-           if then_binary else "")
+        + (
+            f"os.makedirs({str(then_binary.parent)!r}, exist_ok=True); open({str(then_binary)!r}, 'w').close()\n"
+            if then_binary
+            else ""
+        )
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"locked"
@@ -72,7 +75,13 @@ def test_the_build_script_says_why_it_cannot_build(tmp_path: Path) -> None:
     fake_python = tmp_path / "python"
     fake_python.write_text("#!/bin/sh\nexit 1\n")  # an interpreter without llama-cpp-python
     fake_python.chmod(0o755)
-    done = subprocess.run(["bash", str(rs.BUILD_SCRIPT), str(fake_python)], check=False, capture_output=True, text=True,
-                          env={"BATCHD_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}, timeout=30)
+    done = subprocess.run(
+        ["bash", str(rs.BUILD_SCRIPT), str(fake_python)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={"BATCHD_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
+        timeout=30,
+    )
     assert done.returncode == 3
     assert "llama-cpp-python is not installed" in (tmp_path / "cache" / "llama-server.unavailable").read_text()

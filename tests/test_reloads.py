@@ -27,14 +27,23 @@ from tests.test_runner import FakeGpu, until
 MODEL = "gemma3:4b"
 
 
-def run_lines(settings: Settings, bodies: list[dict[str, Any]],
-              scenario: Callable[[JobRunner], Awaitable[None]] | None = None
-              ) -> tuple[JobRunner, str, list[MutableMapping[str, Any]]]:
+def run_lines(
+    settings: Settings, bodies: list[dict[str, Any]], scenario: Callable[[JobRunner], Awaitable[None]] | None = None
+) -> tuple[JobRunner, str, list[MutableMapping[str, Any]]]:
     """Run a JSONL job of these bodies; (runner, outcome, captured log events)."""
     with (settings.inbox / "job.jsonl").open("wb") as fh:
         for i, body in enumerate(bodies):
-            fh.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                   "body": {"model": MODEL, **body}}) + b"\n")
+            fh.write(
+                orjson.dumps(
+                    {
+                        "custom_id": f"r{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"model": MODEL, **body},
+                    }
+                )
+                + b"\n"
+            )
     journal = Journal(settings.journal_path)
     claimer = Claimer(settings=settings, journal=journal)
     (cand,) = scan(settings.inbox)
@@ -48,8 +57,9 @@ def run_lines(settings: Settings, bodies: list[dict[str, Any]],
 
     async def go() -> tuple[JobRunner, str]:
         backend = make_backend(settings)
-        runner = JobRunner(settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(),
-                           vram_source=FakeGpu())
+        runner = JobRunner(
+            settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(), vram_source=FakeGpu()
+        )
         runner.monitor_tick = 0.01
         try:
             task = asyncio.create_task(runner.run())
@@ -70,8 +80,10 @@ def user(i: int, **extra: Any) -> dict[str, Any]:
 
 # -- item 3: runner options ----------------------------------------------------------------------------
 
+
 def test_runner_options_are_stripped_from_lines_with_one_log_line(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     settings = make_settings(context={"num_ctx": 2048, "mode": "isolated"})
     bodies = [user(i, options={"num_gpu": 99, "num_batch": 64 + i, "num_ctx": 512, "top_k": 5}) for i in range(6)]
     bodies.append(user(6, options={"use_mmap": False}))
@@ -85,22 +97,35 @@ def test_runner_options_are_stripped_from_lines_with_one_log_line(
     stripped = [e for e in events if e["event"] == "runner_options_stripped"]
     assert len(stripped) == 1 and stripped[0]["options"] == ["num_batch", "num_ctx", "num_gpu"]
     assert runner.metrics.runner_options_stripped == ["num_batch", "num_ctx", "num_gpu", "use_mmap"]
-    assert runner.metrics.summary(done=7, elapsed=1)["server"]["runner_options_stripped"] == \
-        ["num_batch", "num_ctx", "num_gpu", "use_mmap"]
+    assert runner.metrics.summary(done=7, elapsed=1)["server"]["runner_options_stripped"] == [
+        "num_batch",
+        "num_ctx",
+        "num_gpu",
+        "use_mmap",
+    ]
 
 
 # -- item 3: reloads -----------------------------------------------------------------------------------
 
+
 def test_a_reload_by_another_client_is_noticed_logged_and_counted(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.reload_seconds, emulator.latency = 0.3, 0.01
     settings = make_settings(context={"num_ctx": 2048, "mode": "isolated"}, backend={"lanes": 2})
 
     async def other_client(runner: JobRunner) -> None:
         await until(lambda: runner.done >= 5)
         async with httpx.AsyncClient(base_url=emulator.url) as client:  # a client with its own num_ctx
-            await client.post("/api/chat", json={"model": MODEL, "stream": False, "options": {"num_ctx": 4096},
-                                                 "messages": [{"role": "user", "content": "hi"}]})
+            await client.post(
+                "/api/chat",
+                json={
+                    "model": MODEL,
+                    "stream": False,
+                    "options": {"num_ctx": 4096},
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
 
     runner, outcome, events = run_lines(settings, [user(i) for i in range(40)], scenario=other_client)
     assert outcome == "completed"
@@ -148,8 +173,10 @@ def test_reload_watch_reads_load_duration_and_ps() -> None:
 
 # -- item 4: the server's version ------------------------------------------------------------------------
 
+
 def test_the_version_is_read_at_job_start_and_an_old_one_warns(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.version = "0.12.0"
     runner, outcome, events = run_lines(make_settings(), [user(i) for i in range(2)])
     assert outcome == "completed" and runner.metrics.server_version == "0.12.0"
@@ -159,7 +186,8 @@ def test_the_version_is_read_at_job_start_and_an_old_one_warns(
 
 
 def test_a_current_version_is_stored_without_a_warning(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.version = "0.33.0"
     runner, outcome, events = run_lines(make_settings(), [user(0)])
     assert runner.metrics.server_version == "0.33.0"
@@ -167,7 +195,8 @@ def test_a_current_version_is_stored_without_a_warning(
 
 
 def test_ollama_0_30_0_is_known_to_count_only_uncached_prompt_tokens(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.version = "0.30.0"
     runner, outcome, events = run_lines(make_settings(), [user(0)])
     assert runner.budget is not None and runner.budget.counts_cache_only
@@ -180,6 +209,7 @@ def test_ollama_0_30_0_is_known_to_count_only_uncached_prompt_tokens(
 
 
 # -- the shift trade-off on a shared Ollama >= 0.30 ----------------------------------------------------
+
 
 @pytest.mark.parametrize(("shift", "reloads"), [("off", 2), ("server", 0)])
 def test_shift_server_shares_the_runner_with_clients_that_send_none(shift: str, reloads: int) -> None:
@@ -201,7 +231,8 @@ def test_shift_server_shares_the_runner_with_clients_that_send_none(shift: str, 
 
 
 def test_a_vram_policy_change_keeps_what_the_budget_learned(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     runner, outcome, events = run_lines(make_settings(), [user(0)])
     assert runner.budget is not None
     runner.budget.counts_cache_only = True  # proven on some call of the job
@@ -210,7 +241,8 @@ def test_a_vram_policy_change_keeps_what_the_budget_learned(
 
 
 def test_a_conversation_on_ollama_0_30_0_sees_no_false_truncation(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     """0.30.0 reports only uncached prompt tokens: a growing conversation looks like cut prompts
     unless batchd knows the version."""
     emulator.version = "0.30.0"
@@ -226,8 +258,11 @@ def test_the_emulator_counts_like_0_30_0() -> None:
     with Emulator(version="0.30.0") as emu, httpx.Client(base_url=emu.url) as client:
         first = [{"role": "user", "content": "x" * 400}]
         r1 = client.post("/api/chat", json={"model": MODEL, "stream": False, "messages": first}).json()
-        second = [*first, {"role": "assistant", "content": r1["message"]["content"]},
-                  {"role": "user", "content": "y" * 40}]
+        second = [
+            *first,
+            {"role": "assistant", "content": r1["message"]["content"]},
+            {"role": "user", "content": "y" * 40},
+        ]
         r2 = client.post("/api/chat", json={"model": MODEL, "stream": False, "messages": second}).json()
     assert r1["prompt_eval_count"] == 104
     assert r2["prompt_eval_count"] == 10 + 4  # only the new message: the rest came from the cache

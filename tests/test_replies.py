@@ -62,9 +62,14 @@ def test_correction_is_short_and_names_the_problem() -> None:
 
 
 def test_checker_for_a_job_prefix() -> None:
-    prefix = {"model": "m", "messages": [], "response_format": {
-        "type": "json_schema", "json_schema": {"name": "p", "schema": {
-            "type": "object", "properties": {"rating": {"type": "number"}}}}}}
+    prefix = {
+        "model": "m",
+        "messages": [],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"rating": {"type": "number"}}}},
+        },
+    }
     checker = checker_for(prefix, orjson.dumps({"reply_retries": 4, "score_field": "rating"}).decode())
     assert checker.retries == 4
     assert checker.problem("{}") == "rating: missing"

@@ -23,11 +23,35 @@ EVIL = "<script>alert(1)</script>"
 
 def _job(**kw: object) -> Job:
     fields: dict[str, object] = dict(
-        id="job1", seq=1, source="inbox", input_name=f"cands/{EVIL}.csv", stem="x", kind="csv", sha256="ab",
-        pipeline="cands", pipeline_json=None, prefix_json=None, model="gemma3:270m", mode="isolated",
-        state=JobState.FINALIZING, error=None, duplicate_of=None, retry_of=None, cancel_requested=False, total=0,
-        columns=[], created_at=1000.0, started_at=1000.0, finished_at=2000.0, outbox_name=None, metrics={},
-        meta={"num_ctx": 8192}, file_id=None, spool=None, final=FinalStatus.COMPLETED)
+        id="job1",
+        seq=1,
+        source="inbox",
+        input_name=f"cands/{EVIL}.csv",
+        stem="x",
+        kind="csv",
+        sha256="ab",
+        pipeline="cands",
+        pipeline_json=None,
+        prefix_json=None,
+        model="gemma3:270m",
+        mode="isolated",
+        state=JobState.FINALIZING,
+        error=None,
+        duplicate_of=None,
+        retry_of=None,
+        cancel_requested=False,
+        total=0,
+        columns=[],
+        created_at=1000.0,
+        started_at=1000.0,
+        finished_at=2000.0,
+        outbox_name=None,
+        metrics={},
+        meta={"num_ctx": 8192},
+        file_id=None,
+        spool=None,
+        final=FinalStatus.COMPLETED,
+    )
     fields.update(kw)
     return Job(**fields)  # type: ignore[arg-type]
 
@@ -36,17 +60,29 @@ def _data(n: int, *, failed: int = 0) -> ReportData:
     sheet = ScoreSheet(fields=["score", "why"], passthrough=["name"])
     data = ReportData(sheet)
     for i in range(1, n + 1):
-        data.add(Scored(seq=i, custom_id=f"c{i}", status="ok", score=1 + i % 10, values={"why": f"w{i}"},
-                        row={"name": f"N{i}"}))
+        data.add(
+            Scored(
+                seq=i, custom_id=f"c{i}", status="ok", score=1 + i % 10, values={"why": f"w{i}"}, row={"name": f"N{i}"}
+            )
+        )
     for i in range(failed):
-        data.add(Scored(seq=n + i + 1, custom_id=f"f{i}", status="failed", score=None,
-                        error_code="invalid_reply", error_message=f"score: 11 is too big {EVIL}"))
+        data.add(
+            Scored(
+                seq=n + i + 1,
+                custom_id=f"f{i}",
+                status="failed",
+                score=None,
+                error_code="invalid_reply",
+                error_message=f"score: 11 is too big {EVIL}",
+            )
+        )
     return data
 
 
 def _samples(n: int) -> list[tuple]:
-    return [(1000.0 + 2 * i, 5 * i, i // 20, 500 + (37 * i) % 3000, (8 + i % 7 / 10) * 2**30, i // 50, 4)
-            for i in range(n)]
+    return [
+        (1000.0 + 2 * i, 5 * i, i // 20, 500 + (37 * i) % 3000, (8 + i % 7 / 10) * 2**30, i // 50, 4) for i in range(n)
+    ]
 
 
 def test_top_and_bottom_keep_only_twenty_and_prefer_earlier_rows() -> None:
@@ -72,9 +108,10 @@ def test_everything_untrusted_is_escaped() -> None:
 
 def test_lanes_chart_draws_the_controllers_steps() -> None:
     series = [[1000.0, 1, "start"], [1004.0, 2, "grow"], [1010.0, 4, "grow"], [1030.0, 3, "queueing"]]
-    page = render(_job(), _data(10), _samples(40), {"status": "completed", "lanes_series": series,
-                                                    "lanes": {"mode": "auto"}})
-    section = page[page.index("Lanes over time"):page.index("Context size over time")]
+    page = render(
+        _job(), _data(10), _samples(40), {"status": "completed", "lanes_series": series, "lanes": {"mode": "auto"}}
+    )
+    section = page[page.index("Lanes over time") : page.index("Context size over time")]
     assert "Adaptive (lanes = auto): 3 change(s)" in section and "lanes_changed" in section
     path = re.search(r"<polyline points='([^']+)'", section)
     assert path is not None
@@ -85,10 +122,19 @@ def test_lanes_chart_draws_the_controllers_steps() -> None:
 
 
 def test_charts_and_sections_with_many_samples() -> None:
-    page = render(_job(), _data(300, failed=7), _samples(20000), {"status": "completed",
-                                                                 "vram": {"total_bytes": 16 * 2**30}})
-    for title in ("Score distribution", "Top 20 by score", "Bottom 20 by score", "Failures by cause",
-                  "Throughput over time", "Lanes over time", "Context size over time", "VRAM over time"):
+    page = render(
+        _job(), _data(300, failed=7), _samples(20000), {"status": "completed", "vram": {"total_bytes": 16 * 2**30}}
+    )
+    for title in (
+        "Score distribution",
+        "Top 20 by score",
+        "Bottom 20 by score",
+        "Failures by cause",
+        "Throughput over time",
+        "Lanes over time",
+        "Context size over time",
+        "VRAM over time",
+    ):
         assert title in page
     assert page.count("<svg") == 5
     assert "num_ctx 8,192" in page and "card total 16.0 GiB" in page and "time since start (h)" in page
@@ -108,8 +154,10 @@ def test_up_to_forty_rows_make_one_table_without_repeats() -> None:
 
 
 def test_histogram_spans_the_schema_scale() -> None:
-    sheet = ScoreSheet.for_job(Pipeline(format={"type": "object", "properties": {
-        "score": {"type": "integer", "minimum": 1, "maximum": 10}}}), "csv")
+    sheet = ScoreSheet.for_job(
+        Pipeline(format={"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}}}),
+        "csv",
+    )
     assert sheet.scale == (1.0, 10.0)
     data = ReportData(sheet)
     for i in range(30):
@@ -150,8 +198,8 @@ def _png_colours(png: bytes) -> tuple[int, int, int]:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, width, height = 8, b"", 0, 0
     while pos < len(png):
-        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
-        chunk = png[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        chunk = png[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height = struct.unpack(">II", chunk[:8])
         elif kind == b"IDAT":
@@ -166,10 +214,22 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text(render(_job(), _data(200, failed=3), _samples(300), {"status": "completed"}), encoding="utf-8")
     shot = tmp_path / "shot.png"
-    cmd = [str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-           f"--screenshot={shot}", "--window-size=1200,1600", "--enable-logging=stderr", "--v=0",
-           page.as_uri()]
+    cmd = [
+        str(_chromium()),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,1600",
+        "--enable-logging=stderr",
+        "--v=0",
+        page.as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The page has no script, so any console line (an error, a CSP refusal) is a defect.
@@ -186,14 +246,33 @@ def test_write_report_streams_from_the_journal(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.sqlite3")
     try:
         with journal.transaction() as db:
-            journal.create_job(job_id="j1", db=db, state=JobState.RUNNING, input_name="people.csv", stem="people",
-                               kind="csv")
-            journal.insert_requests("j1", [NewRequest(seq=i, line=i + 1, custom_id=f"p{i}", body={"messages": []},
-                                                      row={"name": f"<b>P{i}</b>"}) for i in range(1, 61)], db)
-        outcomes = [Outcome(seq=i, state=ReqState.DONE, attempts=1, prompt_tokens=5, completion_tokens=2,
-                            result={"choices": [{"message": {"content": f"Score: {i % 10}/10"}}]})
-                    for i in range(1, 59)]
-        outcomes.append(Outcome(seq=59, state=ReqState.FAILED, attempts=3, error={"code": "timeout", "message": "slow"}))
+            journal.create_job(
+                job_id="j1", db=db, state=JobState.RUNNING, input_name="people.csv", stem="people", kind="csv"
+            )
+            journal.insert_requests(
+                "j1",
+                [
+                    NewRequest(
+                        seq=i, line=i + 1, custom_id=f"p{i}", body={"messages": []}, row={"name": f"<b>P{i}</b>"}
+                    )
+                    for i in range(1, 61)
+                ],
+                db,
+            )
+        outcomes = [
+            Outcome(
+                seq=i,
+                state=ReqState.DONE,
+                attempts=1,
+                prompt_tokens=5,
+                completion_tokens=2,
+                result={"choices": [{"message": {"content": f"Score: {i % 10}/10"}}]},
+            )
+            for i in range(1, 59)
+        ]
+        outcomes.append(
+            Outcome(seq=59, state=ReqState.FAILED, attempts=3, error={"code": "timeout", "message": "slow"})
+        )
         journal.record("j1", outcomes)
         for done in (0, 30, 58):
             journal.add_sample("j1", done=done, failed=0, ctx_tokens=100 + done, vram_used=0.5, trims=0, lanes=2)

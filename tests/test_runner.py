@@ -45,10 +45,17 @@ class FakeGpu:
 def write_requests(path: Path, n: int, *, size: int = 40) -> None:
     with path.open("wb") as fh:
         for i in range(n):
-            body = {"model": "gemma3:4b", "messages": [{"role": "system", "content": SYSTEM},
-                                                      {"role": "user", "content": f"Row {i}: " + "y" * size}]}
-            fh.write(orjson.dumps({"custom_id": f"r{i:04d}", "method": "POST", "url": "/v1/chat/completions",
-                                   "body": body}) + b"\n")
+            body = {
+                "model": "gemma3:4b",
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": f"Row {i}: " + "y" * size},
+                ],
+            }
+            fh.write(
+                orjson.dumps({"custom_id": f"r{i:04d}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+                + b"\n"
+            )
 
 
 def queued_job(settings: Settings, journal: Journal, n: int, **kw: Any) -> Job:
@@ -65,15 +72,27 @@ def queued_job(settings: Settings, journal: Journal, n: int, **kw: Any) -> Job:
     return job
 
 
-def run_job(settings: Settings, n: int, *, gpu: FakeGpu | None = None,
-            scenario: Callable[[JobRunner], Any] | None = None, **kw: Any) -> tuple[JobRunner, str, Journal]:
+def run_job(
+    settings: Settings,
+    n: int,
+    *,
+    gpu: FakeGpu | None = None,
+    scenario: Callable[[JobRunner], Any] | None = None,
+    **kw: Any,
+) -> tuple[JobRunner, str, Journal]:
     journal = Journal(settings.journal_path)
     job = queued_job(settings, journal, n, **kw)
 
     async def go() -> tuple[JobRunner, str]:
         backend = make_backend(settings)
-        runner = JobRunner(settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(),
-                           vram_source=gpu or FakeGpu())
+        runner = JobRunner(
+            settings=settings,
+            journal=journal,
+            backend=backend,
+            job=job,
+            stop=asyncio.Event(),
+            vram_source=gpu or FakeGpu(),
+        )
         runner.monitor_tick = 0.01
         try:
             task = asyncio.create_task(runner.run())
@@ -97,7 +116,8 @@ def test_k_lanes_keep_k_server_slots_busy(make_settings: Callable[..., Settings]
 
 
 def test_vram_pressure_pauses_a_lane_goes_aggressive_and_recovers(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency = 0.01
     gpu = FakeGpu(0.5)
     settings = make_settings(backend={"lanes": 3}, context={"num_ctx": 8192})
@@ -131,7 +151,8 @@ def test_vram_pressure_pauses_a_lane_goes_aggressive_and_recovers(
 
 
 def test_oom_trims_aggressively_backs_off_and_counts(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     settings = make_settings(context={"num_ctx": 8192})
     # the 4th call fails (injected before the job starts: waiting for progress first raced a fast job)
     emulator.fail_next(500, count=1, after=3)  # "llama runner process has terminated"
@@ -145,7 +166,8 @@ def test_oom_trims_aggressively_backs_off_and_counts(
 
 
 def test_overflow_400_trims_harder_retries_and_lowers_the_trigger(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.context_length = 512  # the server's window is smaller than the num_ctx batchd pins
     settings = make_settings(context={"num_ctx": 1024, "num_predict": 32})
     runner, outcome, journal = run_job(settings, 30, size=160)

@@ -16,7 +16,8 @@ from tests.test_runner import FakeGpu, run_job, until
 
 
 def test_auto_finds_the_servers_slots_and_records_each_change(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency, emulator.slots = 0.02, 4
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 16}, context={"mode": "isolated"})
     with structlog.testing.capture_logs() as logs:
@@ -45,7 +46,8 @@ def test_pinned_lanes_never_change(make_settings: Callable[..., Settings], emula
 
 
 def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency = 0.01
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 3}, context={"mode": "conversation"})
     owners: dict[int, int] = {}  # id(conversation) -> lane
@@ -89,7 +91,8 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
 
 
 def test_vram_pressure_in_auto_mode_backs_the_controller_off(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency = 0.01
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 8}, context={"mode": "isolated"})
     gpu = FakeGpu(0.5)
@@ -137,12 +140,14 @@ def test_lanes_setting_accepts_auto_or_an_integer(monkeypatch: Any) -> None:
     assert settings.backend.lanes == "auto" and settings.backend.lane_bounds() == (1, 32)
 
 
-def test_auto_over_a_host_pool_uses_both_hosts_slots(make_settings: Callable[..., Settings],
-                                                     emulator: Emulator) -> None:
+def test_auto_over_a_host_pool_uses_both_hosts_slots(
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.latency, emulator.slots = 0.02, 2
     with Emulator(latency=0.02, slots=2) as other:
-        settings = make_settings(backend={"lanes": "auto", "urls": [emulator.url, other.url]},
-                                 context={"mode": "isolated"})
+        settings = make_settings(
+            backend={"lanes": "auto", "urls": [emulator.url, other.url]}, context={"mode": "isolated"}
+        )
         assert settings.backend.lane_bounds() == (1, 128)  # 64 per host
         runner, outcome, journal = run_job(settings, 400)
         assert outcome == "completed" and runner.done == 400

@@ -85,8 +85,7 @@ def listener(request: pytest.FixtureRequest) -> Iterator[Listener]:
 
 
 @pytest.fixture
-def make_notifier(transport: str, listener: Listener, monkeypatch: pytest.MonkeyPatch
-                  ) -> Callable[..., Notifier]:
+def make_notifier(transport: str, listener: Listener, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Notifier]:
     # libsystemd's sd_notify reads $NOTIFY_SOCKET itself; the fallback uses the constructor's path.
     monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
 
@@ -113,8 +112,9 @@ def test_ready_with_status_then_stopping_once(make_notifier: Callable[..., Notif
     assert listener.take() == []
 
 
-def test_status_is_paced_but_a_change_of_state_goes_at_once(make_notifier: Callable[..., Notifier],
-                                                           listener: Listener) -> None:
+def test_status_is_paced_but_a_change_of_state_goes_at_once(
+    make_notifier: Callable[..., Notifier], listener: Listener
+) -> None:
     clock = Clock()
     n = make_notifier(clock=clock, status_seconds=3.0)
     assert n.status("idle, 2 jobs done")
@@ -139,22 +139,33 @@ def test_status_is_paced_but_a_change_of_state_goes_at_once(make_notifier: Calla
     assert not n.flush()
     n.status("multi\nline\tstatus")
     got = [fields(d)["STATUS"] for d in listener.wait(lambda g: len(g) >= 8)]
-    assert got == ["idle, 2 jobs done", "big.csv: 10/100 (10.0%), queue 0",
-                   "big.csv: 40/100 (40.0%), 10.2 req/s, ETA 6s, queue 0",
-                   "waiting for backend at 127.0.0.1:11434 (down 1s)", "big.csv: 41/100 (41.0%), queue 0",
-                   "other.csv: 0/5 (0.0%), queue 0", "other.csv: 5/5 (100.0%), queue 0", "multi line status"]
+    assert got == [
+        "idle, 2 jobs done",
+        "big.csv: 10/100 (10.0%), queue 0",
+        "big.csv: 40/100 (40.0%), 10.2 req/s, ETA 6s, queue 0",
+        "waiting for backend at 127.0.0.1:11434 (down 1s)",
+        "big.csv: 41/100 (41.0%), queue 0",
+        "other.csv: 0/5 (0.0%), queue 0",
+        "other.csv: 5/5 (100.0%), queue 0",
+        "multi line status",
+    ]
 
 
 @pytest.mark.parametrize("listener", ["path"], indirect=True)
 def test_one_pacer_a_line_every_heartbeat_paced_by_the_notifier(
-        make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any]) -> None:
+    make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any]
+) -> None:
     # The daemon offers its status line on every heartbeat (1 s here, on a fake clock) and paces
     # nothing itself; the notifier alone decides what reaches systemd.
     clock = Clock()
     daemon = ServiceDaemon(notifier=make_notifier(clock=clock, status_seconds=3.0), settings=make_settings())
     assert not hasattr(daemon, "status_seconds")
-    offered = ["idle, 0 jobs done", *(f"big.csv: {n}/10 ({10 * n:.1f}%), queue 0" for n in range(1, 6)),
-               "idle, 1 jobs done", "idle, 1 jobs done"]
+    offered = [
+        "idle, 0 jobs done",
+        *(f"big.csv: {n}/10 ({10 * n:.1f}%), queue 0" for n in range(1, 6)),
+        "idle, 1 jobs done",
+        "idle, 1 jobs done",
+    ]
     for line in offered:  # one heartbeat each: watchdog hook (flushes a held line), then the status line
         daemon.on_watchdog()
         daemon.on_status(line)
@@ -163,8 +174,12 @@ def test_one_pacer_a_line_every_heartbeat_paced_by_the_notifier(
     got = [fields(d)["STATUS"] for d in listener.wait(lambda g: len(g) >= 4)]
     # idle at once; the job's first line at once (a change of kind); 3 s later the line held back
     # (3/10, flushed by that heartbeat's watchdog hook); idle again at once; the repeated idle line never.
-    assert got == ["idle, 0 jobs done", "big.csv: 1/10 (10.0%), queue 0", "big.csv: 3/10 (30.0%), queue 0",
-                   "idle, 1 jobs done"]
+    assert got == [
+        "idle, 0 jobs done",
+        "big.csv: 1/10 (10.0%), queue 0",
+        "big.csv: 3/10 (30.0%), queue 0",
+        "idle, 1 jobs done",
+    ]
     assert listener.take() == []
     daemon.journal.close()
 
@@ -184,8 +199,9 @@ def test_watchdog_pings_at_half_the_interval(make_notifier: Callable[..., Notifi
 
 
 @pytest.mark.parametrize("usec,pid", [(None, None), (10_000_000, 1), (0, None)])
-def test_no_watchdog_unless_armed_for_this_process(make_notifier: Callable[..., Notifier], listener: Listener,
-                                                    usec: int | None, pid: int | None) -> None:
+def test_no_watchdog_unless_armed_for_this_process(
+    make_notifier: Callable[..., Notifier], listener: Listener, usec: int | None, pid: int | None
+) -> None:
     # WATCHDOG_PID of another process (a child inherited the environment): stay quiet.
     n = make_notifier(watchdog_usec=usec, watchdog_pid=pid)
     assert n.watchdog_seconds is None
@@ -208,8 +224,10 @@ def test_reloading_carries_monotonic_usec(make_notifier: Callable[..., Notifier]
 
 
 def test_from_environ_and_no_socket_is_a_no_op(listener: Listener) -> None:
-    n = Notifier.from_environ({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "120000000",
-                               "WATCHDOG_PID": str(os.getpid())}, use_libsystemd=False)
+    n = Notifier.from_environ(
+        {"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "120000000", "WATCHDOG_PID": str(os.getpid())},
+        use_libsystemd=False,
+    )
     assert n.enabled and n.watchdog_seconds == 60.0
     assert Notifier.from_environ({"WATCHDOG_USEC": "x"}).watchdog_seconds is None
     off = Notifier.from_environ({})
@@ -233,8 +251,12 @@ def test_status_states() -> None:
 
 @pytest.mark.parametrize("listener", ["path"], indirect=True)
 def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
-        make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any],
-        folders: Folders, emulator: Emulator) -> None:
+    make_notifier: Callable[..., Notifier],
+    listener: Listener,
+    make_settings: Callable[..., Any],
+    folders: Folders,
+    emulator: Emulator,
+) -> None:
     emulator.latency = 0.01
     settings = make_settings(watch={"mode": "inotify"})
     notifier = make_notifier(watchdog_usec=200_000, status_seconds=0.2)
@@ -261,7 +283,7 @@ def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
         await heard(lambda: any(d.startswith("STATUS=job.jsonl: ") for d in received))
         await heard(lambda: "STATUS=idle, 1 jobs done" in received)
         daemon.reload()
-        await heard(lambda: "RELOADING" in kinds() and "READY" in kinds()[kinds().index("RELOADING"):])
+        await heard(lambda: "RELOADING" in kinds() and "READY" in kinds()[kinds().index("RELOADING") :])
         daemon.stop.set()
         assert await task == 0
         await daemon.aclose()
@@ -288,7 +310,8 @@ def test_daemon_reports_ready_status_watchdog_reload_and_stopping(
 
 @pytest.mark.parametrize("listener", ["path"], indirect=True)
 def test_signal_handlers_only_set_flags_the_loop_logs_and_notifies(
-        make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any]) -> None:
+    make_notifier: Callable[..., Notifier], listener: Listener, make_settings: Callable[..., Any]
+) -> None:
     daemon = ServiceDaemon(notifier=make_notifier(), settings=make_settings(shutdown_grace_seconds=7))
     exits: list[int] = []
     signals = Signals(daemon, exit_now=exits.append)

@@ -13,8 +13,7 @@ from tests.slots import SlotPool
 
 
 def _chat(url: str) -> float:
-    body = json.dumps({"model": "gemma3:4b", "stream": False,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    body = json.dumps({"model": "gemma3:4b", "stream": False, "messages": [{"role": "user", "content": "hi"}]}).encode()
     started = time.perf_counter()
     req = urllib.request.Request(url + "/api/chat", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:

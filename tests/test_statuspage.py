@@ -65,17 +65,30 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     j.close()
 
 
-def _job(journal: Journal, job_id: str, name: str, n: int, *, state: JobState, done: int = 0, failed: int = 0,
-         outbox: str | None = None) -> None:
+def _job(
+    journal: Journal,
+    job_id: str,
+    name: str,
+    n: int,
+    *,
+    state: JobState,
+    done: int = 0,
+    failed: int = 0,
+    outbox: str | None = None,
+) -> None:
     with journal.transaction() as db:
-        journal.create_job(job_id=job_id, db=db, state=JobState.QUEUED, input_name=name, stem=safe_stem(name),
-                           kind="jsonl")
-        journal.insert_requests(job_id, [NewRequest(seq=i, line=i, custom_id=f"c{i}", body={"messages": []})
-                                         for i in range(1, n + 1)], db)
+        journal.create_job(
+            job_id=job_id, db=db, state=JobState.QUEUED, input_name=name, stem=safe_stem(name), kind="jsonl"
+        )
+        journal.insert_requests(
+            job_id, [NewRequest(seq=i, line=i, custom_id=f"c{i}", body={"messages": []}) for i in range(1, n + 1)], db
+        )
         db.execute("UPDATE jobs SET total=? WHERE id=?", (n, job_id))
     outcomes = [Outcome(seq=i, state=ReqState.DONE, attempts=1) for i in range(1, done + 1)]
-    outcomes += [Outcome(seq=i, state=ReqState.FAILED, attempts=3, error={"code": "timeout", "message": "slow"})
-                 for i in range(done + 1, done + failed + 1)]
+    outcomes += [
+        Outcome(seq=i, state=ReqState.FAILED, attempts=3, error={"code": "timeout", "message": "slow"})
+        for i in range(done + 1, done + failed + 1)
+    ]
     journal.record(job_id, outcomes)
     # Plain SQL, not the journal's state transitions: this only stages what the page should show.
     fields: dict[str, Any] = {"state": state.value}
@@ -92,8 +105,10 @@ def _fill(journal: Journal) -> None:
     now = time.time()
     for k, done in enumerate((300, 380)):  # two progress samples 20 s apart: 4 req/s
         with journal.transaction() as db:
-            db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       ("run1", now - 20 + 20 * k, done, 12, 100, None, 0, 4))
+            db.execute(
+                "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ("run1", now - 20 + 20 * k, done, 12, 100, None, 0, 4),
+            )
     _job(journal, "q1", EVIL + ".jsonl", 50, state=JobState.QUEUED)
     _job(journal, "old1", "people.jsonl", 20, state=JobState.COMPLETED, done=19, failed=1, outbox="people")
 
@@ -295,9 +310,16 @@ def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_sett
             first = version()
             await asyncio.sleep(0.6)  # a dozen ticks, nothing changed, the clock stands: no rewrite
             assert version() == first
-            runner = SimpleNamespace(job=SimpleNamespace(id="run1"), gate=_Gate(), backend=SimpleNamespace(
-                host="http://u:secret@gpu1:11434"), metrics=SimpleNamespace(vram_used_bytes=5, vram_total=16),
-                lanes=4, active_lanes=4, in_flight=3, cancelled=False)
+            runner = SimpleNamespace(
+                job=SimpleNamespace(id="run1"),
+                gate=_Gate(),
+                backend=SimpleNamespace(host="http://u:secret@gpu1:11434"),
+                metrics=SimpleNamespace(vram_used_bytes=5, vram_total=16),
+                lanes=4,
+                active_lanes=4,
+                in_flight=3,
+                cancelled=False,
+            )
             runner.gate.down_since = clock[0] - 90
             fake.current = runner  # the job now waits for its backend: a change, written at once
             await until(lambda: version() != first or task.done())
@@ -321,7 +343,8 @@ def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_sett
 
 
 def test_a_failing_write_is_logged_and_the_next_tick_tries_again(
-        make_settings: Any, folders: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_settings: Any, folders: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import batchd.statuspage
 
     Journal(folders.state / "journal.sqlite3").close()

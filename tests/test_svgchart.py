@@ -15,8 +15,16 @@ def test_ticks_are_round_and_cover_the_range() -> None:
 
 
 def test_number_labels() -> None:
-    assert [number(v) for v in (3, 1234567, 2.0, 0.125, 1234.5, math.inf, 1e300, True)] == \
-        ["3", "1,234,567", "2", "0.12", "1,234", "inf", "1e+300", "True"]
+    assert [number(v) for v in (3, 1234567, 2.0, 0.125, 1234.5, math.inf, 1e300, True)] == [
+        "3",
+        "1,234,567",
+        "2",
+        "0.12",
+        "1,234",
+        "inf",
+        "1e+300",
+        "True",
+    ]
 
 
 def test_a_long_line_is_thinned_and_keeps_its_peak() -> None:

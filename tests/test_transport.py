@@ -17,17 +17,20 @@ from tests.emulator import Emulator
 MODEL = "gemma3:4b"
 
 
-def client_for(url: str, *, read: float = 10.0,
-               max_connections: int = 16) -> tuple[httpx.AsyncClient, AsyncioTransport]:
-    transport = AsyncioTransport(limits=httpx.Limits(max_connections=max_connections,
-                                                     max_keepalive_connections=max_connections))
+def client_for(
+    url: str, *, read: float = 10.0, max_connections: int = 16
+) -> tuple[httpx.AsyncClient, AsyncioTransport]:
+    transport = AsyncioTransport(
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    )
     client = httpx.AsyncClient(base_url=url, transport=transport, timeout=httpx.Timeout(read, connect=2.0))
     return client, transport
 
 
 async def chat(client: httpx.AsyncClient, text: str = "hi") -> httpx.Response:
-    return await client.post("/api/chat", json={"model": MODEL, "stream": False,
-                                                "messages": [{"role": "user", "content": text}]})
+    return await client.post(
+        "/api/chat", json={"model": MODEL, "stream": False, "messages": [{"role": "user", "content": text}]}
+    )
 
 
 def fds() -> int:
@@ -197,13 +200,16 @@ def test_cancelled_and_failed_requests_leak_no_descriptors(emulator: Emulator) -
     run(main)
 
 
-@pytest.mark.parametrize(("reply", "reused"), [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n", True),
-    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", False),
-    (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
-    (b"HTTP/1.0 200 OK\r\n\r\nok", False),  # the body ends where the connection does
-])
+@pytest.mark.parametrize(
+    ("reply", "reused"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\n\r\nok", False),  # the body ends where the connection does
+    ],
+)
 def test_framing_and_reuse(reply: bytes, reused: bool) -> None:
     async def main() -> None:
         accepted = 0
@@ -212,7 +218,7 @@ def test_framing_and_reuse(reply: bytes, reused: bool) -> None:
             nonlocal accepted
             accepted += 1
             try:
-                while (await reader.readuntil(b"\r\n\r\n")):
+                while await reader.readuntil(b"\r\n\r\n"):
                     writer.write(reply)
                     await writer.drain()
                     if b"Connection: close" in reply or reply.startswith(b"HTTP/1.0"):
@@ -236,6 +242,7 @@ def test_framing_and_reuse(reply: bytes, reused: bool) -> None:
 def test_trailing_bytes_after_a_body_never_reach_the_next_request() -> None:
     """A misbehaving proxy sends bytes after a complete response (h11's ``trailing_data``): the
     connection must be dropped, not pooled, or the next request would read them as its reply."""
+
     async def main() -> None:
         accepted = 0
 
@@ -244,12 +251,14 @@ def test_trailing_bytes_after_a_body_never_reach_the_next_request() -> None:
             accepted += 1
             n = 0
             try:
-                while (await reader.readuntil(b"\r\n\r\n")):
+                while await reader.readuntil(b"\r\n\r\n"):
                     n += 1
                     body = f"r{accepted}.{n}".encode()
                     # One segment: the real reply, then a stray second response nobody asked for.
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-                                 + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                        + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"
+                    )
                     await writer.drain()
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass
@@ -275,8 +284,7 @@ def test_make_client_uses_the_asyncio_transport_for_plain_http_only() -> None:
     assert isinstance(transport_of("http://127.0.0.1:11434"), AsyncioTransport)
     assert not isinstance(transport_of("https://api.example.com"), AsyncioTransport)
     mock = httpx.MockTransport(lambda request: httpx.Response(200))
-    assert make_client("http://x", timeout=httpx.Timeout(5.0), limits=httpx.Limits(),
-                       transport=mock)._transport is mock  # noqa: SLF001
+    assert make_client("http://x", timeout=httpx.Timeout(5.0), limits=httpx.Limits(), transport=mock)._transport is mock  # noqa: SLF001
 
 
 def test_a_pool_outlives_its_event_loop(emulator: Emulator) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,8 +32,9 @@ class FakeNvml:
     class NVMLError(Exception):
         pass
 
-    def __init__(self, *, used: int = 10 * GB, total: int = 80 * GB, reserved: int = GB, v2: bool = True,
-                 fail_init: bool = False) -> None:
+    def __init__(
+        self, *, used: int = 10 * GB, total: int = 80 * GB, reserved: int = GB, v2: bool = True, fail_init: bool = False
+    ) -> None:
         self.used, self.total, self.reserved = used, total, reserved
         self.fail_init = fail_init
         self.fail_reads = False
@@ -58,10 +58,12 @@ class FakeNvml:
         if self.fail_reads:
             raise self.NVMLError("GPU is lost")
         if version is None:  # v1 counts the driver's reserve as used
-            return SimpleNamespace(used=self.used + self.reserved, total=self.total,
-                                   free=self.total - self.used - self.reserved)
-        return SimpleNamespace(used=self.used, total=self.total, reserved=self.reserved,
-                               free=self.total - self.used - self.reserved)
+            return SimpleNamespace(
+                used=self.used + self.reserved, total=self.total, free=self.total - self.used - self.reserved
+            )
+        return SimpleNamespace(
+            used=self.used, total=self.total, reserved=self.reserved, free=self.total - self.used - self.reserved
+        )
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: str) -> list[Any]:
         return [SimpleNamespace(pid=4242, usedGpuMemory=8 * GB), SimpleNamespace(pid=77, usedGpuMemory=None)]
@@ -81,8 +83,9 @@ def test_nvml_v2_leaves_the_driver_reserve_out() -> None:
     nvml = FakeNvml()
     source = NvmlSource(0, nvml=nvml)
     reading = run(source.read())
-    assert reading == VramReading(used_bytes=10 * GB, total_bytes=79 * GB, source="nvml",
-                                  processes=((4242, 8 * GB), (77, 0)))
+    assert reading == VramReading(
+        used_bytes=10 * GB, total_bytes=79 * GB, source="nvml", processes=((4242, 8 * GB), (77, 0))
+    )
     assert reading.fraction == pytest.approx(10 / 79)
     source.close()
     assert nvml.shutdowns == 1
@@ -118,19 +121,27 @@ def test_ollama_ps_reports_vram_and_cpu_offload() -> None:
     with Emulator() as emu:
         reading, gone = run(go(emu))
     assert reading is not None and reading.used_bytes == 4 * GB and reading.fraction is None
-    assert reading.offload == {"model": "gemma3:4b", "size": 6 * GB, "size_vram": 4 * GB, "cpu_bytes": 2 * GB,
-                               "gpu_fraction": pytest.approx(0.6667, abs=1e-4)}
+    assert reading.offload == {
+        "model": "gemma3:4b",
+        "size": 6 * GB,
+        "size_vram": 4 * GB,
+        "cpu_bytes": 2 * GB,
+        "gpu_fraction": pytest.approx(0.6667, abs=1e-4),
+    }
     assert gone is None  # a server that is down is no reading, not an error
 
 
-@pytest.mark.parametrize(("wanted", "nvml_works", "kind", "expected"), [
-    ("auto", True, "ollama", NvmlSource),
-    ("auto", False, "ollama", OllamaPsSource),
-    ("auto", False, "openai", NoneSource),
-    ("ollama", True, "ollama", OllamaPsSource),
-    ("nvml", False, "ollama", NoneSource),
-    ("none", True, "ollama", NoneSource),
-])
+@pytest.mark.parametrize(
+    ("wanted", "nvml_works", "kind", "expected"),
+    [
+        ("auto", True, "ollama", NvmlSource),
+        ("auto", False, "ollama", OllamaPsSource),
+        ("auto", False, "openai", NoneSource),
+        ("ollama", True, "ollama", OllamaPsSource),
+        ("nvml", False, "ollama", NoneSource),
+        ("none", True, "ollama", NoneSource),
+    ],
+)
 def test_pick_source(wanted: str, nvml_works: bool, kind: str, expected: type) -> None:
     backend = SimpleNamespace(kind=kind, host="http://gpu-box:11434")
     settings = Settings(vram=VramSettings.model_validate({"source": wanted}))
@@ -175,7 +186,10 @@ def test_watch_reads_at_the_source_pace_and_records_metrics() -> None:
     gpu = Fraction(0.5)
     metrics = JobMetrics(lanes=2, lanes_min=2)
     watch = VramWatch(source=gpu, policy=VramPolicy(high_water=0.9, low_water=0.8, lanes=2), metrics=metrics)
-    poll: Callable[[float], bool] = lambda now: run(watch.poll(now))
+
+    def poll(now: float) -> bool:
+        return run(watch.poll(now))
+
     assert poll(0.0) is False and metrics.vram_used == 0.5 and metrics.vram_source == "fake"
     gpu.fraction = 0.95
     assert poll(0.5) is False  # too soon for this source

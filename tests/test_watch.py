@@ -25,18 +25,21 @@ MOUNTINFO = """\
 """
 
 
-@pytest.mark.parametrize(("path", "fstype"), [
-    ("/srv/batchd/inbox", "cifs"),
-    ("/srv/batchd/inbox/scoring/x.csv", "cifs"),
-    ("/srv/batchd/inbox-local", "xfs"),  # a shared prefix of characters is not a parent folder
-    ("/srv/batchd/outbox", "ext4"),
-    ("/srv", "ext4"),
-    ("/home/me/inbox", "ext4"),
-    ("/mnt/nfs/drop", "nfs4"),
-    ("/mnt/with space/inbox", "fuse.sshfs"),
-    ("/mnt/over/inbox", "tmpfs"),  # mounted over: the later line wins
-    ("/data/inbox", "9p"),
-])
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/srv/batchd/inbox", "cifs"),
+        ("/srv/batchd/inbox/scoring/x.csv", "cifs"),
+        ("/srv/batchd/inbox-local", "xfs"),  # a shared prefix of characters is not a parent folder
+        ("/srv/batchd/outbox", "ext4"),
+        ("/srv", "ext4"),
+        ("/home/me/inbox", "ext4"),
+        ("/mnt/nfs/drop", "nfs4"),
+        ("/mnt/with space/inbox", "fuse.sshfs"),
+        ("/mnt/over/inbox", "tmpfs"),  # mounted over: the later line wins
+        ("/data/inbox", "9p"),
+    ],
+)
 def test_mount_type_longest_prefix(path: str, fstype: str) -> None:
     assert mount_type(Path(path), MOUNTINFO) == fstype
 
@@ -45,10 +48,17 @@ def test_mount_type_tolerates_junk_lines() -> None:
     assert mount_type(Path("/x"), "garbage\n\n1 2 3\n") is None
 
 
-@pytest.mark.parametrize(("inbox", "mode"), [
-    ("/srv/batchd/inbox", "poll"), ("/mnt/nfs/in", "poll"), ("/mnt/with space/in", "poll"),
-    ("/data/in", "poll"), ("/srv/batchd/inbox-local", "inotify"), ("/home/x", "inotify"),
-])
+@pytest.mark.parametrize(
+    ("inbox", "mode"),
+    [
+        ("/srv/batchd/inbox", "poll"),
+        ("/mnt/nfs/in", "poll"),
+        ("/mnt/with space/in", "poll"),
+        ("/data/in", "poll"),
+        ("/srv/batchd/inbox-local", "inotify"),
+        ("/home/x", "inotify"),
+    ],
+)
 def test_auto_mode_polls_network_mounts(inbox: str, mode: str) -> None:
     assert choose_mode("auto", Path(inbox), MOUNTINFO) == mode
 
@@ -207,6 +217,7 @@ def test_signature_of_real_files(tmp_path: Path) -> None:
 
 # -- InboxWatcher (real observers, short waits on conditions) ------------------------------
 
+
 @pytest.mark.parametrize("mode", ["inotify", "poll"])
 def test_watcher_reports_candidates_and_skips_junk(tmp_path: Path, mode: str) -> None:
     inbox = tmp_path / "inbox"
@@ -221,8 +232,9 @@ def test_watcher_reports_candidates_and_skips_junk(tmp_path: Path, mode: str) ->
         with lock:
             seen.append(path)
 
-    w = InboxWatcher(inbox=inbox, mode=mode, poll_seconds=0.05, ignore=("*.bak",), on_path=on_path,
-                     on_folder=folders.append)
+    w = InboxWatcher(
+        inbox=inbox, mode=mode, poll_seconds=0.05, ignore=("*.bak",), on_path=on_path, on_folder=folders.append
+    )
     w.start()
     try:
         assert w.healthy()
@@ -242,8 +254,9 @@ def test_watcher_reports_candidates_and_skips_junk(tmp_path: Path, mode: str) ->
 def test_watcher_notices_a_removed_inbox(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    w = InboxWatcher(inbox=inbox, mode="inotify", poll_seconds=0.05, ignore=(), on_path=lambda p, s: None,
-                     on_folder=lambda p: None)
+    w = InboxWatcher(
+        inbox=inbox, mode="inotify", poll_seconds=0.05, ignore=(), on_path=lambda p, s: None, on_folder=lambda p: None
+    )
     w.start()
     try:
         inbox.rmdir()
@@ -252,8 +265,14 @@ def test_watcher_notices_a_removed_inbox(tmp_path: Path) -> None:
     finally:
         w.stop()
     with pytest.raises(OSError):
-        InboxWatcher(inbox=tmp_path / "nope", mode="poll", poll_seconds=0.05, ignore=(),
-                     on_path=lambda p, s: None, on_folder=lambda p: None).start()
+        InboxWatcher(
+            inbox=tmp_path / "nope",
+            mode="poll",
+            poll_seconds=0.05,
+            ignore=(),
+            on_path=lambda p, s: None,
+            on_folder=lambda p: None,
+        ).start()
 
 
 def test_watcher_adds_new_pipeline_folders(tmp_path: Path) -> None:
@@ -261,8 +280,14 @@ def test_watcher_adds_new_pipeline_folders(tmp_path: Path) -> None:
     inbox.mkdir()
     seen: list[Path] = []
     folders: list[Path] = []
-    w = InboxWatcher(inbox=inbox, mode="inotify", poll_seconds=0.05, ignore=(),
-                     on_path=lambda p, s: seen.append(p), on_folder=folders.append)
+    w = InboxWatcher(
+        inbox=inbox,
+        mode="inotify",
+        poll_seconds=0.05,
+        ignore=(),
+        on_path=lambda p, s: seen.append(p),
+        on_folder=folders.append,
+    )
     w.start()
     try:
         (inbox / "late").mkdir()

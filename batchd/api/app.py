@@ -33,8 +33,9 @@ MAX_JSON_BYTES = 64 * 1024
 MULTIPART_SLACK = 64 * 1024
 
 
-def create_app(service: BatchService, *, token: str | None, listen_host: str = "127.0.0.1",
-               allowed_hosts: tuple[str, ...] = ()) -> ASGIApp:
+def create_app(
+    service: BatchService, *, token: str | None, listen_host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] = ()
+) -> ASGIApp:
     app = FastAPI(title="batchd", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
@@ -66,8 +67,13 @@ def create_app(service: BatchService, *, token: str | None, listen_host: str = "
         service.room_for(declared or 0)
         file_id = new_file_id()
         try:
-            up = await receive_upload(request.stream(), content_type=request.headers.get("content-type", ""),
-                                      folder=service.uploads, file_id=file_id, limit=limit)
+            up = await receive_upload(
+                request.stream(),
+                content_type=request.headers.get("content-type", ""),
+                folder=service.uploads,
+                file_id=file_id,
+                limit=limit,
+            )
         except UploadError as exc:
             raise ApiError(exc.status, exc.message, param=exc.param) from exc
         except ClientDisconnect as exc:  # the part file is already gone; nobody reads this answer
@@ -102,8 +108,9 @@ def create_app(service: BatchService, *, token: str | None, listen_host: str = "
     @app.get("/v1/files/{file_id}/content")
     async def file_content(file_id: str) -> Response:
         content = service.content(service.file_record(_check(file_id, "file")))
-        return StreamingResponse(content.chunks, media_type="application/octet-stream",
-                                 headers={"content-length": str(content.size)})
+        return StreamingResponse(
+            content.chunks, media_type="application/octet-stream", headers={"content-length": str(content.size)}
+        )
 
     @app.delete("/v1/files/{file_id}")
     async def delete_file(file_id: str) -> Response:
@@ -155,8 +162,12 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self._ok(dict(scope.get("headers") or [])):
-            response = _error(401, "Missing or invalid bearer token (api.token)", type_="invalid_request_error",
-                              code="invalid_api_key")
+            response = _error(
+                401,
+                "Missing or invalid bearer token (api.token)",
+                type_="invalid_request_error",
+                code="invalid_api_key",
+            )
             response.headers["www-authenticate"] = "Bearer"
             await response(scope, receive, send)
             return
@@ -201,14 +212,19 @@ async def _json_body(request: Request) -> Any:
 
 
 def _page(data: list[Any], more: bool) -> Page:
-    return Page(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
-                has_more=more)
+    return Page(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=more)
 
 
 def _json(model: BaseModel) -> Response:
     return Response(orjson.dumps(model.model_dump(mode="json")), media_type="application/json")
 
 
-def _error(status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
-           param: str | None = None) -> Response:
+def _error(
+    status: int,
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> Response:
     return JSONResponse(error_body(message, type_=type_, code=code, param=param), status_code=status)

@@ -63,8 +63,7 @@ class ApiError(Exception):
 
 
 class BatchService:
-    def __init__(self, *, settings: Settings, journal: Journal,
-                 on_queued: Callable[[], None] | None = None) -> None:
+    def __init__(self, *, settings: Settings, journal: Journal, on_queued: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.journal = journal
         #: called on the loop when an upload's job is queued (the daemon's wake-up)
@@ -85,9 +84,12 @@ class BatchService:
         cap = self.settings.api.max_stored_bytes
         used = self.retention.stored_bytes()
         if used + size > cap:
-            raise ApiError(507, f"the API stores {used:,} bytes; {size:,} more would pass api.max_stored_bytes "
-                                f"({cap:,}): delete files or wait for api.retention_days",
-                           code="storage_limit_reached")
+            raise ApiError(
+                507,
+                f"the API stores {used:,} bytes; {size:,} more would pass api.max_stored_bytes "
+                f"({cap:,}): delete files or wait for api.retention_days",
+                code="storage_limit_reached",
+            )
 
     def upload_limit(self) -> int:
         return min(self.settings.api.max_upload_bytes, self.settings.limits.max_file_bytes)
@@ -95,8 +97,13 @@ class BatchService:
     def add_upload(self, upload: Upload, *, file_id: str) -> FileObject:
         final = self.uploads / f"{file_id}.jsonl"
         accept(upload, final)
-        rec = self.store.add_input(file_id=file_id, filename=upload.filename or "upload.jsonl",
-                                   size=upload.size, sha256=upload.sha256, spool=str(final))
+        rec = self.store.add_input(
+            file_id=file_id,
+            filename=upload.filename or "upload.jsonl",
+            size=upload.size,
+            sha256=upload.sha256,
+            spool=str(final),
+        )
         obj = self.file_object(rec)
         assert obj is not None
         return obj
@@ -110,14 +117,20 @@ class BatchService:
     def file_object(self, rec: FileRecord) -> FileObject | None:
         """None for an output file whose batch has not published it (or has nothing in it)."""
         if rec.role == "input":
-            return FileObject(id=rec.id, bytes=rec.bytes, created_at=int(rec.created_at), filename=rec.filename,
-                              purpose="batch")
+            return FileObject(
+                id=rec.id, bytes=rec.bytes, created_at=int(rec.created_at), filename=rec.filename, purpose="batch"
+            )
         job = self._source_job_of(rec)
         size = outbox_size(self.settings.outbox, job, _OUTBOX_NAMES[rec.role]) if job else None
         if not size or job is None:
             return None
-        return FileObject(id=rec.id, bytes=size, created_at=int(job.finished_at or rec.created_at),
-                          filename=rec.filename, purpose="batch_output")
+        return FileObject(
+            id=rec.id,
+            bytes=size,
+            created_at=int(job.finished_at or rec.created_at),
+            filename=rec.filename,
+            purpose="batch_output",
+        )
 
     def list_files(self, *, after: str | None, limit: int) -> tuple[list[FileObject], bool]:
         rows = self.store.files(after=after, limit=limit + 1)
@@ -130,8 +143,7 @@ class BatchService:
             try:
                 fd = os.open(rec.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as exc:
-                raise ApiError(404, f"No such File object: {rec.id}", code="file_not_found",
-                               param="file_id") from exc
+                raise ApiError(404, f"No such File object: {rec.id}", code="file_not_found", param="file_id") from exc
             return stream(fd)
         job = self._source_job_of(rec)
         out = open_outbox_file(self.settings.outbox, job, _OUTBOX_NAMES[rec.role]) if job else None
@@ -156,21 +168,46 @@ class BatchService:
         """Record the job (``ingesting``) and start its ingest; the answer says ``validating``."""
         rec = self.store.file(req.input_file_id)
         if rec is None or rec.role != "input" or not rec.spool:
-            raise ApiError(404, f"No such File object: {req.input_file_id}", code="file_not_found",
-                           param="input_file_id")
+            raise ApiError(
+                404, f"No such File object: {req.input_file_id}", code="file_not_found", param="input_file_id"
+            )
         job_id, batch_id = new_job_id(), new_batch_id()
         job_spool = self.claimer.spool / f"{job_id}.jsonl"
         _link_or_copy(Path(rec.spool), job_spool)
         pipeline = pipeline_for(self.settings.inbox, None, self.settings.pipeline)
         with self.journal.transaction() as db:
-            file_row = self.journal.add_file(name=rec.filename, inbox_path=os.fsencode(f"api/{rec.id}"), spool=str(job_spool),
-                                             sha256=rec.sha256, size=rec.bytes, mtime_ns=-1, db=db)
-            self.journal.create_job(job_id=job_id, db=db, state=JobState.INGESTING, input_name=f"api:{rec.filename}",
-                                    stem=safe_stem(rec.filename), kind="jsonl", file_id=file_row, source="api",
-                                    sha256=rec.sha256, pipeline=None, pipeline_json=pipeline.model_dump_json(),
-                                    meta={"batch_id": batch_id})
-            self.store.add_batch(db, batch_id=batch_id, job_id=job_id, input_file_id=rec.id,
-                                 output_file_id=new_file_id(), error_file_id=new_file_id(), metadata=req.metadata)
+            file_row = self.journal.add_file(
+                name=rec.filename,
+                inbox_path=os.fsencode(f"api/{rec.id}"),
+                spool=str(job_spool),
+                sha256=rec.sha256,
+                size=rec.bytes,
+                mtime_ns=-1,
+                db=db,
+            )
+            self.journal.create_job(
+                job_id=job_id,
+                db=db,
+                state=JobState.INGESTING,
+                input_name=f"api:{rec.filename}",
+                stem=safe_stem(rec.filename),
+                kind="jsonl",
+                file_id=file_row,
+                source="api",
+                sha256=rec.sha256,
+                pipeline=None,
+                pipeline_json=pipeline.model_dump_json(),
+                meta={"batch_id": batch_id},
+            )
+            self.store.add_batch(
+                db,
+                batch_id=batch_id,
+                job_id=job_id,
+                input_file_id=rec.id,
+                output_file_id=new_file_id(),
+                error_file_id=new_file_id(),
+                metadata=req.metadata,
+            )
         # Nothing to unlink in the inbox: say so now rather than at the next start-up.
         self.journal.mark_file_removed(file_row)
         log.info("api_batch_created", batch_id=batch_id, job_id=job_id, input=rec.filename, bytes=rec.bytes)
@@ -251,8 +288,11 @@ class BatchService:
         assert job is not None
         if job.duplicate_of:
             # Its results are another job's: cancelling that one is not this caller's business.
-            raise ApiError(409, "This batch shares the run of an identical earlier input; it cannot be cancelled",
-                           code="batch_not_cancellable")
+            raise ApiError(
+                409,
+                "This batch shares the run of an identical earlier input; it cannot be cancelled",
+                code="batch_not_cancellable",
+            )
         request_cancel(self.journal, job.id)
         self.store.mark(rec.id, cancelling_at=time.time())
         return self.batch_object(self.batch_record(rec.id))
@@ -265,12 +305,19 @@ class BatchService:
         counts = self.journal.counts(src.id)
         finished = src.finished_at if src.state in FINISHED else None
         obj = BatchObject(
-            id=rec.id, input_file_id=rec.input_file_id, status=status, created_at=int(rec.created_at),
-            expires_at=int(rec.created_at + WINDOW_SECONDS), metadata=rec.metadata, model=src.model,
+            id=rec.id,
+            input_file_id=rec.input_file_id,
+            status=status,
+            created_at=int(rec.created_at),
+            expires_at=int(rec.created_at + WINDOW_SECONDS),
+            metadata=rec.metadata,
+            model=src.model,
             errors=self._errors(src),
-            request_counts=RequestCounts(total=src.total, completed=counts.get(ReqState.DONE.value, 0),
-                                         failed=counts.get(ReqState.FAILED.value, 0)
-                                         + counts.get(ReqState.INVALID.value, 0)),
+            request_counts=RequestCounts(
+                total=src.total,
+                completed=counts.get(ReqState.DONE.value, 0),
+                failed=counts.get(ReqState.FAILED.value, 0) + counts.get(ReqState.INVALID.value, 0),
+            ),
             in_progress_at=_int(rec.validated_at or src.started_at) if status != "validating" else None,
             finalizing_at=_int(src.finished_at) if status not in ("validating", "in_progress") else None,
             completed_at=_int(finished) if status == "completed" else None,
@@ -327,8 +374,12 @@ def _usage(job: Job) -> Usage | None:
         return None
     prompt = int(state.get("prompt_tokens") or 0)
     completion = int(state.get("completion_tokens") or 0)
-    return Usage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion,
-                 input_tokens_details={"cached_tokens": int(state.get("cached_prompt_tokens") or 0)})
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=completion,
+        total_tokens=prompt + completion,
+        input_tokens_details={"cached_tokens": int(state.get("cached_prompt_tokens") or 0)},
+    )
 
 
 def _int(ts: float | None) -> int | None:
@@ -340,8 +391,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except FileNotFoundError as exc:
-        raise ApiError(404, "the input file's content is gone", code="file_not_found",
-                       param="input_file_id") from exc
+        raise ApiError(404, "the input file's content is gone", code="file_not_found", param="input_file_id") from exc
     except OSError:
         shutil.copyfile(src, dst)
     fsync_dir(dst.parent)

@@ -34,7 +34,7 @@ def split_host(value: str) -> str:
     """``host[:port]`` or ``[v6][:port]`` → the host, lower case, without brackets."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
+        return value[1 : value.find("]")] if "]" in value else value
     if value.count(":") == 1:
         return value.split(":", 1)[0]
     return value  # a bare IPv6 literal or a plain name
@@ -65,8 +65,9 @@ class RequestGuard:
         refusal = self.refusal(scope)
         if refusal is not None:
             status, code, message = refusal
-            await JSONResponse(error_body(message, type_="invalid_request_error", code=code),
-                               status_code=status)(scope, receive, send)
+            await JSONResponse(error_body(message, type_="invalid_request_error", code=code), status_code=status)(
+                scope, receive, send
+            )
             return
         await self.app(scope, receive, send)
 
@@ -76,8 +77,11 @@ class RequestGuard:
             headers.setdefault(k.lower(), v)
         host = headers.get(b"host")
         if host is not None and not self.host_ok(split_host(host.decode("latin-1"))):
-            return 403, "forbidden_host", ("Host header names no address this API answers to "
-                                           "(add the name to api.allowed_hosts if it is yours)")
+            return (
+                403,
+                "forbidden_host",
+                ("Host header names no address this API answers to (add the name to api.allowed_hosts if it is yours)"),
+            )
         site = headers.get(b"sec-fetch-site", b"").lower()
         if site in (b"cross-site", b"same-site"):
             return 403, "cross_site_request", "cross-site requests are refused"

@@ -38,11 +38,17 @@ def check_listen(settings: Settings) -> tuple[str, int]:
     if token is not None and not token.strip():
         raise ConfigError("api.token", "is blank: no client could ever match it; remove it or set a real token")
     if not is_loopback(host) and not token:
-        raise ConfigError("api.token", f"api.listen {listen!r} is not a loopback address: set api.token "
-                                       "(BATCHD_API__TOKEN) so clients must authenticate")
+        raise ConfigError(
+            "api.token",
+            f"api.listen {listen!r} is not a loopback address: set api.token "
+            "(BATCHD_API__TOKEN) so clients must authenticate",
+        )
     if not is_loopback(host) and token is not None and len(token.strip()) < MIN_TOKEN_CHARS:
-        raise ConfigError("api.token", f"is {len(token.strip())} characters; a token for a non-loopback "
-                                       f"api.listen needs at least {MIN_TOKEN_CHARS} (e.g. openssl rand -hex 24)")
+        raise ConfigError(
+            "api.token",
+            f"is {len(token.strip())} characters; a token for a non-loopback "
+            f"api.listen needs at least {MIN_TOKEN_CHARS} (e.g. openssl rand -hex 24)",
+        )
     return host, port
 
 
@@ -59,5 +65,7 @@ def ensure_installed() -> None:
     """ConfigError when ``api.listen`` is set but the ``api`` extra is missing."""
     missing = [m for m in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConfigError("api.listen", f"the HTTP API needs the 'api' extra (pip install 'batchd[api]'); "
-                                        f"missing: {', '.join(missing)}")
+        raise ConfigError(
+            "api.listen",
+            f"the HTTP API needs the 'api' extra (pip install 'batchd[api]'); missing: {', '.join(missing)}",
+        )

@@ -111,8 +111,9 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
-BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
-                      "cancelling", "cancelled"]
+BatchStatus = Literal[
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+]
 
 
 class BatchObject(BaseModel):
@@ -150,6 +151,7 @@ class Page(BaseModel):
     has_more: bool = False
 
 
-def error_body(message: str, *, type_: str = "invalid_request_error", code: str | None = None,
-               param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, *, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}

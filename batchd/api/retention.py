@@ -29,8 +29,9 @@ DAY = 86400.0
 
 
 class Retention:
-    def __init__(self, *, settings: Settings, journal: Journal, store: ApiStore,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, settings: Settings, journal: Journal, store: ApiStore, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.journal = journal
         self.store = store
@@ -76,8 +77,10 @@ class Retention:
 
 def _published_by(folder: Path, job_id: str) -> bool:
     try:
-        return bool(orjson.loads((folder / "metrics.json").read_bytes()).get("job_id") == job_id) \
+        return (
+            bool(orjson.loads((folder / "metrics.json").read_bytes()).get("job_id") == job_id)
             and not folder.is_symlink()
+        )
     except (OSError, orjson.JSONDecodeError):
         return False
 

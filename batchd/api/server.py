@@ -49,8 +49,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def start_api(settings: Settings, stop_event: asyncio.Event, *, journal: Journal | None = None,
-              on_queued: Callable[[], None] | None = None) -> asyncio.Task[None]:
+def start_api(
+    settings: Settings,
+    stop_event: asyncio.Event,
+    *,
+    journal: Journal | None = None,
+    on_queued: Callable[[], None] | None = None,
+) -> asyncio.Task[None]:
     """Check the setting and bind now (ConfigError here, before any await), then serve in a task.
 
     Call from the running loop. The task ends when ``stop_event`` is set or it is cancelled.
@@ -74,8 +79,13 @@ def start_api(settings: Settings, stop_event: asyncio.Event, *, journal: Journal
     return asyncio.create_task(_serve(settings, stop_event, sock, service, close_journal=own), name="batchd-api")
 
 
-async def serve(settings: Settings, stop_event: asyncio.Event, *, journal: Journal | None = None,
-                on_queued: Callable[[], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    stop_event: asyncio.Event,
+    *,
+    journal: Journal | None = None,
+    on_queued: Callable[[], None] | None = None,
+) -> None:
     """Run the API until ``stop_event`` is set (or this coroutine is cancelled)."""
     task = start_api(settings, stop_event, journal=journal, on_queued=on_queued)
     try:
@@ -86,13 +96,27 @@ async def serve(settings: Settings, stop_event: asyncio.Event, *, journal: Journ
         raise
 
 
-async def _serve(settings: Settings, stop_event: asyncio.Event, sock: socket.socket, service: BatchService, *,
-                 close_journal: bool) -> None:
-    app = create_app(service, token=settings.api.token, listen_host=check_listen(settings)[0],
-                     allowed_hosts=tuple(settings.api.allowed_hosts))
-    config = uvicorn.Config(app, log_config=None, access_log=False,
-                            lifespan="off", http="h11", ws="none", server_header=False, proxy_headers=False,
-                            timeout_graceful_shutdown=5, limit_concurrency=64)
+async def _serve(
+    settings: Settings, stop_event: asyncio.Event, sock: socket.socket, service: BatchService, *, close_journal: bool
+) -> None:
+    app = create_app(
+        service,
+        token=settings.api.token,
+        listen_host=check_listen(settings)[0],
+        allowed_hosts=tuple(settings.api.allowed_hosts),
+    )
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http="h11",
+        ws="none",
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+        limit_concurrency=64,
+    )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="batchd-api-uvicorn")
     try:

@@ -69,12 +69,27 @@ class ApiStore:
 
     # -- batches ------------------------------------------------------------------------
 
-    def add_batch(self, db: Any, *, batch_id: str, job_id: str, input_file_id: str, output_file_id: str,
-                  error_file_id: str, metadata: dict[str, str] | None) -> None:
+    def add_batch(
+        self,
+        db: Any,
+        *,
+        batch_id: str,
+        job_id: str,
+        input_file_id: str,
+        output_file_id: str,
+        error_file_id: str,
+        metadata: dict[str, str] | None,
+    ) -> None:
         """Inside the caller's transaction (the one that creates the job)."""
-        self.journal.api_add_batch(db, batch_id=batch_id, job_id=job_id, input_file_id=input_file_id,
-                                   output_file_id=output_file_id, error_file_id=error_file_id,
-                                   metadata=orjson.dumps(metadata).decode() if metadata is not None else None)
+        self.journal.api_add_batch(
+            db,
+            batch_id=batch_id,
+            job_id=job_id,
+            input_file_id=input_file_id,
+            output_file_id=output_file_id,
+            error_file_id=error_file_id,
+            metadata=orjson.dumps(metadata).decode() if metadata is not None else None,
+        )
 
     def batch(self, batch_id: str) -> BatchRecord | None:
         row = self.journal.api_batch(batch_id)
@@ -109,5 +124,15 @@ class ApiStore:
 
 def _batch(r: Sequence[Any]) -> BatchRecord:
     meta = orjson.loads(r[6]) if r[6] is not None else None
-    return BatchRecord(seq=r[0], id=r[1], job_id=r[2], input_file_id=r[3], output_file_id=r[4],
-                       error_file_id=r[5], metadata=meta, created_at=r[7], validated_at=r[8], cancelling_at=r[9])
+    return BatchRecord(
+        seq=r[0],
+        id=r[1],
+        job_id=r[2],
+        input_file_id=r[3],
+        output_file_id=r[4],
+        error_file_id=r[5],
+        metadata=meta,
+        created_at=r[7],
+        validated_at=r[8],
+        cancelling_at=r[9],
+    )

@@ -65,8 +65,9 @@ def clean_filename(raw: str) -> str:
     return name[:200] or "upload.jsonl"
 
 
-async def receive_upload(chunks: AsyncIterator[bytes], *, content_type: str, folder: Path, file_id: str,
-                         limit: int) -> Upload:
+async def receive_upload(
+    chunks: AsyncIterator[bytes], *, content_type: str, folder: Path, file_id: str, limit: int
+) -> Upload:
     """Parse the body into fields plus one file written to ``folder/<file_id>.part``.
 
     The caller renames the part file once it accepts the upload; on any error
@@ -126,8 +127,9 @@ async def receive_upload(chunks: AsyncIterator[bytes], *, content_type: str, fol
                     if part.name == "file" and out is not None:
                         up.size += len(data)
                         if up.size > limit:
-                            raise UploadError(413, f"file is larger than api.max_upload_bytes ({limit:,})",
-                                              param="file")
+                            raise UploadError(
+                                413, f"file is larger than api.max_upload_bytes ({limit:,})", param="file"
+                            )
                         digest.update(data)
                         out.write(data)
                     else:

@@ -24,20 +24,32 @@ def make_backend(settings: Settings, url: str | None = None) -> Backend:
     if b.kind == "ollama":
         from batchd.backends.ollama import OllamaBackend
 
-        return OllamaBackend(url=url, timeout=b.timeout_seconds, connect_timeout=b.connect_timeout_seconds,
-                             keep_alive=b.keep_alive, max_connections=conns, send_shift_false=b.shift == "off")
+        return OllamaBackend(
+            url=url,
+            timeout=b.timeout_seconds,
+            connect_timeout=b.connect_timeout_seconds,
+            keep_alive=b.keep_alive,
+            max_connections=conns,
+            send_shift_false=b.shift == "off",
+        )
     if b.kind == "openai":
         from batchd.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(url=url, timeout=b.timeout_seconds, connect_timeout=b.connect_timeout_seconds,
-                             api_key=api_key(settings), max_connections=conns)
+        return OpenAIBackend(
+            url=url,
+            timeout=b.timeout_seconds,
+            connect_timeout=b.connect_timeout_seconds,
+            api_key=api_key(settings),
+            max_connections=conns,
+        )
     if b.kind == "embedded":
         from batchd.backends.embedded import EmbeddedBackend
 
         # The default backend.model ("gemma3:4b") is not what runs here: name the GGUF unless told.
         named = b.model if "model" in b.model_fields_set else None
-        return EmbeddedBackend(model_path=b.model_path, threads=b.threads, model_name=named,
-                               cache_dir=settings.state_dir / "models")
+        return EmbeddedBackend(
+            model_path=b.model_path, threads=b.threads, model_name=named, cache_dir=settings.state_dir / "models"
+        )
     raise ConfigError("backend.kind", f"unknown backend {b.kind!r}")
 
 

@@ -126,4 +126,3 @@ def answering_model(backend: Backend, requested: str) -> dict[str, str]:
         return {"model": requested}
     described: dict[str, str] = describe(requested)
     return described
-

@@ -65,16 +65,24 @@ CHATML_TEMPLATE = (
 _STOPS = ("<end_of_turn>", "<|im_end|>")
 
 #: Ollama option name -> llama-cpp-python create_completion argument
-_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
-             "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
-             "repeat_penalty": "repeat_penalty"}
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repeat_penalty": "repeat_penalty",
+}
 
 
 class EmbeddedBackend:
     kind = "embedded"
 
-    def __init__(self, *, model_path: Path | None, threads: int | None, model_name: str | None,
-                 cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, *, model_path: Path | None, threads: int | None, model_name: str | None, cache_dir: Path | None = None
+    ) -> None:
         if importlib.util.find_spec("llama_cpp") is None:
             raise ConfigError("backend.kind", INSTALL_HINT)
         if model_path is not None and not Path(model_path).is_file():
@@ -147,10 +155,12 @@ class EmbeddedBackend:
             if len(tokens) + budget > request.num_ctx:
                 raise ContextLengthExceeded(
                     f"prompt is {len(tokens)} tokens and {budget} more are asked for; the context window is "
-                    f"{request.num_ctx} tokens")
+                    f"{request.num_ctx} tokens"
+                )
             cached = _common_prefix(list(llm._input_ids), tokens)  # what llama.cpp will not evaluate again
-            kwargs: dict[str, Any] = {v: request.options[k] for k, v in _SAMPLING.items()
-                                      if request.options.get(k) is not None}
+            kwargs: dict[str, Any] = {
+                v: request.options[k] for k, v in _SAMPLING.items() if request.options.get(k) is not None
+            }
             stop = request.options.get("stop") or []
             grammar = self._grammar(request.format)
             greedy = None
@@ -162,8 +172,12 @@ class EmbeddedBackend:
             started = time.perf_counter()
             try:
                 out = llm.create_completion(
-                    prompt=tokens, max_tokens=num_predict if num_predict > 0 else None,
-                    stop=[*_STOPS, *([stop] if isinstance(stop, str) else stop)], grammar=grammar, **kwargs)
+                    prompt=tokens,
+                    max_tokens=num_predict if num_predict > 0 else None,
+                    stop=[*_STOPS, *([stop] if isinstance(stop, str) else stop)],
+                    grammar=grammar,
+                    **kwargs,
+                )
             except ValueError as exc:  # llama-cpp-python's own window check
                 raise ContextLengthExceeded(str(exc)) from exc
             except RuntimeError as exc:  # llama_decode failed: treat like a server's 500
@@ -198,14 +212,25 @@ class EmbeddedBackend:
         path = self._path()
         started = time.perf_counter()
         try:
-            self._llm = Llama(model_path=str(path), n_ctx=num_ctx, n_batch=min(512, num_ctx), n_threads=self.threads,
-                              n_threads_batch=self.threads, verbose=False)
+            self._llm = Llama(
+                model_path=str(path),
+                n_ctx=num_ctx,
+                n_batch=min(512, num_ctx),
+                n_threads=self.threads,
+                n_threads_batch=self.threads,
+                verbose=False,
+            )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelNotFound(f"cannot load the GGUF model {path}: {exc}") from exc
         self._n_ctx = num_ctx
         self._formatter = _formatter(self._llm)
-        log.info("embedded_loaded", model=str(path), num_ctx=num_ctx, threads=self.threads,
-                 seconds=round(time.perf_counter() - started, 2))
+        log.info(
+            "embedded_loaded",
+            model=str(path),
+            num_ctx=num_ctx,
+            threads=self.threads,
+            seconds=round(time.perf_counter() - started, 2),
+        )
         return self._llm
 
     def _path(self) -> Path:
@@ -250,8 +275,11 @@ class EmbeddedBackend:
         route_llama_log()
         if key not in self._grammars:  # schema -> GBNF once per schema, not per row
             try:
-                self._grammars[key] = (LlamaGrammar.from_json_schema(gbnf_ready(fmt).decode(), verbose=False)
-                                       if isinstance(fmt, dict) else LlamaGrammar.from_string(JSON_GBNF, verbose=False))
+                self._grammars[key] = (
+                    LlamaGrammar.from_json_schema(gbnf_ready(fmt).decode(), verbose=False)
+                    if isinstance(fmt, dict)
+                    else LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+                )
             except (ValueError, RuntimeError) as exc:
                 raise BadRequest(f"cannot turn the JSON schema into a grammar: {exc}") from exc
         return self._grammars[key]

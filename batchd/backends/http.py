@@ -35,8 +35,15 @@ _W = TypeVar("_W", bound=Wire)
 # A crashed runner: out of memory mostly. "llama runner process has terminated" is the Go runner's
 # (<= 0.24); "model runner has unexpectedly stopped" and "llama-server process no longer running" are
 # Ollama >= 0.30's (ollama/ollama llm/llama_server.go). All are transient: trim hard, back off, retry.
-_OOM_HINTS = ("out of memory", "runner process has terminated", "cudamalloc", "oom", "unable to allocate",
-              "model runner has unexpectedly stopped", "llama-server process no longer running")
+_OOM_HINTS = (
+    "out of memory",
+    "runner process has terminated",
+    "cudamalloc",
+    "oom",
+    "unable to allocate",
+    "model runner has unexpectedly stopped",
+    "llama-server process no longer running",
+)
 # Ollama: "the input length exceeds the context length"; vLLM / OpenAI: "This model's maximum
 # context length is N tokens"; llama.cpp server: "request (N tokens) exceeds the available context size
 # (M tokens), try increasing it".
@@ -79,9 +86,15 @@ def decode(resp: httpx.Response, *, model: str) -> dict[str, Any]:
             raise BackendServerError("server answered 200 with a body that is not JSON", status_code=502)
         return data
     err = error_of(data, resp.text)
-    raise_for_status(resp.status_code, err.message, model=model, code=err.code,
-                     retry_after=resp.headers.get("retry-after"), n_ctx=err.n_ctx,
-                     n_prompt_tokens=err.n_prompt_tokens)
+    raise_for_status(
+        resp.status_code,
+        err.message,
+        model=model,
+        code=err.code,
+        retry_after=resp.headers.get("retry-after"),
+        n_ctx=err.n_ctx,
+        n_prompt_tokens=err.n_prompt_tokens,
+    )
     raise AssertionError("unreachable")
 
 
@@ -108,8 +121,9 @@ def error_of(data: Any, text: str) -> ErrorBody:
     if isinstance(err, ErrorDetail):
         # llama.cpp puts the HTTP status in "code" and the meaning in "type"
         named = err.type if err.type is not None and (err.code is None or isinstance(err.code, int)) else err.code
-        return _with_numbers(ErrorBody(err.message or text[:500], str(named) if named else None,
-                                       err.n_ctx, err.n_prompt_tokens))
+        return _with_numbers(
+            ErrorBody(err.message or text[:500], str(named) if named else None, err.n_ctx, err.n_prompt_tokens)
+        )
     if err:
         return _with_numbers(ErrorBody(err))
     if reply.message is not None:  # some proxies (LiteLLM, FastAPI)
@@ -123,13 +137,21 @@ def _with_numbers(err: ErrorBody) -> ErrorBody:
     found = _OVERFLOW_NUMBERS.search(err.message)
     if found is None:
         return err
-    return ErrorBody(err.message, err.code, err.n_ctx or int(found.group(2)),
-                     err.n_prompt_tokens or int(found.group(1)))
+    return ErrorBody(
+        err.message, err.code, err.n_ctx or int(found.group(2)), err.n_prompt_tokens or int(found.group(1))
+    )
 
 
-def raise_for_status(status: int, message: str, *, model: str, code: str | None = None,
-                     retry_after: str | None = None, n_ctx: int | None = None,
-                     n_prompt_tokens: int | None = None) -> None:
+def raise_for_status(
+    status: int,
+    message: str,
+    *,
+    model: str,
+    code: str | None = None,
+    retry_after: str | None = None,
+    n_ctx: int | None = None,
+    n_prompt_tokens: int | None = None,
+) -> None:
     """The one mapping from an HTTP error to what the runner does next."""
     lowered = message.lower()
     if status == 404:

@@ -30,8 +30,13 @@ def gbnf_ready(schema: dict[str, Any]) -> bytes:
             return node
         out = {k: walk(v) for k, v in node.items()}
         lo, hi = out.get("minimum"), out.get("maximum")
-        if (out.get("type") == "integer" and isinstance(lo, int) and isinstance(hi, int) and 0 <= hi - lo <= 256
-                and "enum" not in out):
+        if (
+            out.get("type") == "integer"
+            and isinstance(lo, int)
+            and isinstance(hi, int)
+            and 0 <= hi - lo <= 256
+            and "enum" not in out
+        ):
             out = {k: v for k, v in out.items() if k not in ("type", "minimum", "maximum")}
             out["enum"] = list(range(lo, hi + 1))
         return out
@@ -64,7 +69,7 @@ class GreedyGrammar:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import numpy as np
 
-        for token in input_ids[self._seen:]:  # the tokens picked since the last call
+        for token in input_ids[self._seen :]:  # the tokens picked since the last call
             self._c.llama_sampler_accept(self._smpl, int(token))
         self._seen = len(input_ids)
         best = int(np.argmax(scores))
@@ -84,8 +89,9 @@ class GreedyGrammar:
     def _best_allowed(self, scores: Any) -> int:
         import numpy as np
 
-        data = np.zeros(len(scores), dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)],
-                                                     align=True))
+        data = np.zeros(
+            len(scores), dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+        )
         data["id"] = np.arange(len(scores), dtype=np.intc)
         data["logit"] = scores
         ptr = data.ctypes.data_as(ctypes.POINTER(self._c.llama_token_data))

@@ -36,8 +36,9 @@ class LlamaLog:
             while "\n" in self._pending:
                 line, self._pending = self._pending.split("\n", 1)
                 if line.strip():
-                    log.debug("llama_cpp_log", llama_level=LEVELS.get(self._level, str(self._level)),
-                              message=line.rstrip())
+                    log.debug(
+                        "llama_cpp_log", llama_level=LEVELS.get(self._level, str(self._level)), message=line.rstrip()
+                    )
         except Exception:  # noqa: BLE001, S110 - an exception must not cross back into C
             pass
 

@@ -49,8 +49,14 @@ class _Host:
 class MultiBackend:
     """One ``Backend`` over several hosts of the same kind."""
 
-    def __init__(self, backends: Sequence[Backend], *, clock: Callable[[], float] = time.monotonic,
-                 probe_seconds: float = 0.5, probe_max_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        probe_seconds: float = 0.5,
+        probe_max_seconds: float = 30.0,
+    ) -> None:
         if not backends:
             raise ValueError("MultiBackend needs at least one host")
         self.hosts = [_Host(b) for b in backends]
@@ -155,8 +161,7 @@ class MultiBackend:
         host.failures = 0
         host.backoff = self._probe_seconds
         host.retry_at = self._clock() + host.backoff
-        log.warning("host_down", host=host.backend.host, reason=reason,
-                    healthy=sum(not h.down for h in self.hosts))
+        log.warning("host_down", host=host.backend.host, reason=reason, healthy=sum(not h.down for h in self.hosts))
 
     def _probe_due(self) -> None:
         now = self._clock()

@@ -99,8 +99,10 @@ class OllamaBackend:
         return await self._http.get("/api/ps", OllamaPsResponse)
 
     async def loaded(self) -> list[LoadedModel]:
-        return [LoadedModel(name=m.label, size=m.size, size_vram=m.size_vram, context_length=m.context_length)
-                for m in (await self.ps()).models]
+        return [
+            LoadedModel(name=m.label, size=m.size, size_vram=m.size_vram, context_length=m.context_length)
+            for m in (await self.ps()).models
+        ]
 
     async def aclose(self) -> None:
         await self._client.aclose()

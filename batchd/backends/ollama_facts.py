@@ -22,10 +22,21 @@ import re
 from typing import Any
 
 #: options that shape the loaded runner, not the request; num_ctx is pinned per job by batchd
-RUNNER_OPTIONS = frozenset({
-    "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread",
-    "use_mlock", "numa", "low_vram", "f16_kv", "vocab_only",
-})
+RUNNER_OPTIONS = frozenset(
+    {
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "use_mmap",
+        "num_thread",
+        "use_mlock",
+        "numa",
+        "low_vram",
+        "f16_kv",
+        "vocab_only",
+    }
+)
 
 #: first release that honours ``truncate: false`` / ``shift: false`` (ollama/ollama v0.12.6)
 TRUNCATE_SINCE = (0, 12, 6)
@@ -79,13 +90,22 @@ def version_notes(text: str | None) -> list[tuple[str, str]]:
     """``(level, message)`` about what this Ollama version lacks; level ``warning`` or ``info``."""
     version = parse_version(text)
     if version is None:
-        return [("info", f"Ollama version {text or 'unknown'!r} is not a release number; "
-                         "assuming a current one")]
+        return [("info", f"Ollama version {text or 'unknown'!r} is not a release number; assuming a current one")]
     if version < TRUNCATE_SINCE:
-        return [("warning", f"Ollama {text} ignores truncate/shift (they arrived in 0.12.6): prompts over "
-                            "num_ctx are cut silently and still answer 200; batchd can only infer cuts from "
-                            "done_reason and prompt_eval_count. Upgrade Ollama.")]
+        return [
+            (
+                "warning",
+                f"Ollama {text} ignores truncate/shift (they arrived in 0.12.6): prompts over "
+                "num_ctx are cut silently and still answer 200; batchd can only infer cuts from "
+                "done_reason and prompt_eval_count. Upgrade Ollama.",
+            )
+        ]
     if version[:3] == CACHE_ONLY_COUNTS:
-        return [("info", f"Ollama {text} counts only uncached prompt tokens in prompt_eval_count "
-                         "(fixed in 0.30.1): cache hits look like short prompts")]
+        return [
+            (
+                "info",
+                f"Ollama {text} counts only uncached prompt tokens in prompt_eval_count "
+                "(fixed in 0.30.1): cache hits look like short prompts",
+            )
+        ]
     return []

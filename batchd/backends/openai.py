@@ -38,8 +38,7 @@ def to_body(request: ChatRequest) -> dict[str, Any]:
             continue
         body[key] = value
     if isinstance(request.format, dict):
-        body["response_format"] = {"type": "json_schema",
-                                   "json_schema": {"name": "reply", "schema": request.format}}
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": request.format}}
     elif request.format == "json":
         body["response_format"] = {"type": "json_object"}
     return body
@@ -78,8 +77,9 @@ class OpenAIBackend:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         started = time.perf_counter()
-        reply = await self._http.post("/v1/chat/completions", to_body(request), model=request.model,
-                                      reply=ChatCompletion)
+        reply = await self._http.post(
+            "/v1/chat/completions", to_body(request), model=request.model, reply=ChatCompletion
+        )
         content = reply.content()
         usage = reply.usage or OpenAIUsage()
         return ChatResult(
@@ -107,8 +107,10 @@ class OpenAIBackend:
             return None
         entry = entries.get(model) or entries.get(model.removesuffix(":latest"))
         if entry is None:
-            raise ModelNotFound(f"model {model!r} is not served by {self.host} (it serves: "
-                                f"{', '.join(sorted(entries)[:10])})", status_code=404)
+            raise ModelNotFound(
+                f"model {model!r} is not served by {self.host} (it serves: {', '.join(sorted(entries)[:10])})",
+                status_code=404,
+            )
         return entry.window()
 
     async def models(self) -> dict[str, OpenAIModel]:
@@ -121,4 +123,3 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-

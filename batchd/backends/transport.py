@@ -29,14 +29,18 @@ import httpx
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
 
 
-def make_client(base_url: str, *, timeout: httpx.Timeout, limits: httpx.Limits,
-                headers: Mapping[str, str] | None = None,
-                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+def make_client(
+    base_url: str,
+    *,
+    timeout: httpx.Timeout,
+    limits: httpx.Limits,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
     """The ``AsyncClient`` a backend uses: ``AsyncioTransport`` for plain http, httpx's own otherwise."""
     if transport is None and _plain_http(base_url):
         transport = AsyncioTransport(limits=limits)
-    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits,
-                             transport=transport)
+    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits, transport=transport)
 
 
 def _plain_http(url: str) -> bool:
@@ -120,14 +124,17 @@ class _Connection(asyncio.Protocol):
 
     # one request
     def usable(self, now: float, expiry: float | None) -> bool:
-        return (not self.broken and self.transport is not None and not self.transport.is_closing()
-                and (expiry is None or now - self.idle_since < expiry))
+        return (
+            not self.broken
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and (expiry is None or now - self.idle_since < expiry)
+        )
 
     async def send(self, request: httpx.Request, body: bytes, timeout: float | None) -> None:
         h = self.h11
         self.busy, self.received = True, False
-        parts = [h.send(h11.Request(method=request.method, target=request.url.raw_path,
-                                    headers=request.headers.raw))]
+        parts = [h.send(h11.Request(method=request.method, target=request.url.raw_path, headers=request.headers.raw))]
         if body:
             parts.append(h.send(h11.Data(data=body)))
         parts.append(h.send(h11.EndOfMessage()))
@@ -195,8 +202,7 @@ class _Connection(asyncio.Protocol):
         h = self.h11
         # Connection: close, HTTP/1.0 and close-delimited bodies leave a state other than DONE.
         # Bytes after the body (a misbehaving proxy) would be read as the next request's reply.
-        return (not self.broken and h.our_state is h11.DONE and h.their_state is h11.DONE
-                and not h.trailing_data[0])
+        return not self.broken and h.our_state is h11.DONE and h.their_state is h11.DONE and not h.trailing_data[0]
 
 
 class AsyncioTransport(httpx.AsyncBaseTransport):
@@ -316,8 +322,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
                 return
 
     def _release(self, conn: _Connection, key: tuple[str, int]) -> None:
-        if (self._closed or not conn.reusable()
-                or (self._max_idle is not None and self._idle_count >= self._max_idle)):
+        if self._closed or not conn.reusable() or (self._max_idle is not None and self._idle_count >= self._max_idle):
             self._discard(conn, abort=False)
             return
         conn.h11.start_next_cycle()
@@ -339,8 +344,9 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         except RuntimeError:  # its event loop is closed; the socket is closed with the transport object
             pass
 
-    async def _exchange(self, conn: _Connection, key: tuple[str, int], request: httpx.Request, body: bytes,
-                        timeouts: dict[str, Any]) -> httpx.Response:
+    async def _exchange(
+        self, conn: _Connection, key: tuple[str, int], request: httpx.Request, body: bytes, timeouts: dict[str, Any]
+    ) -> httpx.Response:
         try:
             await conn.send(request, body, timeouts.get("write"))
             head, content = await conn.receive(timeouts.get("read"))
@@ -351,10 +357,13 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
                 raise
             raise mapped from exc
         self._release(conn, key)
-        return httpx.Response(head.status_code, headers=head.headers.raw_items(), stream=httpx.ByteStream(content),
-                              extensions={"http_version": b"HTTP/" + head.http_version,
-                                          "reason_phrase": head.reason},
-                              request=request)
+        return httpx.Response(
+            head.status_code,
+            headers=head.headers.raw_items(),
+            stream=httpx.ByteStream(content),
+            extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
+            request=request,
+        )
 
 
 def _as_httpx(exc: Exception) -> Exception:

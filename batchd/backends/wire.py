@@ -36,8 +36,9 @@ def parse(model: type[_W], data: Any) -> _W:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise BackendServerError(f"reply has no valid {field_path(first['loc'])} ({first['msg']})",
-                                 status_code=502) from exc
+        raise BackendServerError(
+            f"reply has no valid {field_path(first['loc'])} ({first['msg']})", status_code=502
+        ) from exc
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
@@ -227,8 +228,7 @@ class ChatCompletion(Wire):
     def content(self) -> str:
         """The first choice's text; a reply without one is the server's fault (502)."""
         if not self.choices or self.choices[0].message.content is None:
-            raise BackendServerError("reply has no valid choices[0].message.content (missing or null)",
-                                     status_code=502)
+            raise BackendServerError("reply has no valid choices[0].message.content (missing or null)", status_code=502)
         return self.choices[0].message.content
 
     def cached_tokens(self) -> int | None:

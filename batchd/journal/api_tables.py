@@ -13,13 +13,18 @@ class ApiRecords(Connection):
     """The API's tables (``Journal`` mixes this in): uploads, batches, and what retention removes."""
 
     _API_FILE_COLS = "seq, id, role, filename, bytes, sha256, spool, batch_id, created_at"
-    _API_BATCH_COLS = ("seq, id, job_id, input_file_id, output_file_id, error_file_id, metadata, created_at, "
-                       "validated_at, cancelling_at")
+    _API_BATCH_COLS = (
+        "seq, id, job_id, input_file_id, output_file_id, error_file_id, metadata, created_at, "
+        "validated_at, cancelling_at"
+    )
 
     def api_add_input(self, *, file_id: str, filename: str, size: int, sha256: str, spool: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO api_files (id, role, filename, bytes, sha256, spool, created_at) "
-                       "VALUES (?, 'input', ?, ?, ?, ?, ?)", (file_id, filename, size, sha256, spool, time.time()))
+            db.execute(
+                "INSERT INTO api_files (id, role, filename, bytes, sha256, spool, created_at) "
+                "VALUES (?, 'input', ?, ?, ?, ?, ?)",
+                (file_id, filename, size, sha256, spool, time.time()),
+            )
 
     def api_file(self, file_id: str) -> tuple[Any, ...] | None:
         rows = self._query(f"SELECT {self._API_FILE_COLS} FROM api_files WHERE id=?", (file_id,))
@@ -27,43 +32,70 @@ class ApiRecords(Connection):
 
     def api_files(self, *, after: str | None, limit: int) -> list[tuple[Any, ...]]:
         """Newest first; ``after`` is the last id of the previous page."""
-        return [tuple(r) for r in self._query(
-            f"SELECT {self._API_FILE_COLS} FROM api_files WHERE seq < COALESCE((SELECT seq FROM api_files "
-            "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?", (after, limit))]
+        return [
+            tuple(r)
+            for r in self._query(
+                f"SELECT {self._API_FILE_COLS} FROM api_files WHERE seq < COALESCE((SELECT seq FROM api_files "
+                "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
+                (after, limit),
+            )
+        ]
 
     def api_delete_file(self, file_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM api_files WHERE id=?", (file_id,))
 
-    def api_add_batch(self, db: sqlite3.Connection, *, batch_id: str, job_id: str, input_file_id: str,
-                      output_file_id: str, error_file_id: str, metadata: str | None) -> None:
+    def api_add_batch(
+        self,
+        db: sqlite3.Connection,
+        *,
+        batch_id: str,
+        job_id: str,
+        input_file_id: str,
+        output_file_id: str,
+        error_file_id: str,
+        metadata: str | None,
+    ) -> None:
         """Inside the caller's transaction (the one that creates the job)."""
         now = time.time()
-        db.execute("INSERT INTO api_batches (id, job_id, input_file_id, output_file_id, error_file_id, metadata, "
-                   "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (batch_id, job_id, input_file_id, output_file_id, error_file_id, metadata, now))
+        db.execute(
+            "INSERT INTO api_batches (id, job_id, input_file_id, output_file_id, error_file_id, metadata, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (batch_id, job_id, input_file_id, output_file_id, error_file_id, metadata, now),
+        )
         for file_id, role in ((output_file_id, "output"), (error_file_id, "error")):
-            db.execute("INSERT INTO api_files (id, role, filename, batch_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                       (file_id, role, f"{batch_id}_{role}.jsonl", batch_id, now))
+            db.execute(
+                "INSERT INTO api_files (id, role, filename, batch_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                (file_id, role, f"{batch_id}_{role}.jsonl", batch_id, now),
+            )
 
     def api_batch(self, batch_id: str) -> tuple[Any, ...] | None:
         rows = self._query(f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE id=?", (batch_id,))
         return tuple(rows[0]) if rows else None
 
     def api_batches(self, *, after: str | None, limit: int) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self._query(
-            f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE seq < COALESCE((SELECT seq FROM api_batches "
-            "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?", (after, limit))]
+        return [
+            tuple(r)
+            for r in self._query(
+                f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE seq < COALESCE((SELECT seq FROM api_batches "
+                "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
+                (after, limit),
+            )
+        ]
 
     # retention (batchd.api.retention)
 
     def api_batches_before(self, cutoff: float) -> list[tuple[str, str]]:
-        return [(str(a), str(b)) for a, b in self._query(
-            "SELECT id, job_id FROM api_batches WHERE created_at < ?", (cutoff,))]
+        return [
+            (str(a), str(b))
+            for a, b in self._query("SELECT id, job_id FROM api_batches WHERE created_at < ?", (cutoff,))
+        ]
 
     def api_inputs_before(self, cutoff: float) -> list[tuple[str, str | None]]:
-        return [(str(a), b) for a, b in self._query(
-            "SELECT id, spool FROM api_files WHERE role='input' AND created_at < ?", (cutoff,))]
+        return [
+            (str(a), b)
+            for a, b in self._query("SELECT id, spool FROM api_files WHERE role='input' AND created_at < ?", (cutoff,))
+        ]
 
     def api_delete_batch(self, batch_id: str) -> None:
         """The batch and its output file records; its input upload expires on its own."""

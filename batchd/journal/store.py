@@ -47,13 +47,25 @@ class Journal(Lifecycle, ApiRecords):
     # -- jobs ------------------------------------------------------------------------
 
     def insert_requests(self, job_id: str, rows: Iterable[NewRequest], db: sqlite3.Connection) -> int:
-        sql = ("INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        sql = (
+            "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
         invalid, queued = ReqState.INVALID.value, ReqState.QUEUED.value  # hoisted: this loop runs 170,000 times
         dumps = orjson.dumps
-        batch = [(job_id, r.seq, r.line, r.custom_id, None if r.body is None else dumps(r.body),
-                  None if r.row is None else dumps(r.row), queued if r.error is None else invalid,
-                  None if r.error is None else dumps(r.error)) for r in rows]
+        batch = [
+            (
+                job_id,
+                r.seq,
+                r.line,
+                r.custom_id,
+                None if r.body is None else dumps(r.body),
+                None if r.row is None else dumps(r.row),
+                queued if r.error is None else invalid,
+                None if r.error is None else dumps(r.error),
+            )
+            for r in rows
+        ]
         db.executemany(sql, batch)
         return len(batch)
 
@@ -80,8 +92,7 @@ class Journal(Lifecycle, ApiRecords):
 
     def job(self, job_id: str) -> Job | None:
         """The job with exactly this id (an operator's short form: ``jobs_starting_with``)."""
-        rows = self._query(
-            f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id WHERE j.id=?", (job_id,))
+        rows = self._query(f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id WHERE j.id=?", (job_id,))
         return job_from_row(rows[0]) if rows else None
 
     def jobs_starting_with(self, prefix: str, limit: int = 6) -> list[Job]:
@@ -90,7 +101,9 @@ class Journal(Lifecycle, ApiRecords):
             return []
         rows = self._query(
             f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
-            "WHERE substr(j.id, 1, ?) = ? ORDER BY j.seq LIMIT ?", (len(prefix), prefix, limit))
+            "WHERE substr(j.id, 1, ?) = ? ORDER BY j.seq LIMIT ?",
+            (len(prefix), prefix, limit),
+        )
         return [job_from_row(r) for r in rows]
 
     def jobs(self, states: Sequence[JobState] | None = None, limit: int = 1000) -> list[Job]:
@@ -99,15 +112,17 @@ class Journal(Lifecycle, ApiRecords):
             where = f"WHERE j.state IN ({','.join('?' * len(states))})"
             args = [s.value for s in states]
         rows = self._query(
-            f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id {where} "
-            f"ORDER BY j.seq DESC LIMIT ?", (*args, limit))
+            f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id {where} ORDER BY j.seq DESC LIMIT ?",
+            (*args, limit),
+        )
         return [job_from_row(r) for r in rows]
 
     def next_job(self) -> Job | None:
         """The oldest job with work left, in claim order."""
         rows = self._query(
             f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
-            "WHERE j.state IN ('running','queued','finalizing','ingesting') ORDER BY j.seq LIMIT 1")
+            "WHERE j.state IN ('running','queued','finalizing','ingesting') ORDER BY j.seq LIMIT 1"
+        )
         return job_from_row(rows[0]) if rows else None
 
     # -- requests -----------------------------------------------------------------
@@ -117,11 +132,13 @@ class Journal(Lifecycle, ApiRecords):
         with self.transaction() as db:
             rows = db.execute(
                 f"SELECT {REQ_COLS} FROM requests WHERE job_id=? AND state='queued' ORDER BY seq LIMIT ?",
-                (job_id, limit)).fetchall()
+                (job_id, limit),
+            ).fetchall()
             if rows:
                 db.execute(
                     "UPDATE requests SET state='running' WHERE job_id=? AND state='queued' AND seq BETWEEN ? AND ?",
-                    (job_id, rows[0][1], rows[-1][1]))
+                    (job_id, rows[0][1], rows[-1][1]),
+                )
         return [request_from_row(r) for r in rows]
 
     def record(self, job_id: str, outcomes: Sequence[Outcome]) -> None:
@@ -132,13 +149,28 @@ class Journal(Lifecycle, ApiRecords):
             db.executemany(
                 "UPDATE requests SET state=?, attempts=?, result=?, error=?, prompt_tokens=?, "
                 "completion_tokens=?, finished_at=? WHERE job_id=? AND seq=?",
-                [(o.state.value, o.attempts, dump_json(o.result), dump_json(o.error), o.prompt_tokens,
-                  o.completion_tokens, now, job_id, o.seq) for o in outcomes])
+                [
+                    (
+                        o.state.value,
+                        o.attempts,
+                        dump_json(o.result),
+                        dump_json(o.error),
+                        o.prompt_tokens,
+                        o.completion_tokens,
+                        now,
+                        job_id,
+                        o.seq,
+                    )
+                    for o in outcomes
+                ],
+            )
 
     def requeue(self, job_id: str, seqs: Iterable[int]) -> None:
         with self.transaction() as db:
-            db.executemany("UPDATE requests SET state='queued' WHERE job_id=? AND seq=? AND state='running'",
-                           [(job_id, s) for s in seqs])
+            db.executemany(
+                "UPDATE requests SET state='queued' WHERE job_id=? AND seq=? AND state='running'",
+                [(job_id, s) for s in seqs],
+            )
 
     def skip_unfinished(self, job_id: str, db: sqlite3.Connection | None = None) -> None:
         sql = "UPDATE requests SET state='skipped' WHERE job_id=? AND state IN ('queued','running')"
@@ -152,8 +184,9 @@ class Journal(Lifecycle, ApiRecords):
         rows = self._query("SELECT state, COUNT(*) FROM requests WHERE job_id=? GROUP BY state", (job_id,))
         return {str(s): int(n) for s, n in rows}
 
-    def iter_requests(self, job_id: str, states: Sequence[ReqState] | None = None,
-                      chunk: int = 2000) -> Iterator[Request]:
+    def iter_requests(
+        self, job_id: str, states: Sequence[ReqState] | None = None, chunk: int = 2000
+    ) -> Iterator[Request]:
         """Stream a job's requests in input order, a chunk at a time (flat memory)."""
         where = ""
         extra: list[Any] = []
@@ -164,7 +197,8 @@ class Journal(Lifecycle, ApiRecords):
         while True:
             rows = self._query(
                 f"SELECT {REQ_COLS} FROM requests WHERE job_id=? AND seq>?{where} ORDER BY seq LIMIT ?",
-                (job_id, last, *extra, chunk))
+                (job_id, last, *extra, chunk),
+            )
             if not rows:
                 return
             for r in rows:
@@ -173,15 +207,32 @@ class Journal(Lifecycle, ApiRecords):
 
     # -- samples (time series for the report) ---------------------------------------
 
-    def add_sample(self, job_id: str, *, done: int, failed: int, ctx_tokens: int | None,
-                   vram_used: float | None, trims: int, lanes: int) -> None:
+    def add_sample(
+        self,
+        job_id: str,
+        *,
+        done: int,
+        failed: int,
+        ctx_tokens: int | None,
+        vram_used: float | None,
+        trims: int,
+        lanes: int,
+    ) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (job_id, time.time(), done, failed, ctx_tokens, vram_used, trims, lanes))
+            db.execute(
+                "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, time.time(), done, failed, ctx_tokens, vram_used, trims, lanes),
+            )
 
-    def samples(self, job_id: str, since: float | None = None
-                ) -> list[tuple[float, int, int, int | None, float | None, int, int]]:
+    def samples(
+        self, job_id: str, since: float | None = None
+    ) -> list[tuple[float, int, int, int | None, float | None, int, int]]:
         """A job's time series, oldest first; ``since`` keeps only the recent stretch (in SQL, via the index)."""
-        return [tuple(r) for r in self._query(
-            "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? AND t>=? "
-            "ORDER BY t", (job_id, since if since is not None else float("-inf")))]
+        return [
+            tuple(r)
+            for r in self._query(
+                "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? AND t>=? "
+                "ORDER BY t",
+                (job_id, since if since is not None else float("-inf")),
+            )
+        ]

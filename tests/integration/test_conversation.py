@@ -21,21 +21,33 @@ def drop_jsonl(inbox: Path, name: str, users: list[str]) -> list[str]:
     with (inbox / name).open("wb") as fh:
         for i, text in enumerate(users):
             ids.append(f"c{i:04d}")
-            fh.write(orjson.dumps({"custom_id": ids[-1], "method": "POST", "url": "/v1/chat/completions",
-                                   "body": {"model": "gemma3:4b", "messages": [SYSTEM, {"role": "user",
-                                                                                          "content": text}]}}) + b"\n")
+            fh.write(
+                orjson.dumps(
+                    {
+                        "custom_id": ids[-1],
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"model": "gemma3:4b", "messages": [SYSTEM, {"role": "user", "content": text}]},
+                    }
+                )
+                + b"\n"
+            )
     return ids
 
 
 def run_once(settings: Settings) -> dict[str, Any]:
     run_daemon_once(settings)
     (folder,) = [p for p in outbox_entries(settings.outbox) if not p.name.startswith(".")]
-    return {"metrics": orjson.loads((folder / "metrics.json").read_bytes()),
-            "results": read_jsonl(folder / "results.jsonl"), "errors": read_jsonl(folder / "errors.jsonl")}
+    return {
+        "metrics": orjson.loads((folder / "metrics.json").read_bytes()),
+        "results": read_jsonl(folder / "results.jsonl"),
+        "errors": read_jsonl(folder / "errors.jsonl"),
+    }
 
 
 def test_small_window_no_call_overflows_and_a_giant_fails_alone(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.context_length = 512
     settings = make_settings(backend={"lanes": 2}, context={"num_ctx": 512, "num_predict": 64})
     users = [f"Candidate {i}: " + "has done solid work in logistics. " * 4 for i in range(40)]
@@ -70,7 +82,7 @@ def test_conversation_carries_earlier_exchanges(make_settings: Callable[..., Set
     answer = out["results"][0]["response"]["body"]["choices"][0]["message"]["content"]
     assert first["messages"] == [SYSTEM, {"role": "user", "content": "Candidate 0 has a good record."}]
     assert second["messages"][:3] == [*first["messages"], {"role": "assistant", "content": answer}]
-    assert third["messages"][:len(second["messages"])] == second["messages"]  # byte-identical kept turns
+    assert third["messages"][: len(second["messages"])] == second["messages"]  # byte-identical kept turns
     assert [r["custom_id"] for r in out["results"]] == ids
 
 
@@ -82,8 +94,7 @@ def test_isolated_mode_sends_each_request_alone(make_settings: Callable[..., Set
     assert out["metrics"]["mode"] == "isolated" and out["metrics"]["context"]["trims_total"] == 0
 
 
-def test_silent_truncation_is_detected_and_learned(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+def test_silent_truncation_is_detected_and_learned(make_settings: Callable[..., Settings], emulator: Emulator) -> None:
     # The server really applies 512 tokens, cuts longer prompts and answers 200 anyway.
     emulator.context_length = 512
     emulator.silent_truncate = True
@@ -101,20 +112,29 @@ def test_silent_truncation_is_detected_and_learned(
 
 
 def test_csv_pipeline_keeps_few_shot_anchors_in_every_call(
-        make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
     emulator.context_length = 512
-    pipeline = {"system_prompt": SYSTEM["content"], "user_template": "{name}: {cv}",
-                "examples": [{"user": "Ann: ten years as a nurse", "assistant": "Score: 7/10. Solid background."}]}
-    settings = make_settings(context={"num_ctx": 512, "num_predict": 48, "strategy": "hybrid", "keep_first": 1,
-                                      "keep_last": 2}, pipeline=pipeline)
+    pipeline = {
+        "system_prompt": SYSTEM["content"],
+        "user_template": "{name}: {cv}",
+        "examples": [{"user": "Ann: ten years as a nurse", "assistant": "Score: 7/10. Solid background."}],
+    }
+    settings = make_settings(
+        context={"num_ctx": 512, "num_predict": 48, "strategy": "hybrid", "keep_first": 1, "keep_last": 2},
+        pipeline=pipeline,
+    )
     with (settings.inbox / "cands.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["name", "cv"])
         for i in range(24):
             w.writerow([f"Person {i}", "worked in retail and logistics for years " * 2])
     out = run_once(settings)
-    shots = [SYSTEM, {"role": "user", "content": "Ann: ten years as a nurse"},
-             {"role": "assistant", "content": "Score: 7/10. Solid background."}]
+    shots = [
+        SYSTEM,
+        {"role": "user", "content": "Ann: ten years as a nurse"},
+        {"role": "assistant", "content": "Score: 7/10. Solid background."},
+    ]
     assert len(emulator.calls) == 24
     for call in emulator.calls:
         assert call["messages"][:3] == shots

@@ -5,15 +5,16 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 
-from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
+from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.emulator import Emulator
 
 
 def test_kill_9_mid_run_then_resume(folders: Folders, emulator: Emulator) -> None:
     ids = write_jsonl(folders.inbox / "big.jsonl", 5000, bad_every=1000)
     env = folders.env(emulator.url, BATCHD_BACKEND__LANES="2")
-    proc = subprocess.Popen(batchd_cmd("run", "--once"), env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        batchd_cmd("run", "--once"), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: emulator.chat_count >= 1500, timeout=120)
     finally:

@@ -66,8 +66,13 @@ def start_daemon(folders: Folders, emulator: Emulator) -> Iterator[Callable[...,
     def start(url: str | None = None, **env: str) -> Proc:
         log = folders.root / f"daemon-{len(procs)}.log"
         with log.open("wb") as fh:
-            popen = subprocess.Popen(batchd_cmd("run"), env=folders.env(url or emulator.url, **env),
-                                     stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+            popen = subprocess.Popen(
+                batchd_cmd("run"),
+                env=folders.env(url or emulator.url, **env),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         proc = Proc(popen, log)
         procs.append(proc)
         proc.wait_event("daemon_ready")
@@ -108,13 +113,15 @@ def ids_in(folder: Path) -> list[str]:
 
 # -- watching --------------------------------------------------------------------------------
 
-def test_slow_copy_is_claimed_once_after_the_last_write(folders: Folders, start_daemon: Callable[..., Proc],
-                                                        mode: str) -> None:
+
+def test_slow_copy_is_claimed_once_after_the_last_write(
+    folders: Folders, start_daemon: Callable[..., Proc], mode: str
+) -> None:
     proc = start_daemon(BATCHD_WATCH__MODE=mode, BATCHD_WATCH__STABLE_SECONDS="1.0")
     src = folders.root / "big.jsonl"
     ids = write_jsonl(src, 60)
     data = src.read_bytes()
-    chunks = [data[i:i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
+    chunks = [data[i : i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
     target = folders.inbox / "big.jsonl"
     with target.open("wb") as fh:  # a slow SMB copy: a chunk every 0.4 s, ~3.5 s in all
         for i, chunk in enumerate(chunks):
@@ -135,8 +142,9 @@ def test_slow_copy_is_claimed_once_after_the_last_write(folders: Folders, start_
 
 
 @pytest.mark.slow  # ~0.1 s of fsyncs per tiny job on a real disk: see the note in the test
-def test_many_files_at_once_each_exactly_once_in_claim_order(folders: Folders, emulator: Emulator,
-                                                             start_daemon: Callable[..., Proc], mode: str) -> None:
+def test_many_files_at_once_each_exactly_once_in_claim_order(
+    folders: Folders, emulator: Emulator, start_daemon: Callable[..., Proc], mode: str
+) -> None:
     # Per job the journal commits ~7 times (synchronous=FULL) and the outbox fsyncs ~10 files and
     # folders; on a plain disk that is ~0.1 s per one-line job. Polling gets 200 files to keep CI short.
     n = 500 if mode == "inotify" else 200
@@ -157,8 +165,9 @@ def test_many_files_at_once_each_exactly_once_in_claim_order(folders: Folders, e
     assert list(folders.inbox.iterdir()) == []
 
 
-def test_files_dropped_while_stopped_and_pipeline_folders(folders: Folders, start_daemon: Callable[..., Proc],
-                                                          mode: str) -> None:
+def test_files_dropped_while_stopped_and_pipeline_folders(
+    folders: Folders, start_daemon: Callable[..., Proc], mode: str
+) -> None:
     write_jsonl(folders.inbox / "early.jsonl", 3)
     scoring = folders.inbox / "scoring"
     scoring.mkdir()
@@ -183,12 +192,22 @@ def test_files_dropped_while_stopped_and_pipeline_folders(folders: Folders, star
     assert proc.stop() == 0
 
 
-def test_ignored_files_are_never_touched_and_part_rename_claims(folders: Folders,
-                                                                start_daemon: Callable[..., Proc],
-                                                                mode: str) -> None:
+def test_ignored_files_are_never_touched_and_part_rename_claims(
+    folders: Folders, start_daemon: Callable[..., Proc], mode: str
+) -> None:
     proc = start_daemon(BATCHD_WATCH__MODE=mode, BATCHD_WATCH__RESCAN_SECONDS="0.3", BATCHD_LOG__LEVEL="debug")
-    junk = [".hidden.csv", "~$report.csv", ".~lock.data.csv#", "upload.tmp", "x.csv.crdownload",
-            "Thumbs.db", ".DS_Store", "~syncthing~a.csv.tmp", "@eaDir/y.csv", "#recycle/z.jsonl"]
+    junk = [
+        ".hidden.csv",
+        "~$report.csv",
+        ".~lock.data.csv#",
+        "upload.tmp",
+        "x.csv.crdownload",
+        "Thumbs.db",
+        ".DS_Store",
+        "~syncthing~a.csv.tmp",
+        "@eaDir/y.csv",
+        "#recycle/z.jsonl",
+    ]
     for name in junk:
         path = folders.inbox / name
         path.parent.mkdir(exist_ok=True)
@@ -231,8 +250,10 @@ def test_inbox_removed_and_recreated(folders: Folders, start_daemon: Callable[..
 
 # -- lifecycle -------------------------------------------------------------------------------
 
-def test_sigterm_mid_job_then_restart_completes_every_id_once(folders: Folders,
-                                                             start_daemon: Callable[..., Proc]) -> None:
+
+def test_sigterm_mid_job_then_restart_completes_every_id_once(
+    folders: Folders, start_daemon: Callable[..., Proc]
+) -> None:
     slow = Emulator(latency=0.03).start()
     try:
         env = {"BATCHD_BACKEND__LANES": "2", "BATCHD_SHUTDOWN_GRACE_SECONDS": "10"}
@@ -284,8 +305,9 @@ def test_second_sigterm_exits_at_once(folders: Folders, start_daemon: Callable[.
         slow.stop()
 
 
-def test_sighup_reloads_limits_and_keeps_old_settings_on_error(folders: Folders,
-                                                               start_daemon: Callable[..., Proc]) -> None:
+def test_sighup_reloads_limits_and_keeps_old_settings_on_error(
+    folders: Folders, start_daemon: Callable[..., Proc]
+) -> None:
     config = folders.root / "batchd.toml"
     config.write_text("[limits]\nmax_lines = 3\n")
     proc = start_daemon()
@@ -311,8 +333,9 @@ def test_sighup_reloads_limits_and_keeps_old_settings_on_error(folders: Folders,
 
 
 def test_limits_refuse_files_without_reading_them(folders: Folders, start_daemon: Callable[..., Proc]) -> None:
-    proc = start_daemon(BATCHD_LIMITS__MAX_FILE_BYTES=str(1 << 20), BATCHD_LIMITS__MAX_LINES="50",
-                        BATCHD_LIMITS__MAX_LINE_BYTES="4096")
+    proc = start_daemon(
+        BATCHD_LIMITS__MAX_FILE_BYTES=str(1 << 20), BATCHD_LIMITS__MAX_LINES="50", BATCHD_LIMITS__MAX_LINE_BYTES="4096"
+    )
     huge = folders.inbox / "huge.jsonl"
     with huge.open("wb") as fh:  # 300 MB, sparse: costs nothing unless someone reads it
         fh.truncate(300 * 1024 * 1024)
@@ -320,8 +343,17 @@ def test_limits_refuse_files_without_reading_them(folders: Folders, start_daemon
     long_line = folders.inbox / "wide.jsonl"
     write_jsonl(long_line, 3)
     with long_line.open("ab") as fh:
-        fh.write(orjson.dumps({"custom_id": "wide", "method": "POST", "url": "/v1/chat/completions",
-                               "body": {"messages": [{"role": "user", "content": "x" * 500_000}]}}) + b"\n")
+        fh.write(
+            orjson.dumps(
+                {
+                    "custom_id": "wide",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"messages": [{"role": "user", "content": "x" * 500_000}]},
+                }
+            )
+            + b"\n"
+        )
     wait_for(lambda: len(published(folders)) >= 3, timeout=60)
     peak = re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{proc.popen.pid}/status").read_text())
     peak_kb = int(peak.group(1)) if peak else 0
@@ -341,6 +373,7 @@ def test_limits_refuse_files_without_reading_them(folders: Folders, start_daemon
 
 # -- hooks (in-process: the daemon object itself) ---------------------------------------------
 
+
 class Recorder(Daemon):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -356,8 +389,9 @@ class Recorder(Daemon):
         self.calls.append((time.monotonic(), "watchdog", ""))
 
 
-def test_hooks_ready_watchdog_and_status_during_a_long_job(make_settings: Callable[..., Any],
-                                                            emulator: Emulator, folders: Folders) -> None:
+def test_hooks_ready_watchdog_and_status_during_a_long_job(
+    make_settings: Callable[..., Any], emulator: Emulator, folders: Folders
+) -> None:
     emulator.latency = 0.02
     daemon = Recorder(settings=make_settings(watch={"mode": "inotify"}))
     daemon.heartbeat_seconds = 0.1
@@ -380,10 +414,17 @@ def test_hooks_ready_watchdog_and_status_during_a_long_job(make_settings: Callab
     asyncio.run(scenario())
     statuses = [c[2] for c in daemon.calls if c[1] == "status"]
     progress = [s for s in statuses if s.startswith("job.jsonl: ")]
-    assert progress and re.fullmatch(r"job\.jsonl: [\d,]+/80 \(\d+\.\d%\)(, [\d.]+ req/s, ETA \w+)?, queue \d",
-                                     progress[0]), progress
+    assert progress and re.fullmatch(
+        r"job\.jsonl: [\d,]+/80 \(\d+\.\d%\)(, [\d.]+ req/s, ETA \w+)?, queue \d", progress[0]
+    ), progress
     host = emulator.url.split("://")[1]
-    assert any(re.fullmatch(rf"waiting for backend at {re.escape(host)} since \d\d:\d\d:\d\d "
-                            rf"\(down \d+s, \d+ probes; .*\)", s) for s in statuses), statuses
+    assert any(
+        re.fullmatch(
+            rf"waiting for backend at {re.escape(host)} since \d\d:\d\d:\d\d "
+            rf"\(down \d+s, \d+ probes; .*\)",
+            s,
+        )
+        for s in statuses
+    ), statuses
     beats = [c[0] for c in daemon.calls if c[1] == "watchdog"]
     assert max(b - a for a, b in zip(beats, beats[1:])) < 1.0  # the loop never blocked for long

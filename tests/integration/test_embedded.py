@@ -41,8 +41,13 @@ def test_twenty_candidates_on_the_embedded_model(folders: Folders) -> None:
         shutil.copy(EXAMPLE / name, pipe / name)
     lines = (EXAMPLE / "candidates.csv").read_text(encoding="utf-8").splitlines(keepends=True)
     (pipe / "candidates.csv").write_text("".join(lines[: ROWS + 1]), encoding="utf-8")
-    env = folders.env("http://127.0.0.1:9", BATCHD_BACKEND__KIND="embedded", BATCHD_BACKEND__MODEL_PATH=model,
-                      BATCHD_CONTEXT__NUM_CTX="2048", BATCHD_BACKEND__THREADS="1")
+    env = folders.env(
+        "http://127.0.0.1:9",
+        BATCHD_BACKEND__KIND="embedded",
+        BATCHD_BACKEND__MODEL_PATH=model,
+        BATCHD_CONTEXT__NUM_CTX="2048",
+        BATCHD_BACKEND__THREADS="1",
+    )
     started = time.monotonic()
     proc = run_batchd(env, "run", "--once", timeout=540)  # ~140 s on a busy 2-core box
     elapsed = time.monotonic() - started
@@ -76,8 +81,12 @@ def test_llama_cpp_internals_go_to_the_debug_log_not_the_console(capfd: pytest.C
     from batchd.backends.embedded import EmbeddedBackend
 
     backend = EmbeddedBackend(model_path=Path(_model_path()), threads=1, model_name=None)
-    request = ChatRequest(model="gemma3:4b", num_ctx=2048, options={"num_predict": 2, "temperature": 0},
-                          messages=[{"role": "user", "content": "Say hi."}])
+    request = ChatRequest(
+        model="gemma3:4b",
+        num_ctx=2048,
+        options={"num_predict": 2, "temperature": 0},
+        messages=[{"role": "user", "content": "Say hi."}],
+    )
 
     async def go() -> None:
         try:
@@ -100,12 +109,33 @@ def test_llama_cpp_internals_go_to_the_debug_log_not_the_console(capfd: pytest.C
 def test_make_demo_console_is_clean_and_job_started_names_the_gguf(folders: Folders) -> None:
     """What `make demo` runs (console log, level info), on two rows: no llama.cpp lines, the GGUF named."""
     model = Path(_model_path())
-    (folders.inbox / "two.jsonl").write_bytes(b"".join(orjson.dumps(
-        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "gemma3:4b", "max_tokens": 4, "temperature": 0,
-                  "messages": [{"role": "user", "content": f"Say {i}."}]}}) + b"\n" for i in range(2)))
-    env = folders.env("http://127.0.0.1:9", BATCHD_BACKEND__KIND="embedded", BATCHD_BACKEND__MODEL_PATH=str(model),
-                      BATCHD_CONTEXT__NUM_CTX="2048", BATCHD_BACKEND__THREADS="1", BATCHD_LOG__TARGET="console")
+    (folders.inbox / "two.jsonl").write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "custom_id": f"r{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": "gemma3:4b",
+                        "max_tokens": 4,
+                        "temperature": 0,
+                        "messages": [{"role": "user", "content": f"Say {i}."}],
+                    },
+                }
+            )
+            + b"\n"
+            for i in range(2)
+        )
+    )
+    env = folders.env(
+        "http://127.0.0.1:9",
+        BATCHD_BACKEND__KIND="embedded",
+        BATCHD_BACKEND__MODEL_PATH=str(model),
+        BATCHD_CONTEXT__NUM_CTX="2048",
+        BATCHD_BACKEND__THREADS="1",
+        BATCHD_LOG__TARGET="console",
+    )
     proc = run_batchd(env, "run", "--once", timeout=300)
     console = proc.stdout + proc.stderr
     assert proc.returncode == 0, console[-2000:]

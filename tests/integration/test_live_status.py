@@ -45,14 +45,36 @@ def _drop(folders: Folders, name: str, n: int, *, fail_every: int = 0, invalid_e
     with part.open("wb") as fh:
         for i in range(n):
             if invalid_every and i % invalid_every == invalid_every - 1:
-                fh.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings",
-                                       "body": {"model": "gemma3:4b", "input": "x"}}) + b"\n")
+                fh.write(
+                    orjson.dumps(
+                        {
+                            "custom_id": f"r{i}",
+                            "method": "POST",
+                            "url": "/v1/embeddings",
+                            "body": {"model": "gemma3:4b", "input": "x"},
+                        }
+                    )
+                    + b"\n"
+                )
                 continue
             text = "<<FAIL:400>>" if fail_every and i % fail_every == fail_every - 1 else f"Question {i}?"
-            fh.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                   "body": {"model": "gemma3:4b", "messages": [
-                                       {"role": "system", "content": "You are terse."},
-                                       {"role": "user", "content": text}]}}) + b"\n")
+            fh.write(
+                orjson.dumps(
+                    {
+                        "custom_id": f"r{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {
+                            "model": "gemma3:4b",
+                            "messages": [
+                                {"role": "system", "content": "You are terse."},
+                                {"role": "user", "content": text},
+                            ],
+                        },
+                    }
+                )
+                + b"\n"
+            )
     os.rename(part, folders.inbox / name)
 
 
@@ -96,8 +118,16 @@ def start(folders: Folders, emulator: Emulator) -> Iterator[Callable[..., Daemon
     started: list[Daemon] = []
 
     def go(**env: str) -> Daemon:
-        d = Daemon(folders, folders.env(emulator.url, BATCHD_BACKEND__LANES="16", BATCHD_CONTEXT__MODE="isolated",
-                                        BATCHD_STATUS_PAGE__INTERVAL_SECONDS="1", **env))
+        d = Daemon(
+            folders,
+            folders.env(
+                emulator.url,
+                BATCHD_BACKEND__LANES="16",
+                BATCHD_CONTEXT__MODE="isolated",
+                BATCHD_STATUS_PAGE__INTERVAL_SECONDS="1",
+                **env,
+            ),
+        )
         started.append(d)
         return d
 
@@ -111,7 +141,8 @@ def start(folders: Folders, emulator: Emulator) -> Iterator[Callable[..., Daemon
 
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_status_page_moves_in_a_browser_and_agrees_with_batchd_status(
-        start: Callable[..., Daemon], folders: Folders, emulator: Emulator, tmp_path: Path) -> None:
+    start: Callable[..., Daemon], folders: Folders, emulator: Emulator, tmp_path: Path
+) -> None:
     emulator.latency = 0.03  # 16 lanes: a few hundred req/s at most, so 20,000 rows take minutes
     d = start()
     _drop(folders, "big.jsonl", 20_000, fail_every=500)
@@ -129,8 +160,9 @@ def test_status_page_moves_in_a_browser_and_agrees_with_batchd_status(
     page = d.page()
     views = d.status()
     assert time.time() - page["generated_at_unix"] < 10 and page["daemon"] == "running"
-    assert [(v["job_id"], v["input"], v["state"], v["total"]) for v in page["active"]] == \
-        [(v["job_id"], v["input"], v["state"], v["total"]) for v in views["active"]]
+    assert [(v["job_id"], v["input"], v["state"], v["total"]) for v in page["active"]] == [
+        (v["job_id"], v["input"], v["state"], v["total"]) for v in views["active"]
+    ]
     mine, theirs = page["active"][0], views["active"][0]
     assert 0 < mine["finished"] <= theirs["finished"] and mine["failed"] <= theirs["failed"]
     assert mine["req_per_s"] and mine["eta_seconds"] and theirs["eta_seconds"]
@@ -153,12 +185,25 @@ def _screenshot(page: Path, work: Path) -> tuple[bytes, float]:
     work.mkdir()
     progress = orjson.loads((page.parent / STATUS_JSON).read_bytes())["active"][0]["progress"]
     shot = work / "shot.png"
-    cmd = [str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--force-color-profile=srgb",
-           "--hide-scrollbars", f"--user-data-dir={work / 'profile'}", f"--screenshot={shot}",
-           "--window-size=1200,700", page.as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(work)},
-                          check=False)
+    cmd = [
+        str(_chromium()),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--force-color-profile=srgb",
+        "--hide-scrollbars",
+        f"--user-data-dir={work / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,700",
+        page.as_uri(),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(work)}, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return shot.read_bytes(), progress
 
@@ -168,8 +213,8 @@ def _fill_pixels(png: bytes) -> int:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, width, height, channels = 8, b"", 0, 0, 0
     while pos < len(png):
-        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
-        chunk = png[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        chunk = png[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, colour = struct.unpack(">IIBB", chunk[:10])
             assert depth == 8 and colour in (2, 6), (depth, colour)
@@ -182,7 +227,7 @@ def _fill_pixels(png: bytes) -> int:
     prev = bytearray(stride)
     count = 0
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):  # undo the PNG row filter (None, Sub, Up, Average, Paeth)
             a = line[i - channels] if i >= channels else 0
             b = prev[i]
@@ -210,8 +255,11 @@ def _fill_pixels(png: bytes) -> int:
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     assert r.status_code == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def _sum(snap: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
@@ -219,13 +267,18 @@ def _sum(snap: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, 
 
 
 def test_metrics_endpoint_during_a_run_agrees_with_metrics_json(
-        start: Callable[..., Daemon], folders: Folders, emulator: Emulator) -> None:
+    start: Callable[..., Daemon], folders: Folders, emulator: Emulator
+) -> None:
     emulator.latency = 0.02
     port = _free_port()
     textfile = folders.root / "node_exporter" / "batchd.prom"
     textfile.parent.mkdir()
-    d = start(BATCHD_METRICS__LISTEN=f"127.0.0.1:{port}", BATCHD_METRICS__INTERVAL_SECONDS="0.5",
-              BATCHD_METRICS__TEXTFILE=str(textfile), BATCHD_VRAM__SOURCE="ollama")
+    d = start(
+        BATCHD_METRICS__LISTEN=f"127.0.0.1:{port}",
+        BATCHD_METRICS__INTERVAL_SECONDS="0.5",
+        BATCHD_METRICS__TEXTFILE=str(textfile),
+        BATCHD_VRAM__SOURCE="ollama",
+    )
     idle = _scrape(port)
     assert _sum(idle, "batchd_job_running") == 0 and _sum(idle, "batchd_build_info") == 1
     emulator.fail_next(503, count=5)  # retried: batchd_request_retries_total{cause="busy"}
@@ -250,8 +303,15 @@ def test_metrics_endpoint_during_a_run_agrees_with_metrics_json(
     m = orjson.loads(metrics_json.read_bytes())
     # Counters move as things happen; the queue gauges are recomputed off the request path (live.py's worker,
     # poked at the publish), so a scrape right after the publish may still show the last tick's queue.
-    end = wait_for(lambda: (s := _scrape(port)) and _sum(s, "batchd_jobs_finished_total") == 1
-                   and _sum(s, "batchd_queue_requests") == 0 and s, timeout=30)
+    end = wait_for(
+        lambda: (
+            (s := _scrape(port))
+            and _sum(s, "batchd_jobs_finished_total") == 1
+            and _sum(s, "batchd_queue_requests") == 0
+            and s
+        ),
+        timeout=30,
+    )
     counts = m["request_counts"]
     invalid = sum(1 for i in range(3000) if i % 250 == 249)
     refused = sum(1 for i in range(3000) if i % 100 == 99 and i % 250 != 249)
@@ -271,8 +331,11 @@ def test_metrics_endpoint_during_a_run_agrees_with_metrics_json(
     assert _sum(end, "batchd_job_running") == 0 and _sum(end, "batchd_queue_requests") == 0
     # The node_exporter textfile carries the same, and its last rewrite comes as the daemon stops.
     d.stop()
-    final = {(x.name, tuple(sorted(x.labels.items()))): x.value
-             for f in text_string_to_metric_families(textfile.read_text()) for x in f.samples}
+    final = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for f in text_string_to_metric_families(textfile.read_text())
+        for x in f.samples
+    }
     assert _sum(final, "batchd_requests_total", status="completed") == counts["completed"]
     assert _sum(final, "batchd_prompt_tokens_total") == m["tokens"]["prompt"]
     assert [p.name for p in textfile.parent.iterdir()] == ["batchd.prom"]

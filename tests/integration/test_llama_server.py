@@ -42,27 +42,36 @@ from tests.realserver import (
 pytestmark = [pytest.mark.llama_server, pytest.mark.timeout(WAIT_SECONDS + 900)]
 
 SLOTS, CTX = 4, 2048  # 512 tokens per slot
-SYSTEM = ("You score job candidates for a warehouse team lead role from 1 to 10. "
-          "Reply with the score and one short reason.")
+SYSTEM = (
+    "You score job candidates for a warehouse team lead role from 1 to 10. Reply with the score and one short reason."
+)
 _FIELDS = ["logistics", "retail", "a bakery", "the army", "a call centre", "farming", "shipping", "nursing"]
 _SKILLS = ["forklift licence", "Excel", "first aid", "Spanish", "people management", "SAP", "night shifts"]
 
 
 def candidate(i: int, words: int = 1) -> str:
     """A row's text: varied, ~50-70 tokens."""
-    return (f"Candidate {i}: {3 + i % 17} years in {_FIELDS[i % len(_FIELDS)]}, "
-            f"knows {_SKILLS[i % len(_SKILLS)]} and {_SKILLS[(i * 3 + 1) % len(_SKILLS)]}. "
-            + f"Led a team of {2 + i % 9} people; reliable, on time, asks good questions. " * words)
+    return (
+        f"Candidate {i}: {3 + i % 17} years in {_FIELDS[i % len(_FIELDS)]}, "
+        f"knows {_SKILLS[i % len(_SKILLS)]} and {_SKILLS[(i * 3 + 1) % len(_SKILLS)]}. "
+        + f"Led a team of {2 + i % 9} people; reliable, on time, asks good questions. "
+        * words
+    )
 
 
 def drop(inbox: Path, texts: list[str], *, name: str = "rows.jsonl", max_tokens: int = 16) -> list[str]:
     ids = [f"c{i:04d}" for i in range(len(texts))]
     with (inbox / name).open("wb") as fh:
         for cid, text in zip(ids, texts, strict=True):
-            body = {"model": ALIAS, "max_tokens": max_tokens, "temperature": 0,
-                    "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]}
-            fh.write(orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                                   "body": body}) + b"\n")
+            body = {
+                "model": ALIAS,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
+            }
+            fh.write(
+                orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}) + b"\n"
+            )
     return ids
 
 
@@ -114,14 +123,20 @@ def job(make_settings: Callable[..., Settings], llama: LlamaServer) -> Callable[
     """Run the inbox once through the real server; the outbox folder's files and the log events."""
 
     def run(texts: list[str], *, lanes: int = SLOTS, **context: Any) -> dict[str, Any]:
-        settings = make_settings(backend={"kind": "openai", "url": llama.url, "model": ALIAS, "lanes": lanes,
-                                          "timeout_seconds": 300}, context=context)
+        settings = make_settings(
+            backend={"kind": "openai", "url": llama.url, "model": ALIAS, "lanes": lanes, "timeout_seconds": 300},
+            context=context,
+        )
         drop(settings.inbox, texts)
         with structlog.testing.capture_logs() as logs:
             run_daemon_once(settings)
         (folder,) = [p for p in settings.outbox.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return {"metrics": orjson.loads((folder / "metrics.json").read_bytes()), "logs": logs,
-                "results": read_jsonl(folder / "results.jsonl"), "errors": read_jsonl(folder / "errors.jsonl")}
+        return {
+            "metrics": orjson.loads((folder / "metrics.json").read_bytes()),
+            "logs": logs,
+            "results": read_jsonl(folder / "results.jsonl"),
+            "errors": read_jsonl(folder / "errors.jsonl"),
+        }
 
     return run
 
@@ -132,7 +147,8 @@ def test_the_window_comes_from_v1_models(llama: LlamaServer) -> None:
 
 
 def test_the_real_overflow_error_fails_one_row_and_teaches_the_window(
-        job: Callable[..., dict[str, Any]], calls: list[Call]) -> None:
+    job: Callable[..., dict[str, Any]], calls: list[Call]
+) -> None:
     # num_ctx set too large (2048, the server's total, not a slot's 512): the overlong first row
     # goes out, the server refuses it with its exceed_context_size_error and names n_ctx = 512.
     texts = [candidate(0, words=40), *(candidate(i) for i in range(1, 13))]
@@ -155,7 +171,8 @@ def test_the_real_overflow_error_fails_one_row_and_teaches_the_window(
 
 
 def test_conversation_on_a_small_window_hits_the_cache_on_every_call(
-        job: Callable[..., dict[str, Any]], calls: list[Call]) -> None:
+    job: Callable[..., dict[str, Any]], calls: list[Call]
+) -> None:
     rows = 48
     out = job([candidate(i) for i in range(rows)], mode="conversation")
     m = out["metrics"]
@@ -179,7 +196,8 @@ def test_conversation_on_a_small_window_hits_the_cache_on_every_call(
 
 
 def test_parallel_slots_serve_the_lanes_at_once(
-        job: Callable[..., dict[str, Any]], calls: list[Call], llama: LlamaServer) -> None:
+    job: Callable[..., dict[str, Any]], calls: list[Call], llama: LlamaServer
+) -> None:
     busy: list[int] = []
     stop = threading.Event()
 
@@ -206,24 +224,39 @@ def test_parallel_slots_serve_the_lanes_at_once(
 
 
 def test_the_token_estimate_follows_the_real_tokenizer(
-        job: Callable[..., dict[str, Any]], calls: list[Call], llama: LlamaServer) -> None:
+    job: Callable[..., dict[str, Any]], calls: list[Call], llama: LlamaServer
+) -> None:
     out = job([candidate(i, words=1 + i % 3) for i in range(24)], lanes=2, mode="conversation")
     ratio = out["metrics"]["tokens"]["chars_per_token"]
     assert ratio is not None and 2.5 < ratio < 6.0
     # What the server counts is the model's tokenizer on the templated prompt.
     first = next(c for c in calls if c.result is not None)
     prompt = httpx.post(f"{llama.url}/apply-template", json={"messages": first.messages}, timeout=10).json()["prompt"]
-    assert first.result is not None and llama.tokenize(prompt) in range(first.result.prompt_tokens - 1,
-                                                                        first.result.prompt_tokens + 2)
+    assert first.result is not None and llama.tokenize(prompt) in range(
+        first.result.prompt_tokens - 1, first.result.prompt_tokens + 2
+    )
     # batchd's estimate at the learned ratio against that count, call by call
     est = TokenEstimate(ratio)
-    errors = [abs(est.messages(c.messages) - c.result.prompt_tokens) / c.result.prompt_tokens
-              for c in calls if c.result is not None]
+    errors = [
+        abs(est.messages(c.messages) - c.result.prompt_tokens) / c.result.prompt_tokens
+        for c in calls
+        if c.result is not None
+    ]
     assert statistics.median(errors) < 0.10 and max(errors) < 0.25, errors
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
 def test_conformance(llama: LlamaServer, case: Case) -> None:
     """The cases the emulator's flavours pass (tests/test_conformance.py), against the real server."""
-    asyncio.run(case(Server(url=llama.url, kind="openai", model=ALIAS, num_ctx=llama.n_ctx_slot,
-                            flavour="llama.cpp", overflow_has_numbers=True)))
+    asyncio.run(
+        case(
+            Server(
+                url=llama.url,
+                kind="openai",
+                model=ALIAS,
+                num_ctx=llama.n_ctx_slot,
+                flavour="llama.cpp",
+                overflow_has_numbers=True,
+            )
+        )
+    )

@@ -56,9 +56,11 @@ def test_csv_through_the_default_pipeline(folders: Folders, emulator: Emulator) 
         '[pipeline]\nsystem_prompt = "Score the candidate 1-10. Reply as JSON."\n'
         'user_template = "Candidate {name}, {title}"\nid_column = "id"\npassthrough_columns = ["name"]\n'
         '[pipeline.format]\ntype = "object"\nrequired = ["score"]\n'
-        '[pipeline.format.properties.score]\ntype = "integer"\nminimum = 1\nmaximum = 10\n')
+        '[pipeline.format.properties.score]\ntype = "integer"\nminimum = 1\nmaximum = 10\n'
+    )
     (folders.inbox / "people.csv").write_bytes(
-        "\ufeffid,name,title\r\nA1,\"Zoë, Jr\",Engineer\r\nA2,Bob,\"=HYPERLINK(\"\"x\"\")\"\r\n".encode())
+        '\ufeffid,name,title\r\nA1,"Zoë, Jr",Engineer\r\nA2,Bob,"=HYPERLINK(""x"")"\r\n'.encode()
+    )
     proc = run_batchd(folders.env(emulator.url), "run", "--once")
     assert proc.returncode == 0, proc.stderr
     out = folders.outbox / "people"
@@ -114,9 +116,17 @@ def test_server_errors_are_retried_then_succeed(folders: Folders, emulator: Emul
 
 
 def test_a_request_that_keeps_failing_gives_up_after_max_attempts(folders: Folders, emulator: Emulator) -> None:
-    (folders.inbox / "f.jsonl").write_bytes(orjson.dumps(
-        {"custom_id": "doomed", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"messages": [{"role": "user", "content": "<<FAIL:500>>"}]}}) + b"\n")
+    (folders.inbox / "f.jsonl").write_bytes(
+        orjson.dumps(
+            {
+                "custom_id": "doomed",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": "<<FAIL:500>>"}]},
+            }
+        )
+        + b"\n"
+    )
     proc = run_batchd(folders.env(emulator.url, BATCHD_BACKEND__MAX_ATTEMPTS="3"), "run", "--once")
     assert proc.returncode == 0, proc.stderr
     (err,) = read_jsonl(folders.outbox / "f" / "errors.jsonl")

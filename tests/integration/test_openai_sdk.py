@@ -32,8 +32,9 @@ def batchd_api(make_settings: Callable[..., Settings]) -> Iterator[Callable[...,
     started: list[ApiHarness] = []
 
     def start(**overrides: Any) -> ApiHarness:
-        settings = make_settings(api={"listen": f"127.0.0.1:{free_port()}", "token": TOKEN},
-                                 watch={"mode": "poll"}, **overrides)
+        settings = make_settings(
+            api={"listen": f"127.0.0.1:{free_port()}", "token": TOKEN}, watch={"mode": "poll"}, **overrides
+        )
         h = ApiHarness(settings, daemon=True)
         started.append(h)
         return h.start()
@@ -51,13 +52,13 @@ def submit(c: Any, path: Path, **metadata: str) -> Any:
     with path.open("rb") as fh:
         f = c.files.create(file=fh, purpose="batch")
     assert f.purpose == "batch" and f.bytes == path.stat().st_size
-    return c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
-                            metadata=metadata or None)
+    return c.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata or None
+    )
 
 
 def wait_status(c: Any, batch_id: str, *statuses: str, timeout: float = 60) -> Any:
-    return wait_for(lambda: (b := c.batches.retrieve(batch_id)).status in statuses and b, timeout=timeout,
-                    interval=0.1)
+    return wait_for(lambda: (b := c.batches.retrieve(batch_id)).status in statuses and b, timeout=timeout, interval=0.1)
 
 
 def outbox_folder(h: ApiHarness, job_input: str) -> Path:

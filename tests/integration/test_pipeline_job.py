@@ -12,7 +12,7 @@ from batchd.config import Settings
 from tests.conftest import Folders, read_jsonl, run_daemon_once
 from tests.emulator import Emulator
 
-SCHEMA = '''
+SCHEMA = """
 [format]
 type = "object"
 required = ["score", "verdict", "why"]
@@ -25,21 +25,24 @@ type = "string"
 enum = ["=1+1", "@SUM(A1)", "-1+2", "+3"]   # every value a spreadsheet would run
 [format.properties.why]
 type = "string"
-'''
-PIPELINE = '''
+"""
+PIPELINE = (
+    """
 system_prompt = "Score the candidate from 1 to 10."
 user_template = "Candidate: {note}"
 id_column = "id"
 passthrough_columns = ["name", "note", "delta"]
 reply_retries = 2
 mode = "isolated"
-''' + SCHEMA
+"""
+    + SCHEMA
+)
 CSV = (
-    'id,name,note,delta\n'
+    "id,name,note,delta\n"
     'A1,Zoë Laurent,"Python, SQL and ""Airflow""",-5\n'
-    'A2,Plain Person,<<GARBAGE>> first reply is not JSON,3\n'
-    'A3,"=cmd|\' /C calc\'!A0",ordinary,+1 555\n'
-    'A4,Short Row\n'
+    "A2,Plain Person,<<GARBAGE>> first reply is not JSON,3\n"
+    "A3,\"=cmd|' /C calc'!A0\",ordinary,+1 555\n"
+    "A4,Short Row\n"
     'A5,"Multi\nLine",@SUM(B1),-2.5\n'
 )
 
@@ -60,22 +63,35 @@ def _scores(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_schema_replies_retries_and_safe_cells(folders: Folders, emulator: Emulator,
-                                               make_settings: Callable[..., Settings]) -> None:
+def test_schema_replies_retries_and_safe_cells(
+    folders: Folders, emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
     _drop(folders, "cands", PIPELINE, CSV)
     _run(make_settings())
     out = folders.outbox / "cands"
     rows = _scores(out / "scores.csv")
-    assert list(rows[0]) == ["custom_id", "status", "score", "name", "note", "delta", "verdict", "why",
-                             "attempts", "prompt_tokens", "completion_tokens"]
+    assert list(rows[0]) == [
+        "custom_id",
+        "status",
+        "score",
+        "name",
+        "note",
+        "delta",
+        "verdict",
+        "why",
+        "attempts",
+        "prompt_tokens",
+        "completion_tokens",
+    ]
     assert [r["custom_id"] for r in rows] == ["A1", "A2", "A3", "A4", "A5"]  # one row per input row, in order
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "invalid", "ok"]
     ok = [r for r in rows if r["status"] == "ok"]
     assert all(1 <= int(r["score"]) <= 10 and r["why"] and int(r["prompt_tokens"]) > 0 for r in ok)
     # the <<GARBAGE>> row was corrected on its second attempt
     assert [r["attempts"] for r in rows] == ["1", "2", "1", "0", "1"]
-    corrections = [c for c in emulator.calls
-                   if "previous answer was invalid" in str(c.get("messages", [{}])[-1].get("content"))]
+    corrections = [
+        c for c in emulator.calls if "previous answer was invalid" in str(c.get("messages", [{}])[-1].get("content"))
+    ]
     assert len(corrections) == 1 and "not JSON" in corrections[0]["messages"][-1]["content"]
     # formula injection, from the model (verdict) and from the input (name, note, delta)
     assert all(r["verdict"].startswith("'") for r in ok)
@@ -91,11 +107,13 @@ def test_schema_replies_retries_and_safe_cells(folders: Folders, emulator: Emula
     assert "invalid_row" in report  # failures by cause
 
 
-def test_invalid_replies_are_retried_then_recorded(folders: Folders, emulator: Emulator,
-                                                   make_settings: Callable[..., Settings]) -> None:
+def test_invalid_replies_are_retried_then_recorded(
+    folders: Folders, emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
     # The emulator ignores `pattern`, so every reply fails this schema: retried, then failed.
-    strict = PIPELINE.replace('[format.properties.why]\ntype = "string"',
-                              '[format.properties.why]\ntype = "string"\npattern = "^NEVER$"')
+    strict = PIPELINE.replace(
+        '[format.properties.why]\ntype = "string"', '[format.properties.why]\ntype = "string"\npattern = "^NEVER$"'
+    )
     _drop(folders, "strict", strict, "id,name,note,delta\nB1,x,one,1\nB2,y,two <<GARBAGE>>,2\n")
     _run(make_settings())
     out = folders.outbox / "strict"
@@ -111,10 +129,10 @@ def test_invalid_replies_are_retried_then_recorded(folders: Folders, emulator: E
     assert "invalid_reply" in (out / "report.html").read_text(encoding="utf-8")
 
 
-def test_free_text_replies_without_a_schema(folders: Folders, emulator: Emulator,
-                                            make_settings: Callable[..., Settings]) -> None:
-    _drop(folders, "free", 'user_template = "Rate {name}"\nreply_retries = 2\n',
-          "name\nAda\nGrace\n<<GARBAGE>>\n")
+def test_free_text_replies_without_a_schema(
+    folders: Folders, emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
+    _drop(folders, "free", 'user_template = "Rate {name}"\nreply_retries = 2\n', "name\nAda\nGrace\n<<GARBAGE>>\n")
     _run(make_settings())
     rows = _scores(folders.outbox / "free" / "scores.csv")
     assert list(rows[0]) == ["custom_id", "status", "score", "attempts", "prompt_tokens", "completion_tokens"]
@@ -126,10 +144,15 @@ def test_free_text_replies_without_a_schema(folders: Folders, emulator: Emulator
     assert "unparsed" in (folders.outbox / "free" / "report.html").read_text(encoding="utf-8")
 
 
-def test_garbage_reply_without_retries_keeps_the_raw_reply(folders: Folders, emulator: Emulator,
-                                                           make_settings: Callable[..., Settings]) -> None:
-    _drop(folders, "once", PIPELINE.replace("reply_retries = 2", "reply_retries = 0"),
-          "id,name,note,delta\nG1,x,<<GARBAGE>>,1\nG2,y,fine,2\n")
+def test_garbage_reply_without_retries_keeps_the_raw_reply(
+    folders: Folders, emulator: Emulator, make_settings: Callable[..., Settings]
+) -> None:
+    _drop(
+        folders,
+        "once",
+        PIPELINE.replace("reply_retries = 2", "reply_retries = 0"),
+        "id,name,note,delta\nG1,x,<<GARBAGE>>,1\nG2,y,fine,2\n",
+    )
     _run(make_settings())
     out = folders.outbox / "once"
     rows = _scores(out / "scores.csv")

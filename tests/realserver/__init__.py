@@ -30,7 +30,10 @@ ALIAS = "gemma3:270m"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("BATCHD_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "batchd"
+    root = (
+        os.environ.get("BATCHD_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "batchd"
+    )
     return Path(root)
 
 
@@ -99,8 +102,17 @@ def free_port() -> int:
 class LlamaServer:
     """One ``llama-server`` on 127.0.0.1: ``slots`` parallel slots sharing ``ctx`` tokens (ctx/slots each)."""
 
-    def __init__(self, binary: Path, model: Path, *, slots: int = 4, ctx: int = 2048, threads: int = 1,
-                 log_path: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        model: Path,
+        *,
+        slots: int = 4,
+        ctx: int = 2048,
+        threads: int = 1,
+        log_path: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.binary, self.model = binary, model
         self.slots, self.ctx, self.threads = slots, ctx, threads
         self.extra = extra
@@ -115,16 +127,35 @@ class LlamaServer:
         return self.ctx // self.slots
 
     def command(self) -> list[str]:
-        return [str(self.binary), "--model", str(self.model), "--alias", ALIAS,
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--parallel", str(self.slots), "--ctx-size", str(self.ctx), "--threads", str(self.threads),
-                # the packaged GGUF carries no chat template: Gemma's built-in one
-                "--no-jinja", "--chat-template", "gemma", "--no-webui", *self.extra]
+        return [
+            str(self.binary),
+            "--model",
+            str(self.model),
+            "--alias",
+            ALIAS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--parallel",
+            str(self.slots),
+            "--ctx-size",
+            str(self.ctx),
+            "--threads",
+            str(self.threads),
+            # the packaged GGUF carries no chat template: Gemma's built-in one
+            "--no-jinja",
+            "--chat-template",
+            "gemma",
+            "--no-webui",
+            *self.extra,
+        ]
 
     def start(self, timeout: float = 120.0) -> Self:
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop()
-        self._proc = subprocess.Popen(self.command(), stdout=self._log or subprocess.DEVNULL,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            self.command(), stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -22,7 +22,9 @@ from batchd.journal import FINISHED, JobState, Journal, ReqState
 
 PROFILE_ENV = "BATCHD_LIFECYCLE_PROFILE"
 _COMMON: dict[str, Any] = dict(
-    deadline=None, database=None, print_blob=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
     # each example is seconds of real time against a real server: never shrink for minutes
     phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -64,10 +66,16 @@ def scripts(*, kills: bool = False) -> st.SearchStrategy[list[Action]]:
 def jsonl_bytes(n: int, tag: str) -> bytes:
     lines = []
     for i in range(n):
-        body = {"model": "gemma3:4b", "messages": [{"role": "system", "content": SYSTEM},
-                                                   {"role": "user", "content": f"{tag} row {i}: " + "y" * 30}]}
-        lines.append(orjson.dumps({"custom_id": f"{tag}-{i:03d}", "method": "POST",
-                                   "url": "/v1/chat/completions", "body": body}))
+        body = {
+            "model": "gemma3:4b",
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"{tag} row {i}: " + "y" * 30},
+            ],
+        }
+        lines.append(
+            orjson.dumps({"custom_id": f"{tag}-{i:03d}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+        )
     return b"\n".join(lines) + b"\n"
 
 
@@ -77,8 +85,7 @@ def csv_bytes(n: int, tag: str) -> bytes:
 
 
 def pipeline_toml(version: int) -> str:
-    return (f'system_prompt = "{SYSTEM} (rubric v{version})"\nuser_template = "{{name}}: {{text}}"\n'
-            'id_column = "id"\n')
+    return f'system_prompt = "{SYSTEM} (rubric v{version})"\nuser_template = "{{name}}: {{text}}"\nid_column = "id"\n'
 
 
 @dataclass
@@ -97,9 +104,11 @@ class Tally:
         return a["stop"] + a["kill"] + a["down"] + a["burst"] + a["refuse"] + a["cancel"]
 
     def line(self) -> str:
-        return (f"lifecycle: examples={self.examples} faults={self.faults} actions={dict(self.actions)} "
-                f"jobs={dict(self.jobs)} cancel_latency_max={self.cancel_latency_max:.2f}s "
-                f"violations={self.violations}")
+        return (
+            f"lifecycle: examples={self.examples} faults={self.faults} actions={dict(self.actions)} "
+            f"jobs={dict(self.jobs)} cancel_latency_max={self.cancel_latency_max:.2f}s "
+            f"violations={self.violations}"
+        )
 
 
 # -- invariants -----------------------------------------------------------------------------------
@@ -146,8 +155,11 @@ def _check_lines(folder: Path, m: dict[str, Any], journal: Journal, job_id: str,
     counts = m["request_counts"]
     assert counts["total"] == len(reqs)
     assert counts["completed"] == len(results) == len(by_state.get(ReqState.DONE, ()))
-    assert counts["failed"] == len(errors) == len(by_state.get(ReqState.FAILED, ())) + len(
-        by_state.get(ReqState.INVALID, ()))
+    assert (
+        counts["failed"]
+        == len(errors)
+        == len(by_state.get(ReqState.FAILED, ())) + len(by_state.get(ReqState.INVALID, ()))
+    )
     assert set(got_r) == by_state.get(ReqState.DONE, set())
     unrun = by_state.get(ReqState.QUEUED, set()) | by_state.get(ReqState.RUNNING, set())
     assert not unrun, f"{state.value} job with requests left unrun: {sorted(unrun)[:5]}"

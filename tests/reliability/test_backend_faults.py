@@ -38,8 +38,13 @@ def test_mixed_faults_and_an_outage(folders: Folders, emulator: Emulator) -> Non
 
     t = threading.Thread(target=restart, daemon=True)
     t.start()
-    env = folders.env(emulator.url, BATCHD_BACKEND__LANES="4", BATCHD_BACKEND__MAX_ATTEMPTS="6",
-                      BATCHD_BACKEND__TIMEOUT_SECONDS="1", BATCHD_CONTEXT__MODE="isolated")
+    env = folders.env(
+        emulator.url,
+        BATCHD_BACKEND__LANES="4",
+        BATCHD_BACKEND__MAX_ATTEMPTS="6",
+        BATCHD_BACKEND__TIMEOUT_SECONDS="1",
+        BATCHD_CONTEXT__MODE="isolated",
+    )
     proc = run_batchd(env, "run", "--once", timeout=600)
     t.join(timeout=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,5 +61,7 @@ def test_mixed_faults_and_an_outage(folders: Folders, emulator: Emulator) -> Non
     assert m["request_counts"]["completed"] >= n * 0.95
     sends = Counter(last_user_content(c["messages"]) for c in emulator.calls if "messages" in c)
     assert max(sends.values()) <= 6
-    print(f"faults: requests={n} completed={m['request_counts']['completed']} failed={len(errors)} "
-          f"lost=0 duplicated=0 retries={causes} outage={m['outages']} max_sends={max(sends.values())}")
+    print(
+        f"faults: requests={n} completed={m['request_counts']['completed']} failed={len(errors)} "
+        f"lost=0 duplicated=0 retries={causes} outage={m['outages']} max_sends={max(sends.values())}"
+    )

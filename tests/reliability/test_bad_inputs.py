@@ -76,8 +76,11 @@ def test_whole_corpus_in_one_drop(folders: Folders, emulator: Emulator, tmp_path
         if got not in allowed:
             problems.append(f"{label}: {got} (expected {allowed}): {text[:200]}")
             continue
-        if got in ("rejected", "partial") and make_bad.reasons(exp) and \
-                not any(r.lower() in text for r in make_bad.reasons(exp)):
+        if (
+            got in ("rejected", "partial")
+            and make_bad.reasons(exp)
+            and not any(r.lower() in text for r in make_bad.reasons(exp))
+        ):
             problems.append(f"{label}: reason {text[:200]!r} lacks {make_bad.reasons(exp)}")
         if got == exp["outcome"] and "results" in exp and results != exp["results"]:
             problems.append(f"{label}: {results} results, expected {exp['results']}")

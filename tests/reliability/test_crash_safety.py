@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
+from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.emulator import Emulator
 
 SCALE = float(os.environ.get("BATCHD_RELIABILITY_SCALE", "1"))
@@ -66,8 +66,13 @@ def test_twenty_kills_then_identical_outbox(tmp_path: Path, emulator: Emulator) 
     kills = 0
     per_kill = n // (kills_wanted + 5)  # progress between kills stays bounded: all kills land before the end
     while kills < kills_wanted:
-        proc = subprocess.Popen(batchd_cmd("run", "--once"), env=_env(f, emulator), cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            batchd_cmd("run", "--once"),
+            env=_env(f, emulator),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if rng.random() < 0.3:
             # early: start-up, recovery, claim, ingest
             try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
+from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.emulator import Emulator
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs as the outbox")
@@ -21,8 +21,7 @@ def small_outbox(folders: Folders) -> Iterator[Path]:
     mnt = folders.root / f"outbox-{uuid.uuid4().hex[:6]}"
     mnt.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True,
-                       capture_output=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"cannot mount a tmpfs here: {exc}")
     try:
@@ -50,8 +49,9 @@ def test_once_fails_cleanly_then_publishes(folders: Folders, emulator: Emulator,
     assert emulator.chat_count == calls  # nothing was asked again: the results were in the journal
 
 
-def test_daemon_waits_and_publishes_when_space_returns(folders: Folders, emulator: Emulator,
-                                                        small_outbox: Path) -> None:
+def test_daemon_waits_and_publishes_when_space_returns(
+    folders: Folders, emulator: Emulator, small_outbox: Path
+) -> None:
     write_jsonl(folders.inbox / "big.jsonl", 300)
     env = folders.env(emulator.url, BATCHD_OUTBOX=str(small_outbox))
     log = folders.root / "daemon.log"

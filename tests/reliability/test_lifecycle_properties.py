@@ -116,11 +116,22 @@ class World:
 
 class InProcess(World):
     def settings(self) -> Settings:
-        return Settings(inbox=self.f.inbox, outbox=self.f.outbox, state_dir=self.f.state,
-                        backend={"url": self.emu.url, "lanes": 2, "backoff_seconds": 0.02,
-                                 "backoff_max_seconds": 0.3, "timeout_seconds": 1.0, "max_attempts": 6},
-                        watch={"stable_seconds": 0.05, "rescan_seconds": 5, "poll_seconds": 0.05},
-                        context={"mode": "isolated"}, shutdown_grace_seconds=0.5)
+        return Settings(
+            inbox=self.f.inbox,
+            outbox=self.f.outbox,
+            state_dir=self.f.state,
+            backend={
+                "url": self.emu.url,
+                "lanes": 2,
+                "backoff_seconds": 0.02,
+                "backoff_max_seconds": 0.3,
+                "timeout_seconds": 1.0,
+                "max_attempts": 6,
+            },
+            watch={"stable_seconds": 0.05, "rescan_seconds": 5, "poll_seconds": 0.05},
+            context={"mode": "isolated"},
+            shutdown_grace_seconds=0.5,
+        )
 
     async def start(self) -> None:
         self.daemon = Daemon(settings=self.settings())
@@ -173,9 +184,11 @@ class InProcess(World):
             _reset(self.emu)
             deadline = time.monotonic() + QUIET_SECONDS
             while [j for j in journal.jobs() if j.state not in FINISHED] or self.drops > len(
-                    [j for j in journal.jobs() if j.retry_of is None]):
+                [j for j in journal.jobs() if j.retry_of is None]
+            ):
                 assert time.monotonic() < deadline, f"not quiet after {QUIET_SECONDS}s: " + str(
-                    [(j.id, j.state.value) for j in journal.jobs() if j.state not in FINISHED])
+                    [(j.id, j.state.value) for j in journal.jobs() if j.state not in FINISHED]
+                )
                 await asyncio.sleep(0.05)
             await self.stop(0.5)
             check_quiet(self.f.outbox, journal, drops=self.drops, tally=self.tally)
@@ -245,13 +258,20 @@ def test_lifecycle_properties_in_process(emulator: Emulator) -> None:
 
 class Killed(World):
     def env(self) -> dict[str, str]:
-        return self.f.env(self.emu.url, BATCHD_BACKEND__LANES="2", BATCHD_CONTEXT__MODE="isolated",
-                          BATCHD_BACKEND__TIMEOUT_SECONDS="1", BATCHD_WATCH__STABLE_SECONDS="0.05",
-                          BATCHD_WATCH__POLL_SECONDS="0.05", BATCHD_SHUTDOWN_GRACE_SECONDS="0.5")
+        return self.f.env(
+            self.emu.url,
+            BATCHD_BACKEND__LANES="2",
+            BATCHD_CONTEXT__MODE="isolated",
+            BATCHD_BACKEND__TIMEOUT_SECONDS="1",
+            BATCHD_WATCH__STABLE_SECONDS="0.05",
+            BATCHD_WATCH__POLL_SECONDS="0.05",
+            BATCHD_SHUTDOWN_GRACE_SECONDS="0.5",
+        )
 
     def start(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(batchd_cmd("run"), env=self.env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            batchd_cmd("run"), env=self.env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     def run(self, script: list[Action]) -> None:
         proc = self.start()
@@ -320,8 +340,10 @@ class Killed(World):
             return False
         try:
             jobs = journal.jobs()
-            return not [j for j in jobs if j.state not in FINISHED] and len(
-                [j for j in jobs if j.retry_of is None]) == self.drops
+            return (
+                not [j for j in jobs if j.state not in FINISHED]
+                and len([j for j in jobs if j.retry_of is None]) == self.drops
+            )
         finally:
             journal.close()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Folders, REPO, batchd_cmd, outbox_entries, read_jsonl, wait_for, write_jsonl
+from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, wait_for, write_jsonl
 from tests.emulator import Emulator
 from tests.reliability.procstats import Sampler, quarter_medians, slope_mb_per_min
 
@@ -23,8 +23,13 @@ SCALE = float(os.environ.get("BATCHD_RELIABILITY_SCALE", "1"))
 
 
 def _daemon(folders: Folders, emulator: Emulator, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(batchd_cmd("run"), env=folders.env(emulator.url, BATCHD_CONTEXT__MODE="isolated", **env),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        batchd_cmd("run"),
+        env=folders.env(emulator.url, BATCHD_CONTEXT__MODE="isolated", **env),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -57,27 +62,34 @@ def test_many_files_dropped_at_once(folders: Folders, emulator: Emulator, tmp_pa
 def test_big_csv_end_to_end_with_flat_memory(folders: Folders, emulator: Emulator) -> None:
     rows = int(17_000 * SCALE)
     (folders.root / "batchd.toml").write_text(
-        '[pipeline]\nsystem_prompt = "Score 1-10."\nuser_template = "{name}: {summary}"\nid_column = "id"\n')
+        '[pipeline]\nsystem_prompt = "Score 1-10."\nuser_template = "{name}: {summary}"\nid_column = "id"\n'
+    )
     with (folders.inbox / "big.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "name", "summary"])
         for i in range(rows):
             w.writerow([f"C{i}", f"Candidate {i}", "Seven years of pipelines, Spark and SQL. " * 3])
-    proc = subprocess.Popen(batchd_cmd("run", "--once"),
-                            env=folders.env(emulator.url, BATCHD_BACKEND__LANES="4", BATCHD_CONTEXT__MODE="isolated"),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        batchd_cmd("run", "--once"),
+        env=folders.env(emulator.url, BATCHD_BACKEND__LANES="4", BATCHD_CONTEXT__MODE="isolated"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     sampler = Sampler(proc.pid, interval=0.5)
     assert proc.wait(timeout=1800) == 0
     samples = sampler.stop()
     m = orjson.loads((folders.outbox / "big" / "metrics.json").read_bytes())
     assert m["request_counts"] == {"total": rows, "completed": rows, "failed": 0}
     peak = max(s.rss_mb for s in samples)
-    run_phase = samples[len(samples) // 4:]  # after start-up and ingest
+    run_phase = samples[len(samples) // 4 :]  # after start-up and ingest
     slope = slope_mb_per_min(run_phase)
     first, last = quarter_medians(run_phase, "rss_mb")
     per_row_kb = (last - first) * 1024 / rows
-    print(f"rows={rows} peak_rss={peak:.0f}MB slope={slope:+.2f}MB/min growth={last - first:+.1f}MB "
-          f"({per_row_kb:+.2f} KB/row) samples={len(samples)}")
+    print(
+        f"rows={rows} peak_rss={peak:.0f}MB slope={slope:+.2f}MB/min growth={last - first:+.1f}MB "
+        f"({per_row_kb:+.2f} KB/row) samples={len(samples)}"
+    )
     assert peak < 300
     # Flat means: what the run keeps does not scale with the rows it has done. Judged per row, not per
     # minute: a job of a few seconds on a fast or a loaded machine made a MB/min slope noise (11.9 MB/min
@@ -103,7 +115,7 @@ def test_many_small_jobs_back_to_back_do_not_leak(folders: Folders, emulator: Em
     finally:
         samples = sampler.stop()
         _stop(proc)
-    steady = samples[len(samples) // 5:]  # imports, first job and caches warm up first
+    steady = samples[len(samples) // 5 :]  # imports, first job and caches warm up first
     rss0, rss1 = quarter_medians(steady, "rss_mb")
     fd0, fd1 = quarter_medians(steady, "fds")
     th0, th1 = quarter_medians(steady, "threads")

@@ -14,7 +14,8 @@ from tests.emulator import Emulator
 
 
 def test_outputs_are_0640_0750_with_the_users_group_whatever_the_input_mode(
-        folders: Folders, emulator: Emulator) -> None:
+    folders: Folders, emulator: Emulator
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("chown to another group needs root")
     group = next(g for g in ("nogroup", "daemon", "users") if _has_group(g))
@@ -58,14 +59,30 @@ def test_symlinks_are_never_followed_out_of_the_inbox(folders: Folders, emulator
 
 def test_a_request_cannot_send_batchd_elsewhere(folders: Folders, emulator: Emulator) -> None:
     lines = [
-        {"custom_id": "abs", "method": "POST", "url": "http://169.254.169.254/v1/chat/completions",
-         "body": {"messages": [{"role": "user", "content": "x"}]}},
-        {"custom_id": "host", "method": "POST", "url": "//evil.example/v1/chat/completions",
-         "body": {"messages": [{"role": "user", "content": "x"}]}},
-        {"custom_id": "model", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "other", "messages": [{"role": "user", "content": "x"}]}},
-        {"custom_id": "ok", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "gemma3:4b", "messages": [{"role": "user", "content": "x"}]}},
+        {
+            "custom_id": "abs",
+            "method": "POST",
+            "url": "http://169.254.169.254/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "x"}]},
+        },
+        {
+            "custom_id": "host",
+            "method": "POST",
+            "url": "//evil.example/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "x"}]},
+        },
+        {
+            "custom_id": "model",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "other", "messages": [{"role": "user", "content": "x"}]},
+        },
+        {
+            "custom_id": "ok",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gemma3:4b", "messages": [{"role": "user", "content": "x"}]},
+        },
     ]
     (folders.inbox / "r.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
     env = folders.env(emulator.url, BATCHD_BACKEND__ALLOWED_MODELS='["gemma3:4b"]')
@@ -80,11 +97,23 @@ def test_api_keys_never_reach_logs_or_outputs(folders: Folders, emulator: Emulat
     key_file = folders.root / "key"
     key_file.write_text(key + "\n")
     write_jsonl(folders.inbox / "k.jsonl", 3)
-    (folders.inbox / "fail.jsonl").write_bytes(orjson.dumps(
-        {"custom_id": "f", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"messages": [{"role": "user", "content": "<<FAIL:400>>"}]}}) + b"\n")
-    env = folders.env(emulator.url, BATCHD_BACKEND__KIND="openai", BATCHD_BACKEND__API_KEY_FILE=str(key_file),
-                      BATCHD_LOG__LEVEL="debug")
+    (folders.inbox / "fail.jsonl").write_bytes(
+        orjson.dumps(
+            {
+                "custom_id": "f",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": "<<FAIL:400>>"}]},
+            }
+        )
+        + b"\n"
+    )
+    env = folders.env(
+        emulator.url,
+        BATCHD_BACKEND__KIND="openai",
+        BATCHD_BACKEND__API_KEY_FILE=str(key_file),
+        BATCHD_LOG__LEVEL="debug",
+    )
     proc = run_batchd(env, "run", "--once")
     assert proc.returncode == 0, proc.stderr
     assert emulator.calls  # the key was used...

@@ -569,8 +569,7 @@ class SystemdMachine:
             "pivot_root . .oldroot",
             "umount -l /.oldroot",
             "rmdir /.oldroot",
-            f"exec env -i container={CONTAINER_NAME} {SYSTEMD} --system "
-            f"--unit={q(self.target)} --show-status=yes",
+            f"exec env -i container={CONTAINER_NAME} {SYSTEMD} --system --unit={q(self.target)} --show-status=yes",
         ]
         return "\n".join(lines) + "\n"
 
@@ -604,9 +603,7 @@ class SystemdMachine:
                 time.sleep(0.02)
         while True:
             self._check_alive()
-            r = self._nsenter(
-                ["systemctl", "is-active", "--quiet", self.target], check=False, timeout=10
-            )
+            r = self._nsenter(["systemctl", "is-active", "--quiet", self.target], check=False, timeout=10)
             if r.returncode == 0:
                 return
             self._check_deadline(deadline, f"{self.target} to become active")

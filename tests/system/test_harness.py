@@ -18,9 +18,7 @@ def test_machine_runs_systemd_and_journald(machine: SystemdMachine) -> None:
     r = machine.run("systemd-run", "--unit=hello", "--wait", "--collect", "/bin/true", check=False)
     assert r.returncode == 0, r.stderr + machine.diagnostics()
 
-    entries = machine.wait_for(
-        lambda: machine.journal("hello"), timeout=10, what="journal entries of hello.service"
-    )
+    entries = machine.wait_for(lambda: machine.journal("hello"), timeout=10, what="journal entries of hello.service")
     messages = [str(e.get("MESSAGE", "")) for e in entries]
     assert any("hello.service" in m for m in messages), messages
 

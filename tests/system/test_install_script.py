@@ -36,13 +36,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(
         REPO,
         src,
-        ignore=shutil.ignore_patterns(
-            ".git", "build", "*.egg-info", ".*cache", ".venv", "__pycache__", ".benchmarks"
-        ),
+        ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", ".*cache", ".venv", "__pycache__", ".benchmarks"),
     )
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist")]
-        + [str(src)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist")] + [str(src)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -114,8 +111,7 @@ def home_python(clean_machine: SystemdMachine) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_install_passes_over_a_python3_under_root(clean_machine: SystemdMachine, home_python: str,
-                                                   wheel: Path) -> None:
+def test_install_passes_over_a_python3_under_root(clean_machine: SystemdMachine, home_python: str, wheel: Path) -> None:
     """root's python3 is pyenv's: the venv is built on /usr/bin/python3, and batchd runs it."""
     m = clean_machine
     inside = f"/tmp/wheelhouse/{wheel.name}"

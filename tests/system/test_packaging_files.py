@@ -30,8 +30,7 @@ def test_sysusers_and_tmpfiles_apply_to_an_empty_root(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     for cmd in (
         ["systemd-sysusers", f"--root={tmp_path}", str(PACKAGING / "batchd.sysusers")],
-        ["systemd-tmpfiles", f"--root={tmp_path}", "--create"]
-        + [str(PACKAGING / "batchd.tmpfiles")],
+        ["systemd-tmpfiles", f"--root={tmp_path}", "--create"] + [str(PACKAGING / "batchd.tmpfiles")],
     ):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -60,7 +59,5 @@ def test_install_script_parses() -> None:
     r = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     if shutil.which("shellcheck"):
-        r = subprocess.run(
-            ["shellcheck", script], capture_output=True, text=True
-        )
+        r = subprocess.run(["shellcheck", script], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout

@@ -67,14 +67,23 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     work = tmp_path_factory.mktemp("wheelhouse")
     src = work / "src"
     # A copy: building in the checkout would write build/ and *.egg-info into the shared tree.
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", ".*cache", ".venv", "__pycache__", ".benchmarks", "bench", "tests"))
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", "build", "*.egg-info", ".*cache", ".venv", "__pycache__", ".benchmarks", "bench", "tests"
+        ),
+    )
     errors = []
     for extras in ("systemd", ""):
         dist = work / f"dist-{extras or 'none'}"
         spec = f"{src}[{extras}]" if extras else str(src)
-        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dist), spec],
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dist), spec],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if r.returncode == 0:
             return dist, extras
         errors.append(r.stderr.strip()[-300:])
@@ -119,8 +128,7 @@ id_column = "id"
 
 
 @pytest.fixture(scope="module")
-def installed(machine: SystemdMachine, wheelhouse: tuple[Path, str], emulator: Emulator
-              ) -> Iterator[SystemdMachine]:
+def installed(machine: SystemdMachine, wheelhouse: tuple[Path, str], emulator: Emulator) -> Iterator[SystemdMachine]:
     """batchd installed by install.sh and configured for the emulator; removed afterwards."""
     m = machine
     dist, extras = wheelhouse
@@ -132,9 +140,14 @@ def installed(machine: SystemdMachine, wheelhouse: tuple[Path, str], emulator: E
     # From a root shell whose python3 is pyenv's or conda's, under /root (ProtectHome= hides it).
     path = f"{home_python(m)}:{DEFAULT_PATH}"
     assert hidden(m.run("sh", "-c", "command -v python3", env={"PATH": path}).stdout.strip())
-    r = m.run(INSTALL, "--source", f"{WHEELS}/{batchd_whl.name}", check=False, timeout=300,
-              env={"BATCHD_INSTALL_EXTRAS": extras, "BATCHD_PIP_ARGS": f"--no-index --find-links {WHEELS}",
-                   "PATH": path})
+    r = m.run(
+        INSTALL,
+        "--source",
+        f"{WHEELS}/{batchd_whl.name}",
+        check=False,
+        timeout=300,
+        env={"BATCHD_INSTALL_EXTRAS": extras, "BATCHD_PIP_ARGS": f"--no-index --find-links {WHEELS}", "PATH": path},
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "using /usr/bin/python3" in r.stdout, r.stdout
     print(f"install.sh (extras {extras!r}) took {time.monotonic() - started:.1f}s")
@@ -223,14 +236,22 @@ def test_start_status_journal_and_clean_stop(service: SystemdMachine, emulator: 
 
     # The job's story, by its id, with UPPERCASE fields and priorities.
     job_id = metrics["job_id"]
+
     def told() -> list[dict[str, Any]] | None:
         entries = m.journal("batchd", f"JOB_ID={job_id}")
         return entries if any(e.get("EVENT") == "job_published" for e in entries) else None
 
     story = m.wait_for(told, timeout=10, what="job_published in the journal")
     events = [str(e.get("EVENT")) for e in story]
-    for name in ("job_claimed", "job_queued", "job_started", "job_progress", "request_failed", "job_finished",
-                 "job_published"):
+    for name in (
+        "job_claimed",
+        "job_queued",
+        "job_started",
+        "job_progress",
+        "request_failed",
+        "job_finished",
+        "job_published",
+    ):
         assert name in events, events
     assert events.index("job_claimed") < events.index("job_started") < events.index("job_finished")
     by_event = {str(e["EVENT"]): e for e in story}
@@ -251,10 +272,14 @@ def test_start_status_journal_and_clean_stop(service: SystemdMachine, emulator: 
     # systemctl reload: SIGHUP, RELOADING=1 ... READY=1, and the unit is back to active (running).
     this_run = "_SYSTEMD_INVOCATION_ID=" + m.show("batchd", "InvocationID")["InvocationID"]
     m.systemctl("reload", "batchd")
-    m.wait_for(lambda: m.journal("batchd", "EVENT=config_reloaded", this_run), timeout=10,
-               what="config_reloaded logged")
-    m.wait_for(lambda: m.show("batchd", "ActiveState", "SubState") == {"ActiveState": "active", "SubState": "running"},
-               timeout=10, what="active (running) after the reload")
+    m.wait_for(
+        lambda: m.journal("batchd", "EVENT=config_reloaded", this_run), timeout=10, what="config_reloaded logged"
+    )
+    m.wait_for(
+        lambda: m.show("batchd", "ActiveState", "SubState") == {"ActiveState": "active", "SubState": "running"},
+        timeout=10,
+        what="active (running) after the reload",
+    )
 
     doctor = m.run(BATCHD, "doctor", user="batchd", check=False)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
@@ -291,11 +316,18 @@ def test_a_member_of_batchd_users_reads_every_result(service: SystemdMachine) ->
         assert modes[0] == f"750 batchd batchd-users {folder}", modes
         assert all(line.startswith("640 batchd batchd-users ") for line in modes[1:]), modes
     assert set(m.run("ls", f"{OUTBOX}/people", user=MEMBER).stdout.split()) >= {
-        "results.jsonl", "errors.jsonl", "scores.csv", "metrics.json", "report.html", "input.csv"}
+        "results.jsonl",
+        "errors.jsonl",
+        "scores.csv",
+        "metrics.json",
+        "report.html",
+        "input.csv",
+    }
     text = m.run("cat", f"{OUTBOX}/people/results.jsonl", user=MEMBER).stdout
     assert [orjson.loads(line)["custom_id"] for line in text.splitlines()] == ids
     denied = m.run("cat", f"{OUTBOX}/people/results.jsonl", user=OUTSIDER, check=False)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+
     # The live status page at the outbox root is theirs to read too, and says the job finished.
     # (rewritten off the request path, moments after the publish: wait for it with a deadline)
     def page_lists_people() -> bool:
@@ -303,6 +335,7 @@ def test_a_member_of_batchd_users_reads_every_result(service: SystemdMachine) ->
         assert r.returncode != 1 or "No such file" in r.stderr, r.stderr  # never "Permission denied"
         page = orjson.loads(r.stdout) if r.returncode == 0 else {}
         return any(j.get("outbox") == "people" and j.get("input") == "people.csv" for j in page.get("recent", []))
+
     m.wait_for(page_lists_people, timeout=20, what="!status.json listing the finished job")
     assert "<html" in m.run("cat", f"{OUTBOX}/!status.html", user=MEMBER).stdout.lower()
 
@@ -321,8 +354,9 @@ def test_doctor_run_by_root_checks_the_backend_a_drop_in_set(service: SystemdMac
         # Root's shell has no BATCHD_* of its own; /usr/local/bin/batchd runs the command as batchd.
         doctor = m.run("/usr/local/bin/batchd", "doctor", check=False)
         lines = doctor.stdout.splitlines()
-        assert lines and lines[0].startswith(f"configuration: service's effective settings from {record} (written "), \
+        assert lines and lines[0].startswith(f"configuration: service's effective settings from {record} (written "), (
             doctor.stdout + doctor.stderr
+        )
         assert f"OK   ollama backend at {other.url} answers" in lines, doctor.stdout
         assert emulator.url not in doctor.stdout
         assert "OK   results are readable by group batchd-users (files 0640, folders 0750)" in lines, doctor.stdout
@@ -348,8 +382,11 @@ def test_kill_9_mid_job_then_start_resumes_every_id_once(service: SystemdMachine
 
     # Mid-job, systemctl status shows progress, rate and ETA.
     progress = re.compile(r"long\.csv: [\d,]+/500 \(\d+\.\d%\), [\d.]+ req/s, ETA \w+, queue 0")
-    m.wait_for(lambda: progress.fullmatch(m.show("batchd", "StatusText")["StatusText"]), timeout=30,
-               what="a progress status line")
+    m.wait_for(
+        lambda: progress.fullmatch(m.show("batchd", "StatusText")["StatusText"]),
+        timeout=30,
+        what="a progress status line",
+    )
     m.wait_for(lambda: emulator.chat_count >= 120, timeout=30, what="120 requests answered")
 
     m.systemctl("kill", "-s", "KILL", "batchd")
@@ -380,5 +417,9 @@ def test_native_journal_protocol_reaches_journald(installed: SystemdMachine) -> 
     m.run("/opt/batchd/venv/bin/python", "-c", code)
     (entry,) = m.wait_for(lambda: m.journal(None, "JOB_ID=native-1"), timeout=10, what="the native entry")
     assert (entry["EVENT"], entry["PRIORITY"], entry["CUSTOM_ID"], entry["SYSLOG_IDENTIFIER"]) == (
-        "native_probe", "4", "row 1", "batchd")
+        "native_probe",
+        "4",
+        "row 1",
+        "batchd",
+    )
     assert entry["NOTE"] == "a\nb"

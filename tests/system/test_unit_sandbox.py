@@ -51,9 +51,7 @@ def probe_unit(machine: SystemdMachine) -> Iterator[SystemdMachine]:
     m.run("chgrp", "batchd-users", "/srv/batchd/inbox/dropped-by-root.csv")
     m.write_file("/tmp/host-marker", "")
     unit = (PACKAGING / "batchd.service").read_text()
-    unit = unit.replace(
-        "ExecStart=/opt/batchd/venv/bin/batchd run", f"ExecStart=/usr/bin/python3 {PROBE}"
-    )
+    unit = unit.replace("ExecStart=/opt/batchd/venv/bin/batchd run", f"ExecStart=/usr/bin/python3 {PROBE}")
     m.write_file("/etc/systemd/system/batchd.service", unit)
     m.systemctl("daemon-reload")
     try:
@@ -67,7 +65,7 @@ def _probe_report(m: SystemdMachine) -> dict[str, object]:
     for entry in m.journal("batchd"):
         message = str(entry.get("MESSAGE", ""))
         if message.startswith("PROBE {"):
-            return dict(json.loads(message[len("PROBE "):]))
+            return dict(json.loads(message[len("PROBE ") :]))
     raise AssertionError("no PROBE line in the journal\n" + m.diagnostics())
 
 

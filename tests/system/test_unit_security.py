@@ -16,9 +16,7 @@ OVERALL = re.compile(r"Overall exposure level for \S+:\s*(\d+(?:\.\d+)?)")
 # Lines `verify` prints for directives systemd does not know or cannot parse.
 BAD_DIRECTIVE = re.compile(r"Unknown (key|section|lvalue)|Failed to parse|Invalid|ignoring", re.I)
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
-)
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 
 
 def _offline_supported() -> bool:

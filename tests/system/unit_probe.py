@@ -156,8 +156,9 @@ def main() -> int:
     results: dict[str, object] = {
         "uid_name": __import__("pwd").getpwuid(os.getuid()).pw_name,
         "groups": sorted(grp.getgrgid(g).gr_name for g in os.getgroups()),
-        "env": {k: os.environ.get(k) for k in ("BATCHD_STATE_DIR", "STATE_DIRECTORY",
-                                                 "BATCHD_CONFIG", "WATCHDOG_USEC")},
+        "env": {
+            k: os.environ.get(k) for k in ("BATCHD_STATE_DIR", "STATE_DIRECTORY", "BATCHD_CONFIG", "WATCHDOG_USEC")
+        },
     }
     check(results, "sqlite_wal", state_dir_sqlite_wal)
     check(results, "claim", claim_from_inbox)
