@@ -19,6 +19,7 @@ import orjson
 
 from batchd.backends.base import OLLAMA_TO_OPENAI
 from batchd.errors import ConfigError, InputError, LineError
+from batchd.formats import to_response_format
 from batchd.journal import NewRequest
 from batchd.pipeline import Pipeline
 
@@ -78,13 +79,9 @@ def pipeline_prefix(pipeline: Pipeline, model: str) -> dict[str, Any]:
             native[key] = value
     if native:
         prefix["options"] = native
-    if pipeline.format == "json":
-        prefix["response_format"] = {"type": "json_object"}
-    elif pipeline.format is not None:
-        prefix["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": pipeline.name or "reply", "schema": pipeline.format, "strict": True},
-        }
+    response_format = to_response_format(pipeline.format, name=pipeline.name or "reply", strict=True)
+    if response_format is not None:
+        prefix["response_format"] = response_format
     return prefix
 
 

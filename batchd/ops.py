@@ -53,7 +53,7 @@ RATE_WINDOW_SECONDS = 120.0
 
 
 def _rate(journal: Journal, job: Job, done_failed: int, now: float) -> float | None:
-    points = [(t, d + f) for t, d, f, *_ in journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)]
+    points = [(s.t, s.done + s.failed) for s in journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)]
     measured = pace.window_rate(points)
     if measured is not None:
         return measured
@@ -77,7 +77,7 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, 
     if job.state is JobState.RUNNING:
         rate = _rate(journal, job, done + counts.get("failed", 0), now)
         recent = journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)
-        lanes = recent[-1][6] if recent and recent[-1][6] is not None else lanes
+        lanes = recent[-1].lanes if recent and recent[-1].lanes is not None else lanes
         left = counts.get("queued", 0) + counts.get("running", 0)
         eta = pace.eta(left, rate)
     state = job.state.value

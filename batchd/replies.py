@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import orjson
 
+from batchd.formats import from_response_format
 from batchd.scores import as_number, parse_json_reply
 
 
@@ -63,7 +64,5 @@ def checker_for(prefix: dict[str, Any] | None, pipeline_json: str | None) -> Rep
         return ReplyChecker(None)
     pipeline = orjson.loads(pipeline_json) if pipeline_json else {}
     retries = int(pipeline.get("reply_retries", 2))
-    rf = prefix.get("response_format") or {}
-    schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
-    fmt = schema if schema else ("json" if rf.get("type") == "json_object" else None)
+    fmt = from_response_format(prefix.get("response_format"))
     return ReplyChecker(fmt, retries=retries, score_field=str(pipeline.get("score_field") or "score"))

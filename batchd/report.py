@@ -22,14 +22,13 @@ from typing import Any
 import orjson
 
 from batchd import svgchart
-from batchd.journal import Job, Journal
+from batchd.journal import Job, Journal, Sample
 from batchd.pace import duration
 from batchd.scores import Scored, ScoreSheet
 from batchd.svgchart import number
 
 TOP_N = 20
 CELL_CHARS = 160
-Sample = Sequence[Any]  # (t, done, failed, ctx_tokens, vram_used, trims, lanes)
 
 
 class ReportData:
@@ -280,7 +279,7 @@ def _failures(data: ReportData) -> str:
 
 
 def _origin(samples: Sequence[Sample], job: Job) -> float:
-    first = float(samples[0][0])
+    first = samples[0].t
     return min(first, job.started_at) if job.started_at and first - job.started_at < 600 else first
 
 
@@ -288,21 +287,21 @@ def _throughput(samples: Sequence[Sample], job: Job) -> str:
     if len(samples) < 2:
         return _too_few(samples)
     t0 = _origin(samples, job)
-    span = float(samples[-1][0]) - float(samples[0][0])
-    finished = (samples[-1][1] + samples[-1][2]) - (samples[0][1] + samples[0][2])
+    span = samples[-1].t - samples[0].t
+    finished = (samples[-1].done + samples[-1].failed) - (samples[0].done + samples[0].failed)
     # Average over windows that hold several rows each (a slow model finishes one row every
     # few samples) and that give at most ~100 steps (an overnight job has 18,000 samples).
     window = max(span / 100, 5 * span / max(1, finished))
     kept = [samples[0]]
     for s in samples[1:]:
-        if float(s[0]) - float(kept[-1][0]) >= window or s is samples[-1]:
+        if s.t - kept[-1].t >= window or s is samples[-1]:
             kept.append(s)
     pts = []
     for a, b in zip(kept, kept[1:]):
-        dt_s = float(b[0]) - float(a[0])
+        dt_s = b.t - a.t
         if dt_s > 0:  # a step per interval: the rate is an average over it, not a value at an instant
-            rate = max(0.0, ((b[1] + b[2]) - (a[1] + a[2])) * 60 / dt_s)
-            pts += [(float(a[0]) - t0, rate), (float(b[0]) - t0, rate)]
+            rate = max(0.0, ((b.done + b.failed) - (a.done + a.failed)) * 60 / dt_s)
+            pts += [(a.t - t0, rate), (b.t - t0, rate)]
     return svgchart.line(pts, "rows / min", color="#2f855a") if pts else _too_few(samples)
 
 
@@ -310,8 +309,8 @@ def _lanes(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
     """Requests allowed in flight, as steps: every change the lanes controller (or VRAM policy) made."""
     series = [(float(t), int(n)) for t, n, *_ in metrics.get("lanes_series") or []]
     if not series:  # an older metrics.json: the lanes column of the samples
-        series = [(float(s[0]), int(s[6])) for s in samples if len(s) > 6 and s[6] is not None]
-    end = max([series[-1][0], *(float(s[0]) for s in samples[-1:])]) if series else 0.0
+        series = [(s.t, int(s.lanes)) for s in samples if s.lanes is not None]
+    end = max([series[-1][0], *(s.t for s in samples[-1:])]) if series else 0.0
     if not series or end <= series[0][0]:
         return _too_few(series[:1], "" if series else "No lanes recorded for this job.")
     t0 = _origin(samples, job) if samples else series[0][0]
@@ -332,11 +331,11 @@ def _lanes(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
 
 
 def _context(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
-    pts = [(float(s[0]), float(s[3])) for s in samples if s[3] is not None]
+    pts = [(s.t, float(s.ctx_tokens)) for s in samples if s.ctx_tokens is not None]
     if len(pts) < 2:
         return _too_few(pts)
     t0 = _origin(samples, job)
-    trims = [float(b[0]) - t0 for a, b in zip(samples, samples[1:]) if (b[5] or 0) > (a[5] or 0)]
+    trims = [b.t - t0 for a, b in zip(samples, samples[1:]) if (b.trims or 0) > (a.trims or 0)]
     num_ctx = (metrics.get("context") or {}).get("num_ctx") or job.meta.get("num_ctx")
     note = (
         f"<p class='note'>Red ticks: {len(trims):,} sample interval(s) with context trims.</p>"
@@ -356,7 +355,7 @@ def _context(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> st
 
 
 def _vram(samples: Sequence[Sample], job: Job, metrics: dict[str, Any]) -> str:
-    pts = [(float(s[0]), float(s[4])) for s in samples if s[4] is not None]
+    pts = [(s.t, float(s.vram_used)) for s in samples if s.vram_used is not None]
     if len(pts) < 2:
         return _too_few(pts, "No VRAM readings (no GPU monitor, or too few samples).")
     t0 = _origin(samples, job)

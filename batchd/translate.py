@@ -7,6 +7,7 @@ import hashlib
 from typing import Any
 
 from batchd.backends.base import OPENAI_OPTION_KEYS, ChatRequest
+from batchd.formats import from_response_format
 
 
 def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id: str = "") -> ChatRequest:
@@ -20,13 +21,7 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
         # (ollama/ollama api/types.go Options.FromMap) on every such request.
         options["stop"] = [options["stop"]]
     think = _think(body, options)
-    fmt: dict[str, Any] | str | None = None
-    rf = body.get("response_format")
-    if isinstance(rf, dict):
-        if rf.get("type") == "json_schema":
-            fmt = (rf.get("json_schema") or {}).get("schema") or "json"
-        elif rf.get("type") == "json_object":
-            fmt = "json"
+    fmt = from_response_format(body.get("response_format"))
     messages = [{"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])]
     return ChatRequest(
         model=body.get("model") or model,

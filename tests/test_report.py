@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batchd.journal import FinalStatus, Job, JobState, Journal, NewRequest, Outcome, ReqState
+from batchd.journal import FinalStatus, Job, JobState, Journal, NewRequest, Outcome, ReqState, Sample
 from batchd.pipeline import Pipeline
 from batchd.report import TOP_N, ReportData, render, write_report
 from batchd.scores import Scored, ScoreSheet
@@ -79,9 +79,10 @@ def _data(n: int, *, failed: int = 0) -> ReportData:
     return data
 
 
-def _samples(n: int) -> list[tuple]:
+def _samples(n: int) -> list[Sample]:
     return [
-        (1000.0 + 2 * i, 5 * i, i // 20, 500 + (37 * i) % 3000, (8 + i % 7 / 10) * 2**30, i // 50, 4) for i in range(n)
+        Sample(1000.0 + 2 * i, 5 * i, i // 20, 500 + (37 * i) % 3000, (8 + i % 7 / 10) * 2**30, i // 50, 4)
+        for i in range(n)
     ]
 
 

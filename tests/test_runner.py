@@ -187,7 +187,7 @@ def test_samples_and_metrics_are_persisted(make_settings: Callable[..., Settings
     assert runner.metrics.offload is not None and runner.metrics.offload["cpu_bytes"] == 1_500_000_000
     assert outcome == "completed"
     samples = journal.samples(runner.job.id)
-    assert samples and samples[-1][1] == 20 and samples[-1][6] == 2 and samples[-1][4] == pytest.approx(0.5)
+    assert samples and samples[-1].done == 20 and samples[-1].lanes == 2 and samples[-1].vram_used == pytest.approx(0.5)
     job = journal.job(runner.job.id)
     assert job is not None
     restored = JobMetrics.from_state(job.metrics["state"])

@@ -18,6 +18,7 @@ from batchd.backends.http import JsonHttp, decode, translate
 from batchd.backends.transport import make_client
 from batchd.backends.wire import ChatCompletion, OpenAIModel, OpenAIModelList, OpenAIUsage
 from batchd.errors import ModelNotFound
+from batchd.formats import to_response_format
 from batchd.redact import redact_url
 
 #: Ollama option name -> OpenAI body key; anything else (num_ctx, num_gpu, ...) is server-side
@@ -37,10 +38,9 @@ def to_body(request: ChatRequest) -> dict[str, Any]:
         if value is None or (name == "num_predict" and int(value) <= 0):  # Ollama's -1 = unlimited
             continue
         body[key] = value
-    if isinstance(request.format, dict):
-        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": request.format}}
-    elif request.format == "json":
-        body["response_format"] = {"type": "json_object"}
+    response_format = to_response_format(request.format)
+    if response_format is not None:
+        body["response_format"] = response_format
     return body
 
 

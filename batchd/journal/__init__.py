@@ -29,6 +29,7 @@ from batchd.journal.records import (
     ReqState,
     Request,
     RunOutcome,
+    Sample,
 )
 from batchd.journal.schema import SCHEMA_VERSION
 from batchd.journal.store import Journal
@@ -43,6 +44,7 @@ __all__ = [
     "JobState",
     "Journal",
     "NewRequest",
+    "Sample",
     "Outcome",
     "ReqState",
     "Request",

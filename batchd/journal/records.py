@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class JobState(str, Enum):
@@ -132,3 +132,21 @@ class Outcome:
     error: dict[str, Any] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+class Sample(NamedTuple):
+    """One point of a running job's time series (``Journal.add_sample``, every few seconds)."""
+
+    #: wall-clock time (``time.time()``)
+    t: float
+    #: requests done and failed so far
+    done: int
+    failed: int
+    #: the largest prompt the server counted in the last interval, when known
+    ctx_tokens: int | None
+    #: GPU memory in use, a fraction of the card, when known
+    vram_used: float | None
+    #: context trims so far
+    trims: int
+    #: requests allowed in flight then
+    lanes: int | None

@@ -13,7 +13,7 @@ import orjson
 
 from batchd.journal.api_tables import ApiRecords
 from batchd.journal.lifecycle import Lifecycle
-from batchd.journal.records import Job, JobState, NewRequest, Outcome, ReqState, Request
+from batchd.journal.records import Job, JobState, NewRequest, Outcome, ReqState, Request, Sample
 from batchd.journal.rows import (
     JOB_COLS,
     REQ_COLS,
@@ -224,12 +224,10 @@ class Journal(Lifecycle, ApiRecords):
                 (job_id, time.time(), done, failed, ctx_tokens, vram_used, trims, lanes),
             )
 
-    def samples(
-        self, job_id: str, since: float | None = None
-    ) -> list[tuple[float, int, int, int | None, float | None, int, int]]:
+    def samples(self, job_id: str, since: float | None = None) -> list[Sample]:
         """A job's time series, oldest first; ``since`` keeps only the recent stretch (in SQL, via the index)."""
         return [
-            tuple(r)
+            Sample(*r)
             for r in self._query(
                 "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? AND t>=? "
                 "ORDER BY t",
