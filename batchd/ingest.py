@@ -189,6 +189,12 @@ def check_messages(messages: Any) -> str | None:
     return None
 
 
+def _unreadable_rest(seq: int, line: int, problem: str, code: str) -> NewRequest:
+    """The one error record for a CSV that cannot be read past ``line``: it and the rows after it."""
+    error = LineError(f"{problem}; rows after it were not read", line=line, code=code)
+    return NewRequest(seq=seq, line=line, custom_id=None, body=None, error=error.as_record())
+
+
 def read_csv(fh: BinaryIO, pipeline: Pipeline, limits: Limits) -> tuple[list[str], Iterator[NewRequest]]:
     """Returns the header and a generator of rows rendered through the pipeline."""
     head = fh.peek(8192)[:8192] if hasattr(fh, "peek") else b""
@@ -232,30 +238,10 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
         except StopIteration:
             return
         except UnicodeDecodeError as exc:
-            seq += 1
-            yield NewRequest(
-                seq=seq,
-                line=start,
-                custom_id=None,
-                body=None,
-                error=LineError(
-                    f"not UTF-8 text: {exc.reason}; rows after it were not read", line=start, code="not_utf8"
-                ).as_record(),
-            )
+            yield _unreadable_rest(seq + 1, start, f"not UTF-8 text: {exc.reason}", "not_utf8")
             return
         except csv.Error as exc:
-            seq += 1
-            yield NewRequest(
-                seq=seq,
-                line=start,
-                custom_id=None,
-                body=None,
-                error=LineError(
-                    f"CSV syntax error ({exc}); unbalanced quote? rows after it were not read",
-                    line=start,
-                    code="invalid_csv",
-                ).as_record(),
-            )
+            yield _unreadable_rest(seq + 1, start, f"CSV syntax error ({exc}); unbalanced quote?", "invalid_csv")
             return
         if reader.line_num > max_lines:
             raise InputError(f"more than {max_lines:,} lines (limits.max_lines)", code="too_many_lines")
