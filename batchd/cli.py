@@ -124,7 +124,12 @@ def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
     async def go() -> int:
         # SIGHUP re-reads the same sources (file + environment) the first load used.
         daemon = ServiceDaemon(
-            notifier=notifier, settings=settings, config=config, reload_settings=lambda: load_settings(config=config)
+            notifier=notifier,
+            settings=settings,
+            config=config,
+            reload_settings=lambda: load_settings(config=config),
+            # systemd's StateDirectory= (a colon-separated list when several are set; ours is the first)
+            unit_state_dir=Path(state.split(":")[0]) if (state := os.environ.get("STATE_DIRECTORY")) else None,
         )
         Signals(daemon).install(asyncio.get_running_loop())
         try:

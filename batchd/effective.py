@@ -59,9 +59,23 @@ def redact(value: Any) -> Any:
     return value
 
 
-def write_record(settings: Settings, *, config: Path | None, pid: int | None = None) -> Path | None:
-    """Write the record atomically (readable by the daemon's group only); None when the state dir refuses."""
+def write_record(
+    settings: Settings, *, config: Path | None, pid: int | None = None, unit_state_dir: Path | None = None
+) -> Path | None:
+    """Write the record atomically (readable by the daemon's group only); None when the state dir refuses.
+
+    ``unit_state_dir`` is the unit's ``StateDirectory=`` (``$STATE_DIRECTORY``): a drop-in that moves
+    ``state_dir`` elsewhere leaves the shell's settings naming the unit's folder, so the record goes
+    there too and the operator's commands still find it (and, in it, the moved folder)."""
     path = record_path(settings)
+    if not _write(path, _body(settings, config, pid)):
+        return None
+    if unit_state_dir is not None and unit_state_dir.resolve() != settings.state_dir.resolve():
+        _write(unit_state_dir / FILE_NAME, path.read_bytes())
+    return path
+
+
+def _body(settings: Settings, config: Path | None, pid: int | None) -> bytes:
     body = {
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "pid": pid or os.getpid(),
@@ -69,17 +83,21 @@ def write_record(settings: Settings, *, config: Path | None, pid: int | None = N
         "config_file": str(config_path(config)),
         "settings": redact(settings.model_dump(mode="json")),
     }
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _write(path: Path, data: bytes) -> bool:
     tmp = path.with_name(f".{FILE_NAME}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o640)
-            fh.write(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+            fh.write(data)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("effective_settings_not_written", path=str(path), error=str(exc))
-        return None
-    return path
+        return False
+    return True
 
 
 def _explicit(config: Path | None, environ: Mapping[str, str]) -> bool:

@@ -236,10 +236,14 @@ def _one_line(text: str) -> str:
 class ServiceDaemon(Daemon):
     """The daemon with its hooks wired to a ``Notifier`` (what ``batchd run`` runs)."""
 
-    def __init__(self, *, notifier: Notifier, config: Path | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, notifier: Notifier, config: Path | None = None, unit_state_dir: Path | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.notifier = notifier
         self.config = config
+        #: the unit's StateDirectory= ($STATE_DIRECTORY), where operator commands look for the record
+        self.unit_state_dir = unit_state_dir
 
     def on_ready(self) -> None:
         self.notifier.ready(self.status_line())
@@ -261,7 +265,7 @@ class ServiceDaemon(Daemon):
 
     def on_settings(self) -> None:
         # For `batchd doctor`/`status` from a shell, which does not see the unit's Environment=.
-        write_record(self.settings, config=self.config)
+        write_record(self.settings, config=self.config, unit_state_dir=self.unit_state_dir)
 
     def on_stopping(self) -> None:
         self.notifier.stopping("stopping: finishing requests in flight")

@@ -205,3 +205,29 @@ def test_the_service_records_its_settings_at_start_and_after_a_reload(
 
     asyncio.run(scenario())
     assert SECRET not in record.read_text()
+
+
+def test_a_drop_in_that_moves_the_state_dir_is_still_found(
+    folders: Folders, no_batchd_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Environment=BATCHD_STATE_DIR=/data/batchd` in a drop-in: the journal moves, but the shell's settings
+    still name the unit's StateDirectory (/var/lib/batchd). The daemon leaves its record there too, so the
+    operator's commands find the service's settings, the moved state dir among them."""
+    unit_dir = folders.state  # $STATE_DIRECTORY, what the shell's settings name
+    moved = folders.root / "data-batchd"
+    moved.mkdir()  # the daemon made it: it holds the journal
+    toml = _toml(folders, "http://127.0.0.1:11434")
+    service = Settings(
+        state_dir=moved, inbox=folders.inbox, outbox=folders.outbox, backend={"url": "http://10.0.0.9:8000"}
+    )
+    written = write_record(service, config=toml, pid=88, unit_state_dir=unit_dir)
+    assert written == moved / FILE_NAME and (unit_dir / FILE_NAME).read_bytes() == written.read_bytes()
+    import batchd.config
+
+    monkeypatch.setattr(batchd.config, "DEFAULT_CONFIG", toml)
+    loaded = load_for_operator(None, environ={})
+    assert loaded.settings.state_dir == moved and loaded.settings.backend.url == "http://10.0.0.9:8000"
+    # Without a StateDirectory (run by hand), only the settings' own state dir gets the record.
+    (unit_dir / FILE_NAME).unlink()
+    write_record(service, config=toml, pid=89, unit_state_dir=None)
+    assert not (unit_dir / FILE_NAME).exists()
