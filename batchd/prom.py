@@ -30,13 +30,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from batchd import __version__, errors
+from batchd.addr import split_host_port
 from batchd.config import MetricsSettings
 from batchd.errors import ConfigError
 from batchd.fsutil import write_atomic
 from batchd.journal import FINISHED
 from batchd.metrics import LATENCY_BUCKETS, JobMetrics
-
-DEFAULT_HOST = "127.0.0.1"
 
 
 def _known_codes() -> frozenset[str]:
@@ -238,17 +237,7 @@ class Exporter:
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port``, ``:port`` or ``port`` (loopback)."""
-    text = listen.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = "", text
-    host = host.strip("[]") or DEFAULT_HOST
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError("metrics.listen", f"{listen!r} is not host:port") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError("metrics.listen", f"port {port} is out of range")
+    host, port = split_host_port(listen, key="metrics.listen")
     if host != "localhost":
         try:
             ipaddress.ip_address(host)

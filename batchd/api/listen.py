@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 
+from batchd.addr import split_host_port
 from batchd.config import Settings
 from batchd.errors import ConfigError
 
-DEFAULT_HOST = "127.0.0.1"
 #: a guessable token on an address other hosts reach is no token
 MIN_TOKEN_CHARS = 16
 
@@ -24,16 +24,7 @@ def check_listen(settings: Settings) -> tuple[str, int]:
     Accepted: ``host:port``, ``[v6]:port``, ``:port`` or ``port`` (loopback).
     """
     listen = (settings.api.listen or "").strip()
-    host, sep, port_text = listen.rpartition(":")
-    if not sep:
-        host, port_text = "", listen
-    host = host.strip("[]") or DEFAULT_HOST
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError("api.listen", f"{listen!r} is not host:port") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError("api.listen", f"port {port} is out of range")
+    host, port = split_host_port(listen, key="api.listen")
     token = settings.api.token
     if token is not None and not token.strip():
         raise ConfigError("api.token", "is blank: no client could ever match it; remove it or set a real token")
