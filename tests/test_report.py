@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import shutil
-import struct
-import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +12,7 @@ from batchd.journal import FinalStatus, Job, JobState, Journal, NewRequest, Outc
 from batchd.pipeline import Pipeline
 from batchd.report import TOP_N, ReportData, render, write_report
 from batchd.scores import Scored, ScoreSheet
+from tests.browser import chromium, read_png, screenshot
 
 EVIL = "<script>alert(1)</script>"
 
@@ -190,48 +186,19 @@ def test_float_scores_are_binned() -> None:
     assert page.count("<rect") == 10
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _png_colours(png: bytes) -> tuple[int, int, int]:
     """Width, height and distinct byte values of the decoded (still filtered) pixel stream."""
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, width, height = 8, b"", 0, 0
-    while pos < len(png):
-        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
-        chunk = png[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height = struct.unpack(">II", chunk[:8])
-        elif kind == b"IDAT":
-            idat += chunk
-        pos += 12 + length
+    image = read_png(png)
     # A one-colour image filters down to a handful of byte values; text and charts give hundreds.
-    return width, height, len(set(zlib.decompress(idat)))
+    return image.width, image.height, len(set(image.raw))
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text(render(_job(), _data(200, failed=3), _samples(300), {"status": "completed"}), encoding="utf-8")
     shot = tmp_path / "shot.png"
-    cmd = [
-        str(_chromium()),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,1600",
-        "--enable-logging=stderr",
-        "--v=0",
-        page.as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    proc = screenshot(page, shot, home=tmp_path, size="1200,1600", extra=("--enable-logging=stderr", "--v=0"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The page has no script, so any console line (an error, a CSP refusal) is a defect.
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]

@@ -4,13 +4,10 @@ beside ``batchd status --json``, and the Prometheus endpoint scraped over loopba
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import struct
 import subprocess
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,15 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchd.statuspage import STATUS_HTML, STATUS_JSON
+from tests.browser import chromium, read_png, screenshot
 from tests.conftest import REPO, Folders, batchd_cmd, run_batchd, wait_for
 from tests.emulator import Emulator
 
 #: the progress bar's fill colour in statuspage.CSS (.fill), used nowhere else on the page
 FILL = (0x2F, 0x7D, 0xE1)
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _free_port() -> int:
@@ -139,7 +133,7 @@ def start(folders: Folders, emulator: Emulator) -> Iterator[Callable[..., Daemon
 # -- the status page -----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_status_page_moves_in_a_browser_and_agrees_with_batchd_status(
     start: Callable[..., Daemon], folders: Folders, emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -185,44 +179,15 @@ def _screenshot(page: Path, work: Path) -> tuple[bytes, float]:
     work.mkdir()
     progress = orjson.loads((page.parent / STATUS_JSON).read_bytes())["active"][0]["progress"]
     shot = work / "shot.png"
-    cmd = [
-        str(_chromium()),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--force-color-profile=srgb",
-        "--hide-scrollbars",
-        f"--user-data-dir={work / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,700",
-        page.as_uri(),
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(work)}, check=False
-    )
+    proc = screenshot(page, shot, home=work, size="1200,700", extra=("--force-color-profile=srgb", "--hide-scrollbars"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return shot.read_bytes(), progress
 
 
 def _fill_pixels(png: bytes) -> int:
     """How many pixels have the progress bar's fill colour (a PNG decoded by hand, no Pillow)."""
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, width, height, channels = 8, b"", 0, 0, 0
-    while pos < len(png):
-        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
-        chunk = png[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height, depth, colour = struct.unpack(">IIBB", chunk[:10])
-            assert depth == 8 and colour in (2, 6), (depth, colour)
-            channels = 3 if colour == 2 else 4
-        elif kind == b"IDAT":
-            idat += chunk
-        pos += 12 + length
-    raw = zlib.decompress(idat)
+    image = read_png(png)
+    raw, width, height, channels = image.raw, image.width, image.height, image.channels
     stride = width * channels
     prev = bytearray(stride)
     count = 0
