@@ -13,16 +13,14 @@ import structlog.testing
 
 from batchd.backends import make_backend
 from batchd.backends.base import ChatRequest, LoadedModel
-from batchd.claim import Claimer
 from batchd.config import Settings
 from batchd.daemon import Daemon
-from batchd.inbox import scan
-from batchd.journal import JobState, Journal
+from batchd.journal import Journal
 from batchd.metrics import JobMetrics
 from batchd.reloads import ReloadWatch
 from batchd.runner import JobRunner
 from tests.emulator import Emulator
-from tests.test_runner import FakeGpu, until
+from tests.test_runner import FakeGpu, started_job, until
 
 MODEL = "gemma3:4b"
 
@@ -45,15 +43,7 @@ def run_lines(
                 + b"\n"
             )
     journal = Journal(settings.journal_path)
-    claimer = Claimer(settings=settings, journal=journal)
-    (cand,) = scan(settings.inbox)
-    claimed = claimer.claim(cand)
-    assert claimed is not None
-    if claimed.state is JobState.INGESTING:
-        claimer.ingest(claimed.job_id)
-    assert journal.start_run(claimed.job_id, 0.0)
-    job = journal.job(claimed.job_id)
-    assert job is not None
+    job = started_job(settings, journal)
 
     async def go() -> tuple[JobRunner, str]:
         backend = make_backend(settings)

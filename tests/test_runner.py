@@ -60,6 +60,11 @@ def write_requests(path: Path, n: int, *, size: int = 40) -> None:
 
 def queued_job(settings: Settings, journal: Journal, n: int, **kw: Any) -> Job:
     write_requests(settings.inbox / "job.jsonl", n, **kw)
+    return started_job(settings, journal)
+
+
+def started_job(settings: Settings, journal: Journal) -> Job:
+    """The one file in the inbox, claimed, ingested and started, as the daemon would before its runner."""
     claimer = Claimer(settings=settings, journal=journal)
     (cand,) = scan(settings.inbox)
     claimed = claimer.claim(cand)
