@@ -30,6 +30,7 @@ from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.live import LiveViews
 from batchd.outbox import Outbox
 from batchd.pace import duration, eta, rate
+from batchd.redact import host_of
 from batchd.runner import JobRunner
 from batchd.watch import choose_mode
 
@@ -346,7 +347,7 @@ class Daemon:
             return f"{text}, queue {len(queued)}" if queued else text
         gate = runner.gate
         if gate.down_since is not None:
-            host = runner.backend.host.split("://", 1)[-1]
+            host = host_of(runner.backend.host)
             since = time.strftime("%H:%M:%S", time.localtime(gate.down_since_wall or time.time()))
             return (
                 f"waiting for backend at {host} since {since} (down {duration(self.clock() - gate.down_since)}, "

@@ -28,6 +28,7 @@ from batchd.errors import BatchdError
 from batchd.fsutil import write_atomic
 from batchd.journal import Job, Journal
 from batchd.prom import Exporter, Live, Queue
+from batchd.redact import host_of
 from batchd.share import SharedFolder
 from batchd.statuspage import DaemonState, Waiting
 
@@ -175,7 +176,7 @@ class LiveViews:
         if gate.down_since is not None:
             if self._outage is None or self._outage[0] != gate.down_since:
                 self._outage = (gate.down_since, self.wall() - (self.daemon.clock() - gate.down_since))
-            waiting = Waiting(job_id=runner.job.id, backend=_host(runner.backend.host), since=self._outage[1])
+            waiting = Waiting(job_id=runner.job.id, backend=host_of(runner.backend.host), since=self._outage[1])
         else:
             self._outage = None
         self._backend_up = gate.is_open
@@ -285,8 +286,3 @@ def _queue(views: dict[str, list[dict[str, Any]]]) -> Queue:
         progress=head["progress"] if head else None,
         eta_seconds=head["eta_seconds"] if head else None,
     )
-
-
-def _host(url: str) -> str:
-    """``host:port`` of a backend URL, without any ``user:password@``."""
-    return url.split("://", 1)[-1].rsplit("@", 1)[-1]

@@ -22,6 +22,11 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
+def host_of(url: str) -> str:
+    """The ``host:port`` of a backend URL to show a person: no scheme, no ``user:password@`` (nor ``***@``)."""
+    return url.split("://", 1)[-1].rsplit("@", 1)[-1]
+
+
 def looks_secret(key: str) -> bool:
     return bool(_SECRETISH.search(key))
 

@@ -167,3 +167,13 @@ def test_report_survives_extreme_scores(scores: list[float]) -> None:
     page = render(_job(), data, [], {})
     assert "<svg" in page and "<rect" in page
     assert " nan" not in page and ">nan" not in page and "inf<" not in page
+
+
+def test_the_host_shown_to_people_carries_no_credentials() -> None:
+    from batchd.redact import host_of, redact_url
+
+    # The status line and the status page show the backend as host:port, whether the URL still holds its
+    # password or the backend already hid it as ***@.
+    assert host_of("http://bob:pw@gpu1:8000") == "gpu1:8000"
+    assert host_of(redact_url("http://bob:pw@gpu1:8000/v1")) == "gpu1:8000/v1"
+    assert host_of("http://127.0.0.1:11434") == "127.0.0.1:11434"
