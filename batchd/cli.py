@@ -58,7 +58,7 @@ OPERATOR_COMMANDS = ("status", "cancel", "retry", "doctor")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # --version and --help end here, before any dependency is imported
     from batchd.config import load_settings, unknown_env_warnings
-    from batchd.effective import load_for_operator
+    from batchd.ops.effective import load_for_operator
 
     try:
         source = ""
@@ -90,7 +90,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, *, source: str = "")
     cmd = args.command
     if cmd == "run":
         return _run(settings, once=args.once, config=args.config)
-    from batchd import ops
+    from batchd.ops import commands as ops
 
     if cmd == "status":
         return ops.status(settings, as_json=args.json, limit=args.limit)
@@ -108,8 +108,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings, *, source: str = "")
 
 
 def _run(settings: Settings, *, once: bool, config: Path | None = None) -> int:
-    from batchd import logs, preflight
+    from batchd import logs
     from batchd.config import load_settings
+    from batchd.ops import preflight
     from batchd.service import Notifier, ServiceDaemon, Signals
 
     preflight.check(settings)  # the same checks as `batchd doctor`: exit 2 before anything starts

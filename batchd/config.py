@@ -54,7 +54,7 @@ class BackendSettings(_Section):
     #: several hosts of the same kind; when set, ``url`` is ignored
     urls: list[str] = Field(default_factory=list)
     model: str = "gemma3:4b"
-    #: requests in flight at once: an integer pins it, "auto" lets ``batchd.lanes`` find the server's knee
+    #: requests in flight at once: an integer pins it, "auto" lets ``batchd.run.lanes`` find the server's knee
     lanes: int | Literal["auto"] = "auto"
     #: bounds for "auto" (a pinned integer ignores them); lanes_max unset = 64 per host, at most 256
     lanes_min: int = Field(default=1, ge=1, le=256)

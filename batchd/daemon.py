@@ -21,18 +21,18 @@ import structlog
 from batchd.aio import wait_first
 from batchd.backends import make_backend
 from batchd.backends.base import Backend, answering_model
-from batchd.claim import Claimer
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
-from batchd.inbox import scan
-from batchd.intake import Intake
+from batchd.intake.claim import Claimer
+from batchd.intake.inbox import scan
+from batchd.intake.watch import choose_mode
+from batchd.intake.worker import Intake
 from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
-from batchd.live import LiveViews
-from batchd.outbox import Outbox
 from batchd.pace import duration, eta, rate
+from batchd.publish.outbox import Outbox
 from batchd.redact import host_of
-from batchd.runner import JobRunner
-from batchd.watch import choose_mode
+from batchd.run.runner import JobRunner
+from batchd.status.live import LiveViews
 
 log = structlog.get_logger("batchd.daemon")
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from batchd.errors import ConfigError
 from batchd.fsutil import UnsafeFile, read_beneath
-from batchd.scores import RESERVED_COLUMNS
+from batchd.publish.scores import RESERVED_COLUMNS
 
 PIPELINE_FILE = "pipeline.toml"
 #: a pipeline.toml or system prompt file is read whole; anything bigger is not a pipeline

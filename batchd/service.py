@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 
 from batchd.daemon import Daemon
-from batchd.effective import write_record
+from batchd.ops.effective import write_record
 
 log = structlog.get_logger("batchd.service")
 

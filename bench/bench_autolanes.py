@@ -47,7 +47,7 @@ class Server:
         cmd = [
             sys.executable,
             "-m",
-            "tests.emulator",
+            "tests.support.emulator",
             "--port",
             "0",
             "--latency",

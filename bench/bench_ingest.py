@@ -25,8 +25,8 @@ _CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from batchd.config import Settings
-from batchd.claim import Claimer
-from batchd.inbox import scan
+from batchd.intake.claim import Claimer
+from batchd.intake.inbox import scan
 from batchd.journal import Journal
 root = Path(sys.argv[1])
 settings = Settings(inbox=root / "inbox", outbox=root / "outbox", state_dir=root / "state",

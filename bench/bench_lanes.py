@@ -34,7 +34,17 @@ GOAL = 0.9
 
 def start_emulator(latency: float, slots: int) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.emulator", "--port", "0", "--latency", str(latency), "--slots", str(slots)],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.emulator",
+            "--port",
+            "0",
+            "--latency",
+            str(latency),
+            "--slots",
+            str(slots),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

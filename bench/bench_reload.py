@@ -26,7 +26,7 @@ import httpx
 
 from batchd.backends.base import ChatRequest
 from batchd.backends.ollama import OllamaBackend
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 MODEL = "gemma3:4b"
 NUM_CTX = 4096

@@ -1,7 +1,7 @@
 """Shared helpers for the benchmarks: emulator process, batchd runs in temp folders, machine facts.
 
 Every benchmark drives real processes: the emulator is started as
-``python -m tests.emulator --port 0 ...`` (its first stdout line is
+``python -m tests.support.emulator --port 0 ...`` (its first stdout line is
 ``listening on URL``) and batchd as ``python -m batchd run --once`` with
 ``BATCHD_*`` variables, exactly what an operator would run. Nothing here
 imports batchd, so a benchmark measures the installed code, not a copy.
@@ -68,7 +68,7 @@ def summary(name: str, text: str) -> str:
 
 
 class EmulatorProcess:
-    """``python -m tests.emulator`` in its own process; ``kill()`` + ``start()`` keep the port."""
+    """``python -m tests.support.emulator`` in its own process; ``kill()`` + ``start()`` keep the port."""
 
     def __init__(self, *, latency: float = 0.0, slots: int = 0, port: int = 0, context_length: int = 8192) -> None:
         self.latency, self.slots, self.port, self.context_length = latency, slots, port, context_length
@@ -79,7 +79,7 @@ class EmulatorProcess:
         cmd = [
             sys.executable,
             "-m",
-            "tests.emulator",
+            "tests.support.emulator",
             "--port",
             str(self.port),
             "--latency",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from batchd.config import Settings
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 REPO = Path(__file__).resolve().parent.parent
 

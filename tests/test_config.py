@@ -151,14 +151,14 @@ def test_any_unexpected_error_while_loading_settings_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     import batchd.config
-    import batchd.effective
+    import batchd.ops.effective
 
     def broken(**_: object) -> Settings:
         raise RuntimeError("something nobody foresaw")
 
     # cli imports load_settings when it runs (so `batchd --version` needs no pydantic)
     monkeypatch.setattr(batchd.config, "load_settings", broken)
-    monkeypatch.setattr(batchd.effective, "load_settings", broken)
+    monkeypatch.setattr(batchd.ops.effective, "load_settings", broken)
     assert main([command]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["batchd: configuration error: settings: RuntimeError: something nobody foresaw"]

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from batchd.config import Settings, load_settings
 from tests.conftest import REPO, Folders, read_jsonl, run_batchd
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 CONFIG = REPO / "packaging" / "batchd.toml"
 _HEADER = re.compile(r"^\[([a-z_]+)\]\s*(#.*)?$")

@@ -11,7 +11,7 @@ import structlog
 
 from batchd.config import Settings
 from batchd.daemon import Daemon
-from batchd.ops import request_cancel
+from batchd.ops.commands import request_cancel
 from tests.conftest import Folders, write_jsonl
 
 

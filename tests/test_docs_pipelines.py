@@ -17,7 +17,7 @@ import pytest
 from batchd.errors import ConfigError
 from batchd.pipeline import load_pipeline
 from tests.conftest import REPO, Folders, read_jsonl, run_batchd
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 DOC = REPO / "docs" / "PIPELINES.md"
 _BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.emulator import Emulator, count_tokens, reply_content
+from tests.support.emulator import Emulator, count_tokens, reply_content
 
 MODEL = "gemma3:4b"
 SCHEMA: dict[str, Any] = {
@@ -341,7 +341,7 @@ def test_slots_limit_concurrency(make_emu: Callable[..., Emulator]) -> None:
 
 
 def test_runs_as_a_process() -> None:
-    script = Path(__file__).with_name("emulator.py")
+    script = Path(__file__).parent / "support" / "emulator.py"
     proc = subprocess.Popen(
         [sys.executable, str(script), "--port", "0", "--slots", "4"], stdout=subprocess.PIPE, text=True
     )

@@ -42,6 +42,6 @@ def test_the_four_former_copies_use_it() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "batchd"
-    for rel in ("ingest.py", "translate.py", "replies.py", "backends/openai.py"):
+    for rel in ("intake/ingest.py", "run/translate.py", "run/replies.py", "backends/openai.py"):
         text = (root / rel).read_text()
         assert "batchd.formats" in text and '"json_schema"' not in text, rel

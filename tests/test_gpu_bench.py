@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 REPO = Path(__file__).resolve().parent.parent
 

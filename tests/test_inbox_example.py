@@ -6,7 +6,7 @@ import re
 import shutil
 
 from tests.conftest import REPO, Folders, outbox_entries, read_jsonl, run_batchd
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 EXAMPLE = REPO / "inbox.example"
 

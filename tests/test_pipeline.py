@@ -9,7 +9,7 @@ import pytest
 
 from batchd.config import load_settings
 from batchd.errors import ConfigError, InputError
-from batchd.ingest import Limits, pipeline_prefix, read_csv
+from batchd.intake.ingest import Limits, pipeline_prefix, read_csv
 from batchd.pipeline import Pipeline, load_pipeline
 
 LIMITS = Limits(max_lines=1000, max_line_bytes=1 << 20)

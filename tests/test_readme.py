@@ -19,7 +19,7 @@ import pytest
 
 from batchd.cli import _parser, main
 from tests.conftest import REPO, Folders, run_batchd
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 README = REPO / "README.md"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -196,7 +196,7 @@ def test_the_reliability_page_names_tests_that_exist() -> None:
 
 
 def test_the_scores_csv_columns_are_listed_in_their_real_order() -> None:
-    from batchd.scores import ScoreSheet
+    from batchd.publish.scores import ScoreSheet
 
     row = re.search(r"^\| `scores\.csv` \| (.+) \|$", _text(), re.MULTILINE)
     assert row is not None

@@ -9,12 +9,12 @@ import pytest
 
 from batchd.config import load_settings
 from batchd.errors import ConfigError
-from batchd.ops import status_table, status_views
+from batchd.ops.commands import status_table, status_views
 from batchd.pipeline import Pipeline
+from batchd.publish.report import ReportData, render
+from batchd.publish.scores import Scored, ScoreSheet, safe_cell
 from batchd.redact import escape_controls, redact_url
-from batchd.report import ReportData, render
-from batchd.scores import Scored, ScoreSheet, safe_cell
-from tests.test_report import _job
+from tests.publish.test_report import _job
 
 # -- scores.csv ---------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import structlog.testing
 from batchd import service
 from batchd.service import Notifier, ServiceDaemon, Signals, status_state
 from tests.conftest import Folders, until, write_jsonl
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 HAVE_LIBSYSTEMD = service._libsystemd_notify() is not None
 

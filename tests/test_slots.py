@@ -8,8 +8,8 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.emulator import Emulator
-from tests.slots import SlotPool
+from tests.support.emulator import Emulator
+from tests.support.slots import SlotPool
 
 
 def _chat(url: str) -> float:

@@ -36,13 +36,13 @@ from batchd.api.models import (
 from batchd.api.retention import Retention
 from batchd.api.store import ApiStore, BatchRecord, FileRecord
 from batchd.api.uploads import Upload, accept
-from batchd.claim import Claimer, new_job_id
 from batchd.config import Settings
 from batchd.errors import StorageError
 from batchd.fsutil import fsync_dir
-from batchd.inbox import pipeline_for, safe_stem
+from batchd.intake.claim import Claimer, new_job_id
+from batchd.intake.inbox import pipeline_for, safe_stem
 from batchd.journal import FINISHED, FinalStatus, Job, JobState, Journal, ReqState
-from batchd.ops import request_cancel
+from batchd.ops.commands import request_cancel
 
 log = structlog.get_logger("batchd.api")
 

@@ -11,7 +11,7 @@ import orjson
 
 from batchd.config import Settings
 from tests.conftest import outbox_entries, read_jsonl, run_daemon_once
-from tests.emulator import Emulator, count_tokens
+from tests.support.emulator import Emulator, count_tokens
 
 SYSTEM = {"role": "system", "content": "You score job candidates from 1 to 10. Reply with one short line."}
 

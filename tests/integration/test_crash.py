@@ -6,7 +6,7 @@ import sqlite3
 import subprocess
 
 from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 
 def test_kill_9_mid_run_then_resume(folders: Folders, emulator: Emulator) -> None:

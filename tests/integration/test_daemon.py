@@ -24,7 +24,7 @@ import pytest
 from batchd.daemon import Daemon
 from batchd.journal import Job, JobState, Journal
 from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, until, wait_for, write_jsonl
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 
 @dataclass

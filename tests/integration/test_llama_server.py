@@ -28,8 +28,7 @@ import structlog
 from batchd.backends.base import ChatRequest, ChatResult
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import Settings
-from batchd.context import TokenEstimate
-from tests.conformance import CASES, Case, Server
+from batchd.run.context import TokenEstimate
 from tests.conftest import read_jsonl, run_daemon_once
 from tests.realserver import (
     ALIAS,
@@ -38,6 +37,7 @@ from tests.realserver import (
     gemma_gguf,
     llama_server_binary,
 )
+from tests.support.conformance import CASES, Case, Server
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.timeout(WAIT_SECONDS + 900)]
 

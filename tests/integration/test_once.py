@@ -10,7 +10,7 @@ import threading
 import orjson
 
 from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 
 def _metrics(folder) -> dict:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import orjson
 
 from batchd.config import Settings
 from tests.conftest import Folders, read_jsonl, run_daemon_once
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 SCHEMA = """
 [format]

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
-from tests.emulator import Emulator, last_user_content
+from tests.support.emulator import Emulator, last_user_content
 
 SCALE = float(os.environ.get("BATCHD_RELIABILITY_SCALE", "1"))
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Folders, outbox_entries, read_jsonl, run_batchd, write_jsonl
 from tests.data import make_bad
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 

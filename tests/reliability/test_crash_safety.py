@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 SCALE = float(os.environ.get("BATCHD_RELIABILITY_SCALE", "1"))
 

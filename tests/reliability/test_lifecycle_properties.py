@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 
-from batchd.claim import new_job_id
 from batchd.config import Settings
 from batchd.daemon import Daemon
+from batchd.intake.claim import new_job_id
 from batchd.journal import FINISHED, JobState, Journal
 from tests.conftest import REPO, Folders, batchd_cmd, wait_for
-from tests.emulator import Emulator
-from tests.reliability.lifecycle_model import (
+from tests.support.emulator import Emulator
+from tests.support.lifecycle_model import (
     CSV_FOLDER,
     PROFILE,
     Action,

@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, wait_for, write_jsonl
-from tests.emulator import Emulator
-from tests.reliability.procstats import Sampler, quarter_medians, slope_mb_per_min
+from tests.support.emulator import Emulator
+from tests.support.procstats import Sampler, quarter_medians, slope_mb_per_min
 
 SCALE = float(os.environ.get("BATCHD_RELIABILITY_SCALE", "1"))
 

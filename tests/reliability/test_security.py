@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 
 def test_outputs_are_0640_0750_with_the_users_group_whatever_the_input_mode(

@@ -28,7 +28,7 @@ import orjson
 import pytest
 from harness import DEFAULT_PATH, SystemdMachine, purge_batchd
 
-from tests.emulator import Emulator
+from tests.support.emulator import Emulator
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

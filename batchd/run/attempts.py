@@ -1,0 +1,240 @@
+"""One request to its outcome: the calls, the retries (backoff with jitter, context overflow, OOM, a
+truncated or invalid reply), the outage gate on the way, and the ``Outcome`` the journal records.
+
+``JobRunner`` mixes ``Attempts`` in; the attributes declared below are the runner's.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from batchd.aio import Sleep
+from batchd.backends.base import Backend, ChatResult
+from batchd.config import Settings
+from batchd.errors import (
+    BackendBusy,
+    BackendOutOfMemory,
+    BackendTimeout,
+    BackendUnavailable,
+    ContextLengthExceeded,
+    InvalidReply,
+    JobError,
+    RequestError,
+    TransientError,
+)
+from batchd.intake.ingest import full_body
+from batchd.journal import Job, Outcome, ReqState, Request
+from batchd.metrics import JobMetrics
+from batchd.run.context import Conversation
+from batchd.run.lanes import LaneController, Ticket
+from batchd.run.lanes import Outcome as CallOutcome
+from batchd.run.outage import Gate
+from batchd.run.replies import ReplyChecker
+from batchd.run.serverside import ServerSide
+from batchd.run.translate import result_id, to_chat_request
+
+log = structlog.get_logger("batchd.attempts")
+
+
+class Attempts:
+    """``_execute``: one request, attempt after attempt, until it is done, failed, or the job halts."""
+
+    settings: Settings
+    job: Job
+    backend: Backend
+    metrics: JobMetrics
+    control: LaneController
+    auto: bool
+    gate: Gate
+    server: ServerSide | None
+    replies: ReplyChecker
+    prefix: dict[str, Any] | None
+    num_ctx: int
+    lanes: int
+    rng: random.Random
+    sleep: Sleep
+    clock: Callable[[], float]
+    _conversation_asked: bool
+
+    async def _wait_gate(self) -> bool:
+        """Wait for the backend; True when the job must not go on (the runner's)."""
+        raise NotImplementedError
+
+    def _fail(self, exc: JobError) -> None:
+        """The whole job cannot go on (the runner's)."""
+        raise NotImplementedError
+
+    async def _execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
+        body = full_body(self.prefix, req.body or {})
+        chat = to_chat_request(
+            body,
+            model=self.job.model or self.settings.backend.model,
+            num_ctx=self.num_ctx,
+            custom_id=req.custom_id or "",
+        )
+        if self.server is not None:
+            chat = self.server.strip(chat)
+        num_predict = int(chat.options.get("num_predict") or self.settings.context.num_predict)
+        # The job's shared prefix (CSV pipelines) is known; a JSONL line's is its leading turns.
+        prefix_len = len(self.prefix.get("messages") or []) if self.prefix else None
+        asked = chat.messages
+        attempts = 0
+        reply_tries = 0
+        max_attempts = self.settings.backend.max_attempts
+        while True:
+            try:
+                messages = conv.build(chat.messages, num_predict, prefix_len=prefix_len, model=chat.model)
+            except ContextLengthExceeded as exc:
+                return self._failure(req, attempts, exc)
+            attempts += 1
+            self.metrics.requests_sent += 1
+            try:
+                # affinity: with several hosts a lane's conversation stays where its prefix cache lives
+                ticket = self.control.start() if self.auto else None
+                try:
+                    result = await self.backend.chat(replace(chat, messages=messages, affinity=lane))
+                except BaseException as exc:
+                    self._call_ended(ticket, exc)
+                    raise
+                self._call_ended(ticket, None)
+            except BackendUnavailable as exc:
+                attempts -= 1  # an outage pauses the job; it is not this request's fault
+                self.gate.close(str(exc))
+                if await self._wait_gate():
+                    return None
+                continue
+            except ContextLengthExceeded as exc:
+                self.metrics.retries["context_overflow"] += 1
+                if conv.on_overflow(n_ctx=exc.n_ctx, n_prompt_tokens=exc.n_prompt_tokens) and attempts < max_attempts:
+                    continue
+                return self._failure(req, attempts, exc)
+            except TransientError as exc:
+                self.metrics.retries[exc.cause] += 1
+                if isinstance(exc, BackendOutOfMemory):
+                    self.metrics.oom_events += 1
+                    conv.on_oom()
+                if attempts >= max_attempts:
+                    return self._failure(req, attempts, exc)
+                delay = self._backoff(attempts, exc)
+                log.info(
+                    "request_retrying",
+                    job_id=self.job.id,
+                    custom_id=req.custom_id,
+                    code=exc.code,
+                    attempt=attempts,
+                    max_attempts=max_attempts,
+                    delay_seconds=round(delay, 2),
+                )
+                await self.sleep(delay)
+                continue
+            except JobError as exc:
+                self._fail(exc)
+                return None
+            except RequestError as exc:
+                return self._failure(req, attempts, exc)
+            verdict = conv.truncation(result)
+            if verdict is not None:
+                self.metrics.truncations_detected += 1
+                self.metrics.retries[verdict] += 1
+                log.warning(
+                    "context_truncated",
+                    job_id=self.job.id,
+                    custom_id=req.custom_id,
+                    reason=verdict,
+                    prompt_tokens=result.prompt_tokens,
+                )
+                cut_at = result.prompt_tokens if verdict == "prompt_truncated" else None
+                if attempts < max_attempts and conv.on_overflow(cut_at):
+                    continue
+                if verdict == "prompt_truncated":
+                    return self._failure(
+                        req,
+                        attempts,
+                        ContextLengthExceeded("the server cut the prompt to fit its context window", status_code=None),
+                    )
+                # Cut at the window with nothing left to trim: the reply stands, marked "length".
+            if self.server is not None:
+                self.server.on_reply(result, self.clock())
+            self.metrics.add_reply(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                latency=result.latency_s,
+                cached=result.cached_tokens,
+            )
+            problem = self.replies.problem(result.content)
+            if problem is not None:
+                if reply_tries < self.replies.retries:
+                    reply_tries += 1
+                    self.metrics.retries["invalid_reply"] += 1
+                    chat = replace(
+                        chat,
+                        messages=[
+                            *chat.messages,
+                            {"role": "assistant", "content": result.content},
+                            {"role": "user", "content": self.replies.correction(problem)},
+                        ],
+                    )
+                    continue
+                return self._failure(req, attempts, InvalidReply(problem, raw=result.content))
+            conv.record(asked, result, prefix_len=prefix_len)
+            if conv.mode == "conversation" and not self._conversation_asked:
+                conv.budget.check_paying(lanes=self.lanes)
+            return self._success(req, attempts, result)
+
+    def _call_ended(self, ticket: Ticket | None, exc: BaseException | None) -> None:
+        """Tell the lanes controller how one call went (503/429 and OOM: busy; a timeout; else nothing)."""
+        if ticket is None:
+            return
+        if exc is None:
+            outcome = CallOutcome.OK
+        elif isinstance(exc, (BackendBusy, BackendOutOfMemory)):
+            outcome = CallOutcome.BUSY
+        elif isinstance(exc, BackendTimeout):
+            outcome = CallOutcome.TIMEOUT
+        else:
+            outcome = CallOutcome.ERROR
+        self.control.done(ticket, outcome)
+
+    def _backoff(self, attempts: int, exc: TransientError) -> float:
+        base = self.settings.backend.backoff_seconds
+        cap = self.settings.backend.backoff_max_seconds
+        delay = min(cap, base * 2.0 ** (attempts - 1)) * (0.5 + self.rng.random())
+        if isinstance(exc, BackendBusy) and exc.retry_after is not None:
+            delay = max(delay, min(cap, exc.retry_after))
+        return delay
+
+    def _success(self, req: Request, attempts: int, result: ChatResult) -> Outcome:
+        if self.metrics.served_model is None:
+            self.metrics.served_model = result.model
+        body = result.completion_body()
+        body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
+        return Outcome(
+            seq=req.seq,
+            state=ReqState.DONE,
+            attempts=attempts,
+            result=body,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
+
+    def _failure(self, req: Request, attempts: int, exc: RequestError | TransientError) -> Outcome:
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        status = getattr(exc, "status_code", None)
+        if status is not None:
+            error["status_code"] = status
+        if isinstance(exc, InvalidReply):
+            error["raw"] = exc.raw
+        log.warning(
+            "request_failed",
+            job_id=self.job.id,
+            custom_id=req.custom_id,
+            code=exc.code,
+            error=exc.message,
+            attempts=attempts,
+        )
+        return Outcome(seq=req.seq, state=ReqState.FAILED, attempts=attempts, error=error)

@@ -1,0 +1,13 @@
+"""Status: what people and scripts see of the daemon while it runs.
+
+Takes: a narrow, read-only view of the daemon (settings, the running job's progress, jobs done,
+clock, backend reachability) and journal reads.
+Hands on: ``outbox/!status.html`` and ``!status.json``, Prometheus gauges (``/metrics``, textfile)
+and the job views ``batchd status`` prints.
+May import: the root leaves, ``journal`` and ``publish.share``; never ``run``'s internals, ``api``,
+``ops`` or the daemon.
+
+- ``live``: the loop task that keeps the status files and gauges current
+- ``page``: ``!status.html`` / ``!status.json``
+- ``prom``: Prometheus exposition: registry, listener, textfile
+"""
