@@ -26,20 +26,18 @@ class ApiRecords(Connection):
                 (file_id, filename, size, sha256, spool, time.time()),
             )
 
-    def api_file(self, file_id: str) -> tuple[Any, ...] | None:
-        rows = self._query(f"SELECT {self._API_FILE_COLS} FROM api_files WHERE id=?", (file_id,))
-        return tuple(rows[0]) if rows else None
+    def api_file(self, file_id: str) -> dict[str, Any] | None:
+        """The upload's row by column name (``api.store.FileRecord`` takes the same names)."""
+        rows = self._query_named(f"SELECT {self._API_FILE_COLS} FROM api_files WHERE id=?", (file_id,))
+        return rows[0] if rows else None
 
-    def api_files(self, *, after: str | None, limit: int) -> list[tuple[Any, ...]]:
+    def api_files(self, *, after: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest first; ``after`` is the last id of the previous page."""
-        return [
-            tuple(r)
-            for r in self._query(
-                f"SELECT {self._API_FILE_COLS} FROM api_files WHERE seq < COALESCE((SELECT seq FROM api_files "
-                "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
-                (after, limit),
-            )
-        ]
+        return self._query_named(
+            f"SELECT {self._API_FILE_COLS} FROM api_files WHERE seq < COALESCE((SELECT seq FROM api_files "
+            "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
+            (after, limit),
+        )
 
     def api_delete_file(self, file_id: str) -> None:
         with self.transaction() as db:
@@ -69,19 +67,17 @@ class ApiRecords(Connection):
                 (file_id, role, f"{batch_id}_{role}.jsonl", batch_id, now),
             )
 
-    def api_batch(self, batch_id: str) -> tuple[Any, ...] | None:
-        rows = self._query(f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE id=?", (batch_id,))
-        return tuple(rows[0]) if rows else None
+    def api_batch(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch's row by column name (``metadata`` still JSON text)."""
+        rows = self._query_named(f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE id=?", (batch_id,))
+        return rows[0] if rows else None
 
-    def api_batches(self, *, after: str | None, limit: int) -> list[tuple[Any, ...]]:
-        return [
-            tuple(r)
-            for r in self._query(
-                f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE seq < COALESCE((SELECT seq FROM api_batches "
-                "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
-                (after, limit),
-            )
-        ]
+    def api_batches(self, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+        return self._query_named(
+            f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE seq < COALESCE((SELECT seq FROM api_batches "
+            "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
+            (after, limit),
+        )
 
     # retention (batchd.api.retention)
 

@@ -14,13 +14,7 @@ import orjson
 from batchd.journal.api_tables import ApiRecords
 from batchd.journal.lifecycle import Lifecycle
 from batchd.journal.records import Job, JobState, NewRequest, Outcome, ReqState, Request, Sample
-from batchd.journal.rows import (
-    JOB_COLS,
-    REQ_COLS,
-    dump_json,
-    job_from_row,
-    request_from_row,
-)
+from batchd.journal.rows import JOB_COLS, REQ, REQ_COLS, dump_json, job_from_row, request_from_row
 
 
 class Journal(Lifecycle, ApiRecords):
@@ -137,7 +131,7 @@ class Journal(Lifecycle, ApiRecords):
             if rows:
                 db.execute(
                     "UPDATE requests SET state='running' WHERE job_id=? AND state='queued' AND seq BETWEEN ? AND ?",
-                    (job_id, rows[0][1], rows[-1][1]),
+                    (job_id, rows[0][REQ["seq"]], rows[-1][REQ["seq"]]),
                 )
         return [request_from_row(r) for r in rows]
 
@@ -203,7 +197,7 @@ class Journal(Lifecycle, ApiRecords):
                 return
             for r in rows:
                 yield request_from_row(r)
-            last = rows[-1][1]
+            last = rows[-1][REQ["seq"]]
 
     # -- samples (time series for the report) ---------------------------------------
 
@@ -227,8 +221,8 @@ class Journal(Lifecycle, ApiRecords):
     def samples(self, job_id: str, since: float | None = None) -> list[Sample]:
         """A job's time series, oldest first; ``since`` keeps only the recent stretch (in SQL, via the index)."""
         return [
-            Sample(*r)
-            for r in self._query(
+            Sample(**r)
+            for r in self._query_named(
                 "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? AND t>=? "
                 "ORDER BY t",
                 (job_id, since if since is not None else float("-inf")),
