@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from batchd.journal import Journal
+from batchd.journal import Journal, NewBatch
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,18 @@ class ApiStore:
         error_file_id: str,
         metadata: dict[str, str] | None,
     ) -> None:
-        """Inside the caller's transaction (the one that creates the job)."""
+        """Inside the caller's transaction (the one that creates the job; a new batch comes with its job
+        through ``Journal.claim``)."""
         self.journal.api_add_batch(
             db,
-            batch_id=batch_id,
-            job_id=job_id,
-            input_file_id=input_file_id,
-            output_file_id=output_file_id,
-            error_file_id=error_file_id,
-            metadata=orjson.dumps(metadata).decode() if metadata is not None else None,
+            job_id,
+            NewBatch(
+                batch_id=batch_id,
+                input_file_id=input_file_id,
+                output_file_id=output_file_id,
+                error_file_id=error_file_id,
+                metadata=metadata,
+            ),
         )
 
     def batch(self, batch_id: str) -> BatchRecord | None:

@@ -6,7 +6,10 @@ import sqlite3
 import time
 from typing import Any
 
+import orjson
+
 from batchd.journal.connection import Connection
+from batchd.journal.records import NewBatch
 
 
 class ApiRecords(Connection):
@@ -43,28 +46,19 @@ class ApiRecords(Connection):
         with self.transaction() as db:
             db.execute("DELETE FROM api_files WHERE id=?", (file_id,))
 
-    def api_add_batch(
-        self,
-        db: sqlite3.Connection,
-        *,
-        batch_id: str,
-        job_id: str,
-        input_file_id: str,
-        output_file_id: str,
-        error_file_id: str,
-        metadata: str | None,
-    ) -> None:
-        """Inside the caller's transaction (the one that creates the job)."""
+    def api_add_batch(self, db: sqlite3.Connection, job_id: str, batch: NewBatch) -> None:
+        """Inside the caller's transaction (the one that creates the job: ``Journal.claim``)."""
         now = time.time()
+        metadata = orjson.dumps(batch.metadata).decode() if batch.metadata is not None else None
         db.execute(
             "INSERT INTO api_batches (id, job_id, input_file_id, output_file_id, error_file_id, metadata, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (batch_id, job_id, input_file_id, output_file_id, error_file_id, metadata, now),
+            (batch.batch_id, job_id, batch.input_file_id, batch.output_file_id, batch.error_file_id, metadata, now),
         )
-        for file_id, role in ((output_file_id, "output"), (error_file_id, "error")):
+        for file_id, role in ((batch.output_file_id, "output"), (batch.error_file_id, "error")):
             db.execute(
                 "INSERT INTO api_files (id, role, filename, batch_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                (file_id, role, f"{batch_id}_{role}.jsonl", batch_id, now),
+                (file_id, role, f"{batch.batch_id}_{role}.jsonl", batch.batch_id, now),
             )
 
     def api_batch(self, batch_id: str) -> dict[str, Any] | None:

@@ -1,5 +1,6 @@
-"""``Journal``, the class callers hold: jobs read back, requests taken, recorded and requeued in batches,
-the report's samples; the transitions (``lifecycle``) and the API's tables (``api_tables``) mixed in."""
+"""``Journal``, the class callers hold: a file claimed as a job, jobs read back, requests taken, recorded
+and requeued in batches, the report's samples; the transitions (``lifecycle``) and the API's tables
+(``api_tables``) mixed in."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ import orjson
 
 from batchd.journal.api_tables import ApiRecords
 from batchd.journal.lifecycle import Lifecycle
-from batchd.journal.records import Job, JobState, NewRequest, Outcome, ReqState, Request, Sample
+from batchd.journal.records import (
+    Job,
+    JobState,
+    NewBatch,
+    NewClaim,
+    NewRequest,
+    Outcome,
+    ReqState,
+    Request,
+    Sample,
+)
 from batchd.journal.rows import JOB_COLS, REQ, REQ_COLS, dump_json, job_from_row, request_from_row
 
 
@@ -21,6 +32,52 @@ class Journal(Lifecycle, ApiRecords):
     """The SQLite journal: one connection, WAL, every read-then-write in one ``transaction()``."""
 
     # -- files -----------------------------------------------------------------------
+
+    def claim(self, new: NewClaim, *, batch: NewBatch | None = None) -> int | None:
+        """A file becomes a job, in one transaction: its file row, the job (``ingesting``) and, for an API
+        upload, its ``batch``; the file row's id. An inbox file the journal already holds (same path,
+        size and mtime: another claimer got there first) is refused: None, and nothing is written.
+
+        An upload has no inbox file to unlink: its file row is written ``removed`` at once (an inbox
+        claim's becomes so after the unlink, ``mark_file_removed``)."""
+        from_inbox = new.source == "inbox"
+        with self.transaction() as db:
+            if (
+                from_inbox
+                and db.execute(
+                    "SELECT 1 FROM files WHERE inbox_path=? AND size=? AND mtime_ns=?",
+                    (new.inbox_path, new.size, new.mtime_ns),
+                ).fetchone()
+            ):
+                return None
+            file_id = self.add_file(
+                name=new.name,
+                inbox_path=new.inbox_path,
+                spool=new.spool,
+                sha256=new.sha256,
+                size=new.size,
+                mtime_ns=new.mtime_ns,
+                db=db,
+            )
+            if not from_inbox:
+                db.execute("UPDATE files SET state='removed' WHERE id=?", (file_id,))
+            self.create_job(
+                job_id=new.job_id,
+                db=db,
+                state=JobState.INGESTING,
+                input_name=new.input_name,
+                stem=new.stem,
+                kind=new.kind,
+                file_id=file_id,
+                source=new.source,
+                sha256=new.sha256,
+                pipeline=new.pipeline,
+                pipeline_json=new.pipeline_json,
+                meta=new.meta,
+            )
+            if batch is not None:
+                self.api_add_batch(db, new.job_id, batch)
+        return file_id
 
     def find_claim(self, inbox_path: bytes, size: int, mtime_ns: int) -> int | None:
         # inbox paths are stored as bytes: a file name need not be valid UTF-8
