@@ -41,7 +41,7 @@ from batchd.errors import StorageError
 from batchd.fsutil import fsync_dir
 from batchd.intake.claim import Claimer, new_job_id
 from batchd.intake.inbox import pipeline_for, safe_stem
-from batchd.journal import FINISHED, FinalStatus, Job, JobState, Journal, ReqState
+from batchd.journal import FINISHED, FinalStatus, Job, JobState, Journal, NewBatch, NewClaim, ReqState
 from batchd.ops.commands import request_cancel
 
 log = structlog.get_logger("batchd.api")
@@ -175,41 +175,31 @@ class BatchService:
         job_spool = self.claimer.spool / f"{job_id}.jsonl"
         _link_or_copy(Path(rec.spool), job_spool)
         pipeline = pipeline_for(self.settings.inbox, None, self.settings.pipeline)
-        with self.journal.transaction() as db:
-            file_row = self.journal.add_file(
+        self.journal.claim(
+            NewClaim(
+                job_id=job_id,
                 name=rec.filename,
                 inbox_path=os.fsencode(f"api/{rec.id}"),
                 spool=str(job_spool),
                 sha256=rec.sha256,
                 size=rec.bytes,
                 mtime_ns=-1,
-                db=db,
-            )
-            self.journal.create_job(
-                job_id=job_id,
-                db=db,
-                state=JobState.INGESTING,
                 input_name=f"api:{rec.filename}",
                 stem=safe_stem(rec.filename),
                 kind="jsonl",
-                file_id=file_row,
                 source="api",
-                sha256=rec.sha256,
                 pipeline=None,
                 pipeline_json=pipeline.model_dump_json(),
                 meta={"batch_id": batch_id},
-            )
-            self.store.add_batch(
-                db,
+            ),
+            batch=NewBatch(
                 batch_id=batch_id,
-                job_id=job_id,
                 input_file_id=rec.id,
                 output_file_id=new_file_id(),
                 error_file_id=new_file_id(),
                 metadata=req.metadata,
-            )
-        # Nothing to unlink in the inbox: say so now rather than at the next start-up.
-        self.journal.mark_file_removed(file_row)
+            ),
+        )
         log.info("api_batch_created", batch_id=batch_id, job_id=job_id, input=rec.filename, bytes=rec.bytes)
         self._start_ingest(batch_id, job_id)
         return self.batch_object(self.batch_record(batch_id))

@@ -29,7 +29,7 @@ from batchd.errors import ConfigError, InputError
 from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
 from batchd.intake.inbox import Candidate, safe_stem
 from batchd.intake.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
-from batchd.journal import Job, JobState, Journal, NewRequest
+from batchd.journal import Job, JobState, Journal, NewClaim, NewRequest
 from batchd.pipeline import Pipeline, load_pipeline_at
 
 log = structlog.get_logger("batchd.claim")
@@ -234,28 +234,25 @@ class Claimer:
         spooled = self.spool / f"{job_id}.{kind}"
         os.replace(tmp, spooled)
         fsync_dir(self.spool)
-        with self.journal.transaction() as db:
-            file_id = self.journal.add_file(
+        file_id = self.journal.claim(
+            NewClaim(
+                job_id=job_id,
                 name=display(cand.path.name),
                 inbox_path=os.fsencode(cand.rel),
                 spool=str(spooled),
                 sha256=sha,
                 size=size,
                 mtime_ns=st.st_mtime_ns,
-                db=db,
-            )
-            self.journal.create_job(
-                job_id=job_id,
-                db=db,
-                state=JobState.INGESTING,
                 input_name=display(cand.rel),
                 stem=safe_stem(cand.path.name),
                 kind=kind,
-                file_id=file_id,
-                sha256=sha,
                 pipeline=cand.pipeline,
                 pipeline_json=pipeline.model_dump_json(),
             )
+        )
+        if file_id is None:  # another claimer recorded this file meanwhile: it is theirs
+            spooled.unlink(missing_ok=True)
+            return None
         self._unlink(dir_fd, name, st, cand)
         self.journal.mark_file_removed(file_id)
         log.info("job_claimed", job_id=job_id, input=display(cand.rel), bytes=size, sha256=sha, pipeline=cand.pipeline)

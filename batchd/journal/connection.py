@@ -82,5 +82,14 @@ class Connection:
         except sqlite3.Error as exc:
             raise StorageError(f"journal read failed: {exc}") from exc
 
+    def _query_named(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as ``{column name: value}``, the names from the cursor (a SELECT list may grow)."""
+        try:
+            cur = self._db.execute(sql, args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise StorageError(f"journal read failed: {exc}") from exc
+
     def integrity_check(self) -> str:
         return str(self._query("PRAGMA integrity_check")[0][0])

@@ -112,6 +112,39 @@ class Request:
 
 
 @dataclass(frozen=True)
+class NewClaim:
+    """A file that becomes a job (``Journal.claim``): its file row and its ``ingesting`` job."""
+
+    job_id: str
+    #: the file row: its display name, where it was (bytes: a name need not be UTF-8), its spooled copy
+    name: str
+    inbox_path: bytes
+    spool: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    #: the job row
+    input_name: str
+    stem: str
+    kind: str
+    pipeline: str | None
+    pipeline_json: str
+    source: str = "inbox"
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    """An API batch, recorded in the same transaction as its job (``Journal.claim``)."""
+
+    batch_id: str
+    input_file_id: str
+    output_file_id: str
+    error_file_id: str
+    metadata: dict[str, str] | None
+
+
+@dataclass(frozen=True)
 class NewRequest:
     seq: int
     line: int | None

@@ -1,5 +1,6 @@
-"""``Journal``, the class callers hold: jobs read back, requests taken, recorded and requeued in batches,
-the report's samples; the transitions (``lifecycle``) and the API's tables (``api_tables``) mixed in."""
+"""``Journal``, the class callers hold: a file claimed as a job, jobs read back, requests taken, recorded
+and requeued in batches, the report's samples; the transitions (``lifecycle``) and the API's tables
+(``api_tables``) mixed in."""
 
 from __future__ import annotations
 
@@ -13,20 +14,70 @@ import orjson
 
 from batchd.journal.api_tables import ApiRecords
 from batchd.journal.lifecycle import Lifecycle
-from batchd.journal.records import Job, JobState, NewRequest, Outcome, ReqState, Request, Sample
-from batchd.journal.rows import (
-    JOB_COLS,
-    REQ_COLS,
-    dump_json,
-    job_from_row,
-    request_from_row,
+from batchd.journal.records import (
+    Job,
+    JobState,
+    NewBatch,
+    NewClaim,
+    NewRequest,
+    Outcome,
+    ReqState,
+    Request,
+    Sample,
 )
+from batchd.journal.rows import JOB_COLS, REQ, REQ_COLS, dump_json, job_from_row, request_from_row
 
 
 class Journal(Lifecycle, ApiRecords):
     """The SQLite journal: one connection, WAL, every read-then-write in one ``transaction()``."""
 
     # -- files -----------------------------------------------------------------------
+
+    def claim(self, new: NewClaim, *, batch: NewBatch | None = None) -> int | None:
+        """A file becomes a job, in one transaction: its file row, the job (``ingesting``) and, for an API
+        upload, its ``batch``; the file row's id. An inbox file the journal already holds (same path,
+        size and mtime: another claimer got there first) is refused: None, and nothing is written.
+
+        An upload has no inbox file to unlink: its file row is written ``removed`` at once (an inbox
+        claim's becomes so after the unlink, ``mark_file_removed``)."""
+        from_inbox = new.source == "inbox"
+        with self.transaction() as db:
+            if (
+                from_inbox
+                and db.execute(
+                    "SELECT 1 FROM files WHERE inbox_path=? AND size=? AND mtime_ns=?",
+                    (new.inbox_path, new.size, new.mtime_ns),
+                ).fetchone()
+            ):
+                return None
+            file_id = self.add_file(
+                name=new.name,
+                inbox_path=new.inbox_path,
+                spool=new.spool,
+                sha256=new.sha256,
+                size=new.size,
+                mtime_ns=new.mtime_ns,
+                db=db,
+            )
+            if not from_inbox:
+                db.execute("UPDATE files SET state='removed' WHERE id=?", (file_id,))
+            self.create_job(
+                job_id=new.job_id,
+                db=db,
+                state=JobState.INGESTING,
+                input_name=new.input_name,
+                stem=new.stem,
+                kind=new.kind,
+                file_id=file_id,
+                source=new.source,
+                sha256=new.sha256,
+                pipeline=new.pipeline,
+                pipeline_json=new.pipeline_json,
+                meta=new.meta,
+            )
+            if batch is not None:
+                self.api_add_batch(db, new.job_id, batch)
+        return file_id
 
     def find_claim(self, inbox_path: bytes, size: int, mtime_ns: int) -> int | None:
         # inbox paths are stored as bytes: a file name need not be valid UTF-8
@@ -137,7 +188,7 @@ class Journal(Lifecycle, ApiRecords):
             if rows:
                 db.execute(
                     "UPDATE requests SET state='running' WHERE job_id=? AND state='queued' AND seq BETWEEN ? AND ?",
-                    (job_id, rows[0][1], rows[-1][1]),
+                    (job_id, rows[0][REQ["seq"]], rows[-1][REQ["seq"]]),
                 )
         return [request_from_row(r) for r in rows]
 
@@ -203,7 +254,7 @@ class Journal(Lifecycle, ApiRecords):
                 return
             for r in rows:
                 yield request_from_row(r)
-            last = rows[-1][1]
+            last = rows[-1][REQ["seq"]]
 
     # -- samples (time series for the report) ---------------------------------------
 
@@ -227,8 +278,8 @@ class Journal(Lifecycle, ApiRecords):
     def samples(self, job_id: str, since: float | None = None) -> list[Sample]:
         """A job's time series, oldest first; ``since`` keeps only the recent stretch (in SQL, via the index)."""
         return [
-            Sample(*r)
-            for r in self._query(
+            Sample(**r)
+            for r in self._query_named(
                 "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? AND t>=? "
                 "ORDER BY t",
                 (job_id, since if since is not None else float("-inf")),

@@ -152,16 +152,18 @@ def test_versions_parse_and_say_what_they_lack() -> None:
 def test_doctor_says_extra_lanes_only_queue_on_a_default_ollama() -> None:
     from batchd.ops.doctor import _parallel
 
-    level, what, fix = _parallel(4, None)
-    assert level == "WARN" and "default is 1" in what and "only queue" in what
-    assert "OLLAMA_NUM_PARALLEL=4" in fix and "backend.lanes = 1" in fix
-    level, what, fix = _parallel(4, (2, "ollama.service"))
-    assert level == "WARN" and "OLLAMA_NUM_PARALLEL=2 (ollama.service)" in what and "backend.lanes = 2" in fix
-    assert _parallel(4, (4, "environment"))[0] == "OK"
-    assert _parallel(1, None)[0] == "OK"
+    check = _parallel(4, None)
+    assert check.level == "WARN" and "default is 1" in check.what and "only queue" in check.what
+    assert "OLLAMA_NUM_PARALLEL=4" in check.fix and "backend.lanes = 1" in check.fix
+    check = _parallel(4, (2, "ollama.service"))
+    assert check.level == "WARN" and "OLLAMA_NUM_PARALLEL=2 (ollama.service)" in check.what
+    assert "backend.lanes = 2" in check.fix
+    assert _parallel(4, (4, "environment")).level == "OK"
+    assert _parallel(1, None).level == "OK"
 
 
 def test_doctor_reads_the_version_and_warns_on_an_old_ollama(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchd.ops.checks import Check, Level
     from batchd.ops.doctor import _ollama
     from tests.support.emulator import Emulator
 
@@ -170,13 +172,13 @@ def test_doctor_reads_the_version_and_warns_on_an_old_ollama(monkeypatch: pytest
         settings = Settings(backend={"url": emu.url, "lanes": 2})
         backend = OllamaBackend(url=emu.url)
         checks = asyncio.run(_ollama(settings, backend))
-        assert checks[0][0] == "WARN" and "0.12.0 ignores truncate/shift" in checks[0][1]
-        assert checks[0][2] == "upgrade Ollama to 0.12.6 or later"
+        assert checks[0].level == "WARN" and "0.12.0 ignores truncate/shift" in checks[0].what
+        assert checks[0].fix == "upgrade Ollama to 0.12.6 or later"
         emu.version = "0.30.0"
-        (level, what, _), _parallel_check = asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))
-        assert level == "OK" and what.startswith("Ollama 0.30.0; ") and "uncached" in what
+        version, _parallel_check = asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))
+        assert version.level == "OK" and version.what.startswith("Ollama 0.30.0; ") and "uncached" in version.what
         emu.version = "0.33.0"
-        assert asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))[0] == ("OK", "Ollama 0.33.0", "")
+        assert asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))[0] == Check(Level.OK, "Ollama 0.33.0", "")
 
 
 def test_doctor_warns_when_the_openai_backend_points_at_ollama() -> None:
@@ -184,6 +186,6 @@ def test_doctor_warns_when_the_openai_backend_points_at_ollama() -> None:
     from tests.support.emulator import Emulator
 
     with Emulator() as emu:
-        ((level, what, fix),) = asyncio.run(_ollama_behind_v1(emu.url))
-    assert level == "WARN" and "silently" in what and "backend.kind = ollama" in fix
+        (check,) = asyncio.run(_ollama_behind_v1(emu.url))
+    assert check.level == "WARN" and "silently" in check.what and "backend.kind = ollama" in check.fix
     assert asyncio.run(_ollama_behind_v1("http://127.0.0.1:9")) == []  # nothing listens: no opinion

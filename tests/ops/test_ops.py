@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from batchd.config import Settings, VramSettings
+from batchd.ops.checks import Check, Level
 from batchd.ops.commands import status_table
 from batchd.ops.doctor import _gpu, _unit
 from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, run_batchd, wait_for, write_jsonl
@@ -282,28 +283,30 @@ class NoDriver(FakeNvml):
 
 
 def test_doctor_gpu_check_reports_the_card_or_the_fix() -> None:
-    level, what, fix = _gpu(Settings(), nvml=FakeNvml())
-    assert level == "OK" and "NVIDIA H200" in what and "580.95" in what and not fix
-    level, what, fix = _gpu(Settings(), nvml=NoDriver())
-    assert level == "WARN" and "no NVIDIA driver" in what
-    assert "nvidia-smi" in fix and "/api/ps" in fix  # auto falls back to Ollama
-    level, _, fix = _gpu(Settings(vram=VramSettings(source="nvml")), nvml=NoDriver())
-    assert level == "FAIL" and "/api/ps" not in fix  # asked for by name: no fallback
-    assert _gpu(Settings(vram=VramSettings(source="none")))[0] == "OK"
+    check = _gpu(Settings(), nvml=FakeNvml())
+    assert check.level == "OK" and "NVIDIA H200" in check.what and "580.95" in check.what and not check.fix
+    check = _gpu(Settings(), nvml=NoDriver())
+    assert check.level == "WARN" and "no NVIDIA driver" in check.what
+    assert "nvidia-smi" in check.fix and "/api/ps" in check.fix  # auto falls back to Ollama
+    check = _gpu(Settings(vram=VramSettings(source="nvml")), nvml=NoDriver())
+    assert check.level == "FAIL" and "/api/ps" not in check.fix  # asked for by name: no fallback
+    assert _gpu(Settings(vram=VramSettings(source="none"))).level == "OK"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_doctor_scores_the_installed_unit_with_its_drop_ins(tmp_path: Path) -> None:
-    assert _unit(tmp_path) == ("WARN", "batchd.service is not installed", "sudo packaging/install.sh")
+    assert _unit(tmp_path) == Check(Level.WARN, "batchd.service is not installed", "sudo packaging/install.sh")
     units = tmp_path / "etc/systemd/system"
     units.mkdir(parents=True)
     shutil.copy(UNIT, units / "batchd.service")
-    level, what, _ = _unit(tmp_path)
-    assert level == "OK" and re.fullmatch(r"batchd\.service sandbox exposure [01]\.\d \(<= 2\.0\)", what), what
+    check = _unit(tmp_path)
+    assert check.level == "OK" and re.fullmatch(r"batchd\.service sandbox exposure [01]\.\d \(<= 2\.0\)", check.what), (
+        check.what
+    )
     (units / "batchd.service.d").mkdir()
     (units / "batchd.service.d/weaker.conf").write_text("[Service]\nProtectSystem=no\nCapabilityBoundingSet=~\n")
-    level, what, fix = _unit(tmp_path)
-    assert level == "WARN" and "exposure" in what and "drop-in" in fix
+    check = _unit(tmp_path)
+    assert check.level == "WARN" and "exposure" in check.what and "drop-in" in check.fix
 
 
 def test_operator_commands_never_create_the_journal(folders: Folders, emulator: Emulator) -> None:
@@ -366,11 +369,9 @@ def test_doctor_warns_when_the_daemon_cannot_hand_results_to_the_outbox_group(tm
     gid = tmp_path.stat().st_gid
     name = grp.getgrgid(gid).gr_name
     settings = Settings(outbox=tmp_path)
-    level, what, fix = _readers(settings, uid=1000, groups=[gid + 1])
-    assert level == "WARN" and f"uid 1000 is not in group {name}, which owns the outbox" in what
-    assert fix.startswith(f"usermod -aG {name} ")
-    assert _readers(settings, uid=1000, groups=[gid + 1, gid])[:2] == (
-        "OK",
-        f"results are readable by group {name} (files 0640, folders 0750)",
-    )
-    assert _readers(Settings(outbox=tmp_path / "not-yet"), uid=1000, groups=[])[0] == "OK"
+    check = _readers(settings, uid=1000, groups=[gid + 1])
+    assert check.level == "WARN" and f"uid 1000 is not in group {name}, which owns the outbox" in check.what
+    assert check.fix.startswith(f"usermod -aG {name} ")
+    check = _readers(settings, uid=1000, groups=[gid + 1, gid])
+    assert (check.level, check.what) == ("OK", f"results are readable by group {name} (files 0640, folders 0750)")
+    assert _readers(Settings(outbox=tmp_path / "not-yet"), uid=1000, groups=[]).level == "OK"

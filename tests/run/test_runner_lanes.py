@@ -160,7 +160,7 @@ def test_auto_over_a_host_pool_uses_both_hosts_slots(
 def test_doctor_on_auto_lanes_names_the_servers_parallel_slots() -> None:
     from batchd.ops.doctor import _parallel
 
-    level, what, fix = _parallel("auto", (8, "ollama.service"))
-    assert level == "OK" and "OLLAMA_NUM_PARALLEL=8" in what and fix == ""
-    level, what, fix = _parallel("auto", None)
-    assert level == "OK" and "one request at a time" in what and "OLLAMA_NUM_PARALLEL=4" in fix
+    check = _parallel("auto", (8, "ollama.service"))
+    assert check.level == "OK" and "OLLAMA_NUM_PARALLEL=8" in check.what and check.fix == ""
+    check = _parallel("auto", None)
+    assert check.level == "OK" and "one request at a time" in check.what and "OLLAMA_NUM_PARALLEL=4" in check.fix
