@@ -248,6 +248,7 @@ class Claimer:
                 kind=kind,
                 pipeline=cand.pipeline,
                 pipeline_json=pipeline.model_dump_json(),
+                owner_uid=st.st_uid,
             )
         )
         if file_id is None:  # another claimer recorded this file meanwhile: it is theirs

@@ -51,11 +51,12 @@ class Lifecycle(Connection):
         size: int,
         mtime_ns: int,
         db: sqlite3.Connection,
+        owner_uid: int | None = None,
     ) -> int:
         cur = db.execute(
-            "INSERT INTO files (name, inbox_path, spool, sha256, size, mtime_ns, state, claimed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?)",
-            (name, inbox_path, spool, sha256, size, mtime_ns, time.time()),
+            "INSERT INTO files (name, inbox_path, spool, sha256, size, mtime_ns, state, claimed_at, owner_uid) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?, ?)",
+            (name, inbox_path, spool, sha256, size, mtime_ns, time.time(), owner_uid),
         )
         return int(cur.lastrowid or 0)
 

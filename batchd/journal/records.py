@@ -93,6 +93,8 @@ class Job:
     spool: str | None
     final: FinalStatus | None = None
     work_key: str | None = None
+    #: the uid that owned the claimed inbox file (None: an API upload, or claimed before journal version 4)
+    owner_uid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ class NewClaim:
     pipeline_json: str
     source: str = "inbox"
     meta: dict[str, Any] | None = None
+    #: the uid that owned the inbox file (None: an API upload)
+    owner_uid: int | None = None
 
 
 @dataclass(frozen=True)

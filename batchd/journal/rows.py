@@ -28,7 +28,7 @@ JOB_COLS, _JOB = columns(
     "j.id", "j.seq", "j.source", "j.input_name", "j.stem", "j.kind", "j.sha256", "j.pipeline", "j.pipeline_json",
     "j.prefix_json", "j.model", "j.mode", "j.state", "j.error", "j.duplicate_of", "j.retry_of", "j.cancel_requested",
     "j.total", "j.columns_json", "j.created_at", "j.started_at", "j.finished_at", "j.outbox_name", "j.metrics_json",
-    "j.meta_json", "j.file_id", "f.spool", "j.final", "j.work_key",
+    "j.meta_json", "j.file_id", "f.spool", "j.final", "j.work_key", "f.owner_uid",
 )  # fmt: skip
 REQ_COLS, REQ = columns(
     "job_id", "seq", "line", "custom_id", "body", "row", "state", "attempts", "result", "error", "prompt_tokens",
@@ -77,6 +77,7 @@ def job_from_row(r: Sequence[Any]) -> Job:
         spool=r[c["spool"]],
         final=FinalStatus(final) if final else None,
         work_key=r[c["work_key"]],
+        owner_uid=r[c["owner_uid"]],
     )
 
 

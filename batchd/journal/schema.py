@@ -8,7 +8,7 @@ from batchd.errors import StorageError
 from batchd.journal.records import FinalStatus
 from batchd.journal.rows import load_json
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -115,6 +115,11 @@ MIGRATIONS: dict[int, str] = {
         validated_at REAL,
         cancelling_at REAL
     );
+    """,
+    # The uid that owned each claimed inbox file: who may cancel it from the share, whose limit it counts
+    # against. NULL for API uploads and for files claimed before this version.
+    4: """
+    ALTER TABLE files ADD COLUMN owner_uid INTEGER;
     """,
 }
 

@@ -58,6 +58,7 @@ class Journal(Lifecycle, ApiRecords):
                 size=new.size,
                 mtime_ns=new.mtime_ns,
                 db=db,
+                owner_uid=new.owner_uid,
             )
             if not from_inbox:
                 db.execute("UPDATE files SET state='removed' WHERE id=?", (file_id,))

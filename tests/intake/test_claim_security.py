@@ -242,3 +242,17 @@ def test_a_file_another_claimer_recorded_meanwhile_is_left_to_it(box: Box) -> No
     finally:
         other.close()
         journal.close()
+
+
+def test_the_claim_records_the_uid_that_owned_the_file(box: Box) -> None:
+    """Who dropped a file is who may cancel it and whose limit it counts against: the owner at claim time."""
+    path = box.inbox / "p" / "rows.csv"
+    if os.geteuid() == 0:
+        os.chown(path, 4321, os.stat(path).st_gid)
+    owner = os.stat(path).st_uid
+    journal = Journal(box.settings.journal_path)
+    claimed = Claimer(settings=box.settings, journal=journal).claim(_candidate(box))
+    assert claimed is not None
+    assert journal.job(claimed.job_id).owner_uid == owner
+    if os.geteuid() == 0:
+        assert owner == 4321  # not the daemon's own uid

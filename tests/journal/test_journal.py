@@ -153,3 +153,23 @@ def test_an_api_claim_writes_its_batch_in_the_same_transaction(tmp_path: Path) -
     with pytest.raises(StorageError):
         j.claim(_claim("three", **upload), batch=batch)
     assert j.job("three") is None and j.api_batch_job_ids() == ["one", "two"]
+
+
+def test_a_version_3_journal_gains_the_owner_column_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """Migration 4 adds ``files.owner_uid``: jobs claimed before it read back with no owner."""
+    from batchd.journal.schema import MIGRATIONS
+
+    raw = sqlite3.connect(tmp_path / "j.sqlite3")
+    for version in (1, 2, 3):
+        raw.executescript(MIGRATIONS[version])
+    raw.execute("INSERT INTO files (id, name, inbox_path, state, claimed_at) VALUES (1, 'a.csv', 'a.csv', 'claimed', 0)")
+    raw.execute(
+        "INSERT INTO jobs (id, seq, file_id, input_name, stem, kind, state, created_at) "
+        "VALUES ('j1', 1, 1, 'a.csv', 'a', 'csv', 'queued', 0)"
+    )
+    raw.execute("PRAGMA user_version=3")
+    raw.commit()
+    raw.close()
+    j = Journal(tmp_path / "j.sqlite3")
+    assert j.job("j1").owner_uid is None
+    assert sqlite3.connect(tmp_path / "j.sqlite3").execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
