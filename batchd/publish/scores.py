@@ -43,8 +43,6 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: after leading white space (which spreadsheets skip), these start a formula too: ASCII and full-width
 _FORMULA_AFTER_SPACE = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
-#: columns batchd adds itself; a passthrough column or schema field may not reuse them
-RESERVED_COLUMNS = ("custom_id", "status", "attempts", "prompt_tokens", "completion_tokens")
 
 
 def parse_json_reply(content: str) -> Any:
@@ -181,7 +179,8 @@ class ScoreSheet:
         )
 
     def header(self) -> list[str]:
-        # custom_id,status,score first: the outbox contract; then what a reader scans for.
+        # custom_id,status,score first: the outbox contract; then what a reader scans for. The columns
+        # batchd adds itself are pipeline.RESERVED_COLUMNS (a pipeline may not reuse their names).
         # The names come from pipeline.toml (a group member's file): neutralised like data cells.
         return [
             "custom_id",

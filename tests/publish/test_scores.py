@@ -8,6 +8,7 @@ import io
 import pytest
 
 from batchd.journal import ReqState, Request
+from batchd.pipeline import RESERVED_COLUMNS
 from batchd.publish.scores import ScoreSheet, as_number, extract_score, safe_cell, schema_fields
 
 
@@ -132,3 +133,9 @@ def test_sheet_rows_in_a_csv_round_trip() -> None:
     assert got[3]["name"] == ""
     scored = sheet.score(rows[2])
     assert scored.error_code == "invalid_reply"
+
+
+def test_the_reserved_columns_are_the_ones_batchd_adds() -> None:
+    """``pipeline`` refuses these names for passthrough columns and fields: they are the sheet's own."""
+    header = ScoreSheet(fields=[], passthrough=[], score_field="rating").header()
+    assert sorted(RESERVED_COLUMNS) == sorted(set(header) - {"rating"})
