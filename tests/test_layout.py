@@ -75,8 +75,6 @@ KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset(
     {
         ("status.live", "daemon"),
         ("status.live", "ops.commands"),
-        # fixed one by one on the seams branch (each commit removes its line)
-        ("api.batches", "ops.commands"),
     }
 )
 
