@@ -187,6 +187,14 @@ def test_the_import_graph_has_no_circle() -> None:
     assert import_cycles(graph) == []
 
 
+def test_backends_never_see_the_settings() -> None:
+    """``backends/`` is a leaf: built from plain arguments by ``run.connect``, it never reads ``Settings``."""
+    graph = import_graph()
+    importers = {m for m, deps in graph.items() if "config" in deps}
+    assert sorted(m for m in importers if layer_of(m) == "backends") == []
+    assert "run.connect" in importers  # the one place that builds a backend from the settings
+
+
 def test_the_package_root_imports_nothing_of_its_own() -> None:
     """``batchd/__init__.py`` runs before every module of the package: it holds ``__version__`` and
     imports nothing of batchd, so any module may read the version (it counts as a root leaf)."""

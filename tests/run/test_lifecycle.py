@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from batchd.backends import make_backend
 from batchd.config import Settings
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import scan
 from batchd.journal import CancelAnswer, JobState, Journal, ReqState
+from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
 from tests.conftest import Folders, run_daemon_once
 from tests.run.test_runner import FakeGpu, queued_job, until, write_requests
