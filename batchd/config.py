@@ -35,6 +35,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from batchd.errors import ConfigError
+from batchd.keepalive import encode_keep_alive
 from batchd.pipeline import Pipeline
 from batchd.redact import looks_secret
 
@@ -64,7 +65,7 @@ class BackendSettings(_Section):
     max_attempts: int = Field(default=5, ge=1, le=100)
     backoff_seconds: float = Field(default=1.0, ge=0)
     backoff_max_seconds: float = Field(default=60.0, ge=0)
-    #: seconds (a number; negative: forever) or a Go duration ("30m", "1h30m"); see backends.ollama_facts
+    #: seconds (a number; negative: forever) or a Go duration ("30m", "1h30m"); see batchd.keepalive
     keep_alive: int | float | str = "30m"
     #: Ollama ``shift``: "off" sends shift=false (an answer that fills the window stops with done_reason
     #: length, which batchd sees); "server" sends none: the server's default (on), so on Ollama >= 0.30
@@ -88,8 +89,6 @@ class BackendSettings(_Section):
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, v: Any) -> Any:
-        from batchd.backends.ollama_facts import encode_keep_alive
-
         return encode_keep_alive(v)  # Ollama answers 400 to every request with a bad one
 
     @field_validator("lanes", mode="before")

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from batchd.aio import wait_first
-from batchd.backends import make_backend
 from batchd.backends.base import Backend, answering_model
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
@@ -31,6 +30,7 @@ from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.pace import duration, eta, rate
 from batchd.publish.outbox import Outbox
 from batchd.redact import host_of
+from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
 from batchd.status.live import LiveViews
 

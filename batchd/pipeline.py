@@ -24,11 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from batchd.errors import ConfigError
 from batchd.fsutil import UnsafeFile, read_beneath
-from batchd.publish.scores import RESERVED_COLUMNS
 
 PIPELINE_FILE = "pipeline.toml"
 #: a pipeline.toml or system prompt file is read whole; anything bigger is not a pipeline
 MAX_PIPELINE_BYTES = 4 << 20
+#: the columns batchd adds to ``scores.csv`` itself; a passthrough column or schema field may not reuse them
+RESERVED_COLUMNS = ("custom_id", "status", "attempts", "prompt_tokens", "completion_tokens")
 
 
 class Example(BaseModel):

@@ -41,8 +41,7 @@ from batchd.errors import StorageError
 from batchd.fsutil import fsync_dir
 from batchd.intake.claim import Claimer, new_job_id
 from batchd.intake.inbox import pipeline_for, safe_stem
-from batchd.journal import FINISHED, FinalStatus, Job, JobState, Journal, NewBatch, NewClaim, ReqState
-from batchd.ops.commands import request_cancel
+from batchd.journal import FINISHED, CancelAnswer, FinalStatus, Job, JobState, Journal, NewBatch, NewClaim, ReqState
 
 log = structlog.get_logger("batchd.api")
 
@@ -266,7 +265,7 @@ class BatchService:
         if ingesting is not None:
             # Ingest looks for a cancel between batches of rows and ends the job cancelled
             # (``Journal.finish_ingest``): ask first, then wait the moment it takes.
-            if request_cancel(self.journal, rec.job_id) == "cancelling":
+            if self.journal.request_cancel(rec.job_id) is CancelAnswer.CANCELLING:
                 self.store.mark(rec.id, cancelling_at=time.time())
             await asyncio.shield(ingesting)
         view = self.batch_object(rec)
@@ -283,7 +282,7 @@ class BatchService:
                 "This batch shares the run of an identical earlier input; it cannot be cancelled",
                 code="batch_not_cancellable",
             )
-        request_cancel(self.journal, job.id)
+        self.journal.request_cancel(job.id)
         self.store.mark(rec.id, cancelling_at=time.time())
         return self.batch_object(self.batch_record(rec.id))
 

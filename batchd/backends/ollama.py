@@ -13,9 +13,9 @@ import httpx
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
 from batchd.backends.http import JsonHttp
-from batchd.backends.ollama_facts import encode_keep_alive
 from batchd.backends.transport import make_client
 from batchd.backends.wire import OllamaChatResponse, OllamaPsResponse, OllamaShowResponse, OllamaVersion
+from batchd.keepalive import encode_keep_alive
 from batchd.redact import redact_url
 
 

@@ -18,7 +18,7 @@ from batchd import pace
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, InputError
 from batchd.intake.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
-from batchd.journal import ACTIVE, FINISHED, Job, JobState, Journal
+from batchd.journal import ACTIVE, FINISHED, CancelAnswer, Job, JobState, Journal
 from batchd.pipeline import Pipeline, load_pipeline
 from batchd.redact import escape_controls
 
@@ -270,15 +270,6 @@ def render(settings: Settings, path: Path, *, pipeline: str | None, row: int) ->
 # -- cancel / retry --------------------------------------------------------------------
 
 
-def request_cancel(journal: Journal, job_id: str) -> str:
-    """Cancel one job; returns ``cancelling`` (running or ingesting: it stops within a second and is
-    published), ``cancelled`` (had not run: finalizing now), ``missing``, or ``already_<state>`` for a
-    job past the point of cancelling (``already_cancelled`` must not read as ``cancelled``).
-    Shared by ``batchd cancel`` and the HTTP API; the journal reads and writes in one transaction.
-    """
-    return journal.request_cancel(job_id).value
-
-
 def find_job(journal: Journal, job_ref: str) -> Job:
     """The job a full id or a unique prefix names; ConfigError (exit 2) when none or several do."""
     job = journal.job(job_ref)
@@ -297,14 +288,14 @@ def find_job(journal: Journal, job_ref: str) -> Job:
 def cancel(settings: Settings, job_ref: str) -> int:
     journal = _journal(settings)
     job = find_job(journal, job_ref)
-    outcome = request_cancel(journal, job.id)
-    if outcome == "cancelling":
+    outcome = journal.request_cancel(job.id)
+    if outcome is CancelAnswer.CANCELLING:
         print(f"{job.id}: cancelling now (requests in flight are abandoned); its outbox will say cancelled")
         return 0
-    if outcome == "cancelled":
+    if outcome is CancelAnswer.CANCELLED:
         print(f"{job.id}: cancelled before it ran; its outbox will say cancelled")
         return 0
-    print(f"{job.id} is already {outcome.removeprefix('already_')}")
+    print(f"{job.id} is already {outcome.value.removeprefix('already_')}")
     return 1
 
 

@@ -71,7 +71,7 @@ def _backend(settings: Settings) -> list[Check]:
 
 
 async def _host(settings: Settings, url: str) -> list[Check]:
-    from batchd.backends import make_backend
+    from batchd.run.connect import make_backend
 
     kind, model = settings.backend.kind, settings.backend.model
     backend = make_backend(settings, url)
@@ -235,8 +235,8 @@ def _server_num_parallel(host: str) -> tuple[int, str] | None:
 
 
 async def _embedded(settings: Settings) -> list[Check]:
-    from batchd.backends import make_backend
     from batchd.backends.embedded import EmbeddedBackend
+    from batchd.run.connect import make_backend
 
     try:
         backend = make_backend(settings)

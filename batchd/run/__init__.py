@@ -13,6 +13,7 @@ May import: the root leaves, ``backends``, ``journal`` and ``intake.ingest``'s b
 - ``vram``: GPU memory sources and the high/low-water policy
 - ``outage``: ``Gate``: while the backend is down every lane waits on one prober
 - ``serverside``, ``reloads``: the server a job runs on, and noticing it reload the model
+- ``connect``: the one place that builds a backend from the settings (``make_backend``)
 - ``translate``: an OpenAI batch body to a backend request; result ids
 - ``replies``: schema validation of replies and the correction message
 """

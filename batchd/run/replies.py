@@ -15,7 +15,7 @@ import jsonschema
 import orjson
 
 from batchd.formats import from_response_format
-from batchd.publish.scores import as_number, parse_json_reply
+from batchd.replyjson import as_number, parse_json_reply
 
 
 class ReplyChecker:

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchd.backends import make_backend
 from batchd.backends.base import ChatRequest
 from batchd.backends.multi import FAIL_THRESHOLD, MultiBackend
 from batchd.backends.ollama import OllamaBackend
 from batchd.config import BackendSettings, Settings
 from batchd.errors import BackendServerError, BackendUnavailable
+from batchd.run.connect import make_backend
 from tests.conftest import Folders, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.support.emulator import Emulator
 

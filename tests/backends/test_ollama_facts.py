@@ -11,9 +11,8 @@ import pytest
 
 from batchd.backends.base import ChatRequest
 from batchd.backends.ollama import OllamaBackend
-from batchd.backends.ollama_facts import encode_keep_alive, parse_version, strip_runner_options, version_notes
+from batchd.backends.ollama_facts import parse_version, strip_runner_options, version_notes
 from batchd.config import Settings
-from batchd.errors import ConfigError
 from batchd.run.translate import to_chat_request
 
 
@@ -89,38 +88,6 @@ def test_think_is_read_from_the_request_or_pipeline(body: dict[str, Any], think:
     assert chat.think == think and "think" not in chat.options
 
 
-@pytest.mark.parametrize(
-    ("value", "encoded"),
-    [
-        ("-1", -1),
-        ("300", 300),
-        ("1.5", 1.5),
-        (-1, -1),
-        ("5m", "5m"),
-        ("1h30m", "1h30m"),
-        ("0", 0),
-        ("-1m", "-1m"),
-        ("500ms", "500ms"),
-    ],
-)
-def test_keep_alive_is_encoded_as_ollama_parses_it(value: Any, encoded: Any) -> None:
-    assert encode_keep_alive(value) == encoded
-    assert type(encode_keep_alive(value)) is type(encoded)
-
-
-@pytest.mark.parametrize("value", ["forever", "5 minutes", "m5", "1d"])
-def test_a_keep_alive_ollama_would_refuse_is_a_config_error(value: Any) -> None:
-    with pytest.raises(ValueError):
-        encode_keep_alive(value)
-    with pytest.raises((ConfigError, ValueError)):
-        Settings(backend={"keep_alive": value})
-
-
-def test_keep_alive_minus_one_is_sent_as_a_number() -> None:
-    assert Settings(backend={"keep_alive": "-1"}).backend.keep_alive == -1
-    assert _sent({"keep_alive": "-1"}, _request())["keep_alive"] == -1
-
-
 # -- item 3: runner options ------------------------------------------------------------------------
 
 
@@ -189,3 +156,8 @@ def test_doctor_warns_when_the_openai_backend_points_at_ollama() -> None:
         (check,) = asyncio.run(_ollama_behind_v1(emu.url))
     assert check.level == "WARN" and "silently" in check.what and "backend.kind = ollama" in check.fix
     assert asyncio.run(_ollama_behind_v1("http://127.0.0.1:9")) == []  # nothing listens: no opinion
+
+
+def test_keep_alive_minus_one_is_sent_as_a_number() -> None:
+    assert Settings(backend={"keep_alive": "-1"}).backend.keep_alive == -1
+    assert _sent({"keep_alive": "-1"}, _request())["keep_alive"] == -1

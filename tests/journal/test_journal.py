@@ -162,7 +162,9 @@ def test_a_version_3_journal_gains_the_owner_column_and_keeps_its_jobs(tmp_path:
     raw = sqlite3.connect(tmp_path / "j.sqlite3")
     for version in (1, 2, 3):
         raw.executescript(MIGRATIONS[version])
-    raw.execute("INSERT INTO files (id, name, inbox_path, state, claimed_at) VALUES (1, 'a.csv', 'a.csv', 'claimed', 0)")
+    raw.execute(
+        "INSERT INTO files (id, name, inbox_path, state, claimed_at) VALUES (1, 'a.csv', 'a.csv', 'claimed', 0)"
+    )
     raw.execute(
         "INSERT INTO jobs (id, seq, file_id, input_name, stem, kind, state, created_at) "
         "VALUES ('j1', 1, 1, 'a.csv', 'a', 'csv', 'queued', 0)"

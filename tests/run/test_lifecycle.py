@@ -15,12 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from batchd.backends import make_backend
 from batchd.config import Settings
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import scan
-from batchd.journal import JobState, Journal, ReqState
-from batchd.ops.commands import request_cancel
+from batchd.journal import CancelAnswer, JobState, Journal, ReqState
+from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
 from tests.conftest import Folders, run_daemon_once
 from tests.run.test_runner import FakeGpu, queued_job, until, write_requests
@@ -168,7 +167,7 @@ def test_cancel_while_the_backend_is_down_is_seen_within_a_second(
             await until(lambda: runner.gate.down_since is not None)
             loop = asyncio.get_running_loop()
             asked = loop.time()
-            assert request_cancel(journal, runner.job.id) == "cancelling"
+            assert journal.request_cancel(runner.job.id) is CancelAnswer.CANCELLING
             outcome = await asyncio.wait_for(task, 5)
             return runner, outcome, loop.time() - asked
         finally:
@@ -189,7 +188,7 @@ def test_a_cancel_during_ingest_is_not_overwritten(make_settings: Callable[..., 
     (cand,) = scan(settings.inbox)
     claimed = claimer.claim(cand)
     assert claimed is not None
-    assert request_cancel(journal, claimed.job_id) == "cancelling"
+    assert journal.request_cancel(claimed.job_id) is CancelAnswer.CANCELLING
     real_ingest(claimed.job_id)
     job = journal.job(claimed.job_id)
     assert job is not None and job.state is JobState.FINALIZING
@@ -206,7 +205,7 @@ def test_a_cancel_that_arrives_as_the_last_request_finishes_reports_completed(
 
     def flush(self: JobRunner, force: bool = False) -> None:
         if force:  # the run's last flush: every request has its answer, the job is still running
-            request_cancel(self.journal, self.job.id)
+            self.journal.request_cancel(self.job.id)
         real_flush(self, force)
 
     monkeypatch.setattr(JobRunner, "flush", flush)

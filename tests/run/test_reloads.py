@@ -11,12 +11,12 @@ import orjson
 import pytest
 import structlog.testing
 
-from batchd.backends import make_backend
 from batchd.backends.base import ChatRequest, LoadedModel
 from batchd.config import Settings
 from batchd.daemon import Daemon
 from batchd.journal import Journal
 from batchd.metrics import JobMetrics
+from batchd.run.connect import make_backend
 from batchd.run.reloads import ReloadWatch
 from batchd.run.runner import JobRunner
 from tests.run.test_runner import FakeGpu, started_job, until

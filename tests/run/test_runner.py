@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
-from batchd.backends import make_backend
 from batchd.config import Settings
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import scan
 from batchd.journal import Job, JobState, Journal, ReqState
 from batchd.metrics import JobMetrics
+from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
 from batchd.run.vram import VramReading
 from tests.conftest import until
