@@ -7,6 +7,7 @@ and the job views ``batchd status`` prints.
 May import: the root leaves, ``journal`` and ``publish.share``; never ``run``'s internals, ``api``,
 ``ops`` or the daemon.
 
+- ``views``: the typed job views (``JobView``, ``ViewState``) and the one "running or cancelling" filter
 - ``live``: the loop task that keeps the status files and gauges current
 - ``page``: ``!status.html`` / ``!status.json``
 - ``prom``: Prometheus exposition: registry, listener, textfile

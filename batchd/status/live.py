@@ -26,12 +26,12 @@ from batchd.aio import wait_first
 from batchd.errors import BatchdError
 from batchd.fsutil import write_atomic
 from batchd.journal import Job, Journal
-from batchd.ops import commands as ops
 from batchd.publish.share import SharedFolder
 from batchd.redact import host_of
 from batchd.status import page as statuspage
 from batchd.status.page import DaemonState, Waiting
 from batchd.status.prom import Exporter, Live, Queue
+from batchd.status.views import StatusViews, ViewState, status_views
 
 if TYPE_CHECKING:
     from batchd.daemon import Daemon
@@ -225,7 +225,7 @@ class LiveViews:
                 return
             now = self.wall()
             limit = settings.status_page.recent if page else 0
-            views = ops.status_views(journal, limit=limit, now=now)
+            views = status_views(journal, limit=limit, now=now)
         except (BatchdError, OSError) as exc:
             self._warn("status_read_failed", str(exc))
             return
@@ -241,9 +241,7 @@ class LiveViews:
             except OSError as exc:
                 self._warn("metrics_textfile_failed", str(exc), path=str(settings.metrics.textfile))
 
-    def _write_page(
-        self, views: dict[str, list[dict[str, Any]]], now: float, state: DaemonState, waiting: Waiting | None
-    ) -> None:
+    def _write_page(self, views: StatusViews, now: float, state: DaemonState, waiting: Waiting | None) -> None:
         outbox: Path = self.settings.outbox
         outbox.mkdir(parents=True, exist_ok=True)
         data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting)
@@ -277,13 +275,12 @@ class LiveViews:
             log.warning(event, error=error, **fields)
 
 
-def _queue(views: dict[str, list[dict[str, Any]]]) -> Queue:
-    active = views["active"]
-    running = [v for v in active if v["state"] in ("running", "cancelling")]
+def _queue(views: StatusViews) -> Queue:
+    running = views.running
     head = running[0] if running else None
     return Queue(
-        jobs=sum(1 for v in active if v["state"] in ("queued", "ingesting")),
-        requests=sum(max(0, v["total"] - v["finished"]) for v in active),
-        progress=head["progress"] if head else None,
-        eta_seconds=head["eta_seconds"] if head else None,
+        jobs=sum(1 for v in views.active if v.state in (ViewState.QUEUED, ViewState.INGESTING)),
+        requests=sum(max(0, v.total - v.finished) for v in views.active),
+        progress=head.progress if head else None,
+        eta_seconds=head.eta_seconds if head else None,
     )

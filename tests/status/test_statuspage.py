@@ -22,7 +22,6 @@ from batchd.config import Settings
 from batchd.fsutil import write_atomic
 from batchd.intake.inbox import safe_stem
 from batchd.journal import JobState, Journal, NewRequest, Outcome, ReqState
-from batchd.ops.commands import status_views
 from batchd.status.live import LiveViews
 from batchd.status.page import (
     NAMES,
@@ -34,6 +33,7 @@ from batchd.status.page import (
     render_html,
     render_json,
 )
+from batchd.status.views import StatusViews, status_views
 from tests.conftest import outbox_entries, run_daemon_once, until, write_jsonl
 
 EVIL = "<script>alert(1)</script>\n\x1b[31m\u202egnp.exe"
@@ -118,8 +118,8 @@ def test_json_is_what_batchd_status_json_shows(journal: Journal) -> None:
     now = time.time()
     views = status_views(journal, limit=20, now=now)
     data = orjson.loads(render_json(page_data(views, now=now, daemon=DaemonState.RUNNING)))
-    assert data["active"] == orjson.loads(orjson.dumps(views["active"]))
-    assert data["recent"] == orjson.loads(orjson.dumps(views["recent"]))
+    assert data["active"] == orjson.loads(orjson.dumps(views.as_dict()["active"]))
+    assert data["recent"] == orjson.loads(orjson.dumps(views.as_dict()["recent"]))
     assert [v["job_id"] for v in data["active"]] == ["run1", "q1"]
     run = data["active"][0]
     assert (run["finished"], run["failed"], run["req_per_s"]) == (412, 12, 4.0)
@@ -173,7 +173,7 @@ def test_waiting_for_the_backend_and_a_stopped_daemon_are_said(journal: Journal)
 
 
 def test_empty_outbox_page() -> None:
-    page = render_html(page_data({"active": [], "recent": []}, now=time.time(), daemon=DaemonState.RUNNING))
+    page = render_html(page_data(StatusViews(), now=time.time(), daemon=DaemonState.RUNNING))
     assert "Nothing running or queued" in page and "No finished jobs yet" in page
 
 
@@ -189,7 +189,7 @@ def test_a_reader_polling_1000_times_never_sees_a_partial_file(journal: Journal,
     # Pages of very different sizes, so a torn read could not pass for a whole one.
     docs = []
     for k in range(4):
-        v = {"active": views["active"] * (1 + 40 * k), "recent": views["recent"]}
+        v = StatusViews(active=views.active * (1 + 40 * k), recent=views.recent)
         data = page_data(v, now=now + k, daemon=DaemonState.RUNNING)
         docs.append((render_json(data), render_html(data).encode()))
     write_atomic(out / STATUS_JSON, docs[0][0])
