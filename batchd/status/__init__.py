@@ -11,5 +11,5 @@ daemon (not even under ``TYPE_CHECKING``).
 - ``views``: the typed job views (``JobView``, ``ViewState``) and the one "running or cancelling" filter
 - ``live``: the loop task that keeps the status files and gauges current
 - ``page``: ``!status.html`` / ``!status.json``
-- ``prom``: Prometheus exposition: registry, listener, textfile
+- ``prom``: Prometheus exposition: registry, listener, textfile (counters read through ``COUNTS``)
 """
