@@ -33,6 +33,7 @@ from batchd.redact import host_of
 from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
 from batchd.status.live import LiveViews
+from batchd.status.state import JobProgress
 
 log = structlog.get_logger("batchd.daemon")
 
@@ -77,7 +78,7 @@ class Daemon:
         self._progress_mark: tuple[str, int] | None = None  # (job id, last logged progress step)
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         #: the outbox status page and the Prometheus metrics, kept current off the request path
-        self.live = LiveViews(daemon=self)
+        self.live = LiveViews(state=_StatusWindow(self))
 
     @property
     def backend(self) -> Backend:
@@ -205,7 +206,7 @@ class Daemon:
             )
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
-            self.live.job_started(runner)
+            self.live.job_started(runner.metrics)
             try:
                 outcome = await runner.run()
             finally:
@@ -431,3 +432,41 @@ class Daemon:
         if self._backend is not None:
             await self._backend.aclose()
         self.journal.close()
+
+
+class _StatusWindow:
+    """What ``status/`` sees of the daemon (``status.state.StatusState``): never the daemon or its runner."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    @property
+    def settings(self) -> Settings:
+        return self._daemon.settings
+
+    @property
+    def jobs_done(self) -> int:
+        return self._daemon.jobs_done
+
+    def clock(self) -> float:
+        return self._daemon.clock()
+
+    def progress(self) -> JobProgress | None:
+        runner = self._daemon.current
+        if runner is None:
+            return None
+        gate = runner.gate
+        return JobProgress(
+            job_id=runner.job.id,
+            metrics=runner.metrics,
+            lanes=runner.lanes,
+            lanes_active=runner.active_lanes,
+            in_flight=runner.in_flight,
+            cancelled=runner.cancelled,
+            down_since=gate.down_since,
+            backend_up=gate.is_open,
+            backend_host=runner.backend.host,
+        )
+
+    async def ping_backend(self) -> None:
+        await self._daemon.backend.ping()

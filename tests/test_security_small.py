@@ -9,11 +9,12 @@ import pytest
 
 from batchd.config import load_settings
 from batchd.errors import ConfigError
-from batchd.ops.commands import status_table, status_views
+from batchd.ops.commands import status_table
 from batchd.pipeline import Pipeline
 from batchd.publish.report import ReportData, render
 from batchd.publish.scores import Scored, ScoreSheet, safe_cell
 from batchd.redact import escape_controls, redact_url
+from batchd.status.views import status_views
 from tests.publish.test_report import _job
 
 # -- scores.csv ---------------------------------------------------------------------------
@@ -82,8 +83,8 @@ def test_control_characters_in_names_are_escaped_in_status(tmp_path: object) -> 
         table = status_table(views)
         for text in (table, repr(views)):
             assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
-        assert views["active"][0]["input"] == escape_controls(evil) == "a\\x1b[2K\\x1b]0;pwned\\x07\\x9b31m.csv"
-        assert "\x1b" not in views["active"][0]["error"]["message"]
+        assert views.active[0].input == escape_controls(evil) == "a\\x1b[2K\\x1b]0;pwned\\x07\\x9b31m.csv"
+        assert "\x1b" not in views.active[0].error["message"]
     finally:
         journal.close()
 

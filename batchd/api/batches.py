@@ -42,6 +42,7 @@ from batchd.fsutil import fsync_dir
 from batchd.intake.claim import Claimer, new_job_id
 from batchd.intake.inbox import pipeline_for, safe_stem
 from batchd.journal import FINISHED, CancelAnswer, FinalStatus, Job, JobState, Journal, NewBatch, NewClaim, ReqState
+from batchd.status.views import ViewState
 
 log = structlog.get_logger("batchd.api")
 
@@ -343,16 +344,19 @@ class BatchService:
 
 
 def _status(job: Job) -> BatchStatus:
-    final = job.final
-    if job.state is JobState.INGESTING:
+    """The batch status OpenAI's clients know, from the job's state as ``batchd status`` shows it."""
+    state = ViewState.of(job)
+    if state is ViewState.INGESTING:
         return "validating"
-    if job.state in (JobState.QUEUED, JobState.RUNNING):
-        return "cancelling" if job.cancel_requested else "in_progress"
-    if job.state is JobState.FINALIZING:
-        return "cancelling" if final is FinalStatus.CANCELLED else "finalizing"
-    if job.state is JobState.FAILED:
+    if state is ViewState.CANCELLING or (state is ViewState.QUEUED and job.cancel_requested):
+        return "cancelling"  # queued with a cancel asked: a stop put it back before the runner saw the cancel
+    if state in (ViewState.QUEUED, ViewState.RUNNING):
+        return "in_progress"
+    if state is ViewState.FINALIZING:
+        return "cancelling" if job.final is FinalStatus.CANCELLED else "finalizing"
+    if state is ViewState.FAILED:
         return "failed"
-    if job.state is JobState.CANCELLED:
+    if state is ViewState.CANCELLED:
         return "cancelled"
     return "completed"  # completed, or a duplicate whose twin is gone
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -18,9 +16,9 @@ from batchd import pace
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, InputError
 from batchd.intake.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
-from batchd.journal import ACTIVE, FINISHED, CancelAnswer, Job, JobState, Journal
+from batchd.journal import CancelAnswer, Job, JobState, Journal
 from batchd.pipeline import Pipeline, load_pipeline
-from batchd.redact import escape_controls
+from batchd.status.views import StatusViews, status_views
 
 
 def _journal(settings: Settings) -> Journal:
@@ -47,103 +45,24 @@ def _limits(settings: Settings) -> Limits:
 
 # -- status ----------------------------------------------------------------------------
 
-#: the rate is measured over the progress samples of this last stretch (a resumed job's
-#: downtime, or a slow first minute, does not drag it down)
-RATE_WINDOW_SECONDS = 120.0
-
-
-def _rate(journal: Journal, job: Job, done_failed: int, now: float) -> float | None:
-    points = [(s.t, s.done + s.failed) for s in journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)]
-    measured = pace.window_rate(points)
-    if measured is not None:
-        return measured
-    # No samples yet (the runner writes one every few seconds): the job's busy time, else wall time.
-    state = job.metrics.get("state", {}) if job.metrics else {}
-    elapsed = state.get("busy_seconds") or (now - job.started_at if job.started_at else 0)
-    return pace.rate(done_failed, elapsed)
-
-
-def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, Any]:
-    """One job as ``batchd status --json`` shows it (a stable, documented shape)."""
-    counts = journal.counts(job.id)
-    done = counts.get("done", 0)
-    failed = counts.get("failed", 0) + counts.get("invalid", 0)
-    skipped = counts.get("skipped", 0)
-    finished = done + failed + skipped
-    now = now or time.time()
-    rate = eta = None
-    state_metrics = job.metrics.get("state", {}) if job.metrics else {}
-    lanes = state_metrics.get("lanes")
-    if job.state is JobState.RUNNING:
-        rate = _rate(journal, job, done + counts.get("failed", 0), now)
-        recent = journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)
-        lanes = recent[-1].lanes if recent and recent[-1].lanes is not None else lanes
-        left = counts.get("queued", 0) + counts.get("running", 0)
-        eta = pace.eta(left, rate)
-    state = job.state.value
-    if job.cancel_requested and job.state is JobState.RUNNING:
-        state = "cancelling"
-    return {
-        # A dropped file's name is anyone's text: control characters (terminal escapes) shown escaped.
-        "job_id": job.id,
-        "input": escape_controls(job.input_name),
-        "state": state,
-        "source": job.source,
-        "total": job.total,
-        "done": done,
-        "failed": failed,
-        "skipped": skipped,
-        "finished": finished,
-        "progress": round(finished / job.total, 4) if job.total else (1.0 if job.state in FINISHED else 0.0),
-        "req_per_s": round(rate, 3) if rate else None,
-        "eta_seconds": round(eta) if eta else None,
-        "lanes": lanes,
-        "lanes_mode": state_metrics.get("lanes_mode"),
-        "retry_of": job.retry_of,
-        "outbox": job.outbox_name,
-        "error": _escaped(job.error),
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
-
-
-def _escaped(value: Any) -> Any:
-    if isinstance(value, str):
-        return escape_controls(value)
-    if isinstance(value, dict):
-        return {k: _escaped(v) for k, v in value.items()}
-    return value
-
-
-def status_views(journal: Journal, *, limit: int, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Running and queued jobs in the order they run, then the ``limit`` most recent finished ones."""
-    active = sorted(journal.jobs([*ACTIVE, JobState.INGESTING]), key=lambda j: j.seq)
-    recent = journal.jobs(list(FINISHED), limit=limit)
-    return {
-        "active": [job_view(journal, j, now) for j in active],
-        "recent": [job_view(journal, j, now) for j in recent],
-    }
-
-
 _COLUMNS = ("JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT")
 
 
-def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
+def status_table(views: StatusViews) -> str:
     """The human form of ``batchd status``: one row per job, running and queued first."""
     rows = [_COLUMNS]
-    for v in views["active"] + views["recent"]:
+    for v in views.active + views.recent:
         rows.append(
             (
-                v["job_id"],
-                v["state"],
-                _bar(v["progress"]),
-                f"{v['finished']:,}/{v['total']:,}",
-                pace.rate_text(v["req_per_s"]),
-                (f"{v['lanes']}" + (" auto" if v.get("lanes_mode") == "auto" else "")) if v.get("lanes") else "-",
-                pace.duration(v["eta_seconds"]) if v["eta_seconds"] is not None else "-",
-                f"{v['failed']:,}" if v["failed"] else "-",
-                v["input"] + (f"  ({str(v['error'].get('message', ''))[:60]})" if v["error"] else ""),
+                v.job_id,
+                v.state.value,
+                _bar(v.progress),
+                f"{v.finished:,}/{v.total:,}",
+                pace.rate_text(v.req_per_s),
+                (f"{v.lanes}" + (" auto" if v.lanes_mode == "auto" else "")) if v.lanes else "-",
+                pace.duration(v.eta_seconds) if v.eta_seconds is not None else "-",
+                f"{v.failed:,}" if v.failed else "-",
+                v.input + (f"  ({str(v.error.get('message', ''))[:60]})" if v.error else ""),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
@@ -152,16 +71,15 @@ def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
     for r in rows:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         lines.append("  ".join([*cells, r[-1]]).rstrip())
-    running = [v for v in views["active"] if v["state"] in ("running", "cancelling")]
-    queued = len(views["active"]) - len(running)
-    head = (f"running {running[0]['input']}" if running else "idle") + f", {queued} queued"
+    running = views.running
+    head = (f"running {running[0].input}" if running else "idle") + f", {views.waiting} queued"
     if len(rows) == 1:
         return head + ", no jobs yet"
     return head + "\n\n" + "\n".join(lines)
 
 
 def status(settings: Settings, *, as_json: bool, limit: int) -> int:
-    views: dict[str, list[dict[str, Any]]] = {"active": [], "recent": []}
+    views = StatusViews()
     if settings.journal_path.exists():  # no journal yet: nothing has run
         journal = _journal(settings)
         try:
@@ -169,7 +87,7 @@ def status(settings: Settings, *, as_json: bool, limit: int) -> int:
         finally:
             journal.close()
     if as_json:
-        sys.stdout.write(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(views.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(status_table(views))
     return 0

@@ -2,8 +2,9 @@
 
 One task on the event loop wakes every ``TICK`` seconds, or at once when the
 daemon pokes it (a job claimed, started, ended, published). On the loop it
-reads only memory: the running job's counters, its outage gate, the lanes in
-flight. Journal reads, page rendering and file writes go to one worker thread
+reads only memory, through the narrow ``state.StatusState`` the daemon hands
+it (never the daemon or its runner): the running job's counters, its outage
+gate, the lanes in flight. Journal reads, page rendering and file writes go to one worker thread
 with its own journal connection, so neither SQLite nor a slow share costs the
 lanes anything. The status files are rewritten at most every
 ``status_page.interval_seconds`` unless something changed; the textfile and
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -26,16 +27,14 @@ from batchd.aio import wait_first
 from batchd.errors import BatchdError
 from batchd.fsutil import write_atomic
 from batchd.journal import Job, Journal
-from batchd.ops import commands as ops
+from batchd.metrics import JobMetrics
 from batchd.publish.share import SharedFolder
 from batchd.redact import host_of
 from batchd.status import page as statuspage
 from batchd.status.page import DaemonState, Waiting
 from batchd.status.prom import Exporter, Live, Queue
-
-if TYPE_CHECKING:
-    from batchd.daemon import Daemon
-    from batchd.run.runner import JobRunner
+from batchd.status.state import StatusState
+from batchd.status.views import StatusViews, ViewState, status_views
 
 log = structlog.get_logger("batchd.live")
 
@@ -59,10 +58,10 @@ class _Probe:
 class LiveViews:
     """See the module docstring. ``poke()`` from anywhere on the loop; ``run()`` is the task."""
 
-    def __init__(self, *, daemon: Daemon, wall: Callable[[], float] = time.time) -> None:
-        self.daemon = daemon
+    def __init__(self, *, state: StatusState, wall: Callable[[], float] = time.time) -> None:
+        self.state = state
         self.wall = wall
-        self.exporter = Exporter(daemon.settings.metrics)
+        self.exporter = Exporter(state.settings.metrics)
         self._poked = asyncio.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._journal: Journal | None = None  # owned by the worker thread
@@ -80,15 +79,15 @@ class LiveViews:
 
     @property
     def settings(self) -> Any:
-        return self.daemon.settings  # a SIGHUP reload is seen at the next tick
+        return self.state.settings  # a SIGHUP reload is seen at the next tick
 
     # -- what the daemon tells us ---------------------------------------------------------
 
     def poke(self) -> None:
         self._poked.set()
 
-    def job_started(self, runner: JobRunner) -> None:
-        self.exporter.job_started(runner.metrics)
+    def job_started(self, metrics: JobMetrics) -> None:
+        self.exporter.job_started(metrics)
         self.poke()
 
     def job_ended(self) -> None:
@@ -125,7 +124,7 @@ class LiveViews:
         probe = self._probe()
         self.exporter.set_live(probe.live)
         self.exporter.refresh()
-        now = self.daemon.clock()
+        now = self.state.clock()
         poked = self._poked.is_set() or probe.signature != self._signature
         page = self.settings.status_page.enabled and (
             poked or now - self._last_page >= self.settings.status_page.interval_seconds
@@ -167,37 +166,35 @@ class LiveViews:
     # -- on the loop: memory only -----------------------------------------------------------
 
     def _probe(self) -> _Probe:
-        runner = self.daemon.current
-        if runner is None:
+        job = self.state.progress()
+        if job is None:
             self._outage = None
             live = Live(backend_up=self._backend_up)
-            return _Probe(live, None, (None, self.daemon.jobs_done))
-        gate = runner.gate
+            return _Probe(live, None, (None, self.state.jobs_done))
         waiting = None
-        if gate.down_since is not None:
-            if self._outage is None or self._outage[0] != gate.down_since:
-                self._outage = (gate.down_since, self.wall() - (self.daemon.clock() - gate.down_since))
-            waiting = Waiting(job_id=runner.job.id, backend=host_of(runner.backend.host), since=self._outage[1])
+        if job.down_since is not None:
+            if self._outage is None or self._outage[0] != job.down_since:
+                self._outage = (job.down_since, self.wall() - (self.state.clock() - job.down_since))
+            waiting = Waiting(job_id=job.job_id, backend=host_of(job.backend_host), since=self._outage[1])
         else:
             self._outage = None
-        self._backend_up = gate.is_open
-        m = runner.metrics
+        self._backend_up = job.backend_up
         live = Live(
             job_running=True,
-            lanes=runner.lanes,
-            lanes_active=runner.active_lanes,
-            lanes_in_use=runner.in_flight,
-            backend_up=gate.is_open,
-            vram_used_bytes=m.vram_used_bytes,
-            vram_total_bytes=m.vram_total,
+            lanes=job.lanes,
+            lanes_active=job.lanes_active,
+            lanes_in_use=job.in_flight,
+            backend_up=job.backend_up,
+            vram_used_bytes=job.metrics.vram_used_bytes,
+            vram_total_bytes=job.metrics.vram_total,
         )
-        return _Probe(live, waiting, (runner.job.id, waiting is None, runner.cancelled, self.daemon.jobs_done))
+        return _Probe(live, waiting, (job.job_id, waiting is None, job.cancelled, self.state.jobs_done))
 
     def _maybe_ping(self) -> None:
         """Idle: is the backend there? (Prometheus' batchd_backend_up; during a job the gate says.)"""
-        if not self.exporter.enabled or self.daemon.current is not None:
+        if not self.exporter.enabled or self.state.progress() is not None:
             return
-        now = self.daemon.clock()
+        now = self.state.clock()
         if now - self._last_ping < PING_SECONDS or (self._pinging is not None and not self._pinging.done()):
             return
         self._last_ping = now
@@ -205,7 +202,7 @@ class LiveViews:
 
     async def _ping(self) -> None:
         try:
-            await asyncio.wait_for(self.daemon.backend.ping(), timeout=10)
+            await asyncio.wait_for(self.state.ping_backend(), timeout=10)
             self._backend_up = True
         except (TimeoutError, BatchdError):
             self._backend_up = False
@@ -225,7 +222,7 @@ class LiveViews:
                 return
             now = self.wall()
             limit = settings.status_page.recent if page else 0
-            views = ops.status_views(journal, limit=limit, now=now)
+            views = status_views(journal, limit=limit, now=now)
         except (BatchdError, OSError) as exc:
             self._warn("status_read_failed", str(exc))
             return
@@ -241,9 +238,7 @@ class LiveViews:
             except OSError as exc:
                 self._warn("metrics_textfile_failed", str(exc), path=str(settings.metrics.textfile))
 
-    def _write_page(
-        self, views: dict[str, list[dict[str, Any]]], now: float, state: DaemonState, waiting: Waiting | None
-    ) -> None:
+    def _write_page(self, views: StatusViews, now: float, state: DaemonState, waiting: Waiting | None) -> None:
         outbox: Path = self.settings.outbox
         outbox.mkdir(parents=True, exist_ok=True)
         data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting)
@@ -277,13 +272,12 @@ class LiveViews:
             log.warning(event, error=error, **fields)
 
 
-def _queue(views: dict[str, list[dict[str, Any]]]) -> Queue:
-    active = views["active"]
-    running = [v for v in active if v["state"] in ("running", "cancelling")]
+def _queue(views: StatusViews) -> Queue:
+    running = views.running
     head = running[0] if running else None
     return Queue(
-        jobs=sum(1 for v in active if v["state"] in ("queued", "ingesting")),
-        requests=sum(max(0, v["total"] - v["finished"]) for v in active),
-        progress=head["progress"] if head else None,
-        eta_seconds=head["eta_seconds"] if head else None,
+        jobs=sum(1 for v in views.active if v.state in (ViewState.QUEUED, ViewState.INGESTING)),
+        requests=sum(max(0, v.total - v.finished) for v in views.active),
+        progress=head.progress if head else None,
+        eta_seconds=head.eta_seconds if head else None,
     )

@@ -6,9 +6,10 @@ failed counts, req/s, ETA and "waiting for the backend since …", then the
 recently finished jobs with a link to their folder. The page is plain HTML
 (no script, nothing fetched, a CSP like ``report.html``'s) that reloads itself.
 
-This module only builds the two documents from ``ops.status_views`` (so the
-JSON agrees with ``batchd status --json``); ``live.py`` decides when to write
-them, ``fsutil.write_atomic`` replaces them.
+This module only builds the two documents from ``views.status_views`` (so the
+JSON agrees with ``batchd status --json``; the page is drawn from the JSON, so
+the two never disagree); ``live.py`` decides when to write them,
+``fsutil.write_atomic`` replaces them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import orjson
 
 from batchd.pace import duration, rate_text
 from batchd.redact import escape_controls
+from batchd.status.views import StatusViews, ViewState
 
 # Job folders are named by ``inbox.safe_stem`` (only ``[A-Za-z0-9._-]``, never a leading
 # ``.``, ``_`` or ``-``) plus ``.2``, ``.3``…, so a name with ``!`` can never be one.
@@ -52,10 +54,9 @@ class Waiting:
     since: float
 
 
-def page_data(
-    views: dict[str, list[dict[str, Any]]], *, now: float, daemon: DaemonState, waiting: Waiting | None = None
-) -> dict[str, Any]:
+def page_data(views: StatusViews, *, now: float, daemon: DaemonState, waiting: Waiting | None = None) -> dict[str, Any]:
     """What ``!status.json`` holds: ``active`` and ``recent`` exactly as ``batchd status --json``."""
+    jobs = views.as_dict()
     return {
         "schema": SCHEMA_VERSION,
         "generated_at": _iso(now),
@@ -70,8 +71,8 @@ def page_data(
             "since": _iso(waiting.since),
             "since_unix": round(waiting.since, 3),
         },
-        "active": views["active"],
-        "recent": views["recent"],
+        "active": jobs["active"],
+        "recent": jobs["recent"],
     }
 
 
@@ -104,11 +105,11 @@ footer{color:#7a8390;font-size:13px;margin-top:20px}
 """
 
 _STATE_TEXT = {
-    "ingesting": "reading the file",
-    "queued": "queued",
-    "running": "running",
-    "finalizing": "writing results",
-    "cancelling": "cancelling",
+    ViewState.INGESTING: "reading the file",
+    ViewState.QUEUED: "queued",
+    ViewState.RUNNING: "running",
+    ViewState.FINALIZING: "writing results",
+    ViewState.CANCELLING: "cancelling",
 }
 
 
@@ -116,7 +117,7 @@ def render_html(data: dict[str, Any], *, outbox: Path | None = None) -> str:
     """The status page; ``outbox`` (when given) lets finished jobs link their ``report.html``."""
     now = float(data["generated_at_unix"])
     active, recent = data["active"], data["recent"]
-    running = [v for v in active if v["state"] in ("running", "cancelling")]
+    running = [v for v in active if ViewState(v["state"]).running]
     title = f"batchd: {len(running)} running, {len(active) - len(running)} queued"
     parts = [
         "<h1>batchd status</h1>",
@@ -171,7 +172,7 @@ def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, n
     ]
     for v in views:
         state = v["state"]
-        label, css = _STATE_TEXT.get(state, state), state
+        label, css = _STATE_TEXT.get(ViewState(state), state), state
         if waiting and waiting["job_id"] == v["job_id"]:
             label, css = "paused: waiting for the backend", "paused"
         eta = "-"

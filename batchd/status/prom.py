@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,58 +59,89 @@ def _label(value: str) -> str:
     return value if value in KNOWN else "other"
 
 
+#: what a counter reads off ``JobMetrics``: a number, or counts by one label's values
+Reading = Callable[[JobMetrics], int | Mapping[str, int]]
+
+
+@dataclass(frozen=True)
+class Count:
+    """One counter read from ``JobMetrics``: its family, its help, how to read it and its labels."""
+
+    family: str
+    doc: str
+    read: Reading
+    #: the label the keys of a mapping fill (``cause`` values are bounded: unknown ones read ``other``)
+    by: str | None = None
+    #: labels every sample of this row carries
+    fixed: tuple[tuple[str, str], ...] = ()
+
+
+_REQUESTS = "Requests finished, by status and cause (error code)."
+
+#: Every counter the exporter reads from ``JobMetrics``, in exposition order: adding one is one line here.
+COUNTS: tuple[Count, ...] = (
+    Count("batchd_requests", _REQUESTS, lambda m: m.completed, fixed=(("status", "completed"), ("cause", "none"))),
+    Count("batchd_requests", _REQUESTS, lambda m: m.failures, by="cause", fixed=(("status", "failed"),)),
+    Count("batchd_request_retries", "Request retries, by cause.", lambda m: m.retries, by="cause"),
+    Count("batchd_prompt_tokens", "Prompt tokens the backend reported.", lambda m: m.prompt_tokens),
+    Count("batchd_completion_tokens", "Completion tokens the backend reported.", lambda m: m.completion_tokens),
+    Count(
+        "batchd_cached_prompt_tokens",
+        "Prompt tokens estimated served from the backend's cache.",
+        lambda m: m.cached_prompt_tokens,
+    ),
+    Count("batchd_context_trims", "Conversation trims, by strategy.", lambda m: m.trims, by="strategy"),
+    Count(
+        "batchd_context_overflows",
+        "Prompts the backend refused or cut for the context window.",
+        lambda m: m.retries.get("context_overflow", 0) + m.truncations_detected,
+    ),
+    Count("batchd_oom_events", "Backend out-of-memory errors.", lambda m: m.oom_events),
+    Count("batchd_backend_outages", "Times the backend stopped answering and jobs paused.", lambda m: m.outages),
+)
+
+
+def _read(count: Count, m: JobMetrics) -> int | dict[str, int]:
+    value = count.read(m)
+    return value if isinstance(value, int) else {k: v for k, v in value.items() if v}
+
+
+def _combined(a: int | Mapping[str, int], b: int | Mapping[str, int], sign: int) -> int | dict[str, int]:
+    if isinstance(a, int) and isinstance(b, int):
+        return a + sign * b
+    assert not isinstance(a, int) and not isinstance(b, int)
+    out = Counter(a)
+    for k, v in b.items():
+        out[k] += sign * v
+    return {k: v for k, v in out.items() if v}
+
+
+def _zero(count: Count) -> int | dict[str, int]:
+    return 0 if count.by is None else {}
+
+
 @dataclass(frozen=True)
 class Tally:
-    """Counters of one job (or a sum of runs): what the exporter adds up across jobs."""
+    """Counters of one job (or a sum of runs): what the exporter adds up across jobs.
 
-    completed: int = 0
-    failed: Mapping[str, int] = field(default_factory=dict)
-    retries: Mapping[str, int] = field(default_factory=dict)
-    trims: Mapping[str, int] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    overflows: int = 0
-    oom_events: int = 0
-    outages: int = 0
+    ``counts`` lines up with ``COUNTS``; the latency histogram is kept beside them.
+    """
+
+    counts: tuple[int | Mapping[str, int], ...] = field(default_factory=lambda: tuple(_zero(c) for c in COUNTS))
     latency_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)
     latency_sum: float = 0.0
 
     @classmethod
     def of(cls, m: JobMetrics) -> Tally:
         return cls(
-            completed=m.completed,
-            failed=dict(m.failures),
-            retries=dict(m.retries),
-            trims=dict(m.trims),
-            prompt_tokens=m.prompt_tokens,
-            completion_tokens=m.completion_tokens,
-            cached_prompt_tokens=m.cached_prompt_tokens,
-            overflows=m.retries.get("context_overflow", 0) + m.truncations_detected,
-            oom_events=m.oom_events,
-            outages=m.outages,
+            counts=tuple(_read(c, m) for c in COUNTS),
             latency_counts=tuple(m.latency_counts),
             latency_sum=m.latency_sum,
         )
 
     def combine(self, other: Tally, sign: int = 1) -> Tally:
-        def maps(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
-            out = Counter(a)
-            for k, v in b.items():
-                out[k] += sign * v
-            return {k: v for k, v in out.items() if v}
-
         return Tally(
-            completed=self.completed + sign * other.completed,
-            failed=maps(self.failed, other.failed),
-            retries=maps(self.retries, other.retries),
-            trims=maps(self.trims, other.trims),
-            prompt_tokens=self.prompt_tokens + sign * other.prompt_tokens,
-            completion_tokens=self.completion_tokens + sign * other.completion_tokens,
-            cached_prompt_tokens=self.cached_prompt_tokens + sign * other.cached_prompt_tokens,
-            overflows=self.overflows + sign * other.overflows,
-            oom_events=self.oom_events + sign * other.oom_events,
-            outages=self.outages + sign * other.outages,
+            counts=tuple(_combined(a, b, sign) for a, b in zip(self.counts, other.counts, strict=True)),
             latency_counts=tuple(a + sign * b for a, b in zip(self.latency_counts, other.latency_counts)),
             latency_sum=self.latency_sum + sign * other.latency_sum,
         )
@@ -131,7 +162,7 @@ class Live:
 
 @dataclass(frozen=True)
 class Queue:
-    """Gauges derived from the journal (``ops.status_views``), refreshed off the event loop."""
+    """Gauges derived from the journal (``views.status_views``), refreshed off the event loop."""
 
     jobs: int = 0
     requests: int = 0
@@ -252,33 +283,7 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         tally, live, queue, extra, jobs = self.exporter.snapshot()
-        req = CounterMetricFamily(
-            "batchd_requests", "Requests finished, by status and cause (error code).", labels=["status", "cause"]
-        )
-        req.add_metric(["completed", "none"], tally.completed)
-        failed = Counter({("failed", _label(k)): v for k, v in tally.failed.items()})
-        for (status, cause), n in sorted((failed + Counter(extra)).items()):
-            req.add_metric([status, cause], n)
-        yield req
-        yield _by(
-            "batchd_request_retries",
-            "Request retries, by cause.",
-            "cause",
-            {_label(k): v for k, v in tally.retries.items()},
-        )
-        yield _counter("batchd_prompt_tokens", "Prompt tokens the backend reported.", tally.prompt_tokens)
-        yield _counter("batchd_completion_tokens", "Completion tokens the backend reported.", tally.completion_tokens)
-        yield _counter(
-            "batchd_cached_prompt_tokens",
-            "Prompt tokens estimated served from the backend's cache.",
-            tally.cached_prompt_tokens,
-        )
-        yield _by("batchd_context_trims", "Conversation trims, by strategy.", "strategy", tally.trims)
-        yield _counter(
-            "batchd_context_overflows", "Prompts the backend refused or cut for the context window.", tally.overflows
-        )
-        yield _counter("batchd_oom_events", "Backend out-of-memory errors.", tally.oom_events)
-        yield _counter("batchd_backend_outages", "Times the backend stopped answering and jobs paused.", tally.outages)
+        yield from _counters(tally, {"batchd_requests": extra})
         yield _by("batchd_jobs_finished", "Jobs published to the outbox, by status.", "status", jobs)
         hist = HistogramMetricFamily("batchd_request_latency_seconds", "Backend call latency of answered requests.")
         cumulative, buckets = 0, []
@@ -310,8 +315,27 @@ class _Collector(Collector):
         yield info
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=value)
+def _counters(tally: Tally, extra: Mapping[str, Mapping[tuple[str, str], int]]) -> Iterator[CounterMetricFamily]:
+    """One family per name in ``COUNTS`` (in order): plain rows first, then the labelled samples sorted;
+    ``extra`` adds samples counted outside ``JobMetrics`` (rows no run finished) to a family."""
+    rows: dict[str, list[tuple[Count, int | Mapping[str, int]]]] = {}
+    for count, value in zip(COUNTS, tally.counts, strict=True):
+        rows.setdefault(count.family, []).append((count, value))
+    for name, members in rows.items():
+        first = members[0][0]
+        labels = [k for k, _ in first.fixed] + ([first.by] if first.by else [])
+        family = CounterMetricFamily(name, first.doc, labels=labels)
+        labelled: Counter[tuple[str, ...]] = Counter(extra.get(name, {}))
+        for count, value in members:
+            fixed = [v for _, v in count.fixed]
+            if isinstance(value, int):
+                family.add_metric(fixed, value)
+                continue
+            for key, n in value.items():
+                labelled[(*fixed, _label(key) if count.by == "cause" else key)] += n
+        for values, n in sorted(labelled.items()):
+            family.add_metric(list(values), n)
+        yield family
 
 
 def _by(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:

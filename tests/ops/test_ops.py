@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from batchd.config import Settings, VramSettings
 from batchd.ops.checks import Check, Level
 from batchd.ops.commands import status_table
 from batchd.ops.doctor import _gpu, _unit
+from batchd.status.views import JobView, StatusViews, ViewState
 from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.run.test_vram import FakeNvml
 from tests.support.emulator import Emulator
@@ -201,35 +203,43 @@ def test_status_of_an_empty_journal_and_the_table_shape(folders: Folders, emulat
     assert r.returncode == 0 and r.stdout == "idle, 0 queued, no jobs yet\n", r.stdout + r.stderr
     assert orjson.loads(run_batchd(env, "status", "--json").stdout) == {"active": [], "recent": []}
 
-    view = {
-        "job_id": "abc",
-        "state": "running",
-        "progress": 0.266,
-        "finished": 45_210,
-        "total": 170_000,
-        "req_per_s": 3.9,
-        "eta_seconds": 42_120,
-        "failed": 12,
-        "input": "candidates.csv",
-        "error": None,
-        "lanes": 12,
-        "lanes_mode": "auto",
-    }
-    done = {
-        **view,
-        "job_id": "def",
-        "state": "failed",
-        "progress": 1.0,
-        "finished": 10,
-        "total": 10,
-        "req_per_s": None,
-        "eta_seconds": None,
-        "failed": 0,
-        "input": "x.csv",
-        "lanes": None,
-        "error": {"message": "model gemma9 not found"},
-    }
-    lines = status_table({"active": [view], "recent": [done]}).splitlines()
+    view = JobView(
+        job_id="abc",
+        input="candidates.csv",
+        state=ViewState.RUNNING,
+        source="inbox",
+        total=170_000,
+        done=45_198,
+        failed=12,
+        skipped=0,
+        finished=45_210,
+        progress=0.266,
+        req_per_s=3.9,
+        eta_seconds=42_120,
+        lanes=12,
+        lanes_mode="auto",
+        retry_of=None,
+        outbox=None,
+        error=None,
+        created_at=1.0,
+        started_at=2.0,
+        finished_at=None,
+    )
+    done = replace(
+        view,
+        job_id="def",
+        state=ViewState.FAILED,
+        progress=1.0,
+        finished=10,
+        total=10,
+        req_per_s=None,
+        eta_seconds=None,
+        failed=0,
+        input="x.csv",
+        lanes=None,
+        error={"message": "model gemma9 not found"},
+    )
+    lines = status_table(StatusViews(active=(view,), recent=(done,))).splitlines()
     assert lines[0] == "running candidates.csv, 0 queued"
     assert lines[2].split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT"]
     assert lines[3] == (

@@ -235,3 +235,36 @@ def test_metrics_settings_from_file_and_environment(tmp_path: Path, monkeypatch:
     default = load_settings(cfg)
     assert default.metrics.listen is None and default.metrics.textfile is None  # off unless configured
     assert not Exporter(default.metrics).enabled
+
+
+def test_unknown_causes_add_up_under_other() -> None:
+    """Two codes no exception declares both read ``other``: their counts add, neither hides the other."""
+    ex = Exporter(MetricsSettings())
+    m = JobMetrics()
+    ex.job_started(m)
+    m.count_outcome(False, "made_up_a")
+    m.count_outcome(False, "made_up_b")
+    m.count_outcome(False, "made_up_b")
+    m.retries["odd_a"] += 1
+    m.retries["odd_b"] += 2
+    ex.refresh()
+    snap = samples(ex.exposition())
+    assert value(snap, "batchd_requests_total", status="failed", cause="other") == 3
+    assert value(snap, "batchd_request_retries_total", cause="other") == 3
+
+
+def test_a_counter_from_jobmetrics_is_one_row_of_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``COUNTS`` is the one table: a new row is read per job, added across jobs and exposed, nothing else."""
+    import batchd.status.prom as prom
+
+    row = prom.Count("batchd_test_pressure", "VRAM pressure events (test row).", lambda m: m.vram_pressure_events)
+    monkeypatch.setattr(prom, "COUNTS", (*prom.COUNTS, row))
+    ex = Exporter(MetricsSettings())
+    for n in (2, 3):
+        m = JobMetrics()
+        ex.job_started(m)
+        m.vram_pressure_events += n
+        ex.job_ended()
+    snap = samples(ex.exposition())
+    assert value(snap, "batchd_test_pressure_total") == 5
+    assert {c.family for c in prom.COUNTS} <= {f.name for f in text_string_to_metric_families(ex.exposition().decode())}
