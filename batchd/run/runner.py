@@ -39,7 +39,7 @@ from batchd.journal import Job, Journal, Outcome, ReqState, Request, RunOutcome
 from batchd.metrics import JobMetrics
 from batchd.run.attempts import Attempts
 from batchd.run.context import ContextBudget, Conversation
-from batchd.run.lanes import Change, LaneController
+from batchd.run.lanes import Change, LaneController, LaneTuning
 from batchd.run.outage import Gate
 from batchd.run.replies import checker_for
 from batchd.run.serverside import ServerSide
@@ -83,7 +83,7 @@ class JobRunner(Attempts):
         self.prefix: dict[str, Any] | None = orjson.loads(job.prefix_json) if job.prefix_json else None
         low, high = settings.backend.lane_bounds()
         #: how many requests may be in flight: pinned (``lanes = N``) or adaptive (``lanes = "auto"``)
-        self.control = LaneController(lanes_min=low, lanes_max=high, clock=clock)
+        self.control = LaneController(LaneTuning(lanes_min=low, lanes_max=high), clock=clock)
         self.control.on_change = self._lanes_moved
         self.auto = not self.control.fixed
         #: lane tasks: one per request that may ever be in flight; those above the limit park
