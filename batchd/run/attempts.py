@@ -11,10 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 import structlog
 
 from batchd.aio import Sleep
 from batchd.backends.base import Backend, ChatResult
+from batchd.config import Settings
 from batchd.errors import (
     BackendBusy,
     BackendOutOfMemory,
@@ -33,7 +35,7 @@ from batchd.run.context import Conversation
 from batchd.run.lanes import LaneController, Ticket
 from batchd.run.lanes import Outcome as CallOutcome
 from batchd.run.outage import Gate
-from batchd.run.replies import ReplyChecker
+from batchd.run.replies import ReplyChecker, checker_for
 from batchd.run.serverside import ServerSide
 from batchd.run.translate import result_id, to_chat_request
 
@@ -107,6 +109,48 @@ class Attempts:
         self.clock = clock
         #: the server's version, request hygiene and reloads (the runner sets it once the context is pinned)
         self.server: ServerSide | None = None
+
+    @classmethod
+    def for_job(
+        cls,
+        settings: Settings,
+        job: Job,
+        *,
+        backend: Backend,
+        metrics: JobMetrics,
+        control: LaneController,
+        gate: Gate,
+        lanes: int,
+        rng: random.Random,
+        wait_gate: Callable[[], Awaitable[bool]],
+        on_fatal: Callable[[JobError], None],
+        sleep: Sleep,
+        clock: Callable[[], float],
+    ) -> Attempts:
+        """The job's rules read from the settings and the job; the collaborators as the runner made them."""
+        prefix: dict[str, Any] | None = orjson.loads(job.prefix_json) if job.prefix_json else None
+        return cls(
+            job=job,
+            backend=backend,
+            metrics=metrics,
+            control=control,
+            gate=gate,
+            replies=checker_for(prefix, job.pipeline_json),  # schema checks for pipeline jobs
+            backoff=Backoff(base=settings.backend.backoff_seconds, cap=settings.backend.backoff_max_seconds, rng=rng),
+            prefix=prefix,
+            model=job.model or settings.backend.model,
+            num_predict=settings.context.num_predict,
+            max_attempts=settings.backend.max_attempts,
+            lanes=lanes,
+            conversation_asked=(
+                "mode" in settings.context.model_fields_set
+                or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation"
+            ),
+            wait_gate=wait_gate,
+            on_fatal=on_fatal,
+            sleep=sleep,
+            clock=clock,
+        )
 
     async def execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
         body = full_body(self.prefix, req.body or {})

@@ -26,9 +26,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
-import orjson
 import structlog
 
 from batchd.aio import Sleep, wait_first
@@ -37,11 +35,10 @@ from batchd.config import Settings
 from batchd.errors import BackendUnavailable, JobError, TransientError
 from batchd.journal import Job, Journal, Outcome, ReqState, Request, RunOutcome
 from batchd.metrics import JobMetrics
-from batchd.run.attempts import Attempts, Backoff
+from batchd.run.attempts import Attempts
 from batchd.run.context import ContextBudget, Conversation
 from batchd.run.lanes import Change, LaneController, LaneTuning
 from batchd.run.outage import Gate
-from batchd.run.replies import checker_for
 from batchd.run.serverside import ServerSide
 from batchd.run.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
 
@@ -113,29 +110,16 @@ class JobRunner:
             on_fatal=self._fail,
         )
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
-        prefix: dict[str, Any] | None = orjson.loads(job.prefix_json) if job.prefix_json else None
         #: one request's calls and retries
-        self.attempts = Attempts(
-            job=job,
+        self.attempts = Attempts.for_job(
+            settings,
+            job,
             backend=backend,
             metrics=self.metrics,
             control=self.control,
             gate=self.gate,
-            replies=checker_for(prefix, job.pipeline_json),  # schema checks for pipeline jobs
-            backoff=Backoff(
-                base=settings.backend.backoff_seconds,
-                cap=settings.backend.backoff_max_seconds,
-                rng=rng or random.Random(),
-            ),
-            prefix=prefix,
-            model=job.model or settings.backend.model,
-            num_predict=settings.context.num_predict,
-            max_attempts=settings.backend.max_attempts,
             lanes=self.lanes,
-            conversation_asked=(
-                "mode" in settings.context.model_fields_set
-                or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation"
-            ),
+            rng=rng or random.Random(),
             wait_gate=self._wait_gate,
             on_fatal=self._fail,
             sleep=sleep,
