@@ -31,7 +31,7 @@ from batchd.errors import (
 from batchd.intake.ingest import full_body
 from batchd.journal import Job, Outcome, ReqState, Request
 from batchd.metrics import JobMetrics
-from batchd.run.context import Conversation
+from batchd.run.context import Conversation, Truncation
 from batchd.run.lanes import LaneController, Ticket
 from batchd.run.lanes import Outcome as CallOutcome
 from batchd.run.outage import Gate
@@ -223,18 +223,18 @@ class Attempts:
             verdict = conv.truncation(result)
             if verdict is not None:
                 self.metrics.truncations_detected += 1
-                self.metrics.retries[verdict] += 1
+                self.metrics.retries[verdict.value] += 1
                 log.warning(
                     "context_truncated",
                     job_id=self.job.id,
                     custom_id=req.custom_id,
-                    reason=verdict,
+                    reason=verdict.value,
                     prompt_tokens=result.prompt_tokens,
                 )
-                cut_at = result.prompt_tokens if verdict == "prompt_truncated" else None
+                cut_at = result.prompt_tokens if verdict is Truncation.PROMPT_TRUNCATED else None
                 if attempts < max_attempts and conv.on_overflow(cut_at):
                     continue
-                if verdict == "prompt_truncated":
+                if verdict is Truncation.PROMPT_TRUNCATED:
                     return self._failure(
                         req,
                         attempts,
