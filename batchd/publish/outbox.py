@@ -24,6 +24,7 @@ from batchd.errors import StorageError
 from batchd.fsutil import fsync_dir
 from batchd.journal import FinalStatus, Job, Journal, ReqState, Request
 from batchd.metrics import JobMetrics
+from batchd.metricsfile import Header, MetricsFile
 from batchd.pipeline import Pipeline
 from batchd.publish.report import ReportData, write_report
 from batchd.publish.scores import ScoreSheet
@@ -206,30 +207,28 @@ class Outbox:
         m = JobMetrics.from_state(state) if state else JobMetrics()
         finished = job.finished_at or time.time()
         elapsed = m.busy_seconds or ((finished - job.started_at) if job.started_at else 0.0)
-        out: dict[str, Any] = {
-            "job_id": job.id,
-            "input": job.input_name,
-            "sha256": job.sha256,
-            "source": job.source,
-            "pipeline": job.pipeline or ("default" if job.kind == "csv" else None),
-            "model": m.served_model or job.model,
-            "requested_model": job.model,
-            "mode": job.mode,
-            "status": final,
-            "request_counts": counts,
-            "created_at": _iso(job.created_at),
-            "started_at": _iso(job.started_at),
-            "finished_at": _iso(finished),
-        }
-        if job.error:
-            out["error"] = job.error
-        if job.duplicate_of:
-            out["duplicate_of"] = job.duplicate_of
-        if job.retry_of:
-            out["retry_of"] = job.retry_of
+        header = Header(
+            job_id=job.id,
+            input=job.input_name,
+            sha256=job.sha256,
+            source=job.source,
+            pipeline=job.pipeline or ("default" if job.kind == "csv" else None),
+            model=m.served_model or job.model,
+            requested_model=job.model,
+            mode=job.mode,
+            status=final,
+            request_counts=counts,
+            created_at=_iso(job.created_at),
+            started_at=_iso(job.started_at),
+            finished_at=_iso(finished),
+            error=job.error,
+            duplicate_of=job.duplicate_of,
+            retry_of=job.retry_of,
+        )
+        summary = None
         if job.kind not in ("rejected",) and final != "duplicate":
-            out.update(m.summary(done=counts["completed"] + counts["failed"], elapsed=elapsed))
-        return out
+            summary = m.sections(done=counts["completed"] + counts["failed"], elapsed=elapsed)
+        return MetricsFile(header, summary).to_json()
 
 
 class _SyncedFile:

@@ -6,7 +6,7 @@ journal in batches (every ``FLUSH_SECONDS`` or ``FLUSH_ROWS``); a crash loses at
 most one unflushed batch, which runs again. A backend that is down pauses
 every lane (``outage.Gate``) without burning attempts; one request's calls and
 retries (5xx/503/timeouts: backoff with jitter up to ``backend.max_attempts``; a
-missing model fails the job at once) are ``attempts``, mixed in. A monitor
+missing model fails the job at once) are ``attempts.Attempts``, an object the runner owns. A monitor
 task reads VRAM (``vram``), pauses or resumes lanes per ``VramPolicy`` and
 samples progress into the journal.
 
@@ -26,9 +26,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
-import orjson
 import structlog
 
 from batchd.aio import Sleep, wait_first
@@ -39,9 +37,8 @@ from batchd.journal import Job, Journal, Outcome, ReqState, Request, RunOutcome
 from batchd.metrics import JobMetrics
 from batchd.run.attempts import Attempts
 from batchd.run.context import ContextBudget, Conversation
-from batchd.run.lanes import Change, LaneController
+from batchd.run.lanes import Change, LaneController, LaneTuning
 from batchd.run.outage import Gate
-from batchd.run.replies import checker_for
 from batchd.run.serverside import ServerSide
 from batchd.run.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
 
@@ -57,7 +54,7 @@ METRICS_SECONDS = 2.0
 CONTROL_SECONDS = 0.25
 
 
-class JobRunner(Attempts):
+class JobRunner:
     def __init__(
         self,
         *,
@@ -78,12 +75,10 @@ class JobRunner(Attempts):
         self.stop = stop
         self.sleep = sleep
         self.clock = clock
-        self.rng = rng or random.Random()
         self.metrics = JobMetrics.from_state(job.metrics.get("state", {})) if job.metrics else JobMetrics()
-        self.prefix: dict[str, Any] | None = orjson.loads(job.prefix_json) if job.prefix_json else None
         low, high = settings.backend.lane_bounds()
         #: how many requests may be in flight: pinned (``lanes = N``) or adaptive (``lanes = "auto"``)
-        self.control = LaneController(lanes_min=low, lanes_max=high, clock=clock)
+        self.control = LaneController(LaneTuning(lanes_min=low, lanes_max=high), clock=clock)
         self.control.on_change = self._lanes_moved
         self.auto = not self.control.fixed
         #: lane tasks: one per request that may ever be in flight; those above the limit park
@@ -115,11 +110,20 @@ class JobRunner(Attempts):
             on_fatal=self._fail,
         )
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
-        self.replies = checker_for(self.prefix, job.pipeline_json)  # schema checks for pipeline jobs
-        #: the pipeline (or the configuration) named conversation mode: no conversation_not_paying
-        self._conversation_asked = (
-            "mode" in settings.context.model_fields_set
-            or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation"
+        #: one request's calls and retries
+        self.attempts = Attempts.for_job(
+            settings,
+            job,
+            backend=backend,
+            metrics=self.metrics,
+            control=self.control,
+            gate=self.gate,
+            lanes=self.lanes,
+            rng=rng or random.Random(),
+            wait_gate=self._wait_gate,
+            on_fatal=self._fail,
+            sleep=sleep,
+            clock=clock,
         )
         self.fatal: JobError | None = None
         self.cancelled = False
@@ -156,6 +160,7 @@ class JobRunner(Attempts):
                     model=self.job.model or self.settings.backend.model,
                     num_ctx=self.num_ctx,
                 )
+                self.attempts.server = self.server
                 start = asyncio.ensure_future(self.server.start())
                 await wait_first(start, self._abort.wait())
                 if not start.done():
@@ -338,7 +343,7 @@ class JobRunner(Attempts):
                 return  # a request taken but not started stays in _taken: back to queued at the end
             self.in_flight += 1
             try:
-                outcome = await self._execute(req, conv, index)
+                outcome = await self.attempts.execute(req, conv, index)
             finally:
                 self.in_flight -= 1
             if outcome is None:  # stopped while the backend was away: back to queued at the end

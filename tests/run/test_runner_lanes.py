@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -54,7 +55,9 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
     made: dict[int, list[Conversation]] = {}
 
     async def scenario(runner: JobRunner) -> None:
-        runner.control.min_samples = 10**9  # the test moves the limit, not the controller
+        runner.control.tuning = replace(
+            runner.control.tuning, min_samples=10**9
+        )  # the test moves the limit, not the controller
         real = runner.new_conversation
 
         def tracked(lane: int) -> Conversation:
@@ -63,13 +66,13 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
             return conv
 
         runner.new_conversation = tracked  # type: ignore[method-assign]
-        original = runner._execute
+        original = runner.attempts.execute
 
         async def execute(req: Any, conv: Conversation, lane: int = 0) -> Any:
             assert owners.setdefault(id(conv), lane) == lane, "two lanes on one history"
             return await original(req, conv, lane)
 
-        runner._execute = execute  # type: ignore[method-assign]
+        runner.attempts.execute = execute  # type: ignore[method-assign]
         await until(lambda: runner.done >= 5)
         runner.control._set(3, Reason.GROW, 0.0, {})
         await until(lambda: runner.in_flight == 3 or runner.done >= 60)
@@ -98,7 +101,7 @@ def test_vram_pressure_in_auto_mode_backs_the_controller_off(
     gpu = FakeGpu(0.5)
 
     async def scenario(runner: JobRunner) -> None:
-        runner.control.min_samples = 10**9
+        runner.control.tuning = replace(runner.control.tuning, min_samples=10**9)
         runner.control._set(8, Reason.GROW, 0.0, {})
         await until(lambda: runner.active_lanes == 8)
         gpu.fraction = 0.97
