@@ -59,3 +59,31 @@ def test_architecture_lists_every_module() -> None:
             continue
         missing.append(full)
     assert missing == []
+
+
+def _is_test_code(module: str) -> bool:
+    return any(part == "conftest" or part.startswith("test_") for part in module.split("."))
+
+
+def _imports_of_test_code(source: str) -> list[str]:
+    """The modules ``source`` imports that are test code, not support: a conftest or a ``test_*`` module."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if _is_test_code(alias.name)]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] if _is_test_code(node.module) else [f"{node.module}.{a.name}" for a in node.names]
+            found += [name for name in names if _is_test_code(name)]
+    return found
+
+
+def test_test_support_comes_from_tests_support_never_from_a_test_or_a_conftest() -> None:
+    """Helpers live in tests/support/; a ``test_*.py`` or ``conftest.py`` is never imported as a library."""
+    root = PACKAGE.parent
+    files = sorted([*(root / "tests").rglob("*.py"), *(root / "bench").rglob("*.py")])
+    offenders = {str(p.relative_to(root)): found for p in files if (found := _imports_of_test_code(p.read_text()))}
+    assert offenders == {}
+    # the check does find each way of importing test code (a check that could not fail would prove nothing)
+    sample = "from tests.conftest import until\nfrom tests.run import test_runner\nimport tests.api.test_api\n"
+    assert _imports_of_test_code(sample) == ["tests.conftest", "tests.run.test_runner", "tests.api.test_api"]
+    assert _imports_of_test_code("from tests.support.waiting import until\nimport tests.support.api\n") == []

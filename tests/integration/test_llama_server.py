@@ -29,7 +29,6 @@ from batchd.backends.base import ChatRequest, ChatResult
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import Settings
 from batchd.run.context import TokenEstimate
-from tests.conftest import read_jsonl, run_daemon_once
 from tests.realserver import (
     ALIAS,
     WAIT_SECONDS,
@@ -38,6 +37,8 @@ from tests.realserver import (
     llama_server_binary,
 )
 from tests.support.conformance import CASES, Case, Server
+from tests.support.factories import read_jsonl
+from tests.support.running import run_daemon_once
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.timeout(WAIT_SECONDS + 900)]
 

@@ -34,7 +34,9 @@ from batchd.status.page import (
     render_html,
     render_json,
 )
-from tests.conftest import outbox_entries, run_daemon_once, until, write_jsonl
+from tests.support.factories import outbox_entries, write_jsonl
+from tests.support.running import run_daemon_once
+from tests.support.waiting import until
 
 EVIL = "<script>alert(1)</script>\n\x1b[31m\u202egnp.exe"
 
