@@ -1,59 +1,26 @@
-"""Emulate an Ollama server on loopback so tests and benchmarks need no GPU.
-
-One job: speak Ollama's HTTP protocol (and the OpenAI-compatible
-``/v1/chat/completions`` that Ollama and vLLM serve) from a real
-``ThreadingHTTPServer`` in a background thread, with deterministic replies
-(``emulator_model``), context-window rules, a loaded-model state and injectable faults.
-
-Eras (``mode``, see ``emulator_eras``): ``go`` is Ollama 0.12.6-0.24 (version
-"0.24.0", the Go runner's last release: there is no 0.25-0.29), ``llamaserver``
-is >= 0.30.1 (version "0.33.0"); each with its own error bodies. The loaded
-model is reloaded (``reload_seconds`` of sleep, reported as ``load_duration``)
-when a request's num_ctx, runner options or (llamaserver) shift differ, after
-the requests in flight finish. ``Emulator.ollama(mode)``
-gives a stock server: one slot (``OLLAMA_NUM_PARALLEL=1``, the rest queue) and a
-real reload cost; ``Emulator()`` keeps tests fast (unlimited slots, free reloads).
-
-Markers in the last user message target single rows: ``<<GARBAGE>>`` (content
-is not JSON), ``<<SLOW:0.5>>`` (extra seconds while holding a slot),
-``<<FAIL:500>>`` (always that status).
-
-Slots (``slots=K``, ``tests.support.slots.SlotPool``): K requests are served at once,
-more wait for a slot in arrival order, so their latency grows; ``set_slots(K)``
-changes K at once, ``set_slots(K, at=T)`` T seconds after start. ``latency_max``
-draws each request's latency uniformly from ``[latency, latency_max]``.
-
-Run standalone: ``python -m tests.support.emulator --port 0 --latency 0 --slots 4 [--mode llamaserver]``
-(``--latency-max 0.2 --slots-at 30:4 --record FILE`` for the slots and timings above).
-Stdlib only on purpose: the benchmark and the system tests start it as a bare
-process.
-"""
+"""The emulator's routes: the HTTP server and the handler that speaks Ollama's API (``/api/chat``, ``/api/ps``,
+``/api/show``, ``/api/version``, ``/api/tags``) and the OpenAI-compatible ``/v1/chat/completions`` and
+``/v1/models``, with each era's error bodies, reading and changing the ``Emulator`` it serves."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
-import os
-import random
-import signal
 import socket
 import socketserver
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-if __package__ in (None, ""):  # run as a script: tests/ is on sys.path, not the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from tests.support.emulator_eras import ERAS, Era, bad_request, runner_key, shifts  # noqa: E402
-from tests.support.emulator_model import count_tokens, last_user_content, reply_content, tokens  # noqa: E402,F401
-from tests.support.slots import SlotPool  # noqa: E402
+from tests.support.emulator.eras import bad_request, runner_key, shifts
+from tests.support.emulator.model import count_tokens, last_user_content, reply_content, tokens
+
+if TYPE_CHECKING:
+    from tests.support.emulator.state import Emulator
 
 DEFAULT_NUM_CTX = 4096  # what Ollama gives a model when the request names no num_ctx
 ERROR_MESSAGES = {
@@ -68,301 +35,7 @@ _completion_ids = itertools.count(1)
 _GARBAGE_BODY = b'{"model": "gemma3:4b", "message": {"role": "assist'  # cut mid-object
 
 
-# -- faults and the emulator -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One injected misbehaviour, consumed by one chat request."""
-
-    kind: Literal["fail", "drop", "garbage", "timeout", "pass"]  # pass: answer normally (a place holder)
-    status: int = 500
-    body: dict[str, Any] | str | bytes | None = None  # None: Ollama's usual message
-    seconds: float = 0.0
-
-
-class Emulator:
-    """An Ollama-speaking server on 127.0.0.1, started in a thread."""
-
-    def __init__(
-        self,
-        *,
-        context_length: int = 8192,
-        latency: float = 0.0,
-        slots: int | None = None,
-        models: tuple[str, ...] | list[str] = ("gemma3:4b",),
-        port: int = 0,
-        mode: str = "go",
-        version: str | None = None,
-        reload_seconds: float = 0.0,
-        latency_max: float | None = None,
-    ) -> None:
-        self.era: Era = ERAS[mode]
-        self.version = version or self.era.version
-        #: seconds a (re)load takes; requests wait for it and report it as load_duration
-        self.reload_seconds = reload_seconds
-        #: model loads so far (the first one included); ``reloads`` leaves out the first
-        self.loads = 0
-        self._loaded_key: tuple[Any, ...] | None = None
-        self._using = 0  # requests running on the loaded model
-        self._queue: deque[object] = deque()  # requests waiting to be scheduled, in arrival order
-        self._cached: list[dict[str, Any]] = []  # what the (one-slot) prompt cache holds
-        self._reloading = False
-        self.context_length = context_length
-        self.latency = latency
-        self.latency_max = latency_max
-        self._latency_rng = random.Random(7)
-        self.models = tuple(models)
-        self.silent_truncate = False
-        #: when set, every route answers this status (a proxy refusing credentials: 401/403; 404)
-        self.refuse: int | None = None
-        self.calls: list[dict[str, Any]] = []
-        self.peak_concurrency = 0
-        self.ps: dict[str, int] = {"size": 5_000_000_000, "size_vram": 5_000_000_000}
-        self.loaded_ctx = min(DEFAULT_NUM_CTX, context_length)  # /api/ps reports the loaded num_ctx
-        self.port = port  # 0 until start() picks a free one, then kept across down()/up()
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._faults: deque[Fault] = deque()
-        self._fail_rate: tuple[int, float] = (500, 0.0)
-        self._rng = random.Random(1)
-        self._chaos: tuple[random.Random, list[tuple[float, Fault]]] | None = None
-        self._inflight = 0
-        self._pool = SlotPool(slots)
-        #: (arrived, done) monotonic seconds of each chat request, when ``record`` is on (benchmarks)
-        self.record = False
-        self.timings: list[tuple[float, float]] = []
-        self._wake = threading.Event()  # set on down/stop so sleeping handlers give up
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @classmethod
-    def ollama(cls, mode: str = "llamaserver", **kw: Any) -> Emulator:
-        """A stock Ollama of that era: one slot (the rest queue) and a model load that takes time."""
-        return cls(mode=mode, **{"slots": 1, "reload_seconds": 0.3, **kw})
-
-    # lifecycle
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Emulator:
-        self.up()
-        return self
-
-    def up(self) -> None:
-        """Listen (again) on the remembered port."""
-        if self._server is not None:
-            return
-        self._wake = threading.Event()
-        self._server = _Server(("127.0.0.1", self.port), _Handler)
-        self._server.emu = self
-        self.port = self._server.server_address[1]
-        # A short poll interval keeps down()/stop() quick; shutdown() waits one poll.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"emulator:{self.port}", daemon=True
-        )
-        self._thread.start()
-
-    def down(self) -> None:
-        """Refuse connections and cut open ones, as a dead server would; keep the port."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        server.cut_connections()  # before waking sleepers, so in-flight requests fail, not answer
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    stop = down
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # knobs
-    @property
-    def slots(self) -> int | None:
-        return self._pool.slots
-
-    @slots.setter
-    def slots(self, value: int | None) -> None:
-        self._pool.resize(value or None)
-
-    def set_slots(self, value: int | None, at: float | None = None) -> None:
-        """K parallel slots from now on, or ``at`` seconds after the emulator was made."""
-        if at is None:
-            self._pool.resize(value or None)
-        else:
-            self._pool.schedule(at, value or None)
-
-    def request_latency(self) -> float:
-        """This request's service time: ``latency``, or uniform in ``[latency, latency_max]``."""
-        if self.latency_max is None or self.latency_max <= self.latency:
-            return self.latency
-        with self._lock:
-            return self._latency_rng.uniform(self.latency, self.latency_max)
-
-    def set_ps(
-        self, *, size: int | None = None, size_vram: int | None = None, context_length: int | None = None
-    ) -> None:
-        if size is not None:
-            self.ps["size"] = size
-        if size_vram is not None:
-            self.ps["size_vram"] = size_vram
-        if context_length is not None:
-            self.loaded_ctx = context_length
-
-    def inject(self, fault: Fault, count: int = 1) -> None:
-        with self._lock:
-            self._faults.extend([fault] * count)
-
-    def fail_next(
-        self, status: int = 503, count: int = 1, body: dict[str, Any] | str | bytes | None = None, *, after: int = 0
-    ) -> None:
-        """The next ``count`` chat calls fail, after ``after`` calls answered normally (deterministic,
-        where waiting for progress and then injecting would race a fast job)."""
-        self.inject(Fault("pass"), after)
-        self.inject(Fault("fail", status=status, body=body), count)
-
-    def fail_rate(self, status: int = 500, rate: float = 0.1, seed: int = 1) -> None:
-        with self._lock:
-            self._fail_rate, self._rng = (status, rate), random.Random(seed)
-
-    def drop_next(self, count: int = 1) -> None:
-        self.inject(Fault("drop"), count)
-
-    def garbage_next(self, count: int = 1) -> None:
-        self.inject(Fault("garbage"), count)
-
-    def timeout_next(self, count: int = 1, seconds: float = 30.0) -> None:
-        self.inject(Fault("timeout", seconds=seconds), count)
-
-    def chaos(self, *, seed: int = 1, timeout_seconds: float = 5.0, **rates: float) -> None:
-        """Random mixed faults: rates by kind, e.g. ``chaos(fail500=.05, fail503=.05, timeout=.05,
-        drop=.02, garbage=.02)``; each request draws once (deterministic for a seed)."""
-        table = []
-        for name, rate in rates.items():
-            if name.startswith("fail"):
-                table.append((rate, Fault("fail", status=int(name[4:]))))
-            elif name == "timeout":
-                table.append((rate, Fault("timeout", seconds=timeout_seconds)))
-            else:
-                table.append((rate, Fault(name)))  # type: ignore[arg-type]
-        with self._lock:
-            self._chaos = (random.Random(seed), table)
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-            self._fail_rate = (500, 0.0)
-            self._chaos = None
-
-    # observations
-    @property
-    def chat_count(self) -> int:
-        return len(self.calls)
-
-    def reset_calls(self) -> None:
-        """Forget recorded calls and the observed peak concurrency."""
-        with self._lock:
-            self.calls.clear()
-            self.peak_concurrency = 0
-
-    @property
-    def reloads(self) -> int:
-        return max(0, self.loads - 1)
-
-    # used by the handler
-    def _schedule(self, key: tuple[Any, ...], window: int) -> int:
-        """Run on the loaded model, reloading it first when ``key`` differs; the wait in ns."""
-        started = time.perf_counter()
-        with self._cond:
-            if key == self._loaded_key and not self._reloading and not self._queue:
-                self._using += 1  # the fast path: the loaded model fits and nobody waits
-                return 1_000_000
-            # First come, first served (Ollama's scheduler queue): once a request waits for a
-            # reload, later ones wait behind it even when they match the loaded model.
-            ticket = object()
-            self._queue.append(ticket)
-            while self._queue[0] is not ticket or self._reloading or (key != self._loaded_key and self._using):
-                self._cond.wait(0.05)  # Ollama reloads once the requests in flight are done
-            self._queue.popleft()
-            reload = key != self._loaded_key
-            if reload:
-                self._reloading = True
-            else:
-                self._using += 1
-            self._cond.notify_all()
-        if reload:
-            if self.reload_seconds > 0:
-                self._wake.wait(self.reload_seconds)
-            with self._cond:
-                self._loaded_key, self.loaded_ctx, self._reloading = key, window, False
-                self.loads += 1
-                self._using += 1
-                self._cond.notify_all()
-        return max(1_000_000, int((time.perf_counter() - started) * 1e9))
-
-    def _cache_hit(self, messages: list[dict[str, Any]], answer: str) -> int:
-        """Prompt tokens a one-slot prefix cache holds for ``messages`` (the last call plus its answer)."""
-        with self._lock:
-            held, self._cached = self._cached, [*messages, {"role": "assistant", "content": answer}]
-        same = 0
-        for a, b in zip(messages, held):
-            if a.get("role") != b.get("role") or a.get("content") != b.get("content"):
-                break
-            same += 1
-        return count_tokens(messages[:same])
-
-    def _release(self) -> None:
-        with self._cond:
-            self._using -= 1
-            if self._queue:
-                self._cond.notify_all()
-
-    def _arrive(self, body: dict[str, Any]) -> Fault | None:
-        with self._lock:
-            self.calls.append(body)
-            if self._faults:
-                fault = self._faults.popleft()
-                return None if fault.kind == "pass" else fault
-            status, rate = self._fail_rate
-            if rate and self._rng.random() < rate:
-                return Fault("fail", status=status)
-            if self._chaos is not None:
-                rng, table = self._chaos
-                roll = rng.random()
-                for p, fault in table:
-                    if roll < p:
-                        return fault
-                    roll -= p
-        return None
-
-    def _work(self, seconds: float) -> None:
-        """Hold a slot (if limited) for ``seconds``, counting concurrency."""
-        arrived = time.monotonic()
-        if not self._pool.acquire(self._wake):
-            return
-        try:
-            with self._lock:
-                self._inflight += 1
-                self.peak_concurrency = max(self.peak_concurrency, self._inflight)
-            if seconds > 0:
-                self._wake.wait(seconds)
-            with self._lock:
-                self._inflight -= 1
-                if self.record:
-                    self.timings.append((arrived, time.monotonic()))
-        finally:
-            self._pool.release()
-
-
-class _Server(ThreadingHTTPServer):
+class Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
@@ -411,10 +84,10 @@ def _digest(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: _Server
+    server: Server
     hdrs: dict[str, str]
 
     def setup(self) -> None:
@@ -773,60 +446,3 @@ class _Handler(BaseHTTPRequestHandler):
             events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
         data = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
         self._stream("text/event-stream", data)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument(
-        "--slots",
-        type=int,
-        default=1,
-        help="requests served at once, like OLLAMA_NUM_PARALLEL (default 1, the rest queue); 0: unlimited",
-    )
-    parser.add_argument("--latency-max", type=float, default=None, help="latency uniform in [latency, this]")
-    parser.add_argument("--slots-at", default="", help="T:K[,T:K...]: K slots from T seconds after start")
-    parser.add_argument("--record", default=None, help="on exit, write each chat's [arrived, done] here (JSON)")
-    parser.add_argument("--mode", choices=sorted(ERAS), default="go", help="the Ollama era to speak")
-    parser.add_argument("--version", default=None, help="the version /api/version reports (default: the era's)")
-    parser.add_argument("--reload-seconds", type=float, default=0.0, help="what a model (re)load costs")
-    parser.add_argument("--context-length", type=int, default=8192)
-    parser.add_argument("--models", default="gemma3:4b", help="comma-separated")
-    parser.add_argument("--silent-truncate", action="store_true")
-    parser.add_argument("--fail-rate", type=float, default=0.0, help="random 500s at this rate")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    emu = Emulator(
-        context_length=args.context_length,
-        latency=args.latency,
-        slots=args.slots or None,
-        models=tuple(args.models.split(",")),
-        port=args.port,
-        mode=args.mode,
-        version=args.version,
-        reload_seconds=args.reload_seconds,
-        latency_max=args.latency_max,
-    )
-    for item in filter(None, args.slots_at.split(",")):
-        at, k = item.split(":")
-        emu.set_slots(int(k), at=float(at))
-    emu.record = args.record is not None
-    emu.silent_truncate = args.silent_truncate
-    if args.fail_rate:
-        emu.fail_rate(rate=args.fail_rate)
-    with emu:
-        print(f"listening on {emu.url}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    if args.record:
-        with open(args.record, "w") as fh:
-            wall0 = time.time() - (time.monotonic() - emu._pool.created)  # t0 on the wall clock
-            json.dump({"t0": emu._pool.created, "t0_wall": wall0, "timings": emu.timings}, fh)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
