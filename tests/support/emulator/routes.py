@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import socket
@@ -17,7 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from tests.support.emulator.eras import bad_request, runner_key, shifts
-from tests.support.emulator.model import count_tokens, last_user_content, reply_content, tokens
+from tests.support.emulator.model import (
+    count_tokens,
+    last_user_content,
+    model_details,
+    model_digest,
+    reply_content,
+    tokens,
+)
 
 if TYPE_CHECKING:
     from tests.support.emulator.state import Emulator
@@ -66,22 +72,6 @@ class Server(ThreadingHTTPServer):
 def _now_iso(t: float | None = None) -> str:
     t = time.time() if t is None else t
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
-
-
-def _details(name: str) -> dict[str, Any]:
-    family = name.split(":")[0].split(".")[0]
-    return {
-        "parent_model": "",
-        "format": "gguf",
-        "family": family,
-        "families": [family],
-        "parameter_size": "4.3B",
-        "quantization_level": "Q4_K_M",
-    }
-
-
-def _digest(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -177,9 +167,9 @@ class Handler(BaseHTTPRequestHandler):
                             "name": m,
                             "model": m,
                             "size": emu.ps["size"],
-                            "digest": _digest(m),
+                            "digest": model_digest(m),
                             "modified_at": _now_iso(0),
-                            "details": _details(m),
+                            "details": model_details(m),
                         }
                         for m in emu.models
                     ]
@@ -198,8 +188,8 @@ class Handler(BaseHTTPRequestHandler):
                             "size_vram": emu.ps["size_vram"],
                             "context_length": emu.loaded_ctx,
                             "expires_at": _now_iso(time.time() + 300),
-                            "digest": _digest(m),
-                            "details": _details(m),
+                            "digest": model_digest(m),
+                            "details": model_details(m),
                         }
                     ]
                 },
@@ -233,14 +223,14 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(400, {"error": "invalid JSON body"})
             if not self._known(model):
                 return self._json(404, {"error": f"model '{model}' not found"})
-            arch = _details(model)["family"]
+            arch = model_details(model)["family"]
             self._json(
                 200,
                 {
                     "modelfile": "",
                     "parameters": "",
                     "template": "{{ .Prompt }}",
-                    "details": _details(model),
+                    "details": model_details(model),
                     "capabilities": ["completion"],
                     "model_info": {"general.architecture": arch, f"{arch}.context_length": emu.context_length},
                 },
