@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from batchd.backends import Backend, make_backend
+from batchd.backends import make_backend
+from batchd.backends.base import Backend
 from batchd.config import Settings
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import scan
@@ -140,7 +141,10 @@ class RunnerFactory:
         return runner, outcome, journal
 
     def close(self) -> None:
-        """Teardown: the journals this factory opened (a backend left open is the test's own loop's to close)."""
+        """Teardown: the journals this factory opened; a backend still open is a test that forgot ``aclose()``
+        on its loop (after that loop it can no longer be closed cleanly), so it fails the test."""
+        left_open, self._backends = self._backends, []
+        assert not left_open, f"{len(left_open)} runner backend(s) left open: await make_runner.aclose() on their loop"
         for journal in self._journals:
             journal.close()  # closing twice is harmless
         self._journals.clear()
