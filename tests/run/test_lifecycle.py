@@ -38,7 +38,7 @@ def test_stop_with_the_last_rows_in_flight_loses_nothing_and_is_not_completed(
     journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str, int]:
-        runner = make_runner(settings, journal, queued_job(settings, journal, 6))
+        runner = make_runner(settings, journal, 6)
         try:
             task = asyncio.create_task(runner.run())
             await until(lambda: journal.counts(runner.job.id).get("queued", 0) == 0)  # all handed to lanes
@@ -67,7 +67,7 @@ def test_the_grace_period_counts_from_the_stop_and_lets_calls_in_flight_finish(
     journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str]:
-        runner = make_runner(settings, journal, queued_job(settings, journal, 20))
+        runner = make_runner(settings, journal, 20)
         try:
             task = asyncio.create_task(runner.run())
             await until(lambda: runner.done >= 4 and runner.in_flight == 2)
@@ -113,7 +113,7 @@ def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
 
     async def go() -> tuple[JobRunner, str]:
         backend = make_backend(settings)
-        runner = make_runner(settings, journal, queued_job(settings, journal, 30), backend=backend)
+        runner = make_runner(settings, journal, 30, backend=backend)
         daemon = Daemon(settings=settings, journal=journal, backend=backend)
         daemon.current = runner
         try:
@@ -151,7 +151,7 @@ def test_cancel_while_the_backend_is_down_is_seen_within_a_second(
     journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str, float]:
-        runner = make_runner(settings, journal, queued_job(settings, journal, 40))
+        runner = make_runner(settings, journal, 40)
         try:
             task = asyncio.create_task(runner.run())
             await until(lambda: runner.done >= 3)
