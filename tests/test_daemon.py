@@ -12,7 +12,7 @@ import structlog
 from batchd.config import Settings
 from batchd.daemon import Daemon
 from batchd.journal import CancelAnswer
-from tests.conftest import Folders, write_jsonl
+from tests.support.factories import Folders, write_jsonl
 
 
 def _drain(settings: Settings, *, cancel: str | None = None) -> list[dict[str, Any]]:

@@ -334,3 +334,54 @@ def test_no_class_exists_only_to_be_mixed_in() -> None:
         {"m.py": "class P(Protocol):\n    x: int\n    def f(self) -> None:\n        raise NotImplementedError\n"}
     )
     assert not mixin_findings({"m.py": "@dataclass\nclass D:\n    x: int\n"})
+
+
+def _is_test_code(module: str) -> bool:
+    return any(part == "conftest" or part.startswith("test_") for part in module.split("."))
+
+
+def _imported_modules(source: str) -> list[str]:
+    """Every module ``source`` imports; ``from a import b`` gives ``a`` and, where b is a module, ``a.b``."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return found
+
+
+def _imports_of_test_code(source: str) -> list[str]:
+    """The modules ``source`` imports that are test code, not support: a conftest or a ``test_*`` module."""
+    found: list[str] = []
+    for name in _imported_modules(source):
+        parent = name.rpartition(".")[0]
+        if _is_test_code(name) and not (parent and _is_test_code(parent)):
+            found.append(name)
+    return found
+
+
+def test_test_support_comes_from_tests_support_never_from_a_test_or_a_conftest() -> None:
+    """Helpers live in tests/support/; a ``test_*.py`` or ``conftest.py`` is never imported as a library."""
+    root = PACKAGE.parent
+    files = sorted([*(root / "tests").rglob("*.py"), *(root / "bench").rglob("*.py")])
+    offenders = {str(p.relative_to(root)): found for p in files if (found := _imports_of_test_code(p.read_text()))}
+    assert offenders == {}
+    # the check does find each way of importing test code (a check that could not fail would prove nothing)
+    sample = "from tests.conftest import until\nfrom tests.run import test_runner\nimport tests.api.test_api\n"
+    assert _imports_of_test_code(sample) == ["tests.conftest", "tests.run.test_runner", "tests.api.test_api"]
+    assert _imports_of_test_code("from tests.support.waiting import until\nimport tests.support.api\n") == []
+
+
+def test_the_emulator_imports_nothing_from_batchd() -> None:
+    """The emulator is an independent oracle of Ollama's behaviour: it never borrows batchd's idea of it."""
+    folder = PACKAGE.parent / "tests" / "support" / "emulator"
+    borrowing = sorted(p.name for p in folder.glob("*.py") if _borrows_from_batchd(p.read_text()))
+    assert borrowing == []
+    assert {"state.py", "routes.py", "eras.py"} <= {p.name for p in folder.glob("*.py")}
+    assert _borrows_from_batchd("from batchd.backends.ollama_facts import ERAS\n")  # the check can fail
+    assert not _borrows_from_batchd("from tests.support.emulator.eras import ERAS\n")
+
+
+def _borrows_from_batchd(source: str) -> bool:
+    return any(name == "batchd" or name.startswith("batchd.") for name in _imported_modules(source))

@@ -14,8 +14,10 @@ from batchd.backends.ollama import OllamaBackend
 from batchd.config import BackendSettings, Settings
 from batchd.errors import BackendServerError, BackendUnavailable
 from batchd.run.connect import make_backend
-from tests.conftest import Folders, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl, write_jsonl
+from tests.support.running import run_batchd
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

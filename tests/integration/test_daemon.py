@@ -23,8 +23,10 @@ import pytest
 
 from batchd.daemon import Daemon
 from batchd.journal import Job, JobState, Journal
-from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, until, wait_for, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, outbox_entries, read_jsonl, write_jsonl
+from tests.support.running import REPO, batchd_cmd
+from tests.support.waiting import until, wait_for
 
 
 @dataclass

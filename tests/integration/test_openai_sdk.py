@@ -19,9 +19,10 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 from batchd.config import Settings  # noqa: E402
-from tests.api.test_api import ApiHarness, free_port  # noqa: E402
-from tests.conftest import outbox_entries, read_jsonl, wait_for, write_jsonl  # noqa: E402
+from tests.support.api import ApiHarness, free_port  # noqa: E402
 from tests.support.emulator import Emulator  # noqa: E402
+from tests.support.factories import outbox_entries, read_jsonl, write_jsonl  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 TOKEN = "sdk-test-token"
 

@@ -25,9 +25,11 @@ from batchd.ops.checks import Check, Level
 from batchd.ops.commands import status_table
 from batchd.ops.doctor import _gpu, _unit
 from batchd.status.views import JobView, StatusViews, ViewState
-from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, run_batchd, wait_for, write_jsonl
-from tests.run.test_vram import FakeNvml
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl, write_jsonl
+from tests.support.fakes import FakeNvml
+from tests.support.running import REPO, batchd_cmd, run_batchd
+from tests.support.waiting import wait_for
 
 UNIT = REPO / "packaging" / "batchd.service"
 

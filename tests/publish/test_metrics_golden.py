@@ -16,7 +16,8 @@ import orjson
 
 from batchd.config import Settings
 from batchd.metrics import JobMetrics
-from tests.conftest import Folders, run_daemon_once, write_jsonl
+from tests.support.factories import Folders, write_jsonl
+from tests.support.running import run_daemon_once
 
 GOLDEN = Path(__file__).parent / "golden"
 #: set to write the golden files afresh (only from code whose output is the reference)

@@ -27,8 +27,8 @@ from batchd.config import Settings
 from batchd.daemon import Daemon
 from batchd.intake.claim import new_job_id
 from batchd.journal import FINISHED, JobState, Journal
-from tests.conftest import REPO, Folders, batchd_cmd, wait_for
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders
 from tests.support.lifecycle_model import (
     CSV_FOLDER,
     PROFILE,
@@ -40,6 +40,8 @@ from tests.support.lifecycle_model import (
     pipeline_toml,
     scripts,
 )
+from tests.support.running import REPO, batchd_cmd
+from tests.support.waiting import wait_for
 
 QUIET_SECONDS = 30.0  # every job final within this once the backend answers
 CANCEL_SECONDS = 2.0

@@ -12,17 +12,19 @@ from batchd.config import Settings
 from batchd.run.context import Conversation
 from batchd.run.lanes import Reason
 from batchd.run.runner import JobRunner
-from tests.run.test_runner import FakeGpu, run_job, until
 from tests.support.emulator import Emulator
+from tests.support.fakes import FakeGpu
+from tests.support.runs import RunnerFactory
+from tests.support.waiting import until
 
 
 def test_auto_finds_the_servers_slots_and_records_each_change(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency, emulator.slots = 0.02, 4
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 16}, context={"mode": "isolated"})
     with structlog.testing.capture_logs() as logs:
-        runner, outcome, journal = run_job(settings, 500)
+        runner, outcome, journal = make_runner.run_job(settings, 500)
     assert outcome == "completed" and runner.done == 500
     changes = [e for e in logs if e["event"] == "lanes_changed"]
     assert changes and {"from", "to", "reason"} <= changes[0].keys()
@@ -36,10 +38,12 @@ def test_auto_finds_the_servers_slots_and_records_each_change(
     journal.close()
 
 
-def test_pinned_lanes_never_change(make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+def test_pinned_lanes_never_change(
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
+) -> None:
     emulator.latency, emulator.slots = 0.01, 1
     settings = make_settings(backend={"lanes": 3}, context={"mode": "isolated"})
-    runner, outcome, journal = run_job(settings, 60)
+    runner, outcome, journal = make_runner.run_job(settings, 60)
     assert outcome == "completed"
     assert not runner.auto and runner.control.limit == 3 and runner.control.changes == []
     assert runner.metrics.summary(done=60, elapsed=1.0)["lanes"]["mode"] == "fixed"
@@ -47,7 +51,7 @@ def test_pinned_lanes_never_change(make_settings: Callable[..., Settings], emula
 
 
 def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 0.01
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 3}, context={"mode": "conversation"})
@@ -82,7 +86,7 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
         runner.control._set(3, Reason.GROW, 0.0, {})  # ...and come back with fresh conversations
         await until(lambda: runner.done >= 150)
 
-    runner, outcome, journal = run_job(settings, 200, gpu=FakeGpu(), scenario=scenario)
+    runner, outcome, journal = make_runner.run_job(settings, 200, gpu=FakeGpu(), scenario=scenario)
     assert outcome == "completed" and runner.done == 200
     # lane 0 never parked: one history all along; lanes 1 and 2 started parked (limit 1), were woken,
     # retired and revived: a fresh conversation each time they came back
@@ -94,7 +98,7 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
 
 
 def test_vram_pressure_in_auto_mode_backs_the_controller_off(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 0.01
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 8}, context={"mode": "isolated"})
@@ -110,7 +114,7 @@ def test_vram_pressure_in_auto_mode_backs_the_controller_off(
         gpu.fraction = 0.5
         await until(lambda: not runner.control.pressure_on)
 
-    _, outcome, journal = run_job(settings, 300, gpu=gpu, scenario=scenario)
+    _, outcome, journal = make_runner.run_job(settings, 300, gpu=gpu, scenario=scenario)
     assert outcome == "completed"
     journal.close()
 
@@ -144,7 +148,7 @@ def test_lanes_setting_accepts_auto_or_an_integer(monkeypatch: Any) -> None:
 
 
 def test_auto_over_a_host_pool_uses_both_hosts_slots(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency, emulator.slots = 0.02, 2
     with Emulator(latency=0.02, slots=2) as other:
@@ -152,7 +156,7 @@ def test_auto_over_a_host_pool_uses_both_hosts_slots(
             backend={"lanes": "auto", "urls": [emulator.url, other.url]}, context={"mode": "isolated"}
         )
         assert settings.backend.lane_bounds() == (1, 128)  # 64 per host
-        runner, outcome, journal = run_job(settings, 400)
+        runner, outcome, journal = make_runner.run_job(settings, 400)
         assert outcome == "completed" and runner.done == 400
         # four slots in all: auto went past one host's two, and each host served some
         assert runner.metrics.lanes_max >= 4

@@ -16,7 +16,8 @@ from batchd.config import MetricsSettings
 from batchd.errors import ConfigError
 from batchd.metrics import LATENCY_BUCKETS, JobMetrics
 from batchd.status.prom import KNOWN, Exporter, Live, Queue, parse_listen
-from tests.conftest import REPO, Folders, run_batchd
+from tests.support.factories import Folders
+from tests.support.running import REPO, run_batchd
 
 DASHBOARD = REPO / "packaging" / "grafana-dashboard.json"
 

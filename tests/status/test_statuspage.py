@@ -35,7 +35,9 @@ from batchd.status.page import (
 )
 from batchd.status.state import JobProgress
 from batchd.status.views import StatusViews, status_views
-from tests.conftest import outbox_entries, run_daemon_once, until, write_jsonl
+from tests.support.factories import outbox_entries, write_jsonl
+from tests.support.running import run_daemon_once
+from tests.support.waiting import until
 
 EVIL = "<script>alert(1)</script>\n\x1b[31m\u202egnp.exe"
 
