@@ -73,6 +73,8 @@ def test_architecture_lists_every_module() -> None:
 LAYERS = ("leaf", "backends", "journal", "intake", "run", "publish", "status", "api", "ops", "top")
 #: the root modules that sit on top: they wire the stages together (``__init__`` is the package root)
 TOP = frozenset({"daemon", "service", "cli", "__main__"})
+
+
 def _module_name(path: Path, package: Path = PACKAGE) -> str:
     """``status/live.py`` -> ``status.live``; ``backends/__init__.py`` -> ``backends``; the root is ``__init__``."""
     parts = list(path.relative_to(package).with_suffix("").parts)

@@ -1,0 +1,100 @@
+"""A member's hostile ``pipeline.toml`` fails that member's file, never the honest file beside it or the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+
+from batchd.config import Settings
+from batchd.intake.claim import Claimer
+from batchd.journal import FinalStatus, Job, JobState, Journal, NewClaim
+from tests.conftest import Folders, run_daemon_once
+
+
+def _jobs(settings: Settings) -> dict[str, Job]:
+    journal = Journal(settings.journal_path)
+    try:
+        return {j.input_name: j for j in journal.jobs()}
+    finally:
+        journal.close()
+
+
+def _honest(folders: Folders) -> None:
+    (folders.inbox / "honest.jsonl").write_bytes(
+        orjson.dumps(
+            {
+                "custom_id": "a",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "gemma3:4b", "messages": [{"role": "user", "content": "hi"}]},
+            }
+        )
+        + b"\n"
+    )
+
+
+def _hostile(folders: Folders, toml: str, name: str = "m") -> None:
+    folder = folders.inbox / name
+    folder.mkdir()
+    (folder / "pipeline.toml").write_text(toml)
+    (folder / "rows.csv").write_text("text\nhello\n")
+
+
+def _assert_outcome(settings: Settings, hostile: str = "m/rows.csv") -> Job:
+    jobs = _jobs(settings)
+    assert jobs["honest.jsonl"].state is JobState.COMPLETED, jobs
+    bad = jobs[hostile]
+    assert bad.state is JobState.FAILED, bad
+    assert bad.error is not None and bad.error.get("message")
+    return bad
+
+
+def test_an_integer_over_64_bits_fails_its_file_and_not_the_queue(
+    folders: Folders, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    _hostile(folders, 'user_template = "{text}"\noptions = {x = 99999999999999999999999}\n')
+    _honest(folders)
+    run_daemon_once(settings)
+    bad = _assert_outcome(settings)
+    assert "64" in str(bad.error) or "too large" in str(bad.error), bad.error
+    run_daemon_once(settings)  # a restart is clean
+
+
+def test_a_job_stuck_ingesting_with_a_poisonous_definition_is_failed_at_start_up(
+    folders: Folders, make_settings: Callable[..., Settings]
+) -> None:
+    """A journal written before the fix: the claim recorded a pipeline that cannot be hashed."""
+    settings = make_settings()
+    Claimer(settings=settings, journal=Journal(settings.journal_path))  # makes the spool
+    spool = settings.state_dir / "spool" / "old.csv"
+    spool.write_text("text\nhello\n")
+    journal = Journal(settings.journal_path)
+    try:
+        journal.claim(
+            NewClaim(
+                job_id="old",
+                name="rows.csv",
+                inbox_path=b"m/rows.csv",
+                spool=str(spool),
+                sha256="0" * 64,
+                size=11,
+                mtime_ns=1,
+                input_name="m/rows.csv",
+                stem="rows",
+                kind="csv",
+                pipeline="m",
+                pipeline_json='{"name":"m","user_template":"{text}","options":{"x":99999999999999999999999}}',
+                owner_uid=0,
+            )
+        )
+    finally:
+        journal.close()
+    _honest(folders)
+    run_daemon_once(settings)
+    jobs = _jobs(settings)
+    assert jobs["m/rows.csv"].state is JobState.FAILED
+    assert jobs["m/rows.csv"].final in (FinalStatus.FAILED, None)
+    assert jobs["honest.jsonl"].state is JobState.COMPLETED
+    run_daemon_once(settings)
