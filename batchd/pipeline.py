@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from batchd.errors import ConfigError
 from batchd.fsutil import UnsafeFile, read_beneath
+from batchd.schemas import schema_problem
 
 PIPELINE_FILE = "pipeline.toml"
 #: a pipeline.toml or system prompt file is read whole; anything bigger is not a pipeline
@@ -102,6 +103,9 @@ class Pipeline(BaseModel):
             except jsonschema.SchemaError as exc:
                 where = "/".join(str(p) for p in exc.absolute_path) or "format"
                 raise ConfigError("format", f"not a valid JSON schema at {where}: {exc.message}") from exc
+            problem = schema_problem(self.format)
+            if problem is not None:
+                raise ConfigError("format", f"refused at {problem}")
             fields = list(self.format.get("properties") or {})
             if fields and self.score_field not in fields:
                 raise ConfigError(
