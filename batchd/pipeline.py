@@ -41,7 +41,7 @@ HOSTILE_ERRORS: tuple[type[Exception], ...] = (RecursionError, OverflowError, Ty
 def hostile_reason(exc: BaseException) -> str:
     """One line about a hostile definition, naming no content of it."""
     text = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, RecursionError) or "recursion" in text.lower():
+    if isinstance(exc, RecursionError) or "recursion" in text.lower() or "depth" in text.lower():
         return "nested too deeply"
     if "64-bit" in text or isinstance(exc, OverflowError):
         return "holds an integer too large (over 64 bits)"

@@ -98,3 +98,45 @@ def test_a_job_stuck_ingesting_with_a_poisonous_definition_is_failed_at_start_up
     assert jobs["m/rows.csv"].final in (FinalStatus.FAILED, None)
     assert jobs["honest.jsonl"].state is JobState.COMPLETED
     run_daemon_once(settings)
+
+
+def _claim_batch(settings: Settings) -> int:
+    """The claim task's one batch, as the daemon's worker thread runs it, over everything in the inbox."""
+    import asyncio
+
+    from batchd.intake.inbox import scan
+    from batchd.intake.worker import Intake
+
+    intake = Intake(settings=lambda: settings, stop=asyncio.Event(), on_claimed=lambda: None)
+    journal = Journal(settings.journal_path)
+    try:
+        return intake._claim_batch(journal, scan(settings.inbox, ()))
+    finally:
+        journal.close()
+
+
+def test_nesting_deeper_than_the_recursion_limit_is_the_files_error_record(
+    folders: Folders, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    _hostile(folders, "x = " + "[" * 5000 + "]" * 5000 + "\n", name="a")
+    deep = "{y = " * 260 + "1" + "}" * 260
+    _hostile(folders, f'user_template = "{{text}}"\noptions = {{z = {deep}}}\n', name="b")
+    _honest(folders)
+    for _ in range(3):  # rescans: each finds the same files again
+        _claim_batch(settings)
+    journal = Journal(settings.journal_path)
+    assert len(journal.jobs()) == 3  # one record per file, not one per rescan
+    journal.close()
+    jobs = _jobs(settings)
+    assert set(jobs) == {"a/rows.csv", "b/rows.csv", "honest.jsonl"}, jobs
+    assert jobs["honest.jsonl"].state is JobState.QUEUED
+    for name in ("a/rows.csv", "b/rows.csv"):
+        error = jobs[name].error
+        assert jobs[name].final is FinalStatus.FAILED and error is not None, jobs[name]
+        assert "nested too deeply" in error["message"], error
+    spool = sorted(p.name for p in (settings.state_dir / "spool").iterdir())
+    assert spool == [f"{jobs['honest.jsonl'].id}.jsonl"]
+    run_daemon_once(settings)
+    _assert_outcome(settings, "a/rows.csv")
+    _assert_outcome(settings, "b/rows.csv")
