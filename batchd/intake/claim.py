@@ -30,6 +30,7 @@ from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
 from batchd.intake.definition import checked_definition, work_key
 from batchd.intake.inbox import Candidate, refusal, safe_stem
 from batchd.intake.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
+from batchd.intake.quotas import OverOwnerLimit, TooManyInvalid
 from batchd.journal import Job, JobState, Journal, NewClaim, NewRequest
 from batchd.pipeline import HOSTILE_ERRORS, Pipeline, hostile_reason, load_pipeline_at
 
@@ -56,18 +57,6 @@ def display(name: str) -> str:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-class TooManyInvalid(InputError):
-    """More invalid lines than ``limits.max_invalid_lines``: the file fails, read no further."""
-
-    def __init__(self, cap: int, line: int) -> None:
-        super().__init__(
-            f"more than {cap:,} invalid lines (limits.max_invalid_lines): stopped reading at line "
-            f"{line:,}; the first {cap:,} are listed one by one, the rest of the file was not read "
-            "and nothing in it ran",
-            code="too_many_invalid_lines",
-        )
 
 
 class _FolderChanged(Exception):
@@ -394,12 +383,16 @@ class Claimer:
                 prefix = pipeline_prefix(pipeline, model)
             else:
                 rows = read_jsonl(fh, self.limits)
-            total = invalid = 0
+            total = invalid = valid = 0
             batch: list[NewRequest] = []
             cap = self.settings.limits.max_invalid_lines
+            room = self._owner_room(job)
             for r in rows:
                 batch.append(r)
                 invalid += r.error is not None
+                valid += r.error is None
+                if room is not None and valid > room[2] - room[1]:
+                    raise OverOwnerLimit(*room)
                 if invalid > cap:
                     # A small file of junk lines must not become a flood of records (errors, scores,
                     # journal): stop reading, keep the first `cap` line errors, say the rest in one.
@@ -413,6 +406,13 @@ class Claimer:
         if total == 0:
             raise InputError("file has no requests (empty, or only a header)", code="empty_file")
         return total, invalid, columns, prefix
+
+    def _owner_room(self, job: Job) -> tuple[int, int, int] | None:
+        """(uid, queued elsewhere, cap) when the owner's requests are capped, else None."""
+        cap = self.settings.limits.max_queued_requests_per_owner
+        if cap is None or job.owner_uid is None:
+            return None
+        return job.owner_uid, self.journal.queued_of_owner(job.owner_uid, job.id), cap
 
     def _insert(self, job_id: str, batch: list[NewRequest]) -> int:
         if not batch:

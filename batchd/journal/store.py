@@ -232,6 +232,16 @@ class Journal(Lifecycle, ApiRecords):
         with self.transaction() as tx:
             tx.execute(sql, (job_id,))
 
+    def queued_of_owner(self, owner_uid: int, except_job: str) -> int:
+        """Requests still to run (queued or running) in the active jobs of files ``owner_uid`` dropped."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM requests r JOIN jobs j ON j.id = r.job_id JOIN files f ON f.id = j.file_id "
+            "WHERE f.owner_uid = ? AND j.id != ? AND j.state IN ('ingesting', 'queued', 'running') "
+            "AND r.state IN ('queued', 'running')",
+            (owner_uid, except_job),
+        )
+        return int(rows[0][0])
+
     def counts(self, job_id: str) -> dict[str, int]:
         rows = self._query("SELECT state, COUNT(*) FROM requests WHERE job_id=? GROUP BY state", (job_id,))
         return {str(s): int(n) for s, n in rows}

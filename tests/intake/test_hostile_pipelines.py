@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import orjson
@@ -140,3 +141,29 @@ def test_nesting_deeper_than_the_recursion_limit_is_the_files_error_record(
     run_daemon_once(settings)
     _assert_outcome(settings, "a/rows.csv")
     _assert_outcome(settings, "b/rows.csv")
+
+
+def test_one_member_cannot_queue_more_than_max_queued_requests_per_owner(
+    folders: Folders, make_settings: Callable[..., Settings]
+) -> None:
+    from batchd.intake.inbox import scan
+    from tests.conftest import write_jsonl
+
+    settings = make_settings(limits={"max_queued_requests_per_owner": 5})
+    journal = Journal(settings.journal_path)
+    claimer = Claimer(settings=settings, journal=journal)
+    try:
+        states = {}
+        for start, (name, n) in enumerate((("a.jsonl", 3), ("b.jsonl", 3), ("c.jsonl", 2))):
+            write_jsonl(folders.inbox / name, n, start=start * 10)
+            (cand,) = [c for c in scan(settings.inbox, ()) if c.path.name == name]
+            claimed = claimer.claim(cand)
+            assert claimed is not None
+            states[name] = claimed.state
+        assert states == {"a.jsonl": JobState.QUEUED, "b.jsonl": JobState.FINALIZING, "c.jsonl": JobState.QUEUED}
+        b = {j.input_name: j for j in journal.jobs()}["b.jsonl"]
+        assert b.final is FinalStatus.FAILED and b.error is not None and b.error["code"] == "owner_limit"
+        assert "max_queued_requests_per_owner" in b.error["message"] and f"uid {os.getuid()}" in b.error["message"]
+        assert journal.counts(b.id) == {}
+    finally:
+        journal.close()
