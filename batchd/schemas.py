@@ -78,7 +78,7 @@ def _additional_properties(validator: Any, ap: Any, instance: Any, schema: dict[
         yield ValidationError(f"Additional properties are not allowed ({shown} unexpected)")
 
 
-_Validator = jsonschema.validators.extend(
+_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
     jsonschema.Draft202012Validator,
     {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties},
 )

@@ -28,7 +28,7 @@ from batchd.config import Settings
 from batchd.errors import ConfigError, InputError
 from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
 from batchd.intake.definition import checked_definition, work_key
-from batchd.intake.inbox import Candidate, refusal, safe_stem
+from batchd.intake.inbox import Candidate, free_outbox_name, refusal, safe_stem
 from batchd.intake.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
 from batchd.intake.quotas import OverOwnerLimit, TooManyInvalid
 from batchd.journal import Job, JobState, Journal, NewClaim, NewRequest
@@ -220,8 +220,9 @@ class Claimer:
         if file_id is None:  # another claimer recorded this file meanwhile: it is theirs
             spooled.unlink(missing_ok=True)
             return None
-        self._unlink(dir_fd, name, st, cand)
-        self.journal.mark_file_removed(file_id)
+        self._reserve(job_id, safe_stem(cand.path.name))
+        if self._unlink(dir_fd, name, st, cand):
+            self.journal.mark_file_removed(file_id)
         log.info("job_claimed", job_id=job_id, input=display(cand.rel), bytes=size, sha256=sha, pipeline=cand.pipeline)
         return Claimed(job_id, self.ingest(job_id))
 
@@ -254,19 +255,27 @@ class Claimer:
             )
         )
 
-    def _unlink(self, dir_fd: int, name: str, st: os.stat_result, cand: Candidate) -> None:
-        """Remove the claimed file, and only that file: the name must still point at its inode."""
+    def _reserve(self, job_id: str, stem: str) -> None:
+        """The job's outbox folder name, held from the claim on: a job published sooner cannot take it."""
+        name = free_outbox_name(stem, self.settings.outbox, self.journal.reserved_outbox_names())
+        self.journal.update_job(job_id, outbox_name=name)
+
+    def _unlink(self, dir_fd: int, name: str, st: os.stat_result, cand: Candidate) -> bool:
+        """Remove the claimed file, and only that file: the name must still point at its inode.
+        False when the claimed file is still there (start-up tries again)."""
         self.hook("unlink")
         try:
             now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 log.warning("claim_unlink_skipped", input=display(cand.rel), reason="the name now holds another file")
-                return
+                return True
             os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
             log.warning("claim_unlink_failed", input=display(cand.rel), error=str(exc))
+            return False
+        return True
 
     def _copy(self, dir_fd: int, name: str, st: os.stat_result, dst: Path) -> tuple[str, int]:
         # O_NOFOLLOW: a file swapped for a symlink after the stat still is not followed;
@@ -308,6 +317,7 @@ class Claimer:
             pipeline=cand.pipeline,
             error={"code": code, "message": message},
         )
+        self._reserve(job_id, safe_stem(cand.path.name))
         log.warning("input_rejected", job_id=job_id, input=display(cand.rel), code=code, reason=message)
         return Claimed(job_id, JobState.FINALIZING)
 

@@ -153,6 +153,19 @@ def _mtime(entry: os.DirEntry[str]) -> float:
         return 0.0
 
 
+def free_outbox_name(stem: str, outbox: Path, reserved: set[str]) -> str:
+    """``stem``, or ``stem.2``, ``stem.3``... : the first name no outbox folder has and no job holds."""
+    try:
+        taken = set(os.listdir(outbox)) | reserved
+    except OSError:
+        taken = reserved
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}.{n}"
+    return name
+
+
 def refusal(cand: Candidate, st: os.stat_result, max_file_bytes: int) -> tuple[str, str] | None:
     """Why a candidate is not taken (a reason and its code), or None."""
     if stat.S_ISLNK(st.st_mode):

@@ -167,3 +167,40 @@ def test_one_member_cannot_queue_more_than_max_queued_requests_per_owner(
         assert journal.counts(b.id) == {}
     finally:
         journal.close()
+
+
+def test_the_outbox_folder_name_is_reserved_at_claim(folders: Folders, make_settings: Callable[..., Settings]) -> None:
+    """A member's rejected ``m/export.csv`` publishes at once; it must not take ``outbox/export/`` from the
+    honest ``export.csv`` claimed before it and still queued."""
+    settings = make_settings()
+    (folders.inbox / "export.csv").write_text("text\nhello\n")
+    os.utime(folders.inbox / "export.csv", (1_000_000, 1_000_000))
+    _hostile(folders, "not toml at all [[[\n")
+    os.rename(folders.inbox / "m" / "rows.csv", folders.inbox / "m" / "export.csv")
+    run_daemon_once(settings)
+    jobs = _jobs(settings)
+    honest, rejected = jobs["export.csv"], jobs["m/export.csv"]
+    assert honest.state is JobState.COMPLETED and rejected.state is JobState.FAILED
+    assert (honest.outbox_name, rejected.outbox_name) == ("export", "export.2")
+    assert orjson.loads((folders.outbox / "export" / "metrics.json").read_bytes())["job_id"] == honest.id
+
+
+def test_a_same_file_re_drop_is_claimed_again(folders: Folders, make_settings: Callable[..., Settings]) -> None:
+    """The same path, size and mtime as an earlier claim (``cp -p`` twice): not skipped without a record."""
+    from batchd.intake.inbox import scan
+
+    settings = make_settings()
+    journal = Journal(settings.journal_path)
+    claimer = Claimer(settings=settings, journal=journal)
+    try:
+        for _ in range(2):
+            _honest(folders)
+            os.utime(folders.inbox / "honest.jsonl", ns=(1_000_000_000, 1_000_000_000))
+            (cand,) = scan(settings.inbox, ())
+            claimed = claimer.claim(cand)
+            assert claimed is not None
+            assert not (folders.inbox / "honest.jsonl").exists()
+        first, second = sorted(journal.jobs(), key=lambda j: j.seq)
+        assert second.final is FinalStatus.DUPLICATE and second.duplicate_of == first.id
+    finally:
+        journal.close()
