@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from batchd.config import Settings
@@ -204,5 +204,6 @@ def _check(case: Hostile, emulator: Emulator) -> None:
 @settings(settings.get_profile(PROFILE))
 @given(case=hostile())
 def test_a_hostile_pipeline_folder_never_stops_the_honest_file(case: Hostile) -> None:
+    event(case.kind)  # --hypothesis-show-statistics: how often each kind ran
     with Emulator() as emulator:
         _check(case, emulator)
