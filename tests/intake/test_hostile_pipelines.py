@@ -10,7 +10,8 @@ import orjson
 from batchd.config import Settings
 from batchd.intake.claim import Claimer
 from batchd.journal import FinalStatus, Job, JobState, Journal, NewClaim
-from tests.conftest import Folders, run_daemon_once
+from tests.conftest import Folders, run_batchd, run_daemon_once
+from tests.support.emulator import Emulator
 
 
 def _jobs(settings: Settings) -> dict[str, Job]:
@@ -204,3 +205,15 @@ def test_a_same_file_re_drop_is_claimed_again(folders: Folders, make_settings: C
         assert second.final is FinalStatus.DUPLICATE and second.duplicate_of == first.id
     finally:
         journal.close()
+
+
+def test_run_once_exits_0_with_a_hostile_pipeline_beside_an_honest_file(folders: Folders, emulator: Emulator) -> None:
+    """The issue's reproduction as an operator sees it: ``batchd run --once`` (exit 1 before), twice."""
+    _hostile(folders, 'user_template = "{text}"\noptions = {x = 99999999999999999999999}\n')
+    _honest(folders)
+    for _ in range(2):
+        proc = run_batchd(folders.env(emulator.url), "run", "--once")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = orjson.loads((folders.outbox / "rows" / "metrics.json").read_bytes())
+    assert metrics["status"] == "failed"
+    assert orjson.loads((folders.outbox / "honest" / "metrics.json").read_bytes())["status"] == "completed"
