@@ -326,7 +326,9 @@ class Claimer:
     def ingest(self, job_id: str) -> JobState:
         """Parse the spooled file into request rows; restartable from scratch."""
         job = self.journal.job(job_id)
-        assert job is not None and job.spool is not None
+        assert job is not None
+        if job.spool is None:  # a row no claim of ours writes: fail it rather than crash start-up on it
+            return self._unusable(job, "it has no spool copy")
         try:
             # A journal row from before the pipeline checks may hold what cannot be hashed or sent.
             pipeline = Pipeline.model_validate_json(job.pipeline_json or "{}")
