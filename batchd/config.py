@@ -151,6 +151,9 @@ class LimitsSettings(_Section):
     max_line_bytes: int = Field(default=1024**2, ge=64)
     #: security (issue 14): a file fails after this many invalid lines; the rest is summarised in one record
     max_invalid_lines: int = Field(default=1000, ge=0)
+    #: issue 22: requests one inbox member (the claimed file's owner uid) may have queued or running at
+    #: once, over all their jobs; a file that would go over fails with an error record. None: no limit
+    max_queued_requests_per_owner: int | None = Field(default=None, ge=1)
 
 
 class VramSettings(_Section):

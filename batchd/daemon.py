@@ -117,7 +117,7 @@ class Daemon:
         if any(recovered.values()):
             log.info("journal_recovered", **recovered)
         self.claimer.finish_claims()
-        for job in self.journal.jobs([JobState.INGESTING]):
+        for job in self.journal.jobs([JobState.INGESTING], limit=None):
             self.claimer.ingest(job.id)
 
     def claim_present(self) -> int:
@@ -341,7 +341,7 @@ class Daemon:
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: job progress, rate, ETA and queue, or idle."""
-        queued = self.journal.jobs([JobState.QUEUED, JobState.INGESTING])
+        queued = self.journal.jobs([JobState.QUEUED, JobState.INGESTING], limit=None)
         runner = self.current
         if runner is None:
             text = f"idle, {self.jobs_done} jobs done"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -21,12 +20,16 @@ from batchd.backends.base import OLLAMA_TO_OPENAI
 from batchd.errors import ConfigError, InputError, LineError
 from batchd.formats import to_response_format
 from batchd.journal import NewRequest
-from batchd.pipeline import Pipeline
+from batchd.pipeline import Pipeline, template_fields
 
 SUPPORTED = {".jsonl": "jsonl", ".csv": "csv"}
 CHAT_URL = "/v1/chat/completions"
 MAX_CUSTOM_ID = 512
 ROLES = {"system", "user", "assistant", "tool", "developer"}
+#: a CSV row is journaled compactly: its body holds only the values its message uses (``{"~v": {...}}``)
+#: and the job's prefix the user template once (``"~t"``); ``full_body`` renders the message at send time
+VALUES_KEY = "~v"
+TEMPLATE_KEY = "~t"
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,25 @@ def full_body(prefix: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, 
     if not prefix:
         return body
     merged = {**prefix, **body}
+    values = merged.pop(VALUES_KEY, None)
+    template = merged.pop(TEMPLATE_KEY, None)
     merged["messages"] = [*prefix.get("messages", []), *body.get("messages", [])]
+    if isinstance(values, dict):
+        merged["messages"].append({"role": "user", "content": render_values(template, values)})
     return merged
+
+
+def render_values(template: str | None, values: dict[str, str]) -> str:
+    """A CSV row's user message (``Pipeline.render_user``) from its journaled values."""
+    if template is None:
+        return "\n".join(f"{k}: {v}" for k, v in values.items())
+    return template.format_map(values)
 
 
 def pipeline_prefix(pipeline: Pipeline, model: str) -> dict[str, Any]:
     """The byte-identical part every CSV row shares, as an OpenAI body fragment."""
     prefix: dict[str, Any] = {"model": model, "messages": pipeline.prefix_messages()}
+    prefix[TEMPLATE_KEY] = pipeline.user_template
     native: dict[str, Any] = {}
     for key, value in pipeline.options.items():
         if key in OLLAMA_TO_OPENAI:
@@ -195,11 +210,27 @@ def _unreadable_rest(seq: int, line: int, problem: str, code: str) -> NewRequest
     return NewRequest(seq=seq, line=line, custom_id=None, body=None, error=error.as_record())
 
 
+class LineTooLong(Exception):
+    """A CSV line longer than ``limits.max_line_bytes``: never read whole."""
+
+
+def _text_lines(fh: BinaryIO, limit: int) -> Iterator[str]:
+    """The file's lines as text for ``csv.reader`` (ends kept; ``\\r``, ``\\n`` and ``\\r\\n`` end a line),
+    each read with at most ``limit`` bytes in memory: a longer line raises ``LineTooLong``."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
+    while raw := fh.readline(limit + 1):
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            raise LineTooLong(f"a line longer than {limit:,} bytes (limits.max_line_bytes)")
+        for piece in raw.splitlines(keepends=True):
+            yield decoder.decode(piece)
+    decoder.decode(b"", final=True)
+
+
 def read_csv(fh: BinaryIO, pipeline: Pipeline, limits: Limits) -> tuple[list[str], Iterator[NewRequest]]:
     """Returns the header and a generator of rows rendered through the pipeline."""
     head = fh.peek(8192)[:8192] if hasattr(fh, "peek") else b""
     sniff_text(head)
-    text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")
+    text = _text_lines(fh, limits.max_line_bytes)
     csv.field_size_limit(limits.max_line_bytes)
     # strict: a stray quote is an error at its line, not a silent merge of the rows after it
     reader = csv.reader(text, strict=True)
@@ -207,7 +238,7 @@ def read_csv(fh: BinaryIO, pipeline: Pipeline, limits: Limits) -> tuple[list[str
         header = next(reader)
     except StopIteration:
         raise InputError("file is empty", code="empty_file") from None
-    except (csv.Error, UnicodeDecodeError) as exc:
+    except (csv.Error, UnicodeDecodeError, LineTooLong) as exc:
         raise InputError(f"cannot read the CSV header: {exc}", code="invalid_csv") from exc
     header = [h.strip() for h in header]
     if not any(header):
@@ -229,7 +260,8 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
     # Hoisted out of the loop: this runs once per row of a 170,000-row file.
     id_column = pipeline.id_column
     passthrough = pipeline.passthrough_columns
-    render = pipeline.render_user
+    # Only the values the message uses are journaled (all of them when there is no template).
+    used = template_fields(pipeline.user_template) if pipeline.user_template is not None else None
     max_lines = limits.max_lines
     while True:
         start = reader.line_num + 1
@@ -240,8 +272,15 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
         except UnicodeDecodeError as exc:
             yield _unreadable_rest(seq + 1, start, f"not UTF-8 text: {exc.reason}", "not_utf8")
             return
+        except LineTooLong as exc:
+            yield _unreadable_rest(seq + 1, start, str(exc), "line_too_long")
+            return
         except csv.Error as exc:
-            yield _unreadable_rest(seq + 1, start, f"CSV syntax error ({exc}); unbalanced quote?", "invalid_csv")
+            if "field limit" in str(exc):
+                problem = f"a cell longer than {limits.max_line_bytes:,} bytes (limits.max_line_bytes)"
+                yield _unreadable_rest(seq + 1, start, problem, "line_too_long")
+            else:
+                yield _unreadable_rest(seq + 1, start, f"CSV syntax error ({exc}); unbalanced quote?", "invalid_csv")
             return
         if reader.line_num > max_lines:
             raise InputError(f"more than {max_lines:,} lines (limits.max_lines)", code="too_many_lines")
@@ -259,16 +298,17 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
             )
         elif id_column and not given:
             error = LineError(f"empty id column {id_column!r}", line=start, code="invalid_custom_id")
-        elif custom_id in seen:
+        elif id_column and custom_id in seen:
             error = LineError(
                 f"duplicate id {custom_id!r} (first on line {seen[custom_id]})", line=start, code="duplicate_custom_id"
             )
         if error is not None:
             yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=None, error=error.as_record())
             continue
-        seen[custom_id] = start
+        if id_column:  # row-<seq> ids are unique by construction: a million of them need no memory
+            seen[custom_id] = start
         keep = {c: row.get(c, "") for c in passthrough} if passthrough else None
-        body = {"messages": [{"role": "user", "content": render(row)}]}
+        body = {VALUES_KEY: row if used is None else {f: row[f] for f in used}}
         yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=body, row=keep)
 
 

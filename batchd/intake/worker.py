@@ -216,6 +216,8 @@ class Intake:
                 claimed += claimer.claim(cand) is not None
             except (BatchdError, OSError) as exc:
                 log.error("claim_failed", input=cand.rel, error=str(exc))
+            except Exception:  # noqa: BLE001 - one file's failure never drops the rest of the batch
+                log.exception("claim_failed", input=cand.rel)
         # A job left half-ingested by a failure above would hold up the queue: try it again.
         # Only inbox jobs: this thread is the only one that ingests those (the API ingests its own).
         for job in journal.jobs([JobState.INGESTING]):

@@ -36,7 +36,8 @@ class Journal(Lifecycle, ApiRecords):
     def claim(self, new: NewClaim, *, batch: NewBatch | None = None) -> int | None:
         """A file becomes a job, in one transaction: its file row, the job (``ingesting``) and, for an API
         upload, its ``batch``; the file row's id. An inbox file the journal already holds (same path,
-        size and mtime: another claimer got there first) is refused: None, and nothing is written.
+        size and mtime, not yet removed by batchd: another claimer got there first) is refused: None, and
+        nothing is written; a file batchd removed and someone dropped again is a new claim.
 
         An upload has no inbox file to unlink: its file row is written ``removed`` at once (an inbox
         claim's becomes so after the unlink, ``mark_file_removed``)."""
@@ -45,7 +46,7 @@ class Journal(Lifecycle, ApiRecords):
             if (
                 from_inbox
                 and db.execute(
-                    "SELECT 1 FROM files WHERE inbox_path=? AND size=? AND mtime_ns=?",
+                    "SELECT 1 FROM files WHERE inbox_path=? AND size=? AND mtime_ns=? AND state != 'removed'",
                     (new.inbox_path, new.size, new.mtime_ns),
                 ).fetchone()
             ):
@@ -83,7 +84,9 @@ class Journal(Lifecycle, ApiRecords):
     def find_claim(self, inbox_path: bytes, size: int, mtime_ns: int) -> int | None:
         # inbox paths are stored as bytes: a file name need not be valid UTF-8
         rows = self._query(
-            "SELECT id FROM files WHERE inbox_path=? AND size=? AND mtime_ns=?", (inbox_path, size, mtime_ns)
+            # a claim whose file batchd removed is history: the same name, size and mtime again is a re-drop
+            "SELECT id FROM files WHERE inbox_path=? AND size=? AND mtime_ns=? AND state != 'removed'",
+            (inbox_path, size, mtime_ns),
         )
         return int(rows[0][0]) if rows else None
 
@@ -91,6 +94,15 @@ class Journal(Lifecycle, ApiRecords):
         """Claims whose inbox file may still exist (crash between commit and unlink)."""
         rows = self._query("SELECT id, inbox_path, size, mtime_ns FROM files WHERE state='claimed'")
         return [(int(a), bytes(b), int(c), int(d)) for a, b, c, d in rows]
+
+    def reserved_outbox_names(self, except_job: str | None = None) -> set[str]:
+        """Outbox folder names held by jobs not yet published (reserved at claim)."""
+        rows = self._query(
+            "SELECT outbox_name FROM jobs WHERE outbox_name IS NOT NULL AND id IS NOT ? "
+            "AND state IN ('ingesting', 'queued', 'running', 'finalizing')",
+            (except_job,),
+        )
+        return {str(r[0]) for r in rows}
 
     def mark_file_removed(self, file_id: int) -> None:
         with self.transaction() as db:
@@ -158,14 +170,15 @@ class Journal(Lifecycle, ApiRecords):
         )
         return [job_from_row(r) for r in rows]
 
-    def jobs(self, states: Sequence[JobState] | None = None, limit: int = 1000) -> list[Job]:
+    def jobs(self, states: Sequence[JobState] | None = None, limit: int | None = 1000) -> list[Job]:
+        """Jobs newest first; ``limit`` None: all of them (the running and queued ones must never be capped)."""
         where, args = "", []
         if states:
             where = f"WHERE j.state IN ({','.join('?' * len(states))})"
             args = [s.value for s in states]
         rows = self._query(
             f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id {where} ORDER BY j.seq DESC LIMIT ?",
-            (*args, limit),
+            (*args, -1 if limit is None else limit),
         )
         return [job_from_row(r) for r in rows]
 
@@ -231,6 +244,16 @@ class Journal(Lifecycle, ApiRecords):
             return
         with self.transaction() as tx:
             tx.execute(sql, (job_id,))
+
+    def queued_of_owner(self, owner_uid: int, except_job: str) -> int:
+        """Requests still to run (queued or running) in the active jobs of files ``owner_uid`` dropped."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM requests r JOIN jobs j ON j.id = r.job_id JOIN files f ON f.id = j.file_id "
+            "WHERE f.owner_uid = ? AND j.id != ? AND j.state IN ('ingesting', 'queued', 'running') "
+            "AND r.state IN ('queued', 'running')",
+            (owner_uid, except_job),
+        )
+        return int(rows[0][0])
 
     def counts(self, job_id: str) -> dict[str, int]:
         rows = self._query("SELECT state, COUNT(*) FROM requests WHERE job_id=? GROUP BY state", (job_id,))

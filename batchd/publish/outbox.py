@@ -52,8 +52,12 @@ class Outbox:
             if _published_by(existing, job.id):
                 self._finish(job, final, existing)
                 return existing
-        name = self._free_name(job)
-        self.journal.update_job(job.id, outbox_name=name)
+        # The name reserved at claim, unless something else took that folder meanwhile.
+        if job.outbox_name and not os.path.lexists(self.root / job.outbox_name):
+            name = job.outbox_name
+        else:
+            name = self._free_name(job)
+            self.journal.update_job(job.id, outbox_name=name)
         partial = self.root / f".{name}.partial"
         if partial.exists():
             shutil.rmtree(partial)
@@ -79,6 +83,7 @@ class Outbox:
 
     def _free_name(self, job: Job) -> str:
         taken = {p.name for p in self.root.iterdir()} if self.root.exists() else set()
+        taken |= self.journal.reserved_outbox_names(except_job=job.id)
         name, n = job.stem, 1
         while name in taken:
             n += 1

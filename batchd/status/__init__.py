@@ -12,4 +12,5 @@ daemon (not even under ``TYPE_CHECKING``).
 - ``live``: the loop task that keeps the status files and gauges current
 - ``page``: ``!status.html`` / ``!status.json``
 - ``prom``: Prometheus exposition: registry, listener, textfile (counters read through ``COUNTS``)
+- ``promserver``: the ``/metrics`` listener, bounded: a few handler threads, a deadline per connection
 """

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,6 +36,7 @@ from batchd.errors import ConfigError
 from batchd.fsutil import write_atomic
 from batchd.journal import FINISHED
 from batchd.metrics import LATENCY_BUCKETS, JobMetrics
+from batchd.status.promserver import serve
 
 
 def _known_codes() -> frozenset[str]:
@@ -242,7 +243,7 @@ class Exporter:
             return
         host, port = parse_listen(self.settings.listen)
         try:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+            self._server = serve(host, port, self.registry)
         except OSError as exc:
             raise ConfigError("metrics.listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 

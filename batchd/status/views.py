@@ -165,7 +165,8 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> JobView:
         lanes=lanes,
         lanes_mode=state_metrics.get("lanes_mode"),
         retry_of=job.retry_of,
-        outbox=job.outbox_name,
+        # reserved at claim, shown once the job publishes (or has published)
+        outbox=job.outbox_name if job.state in (*FINISHED, JobState.FINALIZING) else None,
         error=_escaped(job.error),
         created_at=job.created_at,
         started_at=job.started_at,
@@ -183,7 +184,8 @@ def _escaped(value: Any) -> Any:
 
 def status_views(journal: Journal, *, limit: int, now: float | None = None) -> StatusViews:
     """Running and queued jobs in the order they run, then the ``limit`` most recent finished ones."""
-    active = sorted(journal.jobs([*ACTIVE, JobState.INGESTING]), key=lambda j: j.seq)
+    # Every running and queued job, however many: the cap is for the finished ones only.
+    active = sorted(journal.jobs([*ACTIVE, JobState.INGESTING], limit=None), key=lambda j: j.seq)
     recent = journal.jobs(list(FINISHED), limit=limit)
     return StatusViews(
         active=tuple(job_view(journal, j, now) for j in active),

@@ -129,7 +129,7 @@ def test_json_is_what_batchd_status_json_shows(journal: Journal) -> None:
     assert run["eta_seconds"] == round(588 / 4.0)
     assert data["daemon"] == "running" and data["waiting_for_backend"] is None
     # As in `batchd status --json`: control characters as visible escapes, the rest of the name kept.
-    assert data["active"][1]["input"] == "<script>alert(1)</script>\\n\\x1b[31m\u202egnp.exe.jsonl"
+    assert data["active"][1]["input"] == "<script>alert(1)</script>\\n\\x1b[31m\\u202egnp.exe.jsonl"
 
 
 def test_page_shows_progress_rate_eta_failures_and_links(journal: Journal, tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_untrusted_names_are_escaped_and_control_characters_shown(journal: Journ
     now = time.time()
     page = render_html(page_data(status_views(journal, limit=20, now=now), now=now, daemon=DaemonState.RUNNING))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "\\n\\x1b[31m\\u202egnp.exe.jsonl" in page  # controls escaped by ops, the bidi override here
+    assert "\\n\\x1b[31m\\u202egnp.exe.jsonl" in page  # controls and the bidi override escaped
     assert not re.search("[\x00-\x08\x0b-\x1f\u202e]", page)
 
 
