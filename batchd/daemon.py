@@ -34,6 +34,7 @@ from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
 from batchd.status.live import LiveViews
 from batchd.status.state import JobProgress
+from batchd.storage import DiskWatch, Store
 
 log = structlog.get_logger("batchd.daemon")
 
@@ -66,6 +67,9 @@ class Daemon:
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0
+        #: the stores that refuse writes now (journal, spool, outbox, status files): status and pauses
+        self.disk = DiskWatch(clock=clock)
+        self._once = False  # run --once: a refusing journal ends the run (exit 1) instead of a wait
         #: jobs whose job_finished is logged (a publish retried after a full disk does not repeat it)
         self._announced: set[str] = set()
         # run() state
@@ -203,6 +207,8 @@ class Daemon:
                 stop=self.stop,
                 sleep=self.sleep,
                 clock=self.clock,
+                disk=self.disk,
+                wait_for_disk=not self._once,
             )
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
@@ -237,6 +243,7 @@ class Daemon:
 
     async def run_once(self) -> int:
         """Drain the inbox and all pending work, then return (``batchd run --once``)."""
+        self._once = True
         self.live.start()
         self.startup()
         self.claim_present()
@@ -289,13 +296,18 @@ class Daemon:
             )
         try:
             while not self.stop.is_set():
+                pause, store = IDLE_SECONDS, None
                 try:
                     worked = await self.step()
-                except StorageError:
-                    worked = False  # logged by publish(); retried after the idle wait
+                except StorageError as exc:  # a disk that refuses: wait and try again, with a bounded backoff
+                    worked, store = False, Store.JOURNAL if exc.path == str(self.journal.path) else Store.OUTBOX
+                    self.disk.blocked(store, exc)
+                    pause = self.disk.next_delay(store)
+                for done in (Store.JOURNAL, Store.OUTBOX) if store is None else ():
+                    self.disk.recovered(done)  # the step's writes went in
                 if not worked:
                     self._wake.clear()
-                    await wait_first(self._wake.wait(), self.stop.wait(), timeout=IDLE_SECONDS)
+                    await wait_first(self._wake.wait(), self.stop.wait(), timeout=pause)
         finally:
             self.on_stopping()
             log.info("daemon_stopping", jobs_done=self.jobs_done)
@@ -343,6 +355,8 @@ class Daemon:
         """One line for ``systemctl status``: job progress, rate, ETA and queue, or idle."""
         queued = self.journal.jobs([JobState.QUEUED, JobState.INGESTING])
         runner = self.current
+        if (blocked := self.disk.waiting()) is not None:
+            return blocked.text()
         if runner is None:
             text = f"idle, {self.jobs_done} jobs done"
             return f"{text}, queue {len(queued)}" if queued else text
@@ -450,6 +464,10 @@ class _StatusWindow:
 
     def clock(self) -> float:
         return self._daemon.clock()
+
+    @property
+    def disk(self) -> DiskWatch:
+        return self._daemon.disk
 
     def progress(self) -> JobProgress | None:
         runner = self._daemon.current

@@ -35,6 +35,7 @@ from batchd.status.page import (
 )
 from batchd.status.state import JobProgress
 from batchd.status.views import StatusViews, status_views
+from batchd.storage import DiskWatch
 from tests.conftest import outbox_entries, run_daemon_once, until, write_jsonl
 
 EVIL = "<script>alert(1)</script>\n\x1b[31m\u202egnp.exe"
@@ -280,6 +281,7 @@ class _FakeState:
         self.jobs_done = 0
         self.job: JobProgress | None = None
         self.clock: Callable[[], float] = lambda: clock[0]
+        self.disk = DiskWatch(clock=self.clock)
 
     def progress(self) -> JobProgress | None:
         return self.job
