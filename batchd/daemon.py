@@ -279,7 +279,7 @@ class Daemon:
             # Raises ConfigError (exit 2) before serving: non-loopback without a token, port taken.
             api = start_api(self.settings, self.stop, on_queued=self.wake)
         self.intake = intake = Intake(
-            settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake, clock=self.clock
+            settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake, clock=self.clock, disk=self.disk
         )
         watch = asyncio.create_task(intake.watch(), name="watch")
         claims = asyncio.create_task(intake.claims(), name="claims")

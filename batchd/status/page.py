@@ -97,6 +97,20 @@ def page_data(
     }
 
 
+def storage_waits(outbox: Path, *, now: float, stale_after: float = 60.0) -> list[str]:
+    """What the running daemon's last ``!status.json`` says it waits for ("waiting for disk space on
+    PATH since HH:MM"); ``batchd status`` shows it. Empty when the page is old, absent or unreadable."""
+    try:
+        data = orjson.loads((outbox / STATUS_JSON).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    if not isinstance(data, dict) or data.get("daemon") != DaemonState.RUNNING.value:
+        return []
+    if now - float(data.get("generated_at_unix") or 0) > stale_after:
+        return []
+    return [str(w.get("text", "")) for w in data.get("waiting_for_storage") or () if isinstance(w, dict)]
+
+
 def render_json(data: dict[str, Any]) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
 

@@ -84,6 +84,8 @@ def test_daemon_waits_for_the_journal_and_finishes_once_space_returns(
         shown = wait_for(lambda: _storage_shown(folders.outbox), timeout=10)
         assert shown[0]["store"] == "journal" and shown[0]["full"] is True
         assert shown[0]["text"].startswith(f"waiting for disk space on {small_state / 'journal.sqlite3'} since ")
+        said = run_batchd(env, "status", timeout=60)
+        assert said.stdout.startswith(f"batchd: {shown[0]['text']}"), said.stdout + said.stderr
         asked = emulator.chat_count
         wait_for(lambda: len(_named(log, "storage_blocked")) == 1, timeout=5)
         _free(small_state)
