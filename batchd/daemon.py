@@ -33,8 +33,8 @@ from batchd.redact import host_of
 from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
 from batchd.status.live import LiveViews
-from batchd.status.state import JobProgress
 from batchd.storage import DiskWatch, Store
+from batchd.window import StatusWindow
 
 log = structlog.get_logger("batchd.daemon")
 
@@ -42,6 +42,8 @@ log = structlog.get_logger("batchd.daemon")
 IDLE_SECONDS = 1.0
 #: watchdog hook, status line, progress log and reloads run this often
 HEARTBEAT_SECONDS = 1.0
+#: an idle job loop that has not come round for this long stops the WATCHDOG=1 pings (a publish is long)
+LOOP_STALL_SECONDS = 600.0
 
 
 class Daemon:
@@ -78,11 +80,21 @@ class Daemon:
         self._reload_asked = False
         self.intake: Intake | None = None
         self._job_started = 0.0
+        self._loop_beat = clock()  # the job loop came round (``making_progress``)
         self._job_base = 0
         self._progress_mark: tuple[str, int] | None = None  # (job id, last logged progress step)
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         #: the outbox status page and the Prometheus metrics, kept current off the request path
-        self.live = LiveViews(state=_StatusWindow(self))
+        self.live = LiveViews(
+            state=StatusWindow(
+                settings=lambda: self.settings,
+                jobs_done=lambda: self.jobs_done,
+                clock=lambda: self.clock(),
+                current=lambda: self.current,
+                disk=self.disk,
+                backend=lambda: self.backend,
+            )
+        )
 
     @property
     def backend(self) -> Backend:
@@ -220,8 +232,8 @@ class Daemon:
                 self.live.job_ended()
             error = runner.fatal.as_record() if runner.fatal is not None else None
             final = self.journal.end_run(job.id, outcome, error=error)
-            if final is None:
-                log.info("job_interrupted", outcome=outcome.value)
+            if final is None:  # a stall ends the run too: the next step runs it again from the journal
+                log.info("job_interrupted", outcome=outcome.value, restart=runner.restarting)
                 return outcome
             finished = self.journal.job(job.id)
             assert finished is not None
@@ -296,7 +308,7 @@ class Daemon:
             )
         try:
             while not self.stop.is_set():
-                pause, store = IDLE_SECONDS, None
+                self._loop_beat, pause, store = self.clock(), IDLE_SECONDS, None
                 try:
                     worked = await self.step()
                 except StorageError as exc:  # a disk that refuses: wait and try again, with a bounded backoff
@@ -332,9 +344,16 @@ class Daemon:
 
     # -- heartbeat: watchdog, status line, reloads -------------------------------------------
 
+    def making_progress(self) -> bool:
+        """What the WATCHDOG=1 ping proves: the running job is not stalled past its own restart
+        (``run/stall.py``), or the job loop came round within ``LOOP_STALL_SECONDS`` when idle."""
+        runner = self.current
+        return runner.stall.healthy() if runner is not None else self.clock() - self._loop_beat < LOOP_STALL_SECONDS
+
     async def _heartbeat(self) -> None:
         while not self.stop.is_set():
-            self.on_watchdog()
+            if self.making_progress():
+                self.on_watchdog()
             try:
                 if self._reload_asked:
                     self._reload_asked = False
@@ -357,6 +376,8 @@ class Daemon:
         runner = self.current
         if (blocked := self.disk.waiting()) is not None:
             return blocked.text()
+        if runner is not None and (stall := runner.stall.stall) is not None:
+            return f"{runner.job.input_name}: stalled (no request finished for {duration(stall.seconds)}), restarting"
         if runner is None:
             text = f"idle, {self.jobs_done} jobs done"
             return f"{text}, queue {len(queued)}" if queued else text
@@ -446,45 +467,3 @@ class Daemon:
         if self._backend is not None:
             await self._backend.aclose()
         self.journal.close()
-
-
-class _StatusWindow:
-    """What ``status/`` sees of the daemon (``status.state.StatusState``): never the daemon or its runner."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self._daemon = daemon
-
-    @property
-    def settings(self) -> Settings:
-        return self._daemon.settings
-
-    @property
-    def jobs_done(self) -> int:
-        return self._daemon.jobs_done
-
-    def clock(self) -> float:
-        return self._daemon.clock()
-
-    @property
-    def disk(self) -> DiskWatch:
-        return self._daemon.disk
-
-    def progress(self) -> JobProgress | None:
-        runner = self._daemon.current
-        if runner is None:
-            return None
-        gate = runner.gate
-        return JobProgress(
-            job_id=runner.job.id,
-            metrics=runner.metrics,
-            lanes=runner.lanes,
-            lanes_active=runner.active_lanes,
-            in_flight=runner.in_flight,
-            cancelled=runner.cancelled,
-            down_since=gate.down_since,
-            backend_up=gate.is_open,
-            backend_host=runner.backend.host,
-        )
-
-    async def ping_backend(self) -> None:
-        await self._daemon.backend.ping()

@@ -46,6 +46,7 @@ from batchd.run.lanes import Change, LaneController, LaneTuning
 from batchd.run.outage import Gate
 from batchd.run.record import Recorder
 from batchd.run.serverside import ServerSide
+from batchd.run.stall import StallWatch
 from batchd.run.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
 from batchd.storage import DiskWatch
 
@@ -155,6 +156,11 @@ class JobRunner:
         self.storage_failed: StorageError | None = None
         #: a task of the run that died of an exception it did not handle: (task name, exception)
         self.crashed: tuple[str, BaseException] | None = None
+        #: no request finished for too long: the run ends and the daemon starts it again from the journal
+        self.stall = StallWatch(
+            clock=clock, configured=settings.watchdog.stall_seconds, latencies=lambda: self.metrics.latencies
+        )
+        self.restarting = False
         self.done = 0
         self.failed = 0
 
@@ -211,7 +217,7 @@ class JobRunner:
             return RunOutcome.FAILED
         if self.cancelled:
             return RunOutcome.CANCELLED
-        if self.stop.is_set():
+        if self.stop.is_set() or self.restarting:
             return RunOutcome.INTERRUPTED
         return RunOutcome.COMPLETED
 
@@ -382,14 +388,17 @@ class JobRunner:
             if req is None or self._halted():
                 return  # a request taken but not started stays in _taken: back to queued at the end
             self.in_flight += 1
+            self.stall.lane(index, f"asking request {req.seq}")
             try:
                 outcome = await self.attempts.execute(req, conv, index)
             finally:
                 self.in_flight -= 1
+                self.stall.lane(index, "between requests")
             if outcome is None:  # stopped while the backend was away: back to queued at the end
                 continue
             self._taken.discard(req.seq)
             self.recorder.add(outcome)  # in memory until the journal took it (a full disk: until it can)
+            self.stall.progressed()
             self.metrics.count_outcome(outcome.state is ReqState.DONE, (outcome.error or {}).get("code"))
             if outcome.state is ReqState.DONE:
                 self.done += 1
@@ -438,7 +447,15 @@ class JobRunner:
                 self._sample()
             if self.server is not None:
                 await self.server.poll(now)
+            self._check_stall(now)
             await self.sleep(self.monitor_tick)
+
+    def _check_stall(self, now: float) -> None:
+        """The progress watchdog (``stall``): a stalled run ends, and the daemon runs it again."""
+        excused = not self.gate.is_open or self.recorder.blocked or self._halted()
+        if self.stall.check(work_left=bool(self._taken) or not self._closing, excused=excused, job_id=self.job.id):
+            self.restarting = True
+            self._abort.set()
 
     def _apply_policy(self) -> None:
         if self.budget is not None:
