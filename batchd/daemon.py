@@ -181,6 +181,8 @@ class Daemon:
             self._announced.add(job.id)
         try:
             self.outbox.publish(job)
+            self.disk.recovered(Store.OUTBOX)
+            self.disk.recovered(Store.JOURNAL)
             self.jobs_done += 1
             published = self.journal.job(job.id)
             if published is not None:
@@ -200,6 +202,7 @@ class Daemon:
         try:
             if not self.journal.start_run(job.id, time.time()):
                 return None  # cancelled (or finished) between the lookup and now
+            self.disk.recovered(Store.JOURNAL)  # it took the write (after a refusal, the episode ends)
             fresh = self.journal.job(job.id)
             assert fresh is not None
             counts = self.journal.counts(job.id)
@@ -282,7 +285,13 @@ class Daemon:
     async def run(self) -> int:
         """Watch, claim and run until ``stop`` is set; returns the exit status (0)."""
         self.live.start()
-        self.startup()
+        while not self.stop.is_set():  # a journal that refuses writes at start: wait, as in the loop below
+            try:
+                self.startup()
+                break
+            except StorageError as exc:
+                self.disk.blocked(Store.JOURNAL, exc)
+                await wait_first(self.stop.wait(), timeout=self.disk.next_delay(Store.JOURNAL))
         self._threaded_claims = True
         api = None
         if self.settings.api.listen:
@@ -308,15 +317,13 @@ class Daemon:
             )
         try:
             while not self.stop.is_set():
-                self._loop_beat, pause, store = self.clock(), IDLE_SECONDS, None
+                self._loop_beat, pause = self.clock(), IDLE_SECONDS
                 try:
                     worked = await self.step()
                 except StorageError as exc:  # a disk that refuses: wait and try again, with a bounded backoff
                     worked, store = False, Store.JOURNAL if exc.path == str(self.journal.path) else Store.OUTBOX
-                    self.disk.blocked(store, exc)
+                    self.disk.blocked(store, exc)  # its end: the write that goes in (run_job, publish)
                     pause = self.disk.next_delay(store)
-                for done in (Store.JOURNAL, Store.OUTBOX) if store is None else ():
-                    self.disk.recovered(done)  # the step's writes went in
                 if not worked:
                     self._wake.clear()
                     await wait_first(self._wake.wait(), self.stop.wait(), timeout=pause)

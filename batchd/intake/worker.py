@@ -246,6 +246,8 @@ class Intake:
             try:
                 claimer.ingest(job.id)
                 claimed += 1
+            except StorageError:
+                raise  # restartable from scratch: tried again with the batch, once the disk takes writes
             except (BatchdError, OSError) as exc:
                 log.error("ingest_failed", job_id=job.id, input=job.input_name, error=str(exc))
         return claimed
