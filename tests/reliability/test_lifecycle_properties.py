@@ -266,6 +266,11 @@ def test_lifecycle_properties_in_process(emulator: Emulator) -> None:
     @example(script=[("drop", "jsonl", 20), ("storage", ("journal", "running"), 1.0), ("drop", "csv", 5)])
     @example(script=[("drop", "csv", 6), ("storage", ("journal", "ingest"), 0.5), ("cancel", 0, 0.1)])
     @example(script=[("drop", "jsonl", 4), ("storage", ("spool", "claim"), 0.6), ("wait", 0.5)])
+    @example(script=[("drop", "csv", 8), ("storage", ("journal", "claim"), 0.8), ("drop", "jsonl", 3)])
+    @example(script=[("drop", "jsonl", 10), ("storage", ("journal", "finalising"), 0.7), ("wait", 0.3)])
+    @example(script=[("drop", "jsonl", 6), ("storage", ("journal", "publish"), 0.8), ("redrop", 0)])
+    @example(script=[("drop", "jsonl", 6), ("storage", ("outbox", "publish"), 1.0), ("cancel", 0, 0.0)])
+    @example(script=[("drop", "jsonl", 24), ("storage", ("status", "any"), 1.2), ("stop", 0.2, 0.0)])
     def scenario(script: list[Action]) -> None:
         _reset(emulator)
         folders = _folders()
