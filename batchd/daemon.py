@@ -373,6 +373,8 @@ class Daemon:
                     self.publish_ready()  # the job loop is busy with the running job
                 self._log_progress()
                 self.on_status(self.status_line())
+            except StorageError as exc:  # a publish beside the running job: the disk episode says it, once
+                self.disk.blocked(Store.JOURNAL if exc.path == str(self.journal.path) else Store.OUTBOX, exc)
             except Exception:  # noqa: BLE001 - a status hiccup must not end the watchdog pings
                 log.exception("heartbeat_failed")
             await wait_first(self.stop.wait(), timeout=self.heartbeat_seconds)

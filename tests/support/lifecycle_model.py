@@ -34,6 +34,8 @@ _COMMON: dict[str, Any] = dict(
 settings.register_profile("ci", max_examples=6, derandomize=True, **_COMMON)
 settings.register_profile("long", max_examples=int(os.environ.get("BATCHD_LIFECYCLE_EXAMPLES", "60")), **_COMMON)
 PROFILE = os.environ.get(PROFILE_ENV, "ci")
+#: ``storage``: scenarios drawn mostly from storage faults (the RELIABILITY.md table's run)
+FOCUS_ENV = "BATCHD_LIFECYCLE_FOCUS"
 
 CSV_FOLDER = "scoring"
 SYSTEM = "You score candidates from 1 to 10."
@@ -59,6 +61,8 @@ def scripts(*, kills: bool = False) -> st.SearchStrategy[list[Action]]:
     """A first drop, then up to seven more actions (drops and cancels drawn twice as often: a cancel
     needs a job that is not over yet)."""
     kinds = [drop, drop, stop, down, burst, refuse, cancel, cancel, retry, redrop, edit, wait, storage, storage]
+    if os.environ.get(FOCUS_ENV) == "storage":  # storage faults on every store and phase, mixed with the rest
+        kinds = [drop, storage, storage, storage, stop, cancel, redrop, wait]
     if kills:
         kinds = [drop, drop, kill, kill, down, burst, cancel, redrop, edit, wait]
     return st.tuples(drop, st.lists(st.one_of(*kinds), min_size=1, max_size=7)).map(lambda t: [t[0], *t[1]])
