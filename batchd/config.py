@@ -203,6 +203,14 @@ class StatusPageSettings(_Section):
     recent: int = Field(default=20, ge=0, le=500)
 
 
+class WatchdogSettings(_Section):
+    """The progress watchdog of a running job (``run/stall.py``)."""
+
+    #: no request finished for this long while the backend answers and requests wait: log
+    #: ``job_stalled`` and restart the job from the journal; unset = 10 x the p99 latency, at least 120 s
+    stall_seconds: float | None = Field(default=None, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -226,6 +234,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
     pipeline: Pipeline = Field(default_factory=Pipeline)
 
     @field_validator("inbox", "outbox", "state_dir", mode="before")

@@ -33,7 +33,8 @@ from batchd.redact import host_of
 from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
 from batchd.status.live import LiveViews
-from batchd.status.state import JobProgress
+from batchd.storage import DiskWatch, Store
+from batchd.window import StatusWindow
 
 log = structlog.get_logger("batchd.daemon")
 
@@ -41,6 +42,8 @@ log = structlog.get_logger("batchd.daemon")
 IDLE_SECONDS = 1.0
 #: watchdog hook, status line, progress log and reloads run this often
 HEARTBEAT_SECONDS = 1.0
+#: an idle job loop that has not come round for this long stops the WATCHDOG=1 pings (a publish is long)
+LOOP_STALL_SECONDS = 600.0
 
 
 class Daemon:
@@ -66,6 +69,9 @@ class Daemon:
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0
+        #: the stores that refuse writes now (journal, spool, outbox, status files): status and pauses
+        self.disk = DiskWatch(clock=clock)
+        self._once = False  # run --once: a refusing journal ends the run (exit 1) instead of a wait
         #: jobs whose job_finished is logged (a publish retried after a full disk does not repeat it)
         self._announced: set[str] = set()
         # run() state
@@ -74,11 +80,21 @@ class Daemon:
         self._reload_asked = False
         self.intake: Intake | None = None
         self._job_started = 0.0
+        self._loop_beat = clock()  # the job loop came round (``making_progress``)
         self._job_base = 0
         self._progress_mark: tuple[str, int] | None = None  # (job id, last logged progress step)
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         #: the outbox status page and the Prometheus metrics, kept current off the request path
-        self.live = LiveViews(state=_StatusWindow(self))
+        self.live = LiveViews(
+            state=StatusWindow(
+                settings=lambda: self.settings,
+                jobs_done=lambda: self.jobs_done,
+                clock=lambda: self.clock(),
+                current=lambda: self.current,
+                disk=self.disk,
+                backend=lambda: self.backend,
+            )
+        )
 
     @property
     def backend(self) -> Backend:
@@ -165,6 +181,8 @@ class Daemon:
             self._announced.add(job.id)
         try:
             self.outbox.publish(job)
+            self.disk.recovered(Store.OUTBOX)
+            self.disk.recovered(Store.JOURNAL)
             self.jobs_done += 1
             published = self.journal.job(job.id)
             if published is not None:
@@ -184,6 +202,7 @@ class Daemon:
         try:
             if not self.journal.start_run(job.id, time.time()):
                 return None  # cancelled (or finished) between the lookup and now
+            self.disk.recovered(Store.JOURNAL)  # it took the write (after a refusal, the episode ends)
             fresh = self.journal.job(job.id)
             assert fresh is not None
             counts = self.journal.counts(job.id)
@@ -203,6 +222,8 @@ class Daemon:
                 stop=self.stop,
                 sleep=self.sleep,
                 clock=self.clock,
+                disk=self.disk,
+                wait_for_disk=not self._once,
             )
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
@@ -214,8 +235,8 @@ class Daemon:
                 self.live.job_ended()
             error = runner.fatal.as_record() if runner.fatal is not None else None
             final = self.journal.end_run(job.id, outcome, error=error)
-            if final is None:
-                log.info("job_interrupted", outcome=outcome.value)
+            if final is None:  # a stall ends the run too: the next step runs it again from the journal
+                log.info("job_interrupted", outcome=outcome.value, restart=runner.restarting)
                 return outcome
             finished = self.journal.job(job.id)
             assert finished is not None
@@ -237,6 +258,7 @@ class Daemon:
 
     async def run_once(self) -> int:
         """Drain the inbox and all pending work, then return (``batchd run --once``)."""
+        self._once = True
         self.live.start()
         self.startup()
         self.claim_present()
@@ -263,7 +285,13 @@ class Daemon:
     async def run(self) -> int:
         """Watch, claim and run until ``stop`` is set; returns the exit status (0)."""
         self.live.start()
-        self.startup()
+        while not self.stop.is_set():  # a journal that refuses writes at start: wait, as in the loop below
+            try:
+                self.startup()
+                break
+            except StorageError as exc:
+                self.disk.blocked(Store.JOURNAL, exc)
+                await wait_first(self.stop.wait(), timeout=self.disk.next_delay(Store.JOURNAL))
         self._threaded_claims = True
         api = None
         if self.settings.api.listen:
@@ -272,7 +300,7 @@ class Daemon:
             # Raises ConfigError (exit 2) before serving: non-loopback without a token, port taken.
             api = start_api(self.settings, self.stop, on_queued=self.wake)
         self.intake = intake = Intake(
-            settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake, clock=self.clock
+            settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake, clock=self.clock, disk=self.disk
         )
         watch = asyncio.create_task(intake.watch(), name="watch")
         claims = asyncio.create_task(intake.claims(), name="claims")
@@ -289,13 +317,16 @@ class Daemon:
             )
         try:
             while not self.stop.is_set():
+                self._loop_beat, pause = self.clock(), IDLE_SECONDS
                 try:
                     worked = await self.step()
-                except StorageError:
-                    worked = False  # logged by publish(); retried after the idle wait
+                except StorageError as exc:  # a disk that refuses: wait and try again, with a bounded backoff
+                    worked, store = False, Store.JOURNAL if exc.path == str(self.journal.path) else Store.OUTBOX
+                    self.disk.blocked(store, exc)  # its end: the write that goes in (run_job, publish)
+                    pause = self.disk.next_delay(store)
                 if not worked:
                     self._wake.clear()
-                    await wait_first(self._wake.wait(), self.stop.wait(), timeout=IDLE_SECONDS)
+                    await wait_first(self._wake.wait(), self.stop.wait(), timeout=pause)
         finally:
             self.on_stopping()
             log.info("daemon_stopping", jobs_done=self.jobs_done)
@@ -320,9 +351,16 @@ class Daemon:
 
     # -- heartbeat: watchdog, status line, reloads -------------------------------------------
 
+    def making_progress(self) -> bool:
+        """What the WATCHDOG=1 ping proves: the running job is not stalled past its own restart
+        (``run/stall.py``), or the job loop came round within ``LOOP_STALL_SECONDS`` when idle."""
+        runner = self.current
+        return runner.stall.healthy() if runner is not None else self.clock() - self._loop_beat < LOOP_STALL_SECONDS
+
     async def _heartbeat(self) -> None:
         while not self.stop.is_set():
-            self.on_watchdog()
+            if self.making_progress():
+                self.on_watchdog()
             try:
                 if self._reload_asked:
                     self._reload_asked = False
@@ -335,6 +373,8 @@ class Daemon:
                     self.publish_ready()  # the job loop is busy with the running job
                 self._log_progress()
                 self.on_status(self.status_line())
+            except StorageError as exc:  # a publish beside the running job: the disk episode says it, once
+                self.disk.blocked(Store.JOURNAL if exc.path == str(self.journal.path) else Store.OUTBOX, exc)
             except Exception:  # noqa: BLE001 - a status hiccup must not end the watchdog pings
                 log.exception("heartbeat_failed")
             await wait_first(self.stop.wait(), timeout=self.heartbeat_seconds)
@@ -343,6 +383,10 @@ class Daemon:
         """One line for ``systemctl status``: job progress, rate, ETA and queue, or idle."""
         queued = self.journal.jobs([JobState.QUEUED, JobState.INGESTING], limit=None)
         runner = self.current
+        if (blocked := self.disk.waiting()) is not None:
+            return blocked.text()
+        if runner is not None and (stall := runner.stall.stall) is not None:
+            return f"{runner.job.input_name}: stalled (no request finished for {duration(stall.seconds)}), restarting"
         if runner is None:
             text = f"idle, {self.jobs_done} jobs done"
             return f"{text}, queue {len(queued)}" if queued else text
@@ -432,41 +476,3 @@ class Daemon:
         if self._backend is not None:
             await self._backend.aclose()
         self.journal.close()
-
-
-class _StatusWindow:
-    """What ``status/`` sees of the daemon (``status.state.StatusState``): never the daemon or its runner."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self._daemon = daemon
-
-    @property
-    def settings(self) -> Settings:
-        return self._daemon.settings
-
-    @property
-    def jobs_done(self) -> int:
-        return self._daemon.jobs_done
-
-    def clock(self) -> float:
-        return self._daemon.clock()
-
-    def progress(self) -> JobProgress | None:
-        runner = self._daemon.current
-        if runner is None:
-            return None
-        gate = runner.gate
-        return JobProgress(
-            job_id=runner.job.id,
-            metrics=runner.metrics,
-            lanes=runner.lanes,
-            lanes_active=runner.active_lanes,
-            in_flight=runner.in_flight,
-            cancelled=runner.cancelled,
-            down_since=gate.down_since,
-            backend_up=gate.is_open,
-            backend_host=runner.backend.host,
-        )
-
-    async def ping_backend(self) -> None:
-        await self._daemon.backend.ping()

@@ -12,9 +12,14 @@ SQL = re.compile(r"\b(SELECT\s+\S|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM
 SQLITE = re.compile(r"^\s*(import sqlite3|from sqlite3 import)", re.MULTILINE)
 #: "none over ~400 lines" (STYLE.md: most 100-300, none over ~500); slack for the formatter's line breaks
 MAX_LINES = 440
-#: reviewed exceptions: the daemon wires every stage, and hands ``status/`` its narrow read-only window
-#: (``_StatusWindow``: the running job's progress, never the runner) rather than itself
-LONGER = {"daemon.py": 480}
+#: reviewed exceptions: the daemon wires every stage (its narrow read-only window for ``status/`` is
+#: ``window.StatusWindow``)
+#: the runner grew by its task supervision, the disk pause of its feeder and lanes and the stall check
+#: ([18]; its journal writes went to ``run/record.py``, the watchdog's logic to ``run/stall.py``): the
+#: next change to it splits the stop/cancel control task out
+#: the claimer gained [22]'s per-owner room and hostile-file handling and [18]'s spool back-off: its ingest
+#: half (``ingest``, ``_parse_into``, ``_owner_room``, ``_insert``) is the seam for the next split
+LONGER = {"daemon.py": 480, "run/runner.py": 490, "intake/claim.py": 460}
 
 
 def _modules() -> list[Path]:
@@ -72,7 +77,7 @@ def test_architecture_lists_every_module() -> None:
 #: bottom to top; a module may import its own layer and any lower one, never a higher one
 LAYERS = ("leaf", "backends", "journal", "intake", "run", "publish", "status", "api", "ops", "top")
 #: the root modules that sit on top: they wire the stages together (``__init__`` is the package root)
-TOP = frozenset({"daemon", "service", "cli", "__main__"})
+TOP = frozenset({"daemon", "window", "service", "cli", "__main__"})
 
 
 def _module_name(path: Path, package: Path = PACKAGE) -> str:

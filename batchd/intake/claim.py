@@ -25,7 +25,7 @@ import orjson
 import structlog
 
 from batchd.config import Settings
-from batchd.errors import ConfigError, InputError
+from batchd.errors import ConfigError, InputError, StorageError
 from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
 from batchd.intake.definition import checked_definition, work_key
 from batchd.intake.inbox import Candidate, free_outbox_name, refusal, safe_stem
@@ -38,6 +38,10 @@ log = structlog.get_logger("batchd.claim")
 
 CHUNK = 1 << 20
 INSERT_BATCH = 5000
+
+
+def _spool_refused(exc: OSError, dst: Path) -> StorageError:
+    return StorageError.from_os("cannot write the spool copy", exc, dst)
 
 
 class IngestCancelled(Exception):
@@ -292,15 +296,31 @@ class Claimer:
                 raise FileNotFoundError(errno.ENOENT, "replaced since it was looked at")  # come back later
             if opened.st_nlink > 1:
                 raise InputError("has more than one hard link; batchd only takes plain files", code="hardlink")
-            with open(dst, "wb") as fout:
-                while chunk := fin.read(CHUNK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise InputError(f"file grew over limits.max_file_bytes ({limit:,})", code="too_large")
-                    digest.update(chunk)
-                    fout.write(chunk)
-                fout.flush()
-                os.fsync(fout.fileno())
+            # A write the disk refuses (full, quota, I/O error, read-only) is a StorageError: the claim
+            # waits and the file stays in the inbox; never a verdict on the input (reading it is).
+            try:
+                try:
+                    fout = open(dst, "wb")  # noqa: SIM115 - closed by the with below
+                except OSError as exc:
+                    raise _spool_refused(exc, dst) from exc
+                with fout:
+                    while chunk := fin.read(CHUNK):
+                        size += len(chunk)
+                        if size > limit:
+                            raise InputError(f"file grew over limits.max_file_bytes ({limit:,})", code="too_large")
+                        digest.update(chunk)
+                        try:
+                            fout.write(chunk)
+                        except OSError as exc:
+                            raise _spool_refused(exc, dst) from exc
+                    try:
+                        fout.flush()
+                        os.fsync(fout.fileno())
+                    except OSError as exc:
+                        raise _spool_refused(exc, dst) from exc
+            except StorageError:
+                dst.unlink(missing_ok=True)
+                raise
         return digest.hexdigest(), size
 
     def _reject(self, cand: Candidate, st: os.stat_result | None, message: str, code: str) -> Claimed:

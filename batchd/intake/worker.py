@@ -20,11 +20,12 @@ import structlog
 
 from batchd.aio import wait_first
 from batchd.config import Settings
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, StorageError
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import Candidate, candidate_for, scan
 from batchd.intake.watch import InboxWatcher, Signature, StabilityTracker, choose_mode, signature
 from batchd.journal import JobState, Journal
+from batchd.storage import DiskWatch, Store
 
 log = structlog.get_logger("batchd.intake")
 
@@ -42,12 +43,15 @@ class Intake:
         stop: asyncio.Event,
         on_claimed: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        disk: DiskWatch | None = None,
     ) -> None:
         #: a getter: SIGHUP swaps the daemon's settings and intake follows
         self.settings = settings
         self.stop = stop
         self.on_claimed = on_claimed
         self.clock = clock
+        #: a spool or journal that refuses writes holds the claims (the files stay in the inbox)
+        self.disk = disk or DiskWatch(clock=clock)
         self.tracker = StabilityTracker(stable_seconds=settings().watch.stable_seconds, clock=clock)
         self.ready = asyncio.Event()
         self._claims: asyncio.Queue[Candidate] = asyncio.Queue()
@@ -198,12 +202,28 @@ class Intake:
                 while len(batch) < CLAIM_BATCH and not self._claims.empty():
                     batch.append(self._claims.get_nowait())
                 try:
-                    if await asyncio.to_thread(self._claim_batch, journal, batch):
+                    if await self._claim_until_stored(journal, batch):
                         self.on_claimed()
                 except Exception:  # noqa: BLE001 - a dead claim task would silently stop intake
                     log.exception("claim_batch_failed", files=len(batch))
         finally:
             journal.close()
+
+    async def _claim_until_stored(self, journal: Journal, batch: list[Candidate]) -> int:
+        """Claim the batch; while the spool or the journal refuses writes, wait (bounded backoff) and
+        try again: the files stay in the inbox meanwhile, none is rejected for a full disk."""
+        while True:
+            try:
+                claimed = await asyncio.to_thread(self._claim_batch, journal, batch)
+            except StorageError as exc:
+                store = Store.JOURNAL if exc.path == str(journal.path) else Store.SPOOL
+                self.disk.blocked(store, exc)
+                await wait_first(self.stop.wait(), timeout=self.disk.next_delay(store))
+                if self.stop.is_set():
+                    return 0
+                continue
+            self.disk.recovered(Store.SPOOL)
+            return claimed
 
     def _claim_batch(self, journal: Journal, batch: list[Candidate]) -> int:
         """Runs in the worker thread. Claim order is queue order, which is modification order."""
@@ -214,6 +234,8 @@ class Intake:
                 break
             try:
                 claimed += claimer.claim(cand) is not None
+            except StorageError:
+                raise  # the disk, not the file: the whole batch waits and is tried again
             except (BatchdError, OSError) as exc:
                 log.error("claim_failed", input=cand.rel, error=str(exc))
             except Exception:  # noqa: BLE001 - one file's failure never drops the rest of the batch
@@ -226,6 +248,8 @@ class Intake:
             try:
                 claimer.ingest(job.id)
                 claimed += 1
+            except StorageError:
+                raise  # restartable from scratch: tried again with the batch, once the disk takes writes
             except (BatchdError, OSError) as exc:
                 log.error("ingest_failed", job_id=job.id, input=job.input_name, error=str(exc))
         return claimed

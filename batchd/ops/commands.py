@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -18,6 +19,7 @@ from batchd.errors import BatchdError, ConfigError, InputError
 from batchd.intake.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
 from batchd.journal import CancelAnswer, Job, JobState, Journal
 from batchd.pipeline import Pipeline, load_pipeline
+from batchd.status.page import storage_waits
 from batchd.status.views import StatusViews, status_views
 
 
@@ -86,10 +88,12 @@ def status(settings: Settings, *, as_json: bool, limit: int) -> int:
             views = status_views(journal, limit=limit)
         finally:
             journal.close()
+    waits = storage_waits(settings.outbox, now=time.time())  # the daemon's own word, from its status page
     if as_json:
-        sys.stdout.write(orjson.dumps(views.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        shown = views.as_dict() | ({"waiting_for_storage": waits} if waits else {})
+        sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(status_table(views))
+        print("\n".join([*(f"batchd: {w}" for w in waits), status_table(views)]))
     return 0
 
 

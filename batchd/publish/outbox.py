@@ -73,7 +73,7 @@ class Outbox:
             fsync_dir(self.root)
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
-            raise StorageError(f"cannot publish {name} to {self.root}: {exc}") from exc
+            raise StorageError.from_os(f"cannot publish {name} to {self.root}", exc, self.root) from exc
         self._finish(job, final, target)
         return target
 

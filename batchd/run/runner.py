@@ -10,6 +10,11 @@ missing model fails the job at once) are ``attempts.Attempts``, an object the ru
 task reads VRAM (``vram``), pauses or resumes lanes per ``VramPolicy`` and
 samples progress into the journal.
 
+Every task of the run (lanes, feeder, monitor, control) is ``aio.supervised``: an exception it did
+not handle fails the job with its text at once, no task is left waiting on a dead one. A journal
+write the disk refuses pauses the work like an outage (``record.Recorder``); ``wait_for_disk`` off
+(``--once``): the run ends and ``run()`` raises the ``StorageError``.
+
 Stop, cancel and fatal errors are handled in one place. A lane looks at them
 before it takes a request (``_halted``). A *control* task polls the journal for
 a cancel every ``CONTROL_SECONDS`` and starts the grace clock at the moment of
@@ -29,27 +34,27 @@ from collections.abc import Callable
 
 import structlog
 
-from batchd.aio import Sleep, wait_first
+from batchd.aio import Sleep, supervised, wait_first
 from batchd.backends.base import Backend
 from batchd.config import Settings
-from batchd.errors import BackendUnavailable, JobError, TransientError
-from batchd.journal import Job, Journal, Outcome, ReqState, Request, RunOutcome
+from batchd.errors import BackendUnavailable, JobError, StorageError, TransientError
+from batchd.journal import Job, Journal, ReqState, Request, RunOutcome
 from batchd.metrics import JobMetrics
 from batchd.run.attempts import Attempts
 from batchd.run.context import ContextBudget, Conversation
 from batchd.run.lanes import Change, LaneController, LaneTuning
 from batchd.run.outage import Gate
+from batchd.run.record import Recorder
 from batchd.run.serverside import ServerSide
+from batchd.run.stall import StallWatch
 from batchd.run.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
+from batchd.storage import DiskWatch
 
 log = structlog.get_logger("batchd.runner")
 
-FLUSH_SECONDS = 0.25
-FLUSH_ROWS = 512
 #: how often the monitor wakes; the VRAM source sets its own pace, samples go every SAMPLE_SECONDS
 MONITOR_TICK = 0.25
 SAMPLE_SECONDS = 2.0
-METRICS_SECONDS = 2.0
 #: how often the control task looks for a cancel in the journal (a cancel is seen within this)
 CONTROL_SECONDS = 0.25
 
@@ -67,6 +72,8 @@ class JobRunner:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         vram_source: GpuMemory | None = None,
+        disk: DiskWatch | None = None,
+        wait_for_disk: bool = True,
     ) -> None:
         self.settings = settings
         self.journal = journal
@@ -133,9 +140,27 @@ class JobRunner:
         self.stopped_at: float | None = None
         #: taken from the journal (marked running) and not yet recorded: back to queued at the end
         self._taken: set[int] = set()
-        self._pending: list[Outcome] = []
-        self._last_flush = clock()
-        self._metrics_saved = self._last_flush
+        #: the journal's writes; a refused one pauses the work (see ``record``)
+        self.disk = disk or DiskWatch(clock=clock)
+        self.wait_for_disk = wait_for_disk
+        self.recorder = Recorder(
+            journal=journal,
+            job_id=job.id,
+            metrics=self.metrics,
+            disk=self.disk,
+            sleep=sleep,
+            clock=clock,
+            on_blocked=self._disk_blocked,
+        )
+        #: the journal refused a write and this run does not wait for the disk (``--once``)
+        self.storage_failed: StorageError | None = None
+        #: a task of the run that died of an exception it did not handle: (task name, exception)
+        self.crashed: tuple[str, BaseException] | None = None
+        #: no request finished for too long: the run ends and the daemon starts it again from the journal
+        self.stall = StallWatch(
+            clock=clock, configured=settings.watchdog.stall_seconds, latencies=lambda: self.metrics.latencies
+        )
+        self.restarting = False
         self.done = 0
         self.failed = 0
 
@@ -148,8 +173,8 @@ class JobRunner:
         source = self.vram_source or pick_source(self.settings, self.backend)
         counts = self.journal.counts(self.job.id)
         self._base_counts = (counts.get(ReqState.DONE.value, 0), counts.get(ReqState.FAILED.value, 0))
-        monitor = asyncio.create_task(self._monitor(source))
-        control = asyncio.create_task(self._control())
+        monitor = supervised(self._monitor(source), "monitor", self._crash)
+        control = supervised(self._control(), "control", self._crash)
         try:
             await self._pin_context()
             if not self._halted():
@@ -174,10 +199,7 @@ class JobRunner:
         finally:
             control.cancel()
             monitor.cancel()
-            ended = await asyncio.gather(monitor, control, return_exceptions=True)
-            for task_end in ended:
-                if isinstance(task_end, Exception):
-                    log.error("monitor_failed", job_id=self.job.id, error=repr(task_end))
+            await asyncio.gather(monitor, control, return_exceptions=True)  # their failures went to _crash
             if own_source:
                 source.close()
             self.gate.cancel()
@@ -185,15 +207,17 @@ class JobRunner:
             if self.budget is not None and self.metrics.conversation_not_paying is not None:
                 self.budget.check_paying(lanes=self.lanes, final=True)
             self._sample()
+            self.recorder.close()  # the retries end; these last writes are tried once more all the same
             self.flush(force=True)
-            if self._taken:  # in flight or in the lanes' queue when the run ended: not lost, not done
-                self.journal.requeue(self.job.id, sorted(self._taken))
-                self._taken.clear()
+            if self._taken and self.recorder.write(lambda: self.journal.requeue(self.job.id, sorted(self._taken))):
+                self._taken.clear()  # in flight or in the lanes' queue when the run ended: not lost, not done
+        if self.storage_failed is not None:
+            raise self.storage_failed  # the job stays running in the journal: the next run starts over there
         if self.fatal is not None:
             return RunOutcome.FAILED
         if self.cancelled:
             return RunOutcome.CANCELLED
-        if self.stop.is_set():
+        if self.stop.is_set() or self.restarting:
             return RunOutcome.INTERRUPTED
         return RunOutcome.COMPLETED
 
@@ -207,6 +231,18 @@ class JobRunner:
             self.fatal = exc
             log.error("job_failed_fast", job_id=self.job.id, code=exc.code, error=exc.message)
         self._abort.set()
+
+    def _crash(self, name: str, exc: BaseException) -> None:
+        if self.crashed is None:
+            self.crashed = (name, exc)
+            log.error("runner_task_failed", job_id=self.job.id, task=name, error=repr(exc))
+        self._fail(JobError(f"{name} failed: {exc!r}", job_id=self.job.id))
+
+    def _disk_blocked(self, exc: StorageError) -> None:
+        """The journal refused a write: the lanes pause (``recorder.ok``); ``--once`` ends the run."""
+        if not self.wait_for_disk and self.storage_failed is None and (episode := self.disk.waiting()):
+            self.storage_failed = StorageError(episode.exit_text(), path=exc.path, full=exc.full, reason=exc.reason)
+            self._abort.set()
 
     def _check_cancel(self) -> None:
         if not self.cancelled and self.journal.cancel_requested(self.job.id):
@@ -266,7 +302,8 @@ class JobRunner:
                     return
             cap = self.settings.context.num_ctx_cap
             self.num_ctx = self.settings.context.num_ctx or min(trained or cap, cap)
-            self.journal.update_job(self.job.id, meta={**self.job.meta, "num_ctx": self.num_ctx})
+            meta = {**self.job.meta, "num_ctx": self.num_ctx}
+            self.recorder.write(lambda: self.journal.update_job(self.job.id, meta=meta))
         self.metrics.num_ctx = self.num_ctx
 
     async def _wait_gate(self) -> bool:
@@ -290,23 +327,25 @@ class JobRunner:
 
     async def _run_lanes(self) -> None:
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.lanes * 2)
-        lanes = [asyncio.create_task(self._lane(i, queue)) for i in range(self.lanes)]
-        feeder = asyncio.create_task(self._feed(queue))
+        lanes = [supervised(self._lane(i, queue), f"lane {i}", self._crash) for i in range(self.lanes)]
+        feeder = supervised(self._feed(queue), "feeder", self._crash)
         try:
             await wait_first(asyncio.wait(lanes), self._abort.wait())
         finally:
             for task in (*lanes, feeder):
                 task.cancel()  # a no-op for the ones already done
-            ended = await asyncio.gather(*lanes, feeder, return_exceptions=True)
-        for end in ended:
-            if isinstance(end, Exception):
-                raise end
+            await asyncio.gather(*lanes, feeder, return_exceptions=True)  # their failures went to _crash
 
     async def _feed(self, queue: asyncio.Queue[Request | None]) -> None:
         chunk = max(64, self.lanes * 16)
         try:
             while not self._should_stop():
-                batch = self.journal.take_pending(self.job.id, chunk)
+                if self.recorder.blocked:  # no new requests while the journal cannot record their answers
+                    await self.recorder.wait_ok(self._abort)
+                    continue
+                batch = self._take(chunk)
+                if batch is None:
+                    continue  # the journal refused: paused until it takes writes again
                 if not batch:
                     break
                 self._taken.update(r.seq for r in batch)
@@ -320,8 +359,12 @@ class JobRunner:
         for _ in range(self.lanes):
             await queue.put(None)
 
+    def _take(self, n: int) -> list[Request] | None:
+        taken: list[Request] = []
+        return taken if self.recorder.write(lambda: taken.extend(self.journal.take_pending(self.job.id, n))) else None
+
     def _should_stop(self) -> bool:
-        if self.clock() - self._last_flush > FLUSH_SECONDS:
+        if self.recorder.due():
             self.flush()
         return self._halted()
 
@@ -338,25 +381,29 @@ class JobRunner:
                 return
             if parked:  # a lane owns its history: a revived lane starts a fresh conversation (prefix first)
                 conv = self.new_conversation(index)
+            if self.recorder.blocked:  # the journal cannot record an answer now: start nothing new
+                await self.recorder.wait_ok(self._abort)
+                continue
             req = await queue.get()
             if req is None or self._halted():
                 return  # a request taken but not started stays in _taken: back to queued at the end
             self.in_flight += 1
+            self.stall.lane(index, f"asking request {req.seq}")
             try:
                 outcome = await self.attempts.execute(req, conv, index)
             finally:
                 self.in_flight -= 1
+                self.stall.lane(index, "between requests")
             if outcome is None:  # stopped while the backend was away: back to queued at the end
                 continue
             self._taken.discard(req.seq)
-            self._pending.append(outcome)
+            self.recorder.add(outcome)  # in memory until the journal took it (a full disk: until it can)
+            self.stall.progressed()
             self.metrics.count_outcome(outcome.state is ReqState.DONE, (outcome.error or {}).get("code"))
             if outcome.state is ReqState.DONE:
                 self.done += 1
             else:
                 self.failed += 1
-            if len(self._pending) >= FLUSH_ROWS:
-                self.flush()
 
     # -- how many lanes ----------------------------------------------------------------------
 
@@ -400,7 +447,15 @@ class JobRunner:
                 self._sample()
             if self.server is not None:
                 await self.server.poll(now)
+            self._check_stall(now)
             await self.sleep(self.monitor_tick)
+
+    def _check_stall(self, now: float) -> None:
+        """The progress watchdog (``stall``): a stalled run ends, and the daemon runs it again."""
+        excused = not self.gate.is_open or self.recorder.blocked or self._halted()
+        if self.stall.check(work_left=bool(self._taken) or not self._closing, excused=excused, job_id=self.job.id):
+            self.restarting = True
+            self._abort.set()
 
     def _apply_policy(self) -> None:
         if self.budget is not None:
@@ -412,25 +467,20 @@ class JobRunner:
 
     def _sample(self) -> None:
         done, failed = self._base_counts
-        self.journal.add_sample(
-            self.job.id,
-            done=done + self.done,
-            failed=failed + self.failed,
-            ctx_tokens=self.metrics.ctx_current,
-            vram_used=self.metrics.vram_used,
-            trims=sum(self.metrics.trims.values()),
-            lanes=self.active_lanes,
+        self.recorder.write(
+            lambda: self.journal.add_sample(
+                self.job.id,
+                done=done + self.done,
+                failed=failed + self.failed,
+                ctx_tokens=self.metrics.ctx_current,
+                vram_used=self.metrics.vram_used,
+                trims=sum(self.metrics.trims.values()),
+                lanes=self.active_lanes,
+            )
         )
 
     # -- persistence -------------------------------------------------------------------------
 
-    def flush(self, force: bool = False) -> None:
-        self._last_flush = self.clock()
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self.journal.record(self.job.id, batch)
-        # Each journal write is an fsync that stalls every lane's event loop for a few ms,
-        # so the counters (a restart continues from them) go at most every METRICS_SECONDS.
-        if force or self._last_flush - self._metrics_saved >= METRICS_SECONDS:
-            self._metrics_saved = self._last_flush
-            self.journal.update_job(self.job.id, metrics={"state": self.metrics.to_state()})
+    def flush(self, force: bool = False) -> bool:
+        """Outcomes and counters to the journal (``record.Recorder``); False when the disk refused."""
+        return self.recorder.flush(force)

@@ -17,14 +17,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from batchd.aio import wait_first
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, StorageError
 from batchd.fsutil import write_atomic
 from batchd.journal import Job, Journal
 from batchd.metrics import JobMetrics
@@ -35,6 +35,7 @@ from batchd.status.page import DaemonState, Waiting
 from batchd.status.prom import Exporter, Live, Queue
 from batchd.status.state import StatusState
 from batchd.status.views import StatusViews, ViewState, status_views
+from batchd.storage import Blocked, Store
 
 log = structlog.get_logger("batchd.live")
 
@@ -51,6 +52,7 @@ WARN_SECONDS = 300.0
 class _Probe:
     live: Live
     waiting: Waiting | None
+    storage: tuple[Blocked, ...]
     #: what, when it changes, is worth a page at once
     signature: tuple[Any, ...]
 
@@ -122,6 +124,11 @@ class LiveViews:
             self._reload_warned = True  # the listener and the file were set up at start; a SIGHUP keeps them
             log.warning("config_reload_partial", key="metrics", reason="[metrics] changes apply at the next restart")
         probe = self._probe()
+        probe = replace(
+            probe,
+            live=replace(probe.live, storage_blocked=tuple((b.store.value, b.since) for b in probe.storage)),
+            signature=(*probe.signature, tuple(b.store for b in probe.storage)),
+        )
         self.exporter.set_live(probe.live)
         self.exporter.refresh()
         now = self.state.clock()
@@ -139,7 +146,9 @@ class LiveViews:
                 self._last_page = now
             if metrics:
                 self._last_metrics = now
-            await self._in_thread(page=page, metrics=metrics, state=DaemonState.RUNNING, waiting=probe.waiting)
+            await self._in_thread(
+                page=page, metrics=metrics, state=DaemonState.RUNNING, waiting=probe.waiting, storage=probe.storage
+            )
         self._maybe_ping()
 
     async def close(self) -> None:
@@ -153,6 +162,7 @@ class LiveViews:
                 metrics=self.exporter.enabled,
                 state=DaemonState.STOPPED,
                 waiting=None,
+                storage=(),
             )
         except Exception as exc:  # noqa: BLE001 - shutting down: a last page is nice, not essential
             self._warn("live_failed", repr(exc))
@@ -170,7 +180,7 @@ class LiveViews:
         if job is None:
             self._outage = None
             live = Live(backend_up=self._backend_up)
-            return _Probe(live, None, (None, self.state.jobs_done))
+            return _Probe(live, None, tuple(self.state.disk.all()), (None, self.state.jobs_done))
         waiting = None
         if job.down_since is not None:
             if self._outage is None or self._outage[0] != job.down_since:
@@ -188,7 +198,12 @@ class LiveViews:
             vram_used_bytes=job.metrics.vram_used_bytes,
             vram_total_bytes=job.metrics.vram_total,
         )
-        return _Probe(live, waiting, (job.job_id, waiting is None, job.cancelled, self.state.jobs_done))
+        return _Probe(
+            live,
+            waiting,
+            tuple(self.state.disk.all()),
+            (job.job_id, waiting is None, job.cancelled, self.state.jobs_done),
+        )
 
     def _maybe_ping(self) -> None:
         """Idle: is the backend there? (Prometheus' batchd_backend_up; during a job the gate says.)"""
@@ -214,7 +229,9 @@ class LiveViews:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchd-live")
         await asyncio.get_running_loop().run_in_executor(self._pool, lambda: self._write(**kw))
 
-    def _write(self, *, page: bool, metrics: bool, state: DaemonState, waiting: Waiting | None) -> None:
+    def _write(
+        self, *, page: bool, metrics: bool, state: DaemonState, waiting: Waiting | None, storage: tuple[Blocked, ...]
+    ) -> None:
         settings = self.settings
         try:
             journal = self._open_journal()
@@ -229,19 +246,24 @@ class LiveViews:
         self.exporter.set_queue(_queue(views))
         if page:
             try:
-                self._write_page(views, now, state, waiting)
+                self._write_page(views, now, state, waiting, storage)
             except OSError as exc:
                 self._warn("status_page_failed", str(exc), outbox=str(settings.outbox))
+                self.state.disk.blocked(Store.STATUS, StorageError.from_os("cannot write the status page", exc))
+            else:
+                self.state.disk.recovered(Store.STATUS)
         if metrics:
             try:
                 self.exporter.write_textfile()
             except OSError as exc:
                 self._warn("metrics_textfile_failed", str(exc), path=str(settings.metrics.textfile))
 
-    def _write_page(self, views: StatusViews, now: float, state: DaemonState, waiting: Waiting | None) -> None:
+    def _write_page(
+        self, views: StatusViews, now: float, state: DaemonState, waiting: Waiting | None, storage: tuple[Blocked, ...]
+    ) -> None:
         outbox: Path = self.settings.outbox
         outbox.mkdir(parents=True, exist_ok=True)
-        data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting)
+        data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting, storage=storage)
         gid = SharedFolder.of(outbox, group=self.settings.group).gid
         # JSON first: a script that follows the page's link never finds older data than the page showed.
         owned = write_atomic(outbox / statuspage.STATUS_JSON, statuspage.render_json(data), gid=gid)

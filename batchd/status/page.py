@@ -18,6 +18,7 @@ import html
 import re
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -28,6 +29,7 @@ import orjson
 from batchd.pace import duration, rate_text
 from batchd.redact import escape_controls
 from batchd.status.views import StatusViews, ViewState
+from batchd.storage import Blocked
 
 # Job folders are named by ``inbox.safe_stem`` (only ``[A-Za-z0-9._-]``, never a leading
 # ``.``, ``_`` or ``-``) plus ``.2``, ``.3``…, so a name with ``!`` can never be one.
@@ -54,7 +56,14 @@ class Waiting:
     since: float
 
 
-def page_data(views: StatusViews, *, now: float, daemon: DaemonState, waiting: Waiting | None = None) -> dict[str, Any]:
+def page_data(
+    views: StatusViews,
+    *,
+    now: float,
+    daemon: DaemonState,
+    waiting: Waiting | None = None,
+    storage: Sequence[Blocked] = (),
+) -> dict[str, Any]:
     """What ``!status.json`` holds: ``active`` and ``recent`` exactly as ``batchd status --json``."""
     jobs = views.as_dict()
     return {
@@ -71,9 +80,35 @@ def page_data(views: StatusViews, *, now: float, daemon: DaemonState, waiting: W
             "since": _iso(waiting.since),
             "since_unix": round(waiting.since, 3),
         },
+        "waiting_for_storage": [
+            {
+                "store": b.store.value,
+                "path": b.path,
+                "full": b.full,
+                "reason": b.reason,
+                "since": _iso(b.since),
+                "since_unix": round(b.since, 3),
+                "text": b.text(),
+            }
+            for b in storage
+        ],
         "active": jobs["active"],
         "recent": jobs["recent"],
     }
+
+
+def storage_waits(outbox: Path, *, now: float, stale_after: float = 60.0) -> list[str]:
+    """What the running daemon's last ``!status.json`` says it waits for ("waiting for disk space on
+    PATH since HH:MM"); ``batchd status`` shows it. Empty when the page is old, absent or unreadable."""
+    try:
+        data = orjson.loads((outbox / STATUS_JSON).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    if not isinstance(data, dict) or data.get("daemon") != DaemonState.RUNNING.value:
+        return []
+    if now - float(data.get("generated_at_unix") or 0) > stale_after:
+        return []
+    return [str(w.get("text", "")) for w in data.get("waiting_for_storage") or () if isinstance(w, dict)]
 
 
 def render_json(data: dict[str, Any]) -> bytes:
@@ -137,6 +172,11 @@ def render_html(data: dict[str, Any], *, outbox: Path | None = None) -> str:
             f"<p class='banner wait'>Waiting for the backend ({_shown(waiting['backend'])}) since "
             f"{_clock(waiting['since_unix'])} ({duration(now - waiting['since_unix'])}): "
             "the job resumes by itself when it answers; nothing is lost.</p>"
+        )
+    for blocked in data.get("waiting_for_storage") or ():
+        parts.append(
+            f"<p class='banner wait'>{_shown(blocked['text'])} ({duration(now - blocked['since_unix'])}): "
+            "work resumes by itself when the disk accepts writes; answers in hand are kept.</p>"
         )
     parts.append("<h2>Running and queued</h2>")
     parts.append(

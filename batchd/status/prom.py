@@ -159,6 +159,12 @@ class Live:
     backend_up: bool | None = None
     vram_used_bytes: int | None = None
     vram_total_bytes: float | None = None
+    #: (store, wall-clock since) of each store that refuses writes now (``storage.DiskWatch``)
+    storage_blocked: tuple[tuple[str, float], ...] = ()
+
+
+#: the stores ``batchd_storage_blocked`` has a sample for (``storage.Store``'s values)
+STORES = ("journal", "spool", "outbox", "status")
 
 
 @dataclass(frozen=True)
@@ -311,6 +317,22 @@ class _Collector(Collector):
             yield _gauge("batchd_vram_used_bytes", "GPU memory in use (while a job runs).", live.vram_used_bytes)
         if live.vram_total_bytes is not None:
             yield _gauge("batchd_vram_total_bytes", "GPU memory of the card (while a job runs).", live.vram_total_bytes)
+        blocked = dict(live.storage_blocked)
+        family = GaugeMetricFamily(
+            "batchd_storage_blocked",
+            "1 while the store refuses writes (disk full, unwritable): work waits.",
+            labels=["store"],
+        )
+        for store in STORES:
+            family.add_metric([store], int(store in blocked))
+        yield family
+        if blocked:
+            since = GaugeMetricFamily(
+                "batchd_storage_blocked_since_seconds", "Unix time a store began refusing writes.", labels=["store"]
+            )
+            for store, at in sorted(blocked.items()):
+                since.add_metric([store], at)
+            yield since
         info = GaugeMetricFamily("batchd_build_info", "batchd version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from batchd.config import Settings
 from batchd.metrics import JobMetrics
+from batchd.storage import DiskWatch
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class StatusState(Protocol):
 
     def clock(self) -> float:
         """The daemon's monotonic clock (injected in tests)."""
+        ...
+
+    @property
+    def disk(self) -> DiskWatch:
+        """The stores that refuse writes now; the status files' own failures are reported here too."""
         ...
 
     def progress(self) -> JobProgress | None:

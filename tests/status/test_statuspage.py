@@ -35,6 +35,7 @@ from batchd.status.page import (
 )
 from batchd.status.state import JobProgress
 from batchd.status.views import StatusViews, status_views
+from batchd.storage import DiskWatch
 from tests.support.factories import outbox_entries, write_jsonl
 from tests.support.running import run_daemon_once
 from tests.support.waiting import until
@@ -282,6 +283,7 @@ class _FakeState:
         self.jobs_done = 0
         self.job: JobProgress | None = None
         self.clock: Callable[[], float] = lambda: clock[0]
+        self.disk = DiskWatch(clock=self.clock)
 
     def progress(self) -> JobProgress | None:
         return self.job
