@@ -7,7 +7,8 @@ run --once``); ``run()`` is the long-running service loop.
 In ``run()`` three tasks share the event loop with the job loop: intake's
 *watch* and *claims* (see ``intake.py``: new drops are claimed and queued
 while a long job runs) and *heartbeat* (watchdog pings, status line, config
-reloads). Jobs run one at a time, in claim order (``jobs.seq``).
+reloads). Jobs run one at a time, in the order ``run.turns`` picks (``schedule``: priority, aging,
+smallest remaining work; or claim order), the running one yielding at request boundaries to a higher rank.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from batchd.publish.outbox import Outbox
 from batchd.redact import host_of
 from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
+from batchd.run.turns import Turns
 from batchd.status.live import LiveViews
 from batchd.status.state import JobProgress
 
@@ -63,6 +65,7 @@ class Daemon:
         self.reload_settings = reload_settings
         self.claimer = Claimer(settings=settings, journal=self.journal)
         self.outbox = Outbox(settings=settings, journal=self.journal)
+        self.turns = Turns(self.journal, lambda: self.settings)  # who goes first; tests set its ``wall``
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0
@@ -137,7 +140,7 @@ class Daemon:
         for finished in self.journal.jobs([JobState.FINALIZING]):
             self.publish(finished)
             return True
-        job = self.journal.next_job()
+        job = self.turns.next_job(ingest_first=not self._threaded_claims)
         if job is None or self.stop.is_set():
             return False
         if job.state is JobState.INGESTING:
@@ -203,6 +206,7 @@ class Daemon:
                 stop=self.stop,
                 sleep=self.sleep,
                 clock=self.clock,
+                yield_to=self.turns.yield_check(fresh),
             )
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
@@ -214,6 +218,8 @@ class Daemon:
                 self.live.job_ended()
             error = runner.fatal.as_record() if runner.fatal is not None else None
             final = self.journal.end_run(job.id, outcome, error=error)
+            if runner.preempted is not None:
+                self.turns.yielded(job.id)  # job_preempted is logged; its wait (aging) counts from now
             if final is None:
                 log.info("job_interrupted", outcome=outcome.value)
                 return outcome

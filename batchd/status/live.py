@@ -222,7 +222,7 @@ class LiveViews:
                 return
             now = self.wall()
             limit = settings.status_page.recent if page else 0
-            views = status_views(journal, limit=limit, now=now)
+            views = status_views(journal, limit=limit, now=now, schedule=settings.schedule)
         except (BatchdError, OSError) as exc:
             self._warn("status_read_failed", str(exc))
             return

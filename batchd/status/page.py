@@ -179,7 +179,7 @@ def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, n
         if v["eta_seconds"] is not None:
             eta = f"{duration(v['eta_seconds'])} (about {_clock(now + v['eta_seconds'], date=False)})"
         rows.append(
-            f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}</td>"
+            f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}{_waits(v)}</td>"
             f"<td class='s-{html.escape(css)}'>{html.escape(label)}</td><td class='p'>{_bar(v['progress'])}</td>"
             f"<td class='n'>{v['finished']:,} / {v['total']:,}</td><td class='n'>{v['failed']:,}</td>"
             f"<td class='n'>{rate_text(v['req_per_s'])}</td><td class='n'>{html.escape(eta)}</td></tr>"
@@ -231,6 +231,30 @@ def _error(v: dict[str, Any]) -> str:
         return ""
     message = str(err.get("message") or err.get("code") or "")
     return f"<span class='err'>{_shown(message[:200])}</span>"
+
+
+#: why a queued job waits (``schedule.Why``), in words
+_WAITS = {
+    "running": "runs now",
+    "priority": "waits: a job of higher priority goes first",
+    "aged": "waits: a job that has waited longer than max_wait_minutes goes first",
+    "smaller": "waits: a job with less work left goes first",
+    "claimed_earlier": "waits: a job dropped earlier goes first",
+    "same_model": "waits: the running job uses another model; switching would reload it",
+}
+
+
+def _waits(v: dict[str, Any]) -> str:
+    attention = v.get("attention")
+    if attention:
+        samples = "; ".join(str(s)[:120] for s in attention.get("samples", [])[:3])
+        text = f"needs attention: {attention.get('message', '')} {samples}".strip()
+        return f"<span class='err'>{_shown(text[:600])}</span>"
+    why = _WAITS.get(v.get("waits") or "")
+    if not why:
+        return ""
+    behind = f" ({v['behind']})" if v.get("behind") else ""
+    return f"<span class='id'>{_shown(why + behind)}</span>"
 
 
 # Beyond the control characters (``redact.escape_controls``, as ``batchd status`` shows them): the

@@ -34,6 +34,10 @@ KEYS = [
     "created_at",
     "started_at",
     "finished_at",
+    "priority",
+    "waits",
+    "behind",
+    "attention",
 ]
 
 

@@ -1,0 +1,107 @@
+"""The team's records in the journal: the queue as the scheduler sees it (``schedule.Entry``), priorities,
+when a job went back to the queue, jobs paused for attention and the ``.cancel`` files refused."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from batchd.journal.connection import Connection
+from batchd.journal.rows import dump_json
+from batchd.schedule import Entry
+
+
+class TeamRecords(Connection):
+    """Who goes first and who may stop what (``Journal`` mixes this in)."""
+
+    def queue_entries(self, default_priority: int, *, at_least: int = 1) -> list[Entry]:
+        """Every queued or running job with the facts the scheduler ranks on; none when there are fewer
+        than ``at_least`` (the running job's yield check needs a rival before it counts requests)."""
+        jobs = self._query(
+            "SELECT id, seq, state, priority, pipeline_json, COALESCE(waiting_since, created_at), model, "
+            "meta_json, attention_json, lifted FROM jobs WHERE state IN ('queued','running') ORDER BY seq"
+        )
+        if len(jobs) < max(1, at_least):
+            return []
+        left = dict(
+            self._query(
+                "SELECT job_id, COUNT(*) FROM requests WHERE state IN ('queued','running') "
+                f"AND job_id IN ({','.join('?' * len(jobs))}) GROUP BY job_id",
+                [j[0] for j in jobs],
+            )
+        )
+        out = []
+        for job_id, seq, state, priority, pipeline_json, since, model, meta_json, attention, lifted in jobs:
+            if priority is None:
+                own = orjson.loads(pipeline_json).get("priority") if pipeline_json else None
+                priority = own if isinstance(own, int) else default_priority
+            meta = orjson.loads(meta_json) if meta_json else {}
+            num_ctx = meta.get("num_ctx") if isinstance(meta, dict) else None
+            out.append(
+                Entry(
+                    id=job_id,
+                    seq=seq,
+                    priority=int(priority),
+                    remaining=int(left.get(job_id, 0)),
+                    waiting_since=float(since),
+                    model=model,
+                    num_ctx=num_ctx if isinstance(num_ctx, int) else None,
+                    running=state == "running",
+                    attention=attention is not None,
+                    lifted=bool(lifted),
+                )
+            )
+        return out
+
+    def set_priority(self, job_id: str, priority: int) -> bool:
+        """``batchd priority JOB N`` or an API batch's ``metadata.priority``; False when the job is gone."""
+        with self.transaction() as db:
+            return db.execute("UPDATE jobs SET priority=? WHERE id=?", (priority, job_id)).rowcount == 1
+
+    def back_in_queue(self, job_id: str, at: float | None = None) -> None:
+        """The job yielded the runner: its wait (aging) starts again now."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET waiting_since=?, lifted=0 WHERE id=?", (time.time() if at is None else at, job_id)
+            )
+
+    def set_lifted(self, job_id: str, lifted: bool) -> None:
+        """The job is picked because it had aged (it then yields only to a higher priority), or is not."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET lifted=? WHERE id=?", (int(lifted), job_id))
+
+    # -- paused for attention (fail-fast) ----------------------------------------------
+
+    def pause_for_attention(self, job_id: str, why: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET attention_json=? WHERE id=?", (dump_json(why), job_id))
+
+    def resume_attention(self, job_id: str) -> bool:
+        """``batchd retry`` / ``resume`` of a paused job: it runs again where it stopped; False if not paused."""
+        with self.transaction() as db:
+            return (
+                db.execute(
+                    "UPDATE jobs SET attention_json=NULL, waiting_since=? WHERE id=? AND attention_json IS NOT NULL",
+                    (time.time(), job_id),
+                ).rowcount
+                == 1
+            )
+
+    # -- .cancel files refused ----------------------------------------------------------
+
+    def add_refusal(self, *, name: str, uid: int, user: str, job_id: str | None, reason: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO cancel_refusals (t, name, uid, user, job_id, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), name, uid, user, job_id, reason),
+            )
+            # a flood of them keeps the newest few hundred
+            db.execute("DELETE FROM cancel_refusals WHERE rowid <= (SELECT MAX(rowid) FROM cancel_refusals) - 200")
+
+    def refusals(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest refused ``.cancel`` files, newest first."""
+        return self._query_named(
+            "SELECT t, name, uid, user, job_id, reason FROM cancel_refusals ORDER BY rowid DESC LIMIT ?", (limit,)
+        )

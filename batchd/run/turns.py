@@ -1,0 +1,82 @@
+"""Whose turn it is: the next job to run and, while one runs, whether it must yield (``schedule``'s rules
+over the journal's queue); ``job_preempted`` (BY, REASON) is logged here, at the switch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from batchd.config import Settings
+from batchd.journal import Job, JobState, Journal
+from batchd.schedule import Entry, Policy, Rules
+
+log = structlog.get_logger("batchd.schedule")
+
+
+class Turns:
+    """The daemon's scheduler: ``next_job()`` picks, ``yield_check(job)`` is the runner's question."""
+
+    def __init__(self, journal: Journal, settings: Callable[[], Settings], wall: Callable[[], float] = time.time):
+        self.journal = journal
+        self.settings = settings
+        self.wall = wall
+
+    def rules(self) -> Rules:
+        schedule = self.settings().schedule
+        return Rules(policy=Policy(schedule.policy), max_wait=schedule.max_wait_minutes * 60)
+
+    def entries(self, at_least: int = 1) -> list[Entry]:
+        return self.journal.queue_entries(self.settings().schedule.default_priority, at_least=at_least)
+
+    def next_job(self, *, ingest_first: bool) -> Job | None:
+        """The job to run (or, when ``ingest_first``, to ingest) now; None: nothing runnable."""
+        rules = self.rules()
+        if rules.policy is Policy.FIFO:
+            job = self.journal.next_job()  # claim order, as before there was a choice
+            if job is None or job.attention is None:
+                return job
+        elif ingest_first and (ingesting := self.journal.jobs([JobState.INGESTING])):
+            return ingesting[-1]  # oldest first (jobs() lists newest first)
+        now = self.wall()
+        best = rules.next(self.entries(), now)
+        if best is None:
+            return None
+        if rules.aged(best, now) != best.lifted:
+            self.journal.set_lifted(best.id, rules.aged(best, now))
+        return self.journal.job(best.id)
+
+    def yield_check(self, job: Job) -> Callable[[], str | None]:
+        """For the runner: asked every few seconds; a reason when ``job`` must yield now (logged once)."""
+
+        def ask() -> str | None:
+            rules = self.rules()
+            if rules.policy is Policy.FIFO:
+                return None
+            entries = self.entries(at_least=2)
+            running = next((e for e in entries if e.id == job.id), None)
+            if running is None:
+                return None
+            found = rules.challenge(running, entries, self.wall())
+            if found is None:
+                return None
+            by, why = found
+            log.info(
+                "job_preempted",
+                job_id=job.id,
+                input=job.input_name,
+                by=by.id,
+                reason=why.value,
+                priority=running.priority,
+                by_priority=by.priority,
+                remaining=running.remaining,
+                by_remaining=by.remaining,
+            )
+            return why.value
+
+        return ask
+
+    def yielded(self, job_id: str) -> None:
+        """The job went back to the queue for another: its wait (aging) counts from now."""
+        self.journal.back_in_queue(job_id, self.wall())
