@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 
 from batchd.journal.connection import Connection
-from batchd.journal.rows import dump_json
+from batchd.journal.records import Job
+from batchd.journal.rows import JOB_COLS, dump_json, job_from_row
 from batchd.schedule import Entry
 
 
@@ -89,7 +90,16 @@ class TeamRecords(Connection):
                 == 1
             )
 
-    # -- .cancel files refused ----------------------------------------------------------
+    # -- .cancel files ------------------------------------------------------------------
+
+    def newest_unfinished_from(self, inbox_path: bytes) -> Job | None:
+        """The newest job claimed from this inbox path (``folder/NAME`` or ``NAME``) that has not finished."""
+        rows = self._query(
+            f"SELECT {JOB_COLS} FROM jobs j JOIN files f ON f.id=j.file_id WHERE f.inbox_path=? "
+            "AND j.source='inbox' AND j.state IN ('ingesting','queued','running') ORDER BY j.seq DESC LIMIT 1",
+            (inbox_path,),
+        )
+        return job_from_row(rows[0]) if rows else None
 
     def add_refusal(self, *, name: str, uid: int, user: str, job_id: str | None, reason: str) -> None:
         with self.transaction() as db:

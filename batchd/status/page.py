@@ -73,6 +73,7 @@ def page_data(views: StatusViews, *, now: float, daemon: DaemonState, waiting: W
         },
         "active": jobs["active"],
         "recent": jobs["recent"],
+        "cancel_refused": [{**r, "at": _iso(r["t"]), "t": round(r["t"], 3)} for r in views.refused],
     }
 
 
@@ -144,6 +145,8 @@ def render_html(data: dict[str, Any], *, outbox: Path | None = None) -> str:
         if active
         else "<p>Nothing running or queued. Drop a .csv or .jsonl file into the inbox to start a job.</p>"
     )
+    if data.get("cancel_refused"):
+        parts.append("<h2>Refused .cancel files</h2>" + _refused_list(data["cancel_refused"]))
     parts.append("<h2>Recently finished</h2>")
     parts.append(_recent_table(recent, now, outbox) if recent else "<p>No finished jobs yet.</p>")
     json_href = html.escape(urllib.parse.quote(STATUS_JSON))
@@ -204,6 +207,25 @@ def _recent_table(views: list[dict[str, Any]], now: float, outbox: Path | None) 
             f"<td>{html.escape(when)}</td><td>{_links(v.get('outbox'), outbox)}</td></tr>"
         )
     return "".join(rows) + "</tbody></table>"
+
+
+#: why a ``.cancel`` file was refused (``intake.cancels``), in words
+_REFUSED = {
+    "not_the_owner": "only the person who dropped the file (or root) may cancel its job",
+    "no_unfinished_job": "no unfinished job was dropped under that name there",
+    "not_a_file": "not a plain file (a symlink or a folder)",
+    "hard_link": "a hard link, not a file of its own",
+    "not_empty": "not empty (drop an empty file)",
+}
+
+
+def _refused_list(refused: list[dict[str, Any]]) -> str:
+    items = [
+        f"<li>{_shown(r['at'])}: {_shown(r['name'])} from {_shown(r['user'])}: "
+        f"{_shown(_REFUSED.get(r['reason'], r['reason']))}</li>"
+        for r in refused
+    ]
+    return "<ul>" + "".join(items) + "</ul>"
 
 
 def _links(folder: str | None, outbox: Path | None) -> str:

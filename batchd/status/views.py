@@ -118,6 +118,8 @@ class StatusViews:
 
     active: tuple[JobView, ...] = ()
     recent: tuple[JobView, ...] = ()
+    #: the newest ``.cancel`` files refused (``intake.cancels``): who dropped which, and why
+    refused: tuple[dict[str, Any], ...] = ()
 
     @property
     def running(self) -> tuple[JobView, ...]:
@@ -214,4 +216,5 @@ def status_views(
     return StatusViews(
         active=tuple(job_view(journal, j, now, places.get(j.id)) for j in active),
         recent=tuple(job_view(journal, j, now) for j in recent),
+        refused=tuple(_escaped(r) for r in journal.refusals(10)) if schedule is not None else (),
     )
