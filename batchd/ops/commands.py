@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -18,6 +19,7 @@ from batchd.errors import BatchdError, ConfigError, InputError
 from batchd.intake.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
 from batchd.journal import CancelAnswer, Job, JobState, Journal
 from batchd.pipeline import Pipeline, load_pipeline
+from batchd.publish.preview import find_previews
 from batchd.status.views import JobView, StatusViews, status_views
 
 
@@ -84,6 +86,8 @@ def status(settings: Settings, *, as_json: bool, limit: int) -> int:
         journal = _journal(settings)
         try:
             views = status_views(journal, limit=limit, schedule=settings.schedule)
+            shown = find_previews(settings.outbox)
+            views = replace(views, active=tuple(replace(v, preview=shown.get(v.job_id)) for v in views.active))
         finally:
             journal.close()
     if as_json:
@@ -99,6 +103,8 @@ def _note(v: JobView) -> str:
         return f"  ({str(v.error.get('message', ''))[:60]})"
     if v.attention:
         return f"  (needs attention: {str(v.attention.get('message', ''))[:80]})"
+    if v.preview:
+        return f"  (first look: {v.preview}/)"
     if v.waits and v.waits != "next":
         return f"  (waits: {v.waits}" + (f", behind {v.behind})" if v.behind else ")")
     return ""

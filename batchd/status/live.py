@@ -28,6 +28,7 @@ from batchd.errors import BatchdError
 from batchd.fsutil import write_atomic
 from batchd.journal import Job, Journal
 from batchd.metrics import JobMetrics
+from batchd.publish.preview import Previews
 from batchd.publish.share import SharedFolder
 from batchd.redact import host_of
 from batchd.status import page as statuspage
@@ -62,6 +63,8 @@ class LiveViews:
         self.state = state
         self.wall = wall
         self.exporter = Exporter(state.settings.metrics)
+        #: the running job's first look (``outbox/NAME.preview/``), written from the worker thread
+        self.previews = Previews(lambda: self.state.settings, wall)
         self._poked = asyncio.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._journal: Journal | None = None  # owned by the worker thread
@@ -227,6 +230,7 @@ class LiveViews:
             self._warn("status_read_failed", str(exc))
             return
         self.exporter.set_queue(_queue(views))
+        self._previews(journal, views)
         if page:
             try:
                 self._write_page(views, now, state, waiting)
@@ -241,7 +245,7 @@ class LiveViews:
     def _write_page(self, views: StatusViews, now: float, state: DaemonState, waiting: Waiting | None) -> None:
         outbox: Path = self.settings.outbox
         outbox.mkdir(parents=True, exist_ok=True)
-        data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting)
+        data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting, previews=self.previews.folders)
         gid = SharedFolder.of(outbox, group=self.settings.group).gid
         # JSON first: a script that follows the page's link never finds older data than the page showed.
         owned = write_atomic(outbox / statuspage.STATUS_JSON, statuspage.render_json(data), gid=gid)
@@ -251,6 +255,20 @@ class LiveViews:
         if not owned and not self._chown_warned:
             self._chown_warned = True
             log.warning("status_page_chown_failed", outbox=str(outbox), gid=gid)
+
+    def _previews(self, journal: Journal, views: StatusViews) -> None:
+        """A first look at the running (or paused) job when one is due (``publish.preview``)."""
+        keep = set()
+        for v in views.active:
+            paused = v.attention is not None
+            if not (v.state.running or paused):
+                continue
+            keep.add(v.job_id)
+            try:
+                self.previews.consider(journal, v.job_id, v.done + v.failed, paused)
+            except (OSError, BatchdError) as exc:
+                self._warn("preview_failed", str(exc), job_id=v.job_id)
+        self.previews.forget(keep)
 
     def _open_journal(self) -> Journal | None:
         if self._journal is None:

@@ -54,9 +54,19 @@ class Waiting:
     since: float
 
 
-def page_data(views: StatusViews, *, now: float, daemon: DaemonState, waiting: Waiting | None = None) -> dict[str, Any]:
-    """What ``!status.json`` holds: ``active`` and ``recent`` exactly as ``batchd status --json``."""
+def page_data(
+    views: StatusViews,
+    *,
+    now: float,
+    daemon: DaemonState,
+    waiting: Waiting | None = None,
+    previews: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What ``!status.json`` holds: ``active`` and ``recent`` as ``batchd status --json``, each active job
+    with its first look's folder (``preview``: ``NAME.preview``, or None)."""
     jobs = views.as_dict()
+    for v in jobs["active"]:
+        v["preview"] = (previews or {}).get(v["job_id"], v["preview"])
     return {
         "schema": SCHEMA_VERSION,
         "generated_at": _iso(now),
@@ -182,7 +192,8 @@ def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, n
         if v["eta_seconds"] is not None:
             eta = f"{duration(v['eta_seconds'])} (about {_clock(now + v['eta_seconds'], date=False)})"
         rows.append(
-            f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}{_waits(v)}</td>"
+            f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>"
+            f"{_error(v)}{_waits(v)}{_preview(v)}</td>"
             f"<td class='s-{html.escape(css)}'>{html.escape(label)}</td><td class='p'>{_bar(v['progress'])}</td>"
             f"<td class='n'>{v['finished']:,} / {v['total']:,}</td><td class='n'>{v['failed']:,}</td>"
             f"<td class='n'>{rate_text(v['req_per_s'])}</td><td class='n'>{html.escape(eta)}</td></tr>"
@@ -264,6 +275,15 @@ _WAITS = {
     "claimed_earlier": "waits: a job dropped earlier goes first",
     "same_model": "waits: the running job uses another model; switching would reload it",
 }
+
+
+def _preview(v: dict[str, Any]) -> str:
+    folder = v.get("preview")
+    if not folder:
+        return ""
+    href = html.escape(urllib.parse.quote(folder) + "/")
+    link = f"<a href='{href}'>{_shown(folder)}/</a> (<a href='{href}report.html'>report</a>)"
+    return f"<span class='id'>first look: {link}</span>"
 
 
 def _waits(v: dict[str, Any]) -> str:

@@ -81,6 +81,8 @@ class JobView:
     behind: str | None = None
     #: paused by fail-fast (``needs_attention``): why, with sample errors
     attention: Any = None
+    #: the running job's first look, ``NAME.preview`` in the outbox (``publish.preview``)
+    preview: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape (a stable, documented one): the fields in order, the state as its string."""
@@ -109,6 +111,7 @@ class JobView:
             "waits": self.waits,
             "behind": self.behind,
             "attention": self.attention,
+            "preview": self.preview,
         }
 
 

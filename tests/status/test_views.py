@@ -38,6 +38,7 @@ KEYS = [
     "waits",
     "behind",
     "attention",
+    "preview",
 ]
 
 
