@@ -206,8 +206,8 @@ class Daemon:
                 stop=self.stop,
                 sleep=self.sleep,
                 clock=self.clock,
-                yield_to=self.turns.yield_check(fresh),
             )
+            runner.yield_to = self.turns.yield_check(fresh, runner.metrics)
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
             self.live.job_started(runner.metrics)

@@ -90,6 +90,20 @@ class TeamRecords(Connection):
                 == 1
             )
 
+    def failed_samples(self, job_id: str, code: str, n: int) -> list[dict[str, Any]]:
+        """Up to ``n`` of the job's most recent failed requests with this error code (custom_id, message)."""
+        out: list[dict[str, Any]] = []
+        for custom_id, raw in self._query(
+            "SELECT custom_id, error FROM requests WHERE job_id=? AND state='failed' ORDER BY seq DESC LIMIT 500",
+            (job_id,),
+        ):
+            error = orjson.loads(raw) if raw else {}
+            if isinstance(error, dict) and error.get("code") == code:
+                out.append({"custom_id": custom_id, "message": str(error.get("message", ""))[:300]})
+                if len(out) == n:
+                    break
+        return out
+
     # -- .cancel files ------------------------------------------------------------------
 
     def newest_unfinished_from(self, inbox_path: bytes) -> Job | None:

@@ -57,7 +57,7 @@ def status_table(views: StatusViews) -> str:
         rows.append(
             (
                 v.job_id,
-                v.state.value,
+                "needs_attention" if v.attention else v.state.value,
                 _bar(v.progress),
                 f"{v.finished:,}/{v.total:,}",
                 pace.rate_text(v.req_per_s),

@@ -46,7 +46,7 @@ MONITOR_TICK = 0.25
 SAMPLE_SECONDS = 2.0
 METRICS_SECONDS = 2.0
 CONTROL_SECONDS = 0.25  # how often the control task looks for a cancel in the journal
-YIELD_SECONDS = 1.0  # how often it asks whether a higher-ranked job waits (``yield_to``; ``run.turns``)
+YIELD_SECONDS = 0.25  # how often it asks whether it must yield (``yield_to``; ``run.turns``)
 
 
 class JobRunner:

@@ -10,9 +10,14 @@ import structlog
 
 from batchd.config import Settings
 from batchd.journal import Job, JobState, Journal
+from batchd.metrics import JobMetrics
+from batchd.run.failfast import Window
 from batchd.schedule import Entry, Policy, Rules
 
 log = structlog.get_logger("batchd.schedule")
+
+#: how often the running job's rivals are read from the journal (the fail-fast check is in memory)
+RIVALS_SECONDS = 1.0
 
 
 class Turns:
@@ -47,10 +52,18 @@ class Turns:
             self.journal.set_lifted(best.id, rules.aged(best, now))
         return self.journal.job(best.id)
 
-    def yield_check(self, job: Job) -> Callable[[], str | None]:
-        """For the runner: asked every few seconds; a reason when ``job`` must yield now (logged once)."""
+    def yield_check(self, job: Job, metrics: JobMetrics) -> Callable[[], str | None]:
+        """For the runner: asked every few seconds; a reason when ``job`` must yield now (logged once):
+        its answers keep failing (``failfast``: ``needs_attention``), or a higher-ranked job waits."""
+        window = Window(journal=self.journal, job=job, metrics=metrics, settings=self.settings)
+        asked = [float("-inf")]
 
         def ask() -> str | None:
+            if window.check() is not None:  # in memory: every time
+                return "needs_attention"
+            if self.wall() - asked[0] < RIVALS_SECONDS:  # a journal read: at most this often
+                return None
+            asked[0] = self.wall()
             rules = self.rules()
             if rules.policy is Policy.FIFO:
                 return None

@@ -186,6 +186,8 @@ def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, n
     for v in views:
         state = v["state"]
         label, css = _STATE_TEXT.get(ViewState(state), state), state
+        if v.get("attention"):
+            label, css = "needs attention", "paused"
         if waiting and waiting["job_id"] == v["job_id"]:
             label, css = "paused: waiting for the backend", "paused"
         eta = "-"

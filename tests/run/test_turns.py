@@ -9,6 +9,7 @@ import orjson
 
 from batchd.config import Settings
 from batchd.journal import JobState, Journal, NewRequest
+from batchd.metrics import JobMetrics
 from batchd.ops.commands import status_table
 from batchd.run.turns import Turns
 from batchd.status.views import status_views
@@ -66,7 +67,7 @@ def test_aging_lifts_a_starved_big_job_and_the_running_small_one_yields(tmp_path
     small = t.next_job(ingest_first=True)
     assert small is not None and small.id == "small"
     assert j.start_run("small", wall.t)
-    ask = t.yield_check(small)
+    ask = t.yield_check(small, JobMetrics())
     assert ask() is None  # the big one has waited a minute: the small one keeps the runner
     wall.t += HOUR  # ...an hour later (a stream of small jobs), the big one has aged
     assert ask() == "aged"
@@ -77,7 +78,7 @@ def test_aging_lifts_a_starved_big_job_and_the_running_small_one_yields(tmp_path
     assert [e.lifted for e in t.entries() if e.id == "big"] == [True]
     assert j.start_run("big", wall.t)
     add_job(j, "tiny", 1, created=wall.t)
-    assert t.yield_check(big)() is None  # lifted: not sent back by the next small one
+    assert t.yield_check(big, JobMetrics())() is None  # lifted: not sent back by the next small one
     # the status lists the queue in run order, with why each job waits
     views = status_views(j, limit=5, now=wall.t, schedule=settings.schedule)
     assert [(v.job_id, v.waits, v.behind) for v in views.active] == [
@@ -96,7 +97,7 @@ def test_fifo_keeps_claim_order_and_never_preempts(tmp_path: Path) -> None:
     big = t.next_job(ingest_first=True)
     assert big is not None and big.id == "big"
     assert j.start_run("big", wall.t)
-    assert t.yield_check(big)() is None
+    assert t.yield_check(big, JobMetrics())() is None
 
 
 def test_a_paused_job_is_skipped(tmp_path: Path) -> None:
