@@ -7,8 +7,7 @@ run --once``); ``run()`` is the long-running service loop.
 In ``run()`` three tasks share the event loop with the job loop: intake's
 *watch* and *claims* (see ``intake.py``: new drops are claimed and queued
 while a long job runs) and *heartbeat* (watchdog pings, status line, config
-reloads). Jobs run one at a time, in the order ``run.turns`` picks (``schedule``: priority, aging,
-smallest remaining work; or claim order), the running one yielding at request boundaries to a higher rank.
+reloads), plus *notify* (``publish.notify``). Jobs run one at a time, in the order ``run.turns`` picks.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from batchd.intake.watch import choose_mode
 from batchd.intake.worker import Intake
 from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.pace import duration, eta, rate
+from batchd.publish.notify import Notifier
 from batchd.publish.outbox import Outbox
 from batchd.redact import host_of
 from batchd.run.connect import make_backend
@@ -66,6 +66,7 @@ class Daemon:
         self.claimer = Claimer(settings=settings, journal=self.journal)
         self.outbox = Outbox(settings=settings, journal=self.journal)
         self.turns = Turns(self.journal, lambda: self.settings)  # who goes first; tests set its ``wall``
+        self.notices = Notifier(journal=self.journal, settings=lambda: self.settings)  # [notify], not sd_notify
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0
@@ -168,6 +169,7 @@ class Daemon:
             self._announced.add(job.id)
         try:
             self.outbox.publish(job)
+            self.notices.job_final(job.id)  # journaled here, delivered by the notify task
             self.jobs_done += 1
             published = self.journal.job(job.id)
             if published is not None:
@@ -218,8 +220,6 @@ class Daemon:
                 self.live.job_ended()
             error = runner.fatal.as_record() if runner.fatal is not None else None
             final = self.journal.end_run(job.id, outcome, error=error)
-            if runner.preempted is not None:
-                self.turns.yielded(job.id)  # job_preempted is logged; its wait (aging) counts from now
             if final is None:
                 log.info("job_interrupted", outcome=outcome.value)
                 return outcome
@@ -251,6 +251,7 @@ class Daemon:
         try:
             while not self.stop.is_set() and await self.step():
                 pass
+            await self.notices.deliver_due()  # one try each; what is not delivered waits for the service
         finally:
             progress.cancel()
             live.cancel()
@@ -284,6 +285,7 @@ class Daemon:
         claims = asyncio.create_task(intake.claims(), name="claims")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         live = asyncio.create_task(self.live.run(self.stop), name="live")
+        notify = asyncio.create_task(self.notices.run(self.stop), name="notify")
         await wait_first(intake.ready.wait(), self.stop.wait())
         if not self.stop.is_set():
             self.on_settings()
@@ -306,11 +308,11 @@ class Daemon:
             self.on_stopping()
             log.info("daemon_stopping", jobs_done=self.jobs_done)
             self.stop.set()
-            watch.cancel()
-            heartbeat.cancel()
-            live.cancel()
+            for task in (watch, heartbeat, live, notify):
+                task.cancel()
             # The claim thread finishes the file in hand: a claim is atomic, so waiting is short and safe.
-            await asyncio.gather(watch, heartbeat, claims, live, *([api] if api else []), return_exceptions=True)
+            tasks = (watch, heartbeat, claims, live, notify, *([api] if api else []))
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.live.close()
             log.info("daemon_stopped")
         return 0

@@ -129,3 +129,39 @@ class TeamRecords(Connection):
         return self._query_named(
             "SELECT t, name, uid, user, job_id, reason FROM cancel_refusals ORDER BY rowid DESC LIMIT ?", (limit,)
         )
+
+    # -- notifications owed ---------------------------------------------------------------
+
+    def add_notification(self, *, event_id: str, job_id: str, channel: str, body: bytes, at: float) -> bool:
+        """Owe one notification of a job's final state on a channel (``webhook``, ``command``); False when
+        it is already owed or given (one per job and channel, whatever restarts happen)."""
+        with self.transaction() as db:
+            return (
+                db.execute(
+                    "INSERT OR IGNORE INTO notifications (id, job_id, channel, body, created_at, next_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (event_id, job_id, channel, body, at, at),
+                ).rowcount
+                == 1
+            )
+
+    def due_notifications(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
+        return self._query_named(
+            "SELECT id, job_id, channel, body, created_at, attempts FROM notifications "
+            "WHERE state='pending' AND next_at<=? ORDER BY next_at LIMIT ?",
+            (now, limit),
+        )
+
+    def notification_tried(
+        self, event_id: str, *, state: str, next_at: float, error: str | None, at: float | None = None
+    ) -> None:
+        """One delivery attempt's end: ``delivered``/``done``, ``failed`` (given up), or still ``pending``."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE notifications SET state=?, attempts=attempts+1, next_at=?, last_error=?, done_at=? WHERE id=?",
+                (state, next_at, error, at, event_id),
+            )
+
+    def notification_counts(self) -> dict[str, int]:
+        """Notifications by state (Prometheus)."""
+        return {str(s): int(n) for s, n in self._query("SELECT state, COUNT(*) FROM notifications GROUP BY state")}

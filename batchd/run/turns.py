@@ -60,6 +60,7 @@ class Turns:
 
         def ask() -> str | None:
             if window.check() is not None:  # in memory: every time
+                self.yielded(job.id)
                 return "needs_attention"
             if self.wall() - asked[0] < RIVALS_SECONDS:  # a journal read: at most this often
                 return None
@@ -86,10 +87,12 @@ class Turns:
                 remaining=running.remaining,
                 by_remaining=by.remaining,
             )
+            self.yielded(job.id)
             return why.value
 
         return ask
 
     def yielded(self, job_id: str) -> None:
-        """The job went back to the queue for another: its wait (aging) counts from now."""
+        """The job yields (it goes back to the queue once its requests in flight are recorded): its wait
+        (aging) counts from now, and it is no longer lifted."""
         self.journal.back_in_queue(job_id, self.wall())
