@@ -125,13 +125,15 @@ MIGRATIONS: dict[int, str] = {
     5: "",
     # 6, the people around a job: who goes first (``priority``: set by the operator or an API batch, NULL:
     # the pipeline's or the default; ``waiting_since``: when it last went back to the queue, for aging;
-    # ``lifted``: it runs because it had aged), a job paused for attention (``attention_json``: why, with
+    # ``lifted``: it runs because it had aged; ``preemptions``: how often it
+    # yielded to another), a job paused for attention (``attention_json``: why, with
     # sample errors), the ``.cancel`` files refused (the status page shows them) and the notifications
     # owed (journaled, retried).
     6: """
     ALTER TABLE jobs ADD COLUMN priority INTEGER;
     ALTER TABLE jobs ADD COLUMN waiting_since REAL;
     ALTER TABLE jobs ADD COLUMN lifted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN preemptions INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN attention_json TEXT;
     CREATE TABLE cancel_refusals (
         t REAL NOT NULL,

@@ -61,12 +61,18 @@ class TeamRecords(Connection):
         with self.transaction() as db:
             return db.execute("UPDATE jobs SET priority=? WHERE id=?", (priority, job_id)).rowcount == 1
 
-    def back_in_queue(self, job_id: str, at: float | None = None) -> None:
-        """The job yielded the runner: its wait (aging) starts again now."""
+    def back_in_queue(self, job_id: str, at: float | None = None, *, preempted: bool = False) -> None:
+        """The job yielded the runner (to another job: ``preempted``): its wait (aging) starts again now."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE jobs SET waiting_since=?, lifted=0 WHERE id=?", (time.time() if at is None else at, job_id)
+                "UPDATE jobs SET waiting_since=?, lifted=0, preemptions=preemptions+? WHERE id=?",
+                (time.time() if at is None else at, int(preempted), job_id),
             )
+
+    def preemptions(self) -> int:
+        """How often any job yielded to another, over the journal's life (Prometheus)."""
+        rows = self._query("SELECT COALESCE(SUM(preemptions), 0) FROM jobs")
+        return int(rows[0][0])
 
     def set_lifted(self, job_id: str, lifted: bool) -> None:
         """The job is picked because it had aged (it then yields only to a higher priority), or is not."""

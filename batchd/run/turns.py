@@ -87,12 +87,12 @@ class Turns:
                 remaining=running.remaining,
                 by_remaining=by.remaining,
             )
-            self.yielded(job.id)
+            self.yielded(job.id, preempted=True)
             return why.value
 
         return ask
 
-    def yielded(self, job_id: str) -> None:
+    def yielded(self, job_id: str, *, preempted: bool = False) -> None:
         """The job yields (it goes back to the queue once its requests in flight are recorded): its wait
         (aging) counts from now, and it is no longer lifted."""
-        self.journal.back_in_queue(job_id, self.wall())
+        self.journal.back_in_queue(job_id, self.wall(), preempted=preempted)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ class LiveViews:
         except (BatchdError, OSError) as exc:
             self._warn("status_read_failed", str(exc))
             return
-        self.exporter.set_queue(_queue(views))
+        self.exporter.set_queue(_queue(views, journal))
         self._previews(journal, views)
         if page:
             try:
@@ -290,10 +291,14 @@ class LiveViews:
             log.warning(event, error=error, **fields)
 
 
-def _queue(views: StatusViews) -> Queue:
+def _queue(views: StatusViews, journal: Journal) -> Queue:
     running = views.running
     head = running[0] if running else None
+    waiting = [v for v in views.active if v.state in (ViewState.QUEUED, ViewState.INGESTING)]
     return Queue(
+        by_priority=Counter(v.priority or 0 for v in waiting),
+        preemptions=journal.preemptions(),
+        notifications=journal.notification_counts(),
         jobs=sum(1 for v in views.active if v.state in (ViewState.QUEUED, ViewState.INGESTING)),
         requests=sum(max(0, v.total - v.finished) for v in views.active),
         progress=head.progress if head else None,

@@ -46,6 +46,7 @@ def test_a_small_drop_overtakes_a_big_running_job_and_nothing_is_lost(
         assert big.state in (JobState.QUEUED, JobState.RUNNING)  # it yielded and is not done
         assert not (folders.outbox / "big").exists()
         assert sorted(r["custom_id"] for r in read_jsonl(folders.outbox / "small" / "results.jsonl")) == small_ids
+        assert daemon.journal.preemptions() == 1  # one switch, counted (batchd_preemptions_total)
         await until(lambda: (folders.outbox / "big").exists(), timeout=600)
         daemon.stop.set()
         assert await task == 0
