@@ -65,8 +65,8 @@ class Daemon:
         self.reload_settings = reload_settings
         self.claimer = Claimer(settings=settings, journal=self.journal)
         self.outbox = Outbox(settings=settings, journal=self.journal)
-        self.turns = Turns(self.journal, lambda: self.settings)  # who goes first; tests set its ``wall``
         self.notices = Notifier(journal=self.journal, settings=lambda: self.settings)  # [notify], not sd_notify
+        self.turns = Turns(self.journal, lambda: self.settings, on_pause=self.notices.jobs_paused)  # who goes first
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0

@@ -85,6 +85,14 @@ class TeamRecords(Connection):
         with self.transaction() as db:
             db.execute("UPDATE jobs SET attention_json=? WHERE id=?", (dump_json(why), job_id))
 
+    def paused_jobs(self) -> list[Job]:
+        """Jobs paused for attention (queued, skipped by the scheduler until resumed)."""
+        rows = self._query(
+            f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
+            "WHERE j.attention_json IS NOT NULL AND j.state IN ('queued','running') ORDER BY j.seq"
+        )
+        return [job_from_row(r) for r in rows]
+
     def resume_attention(self, job_id: str) -> bool:
         """``batchd retry`` / ``resume`` of a paused job: it runs again where it stopped; False if not paused."""
         with self.transaction() as db:

@@ -13,6 +13,9 @@ loop (``run``) delivers what is due, off the job's path:
   ``max_age_hours``, then given up (``notify_failed``).
 - ``command``: run once with the job's facts in ``BATCHD_*`` variables, no shell, killed after
   ``command_timeout_seconds``; its exit status is logged (``notify_command``).
+
+A job paused by fail-fast gets a ``batch.needs_attention`` event (batchd's own type; ``data.attention``:
+why, with three sample errors) on both channels, once per pause.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ import structlog
 from batchd.aio import wait_first
 from batchd.backends.webhook import post
 from batchd.config import Settings
-from batchd.journal import FinalStatus, Journal
+from batchd.journal import FinalStatus, Job, Journal
 
 log = structlog.get_logger("batchd.notify")
 
+#: batchd's own type (OpenAI has none): a job paused by fail-fast (``run.failfast``), ``data.attention`` says why
+ATTENTION = "batch.needs_attention"
 TYPES = {
     FinalStatus.COMPLETED: "batch.completed",
     FinalStatus.DUPLICATE: "batch.completed",  # the work was done (by the twin): data.status says duplicate
@@ -68,43 +73,54 @@ class Notifier:
 
     def job_final(self, job_id: str) -> None:
         """The job's outbox folder is in place: owe its notifications (a no-op without ``[notify]``)."""
+        job = self.journal.job(job_id) if self._channels() else None
+        if job is not None and job.final is not None:
+            self._owe(job, TYPES[job.final], job.final.value, "")
+
+    def jobs_paused(self) -> None:
+        """Owe a ``batch.needs_attention`` notification (batchd's own type) for each fail-fast pause, once."""
+        if self._channels():
+            for job in self.journal.paused_jobs():
+                why = job.attention or {}
+                self._owe(job, ATTENTION, "needs_attention", f".attention.{why.get('at', 0):.0f}", why)
+
+    def _channels(self) -> list[str]:
         notify = self.settings().notify
-        channels = [c for c, on in (("webhook", notify.webhook_url), ("command", notify.command)) if on]
-        job = self.journal.job(job_id) if channels else None
-        if job is None or job.final is None:
-            return
-        counts = self.journal.counts(job_id)
+        return [c for c, on in (("webhook", notify.webhook_url), ("command", notify.command)) if on]
+
+    def _owe(self, job: Job, kind: str, status: str, tag: str, attention: dict[str, Any] | None = None) -> None:
+        counts = self.journal.counts(job.id)
         now = self.wall()
         outbox = str(self.settings().outbox / job.outbox_name) if job.outbox_name else None
-        event = {
-            "object": "event",
-            "id": f"evt_{uuid.uuid4().hex}",
-            "type": TYPES[job.final],
-            "created_at": int(now),
-            "data": {
-                "id": job.meta.get("batch_id") or job.id,
-                "job_id": job.id,
-                "input": job.input_name,
-                "status": job.final.value,
-                "request_counts": {
-                    "total": job.total,
-                    "completed": counts.get("done", 0),
-                    "failed": counts.get("failed", 0) + counts.get("invalid", 0),
-                },
-                "outbox": outbox,
+        data: dict[str, Any] = {
+            "id": job.meta.get("batch_id") or job.id,
+            "job_id": job.id,
+            "input": job.input_name,
+            "status": status,
+            "request_counts": {
+                "total": job.total,
+                "completed": counts.get("done", 0),
+                "failed": counts.get("failed", 0) + counts.get("invalid", 0),
             },
+            "outbox": outbox,
         }
-        for channel in channels:
+        if attention is not None:
+            data["attention"] = attention
+        event = {"object": "event", "id": f"evt_{uuid.uuid4().hex}", "type": kind, "created_at": int(now), "data": data}
+        owed = False
+        for channel in self._channels():
             event_id = event["id"] if channel == "webhook" else f"cmd_{uuid.uuid4().hex}"
-            self.journal.add_notification(
-                event_id=str(event_id), job_id=job.id, channel=channel, body=orjson.dumps(event), at=now
+            owed |= self.journal.add_notification(
+                event_id=str(event_id), job_id=job.id, channel=channel + tag, body=orjson.dumps(event), at=now
             )
-        self._poked.set()
+        if owed:
+            self._poked.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver what is due until stop (a task on the daemon's loop; a dead receiver costs it only time)."""
         while not stop.is_set():
             try:
+                self.jobs_paused()
                 await self.deliver_due()
             except Exception:  # noqa: BLE001 - a notification bug must never stop the daemon
                 log.exception("notify_failed_unexpectedly")
@@ -118,7 +134,7 @@ class Notifier:
         return len(due)
 
     async def _deliver(self, row: dict[str, Any]) -> None:
-        if row["channel"] == "command":
+        if row["channel"].startswith("command"):
             await self._run_command(row)
         else:
             await self._post(row)

@@ -23,10 +23,18 @@ RIVALS_SECONDS = 1.0
 class Turns:
     """The daemon's scheduler: ``next_job()`` picks, ``yield_check(job)`` is the runner's question."""
 
-    def __init__(self, journal: Journal, settings: Callable[[], Settings], wall: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        journal: Journal,
+        settings: Callable[[], Settings],
+        wall: Callable[[], float] = time.time,
+        on_pause: Callable[[], None] | None = None,
+    ):
         self.journal = journal
         self.settings = settings
         self.wall = wall
+        #: told when fail-fast paused a job (the daemon's notifier owes a word about it)
+        self.on_pause = on_pause
 
     def rules(self) -> Rules:
         schedule = self.settings().schedule
@@ -61,6 +69,8 @@ class Turns:
         def ask() -> str | None:
             if window.check() is not None:  # in memory: every time
                 self.yielded(job.id)
+                if self.on_pause is not None:
+                    self.on_pause()
                 return "needs_attention"
             if self.wall() - asked[0] < RIVALS_SECONDS:  # a journal read: at most this often
                 return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,10 @@ def test_a_job_whose_replies_all_fail_the_schema_pauses_then_resumes_where_it_st
     make_settings: Callable[..., Any], emulator: Emulator, folders: Folders
 ) -> None:
     emulator.latency = 0.002
+    told = folders.root / "told.txt"
+    command = [sys.executable, "-c", f"import os; open({str(told)!r}, 'a').write(os.environ['BATCHD_STATUS'] + '\\n')"]
     settings = make_settings(
+        notify={"command": command},
         pipeline={"format": SCHEMA, "reply_retries": 0, "user_template": "{q}"},
         preview={"rows": 100},
         status_page={"interval_seconds": 0.5},
@@ -104,9 +108,11 @@ def test_a_job_whose_replies_all_fail_the_schema_pauses_then_resumes_where_it_st
         daemon.wake()
         await until(lambda: (p := paused()) is not None and daemon.journal.counts(p.id) != seen["first"], timeout=60)
         seen["second"] = daemon.journal.counts(job.id)
+        await until(lambda: told.exists() and told.read_text().count("needs_attention") == 2, timeout=10)
         assert daemon.journal.request_cancel(job.id).value == "cancelled"  # a cancel ends it
         daemon.wake()
         await until(lambda: (folders.outbox / "rows").exists(), timeout=30)
+        await until(lambda: "cancelled" in told.read_text(), timeout=10)
         daemon.stop.set()
         assert await task == 0
         await daemon.aclose()
@@ -124,3 +130,5 @@ def test_a_job_whose_replies_all_fail_the_schema_pauses_then_resumes_where_it_st
     assert "needs_attention" in seen["table"] and "invalid_reply" in seen["table"]
     metrics = orjson.loads((folders.outbox / "rows" / "metrics.json").read_bytes())
     assert metrics["status"] == "cancelled"
+    # a notification per pause (batch.needs_attention), then the final one
+    assert told.read_text().splitlines() == ["needs_attention", "needs_attention", "cancelled"]
