@@ -26,7 +26,6 @@ import structlog
 from batchd.config import Settings
 from batchd.fsutil import fsync_dir
 from batchd.journal import Job, JobState, Journal
-from batchd.publish.outbox import Outbox, published_by
 
 log = structlog.get_logger("batchd.outbox")
 
@@ -79,6 +78,9 @@ class Previews:
         return target
 
     def write(self, journal: Journal, job: Job) -> Path:
+        # imported here: ``batchd status`` reads ``find_previews`` and must not pay for the writers
+        from batchd.publish.outbox import Outbox, published_by
+
         outbox = Outbox(settings=self.settings(), journal=journal)
         root = outbox.root
         root.mkdir(parents=True, exist_ok=True)
