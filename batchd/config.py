@@ -211,6 +211,49 @@ class WatchdogSettings(_Section):
     stall_seconds: float | None = Field(default=None, gt=0)
 
 
+class ScheduleSettings(_Section):
+    """Who goes first (``batchd.schedule``)."""
+
+    #: ``fair``: priority, then aging, then smallest remaining work; ``fifo``: claim order, no preemption
+    policy: Literal["fair", "fifo"] = "fair"
+    #: a job with no priority of its own or from its pipeline (files at the inbox root, API batches)
+    default_priority: int = Field(default=0, ge=-1000, le=1000)
+    #: a queued job waiting longer than this goes before the smaller jobs of its priority
+    max_wait_minutes: float = Field(default=60.0, gt=0)
+
+
+class PreviewSettings(_Section):
+    """A first look at a running job (``outbox/STEM.preview/``) and fail-fast."""
+
+    #: published after this many answers (and the fail-fast window's size); 0 = no preview, no fail-fast
+    rows: int = Field(default=100, ge=0)
+    #: refreshed this often after the first; 0 = only the first
+    interval_minutes: float = Field(default=15.0, ge=0)
+    #: a window of ``rows`` answers failing above this share with one error code pauses the job
+    fail_fast_ratio: float = Field(default=0.95, gt=0, le=1.0)
+
+
+class NotifySettings(_Section):
+    """A word when a job ends: a signed webhook (Standard Webhooks) and/or a command."""
+
+    webhook_url: str | None = None
+    #: holds the ``whsec_…`` secret (base64 after the prefix)
+    webhook_secret_file: Path | None = None
+    #: run per final state with BATCHD_* variables (an argv: a string is split like a shell would)
+    command: str | list[str] | None = None
+    command_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: a webhook not delivered by then is given up
+    max_age_hours: float = Field(default=24.0, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, v: Any) -> Any:
+        if v is not None and not str(v).startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -235,6 +278,10 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
+
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    preview: PreviewSettings = Field(default_factory=PreviewSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     pipeline: Pipeline = Field(default_factory=Pipeline)
 
     @field_validator("inbox", "outbox", "state_dir", mode="before")

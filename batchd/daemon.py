@@ -7,7 +7,7 @@ run --once``); ``run()`` is the long-running service loop.
 In ``run()`` three tasks share the event loop with the job loop: intake's
 *watch* and *claims* (see ``intake.py``: new drops are claimed and queued
 while a long job runs) and *heartbeat* (watchdog pings, status line, config
-reloads). Jobs run one at a time, in claim order (``jobs.seq``).
+reloads), plus *notify* (``publish.notify``). Jobs run one at a time, in the order ``run.turns`` picks.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from batchd.intake.watch import choose_mode
 from batchd.intake.worker import Intake
 from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.pace import duration, eta, rate
+from batchd.publish.notify import Notifier
 from batchd.publish.outbox import Outbox
 from batchd.redact import host_of
 from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
+from batchd.run.turns import Turns
 from batchd.status.live import LiveViews
 from batchd.storage import DiskWatch, Store
 from batchd.window import StatusWindow
@@ -66,6 +68,8 @@ class Daemon:
         self.reload_settings = reload_settings
         self.claimer = Claimer(settings=settings, journal=self.journal)
         self.outbox = Outbox(settings=settings, journal=self.journal)
+        self.notices = Notifier(journal=self.journal, settings=lambda: self.settings)  # [notify], not sd_notify
+        self.turns = Turns(self.journal, lambda: self.settings, on_pause=self.notices.jobs_paused)  # who goes first
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0
@@ -153,7 +157,7 @@ class Daemon:
         for finished in self.journal.jobs([JobState.FINALIZING]):
             self.publish(finished)
             return True
-        job = self.journal.next_job()
+        job = self.turns.next_job(ingest_first=not self._threaded_claims)
         if job is None or self.stop.is_set():
             return False
         if job.state is JobState.INGESTING:
@@ -183,6 +187,7 @@ class Daemon:
             self.outbox.publish(job)
             self.disk.recovered(Store.OUTBOX)
             self.disk.recovered(Store.JOURNAL)
+            self.notices.job_final(job.id)  # journaled here, delivered by the notify task
             self.jobs_done += 1
             published = self.journal.job(job.id)
             if published is not None:
@@ -225,6 +230,7 @@ class Daemon:
                 disk=self.disk,
                 wait_for_disk=not self._once,
             )
+            runner.yield_to = self.turns.yield_check(fresh, runner.metrics)
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
             self.live.job_started(runner.metrics)
@@ -267,6 +273,7 @@ class Daemon:
         try:
             while not self.stop.is_set() and await self.step():
                 pass
+            await self.notices.deliver_due()  # one try each; what is not delivered waits for the service
         finally:
             progress.cancel()
             live.cancel()
@@ -306,6 +313,7 @@ class Daemon:
         claims = asyncio.create_task(intake.claims(), name="claims")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         live = asyncio.create_task(self.live.run(self.stop), name="live")
+        notify = asyncio.create_task(self.notices.run(self.stop), name="notify")
         await wait_first(intake.ready.wait(), self.stop.wait())
         if not self.stop.is_set():
             self.on_settings()
@@ -331,11 +339,11 @@ class Daemon:
             self.on_stopping()
             log.info("daemon_stopping", jobs_done=self.jobs_done)
             self.stop.set()
-            watch.cancel()
-            heartbeat.cancel()
-            live.cancel()
+            for task in (watch, heartbeat, live, notify):
+                task.cancel()
             # The claim thread finishes the file in hand: a claim is atomic, so waiting is short and safe.
-            await asyncio.gather(watch, heartbeat, claims, live, *([api] if api else []), return_exceptions=True)
+            tasks = (watch, heartbeat, claims, live, notify, *([api] if api else []))
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.live.close()
             log.info("daemon_stopped")
         return 0

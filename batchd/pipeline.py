@@ -79,6 +79,8 @@ class Pipeline(BaseModel):
     passthrough_columns: list[str] = Field(default_factory=list)
     examples: list[Example] = Field(default_factory=list)
     reply_retries: int = Field(default=2, ge=0, le=10)
+    #: who goes first (``batchd.schedule``): higher first; None = ``[schedule] default_priority``
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
 
     @model_validator(mode="after")
     def _consistent(self) -> Pipeline:

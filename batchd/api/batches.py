@@ -171,6 +171,7 @@ class BatchService:
             raise ApiError(
                 404, f"No such File object: {req.input_file_id}", code="file_not_found", param="input_file_id"
             )
+        priority = _priority(req.metadata)
         job_id, batch_id = new_job_id(), new_batch_id()
         job_spool = self.claimer.spool / f"{job_id}.jsonl"
         _link_or_copy(Path(rec.spool), job_spool)
@@ -200,6 +201,8 @@ class BatchService:
                 metadata=req.metadata,
             ),
         )
+        if priority is not None:
+            self.journal.set_priority(job_id, priority)  # who goes first (``batchd.schedule``)
         log.info("api_batch_created", batch_id=batch_id, job_id=job_id, input=rec.filename, bytes=rec.bytes)
         self._start_ingest(batch_id, job_id)
         return self.batch_object(self.batch_record(batch_id))
@@ -388,3 +391,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, dst)
     fsync_dir(dst.parent)
+
+
+def _priority(metadata: dict[str, str] | None) -> int | None:
+    """``metadata.priority``: the batch's priority (an integer from -1000 to 1000; higher runs first)."""
+    raw = (metadata or {}).get("priority")
+    if raw is None:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or not -1000 <= value <= 1000:
+        raise ApiError(400, "metadata.priority must be an integer from -1000 to 1000", param="metadata")
+    return value

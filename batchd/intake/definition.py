@@ -21,7 +21,8 @@ def work_key(sha256: str, folder: str | None, pipeline: Pipeline, settings: Sett
     to). The same file under an edited pipeline is new work."""
     definition = {
         "folder": folder,
-        "pipeline": pipeline.model_dump(mode="json"),
+        # who goes first is not what is sent: a pipeline's priority keeps its duplicate key
+        "pipeline": pipeline.model_dump(mode="json", exclude={"priority"}),
         "model": settings.model_for(pipeline),
         "mode": pipeline.mode or settings.context.mode,
         "num_ctx": settings.context.num_ctx,

@@ -35,6 +35,7 @@ IGNORED_NAMES = (
     "*.!sync",
     "*.filepart",
     "README*",
+    "*.cancel",  # NAME.cancel stops NAME's job (``intake.cancels``): never an input
 )
 #: inside a pipeline folder only these are inputs; everything else is the pipeline's own assets
 INPUT_SUFFIXES = (".csv", ".jsonl")

@@ -21,6 +21,7 @@ import structlog
 from batchd.aio import wait_first
 from batchd.config import Settings
 from batchd.errors import BatchdError, StorageError
+from batchd.intake.cancels import CancelDesk
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import Candidate, candidate_for, scan
 from batchd.intake.watch import InboxWatcher, Signature, StabilityTracker, choose_mode, signature
@@ -57,6 +58,8 @@ class Intake:
         self._claims: asyncio.Queue[Candidate] = asyncio.Queue()
         self._nudge = asyncio.Event()
         self._rescan_asked = False
+        #: ``NAME.cancel`` files, looked at every ``HEALTH_SECONDS`` (own journal connection, worker thread)
+        self._desk: CancelDesk | None = None
 
     def nudge(self) -> None:
         """Look at the settings again now (after a reload)."""
@@ -76,14 +79,18 @@ class Intake:
         def on_folder(path: Path) -> None:
             loop.call_soon_threadsafe(self._ask_rescan)
 
-        while not self.stop.is_set():
-            try:
-                backoff, unavailable = await self._watch_once(on_path, on_folder, backoff, unavailable)
-            except Exception:  # noqa: BLE001 - keep watching whatever went wrong; jobs still run
-                log.exception("watch_failed", inbox=str(self.settings().inbox))
-                self.ready.set()
-                await wait_first(self.stop.wait(), timeout=backoff)
-                backoff = min(UNAVAILABLE_BACKOFF_MAX, backoff * 2)
+        try:
+            while not self.stop.is_set():
+                try:
+                    backoff, unavailable = await self._watch_once(on_path, on_folder, backoff, unavailable)
+                except Exception:  # noqa: BLE001 - keep watching whatever went wrong; jobs still run
+                    log.exception("watch_failed", inbox=str(self.settings().inbox))
+                    self.ready.set()
+                    await wait_first(self.stop.wait(), timeout=backoff)
+                    backoff = min(UNAVAILABLE_BACKOFF_MAX, backoff * 2)
+        finally:
+            if self._desk is not None:
+                self._desk.journal.close()
 
     async def _watch_once(
         self,
@@ -148,6 +155,8 @@ class Intake:
                 next_health = now + HEALTH_SECONDS
                 if not await asyncio.to_thread(watcher.healthy):
                     return True
+                if await asyncio.to_thread(self._cancel_pass):
+                    self.on_claimed()  # a job cancelled while queued is final now: publish it
             if self._rescan_asked or now >= next_rescan:
                 # Safety net: inotify can overflow its queue or miss events (and sees nothing a
                 # remote host writes); polling can miss a file replaced within one poll interval.
@@ -175,6 +184,19 @@ class Intake:
             self.tracker.offer(path, sig)
         log.debug("inbox_rescanned", candidates=len(found))
         self._nudge.set()
+
+    def _cancel_pass(self) -> bool:
+        """Runs in a worker thread: act on the ``.cancel`` files (``intake.cancels``); True if any cancelled."""
+        settings = self.settings()
+        if self._desk is None or self._desk.inbox != settings.inbox:
+            if self._desk is not None:
+                self._desk.journal.close()
+            self._desk = CancelDesk(settings.inbox, Journal(settings.journal_path))
+        try:
+            return any(v.reason is None for v in self._desk.run_pass())
+        except (BatchdError, OSError) as exc:
+            log.error("cancel_pass_failed", error=str(exc))
+            return False
 
     def _seen(self, path: Path, sig: Signature | None) -> None:
         self.tracker.seen(path, sig)

@@ -12,6 +12,7 @@ sqlite3 errors are translated here and nowhere else.
 - ``connection``: the connection, its pragmas, ``transaction()``, the error translation
 - ``lifecycle``: the job's state transitions, each one guarded transaction
 - ``api_tables``: the HTTP API's uploads and batches
+- ``team``: the queue as the scheduler sees it, priorities, paused jobs, refused ``.cancel`` files
 - ``store``: ``Journal`` itself: the claim, job reads, request traffic, samples; the two above mixed in
 """
 

@@ -95,6 +95,10 @@ class Job:
     work_key: str | None = None
     #: the uid that owned the claimed inbox file (None: an API upload, or claimed before journal version 4)
     owner_uid: int | None = None
+    #: set by ``batchd priority`` or an API batch's ``metadata.priority``; None: the pipeline's or the default
+    priority: int | None = None
+    #: a job paused by fail-fast (queued, skipped by the scheduler until retried): why, with sample errors
+    attention: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

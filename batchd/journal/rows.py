@@ -29,6 +29,7 @@ JOB_COLS, _JOB = columns(
     "j.prefix_json", "j.model", "j.mode", "j.state", "j.error", "j.duplicate_of", "j.retry_of", "j.cancel_requested",
     "j.total", "j.columns_json", "j.created_at", "j.started_at", "j.finished_at", "j.outbox_name", "j.metrics_json",
     "j.meta_json", "j.file_id", "f.spool", "j.final", "j.work_key", "f.owner_uid",
+    "j.priority", "j.attention_json",
 )  # fmt: skip
 REQ_COLS, REQ = columns(
     "job_id", "seq", "line", "custom_id", "body", "row", "state", "attempts", "result", "error", "prompt_tokens",
@@ -78,6 +79,8 @@ def job_from_row(r: Sequence[Any]) -> Job:
         final=FinalStatus(final) if final else None,
         work_key=r[c["work_key"]],
         owner_uid=r[c["owner_uid"]],
+        priority=r[c["priority"]],
+        attention=load_json(r[c["attention_json"]]),
     )
 
 

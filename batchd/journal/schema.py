@@ -8,7 +8,7 @@ from batchd.errors import StorageError
 from batchd.journal.records import FinalStatus
 from batchd.journal.rows import load_json
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -120,6 +120,43 @@ MIGRATIONS: dict[int, str] = {
     # against. NULL for API uploads and for files claimed before this version.
     4: """
     ALTER TABLE files ADD COLUMN owner_uid INTEGER;
+    """,
+    # 5 is issue [22]'s (kept empty on this branch; the lead keeps the real one at merge).
+    5: "",
+    # 6, the people around a job: who goes first (``priority``: set by the operator or an API batch, NULL:
+    # the pipeline's or the default; ``waiting_since``: when it last went back to the queue, for aging;
+    # ``lifted``: it runs because it had aged; ``preemptions``: how often it
+    # yielded to another), a job paused for attention (``attention_json``: why, with
+    # sample errors), the ``.cancel`` files refused (the status page shows them) and the notifications
+    # owed (journaled, retried).
+    6: """
+    ALTER TABLE jobs ADD COLUMN priority INTEGER;
+    ALTER TABLE jobs ADD COLUMN waiting_since REAL;
+    ALTER TABLE jobs ADD COLUMN lifted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN preemptions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN attention_json TEXT;
+    CREATE TABLE cancel_refusals (
+        t REAL NOT NULL,
+        name TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        job_id TEXT,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE notifications (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        next_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending',
+        last_error TEXT,
+        done_at REAL,
+        UNIQUE (job_id, channel)
+    );
+    CREATE INDEX notifications_due ON notifications(state, next_at);
     """,
 }
 

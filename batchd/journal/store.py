@@ -1,6 +1,6 @@
 """``Journal``, the class callers hold: a file claimed as a job, jobs read back, requests taken, recorded
 and requeued in batches, the report's samples; the transitions (``lifecycle``) and the API's tables
-(``api_tables``) mixed in."""
+(``api_tables``) and the team's records (``team``: queue, priorities, refusals) mixed in."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from batchd.journal.records import (
     Sample,
 )
 from batchd.journal.rows import JOB_COLS, REQ, REQ_COLS, dump_json, job_from_row, request_from_row
+from batchd.journal.team import TeamRecords
 
 
-class Journal(Lifecycle, ApiRecords):
+class Journal(Lifecycle, ApiRecords, TeamRecords):
     """The SQLite journal: one connection, WAL, every read-then-write in one ``transaction()``."""
 
     # -- files -----------------------------------------------------------------------

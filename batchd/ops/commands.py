@@ -1,4 +1,4 @@
-"""Operator commands: status, convert, render, cancel, retry, doctor.
+"""Operator commands: status, convert, render, cancel, retry, resume, priority, doctor.
 
 They read (and for cancel/retry, write) the journal database directly, which
 is safe while the daemon runs: SQLite WAL lets readers and one writer share it.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -19,8 +20,9 @@ from batchd.errors import BatchdError, ConfigError, InputError
 from batchd.intake.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
 from batchd.journal import CancelAnswer, Job, JobState, Journal
 from batchd.pipeline import Pipeline, load_pipeline
+from batchd.publish.preview import find_previews
 from batchd.status.page import storage_waits
-from batchd.status.views import StatusViews, status_views
+from batchd.status.views import JobView, StatusViews, status_views
 
 
 def _journal(settings: Settings) -> Journal:
@@ -57,14 +59,14 @@ def status_table(views: StatusViews) -> str:
         rows.append(
             (
                 v.job_id,
-                v.state.value,
+                "needs_attention" if v.attention else v.state.value,
                 _bar(v.progress),
                 f"{v.finished:,}/{v.total:,}",
                 pace.rate_text(v.req_per_s),
                 (f"{v.lanes}" + (" auto" if v.lanes_mode == "auto" else "")) if v.lanes else "-",
                 pace.duration(v.eta_seconds) if v.eta_seconds is not None else "-",
                 f"{v.failed:,}" if v.failed else "-",
-                v.input + (f"  ({str(v.error.get('message', ''))[:60]})" if v.error else ""),
+                v.input + _note(v),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
@@ -85,16 +87,31 @@ def status(settings: Settings, *, as_json: bool, limit: int) -> int:
     if settings.journal_path.exists():  # no journal yet: nothing has run
         journal = _journal(settings)
         try:
-            views = status_views(journal, limit=limit)
+            views = status_views(journal, limit=limit, schedule=settings.schedule)
+            shown = find_previews(settings.outbox)
+            views = replace(views, active=tuple(replace(v, preview=shown.get(v.job_id)) for v in views.active))
         finally:
             journal.close()
     waits = storage_waits(settings.outbox, now=time.time())  # the daemon's own word, from its status page
     if as_json:
-        shown = views.as_dict() | ({"waiting_for_storage": waits} if waits else {})
-        sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
+        doc = views.as_dict() | ({"waiting_for_storage": waits} if waits else {})
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print("\n".join([*(f"batchd: {w}" for w in waits), status_table(views)]))
     return 0
+
+
+def _note(v: JobView) -> str:
+    """After the input's name: the error, why a paused job waits for someone, or why it waits its turn."""
+    if v.error:
+        return f"  ({str(v.error.get('message', ''))[:60]})"
+    if v.attention:
+        return f"  (needs attention: {str(v.attention.get('message', ''))[:80]})"
+    if v.preview:
+        return f"  (first look: {v.preview}/)"
+    if v.waits and v.waits != "next":
+        return f"  (waits: {v.waits}" + (f", behind {v.behind})" if v.behind else ")")
+    return ""
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -227,6 +244,8 @@ def retry(settings: Settings, job_ref: str) -> int:
 
     journal = _journal(settings)
     job = find_job(journal, job_ref)
+    if job.attention is not None:
+        return resume(settings, job_ref)
     if job.state not in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
         raise ConfigError("JOB", f"job {job.id} is {job.state.value}; only finished jobs can be retried")
     new_id = new_job_id()
@@ -235,6 +254,31 @@ def retry(settings: Settings, job_ref: str) -> int:
         print(f"{job.id} has no failed requests to retry")
         return 1
     print(f"{new_id}: retrying {n} request(s) of {job.id}; results go to a new outbox folder")
+    return 0
+
+
+def resume(settings: Settings, job_ref: str) -> int:
+    """A job paused for attention (fail-fast) runs on from where it stopped."""
+    journal = _journal(settings)
+    job = find_job(journal, job_ref)
+    if not journal.resume_attention(job.id):
+        print(f"{job.id} is {job.state.value}, not paused; nothing to resume")
+        return 1
+    print(f"{job.id}: resumed; it runs on from where it stopped (fail-fast watches the next window again)")
+    return 0
+
+
+def priority(settings: Settings, job_ref: str, value: int) -> int:
+    """``batchd priority JOB N``: higher runs first; a running job yields to a higher one at request boundaries."""
+    if not -1000 <= value <= 1000:
+        raise ConfigError("N", f"a priority is an integer from -1000 to 1000 (got {value})")
+    journal = _journal(settings)
+    job = find_job(journal, job_ref)
+    if job.state not in (JobState.QUEUED, JobState.RUNNING, JobState.INGESTING):
+        print(f"{job.id} is {job.state.value}; a priority matters only before it finishes")
+        return 1
+    journal.set_priority(job.id, value)
+    print(f"{job.id}: priority {value}")
     return 0
 
 

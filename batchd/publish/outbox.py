@@ -49,7 +49,7 @@ class Outbox:
         final = (job.final or FinalStatus.COMPLETED).value
         if job.outbox_name:
             existing = self.root / job.outbox_name
-            if _published_by(existing, job.id):
+            if published_by(existing, job.id):
                 self._finish(job, final, existing)
                 return existing
         # The name reserved at claim, unless something else took that folder meanwhile.
@@ -71,6 +71,7 @@ class Outbox:
             target = self.root / name
             os.rename(partial, target)
             fsync_dir(self.root)
+            remove_previews(self.root, job.id)  # the first look has served: the real folder is here
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise StorageError.from_os(f"cannot publish {name} to {self.root}", exc, self.root) from exc
@@ -80,6 +81,21 @@ class Outbox:
     def _finish(self, job: Job, final: str, target: Path) -> None:
         self.journal.published(job.id, FinalStatus(final), job.finished_at or time.time())
         log.info("job_published", job_id=job.id, input=job.input_name, status=final, outbox=str(target))
+
+    def write_files(self, job: Job, status: str, folder: Path, *, answered_only: bool = False) -> None:
+        """The job's files into ``folder`` (made with ``new_folder``): the final publish's, or a preview's."""
+        self._write_all(job, status, folder, answered_only=answered_only)
+
+    def new_folder(self, path: Path) -> None:
+        self._share.mkdir(path)
+
+    def open_file(self, path: Path) -> Any:
+        """A new file in the share's group and mode, fsynced on close (a context manager)."""
+        return self._open(path)
+
+    def free_name(self, job: Job) -> str:
+        """The folder name the job would get now (``publish.preview`` names its ``.preview`` after it)."""
+        return self._free_name(job)
 
     def _free_name(self, job: Job) -> str:
         taken = {p.name for p in self.root.iterdir()} if self.root.exists() else set()
@@ -92,8 +108,10 @@ class Outbox:
 
     # -- the files ------------------------------------------------------------------------
 
-    def _write_all(self, job: Job, final: str, folder: Path) -> None:
+    def _write_all(self, job: Job, final: str, folder: Path, *, answered_only: bool = False) -> None:
+        """Every file of the job's folder; ``answered_only`` (a preview): the rows answered so far, no input."""
         counts = {"total": 0, "completed": 0, "failed": 0}
+        states = (ReqState.DONE, ReqState.FAILED, ReqState.INVALID) if answered_only else None
         pipeline = Pipeline.model_validate_json(job.pipeline_json) if job.pipeline_json else None
         sheet = ScoreSheet.for_job(pipeline, job.kind)
         report: ReportData | None = None
@@ -107,7 +125,7 @@ class Outbox:
                 text = io.TextIOWrapper(sc, encoding="utf-8", newline="", write_through=True)
                 writer = csv.writer(text)
                 writer.writerow(sheet.header())
-                for req in self.journal.iter_requests(job.id):
+                for req in self.journal.iter_requests(job.id, states):
                     counts["total"] += 1
                     if req.state is ReqState.DONE:
                         counts["completed"] += 1
@@ -125,7 +143,7 @@ class Outbox:
         elif job.error is not None:
             with self._open(folder / "errors.jsonl") as err:
                 err.write(self._job_error_line(job))
-        if job.spool and Path(job.spool).exists():
+        if job.spool and Path(job.spool).exists() and not answered_only:
             ext = "csv" if job.kind == "csv" else "jsonl"
             with open(job.spool, "rb") as src, self._open(folder / f"input.{ext}") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -254,7 +272,14 @@ class _SyncedFile:
             self.fh.close()
 
 
-def _published_by(folder: Path, job_id: str) -> bool:
+def remove_previews(root: Path, job_id: str) -> None:
+    """Remove the job's ``NAME.preview/`` folders (its ``metrics.json`` names the job)."""
+    for folder in root.glob("*.preview"):
+        if folder.is_dir() and not folder.is_symlink() and published_by(folder, job_id):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def published_by(folder: Path, job_id: str) -> bool:
     try:
         return bool(orjson.loads((folder / "metrics.json").read_bytes()).get("job_id") == job_id)
     except (OSError, orjson.JSONDecodeError):

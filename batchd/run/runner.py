@@ -1,28 +1,23 @@
 """Runs one job: N lanes pull requests in input order, call the backend, retry, record.
 
-Each lane keeps its own ``Conversation`` (history and trimming, see
-``context``); all lanes share one ``ContextBudget``. Results are written to the
-journal in batches (every ``FLUSH_SECONDS`` or ``FLUSH_ROWS``); a crash loses at
-most one unflushed batch, which runs again. A backend that is down pauses
-every lane (``outage.Gate``) without burning attempts; one request's calls and
-retries (5xx/503/timeouts: backoff with jitter up to ``backend.max_attempts``; a
-missing model fails the job at once) are ``attempts.Attempts``, an object the runner owns. A monitor
-task reads VRAM (``vram``), pauses or resumes lanes per ``VramPolicy`` and
-samples progress into the journal.
+Each lane keeps its own ``Conversation`` (``context``); all lanes share one ``ContextBudget``. Results
+go to the journal in batches (``FLUSH_SECONDS``/``FLUSH_ROWS``; a crash re-runs one unflushed batch). A
+backend that is down pauses every lane (``outage.Gate``) without burning attempts; one request's calls
+and retries are ``attempts.Attempts``. A monitor task reads VRAM (``vram``), pauses or resumes lanes per
+``VramPolicy`` and samples progress into the journal.
 
 Every task of the run (lanes, feeder, monitor, control) is ``aio.supervised``: an exception it did
 not handle fails the job with its text at once, no task is left waiting on a dead one. A journal
 write the disk refuses pauses the work like an outage (``record.Recorder``); ``wait_for_disk`` off
 (``--once``): the run ends and ``run()`` raises the ``StorageError``.
 
-Stop, cancel and fatal errors are handled in one place. A lane looks at them
-before it takes a request (``_halted``). A *control* task polls the journal for
-a cancel every ``CONTROL_SECONDS`` and starts the grace clock at the moment of
-a stop; cancel, a fatal error or the end of the grace period set ``_abort``,
-which ends every lane at once, wherever it waits (the backend, a backoff, a
-call in flight). Every request taken from the journal and not yet recorded is
-in ``_taken``; at the end they all go back to ``queued``, and
-``Journal.end_run`` decides the job's state under its guard.
+
+Stop, cancel, yielding and fatal errors are handled in one place; a lane looks at them before it takes a
+request (``_halted``). A *control* task polls for a cancel every ``CONTROL_SECONDS``, asks ``yield_to``
+every ``YIELD_SECONDS`` (a higher-ranked job waits: in-flight requests finish and are recorded, no new one
+starts) and starts the grace clock at a stop; cancel, a fatal error or the grace period's end set
+``_abort``, which ends every lane at once, wherever it waits. Requests taken and not yet recorded
+(``_taken``) go back to ``queued`` at the end; ``Journal.end_run`` decides the job's state.
 """
 
 from __future__ import annotations
@@ -31,6 +26,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from typing import cast
 
 import structlog
 
@@ -55,8 +51,10 @@ log = structlog.get_logger("batchd.runner")
 #: how often the monitor wakes; the VRAM source sets its own pace, samples go every SAMPLE_SECONDS
 MONITOR_TICK = 0.25
 SAMPLE_SECONDS = 2.0
+METRICS_SECONDS = 2.0
 #: how often the control task looks for a cancel in the journal (a cancel is seen within this)
 CONTROL_SECONDS = 0.25
+YIELD_SECONDS = 0.25  # how often it asks whether it must yield (``yield_to``; ``run.turns``)
 
 
 class JobRunner:
@@ -74,6 +72,7 @@ class JobRunner:
         vram_source: GpuMemory | None = None,
         disk: DiskWatch | None = None,
         wait_for_disk: bool = True,
+        yield_to: Callable[[], str | None] | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
@@ -134,6 +133,8 @@ class JobRunner:
         )
         self.fatal: JobError | None = None
         self.cancelled = False
+        #: why the job yields to a higher-ranked one (``schedule.Why``): like a stop, with no grace clock
+        self.yield_to, self.preempted = yield_to, cast("str | None", None)
         #: set when in-flight work is abandoned: cancel, a fatal error, the stop's grace period over
         self._abort = asyncio.Event()
         #: when the stop was seen (the grace period counts from here)
@@ -217,13 +218,13 @@ class JobRunner:
             return RunOutcome.FAILED
         if self.cancelled:
             return RunOutcome.CANCELLED
-        if self.stop.is_set() or self.restarting:
+        if self.stop.is_set() or self.restarting or self.preempted is not None:
             return RunOutcome.INTERRUPTED
         return RunOutcome.COMPLETED
 
     def _halted(self) -> bool:
-        """No new request is taken: stop, cancel or a fatal error."""
-        return self.stop.is_set() or self.cancelled or self.fatal is not None
+        """No new request is taken: stop, cancel, a fatal error, or yielding to another job."""
+        return self.stop.is_set() or self.cancelled or self.fatal is not None or self.preempted is not None
 
     def _fail(self, exc: JobError) -> None:
         """The whole job cannot go on (model gone, credentials refused): end every lane now."""
@@ -253,11 +254,17 @@ class JobRunner:
     async def _control(self) -> None:
         """Cancel within CONTROL_SECONDS in every state; the stop's grace period from its moment."""
         stop = asyncio.ensure_future(self.stop.wait())
+        ask_at = self.clock() + YIELD_SECONDS
         try:
             while not self._abort.is_set():
                 self._check_cancel()
                 if self.stop.is_set():
                     break
+                if self.yield_to is not None and self.preempted is None and self.clock() >= ask_at:
+                    ask_at = self.clock() + YIELD_SECONDS
+                    if (reason := self.yield_to()) is not None:
+                        self.preempted = reason
+                        self._wake_lanes()
                 await wait_first(self.sleep(CONTROL_SECONDS), stop, self._abort.wait())
             if self._abort.is_set():
                 return

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from batchd.errors import BatchdError, StorageError
 from batchd.fsutil import write_atomic
 from batchd.journal import Job, Journal
 from batchd.metrics import JobMetrics
+from batchd.publish.preview import Previews
 from batchd.publish.share import SharedFolder
 from batchd.redact import host_of
 from batchd.status import page as statuspage
@@ -64,6 +66,8 @@ class LiveViews:
         self.state = state
         self.wall = wall
         self.exporter = Exporter(state.settings.metrics)
+        #: the running job's first look (``outbox/NAME.preview/``), written from the worker thread
+        self.previews = Previews(lambda: self.state.settings, wall)
         self._poked = asyncio.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._journal: Journal | None = None  # owned by the worker thread
@@ -239,11 +243,12 @@ class LiveViews:
                 return
             now = self.wall()
             limit = settings.status_page.recent if page else 0
-            views = status_views(journal, limit=limit, now=now)
+            views = status_views(journal, limit=limit, now=now, schedule=settings.schedule)
         except (BatchdError, OSError) as exc:
             self._warn("status_read_failed", str(exc))
             return
-        self.exporter.set_queue(_queue(views))
+        self.exporter.set_queue(_queue(views, journal))
+        self._previews(journal, views)
         if page:
             try:
                 self._write_page(views, now, state, waiting, storage)
@@ -263,7 +268,9 @@ class LiveViews:
     ) -> None:
         outbox: Path = self.settings.outbox
         outbox.mkdir(parents=True, exist_ok=True)
-        data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting, storage=storage)
+        data = statuspage.page_data(
+            views, now=now, daemon=state, waiting=waiting, storage=storage, previews=self.previews.folders
+        )
         gid = SharedFolder.of(outbox, group=self.settings.group).gid
         # JSON first: a script that follows the page's link never finds older data than the page showed.
         owned = write_atomic(outbox / statuspage.STATUS_JSON, statuspage.render_json(data), gid=gid)
@@ -273,6 +280,20 @@ class LiveViews:
         if not owned and not self._chown_warned:
             self._chown_warned = True
             log.warning("status_page_chown_failed", outbox=str(outbox), gid=gid)
+
+    def _previews(self, journal: Journal, views: StatusViews) -> None:
+        """A first look at the running (or paused) job when one is due (``publish.preview``)."""
+        keep = set()
+        for v in views.active:
+            paused = v.attention is not None
+            if not (v.state.running or paused):
+                continue
+            keep.add(v.job_id)
+            try:
+                self.previews.consider(journal, v.job_id, v.done + v.failed, paused)
+            except (OSError, BatchdError) as exc:
+                self._warn("preview_failed", str(exc), job_id=v.job_id)
+        self.previews.forget(keep)
 
     def _open_journal(self) -> Journal | None:
         if self._journal is None:
@@ -294,10 +315,14 @@ class LiveViews:
             log.warning(event, error=error, **fields)
 
 
-def _queue(views: StatusViews) -> Queue:
+def _queue(views: StatusViews, journal: Journal) -> Queue:
     running = views.running
     head = running[0] if running else None
+    waiting = [v for v in views.active if v.state in (ViewState.QUEUED, ViewState.INGESTING)]
     return Queue(
+        by_priority=Counter(v.priority or 0 for v in waiting),
+        preemptions=journal.preemptions(),
+        notifications=journal.notification_counts(),
         jobs=sum(1 for v in views.active if v.state in (ViewState.QUEUED, ViewState.INGESTING)),
         requests=sum(max(0, v.total - v.finished) for v in views.active),
         progress=head.progress if head else None,

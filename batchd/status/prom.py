@@ -175,6 +175,12 @@ class Queue:
     requests: int = 0
     progress: float | None = None
     eta_seconds: float | None = None
+    #: jobs waiting to run, by priority (``schedule``)
+    by_priority: Mapping[int, int] = field(default_factory=dict)
+    #: times a running job yielded to a higher-ranked one (journal lifetime)
+    preemptions: int = 0
+    #: ``[notify]`` notifications journaled, by state (pending, delivered, done, failed)
+    notifications: Mapping[str, int] = field(default_factory=dict)
 
 
 class Exporter:
@@ -301,6 +307,19 @@ class _Collector(Collector):
         yield hist
         yield _gauge("batchd_queue_jobs", "Jobs waiting to run (queued or being read).", queue.jobs)
         yield _gauge("batchd_queue_requests", "Requests not yet finished in running and queued jobs.", queue.requests)
+        by_priority = GaugeMetricFamily(
+            "batchd_queue_jobs_by_priority", "Jobs waiting, by priority.", labels=["priority"]
+        )
+        for priority, n in sorted(queue.by_priority.items()):
+            by_priority.add_metric([str(priority)], n)
+        yield by_priority
+        yield CounterMetricFamily(
+            "batchd_preemptions", "Times a running job yielded to a higher-ranked one.", value=queue.preemptions
+        )
+        notes = GaugeMetricFamily("batchd_notifications", "[notify] notifications, by state.", labels=["state"])
+        for state in ("pending", "delivered", "done", "failed"):
+            notes.add_metric([state], queue.notifications.get(state, 0))
+        yield notes
         yield _gauge("batchd_job_running", "1 while a job runs.", int(live.job_running))
         if queue.progress is not None:
             yield _gauge("batchd_job_progress_ratio", "Finished fraction of the running job.", queue.progress)

@@ -15,8 +15,10 @@ from enum import Enum
 from typing import Any
 
 from batchd import pace
+from batchd.config import ScheduleSettings
 from batchd.journal import ACTIVE, FINISHED, Job, JobState, Journal
 from batchd.redact import escape_controls
+from batchd.schedule import Place, Policy, Rules
 
 #: the rate is measured over the progress samples of this last stretch (a resumed job's
 #: downtime, or a slow first minute, does not drag it down)
@@ -73,6 +75,14 @@ class JobView:
     created_at: float | None
     started_at: float | None
     finished_at: float | None
+    #: who goes first (``schedule``): the job's rank, why it waits (a ``schedule.Why``) and behind whom
+    priority: int | None = None
+    waits: str | None = None
+    behind: str | None = None
+    #: paused by fail-fast (``needs_attention``): why, with sample errors
+    attention: Any = None
+    #: the running job's first look, ``NAME.preview`` in the outbox (``publish.preview``)
+    preview: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape (a stable, documented one): the fields in order, the state as its string."""
@@ -97,6 +107,11 @@ class JobView:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "priority": self.priority,
+            "waits": self.waits,
+            "behind": self.behind,
+            "attention": self.attention,
+            "preview": self.preview,
         }
 
 
@@ -106,6 +121,8 @@ class StatusViews:
 
     active: tuple[JobView, ...] = ()
     recent: tuple[JobView, ...] = ()
+    #: the newest ``.cancel`` files refused (``intake.cancels``): who dropped which, and why
+    refused: tuple[dict[str, Any], ...] = ()
 
     @property
     def running(self) -> tuple[JobView, ...]:
@@ -132,7 +149,7 @@ def _rate(journal: Journal, job: Job, done_failed: int, now: float) -> float | N
     return pace.rate(done_failed, elapsed)
 
 
-def job_view(journal: Journal, job: Job, now: float | None = None) -> JobView:
+def job_view(journal: Journal, job: Job, now: float | None = None, place: Place | None = None) -> JobView:
     """One job with its counts, rate, ETA and lanes, as of ``now``."""
     counts = journal.counts(job.id)
     done = counts.get("done", 0)
@@ -171,6 +188,10 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> JobView:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        priority=place.entry.priority if place is not None else job.priority,
+        waits=place.why.value if place is not None and not place.entry.running else None,
+        behind=place.ahead if place is not None else None,
+        attention=_escaped(job.attention),
     )
 
 
@@ -182,12 +203,23 @@ def _escaped(value: Any) -> Any:
     return value
 
 
-def status_views(journal: Journal, *, limit: int, now: float | None = None) -> StatusViews:
-    """Running and queued jobs in the order they run, then the ``limit`` most recent finished ones."""
+def status_views(
+    journal: Journal, *, limit: int, now: float | None = None, schedule: ScheduleSettings | None = None
+) -> StatusViews:
+    """Running and queued jobs in the order they run (``schedule``'s, with why each waits; claim order
+    without it), then jobs being read or written out, then the ``limit`` most recent finished ones."""
     # Every running and queued job, however many: the cap is for the finished ones only.
     active = sorted(journal.jobs([*ACTIVE, JobState.INGESTING], limit=None), key=lambda j: j.seq)
+    places: dict[str, Place] = {}
+    if schedule is not None:
+        rules = Rules(policy=Policy(schedule.policy), max_wait=schedule.max_wait_minutes * 60)
+        order = rules.order(journal.queue_entries(schedule.default_priority), now or time.time())
+        places = {p.entry.id: p for p in order}
+        rank = {job_id: i for i, job_id in enumerate(places)}
+        active.sort(key=lambda j: (j.id not in rank, rank.get(j.id, 0), j.seq))
     recent = journal.jobs(list(FINISHED), limit=limit)
     return StatusViews(
-        active=tuple(job_view(journal, j, now) for j in active),
+        active=tuple(job_view(journal, j, now, places.get(j.id)) for j in active),
         recent=tuple(job_view(journal, j, now) for j in recent),
+        refused=tuple(_escaped(r) for r in journal.refusals(10)) if schedule is not None else (),
     )

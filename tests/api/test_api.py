@@ -323,3 +323,22 @@ def test_a_truncated_upload_is_refused(start_api: Callable[..., ApiHarness]) -> 
     )
     assert r.status_code == 400 and "boundary" in r.json()["error"]["message"]
     assert spool_files(h.settings) == []
+
+
+def test_metadata_priority_ranks_the_batch(start_api: Callable[..., ApiHarness], tmp_path: Path) -> None:
+    from batchd.journal import Journal
+
+    h = start_api()
+    fid = upload(h, jsonl(tmp_path, 2)).json()["id"]
+    for bad in ("high", "1001", ""):
+        r = create(h, fid, metadata={"priority": bad})
+        assert r.status_code == 400 and "metadata.priority" in r.text, (bad, r.text)
+    b = settled(h, create(h, fid, metadata={"priority": " 7 "}).json()["id"])
+    plain = settled(h, create(h, fid).json()["id"])
+    journal = Journal(h.settings.journal_path)
+    try:
+        by_batch = {j.meta.get("batch_id"): j for j in journal.jobs()}
+        assert by_batch[b["id"]].priority == 7 and by_batch[plain["id"]].priority is None
+        assert {e.id: e.priority for e in journal.queue_entries(0)}[by_batch[b["id"]].id] == 7
+    finally:
+        journal.close()

@@ -189,7 +189,9 @@ def _full_exposition() -> set[str]:
     m.retries["timeout"] += 1
     ex.job_published("completed", {"done": 1})
     ex.set_live(Live(job_running=True, backend_up=True, vram_used_bytes=1, vram_total_bytes=2))
-    ex.set_queue(Queue(progress=0.5, eta_seconds=10))
+    ex.set_queue(
+        Queue(progress=0.5, eta_seconds=10, by_priority={0: 2, 5: 1}, preemptions=3, notifications={"pending": 1})
+    )
     ex.refresh()
     return {name for name, _ in samples(ex.exposition())}
 
@@ -217,7 +219,7 @@ def test_grafana_dashboard_is_valid_and_names_metrics_that_exist() -> None:
     missing = used - exposed
     assert not missing, missing
     titles = " ".join(p["title"].lower() for p in dash["panels"])
-    for topic in ("throughput", "eta", "failures by cause", "vram", "backend up"):
+    for topic in ("throughput", "eta", "failures by cause", "vram", "backend up", "priority", "preemptions", "notif"):
         assert topic in titles
 
 
@@ -269,3 +271,16 @@ def test_a_counter_from_jobmetrics_is_one_row_of_counts(monkeypatch: pytest.Monk
     snap = samples(ex.exposition())
     assert value(snap, "batchd_test_pressure_total") == 5
     assert {c.family for c in prom.COUNTS} <= {f.name for f in text_string_to_metric_families(ex.exposition().decode())}
+
+
+def test_queue_by_priority_preemptions_and_notifications() -> None:
+    ex = Exporter(MetricsSettings())
+    ex.set_queue(Queue(by_priority={0: 2, 5: 1}, preemptions=3, notifications={"pending": 1, "delivered": 4}))
+    ex.refresh()
+    snap = samples(ex.exposition())
+    assert value(snap, "batchd_queue_jobs_by_priority", priority="5") == 1
+    assert value(snap, "batchd_queue_jobs_by_priority", priority="0") == 2
+    assert value(snap, "batchd_preemptions_total") == 3
+    assert value(snap, "batchd_notifications", state="pending") == 1
+    assert value(snap, "batchd_notifications", state="delivered") == 4
+    assert value(snap, "batchd_notifications", state="failed") == 0

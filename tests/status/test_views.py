@@ -34,6 +34,11 @@ KEYS = [
     "created_at",
     "started_at",
     "finished_at",
+    "priority",
+    "waits",
+    "behind",
+    "attention",
+    "preview",
 ]
 
 
