@@ -40,6 +40,9 @@ class ChatRequest:
     affinity: int | None = None
     #: thinking asked for by the request or pipeline (True/False or a level); None: not asked
     think: bool | str | None = None
+    #: OpenAI ``tools`` (function definitions) and ``tool_choice``, as the line gave them
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,15 @@ class ChatResult:
     cached_tokens: int | None = None
     #: seconds the server spent loading the model for this call (Ollama ``load_duration``)
     load_seconds: float | None = None
+    #: tool calls in OpenAI's shape (``id``, ``type: function``, ``function.name``, ``function.arguments``
+    #: as a JSON string); empty when the model answered in text
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
     def completion_body(self, created: int | None = None) -> dict[str, Any]:
-        """The reply as an OpenAI ``chat.completion`` object."""
+        """The reply as an OpenAI ``chat.completion`` object (``content`` null beside tool calls, as OpenAI)."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message = {"role": "assistant", "content": self.content or None, "tool_calls": list(self.tool_calls)}
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -65,7 +74,7 @@ class ChatResult:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": self.content},
+                    "message": message,
                     "finish_reason": self.finish_reason,
                 }
             ],
@@ -111,8 +120,11 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-def finish_reason(done_reason: str | None) -> str:
-    return "length" if done_reason == "length" else "stop"
+def finish_reason(done_reason: str | None, *, tool_calls: bool = False) -> str:
+    """OpenAI's ``finish_reason``: a stop with tool calls is ``tool_calls`` (as Ollama's own ``/v1`` says)."""
+    if done_reason == "length":
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
 
 
 def answering_model(backend: Backend, requested: str) -> dict[str, str]:

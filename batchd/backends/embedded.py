@@ -33,7 +33,14 @@ from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_re
 from batchd.backends.llama_grammar import GreedyGrammar, gbnf_ready
 from batchd.backends.llama_log import route_llama_log
 from batchd.backends.wire import LlamaCompletion, OpenAIUsage, parse
-from batchd.errors import BackendServerError, BadRequest, ConfigError, ContextLengthExceeded, ModelNotFound
+from batchd.errors import (
+    BackendServerError,
+    BadRequest,
+    ConfigError,
+    ContextLengthExceeded,
+    ModelNotFound,
+    Unsupported,
+)
 
 log = structlog.get_logger("batchd.backends.embedded")
 
@@ -123,6 +130,12 @@ class EmbeddedBackend:
     # -- Backend Protocol ------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest) -> ChatResult:
+        if (request.tools and request.tool_choice != "none") or any(
+            m.get("role") == "tool" or m.get("tool_calls") for m in request.messages
+        ):
+            # llama-cpp-python's chat handlers parse tool calls per model family; batchd renders Gemma's
+            # template itself, so it cannot: fail the line rather than answer as if no tools were given.
+            raise Unsupported("the embedded backend cannot call tools; use an ollama or openai backend")
         async with self._async_lock():
             return await asyncio.to_thread(self._chat, request)
 

@@ -13,6 +13,7 @@ import httpx
 
 from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
 from batchd.backends.http import JsonHttp
+from batchd.backends.tools import ollama_messages, ollama_tools, openai_calls
 from batchd.backends.transport import make_client
 from batchd.backends.wire import OllamaChatResponse, OllamaPsResponse, OllamaShowResponse, OllamaVersion
 from batchd.keepalive import encode_keep_alive
@@ -47,9 +48,10 @@ class OllamaBackend:
         self._http = JsonHttp(self._client, self.host)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
+        tools = ollama_tools(request.tools, request.tool_choice)
         payload: dict[str, Any] = {
             "model": request.model,
-            "messages": request.messages,
+            "messages": ollama_messages(request.messages),
             "stream": False,
             "options": {**request.options, "num_ctx": request.num_ctx},
             # Ollama silently cuts overflowing prompts and still answers 200; with
@@ -67,11 +69,15 @@ class OllamaBackend:
             payload["shift"] = False
         if request.format is not None:
             payload["format"] = request.format
+        if tools is not None:
+            payload["tools"] = tools
         started = time.perf_counter()
         reply = await self._http.post("/api/chat", payload, model=request.model, reply=OllamaChatResponse)
+        calls = openai_calls(reply.message.tool_calls, request.custom_id)
         return ChatResult(
             content=reply.message.content,
-            finish_reason=finish_reason(reply.done_reason),
+            tool_calls=calls,
+            finish_reason=finish_reason(reply.done_reason, tool_calls=bool(calls)),
             prompt_tokens=reply.prompt_eval_count or 0,
             completion_tokens=reply.eval_count or 0,
             model=reply.model or request.model,

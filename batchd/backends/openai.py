@@ -15,6 +15,7 @@ import httpx
 
 from batchd.backends.base import OLLAMA_TO_OPENAI, ChatRequest, ChatResult, LoadedModel, finish_reason
 from batchd.backends.http import JsonHttp, decode, translate
+from batchd.backends.tools import passed_calls
 from batchd.backends.transport import make_client
 from batchd.backends.wire import ChatCompletion, OpenAIModel, OpenAIModelList, OpenAIUsage
 from batchd.errors import ModelNotFound
@@ -41,6 +42,10 @@ def to_body(request: ChatRequest) -> dict[str, Any]:
     response_format = to_response_format(request.format)
     if response_format is not None:
         body["response_format"] = response_format
+    if request.tools:
+        body["tools"] = request.tools
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
     return body
 
 
@@ -82,9 +87,11 @@ class OpenAIBackend:
         )
         content = reply.content()
         usage = reply.usage or OpenAIUsage()
+        calls = passed_calls(reply.choices[0].message.tool_calls)
         return ChatResult(
             content=content,
-            finish_reason=finish_reason(reply.choices[0].finish_reason),
+            tool_calls=calls,
+            finish_reason=finish_reason(reply.choices[0].finish_reason, tool_calls=bool(calls)),
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             model=reply.model or request.model,

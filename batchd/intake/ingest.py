@@ -164,10 +164,32 @@ def _validate_line(
         return bad("body.model must be a string", "invalid_body", cid)
     if limits.allowed_models and model is not None and model not in limits.allowed_models:
         return bad(f"model {model!r} is not in backend.allowed_models", "model_not_allowed", cid)
-    for key in ("stream", "n", "tools", "functions"):
-        if body.get(key) not in (None, False, 1) and key != "tools":
+    for key in ("stream", "n", "functions", "function_call"):
+        if body.get(key) not in (None, False, 1):
             return bad(f"body.{key} is not supported in a batch", "invalid_body", cid)
+    problem = check_tools(body.get("tools"), body.get("tool_choice"))
+    if problem:
+        return bad(problem, "invalid_tools", cid)
     return body, cid, None
+
+
+def check_tools(tools: Any, tool_choice: Any) -> str | None:
+    """OpenAI's ``tools`` (functions with a name) and ``tool_choice``; None when both are well formed."""
+    if tools is None:
+        return None if tool_choice is None else "body.tool_choice is given without body.tools"
+    if not isinstance(tools, list):
+        return "body.tools must be a list"
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            return f'body.tools[{i}].type must be "function"'
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            return f"body.tools[{i}].function.name is missing"
+    if tool_choice in (None, "none", "auto", "required"):
+        return None
+    if isinstance(tool_choice, dict) and isinstance((tool_choice.get("function") or {}).get("name"), str):
+        return None
+    return 'body.tool_choice must be "none", "auto", "required" or {"type": "function", ...}'
 
 
 def check_messages(messages: Any) -> str | None:
@@ -178,7 +200,14 @@ def check_messages(messages: Any) -> str | None:
             return f"body.messages[{i}] is not an object"
         if m.get("role") not in ROLES:
             return f"body.messages[{i}].role {m.get('role')!r} is not one of {sorted(ROLES)}"
+        if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
+            return f"body.messages[{i}]: a tool message needs its tool_call_id"
+        calls = m.get("tool_calls")
+        if calls is not None and (m["role"] != "assistant" or not isinstance(calls, list)):
+            return f"body.messages[{i}].tool_calls must be a list on an assistant message"
         content = m.get("content")
+        if content is None and calls:
+            continue  # an assistant turn that only calls tools
         if isinstance(content, list):
             if not all(
                 isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content

@@ -249,7 +249,7 @@ class Attempts:
                 latency=result.latency_s,
                 cached=result.cached_tokens,
             )
-            problem = self.replies.problem(result.content)
+            problem = None if result.tool_calls else self.replies.problem(result.content)
             if problem is not None:
                 if reply_tries < self.replies.retries:
                     reply_tries += 1

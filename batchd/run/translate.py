@@ -22,7 +22,8 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
         options["stop"] = [options["stop"]]
     think = _think(body, options)
     fmt = from_response_format(body.get("response_format"))
-    messages = [{"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])]
+    messages = [_message(m) for m in body.get("messages", [])]
+    tools = body.get("tools") or None
     return ChatRequest(
         model=body.get("model") or model,
         messages=messages,
@@ -31,7 +32,20 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
         format=fmt,
         custom_id=custom_id,
         think=think,
+        tools=tools,
+        tool_choice=body.get("tool_choice") if tools else None,
     )
+
+
+#: message keys carried beside role and content: an assistant's tool calls, a tool result's call id and name
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
+
+
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    out = {"role": m["role"], "content": _text(m.get("content"))}
+    if m.get("tool_calls") or m["role"] == "tool":
+        out.update({k: m[k] for k in _TOOL_KEYS if m.get(k) is not None})
+    return out
 
 
 def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
@@ -46,6 +60,8 @@ def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
 
 
 def _text(content: Any) -> str:
+    if content is None:  # an assistant turn that only calls tools
+        return ""
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return str(content)

@@ -42,6 +42,14 @@ def _good(cid: str, **body: object) -> dict:
         ({**_good("x"), "body": {"messages": "hi"}}, "invalid_messages"),
         ({**_good("x"), "body": {"messages": [{"role": "wizard", "content": "x"}]}}, "invalid_messages"),
         ({**_good("x"), "body": {"messages": [{"role": "user", "content": 5}]}}, "invalid_messages"),
+        (_good("x", tools={"get_weather": {}}), "invalid_tools"),
+        (_good("x", tools=[{"type": "function", "function": {}}]), "invalid_tools"),
+        (_good("x", tools=[{"type": "retrieval"}]), "invalid_tools"),
+        (_good("x", tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="always"), "invalid_tools"),
+        (_good("x", tool_choice="auto"), "invalid_tools"),
+        (_good("x", functions=[{"name": "f"}]), "invalid_body"),
+        ({**_good("x"), "body": {"messages": [{"role": "tool", "content": "4"}]}}, "invalid_messages"),
+        ({**_good("x"), "body": {"messages": [{"role": "user", "content": None}]}}, "invalid_messages"),
     ],
 )
 def test_each_bad_line_is_an_error_with_its_line_number(line: bytes | dict, code: str) -> None:
@@ -50,6 +58,18 @@ def test_each_bad_line_is_an_error_with_its_line_number(line: bytes | dict, code
     assert rows[1].line == 2
     assert rows[1].error["code"] == code
     assert rows[1].error["line"] == 2
+
+
+def test_tool_lines_are_kept_whole() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4 C"},
+    ]
+    (row,) = _jsonl({**_good("t", tools=tools, tool_choice="required"), "body": {"messages": messages, "tools": tools}})
+    assert row.error is None and row.body == {"messages": messages, "tools": tools}
 
 
 def test_duplicate_custom_id_rejects_later_lines() -> None:

@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 if __package__ in (None, ""):  # run as a script: tests/ is on sys.path, not the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.support import emulator_endpoints as endpoints  # noqa: E402
 from tests.support.emulator_eras import ERAS, Era, bad_request, runner_key, shifts  # noqa: E402
 from tests.support.emulator_model import count_tokens, last_user_content, reply_content, tokens  # noqa: E402,F401
 from tests.support.slots import SlotPool  # noqa: E402
@@ -113,6 +114,8 @@ class Emulator:
         self.latency_max = latency_max
         self._latency_rng = random.Random(7)
         self.models = tuple(models)
+        #: each model's Ollama capabilities (``emulator_endpoints``); tests narrow them
+        self.capabilities = endpoints.capabilities_for(self.models)
         self.silent_truncate = False
         #: when set, every route answers this status (a proxy refusing credentials: 401/403; 404)
         self.refuse: int | None = None
@@ -568,7 +571,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "parameters": "",
                     "template": "{{ .Prompt }}",
                     "details": _details(model),
-                    "capabilities": ["completion"],
+                    "capabilities": list(emu.capabilities.get(model, ("completion",))),
                     "model_info": {"general.architecture": arch, f"{arch}.context_length": emu.context_length},
                 },
             )
@@ -622,6 +625,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._known(model):
             msg = ERROR_MESSAGES[404].format(model=model)
             return self._error(404, msg if not openai else f"model '{model}' not found", openai)
+        lacking = endpoints.missing(emu.capabilities.get(model, ()), body)
+        if lacking is not None:
+            return self._error(400, endpoints.refusal(model, lacking), openai)
         if openai:
             self._openai(body, messages, last)
         else:
@@ -686,7 +692,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     "model": model,
                     "created_at": created,
-                    "message": {"role": "assistant", "content": content},
+                    "message": endpoints.ollama_message(content, endpoints.tool_calls(body, messages)),
                     "done": True,
                     **counts,
                 },
@@ -750,9 +756,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     **head,
                     "object": "chat.completion",
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": reason}
-                    ],
+                    "choices": [endpoints.openai_choice(content, reason, endpoints.tool_calls(body, messages))],
                     "usage": usage,
                 },
             )
