@@ -21,6 +21,7 @@ import structlog
 
 from batchd.api.files import Content, open_outbox_file, outbox_size, stream
 from batchd.api.models import (
+    ENDPOINT,
     WINDOW_SECONDS,
     BatchCreate,
     BatchError,
@@ -190,7 +191,7 @@ class BatchService:
                 source="api",
                 pipeline=None,
                 pipeline_json=pipeline.model_dump_json(),
-                meta={"batch_id": batch_id},
+                meta={"batch_id": batch_id, "endpoint": req.endpoint},
             ),
             batch=NewBatch(
                 batch_id=batch_id,
@@ -297,6 +298,7 @@ class BatchService:
         obj = BatchObject(
             id=rec.id,
             input_file_id=rec.input_file_id,
+            endpoint=job.meta.get("endpoint") or ENDPOINT,
             status=status,
             created_at=int(rec.created_at),
             expires_at=int(rec.created_at + WINDOW_SECONDS),

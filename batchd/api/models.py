@@ -12,11 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from batchd.intake.endpoints import Endpoint
+
 #: ids are 96 random bits: knowing one id tells nothing about another
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{24}$")
 
 ENDPOINT = "/v1/chat/completions"
+#: what a batch may name
+ENDPOINTS = tuple(e.value for e in Endpoint)
 COMPLETION_WINDOW = "24h"
 WINDOW_SECONDS = 24 * 3600
 
@@ -42,8 +46,8 @@ class BatchCreate(BaseModel):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        if v != ENDPOINT:
-            raise ValueError(f"only {ENDPOINT} is supported")
+        if v not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}")
         return v
 
     @field_validator("completion_window")

@@ -87,6 +87,26 @@ class ChatResult:
 
 
 @dataclass(frozen=True)
+class EmbedRequest:
+    """One embeddings call: several lines' inputs packed together, in order."""
+
+    model: str
+    inputs: list[str]
+    #: OpenAI ``dimensions`` (Ollama truncates and renormalises); None: the model's own
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    #: one packed little-endian float32 row per input, in order (``backends.vectors``)
+    vectors: list[bytes]
+    #: tokens of all the inputs together, where the server says (0 where it does not)
+    prompt_tokens: int
+    model: str
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """One entry of the server's loaded models (Ollama ``/api/ps``)."""
 
@@ -103,6 +123,10 @@ class Backend(Protocol):
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """One chat call; raises TransientError, RequestError or JobError subclasses."""
+        ...
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """One embeddings call; raises like ``chat`` (a model that cannot embed: a RequestError)."""
         ...
 
     async def ping(self) -> None:

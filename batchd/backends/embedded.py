@@ -29,9 +29,10 @@ from typing import Any
 import orjson
 import structlog
 
-from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
+from batchd.backends.base import ChatRequest, ChatResult, EmbedRequest, EmbedResult, LoadedModel, finish_reason
 from batchd.backends.llama_grammar import GreedyGrammar, gbnf_ready
 from batchd.backends.llama_log import route_llama_log
+from batchd.backends.vectors import pack_rows
 from batchd.backends.wire import LlamaCompletion, OpenAIUsage, parse
 from batchd.errors import (
     BackendServerError,
@@ -102,6 +103,7 @@ class EmbeddedBackend:
         self.host = f"embedded:{self._model_path.name if self._model_path else 'gemma3-270m'}"
         self._model_name = model_name
         self._llm: Any = None
+        self._embedder: Any = None
         self._n_ctx: int | None = None
         self._formatter: Any = None
         self._grammars: dict[bytes, Any] = {}
@@ -138,6 +140,10 @@ class EmbeddedBackend:
             raise Unsupported("the embedded backend cannot call tools; use an ollama or openai backend")
         async with self._async_lock():
             return await asyncio.to_thread(self._chat, request)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        async with self._async_lock():
+            return await asyncio.to_thread(self._embed, request)
 
     async def ping(self) -> None:
         """In-process: up as long as llama_cpp imports (checked at construction)."""
@@ -209,6 +215,40 @@ class EmbeddedBackend:
             model=self._model_name or self._path().stem,
             latency_s=latency,
             cached_tokens=cached,
+        )
+
+    def _embed(self, request: EmbedRequest) -> EmbedResult:
+        """llama.cpp's own pooling over the GGUF, from a second context opened for embeddings (a
+        generation context cannot give them: ``Llama(embedding=True)`` is a load-time choice)."""
+        with self._lock:
+            if self._embedder is None:
+                from llama_cpp import Llama
+
+                route_llama_log()
+                try:
+                    self._embedder = Llama(
+                        model_path=str(self._path()),
+                        embedding=True,
+                        n_ctx=0,  # the model's own window
+                        n_threads=self.threads,
+                        n_threads_batch=self.threads,
+                        verbose=False,
+                    )
+                except (ValueError, RuntimeError, OSError) as exc:
+                    raise Unsupported(f"the embedded model cannot embed: {exc}") from exc
+            started = time.perf_counter()
+            try:
+                out = self._embedder.create_embedding(request.inputs)
+            except (ValueError, RuntimeError) as exc:  # an input over the window, a failed decode
+                raise BadRequest(f"llama.cpp cannot embed this input: {exc}", status_code=400) from exc
+        rows = [d["embedding"] for d in sorted(out["data"], key=lambda d: d["index"])]
+        if request.dimensions is not None:  # as Ollama does: cut, then renormalise
+            rows = [_normalised(r[: request.dimensions]) for r in rows]
+        return EmbedResult(
+            vectors=pack_rows(rows, len(request.inputs)),
+            prompt_tokens=int((out.get("usage") or {}).get("prompt_tokens") or 0),
+            model=self._model_name or self._path().stem,
+            latency_s=time.perf_counter() - started,
         )
 
     def _load(self, num_ctx: int) -> Any:
@@ -320,6 +360,9 @@ class EmbeddedBackend:
                 self._llm.close()
                 self._llm = None
                 self._n_ctx = None
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
 
     def _async_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -344,6 +387,11 @@ def _trained(meta: dict[str, str]) -> int | None:
     arch = meta.get("general.architecture", "")
     value = meta.get(f"{arch}.context_length")
     return int(value) if value and value.isdigit() else None
+
+
+def _normalised(row: list[float]) -> list[float]:
+    norm = sum(v * v for v in row) ** 0.5
+    return [v / norm for v in row] if norm else row
 
 
 def _common_prefix(previous: list[int], tokens: list[int]) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from batchd.backends.base import Backend, ChatRequest, ChatResult, LoadedModel
+from batchd.backends.base import Backend, ChatRequest, ChatResult, EmbedRequest, EmbedResult, LoadedModel
 from batchd.errors import (
     BackendServerError,
     BackendTimeout,
@@ -89,6 +89,20 @@ class MultiBackend:
                 host.inflight -= 1
             host.failures = 0
             return result
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Any healthy host (embeddings keep no prefix cache worth following)."""
+        while True:
+            host = self._pick(None)
+            if host is None:
+                raise BackendUnavailable(f"all {len(self.hosts)} hosts are down: {self.host}")
+            host.inflight += 1
+            try:
+                return await host.backend.embed(request)
+            except BackendUnavailable as exc:
+                self._take_out(host, str(exc))
+            finally:
+                host.inflight -= 1
 
     async def ping(self) -> None:
         """Fine when any host answers; hosts that answer come back in at once."""

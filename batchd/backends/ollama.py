@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 
-from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
+from batchd.backends.base import ChatRequest, ChatResult, EmbedRequest, EmbedResult, LoadedModel, finish_reason
 from batchd.backends.http import JsonHttp
 from batchd.backends.tools import ollama_messages, ollama_tools, openai_calls
 from batchd.backends.transport import make_client
+from batchd.backends.vectors import pack_rows
 from batchd.backends.wire import OllamaChatResponse, OllamaPsResponse, OllamaShowResponse, OllamaVersion
 from batchd.keepalive import encode_keep_alive
 from batchd.redact import redact_url
@@ -84,6 +85,27 @@ class OllamaBackend:
             latency_s=time.perf_counter() - started,
             load_seconds=reply.load_duration / 1e9 if reply.load_duration is not None else None,
             cached_tokens=reply.prompt_eval_cached_count,
+        )
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """``POST /api/embed`` with every input at once; ``truncate: false``: an input over the window is
+        a 400 naming it, not a vector of its first part (``server/routes.go`` ``EmbedHandler``)."""
+        payload: dict[str, Any] = {
+            "model": request.model,
+            "input": request.inputs,
+            "truncate": False,
+            "keep_alive": self.keep_alive,
+        }
+        if request.dimensions is not None:
+            payload["dimensions"] = request.dimensions
+        started = time.perf_counter()
+        data = await self._http.post_raw("/api/embed", payload, model=request.model)
+        count = data.get("prompt_eval_count")
+        return EmbedResult(
+            vectors=pack_rows(data.get("embeddings"), len(request.inputs)),
+            prompt_tokens=count if isinstance(count, int) else 0,
+            model=str(data.get("model") or request.model),
+            latency_s=time.perf_counter() - started,
         )
 
     async def ping(self) -> None:

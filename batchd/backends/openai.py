@@ -13,10 +13,19 @@ from typing import Any
 
 import httpx
 
-from batchd.backends.base import OLLAMA_TO_OPENAI, ChatRequest, ChatResult, LoadedModel, finish_reason
+from batchd.backends.base import (
+    OLLAMA_TO_OPENAI,
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    LoadedModel,
+    finish_reason,
+)
 from batchd.backends.http import JsonHttp, decode, translate
 from batchd.backends.tools import passed_calls
 from batchd.backends.transport import make_client
+from batchd.backends.vectors import pack_rows
 from batchd.backends.wire import ChatCompletion, OpenAIModel, OpenAIModelList, OpenAIUsage
 from batchd.errors import ModelNotFound
 from batchd.formats import to_response_format
@@ -97,6 +106,25 @@ class OpenAIBackend:
             model=reply.model or request.model,
             latency_s=time.perf_counter() - started,
             cached_tokens=reply.cached_tokens(),
+        )
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """``POST /v1/embeddings`` with every input at once, floats asked for (batchd encodes the results)."""
+        payload: dict[str, Any] = {"model": request.model, "input": request.inputs, "encoding_format": "float"}
+        if request.dimensions is not None:
+            payload["dimensions"] = request.dimensions
+        started = time.perf_counter()
+        data = await self._http.post_raw("/v1/embeddings", payload, model=request.model)
+        items = data.get("data")
+        if isinstance(items, list) and all(isinstance(d, dict) for d in items):
+            items = [d.get("embedding") for d in sorted(items, key=lambda d: d.get("index") or 0)]
+        usage = data.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return EmbedResult(
+            vectors=pack_rows(items, len(request.inputs)),
+            prompt_tokens=tokens if isinstance(tokens, int) else 0,
+            model=str(data.get("model") or request.model),
+            latency_s=time.perf_counter() - started,
         )
 
     async def ping(self) -> None:

@@ -389,7 +389,7 @@ class Claimer:
                 columns, rows = read_csv(fh, pipeline, self.limits)
                 prefix = pipeline_prefix(pipeline, model)
             else:
-                rows = read_jsonl(fh, self.limits)
+                rows = read_jsonl(fh, self.limits, endpoint=job.meta.get("endpoint"))
             total = invalid = 0
             batch: list[NewRequest] = []
             cap = self.settings.limits.max_invalid_lines

@@ -20,6 +20,7 @@ import orjson
 from batchd.backends.base import OLLAMA_TO_OPENAI
 from batchd.errors import ConfigError, InputError, LineError
 from batchd.formats import to_response_format
+from batchd.intake.endpoints import Endpoint, check_embedding, stored
 from batchd.journal import NewRequest
 from batchd.pipeline import Pipeline
 
@@ -70,6 +71,9 @@ def full_body(prefix: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, 
 
 def pipeline_prefix(pipeline: Pipeline, model: str) -> dict[str, Any]:
     """The byte-identical part every CSV row shares, as an OpenAI body fragment."""
+    if pipeline.task == "embed":  # no prompt, no sampling: the model, and dimensions where asked
+        dims = pipeline.options.get("dimensions")
+        return {"model": model, **({"dimensions": dims} if dims else {})}
     prefix: dict[str, Any] = {"model": model, "messages": pipeline.prefix_messages()}
     native: dict[str, Any] = {}
     for key, value in pipeline.options.items():
@@ -103,7 +107,8 @@ def _lines(fh: BinaryIO, limits: Limits) -> Iterator[tuple[int, bytes]]:
         yield lineno, raw
 
 
-def read_jsonl(fh: BinaryIO, limits: Limits) -> Iterator[NewRequest]:
+def read_jsonl(fh: BinaryIO, limits: Limits, *, endpoint: str | None = None) -> Iterator[NewRequest]:
+    """The file's lines as requests; ``endpoint`` (an API batch's): every line must name it."""
     seen: dict[str, int] = {}
     seq = 0
     sniff_text(fh.peek(8192)[:8192] if hasattr(fh, "peek") else b"")
@@ -120,14 +125,19 @@ def read_jsonl(fh: BinaryIO, limits: Limits) -> Iterator[NewRequest]:
                 raw = raw[len(codecs.BOM_UTF8) :]
             if not raw.strip():
                 continue
-            body, cid, err = _validate_line(raw, lineno, seen, limits)
+            body, cid, err = _validate_line(raw, lineno, seen, limits, endpoint)
         seq += 1
-        yield NewRequest(seq=seq, line=lineno, custom_id=cid, body=body, error=err.as_record() if err else None)
+        url = stored(body.pop("__url__")) if body is not None else None
+        yield NewRequest(
+            seq=seq, line=lineno, custom_id=cid, body=body, error=err.as_record() if err else None, url=url
+        )
 
 
 def _validate_line(
-    raw: bytes, lineno: int, seen: dict[str, int], limits: Limits
+    raw: bytes, lineno: int, seen: dict[str, int], limits: Limits, endpoint: str | None = None
 ) -> tuple[dict[str, Any] | None, str | None, LineError | None]:
+    """The line's body (with its url under ``__url__``, taken off by the caller), custom_id, or error."""
+
     def bad(msg: str, code: str, cid: str | None = None) -> tuple[None, str | None, LineError]:
         return None, cid, LineError(msg, line=lineno, code=code)
 
@@ -151,14 +161,23 @@ def _validate_line(
     seen[cid] = lineno
     if obj.get("method", "POST") != "POST":
         return bad(f"method must be POST, got {obj.get('method')!r}", "invalid_method", cid)
-    if obj.get("url", CHAT_URL) != CHAT_URL:
-        return bad(f"url must be {CHAT_URL}, got {str(obj.get('url'))[:200]!r}", "invalid_url", cid)
+    url = obj.get("url", CHAT_URL)
+    if url not in Endpoint._value2member_map_:
+        urls = ", ".join(e.value for e in Endpoint)
+        return bad(f"url must be one of {urls}; got {str(url)[:200]!r}", "invalid_url", cid)
+    if endpoint is not None and url != endpoint:
+        return bad(f"url {url} does not match the batch's endpoint {endpoint}", "endpoint_mismatch", cid)
     body = obj.get("body")
     if not isinstance(body, dict):
         return bad("body is missing or not an object", "invalid_body", cid)
-    problem = check_messages(body.get("messages"))
-    if problem:
-        return bad(problem, "invalid_messages", cid)
+    if url == Endpoint.EMBEDDINGS:
+        problem = check_embedding(body)
+        if problem:
+            return bad(problem, "invalid_body", cid)
+    else:
+        problem = check_messages(body.get("messages"))
+        if problem:
+            return bad(problem, "invalid_messages", cid)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         return bad("body.model must be a string", "invalid_body", cid)
@@ -170,7 +189,7 @@ def _validate_line(
     problem = check_tools(body.get("tools"), body.get("tool_choice"))
     if problem:
         return bad(problem, "invalid_tools", cid)
-    return body, cid, None
+    return {**body, "__url__": url}, cid, None
 
 
 def check_tools(tools: Any, tool_choice: Any) -> str | None:
@@ -258,7 +277,9 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
     # Hoisted out of the loop: this runs once per row of a 170,000-row file.
     id_column = pipeline.id_column
     passthrough = pipeline.passthrough_columns
-    render = pipeline.render_user
+    embed = pipeline.task == "embed"
+    render = pipeline.render_input if embed else pipeline.render_user
+    url = Endpoint.EMBEDDINGS.value if embed else None
     max_lines = limits.max_lines
     while True:
         start = reader.line_num + 1
@@ -292,11 +313,16 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
             error = LineError(
                 f"duplicate id {custom_id!r} (first on line {seen[custom_id]})", line=start, code="duplicate_custom_id"
             )
+        elif embed and not (text := render(row)):
+            error = LineError("nothing to embed (empty input)", line=start, code="invalid_row")
         if error is not None:
             yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=None, error=error.as_record())
             continue
         seen[custom_id] = start
         keep = {c: row.get(c, "") for c in passthrough} if passthrough else None
+        if embed:
+            yield NewRequest(seq=seq, line=start, custom_id=custom_id, body={"input": text}, row=keep, url=url)
+            continue
         body = {"messages": [{"role": "user", "content": render(row)}]}
         yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=body, row=keep)
 

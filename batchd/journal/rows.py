@@ -32,7 +32,7 @@ JOB_COLS, _JOB = columns(
 )  # fmt: skip
 REQ_COLS, REQ = columns(
     "job_id", "seq", "line", "custom_id", "body", "row", "state", "attempts", "result", "error", "prompt_tokens",
-    "completion_tokens",
+    "completion_tokens", "url", "vector",
 )  # fmt: skip
 
 
@@ -96,4 +96,6 @@ def request_from_row(r: Sequence[Any]) -> Request:
         error=load_json(r[c["error"]]),
         prompt_tokens=r[c["prompt_tokens"]],
         completion_tokens=r[c["completion_tokens"]],
+        url=r[c["url"]],
+        vector=r[c["vector"]],
     )

@@ -8,7 +8,7 @@ from batchd.errors import StorageError
 from batchd.journal.records import FinalStatus
 from batchd.journal.rows import load_json
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -120,6 +120,14 @@ MIGRATIONS: dict[int, str] = {
     # against. NULL for API uploads and for files claimed before this version.
     4: """
     ALTER TABLE files ADD COLUMN owner_uid INTEGER;
+    """,
+    5: "",  # [22]'s: kept empty here so this branch migrates; the lead keeps the real one at merge
+    6: "",  # [19]'s, likewise
+    # 7: each request's endpoint (its line's ``url``; NULL: chat completions, as every line before it) and an
+    # embedding's vectors as packed little-endian float32 (3 KB for 768 dimensions, where JSON text takes ~14 KB).
+    7: """
+    ALTER TABLE requests ADD COLUMN url TEXT;
+    ALTER TABLE requests ADD COLUMN vector BLOB;
     """,
 }
 

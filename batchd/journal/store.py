@@ -100,8 +100,8 @@ class Journal(Lifecycle, ApiRecords):
 
     def insert_requests(self, job_id: str, rows: Iterable[NewRequest], db: sqlite3.Connection) -> int:
         sql = (
-            "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error, url) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         invalid, queued = ReqState.INVALID.value, ReqState.QUEUED.value  # hoisted: this loop runs 170,000 times
         dumps = orjson.dumps
@@ -115,6 +115,7 @@ class Journal(Lifecycle, ApiRecords):
                 None if r.row is None else dumps(r.row),
                 queued if r.error is None else invalid,
                 None if r.error is None else dumps(r.error),
+                r.url,
             )
             for r in rows
         ]
@@ -200,7 +201,7 @@ class Journal(Lifecycle, ApiRecords):
         with self.transaction() as db:
             db.executemany(
                 "UPDATE requests SET state=?, attempts=?, result=?, error=?, prompt_tokens=?, "
-                "completion_tokens=?, finished_at=? WHERE job_id=? AND seq=?",
+                "completion_tokens=?, finished_at=?, vector=? WHERE job_id=? AND seq=?",
                 [
                     (
                         o.state.value,
@@ -210,6 +211,7 @@ class Journal(Lifecycle, ApiRecords):
                         o.prompt_tokens,
                         o.completion_tokens,
                         now,
+                        o.vector,
                         job_id,
                         o.seq,
                     )

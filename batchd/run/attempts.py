@@ -28,10 +28,12 @@ from batchd.errors import (
     RequestError,
     TransientError,
 )
+from batchd.intake.endpoints import Endpoint
 from batchd.intake.ingest import full_body
 from batchd.journal import Job, Outcome, ReqState, Request
 from batchd.metrics import JobMetrics
 from batchd.run.context import Conversation, Truncation
+from batchd.run.embeds import EmbedAttempts, Packer
 from batchd.run.lanes import LaneController, Ticket
 from batchd.run.lanes import Outcome as CallOutcome
 from batchd.run.outage import Gate
@@ -109,6 +111,20 @@ class Attempts:
         self.clock = clock
         #: the server's version, request hygiene and reloads (the runner sets it once the context is pinned)
         self.server: ServerSide | None = None
+        #: embedding lines: packed into shared calls, no conversation
+        self.embeds = EmbedAttempts(
+            packer=Packer(backend),
+            metrics=metrics,
+            gate=gate,
+            prefix=prefix,
+            model=model,
+            max_attempts=max_attempts,
+            delay=backoff.delay,
+            wait_gate=wait_gate,
+            on_fatal=on_fatal,
+            failure=self._failure,
+            sleep=sleep,
+        )
 
     @classmethod
     def for_job(
@@ -153,6 +169,8 @@ class Attempts:
         )
 
     async def execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
+        if req.url == Endpoint.EMBEDDINGS:
+            return await self.embeds.execute(req)
         body = full_body(self.prefix, req.body or {})
         chat = to_chat_request(
             body,

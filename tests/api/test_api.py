@@ -246,7 +246,7 @@ def create(h: ApiHarness, file_id: str, **extra: Any) -> httpx.Response:
 def test_batch_create_validates_the_request(start_api: Callable[..., ApiHarness], tmp_path: Path) -> None:
     h = start_api()
     fid = upload(h, jsonl(tmp_path, 2)).json()["id"]
-    assert create(h, fid, endpoint="/v1/embeddings").status_code == 400
+    assert create(h, fid, endpoint="/v1/audio/transcriptions").status_code == 400
     assert create(h, fid, completion_window="1h").status_code == 400
     assert create(h, fid, metadata={f"k{i}": "v" for i in range(17)}).status_code == 400
     assert create(h, f"file-{'1' * 24}").status_code == 404

@@ -36,7 +36,12 @@ def _good(cid: str, **body: object) -> dict:
         ({**_good("x"), "custom_id": "c" * 600}, "invalid_custom_id"),
         ({**_good("x"), "method": "GET"}, "invalid_method"),
         ({**_good("x"), "url": "http://evil.example/v1/chat/completions"}, "invalid_url"),
-        ({**_good("x"), "url": "/v1/embeddings"}, "invalid_url"),
+        ({**_good("x"), "url": "/v1/audio/transcriptions"}, "invalid_url"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"model": "m"}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"input": []}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"input": [1, 2]}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"input": "a", "encoding_format": "int8"}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"input": "a", "dimensions": 0}}, "invalid_body"),
         ({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions"}, "invalid_body"),
         ({**_good("x"), "body": {"model": "m"}}, "invalid_messages"),
         ({**_good("x"), "body": {"messages": "hi"}}, "invalid_messages"),
@@ -70,6 +75,17 @@ def test_tool_lines_are_kept_whole() -> None:
     ]
     (row,) = _jsonl({**_good("t", tools=tools, tool_choice="required"), "body": {"messages": messages, "tools": tools}})
     assert row.error is None and row.body == {"messages": messages, "tools": tools}
+
+
+def test_lines_are_routed_by_url_and_an_api_batch_takes_only_its_endpoint() -> None:
+    embed = {"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": ["a", "b"]}}
+    chat, emb = _jsonl(_good("c"), embed)
+    assert (chat.url, chat.error) == (None, None)  # chat: stored as None, as every line before version 7
+    assert (emb.url, emb.error, emb.body) == ("/v1/embeddings", None, embed["body"])
+    raw = b"".join(orjson.dumps(x) + b"\n" for x in (_good("c"), embed))
+    rows = list(read_jsonl(io.BufferedReader(io.BytesIO(raw)), LIMITS, endpoint="/v1/embeddings"))
+    assert rows[0].error is not None and rows[0].error["code"] == "endpoint_mismatch"
+    assert rows[1].error is None
 
 
 def test_duplicate_custom_id_rejects_later_lines() -> None:

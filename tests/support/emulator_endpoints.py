@@ -92,3 +92,85 @@ def openai_choice(content: str, reason: str, calls: list[dict[str, Any]]) -> dic
         "message": {"role": "assistant", "content": "", "tool_calls": converted},
         "finish_reason": "tool_calls" if reason == "stop" else reason,
     }
+
+
+# -- embeddings (server/routes.go EmbedHandler, openai/openai.go for /v1/embeddings) ----------------
+
+#: the dimensions every emulated embedding model gives (nomic-embed-text's)
+EMBED_DIMS = 768
+_BASES: dict[int, list[str]] = {}
+
+
+def _bases(dims: int) -> list[str]:
+    """256 unit vectors as JSON text (less their first element): a reply is joined, not formatted, so a
+    0 ms emulator serves thousands of vectors a second."""
+    if dims not in _BASES:
+        rng = random.Random(dims)
+        rows = []
+        for _ in range(256):
+            v = [rng.uniform(-1, 1) for _ in range(dims - 1)]
+            norm = sum(x * x for x in v) ** 0.5
+            rows.append(",".join(f"{x / norm * 0.99:.7f}" for x in v))
+        _BASES[dims] = rows
+    return _BASES[dims]
+
+
+def vector(text: str, dims: int = EMBED_DIMS) -> list[float]:
+    """The emulated embedding of ``text`` (what tests compare against)."""
+    return [float(x) for x in json.loads(_vector_json(text, dims))]
+
+
+def _vector_json(text: str, dims: int) -> str:
+    h = hashlib.sha256(text.encode()).digest()
+    head = (h[1] * 256 + h[2]) / 65536 * 0.14 - 0.07  # tells inputs apart beyond the 256 bases
+    return f"[{head:.7f},{_bases(dims)[h[0]]}]"
+
+
+def _cut(text: str, dims: int) -> str:
+    """``dimensions``: the first ``dims`` values, renormalised (``normalize(embedding[:req.Dimensions])``)."""
+    v = vector(text, EMBED_DIMS)[:dims]
+    norm = max(sum(x * x for x in v) ** 0.5, 1e-12)
+    return json.dumps([x / norm for x in v])
+
+
+def embed_inputs(body: dict[str, Any]) -> list[str] | None:
+    """``input`` as Ollama reads it: a string (empty: none) or a list of strings; None: "invalid input type"."""
+    given = body.get("input")
+    if isinstance(given, str):
+        return [given] if given else []
+    if isinstance(given, list) and all(isinstance(t, str) for t in given):
+        return list(given)
+    return [] if given is None else None
+
+
+def embed_reply(
+    body: dict[str, Any], inputs: list[str], context_length: int, tokens: Any, openai: bool
+) -> tuple[int, bytes]:
+    """Status and JSON body of an ``/api/embed`` (or ``/v1/embeddings``) reply for a known embedding model.
+
+    ``truncate: false`` and an input over the window: 400 "the input length exceeds the context length"
+    (the ``/v1`` layer never sets truncate, so Ollama truncates there)."""
+    counts = [tokens(t) for t in inputs]
+    if body.get("truncate") is False and any(n > context_length for n in counts):
+        return 400, json.dumps({"error": "the input length exceeds the context length"}).encode()
+    dims = body.get("dimensions")
+    rows = [
+        _cut(t, dims) if isinstance(dims, int) and 0 < dims < EMBED_DIMS else _vector_json(t, EMBED_DIMS)
+        for t in inputs
+    ]
+    model = body.get("model")
+    if not openai:
+        head = json.dumps(
+            {"model": model, "total_duration": 1000, "load_duration": 100, "prompt_eval_count": sum(counts)}
+        )
+        return 200, (head[:-1] + ',"embeddings":[' + ",".join(rows) + "]}").encode()
+    if body.get("encoding_format") == "base64":
+        import base64
+        import struct
+
+        rows = ['"' + base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() + '"' for v in map(json.loads, rows)]
+    data = ",".join(f'{{"object":"embedding","embedding":{r},"index":{i}}}' for i, r in enumerate(rows))
+    usage = {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}
+    return 200, (
+        f'{{"object":"list","data":[{data}],"model":{json.dumps(model)},"usage":{json.dumps(usage)}}}'
+    ).encode()
