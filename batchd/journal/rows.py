@@ -21,7 +21,8 @@ UNFINISHED = "('queued','running')"
 
 def columns(*exprs: str) -> tuple[str, dict[str, int]]:
     """A SELECT list, and the position of each column in its rows by name (``j.id`` is named ``id``)."""
-    return ", ".join(exprs), {expr.rpartition(".")[2]: i for i, expr in enumerate(exprs)}
+    names = [expr.rpartition(" AS ")[2] if " AS " in expr else expr.rpartition(".")[2] for expr in exprs]
+    return ", ".join(exprs), {name: i for i, name in enumerate(names)}
 
 
 JOB_COLS, _JOB = columns(
@@ -32,7 +33,8 @@ JOB_COLS, _JOB = columns(
 )  # fmt: skip
 REQ_COLS, REQ = columns(
     "job_id", "seq", "line", "custom_id", "body", "row", "state", "attempts", "result", "error", "prompt_tokens",
-    "completion_tokens", "url", "vector",
+    "completion_tokens", "url",
+    "(SELECT data FROM vectors v WHERE v.job_id = requests.job_id AND v.seq = requests.seq) AS vector",
 )  # fmt: skip
 
 

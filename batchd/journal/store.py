@@ -201,7 +201,7 @@ class Journal(Lifecycle, ApiRecords):
         with self.transaction() as db:
             db.executemany(
                 "UPDATE requests SET state=?, attempts=?, result=?, error=?, prompt_tokens=?, "
-                "completion_tokens=?, finished_at=?, vector=? WHERE job_id=? AND seq=?",
+                "completion_tokens=?, finished_at=? WHERE job_id=? AND seq=?",
                 [
                     (
                         o.state.value,
@@ -211,13 +211,15 @@ class Journal(Lifecycle, ApiRecords):
                         o.prompt_tokens,
                         o.completion_tokens,
                         now,
-                        o.vector,
                         job_id,
                         o.seq,
                     )
                     for o in outcomes
                 ],
             )
+            vectors = [(job_id, o.seq, o.vector) for o in outcomes if o.vector is not None]
+            if vectors:
+                db.executemany("INSERT OR REPLACE INTO vectors (job_id, seq, data) VALUES (?, ?, ?)", vectors)
 
     def requeue(self, job_id: str, seqs: Iterable[int]) -> None:
         with self.transaction() as db:

@@ -171,7 +171,7 @@ class Outbox:
         )
 
     def _result_line(self, job: Job, req: Request) -> bytes:
-        body = req.result if req.vector is None else with_vectors(req)
+        body = req.result if req.vector is None else with_vectors(req, as_base64=job.kind == "csv")
         return (
             orjson.dumps(
                 {

@@ -18,13 +18,15 @@ from batchd.journal import Request
 NPY_MAGIC = b"\x93NUMPY\x01\x00"
 
 
-def with_vectors(req: Request) -> dict[str, Any]:
-    """The stored ``CreateEmbeddingResponse`` with each ``embedding`` put back from the packed blob."""
+def with_vectors(req: Request, *, as_base64: bool = False) -> dict[str, Any]:
+    """The stored ``CreateEmbeddingResponse`` with each ``embedding`` put back from the packed blob:
+    floats, or base64 where the line asked (or ``as_base64``: a CSV pipeline, whose vectors are in
+    ``embeddings.npy`` too; base64 is the same bytes at a quarter of the JSON text's size)."""
     body = dict(req.result or {})
     data = [dict(d) for d in body.get("data") or []]
     blob = req.vector or b""
     size = len(blob) // max(1, len(data))
-    as_base64 = (req.body or {}).get("encoding_format") == "base64"
+    as_base64 = as_base64 or (req.body or {}).get("encoding_format") == "base64"
     for i, item in enumerate(data):
         row = blob[i * size : (i + 1) * size]
         item["embedding"] = base64.b64encode(row).decode() if as_base64 else unpack(row)

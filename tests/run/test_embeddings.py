@@ -131,5 +131,7 @@ def test_a_csv_embed_pipeline_writes_embeddings_npy_in_input_order_and_journals_
     assert error["custom_id"] == "d10" and "empty input" in error["error"]["message"]
     # the journal holds each vector as 768 float32 (3,072 bytes), the result body without it
     db = sqlite3.connect(settings.journal_path)
-    sizes = db.execute("SELECT length(vector), length(result) FROM requests WHERE vector IS NOT NULL").fetchall()
+    sizes = db.execute(
+        "SELECT length(v.data), length(r.result) FROM vectors v JOIN requests r USING (job_id, seq)"
+    ).fetchall()
     assert len(sizes) == 49 and all(v == 768 * 4 and r < 300 for v, r in sizes)
