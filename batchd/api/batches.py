@@ -191,7 +191,8 @@ class BatchService:
                 source="api",
                 pipeline=None,
                 pipeline_json=pipeline.model_dump_json(),
-                meta={"batch_id": batch_id, "endpoint": req.endpoint},
+                # OpenAI's semantics: each answer depends on its own request only, unless the batch opts in
+                meta={"batch_id": batch_id, "endpoint": req.endpoint, "mode": _mode(req.metadata)},
             ),
             batch=NewBatch(
                 batch_id=batch_id,
@@ -390,3 +391,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, dst)
     fsync_dir(dst.parent)
+
+
+def _mode(metadata: dict[str, str] | None) -> str:
+    """An API batch runs isolated; ``metadata.mode = "conversation"`` opts in to the context loop."""
+    return "conversation" if (metadata or {}).get("mode") == "conversation" else "isolated"

@@ -43,6 +43,9 @@ class ChatRequest:
     #: OpenAI ``tools`` (function definitions) and ``tool_choice``, as the line gave them
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    #: a ``/v1/completions`` line's prompt: sent as a completion (Ollama ``/api/generate``, ``/v1/completions``);
+    #: ``messages`` then hold it as one user turn, for the context's token estimates only
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)

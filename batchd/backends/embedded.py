@@ -168,7 +168,11 @@ class EmbeddedBackend:
 
         with self._lock:
             llm = self._load(request.num_ctx)
-            tokens = self._tokens(llm, request.messages)
+            tokens = (
+                self._tokens(llm, request.messages)
+                if request.prompt is None
+                else llm.tokenize(request.prompt.encode(), add_bos=True, special=True)
+            )
             num_predict = int(request.options.get("num_predict") or 0)
             budget = num_predict if num_predict > 0 else 1
             if len(tokens) + budget > request.num_ctx:

@@ -16,7 +16,13 @@ from batchd.backends.http import JsonHttp
 from batchd.backends.tools import ollama_messages, ollama_tools, openai_calls
 from batchd.backends.transport import make_client
 from batchd.backends.vectors import pack_rows
-from batchd.backends.wire import OllamaChatResponse, OllamaPsResponse, OllamaShowResponse, OllamaVersion
+from batchd.backends.wire import (
+    OllamaChatResponse,
+    OllamaGenerateResponse,
+    OllamaPsResponse,
+    OllamaShowResponse,
+    OllamaVersion,
+)
 from batchd.keepalive import encode_keep_alive
 from batchd.redact import redact_url
 
@@ -49,6 +55,8 @@ class OllamaBackend:
         self._http = JsonHttp(self._client, self.host)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
+        if request.prompt is not None:
+            return await self._generate(request)
         tools = ollama_tools(request.tools, request.tool_choice)
         payload: dict[str, Any] = {
             "model": request.model,
@@ -106,6 +114,34 @@ class OllamaBackend:
             prompt_tokens=count if isinstance(count, int) else 0,
             model=str(data.get("model") or request.model),
             latency_s=time.perf_counter() - started,
+        )
+
+    async def _generate(self, request: ChatRequest) -> ChatResult:
+        """A completion: ``POST /api/generate`` with the prompt, as Ollama's own ``/v1/completions`` does
+        (``openai/openai.go`` ``FromCompleteRequest``: the model's template applies, no ``raw``)."""
+        payload: dict[str, Any] = {
+            "model": request.model,
+            "prompt": request.prompt,
+            "stream": False,
+            "options": {**request.options, "num_ctx": request.num_ctx},
+            "truncate": False,
+            "keep_alive": self.keep_alive,
+            "think": request.think if request.think is not None else False,
+        }
+        if self.send_shift_false:
+            payload["shift"] = False
+        if request.format is not None:
+            payload["format"] = request.format
+        started = time.perf_counter()
+        reply = await self._http.post("/api/generate", payload, model=request.model, reply=OllamaGenerateResponse)
+        return ChatResult(
+            content=reply.response,
+            finish_reason=finish_reason(reply.done_reason),
+            prompt_tokens=reply.prompt_eval_count or 0,
+            completion_tokens=reply.eval_count or 0,
+            model=reply.model or request.model,
+            latency_s=time.perf_counter() - started,
+            load_seconds=reply.load_duration / 1e9 if reply.load_duration is not None else None,
         )
 
     async def ping(self) -> None:

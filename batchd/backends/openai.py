@@ -26,7 +26,7 @@ from batchd.backends.http import JsonHttp, decode, translate
 from batchd.backends.tools import passed_calls
 from batchd.backends.transport import make_client
 from batchd.backends.vectors import pack_rows
-from batchd.backends.wire import ChatCompletion, OpenAIModel, OpenAIModelList, OpenAIUsage
+from batchd.backends.wire import ChatCompletion, LlamaCompletion, OpenAIModel, OpenAIModelList, OpenAIUsage
 from batchd.errors import ModelNotFound
 from batchd.formats import to_response_format
 from batchd.redact import redact_url
@@ -90,6 +90,8 @@ class OpenAIBackend:
         return f"OpenAIBackend(url={self.host!r})"
 
     async def chat(self, request: ChatRequest) -> ChatResult:
+        if request.prompt is not None:
+            return await self._complete(request)
         started = time.perf_counter()
         reply = await self._http.post(
             "/v1/chat/completions", to_body(request), model=request.model, reply=ChatCompletion
@@ -106,6 +108,24 @@ class OpenAIBackend:
             model=reply.model or request.model,
             latency_s=time.perf_counter() - started,
             cached_tokens=reply.cached_tokens(),
+        )
+
+    async def _complete(self, request: ChatRequest) -> ChatResult:
+        """A completion: ``POST /v1/completions`` (vLLM, llama.cpp's server, Ollama serve it)."""
+        body = to_body(request)
+        del body["messages"]
+        body["prompt"] = request.prompt
+        body.pop("tools", None)
+        started = time.perf_counter()
+        reply = await self._http.post("/v1/completions", body, model=request.model, reply=LlamaCompletion)
+        usage = reply.usage or OpenAIUsage()
+        return ChatResult(
+            content=reply.choices[0].text,
+            finish_reason=finish_reason(reply.choices[0].finish_reason),
+            prompt_tokens=usage.prompt_tokens or 0,
+            completion_tokens=usage.completion_tokens or 0,
+            model=reply.model or request.model,
+            latency_s=time.perf_counter() - started,
         )
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:

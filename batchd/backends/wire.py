@@ -133,6 +133,18 @@ class OllamaChatResponse(Wire):
     eval_duration: int | None = None
 
 
+class OllamaGenerateResponse(Wire):
+    """``POST /api/generate`` with ``stream: false`` (``api/types.go`` ``GenerateResponse``)."""
+
+    model: str | None = None
+    #: the completion text
+    response: str
+    done_reason: str | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+
+
 class OllamaShowResponse(Wire):
     """``POST /api/show``: the model's metadata."""
 
@@ -318,8 +330,9 @@ class LlamaCompletionChoice(Wire):
 
 
 class LlamaCompletion(Wire):
-    """``Llama.create_completion()``'s ``text_completion`` dict (in process, no HTTP)."""
+    """A ``text_completion``: ``Llama.create_completion()``'s dict in process, ``/v1/completions`` over HTTP."""
 
+    model: str | None = None
     choices: list[LlamaCompletionChoice] = Field(min_length=1)
     usage: OpenAIUsage | None = None
 

@@ -345,7 +345,7 @@ class Claimer:
         assert job is not None and job.spool is not None
         pipeline = Pipeline.model_validate_json(job.pipeline_json or "{}")
         model = self.settings.model_for(pipeline)
-        mode = pipeline.mode or self.settings.context.mode
+        mode = job.meta.get("mode") or pipeline.mode or self.settings.context.mode  # an API batch's own
         twin = self.journal.claim_work(job.id, work_key(job.sha256 or "", job.pipeline, pipeline, self.settings))
         if twin is not None:
             log.info("job_duplicate", job_id=job.id, input=job.input_name, duplicate_of=twin)

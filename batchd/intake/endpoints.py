@@ -15,6 +15,8 @@ from typing import Any
 class Endpoint(str, Enum):
     CHAT = "/v1/chat/completions"
     EMBEDDINGS = "/v1/embeddings"
+    RESPONSES = "/v1/responses"
+    COMPLETIONS = "/v1/completions"
 
 
 #: the journal stores None for chat (every line before version 7 was one)
@@ -54,3 +56,77 @@ def embedding_inputs(body: dict[str, Any]) -> list[str]:
     """A checked embeddings body's inputs as a list (a string input is one)."""
     given = body["input"]
     return [given] if isinstance(given, str) else list(given)
+
+
+_ITEM_ROLES = ("user", "assistant", "system", "developer")
+_TEXT_PARTS = ("input_text", "output_text", "text")
+#: Responses and completions keys a local server cannot honour in a batch: refused, never dropped
+_RESPONSES_REFUSED = ("tools", "previous_response_id", "background", "stream", "conversation")
+_COMPLETIONS_REFUSED = ("stream", "echo", "suffix", "logprobs", "best_of")
+
+
+def check_responses(body: dict[str, Any]) -> str | None:
+    """``input`` (a string, or message items with text content), ``instructions``, ``text.format``,
+    ``max_output_tokens``, ``reasoning.effort``; anything needing server-side state is refused."""
+    for key in _RESPONSES_REFUSED:
+        if body.get(key) not in (None, False, []):
+            return f"body.{key} is not supported for /v1/responses in a batch"
+    given = body.get("input")
+    if isinstance(given, str):
+        if not given:
+            return "body.input must not be empty"
+    elif isinstance(given, list) and given:
+        for i, item in enumerate(given):
+            if not isinstance(item, dict) or item.get("type", "message") != "message":
+                return f"body.input[{i}] must be a message item (role and content)"
+            if item.get("role") not in _ITEM_ROLES:
+                return f"body.input[{i}].role must be one of {list(_ITEM_ROLES)}"
+            content = item.get("content")
+            if isinstance(content, list):
+                if not all(
+                    isinstance(p, dict) and p.get("type") in _TEXT_PARTS and isinstance(p.get("text"), str)
+                    for p in content
+                ):
+                    return f"body.input[{i}].content: only text parts are supported"
+            elif not isinstance(content, str):
+                return f"body.input[{i}].content must be a string or a list of text parts"
+    else:
+        return "body.input must be a string or a non-empty list of message items"
+    if body.get("instructions") is not None and not isinstance(body["instructions"], str):
+        return "body.instructions must be a string"
+    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text") or {}, dict) else None
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema")):
+        return "body.text.format.type must be text, json_object or json_schema"
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and not isinstance(fmt.get("schema"), dict):
+        return "body.text.format.schema must be a JSON schema object"
+    return _positive(body, "max_output_tokens")
+
+
+def check_completions(body: dict[str, Any]) -> str | None:
+    """``prompt``: one string (a list of one is taken; more would be several completions: refused)."""
+    for key in _COMPLETIONS_REFUSED:
+        if body.get(key) not in (None, False, 0, ""):
+            return f"body.{key} is not supported for /v1/completions in a batch"
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        return "body.prompt must be one non-empty string"
+    if body.get("n") not in (None, 1):
+        return "body.n is not supported in a batch"
+    return _positive(body, "max_tokens")
+
+
+def _positive(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        return f"body.{key} must be a positive integer"
+    return None
+
+
+#: each non-chat endpoint's body check
+CHECKS = {
+    Endpoint.EMBEDDINGS: check_embedding,
+    Endpoint.RESPONSES: check_responses,
+    Endpoint.COMPLETIONS: check_completions,
+}

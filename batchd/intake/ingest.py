@@ -20,7 +20,7 @@ import orjson
 from batchd.backends.base import OLLAMA_TO_OPENAI
 from batchd.errors import ConfigError, InputError, LineError
 from batchd.formats import to_response_format
-from batchd.intake.endpoints import Endpoint, check_embedding, stored
+from batchd.intake.endpoints import CHECKS, Endpoint, stored
 from batchd.journal import NewRequest
 from batchd.pipeline import Pipeline
 
@@ -170,8 +170,8 @@ def _validate_line(
     body = obj.get("body")
     if not isinstance(body, dict):
         return bad("body is missing or not an object", "invalid_body", cid)
-    if url == Endpoint.EMBEDDINGS:
-        problem = check_embedding(body)
+    if url != Endpoint.CHAT:
+        problem = CHECKS[Endpoint(url)](body)
         if problem:
             return bad(problem, "invalid_body", cid)
     else:

@@ -28,7 +28,7 @@ from batchd.errors import (
     RequestError,
     TransientError,
 )
-from batchd.intake.endpoints import Endpoint
+from batchd.intake.endpoints import Endpoint, endpoint_of
 from batchd.intake.ingest import full_body
 from batchd.journal import Job, Outcome, ReqState, Request
 from batchd.metrics import JobMetrics
@@ -38,8 +38,9 @@ from batchd.run.lanes import LaneController, Ticket
 from batchd.run.lanes import Outcome as CallOutcome
 from batchd.run.outage import Gate
 from batchd.run.replies import ReplyChecker, checker_for
+from batchd.run.results import response_body, text_completion_body
 from batchd.run.serverside import ServerSide
-from batchd.run.translate import result_id, to_chat_request
+from batchd.run.translate import responses_as_chat, result_id, to_chat_request
 
 log = structlog.get_logger("batchd.attempts")
 
@@ -169,9 +170,21 @@ class Attempts:
         )
 
     async def execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
-        if req.url == Endpoint.EMBEDDINGS:
+        endpoint = endpoint_of(req.url)
+        if endpoint is Endpoint.EMBEDDINGS:
             return await self.embeds.execute(req)
         body = full_body(self.prefix, req.body or {})
+        if endpoint is Endpoint.RESPONSES:
+            body = responses_as_chat(body)
+        elif endpoint is Endpoint.COMPLETIONS:  # a prompt continues no conversation
+            conv = Conversation(
+                settings=conv.settings,
+                num_ctx=conv.num_ctx,
+                metrics=conv.metrics,
+                mode="isolated",
+                budget=conv.budget,
+                lane=conv.lane,
+            )
         chat = to_chat_request(
             body,
             model=self.model,
@@ -285,7 +298,7 @@ class Attempts:
             conv.record(asked, result, prefix_len=prefix_len)
             if conv.mode == "conversation" and not self.conversation_asked:
                 conv.budget.check_paying(lanes=self.lanes)
-            return self._success(req, attempts, result)
+            return self._success(req, attempts, result, endpoint)
 
     def _call_ended(self, ticket: Ticket | None, exc: BaseException | None) -> None:
         """Tell the lanes controller how one call went (503/429 and OOM: busy; a timeout; else nothing)."""
@@ -301,11 +314,16 @@ class Attempts:
             outcome = CallOutcome.ERROR
         self.control.done(ticket, outcome)
 
-    def _success(self, req: Request, attempts: int, result: ChatResult) -> Outcome:
+    def _success(self, req: Request, attempts: int, result: ChatResult, endpoint: Endpoint) -> Outcome:
         if self.metrics.served_model is None:
             self.metrics.served_model = result.model
-        body = result.completion_body()
-        body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
+        if endpoint is Endpoint.RESPONSES:
+            body = response_body(result, ident=result_id(self.job.sha256, req.custom_id, "resp"))
+        elif endpoint is Endpoint.COMPLETIONS:
+            body = text_completion_body(result, ident=result_id(self.job.sha256, req.custom_id, "cmpl"))
+        else:
+            body = result.completion_body()
+            body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
         return Outcome(
             seq=req.seq,
             state=ReqState.DONE,

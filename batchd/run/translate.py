@@ -22,7 +22,10 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
         options["stop"] = [options["stop"]]
     think = _think(body, options)
     fmt = from_response_format(body.get("response_format"))
+    prompt = _prompt(body.get("prompt"))
     messages = [_message(m) for m in body.get("messages", [])]
+    if prompt is not None and not messages:  # a completion: the prompt counts as the one message
+        messages = [{"role": "user", "content": prompt}]
     tools = body.get("tools") or None
     return ChatRequest(
         model=body.get("model") or model,
@@ -34,7 +37,47 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
         think=think,
         tools=tools,
         tool_choice=body.get("tool_choice") if tools else None,
+        prompt=prompt,
     )
+
+
+def _prompt(prompt: Any) -> str | None:
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else None
+
+
+def responses_as_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``/v1/responses`` body as the chat body that asks the same: ``instructions`` first as the system
+    message, ``input`` as the turns, ``text.format`` as ``response_format``, ``max_output_tokens`` and
+    ``reasoning.effort`` under their chat names. Every backend runs it as a chat."""
+    chat: dict[str, Any] = {
+        k: body[k] for k in ("model", "temperature", "top_p", "seed", "stop", "options") if body.get(k) is not None
+    }
+    messages: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": body["instructions"]})
+    given = body.get("input")
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+    else:
+        for item in given or []:
+            content = item.get("content")
+            text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content or [])
+            messages.append({"role": item.get("role", "user"), "content": text})
+    chat["messages"] = messages
+    fmt = (body.get("text") or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = {"name": fmt.get("name") or "reply", "schema": fmt["schema"], "strict": bool(fmt.get("strict"))}
+        chat["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        chat["response_format"] = {"type": "json_object"}
+    if body.get("max_output_tokens") is not None:
+        chat["max_tokens"] = body["max_output_tokens"]
+    effort = (body.get("reasoning") or {}).get("effort")
+    if isinstance(effort, str):
+        chat["reasoning_effort"] = effort
+    return chat
 
 
 #: message keys carried beside role and content: an assistant's tool calls, a tool result's call id and name

@@ -557,6 +557,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat(raw, openai=path.startswith("/v1"))
         elif path in ("/api/embed", "/v1/embeddings"):
             self._embed(raw, openai=path.startswith("/v1"))
+        elif path in ("/api/generate", "/v1/completions"):
+            self._complete(raw, openai=path.startswith("/v1"))
         elif path == "/api/show":
             emu = self.server.emu
             try:
@@ -600,6 +602,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._generate("")
         status, data = endpoints.embed_reply(body, inputs, emu.context_length, tokens, openai)
         self._send(status, data)
+
+    def _complete(self, raw: bytes, openai: bool) -> None:
+        """A completion: ``emulator_endpoints.generate_reply`` over the chat model's reply rule."""
+        emu = self.server.emu
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._error(400, "invalid JSON body", openai)
+        fault, model = emu._arrive(body), str(body.get("model") or "")
+        if fault is not None and fault.kind == "fail":
+            return self._error(fault.status, ERROR_MESSAGES.get(fault.status, "error").format(model=model), openai)
+        if not self._known(model):
+            return self._error(404, f"model '{model}' not found", openai)
+        if "completion" not in emu.capabilities.get(model, ()):
+            return self._error(400, f'"{model}" does not support generate', openai)
+        prompt = str(body.get("prompt") or "")
+        self._generate(prompt)
+        reply = reply_content(prompt, body.get("format"))
+        self._json(200, endpoints.generate_reply(body, prompt, reply, tokens, openai))
 
     def _known(self, model: str) -> bool:
         models = self.server.emu.models

@@ -174,3 +174,37 @@ def embed_reply(
     return 200, (
         f'{{"object":"list","data":[{data}],"model":{json.dumps(model)},"usage":{json.dumps(usage)}}}'
     ).encode()
+
+
+# -- completions (server/routes.go GenerateHandler; openai/openai.go ToCompletion for /v1/completions) --
+
+
+def generate_reply(body: dict[str, Any], prompt: str, reply: str, tokens: Any, openai: bool) -> dict[str, Any]:
+    """An ``/api/generate`` reply (``response``, ``done_reason``, counts) or Ollama's ``/v1/completions``
+    one (``text_completion``); ``num_predict`` / ``max_tokens`` cut the text and say ``length``."""
+    limit = (body.get("options") or {}).get("num_predict") if not openai else body.get("max_tokens")
+    evals, reason = tokens(reply), "stop"
+    if isinstance(limit, int) and 0 < limit < evals:
+        reply, evals, reason = reply[: limit * 4], limit, "length"
+    counted = tokens(prompt) + 4
+    if not openai:
+        return {
+            "model": body.get("model"),
+            "created_at": "2026-01-01T00:00:00Z",
+            "response": reply,
+            "done": True,
+            "done_reason": reason,
+            "total_duration": 1000,
+            "load_duration": 100,
+            "prompt_eval_count": counted,
+            "eval_count": evals,
+        }
+    return {
+        "id": "cmpl-" + hashlib.sha256(prompt.encode()).hexdigest()[:12],
+        "object": "text_completion",
+        "created": 0,
+        "model": body.get("model"),
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"text": reply, "index": 0, "finish_reason": reason}],
+        "usage": {"prompt_tokens": counted, "completion_tokens": evals, "total_tokens": counted + evals},
+    }
