@@ -151,6 +151,11 @@ class LimitsSettings(_Section):
     max_line_bytes: int = Field(default=1024**2, ge=64)
     #: security (issue 14): a file fails after this many invalid lines; the rest is summarised in one record
     max_invalid_lines: int = Field(default=1000, ge=0)
+    # -- images (issue 28) -------------------------------------------------------------
+    #: one image's decoded size at most (a ``data:`` URI in an ``image_url`` part); lines must also fit max_line_bytes
+    max_image_bytes: int = Field(default=8 * 1024**2, ge=1)
+    #: images in one request at most
+    max_images_per_request: int = Field(default=8, ge=0)
 
 
 class VramSettings(_Section):

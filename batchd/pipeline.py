@@ -111,7 +111,7 @@ class Pipeline(BaseModel):
         uses += [(c, "passthrough_columns entry") for c in self.passthrough_columns]
         if self.id_column:
             uses.append((self.id_column, "id_column"))
-        if self.input_column:
+        if self.input_column and self.task == "embed":  # only an embed pipeline reads it
             uses.append((self.input_column, "input_column"))
         known = set(header)
         for column, use in uses:

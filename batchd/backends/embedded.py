@@ -138,6 +138,11 @@ class EmbeddedBackend:
             # llama-cpp-python's chat handlers parse tool calls per model family; batchd renders Gemma's
             # template itself, so it cannot: fail the line rather than answer as if no tools were given.
             raise Unsupported("the embedded backend cannot call tools; use an ollama or openai backend")
+        if any(m.get("images") for m in request.messages):
+            raise Unsupported(
+                f"the embedded model ({self.host.removeprefix('embedded:')}) has no vision: it cannot read images; "
+                "use a vision model on an ollama or openai backend"
+            )
         async with self._async_lock():
             return await asyncio.to_thread(self._chat, request)
 

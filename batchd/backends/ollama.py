@@ -13,7 +13,7 @@ import httpx
 
 from batchd.backends.base import ChatRequest, ChatResult, EmbedRequest, EmbedResult, LoadedModel, finish_reason
 from batchd.backends.http import JsonHttp
-from batchd.backends.tools import ollama_messages, ollama_tools, openai_calls
+from batchd.backends.messages import has_images, ollama_messages, ollama_tools, openai_calls
 from batchd.backends.transport import make_client
 from batchd.backends.vectors import pack_rows
 from batchd.backends.wire import (
@@ -23,6 +23,7 @@ from batchd.backends.wire import (
     OllamaShowResponse,
     OllamaVersion,
 )
+from batchd.errors import Unsupported
 from batchd.keepalive import encode_keep_alive
 from batchd.redact import redact_url
 
@@ -53,11 +54,15 @@ class OllamaBackend:
         )
         self.host = redact_url(self.host)  # the client keeps the credentials; logs and errors never see them
         self._http = JsonHttp(self._client, self.host)
+        #: each model's ``/api/show`` capabilities, asked the first time a request needs them
+        self._capabilities: dict[str, tuple[str, ...]] = {}
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         if request.prompt is not None:
             return await self._generate(request)
         tools = ollama_tools(request.tools, request.tool_choice)
+        if has_images(request.messages):
+            await self._check_vision(request.model)
         payload: dict[str, Any] = {
             "model": request.model,
             "messages": ollama_messages(request.messages),
@@ -115,6 +120,15 @@ class OllamaBackend:
             model=str(data.get("model") or request.model),
             latency_s=time.perf_counter() - started,
         )
+
+    async def _check_vision(self, model: str) -> None:
+        """Images to a model without ``vision``: Ollama does not refuse them up front (its runner fails
+        or ignores them), so the model's own capabilities (``/api/show``, asked once) decide here."""
+        if model not in self._capabilities:
+            self._capabilities[model] = tuple((await self.show(model)).capabilities)
+        caps = self._capabilities[model]
+        if caps and "vision" not in caps:
+            raise Unsupported(f"model {model!r} has no vision: its capabilities are {', '.join(caps)}")
 
     async def _generate(self, request: ChatRequest) -> ChatResult:
         """A completion: ``POST /api/generate`` with the prompt, as Ollama's own ``/v1/completions`` does

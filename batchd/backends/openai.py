@@ -23,7 +23,7 @@ from batchd.backends.base import (
     finish_reason,
 )
 from batchd.backends.http import JsonHttp, decode, translate
-from batchd.backends.tools import passed_calls
+from batchd.backends.messages import openai_messages, passed_calls
 from batchd.backends.transport import make_client
 from batchd.backends.vectors import pack_rows
 from batchd.backends.wire import ChatCompletion, LlamaCompletion, OpenAIModel, OpenAIModelList, OpenAIUsage
@@ -42,7 +42,7 @@ _OPTION_KEYS = {
 
 def to_body(request: ChatRequest) -> dict[str, Any]:
     """The ``/v1/chat/completions`` body for a backend-neutral request."""
-    body: dict[str, Any] = {"model": request.model, "messages": request.messages, "stream": False}
+    body: dict[str, Any] = {"model": request.model, "messages": openai_messages(request.messages), "stream": False}
     for name, key in _OPTION_KEYS.items():
         value = request.options.get(name)
         if value is None or (name == "num_predict" and int(value) <= 0):  # Ollama's -1 = unlimited

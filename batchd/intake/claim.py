@@ -110,6 +110,8 @@ class Claimer:
             max_lines=settings.limits.max_lines,
             max_line_bytes=settings.limits.max_line_bytes,
             allowed_models=tuple(settings.backend.allowed_models),
+            max_image_bytes=settings.limits.max_image_bytes,
+            max_images=settings.limits.max_images_per_request,
         )
 
     # -- start-up -------------------------------------------------------------

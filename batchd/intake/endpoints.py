@@ -8,6 +8,7 @@ another is that line's error (as OpenAI does). Chat bodies are checked by
 
 from __future__ import annotations
 
+import binascii
 from enum import Enum
 from typing import Any
 
@@ -130,3 +131,20 @@ CHECKS = {
     Endpoint.RESPONSES: check_responses,
     Endpoint.COMPLETIONS: check_completions,
 }
+
+
+def check_image(image_url: Any, max_bytes: int) -> str | None:
+    """An ``image_url`` part's image: a base64 ``data:image/...`` URI (batchd fetches nothing) of at most
+    ``max_bytes`` decoded (``limits.max_image_bytes``)."""
+    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+    if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url[:100]:
+        return "only data:image/...;base64, URIs are supported (batchd does not fetch URLs)"
+    data = url.partition(";base64,")[2]
+    size = len(data) * 3 // 4 - data[-2:].count("=")
+    if size > max_bytes:
+        return f"image of {size:,} bytes is over limits.max_image_bytes ({max_bytes:,})"
+    try:
+        binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error as exc:
+        return f"image is not valid base64 ({exc})"
+    return None

@@ -20,7 +20,7 @@ import orjson
 from batchd.backends.base import OLLAMA_TO_OPENAI
 from batchd.errors import ConfigError, InputError, LineError
 from batchd.formats import to_response_format
-from batchd.intake.endpoints import CHECKS, Endpoint, stored
+from batchd.intake.endpoints import CHECKS, Endpoint, check_image, stored
 from batchd.journal import NewRequest
 from batchd.pipeline import Pipeline
 
@@ -35,6 +35,8 @@ class Limits:
     max_lines: int
     max_line_bytes: int
     allowed_models: tuple[str, ...] = ()
+    max_image_bytes: int = 8 * 1024**2
+    max_images: int = 8
 
 
 def sniff_text(head: bytes) -> None:
@@ -175,7 +177,7 @@ def _validate_line(
         if problem:
             return bad(problem, "invalid_body", cid)
     else:
-        problem = check_messages(body.get("messages"))
+        problem = check_messages(body.get("messages"), limits)
         if problem:
             return bad(problem, "invalid_messages", cid)
     model = body.get("model")
@@ -211,9 +213,13 @@ def check_tools(tools: Any, tool_choice: Any) -> str | None:
     return 'body.tool_choice must be "none", "auto", "required" or {"type": "function", ...}'
 
 
-def check_messages(messages: Any) -> str | None:
+def check_messages(messages: Any, limits: Limits | None = None) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "body.messages must be a non-empty list"
+    images = 0
+    max_bytes, cap = (
+        (limits.max_image_bytes, limits.max_images) if limits else (Limits.max_image_bytes, Limits.max_images)
+    )
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             return f"body.messages[{i}] is not an object"
@@ -228,12 +234,19 @@ def check_messages(messages: Any) -> str | None:
         if content is None and calls:
             continue  # an assistant turn that only calls tools
         if isinstance(content, list):
-            if not all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-            ):
-                return f"body.messages[{i}].content: only text parts are supported"
+            for j, part in enumerate(content):
+                where = f"body.messages[{i}].content[{j}]"
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    images += 1
+                    problem = check_image(part.get("image_url"), max_bytes)
+                    if problem:
+                        return f"{where}: {problem}"
+                elif not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                    return f"{where}: only text and image_url parts are supported"
         elif not isinstance(content, str):
             return f"body.messages[{i}].content must be a string"
+    if images > cap:
+        return f"body.messages hold {images} images; at most {cap} (limits.max_images_per_request)"
     return None
 
 

@@ -85,7 +85,10 @@ _TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
 
 
 def _message(m: dict[str, Any]) -> dict[str, Any]:
-    out = {"role": m["role"], "content": _text(m.get("content"))}
+    out: dict[str, Any] = {"role": m["role"], "content": _text(m.get("content"))}
+    images = _images(m.get("content"))
+    if images:  # the data: URIs; each backend sends them its way (backends.messages)
+        out["images"] = images
     if m.get("tool_calls") or m["role"] == "tool":
         out.update({k: m[k] for k in _TOOL_KEYS if m.get(k) is not None})
     return out
@@ -100,6 +103,13 @@ def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
     if think is None and isinstance(effort, str):
         think = False if effort == "none" else effort
     return think if isinstance(think, (bool, str)) else None
+
+
+def _images(content: Any) -> list[str]:
+    if not isinstance(content, list):
+        return []
+    urls = [p.get("image_url") for p in content if isinstance(p, dict) and p.get("type") == "image_url"]
+    return [u.get("url", "") if isinstance(u, dict) else str(u) for u in urls]
 
 
 def _text(content: Any) -> str:

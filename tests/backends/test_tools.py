@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from batchd.backends.base import ChatRequest
+from batchd.backends.messages import ollama_messages
 from batchd.backends.ollama import OllamaBackend
 from batchd.backends.openai import OpenAIBackend
-from batchd.backends.tools import ollama_messages
 from batchd.errors import BadRequest, Unsupported
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]

@@ -672,6 +672,9 @@ class _Handler(BaseHTTPRequestHandler):
         lacking = endpoints.missing(emu.capabilities.get(model, ()), body)
         if lacking is not None:
             return self._error(400, endpoints.refusal(model, lacking), openai)
+        blind = endpoints.image_refusal(emu.capabilities.get(model, ()), messages, openai)
+        if blind is not None:
+            return self._error(*blind, openai)
         if openai:
             self._openai(body, messages, last)
         else:

@@ -44,6 +44,22 @@ def missing(caps: tuple[str, ...], body: dict[str, Any]) -> str | None:
     return None
 
 
+#: llama.cpp's server (Ollama's runner since 0.30) given images without a vision projector
+NO_VISION = "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"
+
+
+def image_refusal(caps: tuple[str, ...], messages: list[dict[str, Any]], openai: bool) -> tuple[int, str] | None:
+    """Images to a model without ``vision``: Ollama's ``/api/chat`` does not check (``ChatHandler`` asks
+    only completion/tools), its runner fails the call (500); an OpenAI-style server refuses it (400)."""
+    if "vision" in caps:
+        return None
+    for m in messages:
+        parts = m.get("content") if isinstance(m.get("content"), list) else []
+        if m.get("images") or any(isinstance(p, dict) and p.get("type") == "image_url" for p in parts):
+            return (400 if openai else 500), NO_VISION
+    return None
+
+
 def refusal(model: str, cap: str) -> str:
     """Ollama's sentence (``scheduleRunner``: ``"%s %w"`` of the model name and ``does not support``)."""
     return f"{model} does not support {cap}"

@@ -1,4 +1,11 @@
-"""Tool calling between OpenAI's shape (what batch lines and results use) and Ollama's ``/api/chat``.
+"""Chat messages between OpenAI's shape (what batch lines and results use) and each server's: tool
+calling and images.
+
+Images: a backend-neutral message carries its images as ``data:`` URIs under ``images``; Ollama
+takes the bare base64 there (``api/types.go`` ``Message.Images``), an OpenAI-compatible server
+gets them back as ``image_url`` content parts after the text.
+
+Tool calling:
 
 OpenAI: ``tools`` and ``tool_choice`` in the body, an assistant message's ``tool_calls`` with
 ``arguments`` as a JSON string, a ``tool`` message answering by ``tool_call_id``. Ollama
@@ -32,9 +39,13 @@ def ollama_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> list[d
     return tools
 
 
+def has_images(messages: Sequence[dict[str, Any]]) -> bool:
+    return any(m.get("images") for m in messages)
+
+
 def ollama_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI-shaped messages as Ollama's: tool call arguments as objects, tool results named."""
-    if not any("tool_calls" in m or m.get("role") == "tool" for m in messages):
+    """OpenAI-shaped messages as Ollama's: tool call arguments as objects, tool results named, images bare."""
+    if not any("tool_calls" in m or m.get("role") == "tool" or m.get("images") for m in messages):
         return list(messages)
     names: dict[str, str] = {}
     out: list[dict[str, Any]] = []
@@ -43,6 +54,8 @@ def ollama_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         calls = m.pop("tool_calls", None)
         if calls:
             m["tool_calls"] = [_ollama_call(c, i, names) for i, c in enumerate(calls)]
+        if m.get("images"):
+            m["images"] = [url.partition(";base64,")[2] for url in m["images"]]
         if m.get("role") == "tool":
             name = m.pop("name", None) or names.get(str(m.get("tool_call_id")))
             if name:
@@ -83,3 +96,18 @@ def passed_calls(calls: Sequence[OpenAIToolCall]) -> tuple[dict[str, Any], ...]:
         {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
         for c in calls
     )
+
+
+def openai_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages for an OpenAI-compatible server: images back as ``image_url`` parts after the text."""
+    if not has_images(messages):
+        return list(messages)
+    out = []
+    for m in messages:
+        m = dict(m)
+        images = m.pop("images", None)
+        if images:
+            parts: list[dict[str, Any]] = [{"type": "text", "text": m.get("content") or ""}] if m.get("content") else []
+            m["content"] = parts + [{"type": "image_url", "image_url": {"url": url}} for url in images]
+        out.append(m)
+    return out
