@@ -8,6 +8,7 @@ own wire format.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -107,6 +108,19 @@ class EmbedResult:
     prompt_tokens: int
     model: str
     latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Which model answers: ``id`` in OpenAI's ``system_fingerprint`` form (``fp_`` + 12 hex), the
+    facts it was made from (digest, family, parameter size, quantisation, file hash...)."""
+
+    id: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint_id(*parts: object) -> str:
+    return "fp_" + hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,16 @@ from typing import Any
 import orjson
 import structlog
 
-from batchd.backends.base import ChatRequest, ChatResult, EmbedRequest, EmbedResult, LoadedModel, finish_reason
+from batchd.backends.base import (
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    Fingerprint,
+    LoadedModel,
+    finish_reason,
+)
+from batchd.backends.gguf_hash import gguf_sha256
 from batchd.backends.llama_grammar import GreedyGrammar, gbnf_ready
 from batchd.backends.llama_log import route_llama_log
 from batchd.backends.vectors import pack_rows
@@ -149,6 +158,14 @@ class EmbeddedBackend:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         async with self._async_lock():
             return await asyncio.to_thread(self._embed, request)
+
+    async def fingerprint(self, model: str) -> Fingerprint | None:
+        """The GGUF's sha256 (cached by path, size and mtime): the same name may be another file."""
+        path = await asyncio.to_thread(self._path)
+        digest = await asyncio.to_thread(gguf_sha256, path, self._cache_dir)
+        return Fingerprint(
+            id="fp_" + digest[:12], details={"host": self.host, "model_file": path.name, "sha256": digest}
+        )
 
     async def ping(self) -> None:
         """In-process: up as long as llama_cpp imports (checked at construction)."""

@@ -11,7 +11,16 @@ from typing import Any
 
 import httpx
 
-from batchd.backends.base import ChatRequest, ChatResult, EmbedRequest, EmbedResult, LoadedModel, finish_reason
+from batchd.backends.base import (
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    Fingerprint,
+    LoadedModel,
+    fingerprint_id,
+    finish_reason,
+)
 from batchd.backends.http import JsonHttp
 from batchd.backends.messages import has_images, ollama_messages, ollama_tools, openai_calls
 from batchd.backends.transport import make_client
@@ -21,6 +30,7 @@ from batchd.backends.wire import (
     OllamaGenerateResponse,
     OllamaPsResponse,
     OllamaShowResponse,
+    OllamaTags,
     OllamaVersion,
 )
 from batchd.errors import Unsupported
@@ -120,6 +130,19 @@ class OllamaBackend:
             model=str(data.get("model") or request.model),
             latency_s=time.perf_counter() - started,
         )
+
+    async def fingerprint(self, model: str) -> Fingerprint | None:
+        """The model's digest and details from ``/api/tags`` (None when the server does not list it)."""
+        tags = await self._http.get("/api/tags", OllamaTags)
+        for tag in tags.models:
+            if model in (tag.name, tag.model) or f"{model}:latest" in (tag.name, tag.model):
+                keep = ("family", "parameter_size", "quantization_level")
+                details = {k: str(tag.details[k]) for k in keep if tag.details.get(k)}
+                return Fingerprint(
+                    id="fp_" + tag.digest.removeprefix("sha256:")[:12] if tag.digest else fingerprint_id(details),
+                    details={"host": self.host, "model": tag.name or model, "digest": tag.digest, **details},
+                )
+        return None
 
     async def _check_vision(self, model: str) -> None:
         """Images to a model without ``vision``: Ollama does not refuse them up front (its runner fails

@@ -19,7 +19,9 @@ from batchd.backends.base import (
     ChatResult,
     EmbedRequest,
     EmbedResult,
+    Fingerprint,
     LoadedModel,
+    fingerprint_id,
     finish_reason,
 )
 from batchd.backends.http import JsonHttp, decode, translate
@@ -172,6 +174,16 @@ class OpenAIBackend:
         """``GET /v1/models`` as ``{id: entry}``."""
         listing = await self._http.get("/v1/models", OpenAIModelList)
         return {m.id: m for m in listing.data if m.id}
+
+    async def fingerprint(self, model: str) -> Fingerprint | None:
+        """What ``/v1/models`` says of the model (its id, window, llama.cpp's training window); an
+        OpenAI-compatible server tells no digest, so a changed file under the same name may go unseen."""
+        entries = await self.models()
+        entry = entries.get(model) or entries.get(model.removesuffix(":latest"))
+        if entry is None:
+            return None
+        facts = {"host": self.host, "model": entry.id, "window": str(entry.window())}
+        return Fingerprint(id=fingerprint_id(*facts.values()), details=facts)
 
     async def loaded(self) -> list[LoadedModel]:
         return []  # the OpenAI protocol does not say what is in VRAM

@@ -163,6 +163,23 @@ class OllamaShowResponse(Wire):
         return None
 
 
+class OllamaTag(Wire):
+    """One entry of ``GET /api/tags`` (``api/types.go`` ``ListModelResponse``)."""
+
+    name: str = ""
+    model: str = ""
+    #: the model's content digest: a re-pull under the same tag changes it
+    digest: str = ""
+    #: ``family``, ``parameter_size``, ``quantization_level``
+    details: _Map = Field(default_factory=dict)
+
+
+class OllamaTags(Wire):
+    """``GET /api/tags``: the models the server has."""
+
+    models: Annotated[list[OllamaTag], BeforeValidator(_none_as_empty_list)] = Field(default_factory=list)
+
+
 class OllamaProcessModel(Wire):
     """One entry of ``GET /api/ps`` (``api/types.go`` ``ProcessModelResponse``)."""
 

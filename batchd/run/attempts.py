@@ -124,6 +124,7 @@ class Attempts:
             wait_gate=wait_gate,
             on_fatal=on_fatal,
             failure=self._failure,
+            fingerprint=self.fingerprint,
             sleep=sleep,
         )
 
@@ -300,6 +301,10 @@ class Attempts:
                 conv.budget.check_paying(lanes=self.lanes)
             return self._success(req, attempts, result, endpoint)
 
+    def fingerprint(self) -> str | None:
+        """The answering model's ``system_fingerprint`` (``run.fingerprints``), once the server is known."""
+        return self.server.fingerprints.id if self.server is not None else None
+
     def _call_ended(self, ticket: Ticket | None, exc: BaseException | None) -> None:
         """Tell the lanes controller how one call went (503/429 and OOM: busy; a timeout; else nothing)."""
         if ticket is None:
@@ -324,6 +329,7 @@ class Attempts:
         else:
             body = result.completion_body()
             body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
+        body["system_fingerprint"] = self.fingerprint()
         return Outcome(
             seq=req.seq,
             state=ReqState.DONE,

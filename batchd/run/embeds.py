@@ -145,6 +145,7 @@ class EmbedAttempts:
         wait_gate: Callable[[], Awaitable[bool]],
         on_fatal: Callable[[JobError], None],
         failure: Callable[[Request, int, RequestError | TransientError], Outcome],
+        fingerprint: Callable[[], str | None],
         sleep: Sleep,
     ) -> None:
         self.packer = packer
@@ -157,6 +158,7 @@ class EmbedAttempts:
         self.wait_gate = wait_gate
         self.on_fatal = on_fatal
         self.failure = failure
+        self.fingerprint = fingerprint
         self.sleep = sleep
 
     async def execute(self, req: Request) -> Outcome | None:
@@ -194,7 +196,7 @@ class EmbedAttempts:
                 seq=req.seq,
                 state=ReqState.DONE,
                 attempts=attempts,
-                result=embedding_body(model, len(vectors), tokens),
+                result={**embedding_body(model, len(vectors), tokens), "system_fingerprint": self.fingerprint()},
                 prompt_tokens=tokens,
                 completion_tokens=0,
                 vector=b"".join(vectors),

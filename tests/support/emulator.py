@@ -116,6 +116,8 @@ class Emulator:
         self.models = tuple(models)
         #: each model's Ollama capabilities (``emulator_endpoints``); tests narrow them
         self.capabilities = endpoints.capabilities_for(self.models)
+        #: a model's /api/tags digest when a test re-pulls it (default: a hash of its name)
+        self.digests: dict[str, str] = {}
         self.silent_truncate = False
         #: when set, every route answers this status (a proxy refusing credentials: 401/403; 404)
         self.refuse: int | None = None
@@ -507,7 +509,7 @@ class _Handler(BaseHTTPRequestHandler):
                             "name": m,
                             "model": m,
                             "size": emu.ps["size"],
-                            "digest": _digest(m),
+                            "digest": emu.digests.get(m) or _digest(m),
                             "modified_at": _now_iso(0),
                             "details": _details(m),
                         }
