@@ -248,13 +248,15 @@ class EmbeddedBackend:
         generation context cannot give them: ``Llama(embedding=True)`` is a load-time choice)."""
         with self._lock:
             if self._embedder is None:
-                from llama_cpp import Llama
+                from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
 
                 route_llama_log()
                 try:
                     self._embedder = Llama(
                         model_path=str(self._path()),
                         embedding=True,
+                        # a generative GGUF sets no pooling: without one llama.cpp gives a vector per token
+                        pooling_type=LLAMA_POOLING_TYPE_MEAN,
                         n_ctx=0,  # the model's own window
                         n_threads=self.threads,
                         n_threads_batch=self.threads,
@@ -268,8 +270,8 @@ class EmbeddedBackend:
             except (ValueError, RuntimeError) as exc:  # an input over the window, a failed decode
                 raise BadRequest(f"llama.cpp cannot embed this input: {exc}", status_code=400) from exc
         rows = [d["embedding"] for d in sorted(out["data"], key=lambda d: d["index"])]
-        if request.dimensions is not None:  # as Ollama does: cut, then renormalise
-            rows = [_normalised(r[: request.dimensions]) for r in rows]
+        # as Ollama's EmbedHandler does: unit length, and a cut to ``dimensions`` renormalised
+        rows = [_normalised(r[: request.dimensions] if request.dimensions else r) for r in rows]
         return EmbedResult(
             vectors=pack_rows(rows, len(request.inputs)),
             prompt_tokens=int((out.get("usage") or {}).get("prompt_tokens") or 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,10 @@ SCHEMA = {
     "properties": {"score": {"type": "integer"}, "verdict": {"type": "string", "enum": ["yes", "no"]}},
     "required": ["score", "verdict"],
     "additionalProperties": False,
+}
+IMAGE = {
+    "type": "image_url",
+    "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"\x89PNG" * 9).decode()},
 }
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
 
@@ -42,6 +47,12 @@ LINES = [
         model="gemma3:4b",
         messages=[{"role": "user", "content": "Look up the record for customer 42."}],
         tools=[TOOL],
+    ),
+    _line(
+        "image",
+        "/v1/chat/completions",
+        model="gemma3:4b",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "What is in this picture?"}, IMAGE]}],
     ),
     _line("emb-str", "/v1/embeddings", model="nomic-embed-text", input="one text"),
     _line("emb-list", "/v1/embeddings", model="nomic-embed-text", input=["a", "b", "c"]),
@@ -76,6 +87,7 @@ LINES = [
 ]
 TYPES = {
     "chat": ChatCompletion,
+    "image": ChatCompletion,
     "tool": ChatCompletion,
     "emb-str": CreateEmbeddingResponse,
     "emb-list": CreateEmbeddingResponse,

