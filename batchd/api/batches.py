@@ -22,7 +22,6 @@ import structlog
 from batchd.api.files import Content, open_outbox_file, outbox_size, stream
 from batchd.api.models import (
     ENDPOINT,
-    WINDOW_SECONDS,
     BatchCreate,
     BatchError,
     BatchErrors,
@@ -192,7 +191,13 @@ class BatchService:
                 pipeline=None,
                 pipeline_json=pipeline.model_dump_json(),
                 # OpenAI's semantics: each answer depends on its own request only, unless the batch opts in
-                meta={"batch_id": batch_id, "endpoint": req.endpoint, "mode": _mode(req.metadata)},
+                meta={
+                    "batch_id": batch_id,
+                    "endpoint": req.endpoint,
+                    "mode": _mode(req.metadata),
+                    # when its outputs go (api.retention_days unless the batch asked for sooner or later)
+                    "expires_after": req.output_expires_after.seconds if req.output_expires_after else None,
+                },
             ),
             batch=NewBatch(
                 batch_id=batch_id,
@@ -302,7 +307,7 @@ class BatchService:
             endpoint=job.meta.get("endpoint") or ENDPOINT,
             status=status,
             created_at=int(rec.created_at),
-            expires_at=int(rec.created_at + WINDOW_SECONDS),
+            expires_at=int(rec.created_at + self.retention.lifetime(job)),
             metadata=rec.metadata,
             model=src.model,
             errors=self._errors(src),

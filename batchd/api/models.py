@@ -33,8 +33,16 @@ def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
 
 
+class ExpiresAfter(BaseModel):
+    """``output_expires_after``: the output and error files go ``seconds`` after the batch's creation."""
+
+    anchor: Literal["created_at"]
+    #: OpenAI's bounds: one hour to 30 days
+    seconds: int = Field(ge=3600, le=30 * 24 * 3600)
+
+
 class BatchCreate(BaseModel):
-    """Body of ``POST /v1/batches``; unknown keys (``output_expires_after``…) are ignored."""
+    """Body of ``POST /v1/batches``; unknown keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -42,6 +50,7 @@ class BatchCreate(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
+    output_expires_after: ExpiresAfter | None = None
 
     @field_validator("endpoint")
     @classmethod

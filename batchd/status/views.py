@@ -184,7 +184,8 @@ def _escaped(value: Any) -> Any:
 def status_views(journal: Journal, *, limit: int, now: float | None = None) -> StatusViews:
     """Running and queued jobs in the order they run, then the ``limit`` most recent finished ones."""
     active = sorted(journal.jobs([*ACTIVE, JobState.INGESTING]), key=lambda j: j.seq)
-    recent = journal.jobs(list(FINISHED), limit=limit)
+    # an API batch whose outputs expired is gone for its client: not listed either
+    recent = [j for j in journal.jobs(list(FINISHED), limit=limit) if not j.meta.get("expired_at")]
     return StatusViews(
         active=tuple(job_view(journal, j, now) for j in active),
         recent=tuple(job_view(journal, j, now) for j in recent),

@@ -90,3 +90,35 @@ def test_an_api_batch_runs_isolated_unless_it_opts_in(
     metrics = orjson.loads((outbox_folder(h, "api:rows.jsonl") / "metrics.json").read_bytes())
     assert metrics["mode"] == mode
     assert read_jsonl(outbox_folder(h, "api:rows.jsonl") / "errors.jsonl") == []
+
+
+def test_output_expires_after_sets_a_truthful_expires_at(
+    batchd_api: Callable[..., ApiHarness],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    h = batchd_api()
+    c = client(h)
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(
+        _line(
+            "a", "/v1/chat/completions", {"model": "gemma3:4b", "messages": [{"role": "user", "content": "Hi there"}]}
+        )
+    )
+    with path.open("rb") as fh:
+        f = c.files.create(file=fh, purpose="batch")
+    soon = c.batches.create(
+        input_file_id=f.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_body={"output_expires_after": {"anchor": "created_at", "seconds": 7200}},
+    )
+    assert soon.expires_at == soon.created_at + 7200
+    default = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert default.expires_at == default.created_at + 30 * 86400  # api.retention_days: what batchd will do
+    with pytest.raises(openai.BadRequestError):
+        c.batches.create(
+            input_file_id=f.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"output_expires_after": {"anchor": "created_at", "seconds": 60}},
+        )
