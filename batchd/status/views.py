@@ -73,6 +73,9 @@ class JobView:
     created_at: float | None
     started_at: float | None
     finished_at: float | None
+    #: which model answers (``run.fingerprints``), and how often it changed under the job (``model_changed``)
+    fingerprint: str | None = None
+    model_changes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape (a stable, documented one): the fields in order, the state as its string."""
@@ -97,6 +100,8 @@ class JobView:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "fingerprint": self.fingerprint,
+            "model_changes": self.model_changes,
         }
 
 
@@ -170,6 +175,8 @@ def job_view(journal: Journal, job: Job, now: float | None = None) -> JobView:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        fingerprint=(state_metrics.get("fingerprint") or {}).get("id"),
+        model_changes=len(state_metrics.get("model_changes") or ()),
     )
 
 

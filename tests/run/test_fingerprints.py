@@ -13,8 +13,10 @@ from batchd.backends.base import ChatResult
 from batchd.backends.ollama import OllamaBackend
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import Settings
+from batchd.journal import Journal
 from batchd.metrics import JobMetrics
 from batchd.run.serverside import ServerSide
+from batchd.status.views import status_views
 from tests.conftest import Folders, read_jsonl, run_daemon_once, write_jsonl
 from tests.support.emulator import Emulator
 
@@ -24,7 +26,8 @@ def test_metrics_json_and_every_result_carry_the_answering_models_fingerprint(
 ) -> None:
     emulator.digests["gemma3:4b"] = "a1b2c3d4e5f6" + "0" * 52
     write_jsonl(folders.inbox / "fp.jsonl", 5)
-    run_daemon_once(make_settings())
+    settings = make_settings()
+    run_daemon_once(settings)
     metrics = orjson.loads((folders.outbox / "fp" / "metrics.json").read_bytes())
     fp = metrics["server"]["fingerprint"]
     assert fp["id"] == "fp_a1b2c3d4e5f6"
@@ -32,6 +35,12 @@ def test_metrics_json_and_every_result_carry_the_answering_models_fingerprint(
     assert metrics["server"]["model_changes"] == []
     results = read_jsonl(folders.outbox / "fp" / "results.jsonl")
     assert len(results) == 5 and {r["response"]["body"]["system_fingerprint"] for r in results} == {fp["id"]}
+    journal = Journal(settings.journal_path)
+    try:
+        (view,) = status_views(journal, limit=5).recent  # batchd status shows it too
+    finally:
+        journal.close()
+    assert (view.fingerprint, view.model_changes) == ("fp_a1b2c3d4e5f6", 0)
 
 
 def _reply(load_seconds: float) -> ChatResult:

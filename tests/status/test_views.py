@@ -34,6 +34,8 @@ KEYS = [
     "created_at",
     "started_at",
     "finished_at",
+    "fingerprint",
+    "model_changes",
 ]
 
 
