@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 from batchd.backends.base import OPENAI_OPTION_KEYS, ChatRequest
-from batchd.formats import from_response_format
+from batchd.formats import from_response_format, to_response_format
 
 
 def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id: str = "") -> ChatRequest:
@@ -67,11 +67,11 @@ def responses_as_chat(body: dict[str, Any]) -> dict[str, Any]:
             messages.append({"role": item.get("role", "user"), "content": text})
     chat["messages"] = messages
     fmt = (body.get("text") or {}).get("format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = {"name": fmt.get("name") or "reply", "schema": fmt["schema"], "strict": bool(fmt.get("strict"))}
-        chat["response_format"] = {"type": "json_schema", "json_schema": schema}
+    if isinstance(fmt, dict) and isinstance(fmt.get("schema"), dict):  # type json_schema
+        named = str(fmt.get("name") or "reply")
+        chat["response_format"] = to_response_format(fmt["schema"], name=named, strict=bool(fmt.get("strict")))
     elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        chat["response_format"] = {"type": "json_object"}
+        chat["response_format"] = to_response_format("json")
     if body.get("max_output_tokens") is not None:
         chat["max_tokens"] = body["max_output_tokens"]
     effort = (body.get("reasoning") or {}).get("effort")

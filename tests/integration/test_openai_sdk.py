@@ -125,7 +125,7 @@ def test_bad_lines_come_back_with_line_numbers(batchd_api: Callable[..., ApiHarn
     h = batchd_api()
     c = client(h)
     path = tmp_path / "mixed.jsonl"
-    write_jsonl(path, 6, bad_every=3)  # lines 3 and 6 ask for /v1/embeddings
+    write_jsonl(path, 6, bad_every=3)  # lines 3 and 6 ask for /v1/audio/transcriptions
     with path.open("ab") as fh:
         fh.write(b"{not json\n")  # line 7
     b = submit(c, path)
