@@ -122,3 +122,36 @@ def test_output_expires_after_sets_a_truthful_expires_at(
             completion_window="24h",
             extra_body={"output_expires_after": {"anchor": "created_at", "seconds": 60}},
         )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "kind"),
+    [
+        ("/v1/responses", {"input": "Rate this essay on rivers.", "instructions": "Be brief."}, "Response"),
+        ("/v1/completions", {"prompt": "Once upon a time, in a harbour town,", "max_tokens": 20}, "Completion"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Describe a harbour."}]}, "ChatCompletion"),
+    ],
+)
+def test_one_batch_per_endpoint_through_the_sdk(
+    batchd_api: Callable[..., ApiHarness],  # noqa: F811
+    tmp_path: Path,
+    endpoint: str,
+    body: dict[str, Any],
+    kind: str,
+) -> None:
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
+
+    types: dict[str, Any] = {"Response": Response, "Completion": Completion, "ChatCompletion": ChatCompletion}
+    h = batchd_api()
+    c = client(h)
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(b"".join(_line(f"x{i}", endpoint, {"model": "gemma3:4b", **body}) for i in range(3)))
+    done = wait_status(c, _create(c, path, endpoint).id, "completed", "failed", "cancelled")
+    assert done.status == "completed" and done.endpoint == endpoint and done.request_counts.completed == 3
+    lines = [orjson.loads(x) for x in c.files.content(done.output_file_id).read().splitlines()]
+    for line in lines:
+        parsed = types[kind].model_validate(line["response"]["body"])
+        assert line["response"]["body"]["system_fingerprint"].startswith("fp_")
+        assert parsed.model == "gemma3:4b"
