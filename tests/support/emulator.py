@@ -557,10 +557,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, raw = self.path, self._read_body()
         if path in ("/api/chat", "/v1/chat/completions"):
             self._chat(raw, openai=path.startswith("/v1"))
-        elif path in ("/api/embed", "/v1/embeddings"):
-            self._embed(raw, openai=path.startswith("/v1"))
-        elif path in ("/api/generate", "/v1/completions"):
-            self._complete(raw, openai=path.startswith("/v1"))
+        elif path in endpoints.ROUTES:  # /api/embed, /v1/embeddings, /api/generate, /v1/completions
+            self._send(*endpoints.ROUTES[path](self.server.emu, raw, path.startswith("/v1")))
         elif path == "/api/show":
             emu = self.server.emu
             try:
@@ -583,46 +581,6 @@ class _Handler(BaseHTTPRequestHandler):
             )
         else:
             self._send(404, b"404 page not found", "text/plain")
-
-    def _embed(self, raw: bytes, openai: bool) -> None:
-        """``emulator_endpoints`` answers; here the shared plumbing (faults, slots, latency)."""
-        emu = self.server.emu
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return self._error(400, "invalid JSON body", openai)
-        fault, model = emu._arrive(body), str(body.get("model") or "")
-        if fault is not None and fault.kind == "fail":
-            return self._error(fault.status, ERROR_MESSAGES.get(fault.status, "error").format(model=model), openai)
-        inputs = endpoints.embed_inputs(body)
-        if inputs is None:
-            return self._error(400, "invalid input type", openai)
-        if not self._known(model):
-            return self._error(404, f"model '{model}' not found", openai)
-        if "embedding" not in emu.capabilities.get(model, ()):
-            return self._error(400, endpoints.refusal(model, "embedding"), openai)
-        self._generate("")
-        status, data = endpoints.embed_reply(body, inputs, emu.context_length, tokens, openai)
-        self._send(status, data)
-
-    def _complete(self, raw: bytes, openai: bool) -> None:
-        """A completion: ``emulator_endpoints.generate_reply`` over the chat model's reply rule."""
-        emu = self.server.emu
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return self._error(400, "invalid JSON body", openai)
-        fault, model = emu._arrive(body), str(body.get("model") or "")
-        if fault is not None and fault.kind == "fail":
-            return self._error(fault.status, ERROR_MESSAGES.get(fault.status, "error").format(model=model), openai)
-        if not self._known(model):
-            return self._error(404, f"model '{model}' not found", openai)
-        if "completion" not in emu.capabilities.get(model, ()):
-            return self._error(400, f'"{model}" does not support generate', openai)
-        prompt = str(body.get("prompt") or "")
-        self._generate(prompt)
-        reply = reply_content(prompt, body.get("format"))
-        self._json(200, endpoints.generate_reply(body, prompt, reply, tokens, openai))
 
     def _known(self, model: str) -> bool:
         models = self.server.emu.models

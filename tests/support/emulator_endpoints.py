@@ -8,6 +8,10 @@ Capabilities: each model has Ollama's list (``completion``, ``tools``, ``vision`
 a name with ``embed`` in it is an embedding model only, anything else completes, calls tools and
 sees images. A request needing one the model lacks is a 400 ``<model> does not support <cap>``.
 
+Routes (``ROUTES``, each ``(emulator, raw body, openai) -> (status, JSON bytes)``): ``/api/embed`` and
+``/v1/embeddings``, ``/api/generate`` and ``/v1/completions``; the emulator's faults (``fail``), model
+names and latency apply to them as to chat.
+
 Tool calls, deterministically: a request with ``tools`` whose last message is the user's calls
 one tool (the one named by a ``<<TOOL:name>>`` marker in that message, else the first), with
 arguments drawn from its JSON schema; after a ``tool`` message the model answers in text.
@@ -23,7 +27,7 @@ import random
 import string
 from typing import Any
 
-from tests.support.emulator_model import _value
+from tests.support.emulator_model import _value, reply_content, tokens
 
 _rng = random.Random(20)
 
@@ -224,3 +228,64 @@ def generate_reply(body: dict[str, Any], prompt: str, reply: str, tokens: Any, o
         "choices": [{"text": reply, "index": 0, "finish_reason": reason}],
         "usage": {"prompt_tokens": counted, "completion_tokens": evals, "total_tokens": counted + evals},
     }
+
+
+# -- the routes ---------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, openai: bool) -> tuple[int, bytes]:
+    """Ollama's ``{"error": "..."}``, or the OpenAI-style object its ``/v1`` layer sends."""
+    if not openai:
+        return status, json.dumps({"error": message}).encode()
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return status, json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
+
+
+def _arrive(emu: Any, raw: bytes, openai: bool) -> tuple[dict[str, Any], str, tuple[int, bytes] | None]:
+    """The body, its model, and the answer when it goes no further (bad JSON, an injected failure, a
+    model the server does not have)."""
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError
+    except ValueError:
+        return {}, "", _error(400, "invalid JSON body", openai)
+    fault, model = emu._arrive(body), str(body.get("model") or "")
+    if fault is not None and fault.kind == "fail":
+        return body, model, _error(fault.status, emu.era.crash if fault.status == 500 else "error", openai)
+    if model not in emu.models and f"{model}:latest" not in emu.models:
+        return body, model, _error(404, f"model '{model}' not found", openai)
+    return body, model, None
+
+
+def embed_route(emu: Any, raw: bytes, openai: bool) -> tuple[int, bytes]:
+    body, model, early = _arrive(emu, raw, openai)
+    if early is not None:
+        return early
+    inputs = embed_inputs(body)
+    if inputs is None:
+        return _error(400, "invalid input type", openai)
+    if "embedding" not in emu.capabilities.get(model, ()):
+        return _error(400, refusal(model, "embedding"), openai)
+    emu._work(emu.request_latency())
+    return embed_reply(body, inputs, emu.context_length, tokens, openai)
+
+
+def generate_route(emu: Any, raw: bytes, openai: bool) -> tuple[int, bytes]:
+    body, model, early = _arrive(emu, raw, openai)
+    if early is not None:
+        return early
+    if "completion" not in emu.capabilities.get(model, ()):
+        return _error(400, f'"{model}" does not support generate', openai)
+    prompt = str(body.get("prompt") or "")
+    emu._work(emu.request_latency())
+    reply = reply_content(prompt, body.get("format"))
+    return 200, json.dumps(generate_reply(body, prompt, reply, tokens, openai)).encode()
+
+
+ROUTES = {
+    "/api/embed": embed_route,
+    "/v1/embeddings": embed_route,
+    "/api/generate": generate_route,
+    "/v1/completions": generate_route,
+}
