@@ -154,6 +154,11 @@ class LimitsSettings(_Section):
     #: issue 22: requests one inbox member (the claimed file's owner uid) may have queued or running at
     #: once, over all their jobs; a file that would go over fails with an error record. None: no limit
     max_queued_requests_per_owner: int | None = Field(default=None, ge=1)
+    # -- images (issue 28) -------------------------------------------------------------
+    #: one image's decoded size at most (a ``data:`` URI in an ``image_url`` part); lines must also fit max_line_bytes
+    max_image_bytes: int = Field(default=8 * 1024**2, ge=1)
+    #: images in one request at most
+    max_images_per_request: int = Field(default=8, ge=0)
 
 
 class VramSettings(_Section):

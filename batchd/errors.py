@@ -11,6 +11,7 @@
     ├── RequestError                permanent for one request: to errors.jsonl (status_code, code)
     │   ├── ContextLengthExceeded   prompt larger than the window even after trimming
     │   ├── BadRequest              other 400s from the server
+    │   ├── Unsupported             the backend cannot do what the line asks (tools, images, embeddings)
     │   └── InvalidReply            reply not JSON / fails the schema after retries
     ├── JobError                    the whole job stops at once (job_id)
     │   ├── ModelNotFound           404: 170,000 copies of it help nobody
@@ -123,6 +124,12 @@ class ContextLengthExceeded(RequestError):
 
 class BadRequest(RequestError):
     code = "bad_request"
+
+
+class Unsupported(RequestError):
+    """The line asks for something this backend or model cannot do: failed clearly, never dropped."""
+
+    code = "unsupported"
 
 
 class InvalidReply(RequestError):

@@ -71,6 +71,9 @@ class JobMetrics:
     #: options removed from request lines (see ``reloads`` and ``backends.ollama_facts``)
     server_version: str | None = None
     reloads: int = 0
+    #: which model answers (``run.fingerprints``): the last fingerprint, and each change under the job
+    fingerprint: dict[str, Any] | None = None
+    model_changes: list[dict[str, Any]] = field(default_factory=list)
     runner_options_stripped: list[str] = field(default_factory=list)
     #: set once when conversation mode evaluated more prompt tokens than isolated requests would
     conversation_not_paying: dict[str, Any] | None = None
@@ -206,7 +209,11 @@ class JobMetrics:
                 requests_sent=self.requests_sent,
             ),
             server=Server(
-                version=self.server_version, reloads=self.reloads, runner_options_stripped=self.runner_options_stripped
+                version=self.server_version,
+                reloads=self.reloads,
+                runner_options_stripped=self.runner_options_stripped,
+                fingerprint=self.fingerprint,
+                model_changes=self.model_changes,
             ),
             lanes=Lanes(
                 mode=self.lanes_mode,

@@ -8,7 +8,7 @@ published format: renaming or reordering a field changes every reader's file.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -142,6 +142,9 @@ class Server:
     version: str | None
     reloads: int
     runner_options_stripped: list[str]
+    #: ``{"id": "fp_...", "details": {...}}`` (``run.fingerprints``); None where the backend cannot tell
+    fingerprint: dict[str, Any] | None = None
+    model_changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

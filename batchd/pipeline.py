@@ -81,6 +81,10 @@ class Pipeline(BaseModel):
     reply_retries: int = Field(default=2, ge=0, le=10)
     #: who goes first (``batchd.schedule``): higher first; None = ``[schedule] default_priority``
     priority: int | None = Field(default=None, ge=-1000, le=1000)
+    #: ``chat`` (a reply per row) or ``embed`` (a vector per row: ``/v1/embeddings``, ``embeddings.npy``)
+    task: Literal["chat", "embed"] = "chat"
+    #: embed: the column whose text is embedded (else ``user_template`` renders it from the row)
+    input_column: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Pipeline:
@@ -137,6 +141,8 @@ class Pipeline(BaseModel):
         uses += [(c, "passthrough_columns entry") for c in self.passthrough_columns]
         if self.id_column:
             uses.append((self.id_column, "id_column"))
+        if self.input_column and self.task == "embed":  # only an embed pipeline reads it
+            uses.append((self.input_column, "input_column"))
         known = set(header)
         for column, use in uses:
             if column not in known:
@@ -146,6 +152,10 @@ class Pipeline(BaseModel):
                     f"pipeline {self.name!r}",
                     f"column {column!r} ({use}) is not in the CSV header{hint} (columns: {', '.join(header)})",
                 )
+
+    def render_input(self, row: dict[str, str]) -> str:
+        """An embed row's text: its ``input_column``, else the rendered template."""
+        return row.get(self.input_column, "") if self.input_column else self.render_user(row)
 
     def render_user(self, row: dict[str, str]) -> str:
         if self.user_template is None:

@@ -21,7 +21,7 @@ import structlog
 
 from batchd.api.files import Content, open_outbox_file, outbox_size, stream
 from batchd.api.models import (
-    WINDOW_SECONDS,
+    ENDPOINT,
     BatchCreate,
     BatchError,
     BatchErrors,
@@ -191,7 +191,14 @@ class BatchService:
                 source="api",
                 pipeline=None,
                 pipeline_json=pipeline.model_dump_json(),
-                meta={"batch_id": batch_id},
+                # OpenAI's semantics: each answer depends on its own request only, unless the batch opts in
+                meta={
+                    "batch_id": batch_id,
+                    "endpoint": req.endpoint,
+                    "mode": _mode(req.metadata),
+                    # when its outputs go (api.retention_days unless the batch asked for sooner or later)
+                    "expires_after": req.output_expires_after.seconds if req.output_expires_after else None,
+                },
             ),
             batch=NewBatch(
                 batch_id=batch_id,
@@ -300,9 +307,10 @@ class BatchService:
         obj = BatchObject(
             id=rec.id,
             input_file_id=rec.input_file_id,
+            endpoint=job.meta.get("endpoint") or ENDPOINT,
             status=status,
             created_at=int(rec.created_at),
-            expires_at=int(rec.created_at + WINDOW_SECONDS),
+            expires_at=int(rec.created_at + self.retention.lifetime(job)),
             metadata=rec.metadata,
             model=src.model,
             errors=self._errors(src),
@@ -405,3 +413,8 @@ def _priority(metadata: dict[str, str] | None) -> int | None:
     if value is None or not -1000 <= value <= 1000:
         raise ApiError(400, "metadata.priority must be an integer from -1000 to 1000", param="metadata")
     return value
+
+
+def _mode(metadata: dict[str, str] | None) -> str:
+    """An API batch runs isolated; ``metadata.mode = "conversation"`` opts in to the context loop."""
+    return "conversation" if (metadata or {}).get("mode") == "conversation" else "isolated"

@@ -193,6 +193,17 @@ class JsonHttp:
             raise translate(exc, self.host) from exc
         return parse(reply, decode(resp, model=""))
 
+    async def post_raw(self, path: str, payload: dict[str, Any], *, model: str) -> dict[str, Any]:
+        """POST and decode, without a ``wire`` model: for replies too large to validate field by field
+        (embedding vectors, checked by ``backends.vectors``)."""
+        try:
+            resp = await self.client.post(
+                path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.host) from exc
+        return decode(resp, model=model)
+
     async def post(self, path: str, payload: dict[str, Any], *, model: str, reply: type[_W]) -> _W:
         try:
             resp = await self.client.post(

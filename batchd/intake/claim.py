@@ -88,6 +88,8 @@ class Claimer:
             max_lines=settings.limits.max_lines,
             max_line_bytes=settings.limits.max_line_bytes,
             allowed_models=tuple(settings.backend.allowed_models),
+            max_image_bytes=settings.limits.max_image_bytes,
+            max_images=settings.limits.max_images_per_request,
         )
 
     # -- start-up -------------------------------------------------------------
@@ -353,7 +355,7 @@ class Claimer:
             # A journal row from before the pipeline checks may hold what cannot be hashed or sent.
             pipeline = Pipeline.model_validate_json(job.pipeline_json or "{}")
             model = self.settings.model_for(pipeline)
-            mode = pipeline.mode or self.settings.context.mode
+            mode = job.meta.get("mode") or pipeline.mode or self.settings.context.mode  # an API batch's own
             key = work_key(job.sha256 or "", job.pipeline, pipeline, self.settings)
         except ConfigError as exc:
             return self._unusable(job, exc.message)
@@ -414,7 +416,7 @@ class Claimer:
                 columns, rows = read_csv(fh, pipeline, self.limits)
                 prefix = pipeline_prefix(pipeline, model)
             else:
-                rows = read_jsonl(fh, self.limits)
+                rows = read_jsonl(fh, self.limits, endpoint=job.meta.get("endpoint"))
             total = invalid = valid = 0
             batch: list[NewRequest] = []
             cap = self.settings.limits.max_invalid_lines

@@ -19,6 +19,7 @@ import orjson
 from batchd.backends.base import OLLAMA_TO_OPENAI
 from batchd.errors import ConfigError, InputError, LineError
 from batchd.formats import to_response_format
+from batchd.intake.endpoints import CHECKS, Endpoint, check_image, stored
 from batchd.journal import NewRequest
 from batchd.pipeline import Pipeline, template_fields
 
@@ -37,6 +38,8 @@ class Limits:
     max_lines: int
     max_line_bytes: int
     allowed_models: tuple[str, ...] = ()
+    max_image_bytes: int = 8 * 1024**2
+    max_images: int = 8
 
 
 def sniff_text(head: bytes) -> None:
@@ -84,6 +87,9 @@ def render_values(template: str | None, values: dict[str, str]) -> str:
 
 def pipeline_prefix(pipeline: Pipeline, model: str) -> dict[str, Any]:
     """The byte-identical part every CSV row shares, as an OpenAI body fragment."""
+    if pipeline.task == "embed":  # no prompt, no sampling: the model, and dimensions where asked
+        dims = pipeline.options.get("dimensions")
+        return {"model": model, **({"dimensions": dims} if dims else {})}
     prefix: dict[str, Any] = {"model": model, "messages": pipeline.prefix_messages()}
     prefix[TEMPLATE_KEY] = pipeline.user_template
     native: dict[str, Any] = {}
@@ -118,7 +124,8 @@ def _lines(fh: BinaryIO, limits: Limits) -> Iterator[tuple[int, bytes]]:
         yield lineno, raw
 
 
-def read_jsonl(fh: BinaryIO, limits: Limits) -> Iterator[NewRequest]:
+def read_jsonl(fh: BinaryIO, limits: Limits, *, endpoint: str | None = None) -> Iterator[NewRequest]:
+    """The file's lines as requests; ``endpoint`` (an API batch's): every line must name it."""
     seen: dict[str, int] = {}
     seq = 0
     sniff_text(fh.peek(8192)[:8192] if hasattr(fh, "peek") else b"")
@@ -135,14 +142,19 @@ def read_jsonl(fh: BinaryIO, limits: Limits) -> Iterator[NewRequest]:
                 raw = raw[len(codecs.BOM_UTF8) :]
             if not raw.strip():
                 continue
-            body, cid, err = _validate_line(raw, lineno, seen, limits)
+            body, cid, err = _validate_line(raw, lineno, seen, limits, endpoint)
         seq += 1
-        yield NewRequest(seq=seq, line=lineno, custom_id=cid, body=body, error=err.as_record() if err else None)
+        url = stored(body.pop("__url__")) if body is not None else None
+        yield NewRequest(
+            seq=seq, line=lineno, custom_id=cid, body=body, error=err.as_record() if err else None, url=url
+        )
 
 
 def _validate_line(
-    raw: bytes, lineno: int, seen: dict[str, int], limits: Limits
+    raw: bytes, lineno: int, seen: dict[str, int], limits: Limits, endpoint: str | None = None
 ) -> tuple[dict[str, Any] | None, str | None, LineError | None]:
+    """The line's body (with its url under ``__url__``, taken off by the caller), custom_id, or error."""
+
     def bad(msg: str, code: str, cid: str | None = None) -> tuple[None, str | None, LineError]:
         return None, cid, LineError(msg, line=lineno, code=code)
 
@@ -166,41 +178,90 @@ def _validate_line(
     seen[cid] = lineno
     if obj.get("method", "POST") != "POST":
         return bad(f"method must be POST, got {obj.get('method')!r}", "invalid_method", cid)
-    if obj.get("url", CHAT_URL) != CHAT_URL:
-        return bad(f"url must be {CHAT_URL}, got {str(obj.get('url'))[:200]!r}", "invalid_url", cid)
+    url = obj.get("url", CHAT_URL)
+    if url not in Endpoint._value2member_map_:
+        urls = ", ".join(e.value for e in Endpoint)
+        return bad(f"url must be one of {urls}; got {str(url)[:200]!r}", "invalid_url", cid)
+    if endpoint is not None and url != endpoint:
+        return bad(f"url {url} does not match the batch's endpoint {endpoint}", "endpoint_mismatch", cid)
     body = obj.get("body")
     if not isinstance(body, dict):
         return bad("body is missing or not an object", "invalid_body", cid)
-    problem = check_messages(body.get("messages"))
-    if problem:
-        return bad(problem, "invalid_messages", cid)
+    if url != Endpoint.CHAT:
+        problem = CHECKS[Endpoint(url)](body)
+        if problem:
+            return bad(problem, "invalid_body", cid)
+    else:
+        problem = check_messages(body.get("messages"), limits)
+        if problem:
+            return bad(problem, "invalid_messages", cid)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         return bad("body.model must be a string", "invalid_body", cid)
     if limits.allowed_models and model is not None and model not in limits.allowed_models:
         return bad(f"model {model!r} is not in backend.allowed_models", "model_not_allowed", cid)
-    for key in ("stream", "n", "tools", "functions"):
-        if body.get(key) not in (None, False, 1) and key != "tools":
+    for key in ("stream", "n", "functions", "function_call"):
+        if body.get(key) not in (None, False, 1):
             return bad(f"body.{key} is not supported in a batch", "invalid_body", cid)
-    return body, cid, None
+    problem = check_tools(body.get("tools"), body.get("tool_choice"))
+    if problem:
+        return bad(problem, "invalid_tools", cid)
+    return {**body, "__url__": url}, cid, None
 
 
-def check_messages(messages: Any) -> str | None:
+def check_tools(tools: Any, tool_choice: Any) -> str | None:
+    """OpenAI's ``tools`` (functions with a name) and ``tool_choice``; None when both are well formed."""
+    if tools is None:
+        return None if tool_choice is None else "body.tool_choice is given without body.tools"
+    if not isinstance(tools, list):
+        return "body.tools must be a list"
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            return f'body.tools[{i}].type must be "function"'
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            return f"body.tools[{i}].function.name is missing"
+    if tool_choice in (None, "none", "auto", "required"):
+        return None
+    if isinstance(tool_choice, dict) and isinstance((tool_choice.get("function") or {}).get("name"), str):
+        return None
+    return 'body.tool_choice must be "none", "auto", "required" or {"type": "function", ...}'
+
+
+def check_messages(messages: Any, limits: Limits | None = None) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "body.messages must be a non-empty list"
+    images = 0
+    max_bytes, cap = (
+        (limits.max_image_bytes, limits.max_images) if limits else (Limits.max_image_bytes, Limits.max_images)
+    )
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             return f"body.messages[{i}] is not an object"
         if m.get("role") not in ROLES:
             return f"body.messages[{i}].role {m.get('role')!r} is not one of {sorted(ROLES)}"
+        if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
+            return f"body.messages[{i}]: a tool message needs its tool_call_id"
+        calls = m.get("tool_calls")
+        if calls is not None and (m["role"] != "assistant" or not isinstance(calls, list)):
+            return f"body.messages[{i}].tool_calls must be a list on an assistant message"
         content = m.get("content")
+        if content is None and calls:
+            continue  # an assistant turn that only calls tools
         if isinstance(content, list):
-            if not all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-            ):
-                return f"body.messages[{i}].content: only text parts are supported"
+            for j, part in enumerate(content):
+                where = f"body.messages[{i}].content[{j}]"
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    images += 1
+                    problem = check_image(part.get("image_url"), max_bytes)
+                    if problem:
+                        return f"{where}: {problem}"
+                elif not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                    return f"{where}: only text and image_url parts are supported"
         elif not isinstance(content, str):
             return f"body.messages[{i}].content must be a string"
+    if images > cap:
+        return f"body.messages hold {images} images; at most {cap} (limits.max_images_per_request)"
     return None
 
 
@@ -262,6 +323,9 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
     passthrough = pipeline.passthrough_columns
     # Only the values the message uses are journaled (all of them when there is no template).
     used = template_fields(pipeline.user_template) if pipeline.user_template is not None else None
+    embed = pipeline.task == "embed"
+    render = pipeline.render_input if embed else pipeline.render_user
+    url = Endpoint.EMBEDDINGS.value if embed else None
     max_lines = limits.max_lines
     while True:
         start = reader.line_num + 1
@@ -302,12 +366,17 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
             error = LineError(
                 f"duplicate id {custom_id!r} (first on line {seen[custom_id]})", line=start, code="duplicate_custom_id"
             )
+        elif embed and not (text := render(row)):
+            error = LineError("nothing to embed (empty input)", line=start, code="invalid_row")
         if error is not None:
             yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=None, error=error.as_record())
             continue
         if id_column:  # row-<seq> ids are unique by construction: a million of them need no memory
             seen[custom_id] = start
         keep = {c: row.get(c, "") for c in passthrough} if passthrough else None
+        if embed:
+            yield NewRequest(seq=seq, line=start, custom_id=custom_id, body={"input": text}, row=keep, url=url)
+            continue
         body = {VALUES_KEY: row if used is None else {f: row[f] for f in used}}
         yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=body, row=keep)
 

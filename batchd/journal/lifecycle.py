@@ -316,8 +316,8 @@ class Lifecycle(Connection):
             )
             n = int(
                 db.execute(
-                    "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state) "
-                    "SELECT ?, seq, line, custom_id, body, row, 'queued' FROM requests "
+                    "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, url) "
+                    "SELECT ?, seq, line, custom_id, body, row, 'queued', url FROM requests "
                     "WHERE job_id=? AND state IN ('failed','skipped')",
                     (new_id, job.id),
                 ).rowcount

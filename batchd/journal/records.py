@@ -115,6 +115,10 @@ class Request:
     error: dict[str, Any] | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    #: the line's endpoint (``/v1/embeddings`` ...); None: ``/v1/chat/completions``
+    url: str | None = None
+    #: an embedding's vectors, packed little-endian float32, one after the other
+    vector: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,8 @@ class NewRequest:
     body: dict[str, Any] | None
     row: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    #: the line's endpoint; None: ``/v1/chat/completions``
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,8 @@ class Outcome:
     error: dict[str, Any] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: an embedding's vectors as packed float32 (the result body holds the rest of the reply)
+    vector: bytes | None = None
 
 
 class Sample(NamedTuple):

@@ -21,7 +21,8 @@ UNFINISHED = "('queued','running')"
 
 def columns(*exprs: str) -> tuple[str, dict[str, int]]:
     """A SELECT list, and the position of each column in its rows by name (``j.id`` is named ``id``)."""
-    return ", ".join(exprs), {expr.rpartition(".")[2]: i for i, expr in enumerate(exprs)}
+    names = [expr.rpartition(" AS ")[2] if " AS " in expr else expr.rpartition(".")[2] for expr in exprs]
+    return ", ".join(exprs), {name: i for i, name in enumerate(names)}
 
 
 JOB_COLS, _JOB = columns(
@@ -33,7 +34,8 @@ JOB_COLS, _JOB = columns(
 )  # fmt: skip
 REQ_COLS, REQ = columns(
     "job_id", "seq", "line", "custom_id", "body", "row", "state", "attempts", "result", "error", "prompt_tokens",
-    "completion_tokens",
+    "completion_tokens", "url",
+    "(SELECT data FROM vectors v WHERE v.job_id = requests.job_id AND v.seq = requests.seq) AS vector",
 )  # fmt: skip
 
 
@@ -99,4 +101,6 @@ def request_from_row(r: Sequence[Any]) -> Request:
         error=load_json(r[c["error"]]),
         prompt_tokens=r[c["prompt_tokens"]],
         completion_tokens=r[c["completion_tokens"]],
+        url=r[c["url"]],
+        vector=r[c["vector"]],
     )

@@ -113,8 +113,8 @@ class Journal(Lifecycle, ApiRecords, TeamRecords):
 
     def insert_requests(self, job_id: str, rows: Iterable[NewRequest], db: sqlite3.Connection) -> int:
         sql = (
-            "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error, url) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         invalid, queued = ReqState.INVALID.value, ReqState.QUEUED.value  # hoisted: this loop runs 170,000 times
         dumps = orjson.dumps
@@ -128,6 +128,7 @@ class Journal(Lifecycle, ApiRecords, TeamRecords):
                 None if r.row is None else dumps(r.row),
                 queued if r.error is None else invalid,
                 None if r.error is None else dumps(r.error),
+                r.url,
             )
             for r in rows
         ]
@@ -230,6 +231,9 @@ class Journal(Lifecycle, ApiRecords, TeamRecords):
                     for o in outcomes
                 ],
             )
+            vectors = [(job_id, o.seq, o.vector) for o in outcomes if o.vector is not None]
+            if vectors:
+                db.executemany("INSERT OR REPLACE INTO vectors (job_id, seq, data) VALUES (?, ?, ?)", vectors)
 
     def requeue(self, job_id: str, seqs: Iterable[int]) -> None:
         with self.transaction() as db:

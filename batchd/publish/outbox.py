@@ -7,6 +7,7 @@ the rename, so a crash after the rename is recognised on restart (its
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -29,6 +30,7 @@ from batchd.pipeline import Pipeline
 from batchd.publish.report import ReportData, write_report
 from batchd.publish.scores import ScoreSheet
 from batchd.publish.share import SharedFolder
+from batchd.publish.vectors import NpyRows, with_vectors
 from batchd.run.translate import result_id
 
 log = structlog.get_logger("batchd.outbox")
@@ -118,6 +120,7 @@ class Outbox:
         if job.kind != "rejected" and final != "duplicate":
             report = ReportData(sheet)
             with (
+                contextlib.ExitStack() as stack,
                 self._open(folder / "results.jsonl") as res,
                 self._open(folder / "errors.jsonl") as err,
                 self._open(folder / "scores.csv") as sc,
@@ -125,11 +128,14 @@ class Outbox:
                 text = io.TextIOWrapper(sc, encoding="utf-8", newline="", write_through=True)
                 writer = csv.writer(text)
                 writer.writerow(sheet.header())
+                vectors = self._npy(job, pipeline, folder, stack)
                 for req in self.journal.iter_requests(job.id, states):
                     counts["total"] += 1
                     if req.state is ReqState.DONE:
                         counts["completed"] += 1
                         res.write(self._result_line(job, req))
+                        if vectors is not None:
+                            vectors.add(req.custom_id, req.vector)
                     elif req.state in (ReqState.FAILED, ReqState.INVALID):
                         counts["failed"] += 1
                         err.write(self._error_line(job, req))
@@ -158,6 +164,17 @@ class Outbox:
             except Exception as exc:  # noqa: BLE001 - the report is a view; a bug in it must not hold the results back
                 log.error("report_failed", job_id=job.id, error=repr(exc))
 
+    def _npy(self, job: Job, pipeline: Pipeline | None, folder: Path, stack: contextlib.ExitStack) -> NpyRows | None:
+        """``embeddings.npy`` + ``embeddings_ids.csv`` for a CSV embed pipeline with vectors to write."""
+        if job.kind != "csv" or pipeline is None or pipeline.task != "embed":
+            return None
+        rows = self.journal.counts(job.id).get(ReqState.DONE.value, 0)
+        if not rows:
+            return None
+        npy = stack.enter_context(self._open(folder / "embeddings.npy"))
+        ids = stack.enter_context(self._open(folder / "embeddings_ids.csv"))
+        return NpyRows(npy, ids, rows)
+
     def _open(self, path: Path) -> Any:
         # Group and mode are set on the new file itself: regardless of umask or the input file's mode.
         return _SyncedFile(os.fdopen(self._share.create(path), "wb", buffering=1 << 20))
@@ -177,6 +194,7 @@ class Outbox:
         )
 
     def _result_line(self, job: Job, req: Request) -> bytes:
+        body = req.result if req.vector is None else with_vectors(req, as_base64=job.kind == "csv")
         return (
             orjson.dumps(
                 {
@@ -185,7 +203,7 @@ class Outbox:
                     "response": {
                         "status_code": 200,
                         "request_id": result_id(job.sha256, req.custom_id, "req"),
-                        "body": req.result,
+                        "body": body,
                     },
                     "error": None,
                 }

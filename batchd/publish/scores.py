@@ -171,7 +171,7 @@ class ScoreSheet:
         )
         score: float | int | None = None
         values: dict[str, Any] = {}
-        if req.state is ReqState.DONE and req.result:
+        if req.state is ReqState.DONE and req.result and req.vector is None:  # a vector has no text to score
             content = _content(req.result)
             try:
                 parsed = parse_json_reply(content)

@@ -28,16 +28,19 @@ from batchd.errors import (
     RequestError,
     TransientError,
 )
+from batchd.intake.endpoints import Endpoint, endpoint_of
 from batchd.intake.ingest import full_body
 from batchd.journal import Job, Outcome, ReqState, Request
 from batchd.metrics import JobMetrics
 from batchd.run.context import Conversation, Truncation
+from batchd.run.embeds import EmbedAttempts, Packer
 from batchd.run.lanes import LaneController, Ticket
 from batchd.run.lanes import Outcome as CallOutcome
 from batchd.run.outage import Gate
 from batchd.run.replies import ReplyChecker, checker_for
+from batchd.run.results import response_body, text_completion_body
 from batchd.run.serverside import ServerSide
-from batchd.run.translate import result_id, to_chat_request
+from batchd.run.translate import responses_as_chat, result_id, to_chat_request
 
 log = structlog.get_logger("batchd.attempts")
 
@@ -109,6 +112,21 @@ class Attempts:
         self.clock = clock
         #: the server's version, request hygiene and reloads (the runner sets it once the context is pinned)
         self.server: ServerSide | None = None
+        #: embedding lines: packed into shared calls, no conversation
+        self.embeds = EmbedAttempts(
+            packer=Packer(backend),
+            metrics=metrics,
+            gate=gate,
+            prefix=prefix,
+            model=model,
+            max_attempts=max_attempts,
+            delay=backoff.delay,
+            wait_gate=wait_gate,
+            on_fatal=on_fatal,
+            failure=self._failure,
+            fingerprint=self.fingerprint,
+            sleep=sleep,
+        )
 
     @classmethod
     def for_job(
@@ -153,7 +171,21 @@ class Attempts:
         )
 
     async def execute(self, req: Request, conv: Conversation, lane: int = 0) -> Outcome | None:
+        endpoint = endpoint_of(req.url)
+        if endpoint is Endpoint.EMBEDDINGS:
+            return await self.embeds.execute(req)
         body = full_body(self.prefix, req.body or {})
+        if endpoint is Endpoint.RESPONSES:
+            body = responses_as_chat(body)
+        elif endpoint is Endpoint.COMPLETIONS:  # a prompt continues no conversation
+            conv = Conversation(
+                settings=conv.settings,
+                num_ctx=conv.num_ctx,
+                metrics=conv.metrics,
+                mode="isolated",
+                budget=conv.budget,
+                lane=conv.lane,
+            )
         chat = to_chat_request(
             body,
             model=self.model,
@@ -249,7 +281,7 @@ class Attempts:
                 latency=result.latency_s,
                 cached=result.cached_tokens,
             )
-            problem = self.replies.problem(result.content)
+            problem = None if result.tool_calls else self.replies.problem(result.content)
             if problem is not None:
                 if reply_tries < self.replies.retries:
                     reply_tries += 1
@@ -267,7 +299,11 @@ class Attempts:
             conv.record(asked, result, prefix_len=prefix_len)
             if conv.mode == "conversation" and not self.conversation_asked:
                 conv.budget.check_paying(lanes=self.lanes)
-            return self._success(req, attempts, result)
+            return self._success(req, attempts, result, endpoint)
+
+    def fingerprint(self) -> str | None:
+        """The answering model's ``system_fingerprint`` (``run.fingerprints``), once the server is known."""
+        return self.server.fingerprints.id if self.server is not None else None
 
     def _call_ended(self, ticket: Ticket | None, exc: BaseException | None) -> None:
         """Tell the lanes controller how one call went (503/429 and OOM: busy; a timeout; else nothing)."""
@@ -283,11 +319,17 @@ class Attempts:
             outcome = CallOutcome.ERROR
         self.control.done(ticket, outcome)
 
-    def _success(self, req: Request, attempts: int, result: ChatResult) -> Outcome:
+    def _success(self, req: Request, attempts: int, result: ChatResult, endpoint: Endpoint) -> Outcome:
         if self.metrics.served_model is None:
             self.metrics.served_model = result.model
-        body = result.completion_body()
-        body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
+        if endpoint is Endpoint.RESPONSES:
+            body = response_body(result, ident=result_id(self.job.sha256, req.custom_id, "resp"))
+        elif endpoint is Endpoint.COMPLETIONS:
+            body = text_completion_body(result, ident=result_id(self.job.sha256, req.custom_id, "cmpl"))
+        else:
+            body = result.completion_body()
+            body["id"] = result_id(self.job.sha256, req.custom_id, "chatcmpl")
+        body["system_fingerprint"] = self.fingerprint()
         return Outcome(
             seq=req.seq,
             state=ReqState.DONE,

@@ -83,6 +83,9 @@ class JobView:
     attention: Any = None
     #: the running job's first look, ``NAME.preview`` in the outbox (``publish.preview``)
     preview: str | None = None
+    #: which model answers (``run.fingerprints``), and how often it changed under the job (``model_changed``)
+    fingerprint: str | None = None
+    model_changes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape (a stable, documented one): the fields in order, the state as its string."""
@@ -112,6 +115,8 @@ class JobView:
             "behind": self.behind,
             "attention": self.attention,
             "preview": self.preview,
+            "fingerprint": self.fingerprint,
+            "model_changes": self.model_changes,
         }
 
 
@@ -192,6 +197,8 @@ def job_view(journal: Journal, job: Job, now: float | None = None, place: Place 
         waits=place.why.value if place is not None and not place.entry.running else None,
         behind=place.ahead if place is not None else None,
         attention=_escaped(job.attention),
+        fingerprint=(state_metrics.get("fingerprint") or {}).get("id"),
+        model_changes=len(state_metrics.get("model_changes") or ()),
     )
 
 
@@ -217,7 +224,8 @@ def status_views(
         places = {p.entry.id: p for p in order}
         rank = {job_id: i for i, job_id in enumerate(places)}
         active.sort(key=lambda j: (j.id not in rank, rank.get(j.id, 0), j.seq))
-    recent = journal.jobs(list(FINISHED), limit=limit)
+    # an API batch whose outputs expired is gone for its client: not listed either
+    recent = [j for j in journal.jobs(list(FINISHED), limit=limit) if not j.meta.get("expired_at")]
     return StatusViews(
         active=tuple(job_view(journal, j, now, places.get(j.id)) for j in active),
         recent=tuple(job_view(journal, j, now) for j in recent),

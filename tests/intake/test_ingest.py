@@ -36,12 +36,34 @@ def _good(cid: str, **body: object) -> dict:
         ({**_good("x"), "custom_id": "c" * 600}, "invalid_custom_id"),
         ({**_good("x"), "method": "GET"}, "invalid_method"),
         ({**_good("x"), "url": "http://evil.example/v1/chat/completions"}, "invalid_url"),
-        ({**_good("x"), "url": "/v1/embeddings"}, "invalid_url"),
+        ({**_good("x"), "url": "/v1/audio/transcriptions"}, "invalid_url"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"model": "m"}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"input": []}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"input": [1, 2]}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"input": "a", "encoding_format": "int8"}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/embeddings", "body": {"input": "a", "dimensions": 0}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/responses", "body": {"input": []}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/responses", "body": {"input": [{"type": "function_call"}]}}, "invalid_body"),
+        (
+            {**_good("x"), "url": "/v1/responses", "body": {"input": "a", "text": {"format": {"type": "xml"}}}},
+            "invalid_body",
+        ),
+        ({**_good("x"), "url": "/v1/responses", "body": {"input": "a", "max_output_tokens": -1}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/completions", "body": {"prompt": ""}}, "invalid_body"),
+        ({**_good("x"), "url": "/v1/completions", "body": {"prompt": "a", "n": 2}}, "invalid_body"),
         ({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions"}, "invalid_body"),
         ({**_good("x"), "body": {"model": "m"}}, "invalid_messages"),
         ({**_good("x"), "body": {"messages": "hi"}}, "invalid_messages"),
         ({**_good("x"), "body": {"messages": [{"role": "wizard", "content": "x"}]}}, "invalid_messages"),
         ({**_good("x"), "body": {"messages": [{"role": "user", "content": 5}]}}, "invalid_messages"),
+        (_good("x", tools={"get_weather": {}}), "invalid_tools"),
+        (_good("x", tools=[{"type": "function", "function": {}}]), "invalid_tools"),
+        (_good("x", tools=[{"type": "retrieval"}]), "invalid_tools"),
+        (_good("x", tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="always"), "invalid_tools"),
+        (_good("x", tool_choice="auto"), "invalid_tools"),
+        (_good("x", functions=[{"name": "f"}]), "invalid_body"),
+        ({**_good("x"), "body": {"messages": [{"role": "tool", "content": "4"}]}}, "invalid_messages"),
+        ({**_good("x"), "body": {"messages": [{"role": "user", "content": None}]}}, "invalid_messages"),
     ],
 )
 def test_each_bad_line_is_an_error_with_its_line_number(line: bytes | dict, code: str) -> None:
@@ -50,6 +72,29 @@ def test_each_bad_line_is_an_error_with_its_line_number(line: bytes | dict, code
     assert rows[1].line == 2
     assert rows[1].error["code"] == code
     assert rows[1].error["line"] == 2
+
+
+def test_tool_lines_are_kept_whole() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4 C"},
+    ]
+    (row,) = _jsonl({**_good("t", tools=tools, tool_choice="required"), "body": {"messages": messages, "tools": tools}})
+    assert row.error is None and row.body == {"messages": messages, "tools": tools}
+
+
+def test_lines_are_routed_by_url_and_an_api_batch_takes_only_its_endpoint() -> None:
+    embed = {"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": ["a", "b"]}}
+    chat, emb = _jsonl(_good("c"), embed)
+    assert (chat.url, chat.error) == (None, None)  # chat: stored as None, as every line before version 7
+    assert (emb.url, emb.error, emb.body) == ("/v1/embeddings", None, embed["body"])
+    raw = b"".join(orjson.dumps(x) + b"\n" for x in (_good("c"), embed))
+    rows = list(read_jsonl(io.BufferedReader(io.BytesIO(raw)), LIMITS, endpoint="/v1/embeddings"))
+    assert rows[0].error is not None and rows[0].error["code"] == "endpoint_mismatch"
+    assert rows[1].error is None
 
 
 def test_duplicate_custom_id_rejects_later_lines() -> None:

@@ -46,7 +46,7 @@ def _drop(folders: Folders, name: str, n: int, *, fail_every: int = 0, invalid_e
                         {
                             "custom_id": f"r{i}",
                             "method": "POST",
-                            "url": "/v1/embeddings",
+                            "url": "/v1/audio/transcriptions",
                             "body": {"model": "gemma3:4b", "input": "x"},
                         }
                     )

@@ -39,6 +39,8 @@ KEYS = [
     "behind",
     "attention",
     "preview",
+    "fingerprint",
+    "model_changes",
 ]
 
 

@@ -84,7 +84,7 @@ def write_jsonl(path: Path, n: int, *, model: str = "gemma3:4b", start: int = 0,
                         {
                             "custom_id": cid,
                             "method": "POST",
-                            "url": "/v1/embeddings",
+                            "url": "/v1/audio/transcriptions",
                             "body": {"model": model, "input": "x"},
                         }
                     )

@@ -15,6 +15,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from tests.support.emulator import endpoints
 from tests.support.emulator.eras import bad_request, runner_key, shifts
 from tests.support.emulator.model import (
     count_tokens,
@@ -167,7 +168,7 @@ class Handler(BaseHTTPRequestHandler):
                             "name": m,
                             "model": m,
                             "size": emu.ps["size"],
-                            "digest": model_digest(m),
+                            "digest": emu.digests.get(m) or model_digest(m),
                             "modified_at": _now_iso(0),
                             "details": model_details(m),
                         }
@@ -215,6 +216,8 @@ class Handler(BaseHTTPRequestHandler):
         path, raw = self.path, self._read_body()
         if path in ("/api/chat", "/v1/chat/completions"):
             self._chat(raw, openai=path.startswith("/v1"))
+        elif path in endpoints.ROUTES:  # /api/embed, /v1/embeddings, /api/generate, /v1/completions
+            self._send(*endpoints.ROUTES[path](self.server.emu, raw, path.startswith("/v1")))
         elif path == "/api/show":
             emu = self.server.emu
             try:
@@ -231,7 +234,7 @@ class Handler(BaseHTTPRequestHandler):
                     "parameters": "",
                     "template": "{{ .Prompt }}",
                     "details": model_details(model),
-                    "capabilities": ["completion"],
+                    "capabilities": list(emu.capabilities.get(model, ("completion",))),
                     "model_info": {"general.architecture": arch, f"{arch}.context_length": emu.context_length},
                 },
             )
@@ -285,6 +288,12 @@ class Handler(BaseHTTPRequestHandler):
         if not self._known(model):
             msg = ERROR_MESSAGES[404].format(model=model)
             return self._error(404, msg if not openai else f"model '{model}' not found", openai)
+        lacking = endpoints.missing(emu.capabilities.get(model, ()), body)
+        if lacking is not None:
+            return self._error(400, endpoints.refusal(model, lacking), openai)
+        blind = endpoints.image_refusal(emu.capabilities.get(model, ()), messages, openai)
+        if blind is not None:
+            return self._error(*blind, openai)
         if openai:
             self._openai(body, messages, last)
         else:
@@ -349,7 +358,7 @@ class Handler(BaseHTTPRequestHandler):
                 {
                     "model": model,
                     "created_at": created,
-                    "message": {"role": "assistant", "content": content},
+                    "message": endpoints.ollama_message(content, endpoints.tool_calls(body, messages)),
                     "done": True,
                     **counts,
                 },
@@ -413,9 +422,7 @@ class Handler(BaseHTTPRequestHandler):
                 {
                     **head,
                     "object": "chat.completion",
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": reason}
-                    ],
+                    "choices": [endpoints.openai_choice(content, reason, endpoints.tool_calls(body, messages))],
                     "usage": usage,
                 },
             )

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
+from tests.support.emulator import endpoints
 from tests.support.emulator.eras import ERAS, Era
 from tests.support.emulator.faults import Fault, Faults
 from tests.support.emulator.model import count_tokens
@@ -49,6 +50,10 @@ class Emulator:
         self.latency_max = latency_max
         self._latency_rng = random.Random(7)
         self.models = tuple(models)
+        #: each model's Ollama capabilities (``endpoints``); tests narrow them
+        self.capabilities = endpoints.capabilities_for(self.models)
+        #: a model's /api/tags digest when a test re-pulls it (default: a hash of its name)
+        self.digests: dict[str, str] = {}
         self.silent_truncate = False
         #: when set, every route answers this status (a proxy refusing credentials: 401/403; 404)
         self.refuse: int | None = None
