@@ -14,8 +14,8 @@ import pytest
 from openai.types import CreateEmbeddingResponse
 
 from batchd.config import Settings
-from tests.realserver import ALIAS, WAIT_SECONDS, LlamaServer, gemma_gguf, llama_server_binary
 from tests.support.factories import read_jsonl
+from tests.support.realserver import ALIAS, WAIT_SECONDS, LlamaServer, gemma_gguf, llama_server_binary
 from tests.support.running import run_daemon_once
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.timeout(WAIT_SECONDS + 600)]
