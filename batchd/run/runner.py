@@ -104,7 +104,8 @@ class JobRunner:
         #: the server's version, request hygiene and reloads (set once the context is pinned)
         self.server: ServerSide | None = None
         self._lanes_changed = asyncio.Event()
-        self._closing = False
+        self._closing = False  #: the feeder is done: every row is queued in memory
+        self._drained = False  #: a lane met the end of the queue: no row is left for a parked lane
         self._base_counts = (0, 0)
         self.monitor_tick = MONITOR_TICK
         self.gate = Gate(
@@ -361,7 +362,7 @@ class JobRunner:
                         break
                     await queue.put(req)
         finally:
-            self._closing = True  # paused lanes leave now; the active ones drain the queue
+            self._closing = True
             self._wake_lanes()
         for _ in range(self.lanes):
             await queue.put(None)
@@ -380,7 +381,9 @@ class JobRunner:
         while True:
             # A lane over the limit (controller or VRAM policy) parks between requests, never mid-request.
             parked = False
-            while index >= self.active_lanes and not self._closing and not self._halted():
+            # (not when the feeder is done: a short job's rows are all queued before the first reply, and a
+            # lane the controller lets in later must find them; they leave once a lane met the end)
+            while index >= self.active_lanes and not self._drained and not self._halted():
                 parked = True
                 changed = self._lanes_changed
                 await changed.wait()
@@ -392,6 +395,9 @@ class JobRunner:
                 await self.recorder.wait_ok(self._abort)
                 continue
             req = await queue.get()
+            if req is None:  # every row is taken: parked lanes may leave too
+                self._drained = True
+                self._wake_lanes()
             if req is None or self._halted():
                 return  # a request taken but not started stays in _taken: back to queued at the end
             self.in_flight += 1

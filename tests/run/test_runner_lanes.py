@@ -171,3 +171,16 @@ def test_doctor_on_auto_lanes_names_the_servers_parallel_slots() -> None:
     assert check.level == "OK" and "OLLAMA_NUM_PARALLEL=8" in check.what and check.fix == ""
     check = _parallel("auto", None)
     assert check.level == "OK" and "one request at a time" in check.what and "OLLAMA_NUM_PARALLEL=4" in check.fix
+
+
+def test_auto_grows_in_a_job_shorter_than_the_lane_queue(
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
+) -> None:
+    # 60 rows fit the lanes' queue (2 x lanes_max) at once: the feeder is done before the first reply,
+    # and parked lanes used to leave then, so auto could never go above 1 (seen against llama-server)
+    emulator.latency, emulator.slots = 0.05, 4
+    settings = make_settings(backend={"lanes": "auto"}, context={"mode": "isolated"})
+    runner, outcome, journal = make_runner.run_job(settings, 60)
+    assert outcome == "completed" and runner.done == 60
+    assert runner.metrics.lanes_max >= 2 and emulator.peak_concurrency >= 2
+    journal.close()
