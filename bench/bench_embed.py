@@ -47,7 +47,7 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def run(rows: int, lanes: int) -> dict[str, object]:
+def run(rows: int, lanes: int, profile: str | None = None) -> dict[str, object]:
     with folders("bench-embed-") as f, tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "calls.json"
         emu = subprocess.Popen(
@@ -58,7 +58,7 @@ def run(rows: int, lanes: int) -> dict[str, object]:
         assert emu.stdout is not None
         url = emu.stdout.readline().strip().removeprefix("listening on ")
         try:
-            return _measure(f, url, rows, lanes, emu, record)
+            return _measure(f, url, rows, lanes, emu, record, profile)
         finally:
             if emu.poll() is None:
                 emu.terminate()
@@ -66,7 +66,7 @@ def run(rows: int, lanes: int) -> dict[str, object]:
 
 
 def _measure(
-    f: Folders, url: str, rows: int, lanes: int, emu: subprocess.Popen[str], record: Path
+    f: Folders, url: str, rows: int, lanes: int, emu: subprocess.Popen[str], record: Path, profile: str | None
 ) -> dict[str, object]:
     folder = f.inbox / "docs"
     folder.mkdir()
@@ -80,7 +80,11 @@ def _measure(
     started = time.perf_counter()
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "batchd", "run", "--once"], cwd=REPO, env=env, stdout=sink, stderr=sink
+            [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "batchd", "run", "--once"],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=sink,
         )
     samples: list[tuple[float, float]] = []
     at_start: int | None = None  # the journal once ingest is done: what the run adds is the vectors' cost
@@ -144,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=170_000)
     ap.add_argument("--lanes", type=int, default=64)
+    ap.add_argument("--profile", help="batchd's cProfile stats to this file (slower: finds the cost)")
     args = ap.parse_args(argv)
     header(f"embeddings: {args.rows:,} rows x {DIMS} dims, lanes {args.lanes}")
     print(machine(), flush=True)
-    result = run(args.rows, args.lanes)
+    result = run(args.rows, args.lanes, args.profile)
     print(json.dumps(result, indent=2), flush=True)
     rate = float(result["rows_per_s_end_to_end"])  # type: ignore[arg-type]
     summary(

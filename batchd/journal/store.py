@@ -25,7 +25,7 @@ from batchd.journal.records import (
     Request,
     Sample,
 )
-from batchd.journal.rows import JOB_COLS, REQ, REQ_COLS, dump_json, job_from_row, request_from_row
+from batchd.journal.rows import JOB_COLS, REQ, REQ_COLS, TAKE_COLS, dump_json, job_from_row, request_from_row
 from batchd.journal.team import TeamRecords
 
 
@@ -198,7 +198,7 @@ class Journal(Lifecycle, ApiRecords, TeamRecords):
         """The next queued requests in input order, marked running in the same transaction."""
         with self.transaction() as db:
             rows = db.execute(
-                f"SELECT {REQ_COLS} FROM requests WHERE job_id=? AND state='queued' ORDER BY seq LIMIT ?",
+                f"SELECT {TAKE_COLS} FROM requests WHERE job_id=? AND state='queued' ORDER BY seq LIMIT ?",
                 (job_id, limit),
             ).fetchall()
             if rows:

@@ -416,6 +416,8 @@ class Conversation:
         if result.cached_tokens is None:
             self.metrics.cached_prompt_tokens += min(self._cached, reported or self._cached)
         answer: Message = {"role": "assistant", "content": result.content}
+        if result.tool_calls:  # the call the model made is what the next turns must see
+            answer["tool_calls"] = list(result.tool_calls)
         self._previous = [*self._sent, answer]
         self._previous_prompt = reported if counted else 0
         self._previous_predicted = self._predicted
@@ -423,7 +425,9 @@ class Conversation:
         self._harder = self._drop_all = False  # this shape worked; pending reactions are spent
         cut = split_prefix(messages) if prefix_len is None else min(prefix_len, len(messages))
         if self.mode == "conversation" and not self.budget.pressure and cut < len(messages):
-            self.history.append([*messages[cut:], answer])
+            # images go with the turn that carried them only: kept, each would cost the window on every call
+            own = [{k: v for k, v in m.items() if k != "images"} if m.get("images") else m for m in messages[cut:]]
+            self.history.append([*own, answer])
 
 
 def _common_prefix(a: list[Message], b: list[Message]) -> list[Message]:

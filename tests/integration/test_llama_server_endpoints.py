@@ -1,4 +1,5 @@
-"""llama.cpp's real ``llama-server`` with ``--embeddings``: its own ``/v1/embeddings`` through batchd, and tools.
+"""llama.cpp's real ``llama-server`` with ``--embeddings`` and ``--jinja``: its own ``/v1/embeddings`` through
+batchd, and a real tool call.
 
 Skipped with the reason where llama-server cannot be built (as ``test_llama_server.py``).
 """
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion
 
 from batchd.config import Settings
 from tests.support.factories import read_jsonl
@@ -30,7 +32,7 @@ def embedding_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama
         pytest.skip(model)
     log = tmp_path_factory.mktemp("llama-server-embed") / "server.log"
     extra = ("--embeddings", "--pooling", "mean")
-    with LlamaServer(binary, model, slots=2, ctx=2048, log_path=log, extra=extra) as server:
+    with LlamaServer(binary, model, slots=2, ctx=2048, log_path=log, extra=extra, jinja=True) as server:
         yield server
 
 
@@ -60,21 +62,36 @@ def test_embedding_lines_through_the_real_v1_embeddings(
     )
 
 
-def test_a_tool_line_reaches_the_real_server_and_is_never_answered_as_if_plain(
+def test_a_tool_line_gets_a_real_tool_call_back_as_openai_tool_calls(
     embedding_server: LlamaServer, make_settings: Callable[..., Settings]
 ) -> None:
-    """llama-server parses tool calls only with ``--jinja`` (the packaged GGUF has no template of its own,
-    so these tests run ``--no-jinja``): then it refuses ``tools`` with a 400 that becomes the line's error."""
+    """Under ``--jinja`` (a template that renders tools) llama-server constrains the reply to a tool call
+    (``tool_choice: required``) and parses it: batchd hands it on as OpenAI's ``message.tool_calls`` with string
+    ``arguments``."""
     settings = make_settings(backend={"kind": "openai", "url": embedding_server.url, "model": ALIAS})
-    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-    body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [tool], "max_tokens": 16}
+    params = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "enum": ["Oslo", "Bergen"]}},
+        "required": ["city"],
+    }
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": params}}
+    body = {
+        "messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+        "tools": [tool],
+        "tool_choice": "required",
+        "max_tokens": 96,
+        "temperature": 0,
+    }
     (settings.inbox / "tools.jsonl").write_bytes(_line("t", "/v1/chat/completions", body))
     run_daemon_once(settings)
-    results = read_jsonl(settings.outbox / "tools" / "results.jsonl")
-    errors = read_jsonl(settings.outbox / "tools" / "errors.jsonl")
-    if results:  # a server that parses tool calls: OpenAI's shape
-        message = results[0]["response"]["body"]["choices"][0]
-        assert message["finish_reason"] in ("tool_calls", "stop")
-    else:
-        (error,) = errors
-        assert "tool" in error["response"]["body"]["error"]["message"].lower() or "jinja" in str(error).lower()
+    assert read_jsonl(settings.outbox / "tools" / "errors.jsonl") == []
+    (result,) = read_jsonl(settings.outbox / "tools" / "results.jsonl")
+    completion = ChatCompletion.model_validate(result["response"]["body"])
+    choice = completion.choices[0]
+    # Gemma 270M repeats the call until max_tokens: the first one is whole, later ones may be cut ("length")
+    assert choice.finish_reason in ("tool_calls", "length"), orjson.dumps(result).decode()
+    assert choice.message.tool_calls, orjson.dumps(result).decode()
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert isinstance(call.function.arguments, str)
+    assert orjson.loads(call.function.arguments)["city"] in ("Oslo", "Bergen")
