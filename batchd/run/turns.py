@@ -53,7 +53,13 @@ class Turns:
         elif ingest_first and (ingesting := self.journal.jobs([JobState.INGESTING])):
             return ingesting[-1]  # oldest first (jobs() lists newest first)
         now = self.wall()
-        best = rules.next(self.entries(), now)
+        entries = self.entries()
+        # A job still ``running`` in the journal is a run that did not end (its ``end_run`` refused by a full
+        # disk): it goes on first, or it would stay running for ever (the ranking only orders queued jobs).
+        unfinished = next((e for e in entries if e.running and not e.attention), None)
+        if unfinished is not None:
+            return self.journal.job(unfinished.id)
+        best = rules.next(entries, now)
         if best is None:
             return None
         if rules.aged(best, now) != best.lifted:

@@ -258,7 +258,8 @@ def test_sigterm_mid_job_then_restart_completes_every_id_once(
 ) -> None:
     slow = Emulator(latency=0.03).start()
     try:
-        env = {"BATCHD_BACKEND__LANES": "2", "BATCHD_SHUTDOWN_GRACE_SECONDS": "10"}
+        # claim order (fifo): under the fair default the 2-row job would rightly go first after the restart
+        env = {"BATCHD_BACKEND__LANES": "2", "BATCHD_SHUTDOWN_GRACE_SECONDS": "10", "BATCHD_SCHEDULE__POLICY": "fifo"}
         proc = start_daemon(slow.url, **env)
         ids = write_jsonl(folders.inbox / "long.jsonl", 160)
         journal = Journal(folders.state / "journal.sqlite3")
