@@ -82,7 +82,7 @@ class Notifier:
         if self._channels():
             for job in self.journal.paused_jobs():
                 why = job.attention or {}
-                self._owe(job, ATTENTION, "needs_attention", f".attention.{why.get('at', 0):.0f}", why)
+                self._owe(job, ATTENTION, "needs_attention", f".attention.{why.get('at', 0)!r}", why)
 
     def _channels(self) -> list[str]:
         notify = self.settings().notify
