@@ -73,26 +73,8 @@ class OllamaBackend:
         tools = ollama_tools(request.tools, request.tool_choice)
         if has_images(request.messages):
             await self._check_vision(request.model)
-        payload: dict[str, Any] = {
-            "model": request.model,
-            "messages": ollama_messages(request.messages),
-            "stream": False,
-            "options": {**request.options, "num_ctx": request.num_ctx},
-            # Ollama silently cuts overflowing prompts and still answers 200; with
-            # truncate off (>= 0.12.6), overflow is a 400 the context loop can act on.
-            "truncate": False,
-            "keep_alive": self.keep_alive,
-            # Thinking models default think to true (server/routes.go ChatHandler) and spend
-            # num_predict on thoughts; off unless the request or pipeline asks.
-            "think": request.think if request.think is not None else False,
-        }
-        if self.send_shift_false:
-            # An answer that fills the window stops (done_reason "length") instead of silently
-            # dropping the oldest prompt tokens. >= 0.30: a client with another shift reloads the
-            # model (server/sched.go needsReload), hence backend.shift = "server" for shared servers.
-            payload["shift"] = False
-        if request.format is not None:
-            payload["format"] = request.format
+        payload: dict[str, Any] = {"model": request.model, "messages": ollama_messages(request.messages)}
+        payload |= self._generation(request)
         if tools is not None:
             payload["tools"] = tools
         started = time.perf_counter()
@@ -153,22 +135,34 @@ class OllamaBackend:
         if caps and "vision" not in caps:
             raise Unsupported(f"model {model!r} has no vision: its capabilities are {', '.join(caps)}")
 
-    async def _generate(self, request: ChatRequest) -> ChatResult:
-        """A completion: ``POST /api/generate`` with the prompt, as Ollama's own ``/v1/completions`` does
-        (``openai/openai.go`` ``FromCompleteRequest``: the model's template applies, no ``raw``)."""
-        payload: dict[str, Any] = {
-            "model": request.model,
-            "prompt": request.prompt,
+    def _generation(self, request: ChatRequest) -> dict[str, Any]:
+        """What every generating call (``/api/chat``, ``/api/generate``) carries besides its input: the same
+        runner options each time (a different ``num_ctx`` or ``shift`` reloads the model), no streaming."""
+        fields: dict[str, Any] = {
             "stream": False,
             "options": {**request.options, "num_ctx": request.num_ctx},
+            # Ollama silently cuts overflowing prompts and still answers 200; with
+            # truncate off (>= 0.12.6), overflow is a 400 the context loop can act on.
             "truncate": False,
             "keep_alive": self.keep_alive,
+            # Thinking models default think to true (server/routes.go ChatHandler) and spend
+            # num_predict on thoughts; off unless the request or pipeline asks.
             "think": request.think if request.think is not None else False,
         }
         if self.send_shift_false:
-            payload["shift"] = False
+            # An answer that fills the window stops (done_reason "length") instead of silently
+            # dropping the oldest prompt tokens. >= 0.30: a client with another shift reloads the
+            # model (server/sched.go needsReload), hence backend.shift = "server" for shared servers.
+            fields["shift"] = False
         if request.format is not None:
-            payload["format"] = request.format
+            fields["format"] = request.format
+        return fields
+
+    async def _generate(self, request: ChatRequest) -> ChatResult:
+        """A completion: ``POST /api/generate`` with the prompt, as Ollama's own ``/v1/completions`` does
+        (``openai/openai.go`` ``FromCompleteRequest``: the model's template applies, no ``raw``)."""
+        payload: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
+        payload |= self._generation(request)
         started = time.perf_counter()
         reply = await self._http.post("/api/generate", payload, model=request.model, reply=OllamaGenerateResponse)
         return ChatResult(
