@@ -73,10 +73,13 @@ class ImageFolder:
     ``close()`` when the rows are done. Without a source, or with images off (``on`` False: limits.
     max_images_per_request = 0), every image cell is refused; so is every image after ``budget`` bytes
     of them (``limits.max_file_bytes``: one CSV naming one big image a million times must not become a
-    journal a million times its size)."""
+    journal a million times its size). The ``data:`` URI must fit ``max_uri`` (``limits.max_line_bytes``),
+    as the JSONL line holding it would: the runner holds a chunk of rows at once, so a row is no bigger."""
 
-    def __init__(self, source: ImageSource | None, max_bytes: int, budget: int, *, on: bool = True) -> None:
-        self.source, self.max_bytes, self.budget, self.on = source, max_bytes, budget, on
+    def __init__(
+        self, source: ImageSource | None, max_bytes: int, budget: int, max_uri: int, *, on: bool = True
+    ) -> None:
+        self.source, self.max_bytes, self.budget, self.max_uri, self.on = source, max_bytes, budget, max_uri, on
         self.owner_uid = source[2] if source else None
         self._fd: int | None = None
         self._groups: frozenset[int] | None = None
@@ -121,10 +124,16 @@ class ImageFolder:
         mime = sniff(data[:16])
         if mime is None:
             raise ImageRefused(f"image {cell!r} is not a PNG, JPEG, WebP or GIF image")
+        uri = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+        if len(uri) > self.max_uri:
+            raise ImageRefused(
+                f"image {cell!r} is {len(uri):,} bytes as a data: URI, over limits.max_line_bytes "
+                f"({self.max_uri:,}; a JSONL line could not hold it either): raise it for bigger images"
+            )
         if len(data) > self.budget:
             raise ImageRefused(f"image {cell!r} would take this CSV's images over limits.max_file_bytes")
         self.budget -= len(data)
-        return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+        return uri
 
     def _read(self, parts: list[str]) -> bytes:
         cur = self._dir()

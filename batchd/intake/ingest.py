@@ -334,7 +334,8 @@ def read_csv(
         raise InputError(exc.message, code="pipeline_mismatch") from exc
     images = None
     if pipeline.image_column:
-        images = ImageFolder(folder, limits.max_image_bytes, limits.max_file_bytes, on=limits.max_images > 0)
+        caps = limits.max_image_bytes, limits.max_file_bytes, limits.max_line_bytes
+        images = ImageFolder(folder, *caps, on=limits.max_images > 0)
     return header, _csv_rows(reader, header, pipeline, limits, images)
 
 

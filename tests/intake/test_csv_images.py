@@ -239,6 +239,18 @@ def test_a_csvs_images_together_stay_under_max_file_bytes(
     assert "over limits.max_file_bytes" in errors["r3"]["message"]
 
 
+def test_a_rows_image_must_fit_max_line_bytes_as_a_jsonl_line_would(
+    folders: Folders, make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
+    """The runner holds a chunk of rows at once: a CSV row's image is no bigger than a JSONL line may be."""
+    folder = _folder(folders, "id,name,photo\nsmall,small,images/a.png\nwide,wide,images/wide.png\n")
+    (folder / "images" / "wide.png").write_bytes(PNG * 4)
+    run_daemon_once(make_settings(limits={"max_line_bytes": 400}))
+    results, errors = _outcome(folders)
+    assert set(results) == {"small"} and set(errors) == {"wide"}
+    assert "over limits.max_line_bytes (400;" in errors["wide"]["message"]
+
+
 def test_an_embed_pipeline_with_an_image_column_is_refused(tmp_path: Path) -> None:
     (tmp_path / "pipeline.toml").write_text('task = "embed"\ninput_column = "text"\nimage_column = "photo"\n')
     with pytest.raises(ConfigError, match="embedding images is not supported"):
