@@ -116,7 +116,7 @@ class ImageFolder:
         except UnsafeFile as exc:
             raise ImageRefused(f"image {cell!r} refused: {exc.strerror}") from exc
         except FileNotFoundError as exc:
-            raise ImageRefused(f"image {cell!r} not found in the pipeline folder") from exc
+            raise ImageRefused(f"image {cell!r} not found (the path is relative to the CSV's folder)") from exc
         except OSError as exc:
             raise ImageRefused(f"image {cell!r} cannot be read: {exc.strerror or exc}") from exc
         if len(data) > self.max_bytes:
