@@ -85,11 +85,15 @@ class Pipeline(BaseModel):
     task: Literal["chat", "embed"] = "chat"
     #: embed: the column whose text is embedded (else ``user_template`` renders it from the row)
     input_column: str | None = None
+    #: chat: the column whose cell names an image file beneath the CSV's folder (``intake.images``)
+    image_column: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Pipeline:
         if self.user_template is not None:
             template_fields(self.user_template)
+        if self.image_column is not None and self.task == "embed":
+            raise ConfigError("image_column", 'embedding images is not supported: give it with task = "chat" only')
         if self.system_prompt_file and not self.system_prompt:
             # The [pipeline] table of the main config; folder pipelines are resolved by load_pipeline().
             if not Path(self.system_prompt_file).is_absolute():
@@ -143,6 +147,8 @@ class Pipeline(BaseModel):
             uses.append((self.id_column, "id_column"))
         if self.input_column and self.task == "embed":  # only an embed pipeline reads it
             uses.append((self.input_column, "input_column"))
+        if self.image_column:
+            uses.append((self.image_column, "image_column"))
         known = set(header)
         for column, use in uses:
             if column not in known:
@@ -158,8 +164,8 @@ class Pipeline(BaseModel):
         return row.get(self.input_column, "") if self.input_column else self.render_user(row)
 
     def render_user(self, row: dict[str, str]) -> str:
-        if self.user_template is None:
-            return "\n".join(f"{k}: {v}" for k, v in row.items())
+        if self.user_template is None:  # every column but the image's (its path means nothing to the model)
+            return "\n".join(f"{k}: {v}" for k, v in row.items() if k != self.image_column)
         return self.user_template.format_map(row)
 
 

@@ -29,7 +29,7 @@ from batchd.errors import ConfigError, InputError, StorageError
 from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
 from batchd.intake.definition import checked_definition, work_key
 from batchd.intake.inbox import Candidate, free_outbox_name, refusal, safe_stem
-from batchd.intake.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
+from batchd.intake.ingest import SUPPORTED, Limits, carries_image, pipeline_prefix, read_csv, read_jsonl
 from batchd.intake.quotas import OverOwnerLimit, TooManyInvalid
 from batchd.journal import Job, JobState, Journal, NewClaim, NewRequest
 from batchd.pipeline import HOSTILE_ERRORS, Pipeline, hostile_reason, load_pipeline_at
@@ -84,13 +84,7 @@ class Claimer:
         self.hook = hook
         self.spool = settings.state_dir / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
-        self.limits = Limits(
-            max_lines=settings.limits.max_lines,
-            max_line_bytes=settings.limits.max_line_bytes,
-            allowed_models=tuple(settings.backend.allowed_models),
-            max_image_bytes=settings.limits.max_image_bytes,
-            max_images=settings.limits.max_images_per_request,
-        )
+        self.limits = Limits.of(settings)
 
     # -- start-up -------------------------------------------------------------
 
@@ -413,7 +407,8 @@ class Claimer:
         prefix = None
         with open(job.spool, "rb") as fh:
             if job.kind == "csv":
-                columns, rows = read_csv(fh, pipeline, self.limits)
+                folder = (self.settings.inbox, job.pipeline, job.owner_uid)  # image_column cells point there
+                columns, rows = read_csv(fh, pipeline, self.limits, folder)
                 prefix = pipeline_prefix(pipeline, model)
             else:
                 rows = read_jsonl(fh, self.limits, endpoint=job.meta.get("endpoint"))
@@ -432,7 +427,7 @@ class Claimer:
                     # journal): stop reading, keep the first `cap` line errors, say the rest in one.
                     total += self._insert(job.id, batch)
                     raise TooManyInvalid(cap, r.line or total)
-                if len(batch) >= INSERT_BATCH:
+                if len(batch) >= INSERT_BATCH or carries_image(r):
                     total += self._insert(job.id, batch)
                     if self.journal.cancel_requested(job.id):
                         raise IngestCancelled(job.id)

@@ -17,9 +17,11 @@ from typing import Any, BinaryIO
 import orjson
 
 from batchd.backends.base import OLLAMA_TO_OPENAI
+from batchd.config import Settings
 from batchd.errors import ConfigError, InputError, LineError
 from batchd.formats import to_response_format
 from batchd.intake.endpoints import CHECKS, Endpoint, check_image, stored
+from batchd.intake.images import IMAGE_KEY, ImageFolder, ImageRefused, ImageSource
 from batchd.journal import NewRequest
 from batchd.pipeline import Pipeline, template_fields
 
@@ -40,6 +42,15 @@ class Limits:
     allowed_models: tuple[str, ...] = ()
     max_image_bytes: int = 8 * 1024**2
     max_images: int = 8
+    #: a CSV's images together may not hold more (a JSONL line's inline images could not either)
+    max_file_bytes: int = 2 * 1024**3
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        """The limits of ``[limits]`` (and ``backend.allowed_models``): the daemon's and the CLI's alike."""
+        lim, models = settings.limits, tuple(settings.backend.allowed_models)
+        images = lim.max_image_bytes, lim.max_images_per_request
+        return cls(lim.max_lines, lim.max_line_bytes, models, *images, max_file_bytes=lim.max_file_bytes)
 
 
 def sniff_text(head: bytes) -> None:
@@ -72,9 +83,16 @@ def full_body(prefix: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, 
     merged = {**prefix, **body}
     values = merged.pop(VALUES_KEY, None)
     template = merged.pop(TEMPLATE_KEY, None)
+    image = merged.pop(IMAGE_KEY, None)
     merged["messages"] = [*prefix.get("messages", []), *body.get("messages", [])]
     if isinstance(values, dict):
-        merged["messages"].append({"role": "user", "content": render_values(template, values)})
+        text = render_values(template, values)
+        if image:  # an image_column row: the text, then its image, as a JSONL line would give them
+            parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+            parts.append({"type": "image_url", "image_url": {"url": image}})
+            merged["messages"].append({"role": "user", "content": parts})
+        else:
+            merged["messages"].append({"role": "user", "content": text})
     return merged
 
 
@@ -287,8 +305,11 @@ def _text_lines(fh: BinaryIO, limit: int) -> Iterator[str]:
     decoder.decode(b"", final=True)
 
 
-def read_csv(fh: BinaryIO, pipeline: Pipeline, limits: Limits) -> tuple[list[str], Iterator[NewRequest]]:
-    """Returns the header and a generator of rows rendered through the pipeline."""
+def read_csv(
+    fh: BinaryIO, pipeline: Pipeline, limits: Limits, folder: ImageSource | None = None
+) -> tuple[list[str], Iterator[NewRequest]]:
+    """Returns the header and a generator of rows rendered through the pipeline; ``folder`` is where a
+    pipeline's ``image_column`` cells point (read one row at a time, ``intake.images``)."""
     head = fh.peek(8192)[:8192] if hasattr(fh, "peek") else b""
     sniff_text(head)
     text = _text_lines(fh, limits.max_line_bytes)
@@ -311,10 +332,31 @@ def read_csv(fh: BinaryIO, pipeline: Pipeline, limits: Limits) -> tuple[list[str
         pipeline.check_columns(header)
     except ConfigError as exc:
         raise InputError(exc.message, code="pipeline_mismatch") from exc
-    return header, _csv_rows(reader, header, pipeline, limits)
+    images = None
+    if pipeline.image_column:
+        caps = limits.max_image_bytes, limits.max_file_bytes, limits.max_line_bytes
+        images = ImageFolder(folder, *caps, on=limits.max_images > 0)
+    return header, _csv_rows(reader, header, pipeline, limits, images)
 
 
-def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits) -> Iterator[NewRequest]:
+def carries_image(request: NewRequest) -> bool:
+    """A row with its image inside: the claimer journals it at once, so one image at a time is held."""
+    return request.body is not None and IMAGE_KEY in request.body
+
+
+def _csv_rows(
+    reader: Any, header: list[str], pipeline: Pipeline, limits: Limits, images: ImageFolder | None
+) -> Iterator[NewRequest]:
+    try:
+        yield from _csv_rows_in(reader, header, pipeline, limits, images)
+    finally:
+        if images is not None:
+            images.close()
+
+
+def _csv_rows_in(
+    reader: Any, header: list[str], pipeline: Pipeline, limits: Limits, images: ImageFolder | None
+) -> Iterator[NewRequest]:
     seen: dict[str, int] = {}
     seq = 0
     width = len(header)
@@ -327,6 +369,7 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
     render = pipeline.render_input if embed else pipeline.render_user
     url = Endpoint.EMBEDDINGS.value if embed else None
     max_lines = limits.max_lines
+    image_column = pipeline.image_column
     while True:
         start = reader.line_num + 1
         try:
@@ -368,6 +411,12 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
             )
         elif embed and not (text := render(row)):
             error = LineError("nothing to embed (empty input)", line=start, code="invalid_row")
+        image = None
+        if error is None and image_column and (cell := row[image_column].strip()):  # empty: no image
+            try:
+                image = images.data_uri(cell) if images else None
+            except ImageRefused as exc:
+                error = LineError(f"column {image_column!r}: {exc}", line=start, code="invalid_image")
         if error is not None:
             yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=None, error=error.as_record())
             continue
@@ -377,7 +426,12 @@ def _csv_rows(reader: Any, header: list[str], pipeline: Pipeline, limits: Limits
         if embed:
             yield NewRequest(seq=seq, line=start, custom_id=custom_id, body={"input": text}, row=keep, url=url)
             continue
-        body = {VALUES_KEY: row if used is None else {f: row[f] for f in used}}
+        if used is not None:
+            body: dict[str, Any] = {VALUES_KEY: {f: row[f] for f in used}}
+        else:  # every column but the image's, whose path means nothing to the model
+            body = {VALUES_KEY: {k: v for k, v in row.items() if k != image_column} if image_column else row}
+        if image is not None:
+            body[IMAGE_KEY] = image
         yield NewRequest(seq=seq, line=start, custom_id=custom_id, body=body, row=keep)
 
 

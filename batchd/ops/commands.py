@@ -43,10 +43,6 @@ def _pipeline(settings: Settings, name: str | None) -> Pipeline:
     return load_pipeline(folder)
 
 
-def _limits(settings: Settings) -> Limits:
-    return Limits(max_lines=settings.limits.max_lines, max_line_bytes=settings.limits.max_line_bytes)
-
-
 # -- status ----------------------------------------------------------------------------
 
 _COLUMNS = ("JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT")
@@ -137,6 +133,19 @@ def _csv_pipeline(settings: Settings, path: Path, name: str | None, command: str
     return _pipeline(settings, name)
 
 
+def _shown(content: object) -> str:
+    """A message's content for people: an image part as its type and size, not its base64."""
+    if not isinstance(content, list):
+        return str(content)
+    out = []
+    for part in content:
+        url = str((part.get("image_url") or {}).get("url", "")) if part.get("type") == "image_url" else ""
+        mime, _, data = url.partition(";base64,")
+        size = len(data) * 3 // 4 - data[-2:].count("=")
+        out.append(f"[{mime.removeprefix('data:')} image, {size:,} bytes]" if url else part["text"])
+    return "\n".join(out)
+
+
 def _input_error(path: Path, exc: InputError) -> BatchdError:
     if exc.code == "pipeline_mismatch":  # the pipeline does not fit the file: exit 2 like any config error
         return ConfigError(str(path), exc.message)
@@ -156,7 +165,7 @@ def convert(settings: Settings, path: Path, *, pipeline: str | None, output: Pat
     written = skipped = 0
     try:
         with path.open("rb") as fh:
-            _, rows = read_csv(fh, pipe, _limits(settings))
+            _, rows = read_csv(fh, pipe, Limits.of(settings), (path.parent, None, None))
             for r in rows:
                 if r.body is None:
                     skipped += 1
@@ -186,7 +195,7 @@ def render(settings: Settings, path: Path, *, pipeline: str | None, row: int) ->
     prefix = pipeline_prefix(pipe, settings.model_for(pipe))
     try:
         with path.open("rb") as fh:
-            _, rows = read_csv(fh, pipe, _limits(settings))
+            _, rows = read_csv(fh, pipe, Limits.of(settings), (path.parent, None, None))
             for r in rows:
                 if r.seq != row:
                     continue
@@ -195,7 +204,7 @@ def render(settings: Settings, path: Path, *, pipeline: str | None, row: int) ->
                 body = full_body(prefix, r.body)
                 print(f"=== row {row} (line {r.line}), custom_id {r.custom_id}, pipeline {pipe.name} ===")
                 for m in body["messages"]:
-                    print(f"--- {m['role']} ---\n{m['content']}")
+                    print(f"--- {m['role']} ---\n{_shown(m['content'])}")
                 rest = {k: v for k, v in body.items() if k != "messages"}
                 print("--- request options ---\n" + orjson.dumps(rest, option=orjson.OPT_INDENT_2).decode())
                 return 0
