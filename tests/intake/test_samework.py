@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import orjson
@@ -25,7 +27,8 @@ from batchd.intake.samework import Unchecked, answered_by, probe_for, same_work
 from batchd.journal import Job, JobState, Journal
 from tests.support.emulator import Emulator
 from tests.support.factories import Folders, write_jsonl
-from tests.support.running import run_daemon_once
+from tests.support.running import REPO, batchd_cmd, run_daemon_once
+from tests.support.waiting import wait_for
 
 MODEL = "gemma3:4b"
 
@@ -34,7 +37,7 @@ def _metrics(folders: Folders, name: str) -> dict[str, Any]:
     return orjson.loads((folders.outbox / name / "metrics.json").read_bytes())  # type: ignore[no-any-return]
 
 
-def _drop_and_run(folders: Folders, settings: Settings) -> list[dict[str, Any]]:
+def _drop_and_run(folders: Folders, settings: Settings) -> list[MutableMapping[str, Any]]:
     """The same 4 lines dropped again, ``run --once``; what was logged."""
     write_jsonl(folders.inbox / "a.jsonl", 4)
     with capture_logs() as logs:
@@ -42,7 +45,7 @@ def _drop_and_run(folders: Folders, settings: Settings) -> list[dict[str, Any]]:
     return logs
 
 
-def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def _events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
@@ -109,6 +112,33 @@ def test_an_openai_server_is_asked_through_its_models_listing(
     assert not _events(logs, "duplicate_fingerprint_unchecked")  # compared, not assumed
 
 
+def test_the_service_compares_in_its_claim_thread(folders: Folders, emulator: Emulator) -> None:
+    """``batchd run``: drops are claimed in the claim thread while the loop runs; the probe is the daemon's."""
+    log = folders.root / "daemon.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(batchd_cmd("run"), env=folders.env(emulator.url), stdout=fh, stderr=fh, cwd=REPO)
+
+    def events(name: str) -> list[dict[str, Any]]:
+        lines = (orjson.loads(line) for line in log.read_bytes().splitlines() if line.startswith(b"{"))
+        return [e for e in lines if e.get("event") == name]
+
+    def drop_and_wait(published: int) -> None:
+        write_jsonl(folders.inbox / "a.jsonl", 3)
+        wait_for(lambda: len(events("job_published")) == published, describe=lambda: log.read_text()[-2000:])
+
+    try:
+        wait_for(lambda: events("daemon_ready"))
+        drop_and_wait(1)
+        drop_and_wait(2)
+        emulator.digests[MODEL] = hashlib.sha256(b"re-pulled").hexdigest()
+        drop_and_wait(3)
+        assert [_metrics(folders, n)["status"] for n in ("a", "a.2", "a.3")] == ["completed", "duplicate", "completed"]
+        assert len(events("duplicate_model_changed")) == 1 and not events("duplicate_fingerprint_unchecked")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
 # -- the decision's edges, on a journal and fakes ----------------------------------------------------
 
 
@@ -135,7 +165,7 @@ def _probe(fp: str | None, asked: list[str]) -> Callable[[str], Fingerprint | No
 
 
 @pytest.fixture
-def rows(make_settings: Callable[..., Settings]) -> Callable[[], Job]:
+def rows(make_settings: Callable[..., Settings]) -> Iterator[Callable[[], Job]]:
     from batchd.intake.claim import Claimer
     from batchd.intake.inbox import scan
 
@@ -153,7 +183,7 @@ def rows(make_settings: Callable[..., Settings]) -> Callable[[], Job]:
         assert job is not None
         return job
 
-    yield make  # type: ignore[misc]
+    yield make
     journal.close()
 
 
