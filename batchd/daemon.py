@@ -1,13 +1,11 @@
 """The daemon: claim what is in the inbox, run jobs one at a time, publish outboxes.
 
-``step()`` does one unit of work (publish one finished job, or run the next
-queued one) so tests can drive it; ``run_once()`` drains and returns (``batchd
-run --once``); ``run()`` is the long-running service loop.
+``step()`` does one unit of work (publish one finished job, or run the next queued one) so tests can drive it;
+``run_once()`` drains and returns (``batchd run --once``); ``run()`` is the long-running service loop.
 
-In ``run()`` three tasks share the event loop with the job loop: intake's
-*watch* and *claims* (see ``intake.py``: new drops are claimed and queued
-while a long job runs) and *heartbeat* (watchdog pings, status line, config
-reloads), plus *notify* (``publish.notify``). Jobs run one at a time, in the order ``run.turns`` picks.
+In ``run()`` tasks share the event loop with the job loop: intake's *watch* and *claims* (``intake.worker``: new
+drops are claimed and queued while a long job runs), *heartbeat* (watchdog pings, status line, config reloads) and
+*notify* (``publish.notify``). Jobs run one at a time, in the order ``run.turns`` picks.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import scan
+from batchd.intake.samework import probe_for
 from batchd.intake.watch import choose_mode
 from batchd.intake.worker import Intake
 from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
@@ -63,10 +62,10 @@ class Daemon:
         self.journal = journal or Journal(settings.journal_path)
         self._backend = backend
         self._backend_stale = False
-        self.sleep = sleep
-        self.clock = clock
+        self.sleep, self.clock = sleep, clock
         self.reload_settings = reload_settings
-        self.claimer = Claimer(settings=settings, journal=self.journal)
+        self.probe = probe_for(lambda: make_backend(self.settings))  # which model file the server serves now
+        self.claimer = Claimer(settings=settings, journal=self.journal, probe=self.probe)
         self.outbox = Outbox(settings=settings, journal=self.journal)
         self.notices = Notifier(journal=self.journal, settings=lambda: self.settings)  # [notify], not sd_notify
         self.turns = Turns(self.journal, lambda: self.settings, on_pause=self.notices.jobs_paused)  # who goes first
@@ -305,10 +304,11 @@ class Daemon:
             from batchd.api.server import start_api  # the api extra is optional: import only when asked
 
             # Raises ConfigError (exit 2) before serving: non-loopback without a token, port taken.
-            api = start_api(self.settings, self.stop, on_queued=self.wake)
+            api = start_api(self.settings, self.stop, on_queued=self.wake, probe=self.probe)
         self.intake = intake = Intake(
             settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake, clock=self.clock, disk=self.disk
         )
+        intake.probe = self.probe
         watch = asyncio.create_task(intake.watch(), name="watch")
         claims = asyncio.create_task(intake.claims(), name="claims")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
@@ -471,7 +471,7 @@ class Daemon:
         # Work in flight keeps its settings: the running job its runner, the claim in hand its
         # claimer. The next claim, the next job and the (restarted) watcher see the new ones.
         self.settings = new
-        self.claimer = Claimer(settings=new, journal=self.journal)
+        self.claimer = Claimer(settings=new, journal=self.journal, probe=self.probe)
         self.outbox = Outbox(settings=new, journal=self.journal)
         if new.backend != old.backend:
             self._backend_stale = True

@@ -41,6 +41,7 @@ from batchd.errors import StorageError
 from batchd.fsutil import fsync_dir
 from batchd.intake.claim import Claimer, new_job_id
 from batchd.intake.inbox import pipeline_for, safe_stem
+from batchd.intake.samework import Probe, no_probe
 from batchd.journal import FINISHED, CancelAnswer, FinalStatus, Job, JobState, Journal, NewBatch, NewClaim, ReqState
 from batchd.status.views import ViewState
 
@@ -63,8 +64,17 @@ class ApiError(Exception):
 
 
 class BatchService:
-    def __init__(self, *, settings: Settings, journal: Journal, on_queued: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        journal: Journal,
+        on_queued: Callable[[], None] | None = None,
+        probe: Probe = no_probe,
+    ) -> None:
         self.settings = settings
+        #: which model the server serves now, for an upload that matches a job that ran (``intake.samework``)
+        self.probe = probe
         self.journal = journal
         #: called on the loop when an upload's job is queued (the daemon's wake-up)
         self.on_queued = on_queued
@@ -73,7 +83,7 @@ class BatchService:
         self.closed = False
         self.store = ApiStore(journal)
         self.retention = Retention(settings=settings, journal=journal, store=self.store)
-        self.claimer = Claimer(settings=settings, journal=journal)
+        self.claimer = Claimer(settings=settings, journal=journal, probe=probe)
         self.uploads = settings.state_dir / "spool" / "api"
 
     # -- files ------------------------------------------------------------------------
@@ -241,7 +251,7 @@ class BatchService:
             try:
                 journal = Journal(self.journal.path)
                 try:
-                    state = Claimer(settings=self.settings, journal=journal).ingest(job_id)
+                    state = Claimer(settings=self.settings, journal=journal, probe=self.probe).ingest(job_id)
                 finally:
                     journal.close()
             except StorageError as exc:

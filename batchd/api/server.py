@@ -23,6 +23,7 @@ from batchd.api.listen import check_listen, ensure_installed
 from batchd.api.uploads import sweep
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError
+from batchd.intake.samework import Probe, no_probe
 from batchd.journal import Journal
 
 log = structlog.get_logger("batchd.api")
@@ -55,13 +56,15 @@ def start_api(
     *,
     journal: Journal | None = None,
     on_queued: Callable[[], None] | None = None,
+    probe: Probe = no_probe,
 ) -> asyncio.Task[None]:
     """Check the setting and bind now (ConfigError here, before any await), then serve in a task.
 
     Call from the running loop. The task ends when ``stop_event`` is set or it is cancelled.
     ``journal``: share the daemon's (used on the loop thread only); by default the API
     opens its own connection to the same database. ``on_queued``: called on the loop
-    when an uploaded batch is queued, so the daemon's job loop wakes at once.
+    when an uploaded batch is queued, so the daemon's job loop wakes at once. ``probe``: asks the
+    server which model it serves, for an upload whose duplicate key matches a job that ran.
     """
     ensure_installed()
     host, port = check_listen(settings)
@@ -69,7 +72,7 @@ def start_api(
     try:
         own = journal is None
         db = journal or Journal(settings.journal_path)
-        service = BatchService(settings=settings, journal=db, on_queued=on_queued)
+        service = BatchService(settings=settings, journal=db, on_queued=on_queued, probe=probe)
         sweep(service.uploads)
         service.retention.expire()
     except BaseException:

@@ -11,6 +11,7 @@ records and ``journal``; never ``run``, ``publish``, ``status``, ``api`` or ``op
 - ``cancels``: ``NAME.cancel`` from the share: the dropper's cancels their job, anyone else's is refused
 - ``claim``: claim a file (spool copy, hash, journal rows, unlink), then ingest it
 - ``definition``: the pipeline as the journal keeps it and the duplicate key hashed over it
+- ``samework``: a file dropped again is the same work only when the same model file would answer it
 - ``quotas``: what one file may cost (invalid lines; requests its owner has waiting)
 - ``ingest``: streaming JSONL/CSV readers with per-line validation
 - ``worker``: the watch task and the claim task (own journal connection, worker thread), rescans

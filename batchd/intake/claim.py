@@ -31,6 +31,7 @@ from batchd.intake.definition import checked_definition, work_key
 from batchd.intake.inbox import Candidate, free_outbox_name, refusal, safe_stem
 from batchd.intake.ingest import SUPPORTED, Limits, carries_image, pipeline_prefix, read_csv, read_jsonl
 from batchd.intake.quotas import OverOwnerLimit, TooManyInvalid
+from batchd.intake.samework import Probe, no_probe, same_work
 from batchd.journal import Job, JobState, Journal, NewClaim, NewRequest
 from batchd.pipeline import HOSTILE_ERRORS, Pipeline, hostile_reason, load_pipeline_at
 
@@ -76,12 +77,13 @@ def _no_hook(step: str) -> None:
 
 
 class Claimer:
-    def __init__(self, *, settings: Settings, journal: Journal, hook: Callable[[str], None] = _no_hook) -> None:
-        self.settings = settings
-        self.journal = journal
-        #: called before each filesystem step of a claim ("open_folder", "stat", "open_file",
-        #: "unlink"): the seam the folder-swap tests use to race the claim deterministically
-        self.hook = hook
+    def __init__(
+        self, *, settings: Settings, journal: Journal, hook: Callable[[str], None] = _no_hook, probe: Probe = no_probe
+    ) -> None:
+        self.settings, self.journal = settings, journal
+        #: hook: called before each filesystem step of a claim ("open_folder", "stat", "open_file", "unlink"):
+        #: the seam the folder-swap tests use to race the claim; probe: which model the server has (samework)
+        self.hook, self.probe = hook, probe
         self.spool = settings.state_dir / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
         self.limits = Limits.of(settings)
@@ -355,9 +357,7 @@ class Claimer:
             return self._unusable(job, exc.message)
         except HOSTILE_ERRORS as exc:
             return self._unusable(job, hostile_reason(exc))
-        twin = self.journal.claim_work(job.id, key)
-        if twin is not None:
-            log.info("job_duplicate", job_id=job.id, input=job.input_name, duplicate_of=twin)
+        if same_work(self.journal, job, key, model, self.probe) is not None:
             return JobState.FINALIZING
         self.journal.restart_ingest(job.id)  # a half-done earlier ingest starts over
         try:

@@ -24,6 +24,7 @@ from batchd.errors import BatchdError, StorageError
 from batchd.intake.cancels import CancelDesk
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import Candidate, candidate_for, scan
+from batchd.intake.samework import Probe, no_probe
 from batchd.intake.watch import InboxWatcher, Signature, StabilityTracker, choose_mode, signature
 from batchd.journal import JobState, Journal
 from batchd.storage import DiskWatch, Store
@@ -53,6 +54,8 @@ class Intake:
         self.clock = clock
         #: a spool or journal that refuses writes holds the claims (the files stay in the inbox)
         self.disk = disk or DiskWatch(clock=clock)
+        #: which model the server serves now, for a drop that matches a job that ran (``samework``; the daemon's)
+        self.probe: Probe = no_probe
         self.tracker = StabilityTracker(stable_seconds=settings().watch.stable_seconds, clock=clock)
         self.ready = asyncio.Event()
         self._claims: asyncio.Queue[Candidate] = asyncio.Queue()
@@ -249,7 +252,7 @@ class Intake:
 
     def _claim_batch(self, journal: Journal, batch: list[Candidate]) -> int:
         """Runs in the worker thread. Claim order is queue order, which is modification order."""
-        claimer = Claimer(settings=self.settings(), journal=journal)
+        claimer = Claimer(settings=self.settings(), journal=journal, probe=self.probe)
         claimed = 0
         for cand in batch:
             if self.stop.is_set():

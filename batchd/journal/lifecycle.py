@@ -23,7 +23,7 @@ from batchd.journal.records import (
     JobState,
     RunOutcome,
 )
-from batchd.journal.rows import UNFINISHED, dump_json
+from batchd.journal.rows import JOB_COLS, UNFINISHED, dump_json, job_from_row
 
 
 class Lifecycle(Connection):
@@ -138,26 +138,28 @@ class Lifecycle(Connection):
                 final=FinalStatus.FAILED,
             )
 
-    def claim_work(self, job_id: str, work_key: str) -> str | None:
-        """Ingest's first step: record the job's duplicate key; the id of an earlier job that did or
-        will do the same work (same bytes, same effective definition), else None. One transaction."""
+    def work_twins(self, job_id: str, work_key: str) -> list[Job]:
+        """Ingest's first step: record the job's duplicate key; the earlier jobs that did or will do the
+        same work (same bytes, same effective definition), oldest first. Whether the same model did it
+        is the caller's to ask (``intake.sameness``); ``mark_duplicate`` records the verdict."""
         with self.transaction() as db:
             db.execute("UPDATE jobs SET work_key=? WHERE id=?", (work_key, job_id))
             rows = db.execute(
-                "SELECT id FROM jobs WHERE work_key=? AND id != ? "
-                "AND state IN ('queued','running','finalizing','completed') "
-                "AND (state != 'finalizing' OR final IS 'completed' OR final IS NULL) ORDER BY seq LIMIT 1",
+                f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id "
+                "WHERE j.work_key=? AND j.id != ? AND j.state IN ('queued','running','finalizing','completed') "
+                "AND (j.state != 'finalizing' OR j.final IS 'completed' OR j.final IS NULL) ORDER BY j.seq LIMIT 100",
                 (work_key, job_id),
             ).fetchall()
-            if not rows:
-                return None
-            twin = str(rows[0][0])
+            return [job_from_row(r) for r in rows]
+
+    def mark_duplicate(self, job_id: str, twin: str) -> None:
+        """The job is a duplicate of ``twin``: nothing of it runs, it is published at once."""
+        with self.transaction() as db:
             db.execute(
                 "UPDATE jobs SET state='finalizing', final='duplicate', duplicate_of=? "
                 "WHERE id=? AND state='ingesting'",
                 (twin, job_id),
             )
-            return twin
 
     def restart_ingest(self, job_id: str) -> None:
         with self.transaction() as db:

@@ -5,7 +5,8 @@ same name; only its fingerprint (``Backend.fingerprint``: Ollama's digest and de
 OpenAI-compatible server's ``/v1/models`` entry, the embedded GGUF's sha256) tells. It goes into
 ``metrics.json`` (``server.fingerprint``, per host for a pool) and onto every result body as
 ``system_fingerprint``; one that differs from the last logs ``model_changed`` and is kept in
-``server.model_changes``. A backend that cannot tell (or a failed read) leaves the last one standing.
+``server.model_changes`` (also across a restart: the job's saved counters hold the last one). A
+backend that cannot tell (or a failed read) leaves the last one standing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ class FingerprintWatch:
         self.metrics = metrics
         self.job_id = job_id
         self.model = model
+        # A resumed job's counters come back from the journal with the fingerprint its rows were
+        # answered by: a model re-pulled while batchd was down is a change at the first read.
+        last = metrics.fingerprint
         self.current: Fingerprint | None = None
+        if isinstance(last, dict) and isinstance(last.get("id"), str):
+            self.current = Fingerprint(id=last["id"], details=dict(last.get("details") or {}))
         #: set when a reload was seen: the next poll reads the fingerprint again
         self.stale = True
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from batchd.config import ApiSettings, Settings  # noqa: E402
 from batchd.errors import ConfigError  # noqa: E402
 from batchd.ops import commands as ops  # noqa: E402
 from tests.support.api import ApiHarness, free_port, jsonl, spool_files, upload  # noqa: E402
+from tests.support.emulator import Emulator  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
 TOKEN = "s3cret-token-0123456789"
@@ -211,6 +213,21 @@ def test_duplicate_upload_shares_the_first_run(start_api: Callable[..., ApiHarne
     b = settled(h, second)
     assert b["status"] == "in_progress" and b["request_counts"]["total"] == 2
     assert httpx.post(f"{h.url}/v1/batches/{second}/cancel").status_code == 409
+
+
+def test_an_upload_after_the_model_was_re_pulled_runs_again(
+    start_api: Callable[..., ApiHarness], tmp_path: Path, emulator: Emulator
+) -> None:
+    h = start_api(daemon=True)
+    data = jsonl(tmp_path, 2)
+    first = create(h, upload(h, data).json()["id"]).json()["id"]
+    wait_for(lambda: batch(h, first)["status"] == "completed")
+    calls = emulator.chat_count
+    emulator.digests["gemma3:4b"] = hashlib.sha256(b"re-pulled").hexdigest()  # new weights under the same tag
+    second = create(h, upload(h, data).json()["id"]).json()["id"]
+    b = wait_for(lambda: (x := batch(h, second))["status"] == "completed" and x)
+    assert b["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    assert emulator.chat_count == calls + 2  # its own run, not the first one's answers
 
 
 def test_deleting_the_upload_keeps_the_batch_input(start_api: Callable[..., ApiHarness], tmp_path: Path) -> None:

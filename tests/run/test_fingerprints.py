@@ -92,3 +92,29 @@ def test_an_openai_server_is_fingerprinted_from_its_models_listing(emulator: Emu
     known, missing = asyncio.run(main())
     assert known is not None and known.startswith("fp_") and len(known) == 15
     assert missing is None
+
+
+def test_a_model_re_pulled_while_batchd_was_down_is_a_change_when_the_job_resumes(emulator: Emulator) -> None:
+    """The job's counters come back from the journal with the fingerprint its rows were answered by: the
+    first read after the restart compares with it (the duplicate check reads every fingerprint a job had)."""
+
+    async def main() -> tuple[JobMetrics, list[dict[str, object]], str | None]:
+        backend = OllamaBackend(url=emulator.url)
+        before = JobMetrics()
+        side = ServerSide(backend=backend, metrics=before, job_id="j1", model="gemma3:4b", num_ctx=4096)
+        try:
+            await side.start()
+            emulator.digests["gemma3:4b"] = hashlib.sha256(b"re-pulled").hexdigest()  # batchd is down meanwhile
+            resumed = JobMetrics.from_state(orjson.loads(orjson.dumps(before.to_state())))  # as the runner reads it
+            side = ServerSide(backend=backend, metrics=resumed, job_id="j1", model="gemma3:4b", num_ctx=4096)
+            with capture_logs() as logs:
+                await side.start()
+            return resumed, logs, (before.fingerprint or {}).get("id")
+        finally:
+            await backend.aclose()
+
+    resumed, logs, first = asyncio.run(main())
+    now = "fp_" + hashlib.sha256(b"re-pulled").hexdigest()[:12]
+    assert first is not None and first != now
+    assert [(e["was"], e["now"]) for e in logs if e["event"] == "model_changed"] == [(first, now)]
+    assert [(c["from"], c["to"]) for c in resumed.model_changes] == [(first, now)]

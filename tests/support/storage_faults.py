@@ -79,7 +79,9 @@ def refusal(path: Path, kind: str, *, what: str = "write") -> StorageError:
 #: the journal writes of each phase of a job's life (``update_job`` with ``outbox_name`` is the publish's)
 PHASE_WRITES: dict[str, frozenset[str]] = {
     "claim": frozenset({"claim", "add_file", "create_job", "reject_file", "mark_file_removed"}),
-    "ingest": frozenset({"claim_work", "restart_ingest", "insert_requests", "fail_ingest", "finish_ingest"}),
+    "ingest": frozenset(
+        {"work_twins", "mark_duplicate", "restart_ingest", "insert_requests", "fail_ingest", "finish_ingest"}
+    ),
     "running": frozenset({"start_run", "take_pending", "record", "requeue", "add_sample", "update_job"}),
     "finalising": frozenset({"end_run", "skip_unfinished"}),
     "publish": frozenset({"published", "update_job"}),
