@@ -16,14 +16,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -60,6 +53,10 @@ class BackendSettings(_Section):
     #: bounds for "auto" (a pinned integer ignores them); lanes_max unset = 64 per host, at most 256
     lanes_min: int = Field(default=1, ge=1, le=256)
     lanes_max: int | None = Field(default=None, ge=1, le=256)
+    #: embedding lines' own lanes (``run.embedlanes``); for "auto", max unset = 256 per host, at most 1024
+    embed_lanes: int | Literal["auto"] = "auto"
+    embed_lanes_min: int = Field(default=16, ge=1, le=1024)  # 16 lines in one call cost a server little
+    embed_lanes_max: int | None = Field(default=None, ge=1, le=1024)
     timeout_seconds: float = Field(default=600.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=100)
@@ -91,28 +88,27 @@ class BackendSettings(_Section):
     def _keep_alive(cls, v: Any) -> Any:
         return encode_keep_alive(v)  # Ollama answers 400 to every request with a bad one
 
-    @field_validator("lanes", mode="before")
+    @field_validator("lanes", "embed_lanes", mode="before")
     @classmethod
-    def _lanes(cls, v: Any) -> Any:
+    def _lanes(cls, v: Any, info: ValidationInfo) -> Any:
         text = str(v).strip().lower()
         if text == "auto":
             return "auto"
-        if isinstance(v, bool) or not text.isdigit() or not 1 <= int(text) <= 256:
-            raise ValueError('lanes is an integer from 1 to 256, or "auto"')
+        top = 1024 if info.field_name == "embed_lanes" else 256
+        if isinstance(v, bool) or not text.isdigit() or not 1 <= int(text) <= top:
+            raise ValueError(f'{info.field_name} is an integer from 1 to {top}, or "auto"')
         return int(text)
 
     @model_validator(mode="after")
     def _lane_bounds(self) -> BackendSettings:
-        if self.lanes_max is not None and self.lanes_min > self.lanes_max:
-            raise ValueError(f"lanes_min ({self.lanes_min}) is above lanes_max ({self.lanes_max})")
+        for name in ("lanes", "embed_lanes"):
+            low, high = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+            if high is not None and low > high and f"{name}_min" in self.model_fields_set:  # a default follows
+                raise ValueError(f"{name}_min ({low}) is above {name}_max ({high})")
         return self
 
     def hosts(self) -> list[str]:
         return [u.rstrip("/") for u in (self.urls or [self.url])]
-
-    @property
-    def auto_lanes(self) -> bool:
-        return self.lanes == "auto"
 
     def lane_bounds(self) -> tuple[int, int]:
         """(min, max) requests in flight: a pinned integer is both; the embedded model serves one at a time."""
@@ -122,6 +118,11 @@ class BackendSettings(_Section):
             return 1, 1
         top = self.lanes_max or min(256, 64 * len(self.hosts()))
         return min(self.lanes_min, top), top
+
+    def embed_lane_bounds(self) -> tuple[int, int]:
+        """(min, max) embedding lines in flight: more make bigger calls, so the embedded backend gains too."""
+        top = self.embed_lanes_max or min(1024, 256 * len(self.hosts()))
+        return (n, n) if isinstance(n := self.embed_lanes, int) else (min(self.embed_lanes_min, top), top)
 
 
 class ContextSettings(_Section):

@@ -64,6 +64,12 @@ class JobMetrics:
     lanes_mode: str = "fixed"
     #: ``[[unix time, lanes, reason], ...]``: the start and every change of the limit
     lanes_series: list[list[Any]] = field(default_factory=list)
+    #: the embedding lines' own lanes, the same figures (``run.embedlanes``); mode None: no embedding line yet
+    embed_lanes_mode: str | None = None
+    embed_lanes: int = 0
+    embed_lanes_min: int = 0
+    embed_lanes_max: int = 0
+    embed_lanes_series: list[list[Any]] = field(default_factory=list)
     #: the model the server says answered (the embedded backend serves its GGUF whatever a request names)
     served_model: str | None = None
     trim_at: float | None = None
@@ -118,10 +124,16 @@ class JobMetrics:
     def note_lanes(self, lanes: int, reason: str, at: float | None = None) -> None:
         self.lanes = lanes
         self.lanes_max = max(self.lanes_max, lanes)
-        self.lanes_series.append([round(at if at is not None else time.time(), 3), lanes, reason])
-        if len(self.lanes_series) > _LANES_SERIES_MAX:
-            half = len(self.lanes_series) // 2
-            self.lanes_series[:half] = self.lanes_series[:half:2]
+        _append_change(self.lanes_series, [round(at if at is not None else time.time(), 3), lanes, reason])
+
+    def note_embed_lanes(self, lanes: int, reason: str, mode: str) -> None:
+        """The embedding lanes' limit at their start (``reason`` "start") or at a change."""
+        first = self.embed_lanes_mode is None
+        self.embed_lanes_mode = mode
+        self.embed_lanes = lanes
+        self.embed_lanes_min = lanes if first else min(self.embed_lanes_min, lanes)
+        self.embed_lanes_max = max(self.embed_lanes_max, lanes)
+        _append_change(self.embed_lanes_series, [round(time.time(), 3), lanes, reason])
 
     def note_vram(
         self,
@@ -225,8 +237,26 @@ class JobMetrics:
             lanes_series=self.lanes_series,
             retries=Retries.of(dict(self.retries)),
             outages=Outages(count=self.outages, seconds=round(self.outage_seconds, 1)),
+            embed_lanes=None
+            if self.embed_lanes_mode is None
+            else Lanes(
+                mode=self.embed_lanes_mode,
+                current=self.embed_lanes,
+                min=self.embed_lanes_min,
+                max=self.embed_lanes_max,
+                changes=max(0, len(self.embed_lanes_series) - 1),
+            ),
+            embed_lanes_series=None if self.embed_lanes_mode is None else self.embed_lanes_series,
         )
 
     def summary(self, *, done: int, elapsed: float) -> dict[str, Any]:
         """``metrics.json``'s part after the job's header, as JSON-ready values."""
         return self.sections(done=done, elapsed=elapsed).to_json()
+
+
+def _append_change(series: list[list[Any]], change: list[Any]) -> None:
+    """One more entry of a lanes series; beyond _LANES_SERIES_MAX the oldest half is thinned."""
+    series.append(change)
+    if len(series) > _LANES_SERIES_MAX:
+        half = len(series) // 2
+        series[:half] = series[:half:2]

@@ -187,9 +187,16 @@ class Summary:
     lanes_series: list[list[Any]]
     retries: Retries
     outages: Outages
+    #: the embedding lines' own lanes (``run.embedlanes``): only in a job that had embedding lines
+    embed_lanes: Lanes | None = None
+    embed_lanes_series: list[list[Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for optional in ("embed_lanes", "embed_lanes_series"):
+            if out[optional] is None:
+                del out[optional]
+        return out
 
 
 @dataclass(frozen=True)

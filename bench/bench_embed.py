@@ -1,6 +1,9 @@
 """Embeddings: a 170,000-row CSV pipeline (``task = "embed"``, 768 dimensions) end to end against a 0 ms emulator.
 
-Usage: python -m bench.bench_embed [--rows 170000] [--lanes 64]
+Usage: python -m bench.bench_embed [--rows 170000] [--lanes 64] [--embed-lanes auto]
+
+``--lanes`` sets ``backend.lanes`` and, unless ``--embed-lanes`` says otherwise, ``backend.embed_lanes``
+(the embedding lines' own lanes, ``run.embedlanes``: the lines in flight that share calls).
 
 The emulator runs as its own process (``--latency 0``, an embedding model beside the chat one,
 ``--record`` counts its calls); ``batchd run --once`` runs as a real subprocess whose resident
@@ -47,7 +50,7 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def run(rows: int, lanes: int, profile: str | None = None) -> dict[str, object]:
+def run(rows: int, lanes: int, profile: str | None = None, embed_lanes: str | None = None) -> dict[str, object]:
     with folders("bench-embed-") as f, tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "calls.json"
         emu = subprocess.Popen(
@@ -58,7 +61,7 @@ def run(rows: int, lanes: int, profile: str | None = None) -> dict[str, object]:
         assert emu.stdout is not None
         url = emu.stdout.readline().strip().removeprefix("listening on ")
         try:
-            return _measure(f, url, rows, lanes, emu, record, profile)
+            return _measure(f, url, rows, lanes, emu, record, profile, embed_lanes or str(lanes))
         finally:
             if emu.poll() is None:
                 emu.terminate()
@@ -66,7 +69,14 @@ def run(rows: int, lanes: int, profile: str | None = None) -> dict[str, object]:
 
 
 def _measure(
-    f: Folders, url: str, rows: int, lanes: int, emu: subprocess.Popen[str], record: Path, profile: str | None
+    f: Folders,
+    url: str,
+    rows: int,
+    lanes: int,
+    emu: subprocess.Popen[str],
+    record: Path,
+    profile: str | None,
+    embed_lanes: str,
 ) -> dict[str, object]:
     folder = f.inbox / "docs"
     folder.mkdir()
@@ -75,7 +85,13 @@ def _measure(
     )
     write_csv(Path(tempfile.gettempdir()) / "bench-embed-docs.csv", rows)
     os.replace(Path(tempfile.gettempdir()) / "bench-embed-docs.csv", folder / "docs.csv")
-    env = f.env(url, BATCHD_BACKEND__LANES=str(lanes), BATCHD_LOG__LEVEL="info", BATCHD_LOG__TARGET="json")
+    env = f.env(
+        url,
+        BATCHD_BACKEND__LANES=str(lanes),
+        BATCHD_BACKEND__EMBED_LANES=embed_lanes,
+        BATCHD_LOG__LEVEL="info",
+        BATCHD_LOG__TARGET="json",
+    )
     log = f.root / "batchd.log"
     started = time.perf_counter()
     with log.open("wb") as sink:
@@ -111,6 +127,8 @@ def _measure(
     return {
         "rows": rows,
         "lanes": lanes,
+        "embed_lanes": embed_lanes,
+        "embed_lanes_seen": metrics.get("embed_lanes"),
         "wall_s": round(wall, 1),
         "rows_per_s_end_to_end": round(rows / wall),
         "rows_per_s_run": metrics.get("performance", {}).get("requests_per_second"),
@@ -148,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=170_000)
     ap.add_argument("--lanes", type=int, default=64)
+    ap.add_argument("--embed-lanes", help='backend.embed_lanes: an integer or "auto" (default: --lanes)')
     ap.add_argument("--profile", help="batchd's cProfile stats to this file (slower: finds the cost)")
     args = ap.parse_args(argv)
-    header(f"embeddings: {args.rows:,} rows x {DIMS} dims, lanes {args.lanes}")
+    embed = args.embed_lanes or args.lanes
+    header(f"embeddings: {args.rows:,} rows x {DIMS} dims, lanes {args.lanes}, embed lanes {embed}")
     print(machine(), flush=True)
-    result = run(args.rows, args.lanes, args.profile)
+    result = run(args.rows, args.lanes, args.profile, args.embed_lanes)
     print(json.dumps(result, indent=2), flush=True)
     rate = float(result["rows_per_s_end_to_end"])  # type: ignore[arg-type]
     summary(

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from batchd.cli import main
 from batchd.config import Settings, load_settings
@@ -48,6 +49,9 @@ def test_toml_then_env_then_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path:
     ("env", "value", "key"),
     [
         ("BATCHD_BACKEND__LANES", "many", "backend.lanes"),
+        ("BATCHD_BACKEND__EMBED_LANES", "many", "backend.embed_lanes"),
+        ("BATCHD_BACKEND__EMBED_LANES", "1025", "backend.embed_lanes"),
+        ("BATCHD_BACKEND__EMBED_LANES_MAX", "0", "backend.embed_lanes_max"),
         ("BATCHD_BACKEND__KIND", "vllm", "backend.kind"),
         ("BATCHD_BACKEND__URL", "ftp://x", "backend.url"),
         ("BATCHD_CONTEXT__MODE", "chatty", "context.mode"),
@@ -259,3 +263,36 @@ def test_the_journal_path_is_named_in_one_place(tmp_path: Path) -> None:
     package = Path(__file__).resolve().parents[1] / "batchd"
     naming = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "journal.sqlite3" in p.read_text())
     assert naming == ["config.py"]
+
+
+# -- the embedding lines' own lanes ----------------------------------------------------------
+
+
+def test_embed_lanes_default_to_auto_up_to_a_full_call_per_host_and_apart_from_lanes(tmp_path: Path) -> None:
+    s = Settings(inbox=tmp_path)
+    assert s.backend.embed_lanes == "auto" and s.backend.embed_lane_bounds() == (16, 256)
+    two = Settings(inbox=tmp_path, backend={"lanes": 2, "urls": ["http://a:1", "http://b:2"]})
+    assert two.backend.embed_lane_bounds() == (16, 512) and two.backend.lane_bounds() == (2, 2)
+    # the embedded backend serves one call at a time, but more lines in flight still make bigger calls
+    embedded = Settings(inbox=tmp_path, backend={"kind": "embedded"})
+    assert embedded.backend.lane_bounds() == (1, 1) and embedded.backend.embed_lane_bounds() == (16, 256)
+    bounded = Settings(inbox=tmp_path, backend={"embed_lanes_min": 1, "embed_lanes_max": 1024})
+    assert bounded.backend.embed_lane_bounds() == (1, 1024)
+    small = Settings(inbox=tmp_path, backend={"embed_lanes_max": 4})  # the default min follows a lower max
+    assert small.backend.embed_lane_bounds() == (4, 4)
+
+
+def test_embed_lanes_from_the_environment_pin_the_embedding_pool_only(
+    monkeypatch: pytest.MonkeyPatch, empty_config: Path
+) -> None:
+    monkeypatch.setenv("BATCHD_BACKEND__EMBED_LANES", "8")
+    s = load_settings()
+    assert s.backend.embed_lanes == 8 and s.backend.embed_lane_bounds() == (8, 8)
+    assert s.backend.lanes == "auto"
+
+
+def test_embed_lanes_min_above_max_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"embed_lanes_min \(20\) is above embed_lanes_max \(10\)"):
+        Settings(inbox=tmp_path, backend={"embed_lanes_min": 20, "embed_lanes_max": 10})
+    with pytest.raises(ValidationError, match='embed_lanes is an integer from 1 to 1024, or "auto"'):
+        Settings(inbox=tmp_path, backend={"embed_lanes": 0})

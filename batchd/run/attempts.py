@@ -20,7 +20,6 @@ from batchd.config import Settings
 from batchd.errors import (
     BackendBusy,
     BackendOutOfMemory,
-    BackendTimeout,
     BackendUnavailable,
     ContextLengthExceeded,
     InvalidReply,
@@ -307,17 +306,8 @@ class Attempts:
 
     def _call_ended(self, ticket: Ticket | None, exc: BaseException | None) -> None:
         """Tell the lanes controller how one call went (503/429 and OOM: busy; a timeout; else nothing)."""
-        if ticket is None:
-            return
-        if exc is None:
-            outcome = CallOutcome.OK
-        elif isinstance(exc, (BackendBusy, BackendOutOfMemory)):
-            outcome = CallOutcome.BUSY
-        elif isinstance(exc, BackendTimeout):
-            outcome = CallOutcome.TIMEOUT
-        else:
-            outcome = CallOutcome.ERROR
-        self.control.done(ticket, outcome)
+        if ticket is not None:
+            self.control.done(ticket, CallOutcome.of(exc))
 
     def _success(self, req: Request, attempts: int, result: ChatResult, endpoint: Endpoint) -> Outcome:
         if self.metrics.served_model is None:

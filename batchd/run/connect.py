@@ -25,7 +25,7 @@ def make_backend(settings: Settings, url: str | None = None) -> Backend:
 
         return MultiBackend([make_backend(settings, h) for h in hosts])
     url = url or hosts[0]
-    conns = max(4, b.lane_bounds()[1] * 2)
+    conns = max(4, b.lane_bounds()[1] * 2 + b.embed_lane_bounds()[1])  # an embedding call carries 1+ lines
     if b.kind == "ollama":
         from batchd.backends.ollama import OllamaBackend
 

@@ -28,6 +28,8 @@ from batchd.intake.endpoints import embedding_inputs
 from batchd.intake.ingest import full_body
 from batchd.journal import Outcome, ReqState, Request
 from batchd.metrics import JobMetrics
+from batchd.run.lanes import LaneController
+from batchd.run.lanes import Outcome as CallOutcome
 from batchd.run.outage import Gate
 
 log = structlog.get_logger("batchd.attempts")
@@ -160,6 +162,8 @@ class EmbedAttempts:
         self.failure = failure
         self.fingerprint = fingerprint
         self.sleep = sleep
+        #: the embedding lanes' controller (``embedlanes``, when "auto"): each line, submit to vectors, is a sample
+        self.control: LaneController | None = None
 
     async def execute(self, req: Request) -> Outcome | None:
         body = full_body(self.prefix, req.body or {})
@@ -171,7 +175,15 @@ class EmbedAttempts:
             self.metrics.requests_sent += 1
             started = time.perf_counter()
             try:
-                vectors, tokens = await self.packer.embed(model, inputs, body.get("dimensions"))
+                ticket = self.control.start() if self.control is not None else None
+                try:
+                    vectors, tokens = await self.packer.embed(model, inputs, body.get("dimensions"))
+                except BaseException as exc:
+                    if ticket is not None and self.control is not None:
+                        self.control.done(ticket, CallOutcome.of(exc))
+                    raise
+                if ticket is not None and self.control is not None:
+                    self.control.done(ticket, CallOutcome.OK)
             except BackendUnavailable as exc:
                 attempts -= 1  # an outage pauses the job; it is not this line's fault
                 self.gate.close(str(exc))

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from batchd.errors import BackendBusy, BackendOutOfMemory, BackendTimeout
+
 
 class Reason(str, Enum):
     GROW = "grow"
@@ -59,6 +61,15 @@ class Outcome(str, Enum):
     BUSY = "busy"  #: 503 / 429: the server says it is full
     TIMEOUT = "timeout"
     ERROR = "error"  #: anything else: no latency sample, no decision
+
+    @classmethod
+    def of(cls, exc: BaseException | None) -> Outcome:
+        """How a call went: 503/429 and OOM are busy, a timeout a timeout, any other failure an error."""
+        if exc is None:
+            return cls.OK
+        if isinstance(exc, (BackendBusy, BackendOutOfMemory)):
+            return cls.BUSY
+        return cls.TIMEOUT if isinstance(exc, BackendTimeout) else cls.ERROR
 
 
 @dataclass(frozen=True)

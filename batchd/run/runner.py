@@ -4,13 +4,12 @@ Each lane keeps its own ``Conversation`` (``context``); all lanes share one ``Co
 go to the journal in batches (``FLUSH_SECONDS``/``FLUSH_ROWS``; a crash re-runs one unflushed batch). A
 backend that is down pauses every lane (``outage.Gate``) without burning attempts; one request's calls
 and retries are ``attempts.Attempts``. A monitor task reads VRAM (``vram``), pauses or resumes lanes per
-``VramPolicy`` and samples progress into the journal.
+``VramPolicy`` and samples progress into the journal. Embedding lines have lanes of their own (``embedlanes``).
 
 Every task of the run (lanes, feeder, monitor, control) is ``aio.supervised``: an exception it did
 not handle fails the job with its text at once, no task is left waiting on a dead one. A journal
 write the disk refuses pauses the work like an outage (``record.Recorder``); ``wait_for_disk`` off
 (``--once``): the run ends and ``run()`` raises the ``StorageError``.
-
 
 Stop, cancel, yielding and fatal errors are handled in one place; a lane looks at them before it takes a
 request (``_halted``). A *control* task polls for a cancel every ``CONTROL_SECONDS``, asks ``yield_to``
@@ -34,10 +33,11 @@ from batchd.aio import Sleep, supervised, wait_first
 from batchd.backends.base import Backend
 from batchd.config import Settings
 from batchd.errors import BackendUnavailable, JobError, StorageError, TransientError
-from batchd.journal import Job, Journal, ReqState, Request, RunOutcome
+from batchd.journal import Job, Journal, Outcome, ReqState, Request, RunOutcome
 from batchd.metrics import JobMetrics
 from batchd.run.attempts import Attempts
 from batchd.run.context import ContextBudget, Conversation
+from batchd.run.embedlanes import EmbedLanes, lanes_changed
 from batchd.run.lanes import Change, LaneController, LaneTuning
 from batchd.run.outage import Gate
 from batchd.run.record import Recorder
@@ -74,13 +74,8 @@ class JobRunner:
         wait_for_disk: bool = True,
         yield_to: Callable[[], str | None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.journal = journal
-        self.backend = backend
-        self.job = job
-        self.stop = stop
-        self.sleep = sleep
-        self.clock = clock
+        self.settings, self.journal, self.backend, self.job = settings, journal, backend, job
+        self.stop, self.sleep, self.clock = stop, sleep, clock
         self.metrics = JobMetrics.from_state(job.metrics.get("state", {})) if job.metrics else JobMetrics()
         low, high = settings.backend.lane_bounds()
         #: how many requests may be in flight: pinned (``lanes = N``) or adaptive (``lanes = "auto"``)
@@ -162,9 +157,17 @@ class JobRunner:
         self.stall = StallWatch(
             clock=clock, configured=settings.watchdog.stall_seconds, latencies=lambda: self.metrics.latencies
         )
-        self.restarting = False
-        self.done = 0
-        self.failed = 0
+        self.restarting, self.done, self.failed = False, 0, 0
+        self.embed_lanes = EmbedLanes(  # embedding lines' own lanes and controller, started by the first one
+            settings=settings.backend,
+            embeds=self.attempts.embeds,
+            recorder=self.recorder,
+            stall=self.stall,
+            halted=self._halted,
+            finish=self._finish,
+            abort=self._abort,
+            crash=self._crash,
+        )
 
     # -- the job ---------------------------------------------------------------------
 
@@ -288,6 +291,7 @@ class JobRunner:
     def _wake_lanes(self) -> None:
         self._lanes_changed.set()
         self._lanes_changed = asyncio.Event()
+        self.embed_lanes.wake()
 
     async def _pin_context(self) -> None:
         """One num_ctx for the whole job: a different value would reload the model."""
@@ -339,10 +343,12 @@ class JobRunner:
         feeder = supervised(self._feed(queue), "feeder", self._crash)
         try:
             await wait_first(asyncio.wait(lanes), self._abort.wait())
+            await wait_first(self.embed_lanes.wait(), self._abort.wait())
         finally:
             for task in (*lanes, feeder):
                 task.cancel()  # a no-op for the ones already done
             await asyncio.gather(*lanes, feeder, return_exceptions=True)  # their failures went to _crash
+            await self.embed_lanes.aclose()
 
     async def _feed(self, queue: asyncio.Queue[Request | None]) -> None:
         chunk = max(64, self.lanes * 16)
@@ -360,12 +366,13 @@ class JobRunner:
                 for req in batch:
                     if self._should_stop():
                         break
-                    await queue.put(req)
+                    await (self.embed_lanes.put(req) if self.embed_lanes.takes(req) else queue.put(req))
         finally:
             self._closing = True
             self._wake_lanes()
         for _ in range(self.lanes):
             await queue.put(None)
+        await self.embed_lanes.close()  # after: a full embedding queue whose lanes left must not hold the chat lanes
 
     def _take(self, n: int) -> list[Request] | None:
         taken: list[Request] = []
@@ -407,30 +414,23 @@ class JobRunner:
             finally:
                 self.in_flight -= 1
                 self.stall.lane(index, "between requests")
-            if outcome is None:  # stopped while the backend was away: back to queued at the end
-                continue
-            self._taken.discard(req.seq)
-            self.recorder.add(outcome)  # in memory until the journal took it (a full disk: until it can)
-            self.stall.progressed()
-            self.metrics.count_outcome(outcome.state is ReqState.DONE, (outcome.error or {}).get("code"))
-            if outcome.state is ReqState.DONE:
-                self.done += 1
-            else:
-                self.failed += 1
+            if outcome is not None:  # None: stopped while the backend was away: back to queued at the end
+                self._finish(req, outcome)
+
+    def _finish(self, req: Request, outcome: Outcome) -> None:
+        """A request of either pool has its outcome: to the recorder (in memory until the journal took it)."""
+        self._taken.discard(req.seq)
+        self.recorder.add(outcome)
+        self.stall.progressed()
+        ok = outcome.state is ReqState.DONE
+        self.metrics.count_outcome(ok, (outcome.error or {}).get("code"))
+        self.done, self.failed = self.done + ok, self.failed + (not ok)
 
     # -- how many lanes ----------------------------------------------------------------------
 
     def _lanes_moved(self, change: Change) -> None:
         """The controller changed the limit: log it, record it, let parked lanes go or lanes park."""
-        log.info(
-            "lanes_changed",
-            job_id=self.job.id,
-            **{"from": change.old, "to": change.new},
-            reason=change.reason.value,
-            latency_ms=round(change.latency * 1000, 1) if change.latency is not None else None,
-            floor_ms=round(change.floor * 1000, 1) if change.floor is not None else None,
-            rate=round(change.rate, 2) if change.rate is not None else None,
-        )
+        lanes_changed(self.job.id, change)
         self.metrics.note_lanes(change.new, change.reason.value)
         self._set_active()
 
@@ -475,6 +475,7 @@ class JobRunner:
             self.budget.pressure = self.policy.pressure
         if self.auto:  # each step of the policy (on, and again while it lasts) is one back-off
             self.control.pressure(self.policy.pressure, again=self.control.pressure_on)
+        self.embed_lanes.pressure(self.policy.pressure)
         self._set_active()
         self._wake_lanes()
 

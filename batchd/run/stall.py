@@ -51,7 +51,7 @@ class StallWatch:
         self.stall: Stall | None = None
         self.stalled_at: float | None = None
         #: what each lane is doing and since when (``job_stalled`` says it)
-        self.doing: dict[int, tuple[str, float]] = {}
+        self.doing: dict[tuple[str, int], tuple[str, float]] = {}
 
     def threshold(self) -> float:
         if self.configured is not None:
@@ -63,11 +63,12 @@ class StallWatch:
         """A request finished (answered or failed for good)."""
         self.last = self.clock()
 
-    def lane(self, index: int, what: str) -> None:
-        self.doing[index] = (what, self.clock())
+    def lane(self, index: int, what: str, pool: str = "lane") -> None:
+        """``pool``: "lane" for the chat lanes, "embed lane" for the embedding lines' own (``embedlanes``)."""
+        self.doing[(pool, index)] = (what, self.clock())
 
     def lanes(self, now: float) -> dict[str, str]:
-        return {f"lane {i}": f"{what} for {now - since:.0f}s" for i, (what, since) in sorted(self.doing.items())}
+        return {f"{p} {i}": f"{what} for {now - since:.0f}s" for (p, i), (what, since) in sorted(self.doing.items())}
 
     def check(self, *, work_left: bool, excused: bool, job_id: str) -> Stall | None:
         """A new ``Stall`` (logged as ``job_stalled``) the first time the job is stalled, else None.
