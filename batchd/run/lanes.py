@@ -8,6 +8,12 @@ obeys ``limit``. Everything is measured over *windows of completed requests*
 current limit), never over wall-clock ticks, so a 30 s generation and a 30 ms
 one are treated alike.
 
+First a **scan** (``knee.py``: 1, 2, 4, ... in flight until throughput stops
+rising), then the rules below climb around the knee it found, from its latency
+as the floor (limits below the knee do not lower it: a batching server is faster
+there, not less queued). Scans come back after a capacity change and, within 2%
+of the job's time, now and then.
+
 Per window: ``R`` = mean latency of the window's requests (averaged with the
 earlier windows at the same limit unless it jumped), ``X`` = throughput by
 Little's law (mean in flight / ``R``), ``F`` = the no-load floor: the lowest
@@ -43,6 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from batchd.run.knee import Knee, Reading, Verdict
+
 
 class Reason(str, Enum):
     GROW = "grow"
@@ -52,6 +60,8 @@ class Reason(str, Enum):
     BUSY = "busy"
     TIMEOUT = "timeout"
     VRAM = "vram"
+    SCAN = "scan"  #: a step of the knee scan
+    KNEE = "knee"  #: the scan's verdict: the lowest limit within 5% of the best throughput it saw
 
 
 class Outcome(str, Enum):
@@ -96,6 +106,7 @@ class _Window:
     latencies: list[float] = field(default_factory=list)
     count: int = 0  #: completions of any request since t0 (the rate)
     area: float = 0.0  #: integral of requests in flight since t0 (was the limit used?)
+    read: bool = True  #: False for a scan step's ramp: its requests met a queue still filling (they read low)
 
 
 class LaneController:
@@ -156,6 +167,11 @@ class LaneController:
         self._ref: tuple[int, float, float] | None = None
         self._last: tuple[int, float, float] | None = None
         self._open: dict[int, _Window] = {}
+        #: the scan's knee: limits below it do not set the floor (a batching server is faster there)
+        self._pin = 0
+        self.knee = Knee(lanes_max=lanes_max, now=self._last_t)
+        if not self.fixed:
+            self.knee.begin(self.limit, self._last_t)
         self._collecting = _Window(0, self._quota())
         self._reset_windows()
 
@@ -232,11 +248,16 @@ class LaneController:
         if self._settling:  # the first window after a cut still waits behind the old queue: not a reading
             self._settling = False
             return None
+        if not w.read:
+            return None
         span = max(now - w.t0, 1e-9)
         latency = sum(w.latencies) / len(w.latencies)
         rate = w.area / span / latency  # Little: in flight / time in system (steadier than counting)
         busy = w.area / span
         limit = self.limit
+        reading = Reading.of(limit, rate, w.latencies)
+        if self.knee.scanning:
+            return self._scan_step(reading, busy >= 0.8 * limit, now)
         last = self._last
         test, self._floor_test = self._floor_test, None
         # a queue halves with half the load; the work itself does not (0.75: well clear of both)
@@ -276,6 +297,9 @@ class LaneController:
         used = busy >= 0.8 * limit
         figures = {"latency": latency, "floor": self.floor, "rate": rate}
         change = self._decide(limit, ratio, rate, gained, used, just_grew, ref, now, figures)
+        if change is None and used and not self.pressure_on and self.knee.periodic_due(now, limit, span):
+            # held: look again above, past any flat step a one-step probe cannot see across
+            change = self._set(self.knee.begin(limit, now, reading), Reason.SCAN, now, figures)
         if self._since_backoff and self._ceiling is not None and limit >= self._ceiling:
             self._ceiling = None  # that level held: forget it
         return change
@@ -289,7 +313,8 @@ class LaneController:
         level[0] += max(1 / level[1], 0.2) * (latency - level[0])
         level[2] = spread / (n * min(level[1], 9)) ** 0.5  # the standard error of that average
         # The lowest average plus its error: a plain minimum over many noisy averages reads low.
-        self.floor = min(m + se for m, _, se in self._levels.values())
+        pinned = [m + se for lim, (m, _, se) in self._levels.items() if lim >= self._pin]
+        self.floor = min(pinned or [m + se for m, _, se in self._levels.values()])
         return level
 
     def _decide(
@@ -313,6 +338,8 @@ class LaneController:
             target = int(limit * self.target_ratio / ratio)  # Vegas: what the server really serves
             if ratio < 2 * self.shrink_ratio - 1:  # a mild queue (or noise on the floor): one step
                 target = max(target, limit - max(1, limit // 8))
+            elif self.knee.after_change_allowed(now):  # the server lost capacity: cut, then scan up from there
+                self.knee.begin(max(self.lanes_min, min(limit - 1, target)), now)
             return self._backoff_to(target, Reason.QUEUEING, now, figures)
         if self.pressure_on or not used:
             return None
@@ -349,7 +376,33 @@ class LaneController:
         return self._set(max(target, self.limit), reason, now, figures)
 
     def _backoff(self, factor: float, reason: Reason, now: float) -> Change | None:
-        return self._backoff_to(int(self.limit * factor), reason, now, {})
+        target = int(self.limit * factor)
+        verdict = self.knee.finish(now, failed=True)  # errors end a scan: back to its knee below, if any
+        if verdict is not None:
+            self._rebase(verdict)
+            target = min(target, verdict.limit)
+        return self._backoff_to(target, reason, now, {})
+
+    # -- the scan ----------------------------------------------------------------------------
+
+    def _scan_step(self, reading: Reading, used: bool, now: float) -> Change | None:
+        figures = {"latency": reading.latency, "rate": reading.rate}
+        nxt = self.knee.observe(reading, used=used)
+        if nxt is not None:
+            return self._set(nxt, Reason.SCAN, now, figures)
+        verdict = self.knee.finish(now)
+        assert verdict is not None  # it has just measured a level
+        self._rebase(verdict)
+        return self._set(verdict.limit, Reason.KNEE, now, {**figures, "floor": self.floor or reading.latency})
+
+    def _rebase(self, verdict: Verdict) -> None:
+        """Climb from the knee the scan found: no queue there, so its latency is the floor."""
+        if verdict.floor is not None:  # (None: a periodic look found nothing better; keep what we knew)
+            mean, se, windows = verdict.floor
+            self._levels, self.floor, self._pin = {verdict.limit: [mean, windows, se]}, mean + se, verdict.limit
+            self._ref = self._last = self._floor_test = None
+            self._ceiling = verdict.ceiling  # the next level did not pay: climbing onto it waits, as after a cut
+            self._slow_start, self._cooldown, self._holds, self._since_backoff = False, self.cooldown_base, 0, 0
 
     def _backoff_to(self, target: int, reason: Reason, now: float, figures: dict[str, float]) -> Change | None:
         old = self.limit
@@ -370,6 +423,8 @@ class LaneController:
         self._settling = target < old
         self.limit = target
         self._reset_windows()
+        if reason is Reason.SCAN:  # the first `target` requests only fill the new level: read the next window
+            self._collecting.quota, self._collecting.read = target, False
         change = Change(
             at=now,
             old=old,

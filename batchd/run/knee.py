@@ -1,0 +1,220 @@
+"""Where a server's throughput curve has its knee: the exponential scan the lanes controller runs first.
+
+A hill-climber only sees the slope at its next step, and real servers' curves are
+not concave: on llama.cpp over two busy CPU cores a second request in flight
+doubles the latency and buys nothing while eight buy almost twice the
+throughput (CPU batching; vLLM's chunked prefill and Ollama's queue have flats
+of their own). So the controller (``lanes.LaneController``) first *scans*:
+limits ``start``, ``2 x start``, ``4 x start``, ... up to ``lanes_max``, each held
+for one window of completed requests (the controller's windows; here only
+their figures arrive as a ``Reading``), and stops when
+
+- **throughput falls**: a level reads below ``fall`` x the best so far;
+- **it stops paying**: ``patience`` levels in a row without ``gain`` over the
+  best so far (one flat step is not enough: that is the curve above);
+- **the queue is deep**: a level that bought nothing has a p95 above
+  ``p95_factor`` x the best level's (a pure queue's latency doubles per step);
+- **errors appear**: a 503/429, a timeout or VRAM pressure (``abort``);
+- it reaches ``lanes_max``, or the client could not fill a level.
+
+The **knee** is the lowest level within ``tie`` of the best throughput seen; the
+controller goes there and hill-climbs around it. Scans come back (``Knee``):
+after a detected capacity change (from the controller's cut upward; at most one
+per ``gap`` x the last scan's duration) and periodically from the current limit
+upward, only while all scans together stay within ``budget`` of the job's time
+(a flat step can hide a gain that appeared later: no probe of one step sees it).
+Pure logic on the controller's injected clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One window's figures at one limit."""
+
+    limit: int
+    rate: float  #: completions per second (Little's law over the window)
+    latency: float  #: mean seconds per request
+    p95: float
+    cv: float = 0.0  #: the latencies' standard deviation / their mean
+    samples: int = 1  #: requests behind the mean
+
+    @classmethod
+    def of(cls, limit: int, rate: float, latencies: list[float]) -> Reading:
+        lat, n = sorted(latencies), len(latencies)
+        mean = sum(lat) / n
+        sd = (sum((x - mean) ** 2 for x in lat) / max(1, n - 1)) ** 0.5
+        return cls(limit, rate, mean, lat[int(0.95 * (n - 1))], sd / mean if mean > 0 else 0.0, n)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a scan ended: the limit to go to, and what the controller climbs from there."""
+
+    limit: int
+    #: the latency at the knee without a queue (mean, standard error, readings); None: a periodic look
+    #: that found nothing better than where it started, so the controller keeps what it knew
+    floor: tuple[float, float, int] | None
+    ceiling: int | None  #: the next level it measured (it did not pay)
+
+
+@dataclass(frozen=True)
+class ScanRules:
+    gain: float = 0.1  #: a level pays when it reads this much above the best so far
+    fall: float = 0.85  #: below this share of the best: the curve falls, stop
+    patience: int = 2  #: levels in a row that do not pay before the scan stops
+    p95_factor: float = 3.0  #: a level that did not pay with a p95 this many times the best's: stop
+    tie: float = 0.05  #: the knee: the lowest level within this share of the best throughput
+    budget: float = 0.02  #: periodic re-scans only while all scans took at most this share of the time
+    gap: float = 5.0  #: a re-scan after a capacity change waits this many last-scan durations
+
+
+@dataclass
+class Scan:
+    """One scan: the levels it measured and the level it asks for next."""
+
+    start: int
+    lanes_max: int
+    began: float
+    rules: ScanRules = field(default_factory=ScanRules)
+    points: list[Reading] = field(default_factory=list)
+    #: True when it went on from a level the controller was holding (a periodic re-scan)
+    from_hold: bool = False
+    #: the first level's latency cv: in a queue latencies vary less than the work does, while the
+    #: throughput still varies with the work (a queued level's own spread understates its error)
+    cv: float = 0.0
+    _misses: int = 0
+
+    def best(self) -> Reading | None:
+        return max(self.points, key=lambda r: r.rate, default=None)
+
+    def knee(self) -> Reading | None:
+        """The lowest level within ``tie`` (or the readings' own error) of the best throughput."""
+        best = self.best()
+        if best is None:
+            return None
+        if self.from_hold and not self._pays(best, self.points[0]):
+            return self.points[0]  # a look from a held level moves only on a clear gain
+        near = [r for r in self.points if r.rate >= (1 - max(self.rules.tie, 2 * self._apart(r, best))) * best.rate]
+        return min(near, key=lambda r: r.limit)
+
+    def observe(self, reading: Reading, *, used: bool = True) -> int | None:
+        """Fold in one level's reading; the next limit to measure, or None when the scan is over."""
+        before = self.best()
+        self.cv = self.cv or reading.cv
+        self.points.append(reading)
+        if not used or reading.limit >= self.lanes_max:
+            return None
+        if before is not None:
+            if reading.rate < self.rules.fall * before.rate:
+                return None
+            if self._pays(reading, before):
+                self._misses = 0
+            else:
+                self._misses += 1
+                if self._misses >= self.rules.patience or reading.p95 > self.rules.p95_factor * before.p95:
+                    return None
+        return min(self.lanes_max, 2 * reading.limit)
+
+    def floor(self, knee: Reading) -> tuple[float, float, int]:
+        """The latency at the knee without a queue: (mean, its standard error, readings) pooled over the
+        knee and the levels below it that read the same (on a K-slot server all of them; on a batching
+        server, whose latency grows with the batch, none)."""
+        same = [knee]
+        for r in sorted((r for r in self.points if r.limit < knee.limit), key=lambda r: -r.limit):
+            if abs(r.latency / knee.latency - 1) > 2 * self._apart(r, knee):
+                break
+            same.append(r)
+        n = sum(r.samples for r in same)
+        mean = sum(r.latency * r.samples for r in same) / n
+        return mean, max(self.cv, knee.cv) * mean / math.sqrt(n), len(same)
+
+    def _pays(self, r: Reading, than: Reading) -> bool:
+        """``r`` is clearly faster than ``than``: by ``gain``, and by twice their readings' error."""
+        return r.rate >= (1 + max(self.rules.gain, 2 * self._apart(r, than))) * than.rate
+
+    def _error(self, r: Reading) -> float:
+        """One reading's relative standard error."""
+        return max(r.cv, self.cv) / math.sqrt(r.samples)
+
+    def _apart(self, a: Reading, b: Reading) -> float:
+        """The relative standard error of the difference of two readings."""
+        return math.hypot(self._error(a), self._error(b))
+
+
+class Knee:
+    """When to scan, and what scanning has cost so far (seconds on the controller's clock)."""
+
+    def __init__(self, *, lanes_max: int, now: float, rules: ScanRules | None = None) -> None:
+        self.lanes_max = lanes_max
+        self.rules = rules or ScanRules()
+        self.t0 = now
+        self.scan: Scan | None = None
+        self.spent = 0.0  #: seconds spent scanning, all scans together
+        self.last_cost = 0.0  #: the last finished scan's duration
+        self.last_end: float | None = None
+        self.scans = 0  #: scans begun
+        self.failures = 0  #: scans in a row cut short by errors (each doubles the wait for a periodic one)
+        #: the work's latency cv, from the first scan's first level (a held level may be queued: it reads less)
+        self.cv = 0.0
+
+    @property
+    def scanning(self) -> bool:
+        return self.scan is not None
+
+    def begin(self, start: int, now: float, baseline: Reading | None = None) -> int:
+        """Start a scan at ``start`` (the level to measure first); with a ``baseline`` already measured
+        there, the scan goes on at the next level up, which is returned."""
+        self.scan = Scan(
+            start=start, lanes_max=self.lanes_max, began=now, rules=self.rules, from_hold=baseline is not None
+        )
+        self.scan.cv = self.cv
+        self.scans += 1
+        if baseline is None:
+            return start
+        nxt = self.scan.observe(baseline)
+        return start if nxt is None else nxt
+
+    def observe(self, reading: Reading, *, used: bool = True) -> int | None:
+        """The next limit to measure, or None: the scan is over and ``finish`` gives the verdict."""
+        assert self.scan is not None
+        return self.scan.observe(reading, used=used)
+
+    def finish(self, now: float, *, failed: bool = False) -> Verdict | None:
+        """End the scan (done, or ``failed``: cut short by errors); None if it measured nothing."""
+        scan, self.scan = self.scan, None
+        if scan is None:
+            return None
+        self.cv = self.cv or scan.cv
+        self.failures = self.failures + 1 if failed else 0
+        cost = max(0.0, now - scan.began)
+        self.spent += cost
+        self.last_cost, self.last_end = cost, now
+        knee = scan.knee()
+        if knee is None:
+            return None
+        if scan.from_hold and knee.limit == scan.start:
+            return Verdict(knee.limit, None, None)
+        ceiling = min((r.limit for r in scan.points if r.limit > knee.limit), default=None)
+        return Verdict(knee.limit, scan.floor(knee), ceiling)
+
+    def periodic_due(self, now: float, limit: int, window: float) -> bool:
+        """A periodic re-scan now keeps every scan so far plus this one within ``budget`` of the time,
+        and the last scan plus the time since within ``budget`` too (no bursts of saved-up scans).
+        Its cost: the last scan's, and at least three of the controller's ``window`` (seconds)."""
+        if self.scanning or limit >= self.lanes_max:
+            return False
+        budget = self.rules.budget
+        cost = max(self.last_cost, 3 * window) * 2.0**self.failures
+        quiet = self.last_end is None or now - self.last_end >= cost * (1 - budget) / budget
+        return quiet and self.spent + cost <= budget * (now - self.t0)
+
+    def after_change_allowed(self, now: float) -> bool:
+        """A re-scan after a capacity change: not within ``gap`` last-scan durations of the last one."""
+        if self.scanning:
+            return False
+        return self.last_end is None or now - self.last_end >= self.rules.gap * self.last_cost

@@ -1,0 +1,183 @@
+"""The knee scan: its rules on given readings, then the controller on servers whose curves are not concave."""
+
+from __future__ import annotations
+
+from batchd.run.knee import Knee, Reading, Scan
+from batchd.run.lanes import LaneController, Reason
+from tests.support.lanesim import Sim
+
+MEAN = 0.125  #: the simulated server's mean service time (uniform 0.05-0.2 s)
+
+
+def scan_of(rates: dict[int, float], lanes_max: int = 64) -> tuple[list[int], Reading | None]:
+    """Feed a scan readings from a curve (rate per limit; latency by Little's law): levels seen, knee."""
+    scan = Scan(start=1, lanes_max=lanes_max, began=0.0)
+    limit: int | None = 1
+    seen = []
+    while limit is not None:
+        seen.append(limit)
+        rate = rates[limit]
+        limit = scan.observe(Reading(limit, rate, limit / rate, 1.2 * limit / rate))
+    return seen, scan.knee()
+
+
+# -- the scan on its own -----------------------------------------------------------------------------
+
+
+def test_a_flat_first_step_does_not_stop_the_scan() -> None:
+    seen, knee = scan_of({1: 4.2, 2: 4.4, 4: 5.6, 8: 7.0, 16: 7.1, 32: 7.0})
+    assert seen == [1, 2, 4, 8, 16, 32]  # two levels in a row that did not pay end it
+    assert knee is not None and knee.limit == 8  # 16 is within 5%: the lower one, less latency
+
+
+def test_a_plateau_in_the_middle_is_crossed_and_one_at_the_top_ends_it() -> None:
+    seen, knee = scan_of({1: 1, 2: 2, 4: 4, 8: 4.1, 16: 8, 32: 8.1, 64: 8})
+    assert seen == [1, 2, 4, 8, 16, 32, 64]
+    assert knee is not None and knee.limit == 16
+
+
+def test_a_curve_that_falls_ends_the_scan_at_once() -> None:
+    seen, knee = scan_of({1: 1, 2: 2, 4: 4, 8: 8, 16: 5})
+    assert seen == [1, 2, 4, 8, 16]
+    assert knee is not None and knee.limit == 8
+
+
+def test_a_deep_queue_that_bought_nothing_ends_the_scan() -> None:
+    scan = Scan(start=1, lanes_max=64, began=0.0)
+    assert scan.observe(Reading(1, 8.0, 0.12, 0.2)) == 2
+    assert scan.observe(Reading(2, 8.1, 0.25, 0.7)) is None  # p95 3.5x the best's, nothing bought
+
+
+def test_the_scan_ends_at_lanes_max_and_where_the_client_cannot_fill_a_level() -> None:
+    seen, knee = scan_of({1: 1, 2: 2, 4: 4, 8: 8}, lanes_max=8)
+    assert seen == [1, 2, 4, 8] and knee is not None and knee.limit == 8
+    scan = Scan(start=1, lanes_max=64, began=0.0)
+    scan.observe(Reading(1, 1, 1, 1))
+    assert scan.observe(Reading(2, 2, 1, 1), used=False) is None
+
+
+def test_periodic_rescans_stay_within_two_percent_of_the_time() -> None:
+    knee = Knee(lanes_max=64, now=0.0)
+    assert knee.begin(1, 0.0) == 1
+    knee.finish(5.0)  # a 5 s scan at the start
+    assert not knee.periodic_due(100.0, 8, 0.5)
+    assert not knee.periodic_due(499.0, 8, 0.5)
+    assert knee.periodic_due(500.0, 8, 0.5)  # (5 + 5) s <= 2% of 500 s
+    assert not knee.periodic_due(500.0, 64, 0.5)  # nothing above lanes_max to look at
+    knee.begin(8, 500.0, Reading(8, 10.0, 0.8, 1.0))
+    assert not knee.periodic_due(600.0, 8, 0.5)  # one at a time
+    knee.finish(502.0)
+    # 7 s spent, the last took 2 s: (7 + 2) s <= 2% from 450 s on, and 2 s <= 2% of the 100 s since from 600 s
+    assert knee.spent == 7.0 and not knee.periodic_due(599.0, 8, 0.5) and knee.periodic_due(600.0, 8, 0.5)
+    # a scan is never reckoned cheaper than three windows, and one cut short by errors doubles the wait
+    knee.begin(8, 600.0, Reading(8, 10.0, 0.8, 1.0))
+    knee.finish(600.0, failed=True)
+    assert not knee.periodic_due(600.0 + 49 * 6 - 1, 8, 1.0) and knee.periodic_due(600.0 + 49 * 6, 8, 1.0)
+
+
+def test_a_rescan_after_a_capacity_change_waits_five_last_scans() -> None:
+    knee = Knee(lanes_max=64, now=0.0)
+    knee.begin(1, 0.0)
+    knee.finish(4.0)
+    assert not knee.after_change_allowed(23.0)
+    assert knee.after_change_allowed(24.0)
+
+
+def test_a_baseline_is_the_first_level_and_the_scan_goes_on_above_it() -> None:
+    knee = Knee(lanes_max=64, now=0.0)
+    assert knee.begin(8, 0.0, Reading(8, 10.0, 0.8, 1.0)) == 16
+
+
+# -- the controller on simulated servers --------------------------------------------------------------
+
+
+def controller(sim: Sim, **kw: object) -> LaneController:
+    return LaneController(clock=sim.clock, **kw)  # type: ignore[arg-type]
+
+
+def flat_first_step(n: int) -> float:
+    """CPU batching: two in flight no faster than one, eight four times as fast."""
+    return max(1.0, n / 2)
+
+
+def test_flat_first_step_the_scan_finds_eight() -> None:
+    sim = Sim(slots=8, curve=flat_first_step)
+    ctl = controller(sim, lanes_max=64)
+    sim.run(ctl, until=120.0)
+    best = 4 / MEAN  # lanes 8
+    assert sim.rate(20.0, 120.0) >= 0.9 * best
+    assert all(c.new >= 8 for c in ctl.changes if c.at > 20.0)
+    assert 8 <= ctl.limit <= 12
+
+
+def test_a_plateau_midway_is_crossed() -> None:
+    def curve(n: int) -> float:  # pays up to 4, flat to 8, pays again to 16, flat above
+        return float(n if n <= 4 else 4 if n <= 8 else min(n / 2, 8))
+
+    sim = Sim(slots=10_000, curve=curve)
+    ctl = controller(sim, lanes_max=64)
+    sim.run(ctl, until=120.0)
+    assert sim.rate(20.0, 120.0) >= 0.9 * 8 / MEAN
+    assert 16 <= ctl.limit <= 24
+
+
+def test_a_curve_that_falls_after_the_knee() -> None:
+    def curve(n: int) -> float:  # thrashing past 8 (a KV cache that swaps)
+        return float(n) if n <= 8 else max(1.0, 8 - 0.4 * (n - 8))
+
+    sim = Sim(slots=10_000, curve=curve)
+    ctl = controller(sim, lanes_max=64)
+    sim.run(ctl, until=120.0)
+    assert max(c.new for c in ctl.changes) == 16  # the scan saw the fall at 16 and went no further
+    knee = next(c for c in ctl.changes if c.reason is Reason.KNEE)
+    assert (knee.old, knee.new) == (16, 8)
+    assert sim.rate(20.0, 120.0) >= 0.9 * 8 / MEAN
+    assert all(c.new <= 12 for c in ctl.changes if c.at > 20.0)
+
+
+def test_503s_during_the_scan_end_it_at_the_best_level_below() -> None:
+    sim = Sim(slots=8, queue_limit=4)
+    ctl = controller(sim, lanes_max=64)
+    sim.run(ctl, until=20.0)
+    busy = next(c for c in ctl.changes if c.reason is Reason.BUSY)
+    assert (busy.old, busy.new) == (16, 8)  # 8 was the best the scan measured; int(16 x 0.7) would be 11
+    late = sim.busy_answers
+    sim.run(ctl, until=120.0)
+    assert sim.busy_answers - late <= 0.01 * len(sim.completed)
+    assert sim.rate(20.0, 120.0) >= 0.9 * 8 / MEAN
+
+
+def test_a_periodic_rescan_finds_a_gain_behind_a_flat_step() -> None:
+    # two slots at first; at 100 s the server gets sixteen, but 3 and 4 in flight are no faster than 2
+    sim = Sim(slots=2)
+    ctl = controller(sim, lanes_max=64)
+    sim.run(ctl, until=100.0)
+    assert ctl.limit <= 3
+    sim.slots = 16
+    sim.curve = lambda n: 2.0 if n <= 4 else n / 2
+    sim.run(ctl, until=1500.0)
+    assert sim.rate(1200.0, 1500.0) >= 0.9 * 8 / MEAN
+    assert ctl.knee.scans >= 2
+    assert ctl.knee.spent <= 0.025 * 1500.0  # the scans' cost stays bounded
+
+
+def test_scans_cost_at_most_two_percent_of_a_long_job_at_the_knee() -> None:
+    sim = Sim(slots=16)
+    ctl = controller(sim, lanes_max=64)
+    sim.run(ctl, until=3600.0)
+    assert ctl.knee.scans >= 2  # it did look again
+    assert ctl.knee.spent <= 0.02 * 3600.0 + 10.0  # the first scan, then within the budget
+    assert sim.rate(60.0, 3600.0) >= 0.9 * 16 / MEAN
+    assert sim.p95(60.0) <= 1.5 * 0.2 + 0.05
+
+
+def test_a_drop_in_capacity_is_followed_by_a_rescan() -> None:
+    sim = Sim(slots=16, curve=None)
+    ctl = controller(sim, lanes_max=64)
+    sim.set_slots(4, at=60.0)
+    sim.run(ctl, until=120.0)
+    after = [c for c in ctl.changes if c.at > 60.0]
+    assert any(c.reason is Reason.SCAN for c in after) and any(c.reason is Reason.KNEE for c in after)
+    assert ctl.knee.scans == 2
+    assert sim.rate(75.0, 120.0) >= 0.9 * 4 / MEAN
+    assert 4 <= ctl.limit <= 7
