@@ -50,6 +50,19 @@ class Reading:
         sd = (sum((x - mean) ** 2 for x in lat) / max(1, n - 1)) ** 0.5
         return cls(limit, rate, mean, lat[int(0.95 * (n - 1))], sd / mean if mean > 0 else 0.0, n)
 
+    def pooled(self, more: Reading) -> Reading:
+        """This level's reading and one more window of it, as one."""
+        n1, n2 = self.samples, more.samples
+        n = n1 + n2
+
+        def mean(a: float, b: float) -> float:
+            return (n1 * a + n2 * b) / n
+
+        lat = mean(self.latency, more.latency)
+        var = mean((self.cv * self.latency) ** 2, (more.cv * more.latency) ** 2)
+        var += n1 * n2 * (self.latency - more.latency) ** 2 / n**2  # the windows' means differ too
+        return Reading(self.limit, mean(self.rate, more.rate), lat, max(self.p95, more.p95), var**0.5 / lat, n)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -69,6 +82,9 @@ class ScanRules:
     patience: int = 2  #: levels in a row that do not pay before the scan stops
     p95_factor: float = 3.0  #: a level that did not pay with a p95 this many times the best's: stop
     tie: float = 0.05  #: the knee: the lowest level within this share of the best throughput
+    #: a level is read again (up to the controller's ``min_samples`` requests) until its error is below this:
+    #: a steady server is read from a few requests per level, a noisy one from more
+    precision: float = 0.05
     budget: float = 0.02  #: periodic re-scans only while all scans took at most this share of the time
     gap: float = 5.0  #: a re-scan after a capacity change waits this many last-scan durations
 
@@ -81,6 +97,7 @@ class Scan:
     lanes_max: int
     began: float
     rules: ScanRules = field(default_factory=ScanRules)
+    samples: int = 16  #: the most requests one level is read from
     points: list[Reading] = field(default_factory=list)
     #: True when it went on from a level the controller was holding (a periodic re-scan)
     from_hold: bool = False
@@ -104,8 +121,13 @@ class Scan:
 
     def observe(self, reading: Reading, *, used: bool = True) -> int | None:
         """Fold in one level's reading; the next limit to measure, or None when the scan is over."""
-        before = self.best()
+        if self.points and self.points[-1].limit == reading.limit:  # the same level again: one reading
+            reading = self.points.pop().pooled(reading)
         self.cv = self.cv or reading.cv
+        if used and reading.samples < self.samples and self._error(reading) > self.rules.precision:
+            self.points.append(reading)
+            return reading.limit  # too noisy to decide on yet
+        before = self.best()
         self.points.append(reading)
         if not used or reading.limit >= self.lanes_max:
             return None
@@ -149,8 +171,8 @@ class Scan:
 class Knee:
     """When to scan, and what scanning has cost so far (seconds on the controller's clock)."""
 
-    def __init__(self, *, lanes_max: int, now: float, rules: ScanRules | None = None) -> None:
-        self.lanes_max = lanes_max
+    def __init__(self, *, lanes_max: int, now: float, samples: int = 16, rules: ScanRules | None = None) -> None:
+        self.lanes_max, self.samples = lanes_max, samples
         self.rules = rules or ScanRules()
         self.t0 = now
         self.scan: Scan | None = None
@@ -170,7 +192,12 @@ class Knee:
         """Start a scan at ``start`` (the level to measure first); with a ``baseline`` already measured
         there, the scan goes on at the next level up, which is returned."""
         self.scan = Scan(
-            start=start, lanes_max=self.lanes_max, began=now, rules=self.rules, from_hold=baseline is not None
+            start=start,
+            lanes_max=self.lanes_max,
+            began=now,
+            rules=self.rules,
+            samples=self.samples,
+            from_hold=baseline is not None,
         )
         self.scan.cv = self.cv
         self.scans += 1

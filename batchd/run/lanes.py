@@ -169,7 +169,7 @@ class LaneController:
         self._open: dict[int, _Window] = {}
         #: the scan's knee: limits below it do not set the floor (a batching server is faster there)
         self._pin = 0
-        self.knee = Knee(lanes_max=lanes_max, now=self._last_t)
+        self.knee = Knee(lanes_max=lanes_max, now=self._last_t, samples=min_samples)
         if not self.fixed:
             self.knee.begin(self.limit, self._last_t)
         self._collecting = _Window(0, self._quota())
@@ -229,7 +229,7 @@ class LaneController:
     # -- windows and decisions -------------------------------------------------------------
 
     def _quota(self) -> int:
-        return max(self.min_samples, self.limit)
+        return max(self.min_samples // (4 if self.knee.scanning else 1), self.limit)
 
     def _reset_windows(self) -> None:
         """Forget every open window: what they measured ran under another limit."""
@@ -338,8 +338,9 @@ class LaneController:
             target = int(limit * self.target_ratio / ratio)  # Vegas: what the server really serves
             if ratio < 2 * self.shrink_ratio - 1:  # a mild queue (or noise on the floor): one step
                 target = max(target, limit - max(1, limit // 8))
-            elif self.knee.after_change_allowed(now):  # the server lost capacity: cut, then scan up from there
-                self.knee.begin(max(self.lanes_min, min(limit - 1, target)), now)
+            elif self.knee.after_change_allowed(now):  # the server lost capacity: scan from a quarter of the cut
+                self.knee.begin(max(self.lanes_min, min(limit - 1, target) // 4), now)
+                target //= 4
             return self._backoff_to(target, Reason.QUEUEING, now, figures)
         if self.pressure_on or not used:
             return None
@@ -383,12 +384,10 @@ class LaneController:
             target = min(target, verdict.limit)
         return self._backoff_to(target, reason, now, {})
 
-    # -- the scan ----------------------------------------------------------------------------
-
     def _scan_step(self, reading: Reading, used: bool, now: float) -> Change | None:
         figures = {"latency": reading.latency, "rate": reading.rate}
         nxt = self.knee.observe(reading, used=used)
-        if nxt is not None:
+        if nxt is not None:  # (the same limit: that level is read again)
             return self._set(nxt, Reason.SCAN, now, figures)
         verdict = self.knee.finish(now)
         assert verdict is not None  # it has just measured a level

@@ -181,3 +181,25 @@ def test_a_drop_in_capacity_is_followed_by_a_rescan() -> None:
     assert ctl.knee.scans == 2
     assert sim.rate(75.0, 120.0) >= 0.9 * 4 / MEAN
     assert 4 <= ctl.limit <= 7
+
+
+def test_a_steady_level_is_read_once_and_a_noisy_one_again() -> None:
+    scan = Scan(start=1, lanes_max=64, began=0.0, samples=16)
+    steady = Reading(1, 8.0, 0.125, 0.13, cv=0.05, samples=4)  # error 0.05 / 2 = 2.5%
+    assert scan.observe(steady) == 2
+    noisy = Scan(start=1, lanes_max=64, began=0.0, samples=16)
+    assert noisy.observe(Reading(1, 8.0, 0.125, 0.2, cv=0.35, samples=4)) == 1  # 17%: read 1 again
+    assert noisy.observe(Reading(1, 8.4, 0.119, 0.2, cv=0.35, samples=4)) == 1
+    assert noisy.observe(Reading(1, 7.8, 0.128, 0.2, cv=0.35, samples=4)) == 1
+    assert noisy.observe(Reading(1, 8.2, 0.122, 0.2, cv=0.35, samples=4)) == 2  # 16 requests: enough
+    (one,) = noisy.points
+    assert one.samples == 16 and abs(one.rate - 8.1) < 1e-9
+
+
+def test_the_controllers_first_scan_on_a_steady_server_reads_a_few_requests_per_level() -> None:
+    sim = Sim(slots=8, service=lambda rng: rng.uniform(0.12, 0.13))
+    ctl = controller(sim, lanes_max=64)
+    sim.run(ctl, until=2.0)
+    first = ctl.changes[0]
+    assert (first.old, first.new, first.reason) == (1, 2, Reason.SCAN)
+    assert first.at < 5 * 0.13  # four requests at one in flight, not sixteen
