@@ -370,6 +370,7 @@ def batchd_run(py: str, url: str, lanes: str, n: int, max_tokens: int, vram: str
         "p95": perf["latency_p95"],
         "lanes": shown,
         "batchd_vram": (m.get("vram") or {}).get("peak_bytes"),
+        "series": m.get("lanes_series") or [],
     }
 
 
