@@ -24,58 +24,19 @@ chose), then per S: auto / best fixed and auto / best bare (goal: >= 0.95 and >=
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.bare import bare
 from bench.common import header, load, summary
-from bench.gpu import batchd_run, body
+from bench.gpu import batchd_run
 from tests.realserver import ALIAS, LlamaServer, gemma_gguf, llama_server_binary
 
 #: tokens of context per slot: the rows need ~60 prompt tokens and --max-tokens more
 CTX_PER_SLOT = 512
-
-
-async def _bare(url: str, n: int, conc: int, max_tokens: int) -> dict[str, Any]:
-    import aiohttp
-
-    lat: list[float] = []
-    tokens = failed = 0
-    todo = iter(range(n))
-    connector = aiohttp.TCPConnector(limit=conc)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
-
-        async def worker() -> None:
-            nonlocal tokens, failed
-            for i in todo:
-                t = time.perf_counter()
-                async with session.post(url + "/v1/chat/completions", json=body(i, max_tokens, ALIAS)) as resp:
-                    reply = await resp.json()
-                    if resp.status != 200:
-                        failed += 1
-                        continue
-                lat.append(time.perf_counter() - t)
-                tokens += int((reply.get("usage") or {}).get("completion_tokens") or 0)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(conc)))
-        took = time.perf_counter() - started
-    lat.sort()
-    return {
-        "requests": n,
-        "ok": n - failed,
-        "rps": len(lat) / took,
-        "tok_s": tokens / took,
-        "p95": lat[int(0.95 * (len(lat) - 1))] if lat else None,
-        "lanes": str(conc),
-    }
-
-
-def bare(url: str, n: int, conc: int, max_tokens: int) -> dict[str, Any]:
-    return asyncio.run(_bare(url, n, conc, max_tokens))
 
 
 def knee_of(series: list[list[Any]]) -> str:
@@ -97,7 +58,7 @@ def row(slots: int, mode: str, r: dict[str, Any], load1: float) -> str:
 def measure(url: str, slots: int, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """Every row against the server at ``url`` (``slots``: its parallel slots, for the table)."""
     results: list[tuple[str, dict[str, Any]]] = []
-    bare(url, 2 * slots, slots, args.max_tokens)  # warm-up: the first calls are slow
+    bare(url, slots, 2 * slots, args.max_tokens, ALIAS)  # warm-up: the first calls are slow
     plan: list[tuple[str, str]] = []
     for c in args.lanes.split(","):
         plan += [(f"bare {c}", c), (f"batchd {c}", c)]
@@ -109,7 +70,7 @@ def measure(url: str, slots: int, args: argparse.Namespace) -> list[tuple[str, d
         load1 = os.getloadavg()[0]
         try:
             if mode.startswith("bare"):
-                r = bare(url, args.requests, int(lanes), args.max_tokens)
+                r = bare(url, int(lanes), args.requests, args.max_tokens, ALIAS)
             else:
                 r = batchd_run(sys.executable, url, lanes, args.requests, args.max_tokens, "none", ALIAS)
         except Exception as exc:  # noqa: BLE001 - one failed row is reported, the others still run

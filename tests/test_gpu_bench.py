@@ -60,6 +60,11 @@ def test_measures_old_tool_and_batchd_lanes_against_a_server(capsys: pytest.Capt
     for line in table[1:4]:
         assert float(line[22:].split()[2]) > 0  # req/s, after the 22-character mode column
     assert table[3].split("  ")[-1].strip().startswith("auto (")  # the lanes auto ended at, and its max
+    # then the bare client at each integer lane count (where aiohttp is installed), and auto's two ratios
+    bare = [line for line in table if line.startswith("bare client")]
+    assert [line.split()[2] for line in bare] == ([] if "aiohttp is not installed" in out else ["1"])
+    ratios = next(line for line in table if line.startswith("# auto/best fixed "))
+    assert float(ratios.split()[3]) > 0 and "auto/best bare" in ratios
 
 
 def test_a_run_whose_rows_fail_is_reported_failed_not_fast(capsys: pytest.CaptureFixture[str]) -> None:
