@@ -10,8 +10,10 @@ for one window of completed requests (the controller's windows; here only
 their figures arrive as a ``Reading``), and stops when
 
 - **throughput falls**: a level reads below ``fall`` x the best so far;
-- **it stops paying**: ``patience`` levels in a row without ``gain`` over the
-  best so far (one flat step is not enough: that is the curve above);
+- **it stops paying**: a level below ``gain`` over the best so far, once one
+  level has paid; before that, ``patience`` levels in a row (one flat first step
+  is not enough: that is the curve above; a flat step past a gain is the
+  periodic re-scan's to find, at a bounded cost, not every scan's);
 - **the queue is deep**: a level that bought nothing has a p95 above
   ``p95_factor`` x the best level's (a pure queue's latency doubles per step);
 - **errors appear**: a 503/429, a timeout or VRAM pressure (``abort``);
@@ -69,9 +71,9 @@ class Verdict:
     """How a scan ended: the limit to go to, and what the controller climbs from there."""
 
     limit: int
-    #: the latency at the knee without a queue (mean, standard error, readings); None: a periodic look
-    #: that found nothing better than where it started, so the controller keeps what it knew
-    floor: tuple[float, float, int] | None
+    #: the latency at the knee without a queue, (mean, standard error) per level that read it; None: a
+    #: periodic look that found nothing better than where it started, so the controller keeps what it knew
+    floor: dict[int, tuple[float, float]] | None
     ceiling: int | None  #: the next level it measured (it did not pay)
 
 
@@ -79,8 +81,8 @@ class Verdict:
 class ScanRules:
     gain: float = 0.1  #: a level pays when it reads this much above the best so far
     fall: float = 0.85  #: below this share of the best: the curve falls, stop
-    patience: int = 2  #: levels in a row that do not pay before the scan stops
-    p95_factor: float = 3.0  #: a level that did not pay with a p95 this many times the best's: stop
+    patience: int = 2  #: levels in a row that do not pay before the scan stops, while none has paid yet
+    p95_factor: float = 4.0  #: a level that did not pay with a p95 this many times the best's: stop
     tie: float = 0.05  #: the knee: the lowest level within this share of the best throughput
     #: a level is read again (up to the controller's ``min_samples`` requests) until its error is below this:
     #: a steady server is read from a few requests per level, a noisy one from more
@@ -101,10 +103,13 @@ class Scan:
     points: list[Reading] = field(default_factory=list)
     #: True when it went on from a level the controller was holding (a periodic re-scan)
     from_hold: bool = False
-    #: the first level's latency cv: in a queue latencies vary less than the work does, while the
-    #: throughput still varies with the work (a queued level's own spread understates its error)
+    #: the work's latency cv (from the first level, or the last scan's): in a queue latencies vary less
+    #: than the work does, while the throughput still varies with it (a queued level's spread understates
+    #: its error)
     cv: float = 0.0
+    known_cv: float = 0.0  #: the last scans' (a first level may be queued too: after a cut)
     _misses: int = 0
+    _paid: bool = False
 
     def best(self) -> Reading | None:
         return max(self.points, key=lambda r: r.rate, default=None)
@@ -123,7 +128,8 @@ class Scan:
         """Fold in one level's reading; the next limit to measure, or None when the scan is over."""
         if self.points and self.points[-1].limit == reading.limit:  # the same level again: one reading
             reading = self.points.pop().pooled(reading)
-        self.cv = self.cv or reading.cv
+        if not self.points and not self.from_hold:  # the first level: no queue, its spread is the work's
+            self.cv = max(self.known_cv, reading.cv)
         if used and reading.samples < self.samples and self._error(reading) > self.rules.precision:
             self.points.append(reading)
             return reading.limit  # too noisy to decide on yet
@@ -132,28 +138,28 @@ class Scan:
         if not used or reading.limit >= self.lanes_max:
             return None
         if before is not None:
-            if reading.rate < self.rules.fall * before.rate:
-                return None
+            if reading.rate < (1 - max(1 - self.rules.fall, 2 * self._apart(reading, before))) * before.rate:
+                return None  # clearly below: the curve falls
             if self._pays(reading, before):
-                self._misses = 0
-            else:
+                self._misses, self._paid = 0, True
+            elif not self._paid or reading.rate < (1 + self.rules.gain) * before.rate:
+                # (past a gain, a level above ``gain`` but not clearly so does not end the scan: look on)
                 self._misses += 1
-                if self._misses >= self.rules.patience or reading.p95 > self.rules.p95_factor * before.p95:
+                patience = 1 if self._paid else self.rules.patience
+                if self._misses >= patience or reading.p95 > self.rules.p95_factor * before.p95:
                     return None
         return min(self.lanes_max, 2 * reading.limit)
 
-    def floor(self, knee: Reading) -> tuple[float, float, int]:
-        """The latency at the knee without a queue: (mean, its standard error, readings) pooled over the
-        knee and the levels below it that read the same (on a K-slot server all of them; on a batching
-        server, whose latency grows with the batch, none)."""
+    def floor(self, knee: Reading) -> dict[int, tuple[float, float]]:
+        """The latency at the knee without a queue, as (mean, standard error) per level: the knee and
+        the levels below it that read the same (on a K-slot server all of them; on a batching server,
+        whose latency grows with the batch, none)."""
         same = [knee]
         for r in sorted((r for r in self.points if r.limit < knee.limit), key=lambda r: -r.limit):
             if abs(r.latency / knee.latency - 1) > 2 * self._apart(r, knee):
                 break
             same.append(r)
-        n = sum(r.samples for r in same)
-        mean = sum(r.latency * r.samples for r in same) / n
-        return mean, max(self.cv, knee.cv) * mean / math.sqrt(n), len(same)
+        return {r.limit: (r.latency, r.cv * r.latency / math.sqrt(r.samples)) for r in same}
 
     def _pays(self, r: Reading, than: Reading) -> bool:
         """``r`` is clearly faster than ``than``: by ``gain``, and by twice their readings' error."""
@@ -199,7 +205,7 @@ class Knee:
             samples=self.samples,
             from_hold=baseline is not None,
         )
-        self.scan.cv = self.cv
+        self.scan.cv = self.scan.known_cv = self.cv
         self.scans += 1
         if baseline is None:
             return start
@@ -216,7 +222,7 @@ class Knee:
         scan, self.scan = self.scan, None
         if scan is None:
             return None
-        self.cv = self.cv or scan.cv
+        self.cv = scan.cv
         self.failures = self.failures + 1 if failed else 0
         cost = max(0.0, now - scan.began)
         self.spent += cost

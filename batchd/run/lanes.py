@@ -397,8 +397,8 @@ class LaneController:
     def _rebase(self, verdict: Verdict) -> None:
         """Climb from the knee the scan found: no queue there, so its latency is the floor."""
         if verdict.floor is not None:  # (None: a periodic look found nothing better; keep what we knew)
-            mean, se, windows = verdict.floor
-            self._levels, self.floor, self._pin = {verdict.limit: [mean, windows, se]}, mean + se, verdict.limit
+            self._levels = {lim: [mean, 1, se] for lim, (mean, se) in verdict.floor.items()}
+            self.floor, self._pin = min(m + se for m, se in verdict.floor.values()), min(verdict.floor)
             self._ref = self._last = self._floor_test = None
             self._ceiling = verdict.ceiling  # the next level did not pay: climbing onto it waits, as after a cut
             self._slow_start, self._cooldown, self._holds, self._since_backoff = False, self.cooldown_base, 0, 0
@@ -422,8 +422,8 @@ class LaneController:
         self._settling = target < old
         self.limit = target
         self._reset_windows()
-        if reason is Reason.SCAN:  # the first `target` requests only fill the new level: read the next window
-            self._collecting.quota, self._collecting.read = target, False
+        if reason is Reason.SCAN:  # the burst the step lets in meets a queue still filling: read after it
+            self._collecting.quota, self._collecting.read = target - old, False
         change = Change(
             at=now,
             old=old,
