@@ -9,7 +9,8 @@ limits ``start``, ``2 x start``, ``4 x start``, ... up to ``lanes_max``, each he
 for one window of completed requests (the controller's windows; here only
 their figures arrive as a ``Reading``), and stops when
 
-- **throughput falls**: a level reads below ``fall`` x the best so far;
+- **throughput falls**: past a level that paid, one reads below ``fall`` x the best
+  (before one paid, a fall is a flat step: a busy moment on a shared CPU reads so);
 - **it stops paying**: a level below ``gain`` over the best so far, once one
   level has paid; before that, ``patience`` levels in a row (one flat first step
   is not enough: that is the curve above; a flat step past a gain is the
@@ -138,8 +139,9 @@ class Scan:
         if not used or reading.limit >= self.lanes_max:
             return None
         if before is not None:
-            if reading.rate < (1 - max(1 - self.rules.fall, 2 * self._apart(reading, before))) * before.rate:
-                return None  # clearly below: the curve falls
+            falls = reading.rate < (1 - max(1 - self.rules.fall, 2 * self._apart(reading, before))) * before.rate
+            if falls and self._paid:  # clearly below a gain: the curve falls (before any gain: a miss, below)
+                return None
             if self._pays(reading, before):
                 self._misses, self._paid = 0, True
             elif not self._paid or reading.rate < (1 + self.rules.gain) * before.rate:

@@ -44,6 +44,14 @@ def test_a_curve_that_falls_ends_the_scan_at_once() -> None:
     assert knee is not None and knee.limit == 8
 
 
+def test_a_fall_before_any_gain_is_one_flat_step_not_the_end() -> None:
+    # measured on llama.cpp over two busy CPU cores: a busy moment made 2 in flight read below 1
+    seen, knee = scan_of({1: 4.0, 2: 3.0, 4: 5.5, 8: 7.0, 16: 7.1})
+    assert seen == [1, 2, 4, 8, 16] and knee is not None and knee.limit == 8
+    seen, _ = scan_of({1: 4.0, 2: 3.0, 4: 3.1})
+    assert seen == [1, 2, 4]  # two levels in a row without a gain still end it
+
+
 def test_a_deep_queue_that_bought_nothing_ends_the_scan() -> None:
     scan = Scan(start=1, lanes_max=64, began=0.0)
     assert scan.observe(Reading(1, 8.0, 0.12, 0.2)) == 2
