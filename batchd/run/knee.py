@@ -15,8 +15,9 @@ their figures arrive as a ``Reading``), and stops when
   level has paid; before that, ``patience`` levels in a row (one flat first step
   is not enough: that is the curve above; a flat step past a gain is the
   periodic re-scan's to find, at a bounded cost, not every scan's);
-- **the queue is deep**: a level that bought nothing has a p95 above
-  ``p95_factor`` x the best level's (a pure queue's latency doubles per step);
+- **the queue is deep**: past a gain, a level that bought nothing has a p95 above
+  ``p95_factor`` x the best level's (a pure queue's latency doubles per step; before
+  a gain, one slow request among a few on a busy CPU must not end the scan);
 - **errors appear**: a 503/429, a timeout or VRAM pressure (``abort``);
 - it reaches ``lanes_max``, or the client could not fill a level.
 
@@ -148,7 +149,8 @@ class Scan:
                 # (past a gain, a level above ``gain`` but not clearly so does not end the scan: look on)
                 self._misses += 1
                 patience = 1 if self._paid else self.rules.patience
-                if self._misses >= patience or reading.p95 > self.rules.p95_factor * before.p95:
+                deep = self._paid and reading.p95 > self.rules.p95_factor * before.p95  # (before: patience)
+                if self._misses >= patience or deep:
                     return None
         return min(self.lanes_max, 2 * reading.limit)
 

@@ -52,10 +52,14 @@ def test_a_fall_before_any_gain_is_one_flat_step_not_the_end() -> None:
     assert seen == [1, 2, 4]  # two levels in a row without a gain still end it
 
 
-def test_a_deep_queue_that_bought_nothing_ends_the_scan() -> None:
+def test_a_deep_queue_that_bought_nothing_ends_the_scan_past_a_gain() -> None:
     scan = Scan(start=1, lanes_max=64, began=0.0)
     assert scan.observe(Reading(1, 8.0, 0.12, 0.2)) == 2
-    assert scan.observe(Reading(2, 8.1, 0.25, 0.9)) is None  # p95 4.5x the best's, nothing bought
+    assert scan.observe(Reading(2, 8.1, 0.25, 0.9)) == 4  # before a gain: one slow request, one flat step
+    scan = Scan(start=1, lanes_max=64, began=0.0)
+    assert scan.observe(Reading(1, 4.0, 0.12, 0.2)) == 2
+    assert scan.observe(Reading(2, 8.0, 0.12, 0.2)) == 4
+    assert scan.observe(Reading(4, 8.1, 0.25, 0.9)) is None  # p95 4.5x the best's, nothing bought
 
 
 def test_the_scan_ends_at_lanes_max_and_where_the_client_cannot_fill_a_level() -> None:
