@@ -66,6 +66,8 @@ def measure(url: str, slots: int, args: argparse.Namespace) -> list[tuple[str, d
             plan.append(("batchd auto", "auto"))
     if not any(mode == "batchd auto" for mode, _ in plan):
         plan.append(("batchd auto", "auto"))
+    if args.auto_only:
+        plan = [("batchd auto", "auto")]
     for mode, lanes in plan:
         load1 = os.getloadavg()[0]
         try:
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--lanes", default="1,2,4,8,16,32", help="fixed lanes and bare-client concurrencies")
     ap.add_argument("--auto-after", default="4", help="run auto after this concurrency's pair (default: mid-run)")
+    ap.add_argument("--auto-only", action="store_true", help="only the auto row (a rerun after a change)")
     ap.add_argument("--threads", type=int, default=2, help="llama-server --threads")
     ap.add_argument("--server-bin", type=Path, help="a llama-server binary (default: the cached build)")
     ap.add_argument("--log-dir", default="/tmp", help="where the servers' logs go")
