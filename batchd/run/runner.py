@@ -103,7 +103,7 @@ class JobRunner(Attempts):
         #: the server's version, request hygiene and reloads (set once the context is pinned)
         self.server: ServerSide | None = None
         self._lanes_changed = asyncio.Event()
-        self._closing = False
+        self._drained = False  #: a lane met the end of the queue: no row is left for a parked lane
         self._base_counts = (0, 0)
         self.monitor_tick = MONITOR_TICK
         self.gate = Gate(
@@ -310,7 +310,6 @@ class JobRunner(Attempts):
                         break
                     await queue.put(req)
         finally:
-            self._closing = True  # paused lanes leave now; the active ones drain the queue
             self._wake_lanes()
         for _ in range(self.lanes):
             await queue.put(None)
@@ -325,7 +324,9 @@ class JobRunner(Attempts):
         while True:
             # A lane over the limit (controller or VRAM policy) parks between requests, never mid-request.
             parked = False
-            while index >= self.active_lanes and not self._closing and not self._halted():
+            # (not when the feeder is done: a short job's rows are all queued before the first reply, and a
+            # lane the controller lets in later must find them; they leave once a lane met the end)
+            while index >= self.active_lanes and not self._drained and not self._halted():
                 parked = True
                 changed = self._lanes_changed
                 await changed.wait()
@@ -334,6 +335,9 @@ class JobRunner(Attempts):
             if parked:  # a lane owns its history: a revived lane starts a fresh conversation (prefix first)
                 conv = self.new_conversation(index)
             req = await queue.get()
+            if req is None:  # every row is taken: parked lanes may leave too
+                self._drained = True
+                self._wake_lanes()
             if req is None or self._halted():
                 return  # a request taken but not started stays in _taken: back to queued at the end
             self.in_flight += 1

@@ -166,3 +166,16 @@ def test_doctor_on_auto_lanes_names_the_servers_parallel_slots() -> None:
     assert level == "OK" and "OLLAMA_NUM_PARALLEL=8" in what and fix == ""
     level, what, fix = _parallel("auto", None)
     assert level == "OK" and "one request at a time" in what and "OLLAMA_NUM_PARALLEL=4" in fix
+
+
+def test_auto_grows_in_a_job_shorter_than_the_lane_queue(
+    make_settings: Callable[..., Settings], emulator: Emulator
+) -> None:
+    # 60 rows fit the lanes' queue (2 x lanes_max) at once: the feeder is done before the first reply,
+    # and parked lanes used to leave then, so auto could never go above 1 (seen against llama-server)
+    emulator.latency, emulator.slots = 0.05, 4
+    settings = make_settings(backend={"lanes": "auto"}, context={"mode": "isolated"})
+    runner, outcome, journal = run_job(settings, 60)
+    assert outcome == "completed" and runner.done == 60
+    assert runner.metrics.lanes_max >= 2 and emulator.peak_concurrency >= 2
+    journal.close()
