@@ -69,7 +69,7 @@ demo: sysdeps venv
 # llama.cpp's own llama-server, for tests/integration/test_llama_server.py: compiled from the
 # llama-cpp-python sdist once per version into ~/.cache/batchd (about 11 minutes on 2 idle cores).
 # `make test` starts that build in the background; those tests run last and wait for it.
-LLAMA_SERVER_BUILD = bash tests/realserver/build_llama_server.sh $(BIN)/python
+LLAMA_SERVER_BUILD = bash tests/support/realserver/build_llama_server.sh $(BIN)/python
 
 llama-server: sysdeps venv
 	$(call install_extras,$(DEMO_EXTRAS))

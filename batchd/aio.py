@@ -1,9 +1,10 @@
-"""Small asyncio helpers that are no one module's business."""
+"""Small asyncio helpers that are no one module's business: ``wait_first``, ``supervised``, ``Sleep``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 #: ``asyncio.sleep`` or a test's fake: what the runner, the gate and the daemon wait with
 Sleep = Callable[[float], Awaitable[None]]
@@ -24,3 +25,18 @@ async def wait_first(*aws: Awaitable[object], timeout: float | None = None) -> N
         for task, aw in zip(tasks, aws):
             if task is not aw and not task.done():
                 task.cancel()
+
+
+def supervised(
+    work: Coroutine[Any, Any, None], name: str, on_error: Callable[[str, BaseException], None]
+) -> asyncio.Task[None]:
+    """A task whose unhandled exception goes to ``on_error(name, exc)`` the moment it dies, so whoever
+    waits on its work hears of it (a cancel is not an error). The runner's lanes, feeder, monitor."""
+    task = asyncio.create_task(work, name=name)
+
+    def ended(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and (exc := t.exception()) is not None:
+            on_error(name, exc)
+
+    task.add_done_callback(ended)
+    return task

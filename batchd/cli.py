@@ -43,16 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--pipeline", "-p")
     render.add_argument("--row", type=int, default=1, help="1-based data row")
 
-    for name, text in (("cancel", "cancel a queued or running job"), ("retry", "re-run the failed requests of a job")):
+    for name, text in (
+        ("cancel", "cancel a queued or running job"),
+        ("retry", "re-run the failed requests of a job (or resume one that needs attention)"),
+        ("resume", "resume a job paused because it needs attention"),
+    ):
         c = sub.add_parser(name, help=text)
         c.add_argument("job")
+    prio = sub.add_parser("priority", help="set a job's priority (higher runs first)")
+    prio.add_argument("job")
+    prio.add_argument("value", type=int)
 
     sub.add_parser("doctor", help="check configuration, folders, backend, GPU and unit hardening")
     return p
 
 
 #: commands about the running service: they use its recorded settings (see effective.py)
-OPERATOR_COMMANDS = ("status", "cancel", "retry", "doctor")
+OPERATOR_COMMANDS = ("status", "cancel", "retry", "resume", "priority", "doctor")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +109,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, *, source: str = "")
         return ops.cancel(settings, args.job)
     if cmd == "retry":
         return ops.retry(settings, args.job)
+    if cmd == "resume":
+        return ops.resume(settings, args.job)
+    if cmd == "priority":
+        return ops.priority(settings, args.job, args.value)
     if cmd == "doctor":
         return ops.doctor(settings, source=source)
     raise ConfigError("command", f"unknown command {cmd!r}")

@@ -35,6 +35,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from batchd.errors import ConfigError
+from batchd.keepalive import encode_keep_alive
 from batchd.pipeline import Pipeline
 from batchd.redact import looks_secret
 
@@ -64,7 +65,7 @@ class BackendSettings(_Section):
     max_attempts: int = Field(default=5, ge=1, le=100)
     backoff_seconds: float = Field(default=1.0, ge=0)
     backoff_max_seconds: float = Field(default=60.0, ge=0)
-    #: seconds (a number; negative: forever) or a Go duration ("30m", "1h30m"); see backends.ollama_facts
+    #: seconds (a number; negative: forever) or a Go duration ("30m", "1h30m"); see batchd.keepalive
     keep_alive: int | float | str = "30m"
     #: Ollama ``shift``: "off" sends shift=false (an answer that fills the window stops with done_reason
     #: length, which batchd sees); "server" sends none: the server's default (on), so on Ollama >= 0.30
@@ -88,8 +89,6 @@ class BackendSettings(_Section):
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, v: Any) -> Any:
-        from batchd.backends.ollama_facts import encode_keep_alive
-
         return encode_keep_alive(v)  # Ollama answers 400 to every request with a bad one
 
     @field_validator("lanes", mode="before")
@@ -152,6 +151,14 @@ class LimitsSettings(_Section):
     max_line_bytes: int = Field(default=1024**2, ge=64)
     #: security (issue 14): a file fails after this many invalid lines; the rest is summarised in one record
     max_invalid_lines: int = Field(default=1000, ge=0)
+    #: issue 22: requests one inbox member (the claimed file's owner uid) may have queued or running at
+    #: once, over all their jobs; a file that would go over fails with an error record. None: no limit
+    max_queued_requests_per_owner: int | None = Field(default=None, ge=1)
+    # -- images (issue 28) -------------------------------------------------------------
+    #: one image's decoded size at most (a ``data:`` URI in an ``image_url`` part); lines must also fit max_line_bytes
+    max_image_bytes: int = Field(default=8 * 1024**2, ge=1)
+    #: images in one request at most
+    max_images_per_request: int = Field(default=8, ge=0)
 
 
 class VramSettings(_Section):
@@ -201,6 +208,57 @@ class StatusPageSettings(_Section):
     recent: int = Field(default=20, ge=0, le=500)
 
 
+class WatchdogSettings(_Section):
+    """The progress watchdog of a running job (``run/stall.py``)."""
+
+    #: no request finished for this long while the backend answers and requests wait: log
+    #: ``job_stalled`` and restart the job from the journal; unset = 10 x the p99 latency, at least 120 s
+    stall_seconds: float | None = Field(default=None, gt=0)
+
+
+class ScheduleSettings(_Section):
+    """Who goes first (``batchd.schedule``)."""
+
+    #: ``fair``: priority, then aging, then smallest remaining work; ``fifo``: claim order, no preemption
+    policy: Literal["fair", "fifo"] = "fair"
+    #: a job with no priority of its own or from its pipeline (files at the inbox root, API batches)
+    default_priority: int = Field(default=0, ge=-1000, le=1000)
+    #: a queued job waiting longer than this goes before the smaller jobs of its priority
+    max_wait_minutes: float = Field(default=60.0, gt=0)
+
+
+class PreviewSettings(_Section):
+    """A first look at a running job (``outbox/STEM.preview/``) and fail-fast."""
+
+    #: published after this many answers (and the fail-fast window's size); 0 = no preview, no fail-fast
+    rows: int = Field(default=100, ge=0)
+    #: refreshed this often after the first; 0 = only the first
+    interval_minutes: float = Field(default=15.0, ge=0)
+    #: a window of ``rows`` answers failing above this share with one error code pauses the job
+    fail_fast_ratio: float = Field(default=0.95, gt=0, le=1.0)
+
+
+class NotifySettings(_Section):
+    """A word when a job ends: a signed webhook (Standard Webhooks) and/or a command."""
+
+    webhook_url: str | None = None
+    #: holds the ``whsec_…`` secret (base64 after the prefix)
+    webhook_secret_file: Path | None = None
+    #: run per final state with BATCHD_* variables (an argv: a string is split like a shell would)
+    command: str | list[str] | None = None
+    command_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: a webhook not delivered by then is given up
+    max_age_hours: float = Field(default=24.0, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, v: Any) -> Any:
+        if v is not None and not str(v).startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -224,6 +282,11 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
+
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    preview: PreviewSettings = Field(default_factory=PreviewSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     pipeline: Pipeline = Field(default_factory=Pipeline)
 
     @field_validator("inbox", "outbox", "state_dir", mode="before")

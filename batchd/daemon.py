@@ -7,7 +7,7 @@ run --once``); ``run()`` is the long-running service loop.
 In ``run()`` three tasks share the event loop with the job loop: intake's
 *watch* and *claims* (see ``intake.py``: new drops are claimed and queued
 while a long job runs) and *heartbeat* (watchdog pings, status line, config
-reloads). Jobs run one at a time, in claim order (``jobs.seq``).
+reloads), plus *notify* (``publish.notify``). Jobs run one at a time, in the order ``run.turns`` picks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from batchd.aio import wait_first
-from batchd.backends import make_backend
 from batchd.backends.base import Backend, answering_model
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, StorageError
@@ -29,10 +28,15 @@ from batchd.intake.watch import choose_mode
 from batchd.intake.worker import Intake
 from batchd.journal import FinalStatus, Job, JobState, Journal, RunOutcome
 from batchd.pace import duration, eta, rate
+from batchd.publish.notify import Notifier
 from batchd.publish.outbox import Outbox
 from batchd.redact import host_of
+from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
+from batchd.run.turns import Turns
 from batchd.status.live import LiveViews
+from batchd.storage import DiskWatch, Store
+from batchd.window import StatusWindow
 
 log = structlog.get_logger("batchd.daemon")
 
@@ -40,6 +44,8 @@ log = structlog.get_logger("batchd.daemon")
 IDLE_SECONDS = 1.0
 #: watchdog hook, status line, progress log and reloads run this often
 HEARTBEAT_SECONDS = 1.0
+#: an idle job loop that has not come round for this long stops the WATCHDOG=1 pings (a publish is long)
+LOOP_STALL_SECONDS = 600.0
 
 
 class Daemon:
@@ -62,9 +68,14 @@ class Daemon:
         self.reload_settings = reload_settings
         self.claimer = Claimer(settings=settings, journal=self.journal)
         self.outbox = Outbox(settings=settings, journal=self.journal)
+        self.notices = Notifier(journal=self.journal, settings=lambda: self.settings)  # [notify], not sd_notify
+        self.turns = Turns(self.journal, lambda: self.settings, on_pause=self.notices.jobs_paused)  # who goes first
         self.stop = asyncio.Event()
         self.current: JobRunner | None = None
         self.jobs_done = 0
+        #: the stores that refuse writes now (journal, spool, outbox, status files): status and pauses
+        self.disk = DiskWatch(clock=clock)
+        self._once = False  # run --once: a refusing journal ends the run (exit 1) instead of a wait
         #: jobs whose job_finished is logged (a publish retried after a full disk does not repeat it)
         self._announced: set[str] = set()
         # run() state
@@ -73,11 +84,21 @@ class Daemon:
         self._reload_asked = False
         self.intake: Intake | None = None
         self._job_started = 0.0
+        self._loop_beat = clock()  # the job loop came round (``making_progress``)
         self._job_base = 0
         self._progress_mark: tuple[str, int] | None = None  # (job id, last logged progress step)
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         #: the outbox status page and the Prometheus metrics, kept current off the request path
-        self.live = LiveViews(daemon=self)
+        self.live = LiveViews(
+            state=StatusWindow(
+                settings=lambda: self.settings,
+                jobs_done=lambda: self.jobs_done,
+                clock=lambda: self.clock(),
+                current=lambda: self.current,
+                disk=self.disk,
+                backend=lambda: self.backend,
+            )
+        )
 
     @property
     def backend(self) -> Backend:
@@ -116,7 +137,7 @@ class Daemon:
         if any(recovered.values()):
             log.info("journal_recovered", **recovered)
         self.claimer.finish_claims()
-        for job in self.journal.jobs([JobState.INGESTING]):
+        for job in self.journal.jobs([JobState.INGESTING], limit=None):
             self.claimer.ingest(job.id)
 
     def claim_present(self) -> int:
@@ -136,7 +157,7 @@ class Daemon:
         for finished in self.journal.jobs([JobState.FINALIZING]):
             self.publish(finished)
             return True
-        job = self.journal.next_job()
+        job = self.turns.next_job(ingest_first=not self._threaded_claims)
         if job is None or self.stop.is_set():
             return False
         if job.state is JobState.INGESTING:
@@ -164,6 +185,9 @@ class Daemon:
             self._announced.add(job.id)
         try:
             self.outbox.publish(job)
+            self.disk.recovered(Store.OUTBOX)
+            self.disk.recovered(Store.JOURNAL)
+            self.notices.job_final(job.id)  # journaled here, delivered by the notify task
             self.jobs_done += 1
             published = self.journal.job(job.id)
             if published is not None:
@@ -183,6 +207,7 @@ class Daemon:
         try:
             if not self.journal.start_run(job.id, time.time()):
                 return None  # cancelled (or finished) between the lookup and now
+            self.disk.recovered(Store.JOURNAL)  # it took the write (after a refusal, the episode ends)
             fresh = self.journal.job(job.id)
             assert fresh is not None
             counts = self.journal.counts(job.id)
@@ -202,10 +227,13 @@ class Daemon:
                 stop=self.stop,
                 sleep=self.sleep,
                 clock=self.clock,
+                disk=self.disk,
+                wait_for_disk=not self._once,
             )
+            runner.yield_to = self.turns.yield_check(fresh, runner.metrics)
             self._job_started, self._job_base = self.clock(), fresh.total - counts.get("queued", 0)
             self.current = runner
-            self.live.job_started(runner)
+            self.live.job_started(runner.metrics)
             try:
                 outcome = await runner.run()
             finally:
@@ -213,8 +241,8 @@ class Daemon:
                 self.live.job_ended()
             error = runner.fatal.as_record() if runner.fatal is not None else None
             final = self.journal.end_run(job.id, outcome, error=error)
-            if final is None:
-                log.info("job_interrupted", outcome=outcome.value)
+            if final is None:  # a stall ends the run too: the next step runs it again from the journal
+                log.info("job_interrupted", outcome=outcome.value, restart=runner.restarting)
                 return outcome
             finished = self.journal.job(job.id)
             assert finished is not None
@@ -236,6 +264,7 @@ class Daemon:
 
     async def run_once(self) -> int:
         """Drain the inbox and all pending work, then return (``batchd run --once``)."""
+        self._once = True
         self.live.start()
         self.startup()
         self.claim_present()
@@ -244,6 +273,7 @@ class Daemon:
         try:
             while not self.stop.is_set() and await self.step():
                 pass
+            await self.notices.deliver_due()  # one try each; what is not delivered waits for the service
         finally:
             progress.cancel()
             live.cancel()
@@ -262,7 +292,13 @@ class Daemon:
     async def run(self) -> int:
         """Watch, claim and run until ``stop`` is set; returns the exit status (0)."""
         self.live.start()
-        self.startup()
+        while not self.stop.is_set():  # a journal that refuses writes at start: wait, as in the loop below
+            try:
+                self.startup()
+                break
+            except StorageError as exc:
+                self.disk.blocked(Store.JOURNAL, exc)
+                await wait_first(self.stop.wait(), timeout=self.disk.next_delay(Store.JOURNAL))
         self._threaded_claims = True
         api = None
         if self.settings.api.listen:
@@ -271,12 +307,13 @@ class Daemon:
             # Raises ConfigError (exit 2) before serving: non-loopback without a token, port taken.
             api = start_api(self.settings, self.stop, on_queued=self.wake)
         self.intake = intake = Intake(
-            settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake, clock=self.clock
+            settings=lambda: self.settings, stop=self.stop, on_claimed=self.wake, clock=self.clock, disk=self.disk
         )
         watch = asyncio.create_task(intake.watch(), name="watch")
         claims = asyncio.create_task(intake.claims(), name="claims")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         live = asyncio.create_task(self.live.run(self.stop), name="live")
+        notify = asyncio.create_task(self.notices.run(self.stop), name="notify")
         await wait_first(intake.ready.wait(), self.stop.wait())
         if not self.stop.is_set():
             self.on_settings()
@@ -288,22 +325,25 @@ class Daemon:
             )
         try:
             while not self.stop.is_set():
+                self._loop_beat, pause = self.clock(), IDLE_SECONDS
                 try:
                     worked = await self.step()
-                except StorageError:
-                    worked = False  # logged by publish(); retried after the idle wait
+                except StorageError as exc:  # a disk that refuses: wait and try again, with a bounded backoff
+                    worked, store = False, Store.JOURNAL if exc.path == str(self.journal.path) else Store.OUTBOX
+                    self.disk.blocked(store, exc)  # its end: the write that goes in (run_job, publish)
+                    pause = self.disk.next_delay(store)
                 if not worked:
                     self._wake.clear()
-                    await wait_first(self._wake.wait(), self.stop.wait(), timeout=IDLE_SECONDS)
+                    await wait_first(self._wake.wait(), self.stop.wait(), timeout=pause)
         finally:
             self.on_stopping()
             log.info("daemon_stopping", jobs_done=self.jobs_done)
             self.stop.set()
-            watch.cancel()
-            heartbeat.cancel()
-            live.cancel()
+            for task in (watch, heartbeat, live, notify):
+                task.cancel()
             # The claim thread finishes the file in hand: a claim is atomic, so waiting is short and safe.
-            await asyncio.gather(watch, heartbeat, claims, live, *([api] if api else []), return_exceptions=True)
+            tasks = (watch, heartbeat, claims, live, notify, *([api] if api else []))
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.live.close()
             log.info("daemon_stopped")
         return 0
@@ -319,9 +359,16 @@ class Daemon:
 
     # -- heartbeat: watchdog, status line, reloads -------------------------------------------
 
+    def making_progress(self) -> bool:
+        """What the WATCHDOG=1 ping proves: the running job is not stalled past its own restart
+        (``run/stall.py``), or the job loop came round within ``LOOP_STALL_SECONDS`` when idle."""
+        runner = self.current
+        return runner.stall.healthy() if runner is not None else self.clock() - self._loop_beat < LOOP_STALL_SECONDS
+
     async def _heartbeat(self) -> None:
         while not self.stop.is_set():
-            self.on_watchdog()
+            if self.making_progress():
+                self.on_watchdog()
             try:
                 if self._reload_asked:
                     self._reload_asked = False
@@ -334,14 +381,20 @@ class Daemon:
                     self.publish_ready()  # the job loop is busy with the running job
                 self._log_progress()
                 self.on_status(self.status_line())
+            except StorageError as exc:  # a publish beside the running job: the disk episode says it, once
+                self.disk.blocked(Store.JOURNAL if exc.path == str(self.journal.path) else Store.OUTBOX, exc)
             except Exception:  # noqa: BLE001 - a status hiccup must not end the watchdog pings
                 log.exception("heartbeat_failed")
             await wait_first(self.stop.wait(), timeout=self.heartbeat_seconds)
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: job progress, rate, ETA and queue, or idle."""
-        queued = self.journal.jobs([JobState.QUEUED, JobState.INGESTING])
+        queued = self.journal.jobs([JobState.QUEUED, JobState.INGESTING], limit=None)
         runner = self.current
+        if (blocked := self.disk.waiting()) is not None:
+            return blocked.text()
+        if runner is not None and (stall := runner.stall.stall) is not None:
+            return f"{runner.job.input_name}: stalled (no request finished for {duration(stall.seconds)}), restarting"
         if runner is None:
             text = f"idle, {self.jobs_done} jobs done"
             return f"{text}, queue {len(queued)}" if queued else text

@@ -11,6 +11,7 @@
     ├── RequestError                permanent for one request: to errors.jsonl (status_code, code)
     │   ├── ContextLengthExceeded   prompt larger than the window even after trimming
     │   ├── BadRequest              other 400s from the server
+    │   ├── Unsupported             the backend cannot do what the line asks (tools, images, embeddings)
     │   └── InvalidReply            reply not JSON / fails the schema after retries
     ├── JobError                    the whole job stops at once (job_id)
     │   ├── ModelNotFound           404: 170,000 copies of it help nobody
@@ -25,6 +26,7 @@ journal only; everyone else sees these classes.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -124,6 +126,12 @@ class BadRequest(RequestError):
     code = "bad_request"
 
 
+class Unsupported(RequestError):
+    """The line asks for something this backend or model cannot do: failed clearly, never dropped."""
+
+    code = "unsupported"
+
+
 class InvalidReply(RequestError):
     code = "invalid_reply"
 
@@ -173,4 +181,29 @@ class LineError(InputError):
 
 
 class StorageError(BatchdError):
+    """``path``: the file or folder that refused; ``full``: out of space or quota (ENOSPC, EDQUOT,
+    SQLite's "disk is full"), as against unwritable (EIO, EROFS, a share gone, a read-only journal)."""
+
     code = "storage_error"
+
+    def __init__(self, message: str, *, path: str | None = None, full: bool = False, reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.full = full
+        #: the cause in a few words ("No space left on device", "disk I/O error"); the message if unset
+        self.reason = reason or message
+
+    @classmethod
+    def from_os(cls, message: str, exc: OSError, path: object = None) -> StorageError:
+        """An ``OSError`` met while writing ``path`` (its ``filename`` when not given)."""
+        where = path if path is not None else exc.filename
+        return cls(
+            f"{message}: {exc}",
+            path=str(where) if where is not None else None,
+            full=exc.errno in FULL_ERRNOS,
+            reason=exc.strerror or str(exc),
+        )
+
+
+#: the errnos that mean "no space" (the work waits for space) rather than "cannot write here"
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -25,6 +25,8 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
+from batchd.redact import escape_controls
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2, "exception": 3}
 _FIELD = re.compile(r"[^A-Z0-9_]")
@@ -66,7 +68,8 @@ def journal_fields(event_dict: dict[str, Any]) -> tuple[str, int, dict[str, str]
     # The short form of the entry: event name, then the keys an operator scans for, then the rest.
     keys = [k for k in _FIRST if k in ev] + [k for k in ev if k not in _FIRST and k != "exception"]
     detail = " ".join(f"{k}={_short(ev[k])}" for k in keys if ev[k] is not None)
-    message = f"{event} {detail}".strip()
+    # One line, whatever a file name holds: newlines, escape codes and bidi characters are shown escaped.
+    message = escape_controls(f"{event} {detail}".strip())
     if ev.get("exception"):
         message += "\n" + str(ev["exception"])
     return message, _PRIORITY.get(level, 6), fields

@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchd.metricsfile import Context, Lanes, Outages, Performance, Retries, Server, Summary, Tokens, Vram
+
 #: latency samples kept for percentiles (a ring, so memory stays flat on 170,000 rows)
 _LATENCY_RING = 4096
 #: upper bounds (seconds) of the latency histogram the Prometheus exposition serves (``prom.py``)
@@ -69,6 +71,9 @@ class JobMetrics:
     #: options removed from request lines (see ``reloads`` and ``backends.ollama_facts``)
     server_version: str | None = None
     reloads: int = 0
+    #: which model answers (``run.fingerprints``): the last fingerprint, and each change under the job
+    fingerprint: dict[str, Any] | None = None
+    model_changes: list[dict[str, Any]] = field(default_factory=list)
     runner_options_stripped: list[str] = field(default_factory=list)
     #: set once when conversation mode evaluated more prompt tokens than isolated requests would
     conversation_not_paying: dict[str, Any] | None = None
@@ -161,80 +166,67 @@ class JobMetrics:
 
     # -- the metrics.json view ----------------------------------------------------
 
+    def sections(self, *, done: int, elapsed: float) -> Summary:
+        """The counters as ``metrics.json``'s typed sections (``done``: requests finished, for the rate)."""
+        return Summary(
+            tokens=Tokens.of(
+                prompt=self.prompt_tokens,
+                completion=self.completion_tokens,
+                cached=self.cached_prompt_tokens,
+                misses=self.prompt_cache_misses,
+                isolated=self.isolated_prompt_tokens,
+                chars_per_token=self.chars_per_token,
+            ),
+            context=Context.of(
+                num_ctx=self.num_ctx,
+                current=self.ctx_current,
+                peak=self.ctx_peak,
+                trim_at=self.trim_at,
+                trims=dict(self.trims),
+                truncations_detected=self.truncations_detected,
+                conversation_not_paying=self.conversation_not_paying,
+            ),
+            vram=Vram(
+                source=self.vram_source,
+                used_fraction=self.vram_used,
+                peak_fraction=self.vram_peak,
+                used_bytes=self.vram_used_bytes,
+                peak_bytes=self.vram_peak_bytes,
+                total_bytes=self.vram_total,
+                processes=self.vram_processes,
+                pressure_events=self.vram_pressure_events,
+                oom_events=self.oom_events,
+                offload=self.offload,
+                lanes=self.lanes,
+                lanes_min=self.lanes_min,
+            ),
+            performance=Performance.of(
+                elapsed=elapsed,
+                done=done,
+                prompt=self.prompt_tokens,
+                completion=self.completion_tokens,
+                latencies=self.latencies,
+                requests_sent=self.requests_sent,
+            ),
+            server=Server(
+                version=self.server_version,
+                reloads=self.reloads,
+                runner_options_stripped=self.runner_options_stripped,
+                fingerprint=self.fingerprint,
+                model_changes=self.model_changes,
+            ),
+            lanes=Lanes(
+                mode=self.lanes_mode,
+                current=self.lanes,
+                min=self.lanes_min,
+                max=self.lanes_max,
+                changes=max(0, len(self.lanes_series) - 1),
+            ),
+            lanes_series=self.lanes_series,
+            retries=Retries.of(dict(self.retries)),
+            outages=Outages(count=self.outages, seconds=round(self.outage_seconds, 1)),
+        )
+
     def summary(self, *, done: int, elapsed: float) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 4) if lat else None
-
-        # What the server had to evaluate (prompt minus what its cache held) against what the
-        # same requests would have cost sent one by one with their whole prefix and no cache.
-        evaluated = max(0, self.prompt_tokens - self.cached_prompt_tokens)
-        saved = self.isolated_prompt_tokens - evaluated if self.isolated_prompt_tokens else 0
-        return {
-            "tokens": {
-                "prompt": self.prompt_tokens,
-                "completion": self.completion_tokens,
-                "total": self.prompt_tokens + self.completion_tokens,
-                "prompt_cached_estimate": self.cached_prompt_tokens,
-                "prompt_cache_misses": self.prompt_cache_misses,
-                "prompt_evaluated_estimate": evaluated,
-                "isolated_prompt_estimate": self.isolated_prompt_tokens,
-                "saved_vs_isolated_estimate": saved,
-                "saved_fraction": (
-                    round(saved / self.isolated_prompt_tokens, 4) if self.isolated_prompt_tokens else None
-                ),
-                "chars_per_token": self.chars_per_token,
-            },
-            "context": {
-                "num_ctx": self.num_ctx,
-                "current": self.ctx_current,
-                "peak": self.ctx_peak,
-                "utilisation": round(self.ctx_current / self.num_ctx, 4) if self.num_ctx else None,
-                "utilisation_peak": round(self.ctx_peak / self.num_ctx, 4) if self.num_ctx else None,
-                "trim_at": self.trim_at,
-                "trims": dict(self.trims),
-                "trims_total": sum(self.trims.values()),
-                "truncations_detected": self.truncations_detected,
-                "conversation_not_paying": self.conversation_not_paying,
-            },
-            "vram": {
-                "source": self.vram_source,
-                "used_fraction": self.vram_used,
-                "peak_fraction": self.vram_peak,
-                "used_bytes": self.vram_used_bytes,
-                "peak_bytes": self.vram_peak_bytes,
-                "total_bytes": self.vram_total,
-                "processes": self.vram_processes,
-                "pressure_events": self.vram_pressure_events,
-                "oom_events": self.oom_events,
-                "offload": self.offload,
-                "lanes": self.lanes,
-                "lanes_min": self.lanes_min,
-            },
-            "performance": {
-                "elapsed_seconds": round(elapsed, 3),
-                "requests_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
-                "prompt_tokens_per_second": round(self.prompt_tokens / elapsed, 2) if elapsed > 0 else None,
-                "completion_tokens_per_second": round(self.completion_tokens / elapsed, 2) if elapsed > 0 else None,
-                "latency_p50": pct(0.50),
-                "latency_p95": pct(0.95),
-                "latency_max": round(lat[-1], 4) if lat else None,
-                "requests_sent": self.requests_sent,
-            },
-            "server": {
-                "version": self.server_version,
-                "reloads": self.reloads,
-                "runner_options_stripped": self.runner_options_stripped,
-            },
-            "lanes": {
-                "mode": self.lanes_mode,
-                "current": self.lanes,
-                "min": self.lanes_min,
-                "max": self.lanes_max,
-                "changes": max(0, len(self.lanes_series) - 1),
-            },
-            "lanes_series": self.lanes_series,
-            "retries": {"total": sum(self.retries.values()), "by_cause": dict(self.retries)},
-            "outages": {"count": self.outages, "seconds": round(self.outage_seconds, 1)},
-        }
+        """``metrics.json``'s part after the job's header, as JSON-ready values."""
+        return self.sections(done=done, elapsed=elapsed).to_json()

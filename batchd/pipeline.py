@@ -20,15 +20,41 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from batchd.errors import ConfigError
 from batchd.fsutil import UnsafeFile, read_beneath
-from batchd.publish.scores import RESERVED_COLUMNS
+from batchd.schemas import schema_problem
 
 PIPELINE_FILE = "pipeline.toml"
 #: a pipeline.toml or system prompt file is read whole; anything bigger is not a pipeline
 MAX_PIPELINE_BYTES = 4 << 20
+#: the columns batchd adds to ``scores.csv`` itself; a passthrough column or schema field may not reuse them
+RESERVED_COLUMNS = ("custom_id", "status", "attempts", "prompt_tokens", "completion_tokens")
+#: what a hostile pipeline.toml can make parsing, validating, serialising or hashing raise (nesting
+#: deeper than the recursion limit, an integer over 64 bits, a value of the wrong type): the file's
+#: error record, never the daemon's crash
+HOSTILE_ERRORS: tuple[type[Exception], ...] = (RecursionError, OverflowError, TypeError, ValueError)
+
+
+def hostile_reason(exc: BaseException) -> str:
+    """One line about a hostile definition, naming no content of it."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, RecursionError) or "recursion" in text.lower() or "depth" in text.lower():
+        return "nested too deeply"
+    if "64-bit" in text or isinstance(exc, OverflowError):
+        return "holds an integer too large (over 64 bits)"
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in err['loc']) or 'pipeline'}: {err['msg']}"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def pipeline_json(pipeline: Pipeline) -> str:
+    """The pipeline as the journal keeps it; raises (``HOSTILE_ERRORS``) what orjson, and so the job-definition
+    hash and the request prefix, cannot hold: nesting over 254 levels, integers over 64 bits."""
+    return orjson.dumps(pipeline.model_dump(mode="json")).decode()
 
 
 class Example(BaseModel):
@@ -53,6 +79,12 @@ class Pipeline(BaseModel):
     passthrough_columns: list[str] = Field(default_factory=list)
     examples: list[Example] = Field(default_factory=list)
     reply_retries: int = Field(default=2, ge=0, le=10)
+    #: who goes first (``batchd.schedule``): higher first; None = ``[schedule] default_priority``
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    #: ``chat`` (a reply per row) or ``embed`` (a vector per row: ``/v1/embeddings``, ``embeddings.npy``)
+    task: Literal["chat", "embed"] = "chat"
+    #: embed: the column whose text is embedded (else ``user_template`` renders it from the row)
+    input_column: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Pipeline:
@@ -77,6 +109,9 @@ class Pipeline(BaseModel):
             except jsonschema.SchemaError as exc:
                 where = "/".join(str(p) for p in exc.absolute_path) or "format"
                 raise ConfigError("format", f"not a valid JSON schema at {where}: {exc.message}") from exc
+            problem = schema_problem(self.format)
+            if problem is not None:
+                raise ConfigError("format", f"refused at {problem}")
             fields = list(self.format.get("properties") or {})
             if fields and self.score_field not in fields:
                 raise ConfigError(
@@ -106,6 +141,8 @@ class Pipeline(BaseModel):
         uses += [(c, "passthrough_columns entry") for c in self.passthrough_columns]
         if self.id_column:
             uses.append((self.id_column, "id_column"))
+        if self.input_column and self.task == "embed":  # only an embed pipeline reads it
+            uses.append((self.input_column, "input_column"))
         known = set(header)
         for column, use in uses:
             if column not in known:
@@ -115,6 +152,10 @@ class Pipeline(BaseModel):
                     f"pipeline {self.name!r}",
                     f"column {column!r} ({use}) is not in the CSV header{hint} (columns: {', '.join(header)})",
                 )
+
+    def render_input(self, row: dict[str, str]) -> str:
+        """An embed row's text: its ``input_column``, else the rendered template."""
+        return row.get(self.input_column, "") if self.input_column else self.render_user(row)
 
     def render_user(self, row: dict[str, str]) -> str:
         if self.user_template is None:
@@ -177,6 +218,8 @@ def load_pipeline_at(dir_fd: int, folder: Path) -> Pipeline:
         raise ConfigError(where, "cannot read: not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, f"not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(where, "not usable: nested too deeply") from exc
     data.setdefault("name", folder.name)
     unknown = sorted(set(data) - set(Pipeline.model_fields))
     if unknown:
@@ -200,7 +243,9 @@ def load_pipeline_at(dir_fd: int, folder: Path) -> Pipeline:
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{where}: system_prompt_file", "cannot read: not UTF-8 text") from exc
     try:
-        return Pipeline.model_validate(data)
+        pipeline = Pipeline.model_validate(data)
+        pipeline_json(pipeline)
+        return pipeline
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "pipeline"
@@ -209,3 +254,5 @@ def load_pipeline_at(dir_fd: int, folder: Path) -> Pipeline:
         raise ConfigError(f"{where}: {key}", f"{err['msg']}{shown}") from exc
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.key}", exc.problem) from exc
+    except HOSTILE_ERRORS as exc:
+        raise ConfigError(where, f"not usable: {hostile_reason(exc)}") from exc

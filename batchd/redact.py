@@ -7,8 +7,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 #: key names whose values are never echoed (a misspelt ``api_kye`` still looks like a secret)
 _SECRETISH = re.compile(r"(key|token|secret|passw|pwd|credential|auth)", re.IGNORECASE)
-#: C0 and C1 controls and DEL: terminal escapes (clear line, set window title, ...) live here
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: C0 and C1 controls and DEL: terminal escapes (clear line, set window title, ...) live here; and the
+#: invisible and direction-changing characters (zero-width, bidi overrides and isolates, line and
+#: paragraph separators, BOM) that make a file name read as another
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def redact_url(url: str) -> str:
@@ -32,5 +34,6 @@ def looks_secret(key: str) -> bool:
 
 
 def escape_controls(text: str) -> str:
-    """Control characters as visible escapes (``\\x1b``, ``\\n``), so a file name cannot drive a terminal."""
+    """Control, zero-width and bidi characters as visible escapes (``\\x1b``, ``\\n``, ``\\u202e``), so a
+    file name can neither drive a terminal nor pass for another name."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

@@ -1,6 +1,6 @@
 """Conversation against isolated mode on llama.cpp's real server, at two window sizes.
 
-``llama-server`` (built by ``tests/realserver/build_llama_server.sh``) serves
+``llama-server`` (built by ``tests/support/realserver/build_llama_server.sh``) serves
 Gemma 3 270M with 4 parallel slots; batchd runs the same JSONL of candidate rows
 (a system prompt, one user message, ``max_tokens`` 16) through the ``openai``
 backend with 4 lanes, once per mode, for each window per slot. The server's
@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from bench.common import REPO, folders, header, load, run_once, summary
-from tests.realserver import ALIAS, LlamaServer, gemma_gguf, llama_server_binary
+from tests.support.realserver import ALIAS, LlamaServer, gemma_gguf, llama_server_binary
 
 STEM = "rows"
 SYSTEM = (

@@ -30,6 +30,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL = 0.9
+if str(REPO) not in sys.path:  # run as a script, python3 bench/bench_lanes.py
+    sys.path.insert(0, str(REPO))
+
+from tests.support.running import batchd_env  # noqa: E402
 
 
 def start_emulator(latency: float, slots: int) -> tuple[subprocess.Popen[str], str]:
@@ -98,22 +102,14 @@ def write_input(path: Path, n: int) -> None:
 
 
 def env_for(root: Path, url: str, lanes: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    env.update(
-        {
-            "BATCHD_CONFIG": str(root / "batchd.toml"),
-            "BATCHD_INBOX": str(root / "inbox"),
-            "BATCHD_OUTBOX": str(root / "outbox"),
-            "BATCHD_STATE_DIR": str(root / "state"),
-            "BATCHD_BACKEND__URL": url,
-            "BATCHD_BACKEND__LANES": str(lanes),
-            "BATCHD_CONTEXT__MODE": "isolated",
-            "BATCHD_LOG__TARGET": "json",
-            "BATCHD_LOG__LEVEL": "warning",
-            "BATCHD_VRAM__SOURCE": "none",
-        }
+    return batchd_env(
+        root,
+        url,
+        BATCHD_BACKEND__LANES=str(lanes),
+        BATCHD_CONTEXT__MODE="isolated",
+        BATCHD_LOG__LEVEL="warning",
+        BATCHD_VRAM__SOURCE="none",
     )
-    return env
 
 
 def run_one(lanes: int, latency: float, per_lane: int) -> dict[str, Any]:

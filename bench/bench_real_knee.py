@@ -14,8 +14,8 @@ the other, the same ``--requests`` rows (``bench.gpu.body``: ~60 prompt tokens,
   (openai backend, isolated mode; the metrics are batchd's own ``metrics.json``).
 
 It prints each row (req/s, output tok/s, p95, the 1-minute load average when the
-row started; for auto where its lanes ended, their maximum and the knee its scan
-chose), then per S: auto / best fixed and auto / best bare (goal: >= 0.95 and >= 0.9).
+row started; for auto where its lanes ended, their maximum, and any scan levels its
+lanes_series records), then per S: auto / best fixed and auto / best bare (goal: >= 0.95 and >= 0.9).
 
     python -m bench.bench_real_knee [--slots 4,8,16] [--requests 240] [--max-tokens 8]
                                     [--lanes 1,2,4,8,16,32] [--threads 2] [--server-bin PATH]
@@ -33,7 +33,7 @@ from typing import Any
 from bench.bare import bare
 from bench.common import header, load, summary
 from bench.gpu import batchd_run
-from tests.realserver import ALIAS, LlamaServer, gemma_gguf, llama_server_binary
+from tests.support.realserver import ALIAS, LlamaServer, gemma_gguf, llama_server_binary
 
 #: tokens of context per slot: the rows need ~60 prompt tokens and --max-tokens more
 CTX_PER_SLOT = 512

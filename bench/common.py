@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Folders as TestFolders
+from tests.support.factories import Folders as TestFolders
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "gemma3:4b"  # the emulator's default model name

@@ -18,8 +18,8 @@ On a machine with an NVIDIA GPU (``bash bench/gpu.sh`` = ``python -m bench.gpu``
    each: req/s, output tok/s, p95 latency, GPU utilisation (mean) and memory (peak)
    sampled through NVML every 0.2 s, and batchd's own VRAM reading beside NVML's;
 4. prints one table, then ``auto`` / the best fixed lane count and ``auto`` / the best
-   bare client (issue 21: >= 0.95 and >= 0.9; ``auto``'s knee scan is the one
-   ``batchd/run/knee.py`` runs everywhere), and exits 0 (1 if a run failed).
+   bare client (issue 21's goals: >= 0.95 and >= 0.9; ``auto`` is the same controller that runs
+   everywhere), and exits 0 (1 if a run failed).
 
 Sizes: ``--requests`` per batchd run (the old tool gets ``--old-requests``); everything,
 install included, is meant to finish within 10 minutes on a machine with 16 cores.

@@ -20,8 +20,9 @@ import pytest
 from pydantic import BaseModel
 
 from batchd.config import Settings, load_settings
-from tests.conftest import REPO, Folders, read_jsonl, run_batchd
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl
+from tests.support.running import REPO, run_batchd
 
 CONFIG = REPO / "packaging" / "batchd.toml"
 _HEADER = re.compile(r"^\[([a-z_]+)\]\s*(#.*)?$")

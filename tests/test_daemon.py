@@ -11,8 +11,8 @@ import structlog
 
 from batchd.config import Settings
 from batchd.daemon import Daemon
-from batchd.ops.commands import request_cancel
-from tests.conftest import Folders, write_jsonl
+from batchd.journal import CancelAnswer
+from tests.support.factories import Folders, write_jsonl
 
 
 def _drain(settings: Settings, *, cancel: str | None = None) -> list[dict[str, Any]]:
@@ -25,7 +25,7 @@ def _drain(settings: Settings, *, cancel: str | None = None) -> list[dict[str, A
             daemon.claim_present()
             if cancel is not None:
                 (job,) = [j for j in daemon.journal.jobs() if j.input_name == cancel]
-                assert request_cancel(daemon.journal, job.id) == "cancelled"
+                assert daemon.journal.request_cancel(job.id) is CancelAnswer.CANCELLED
             while await daemon.step():
                 pass
         finally:

@@ -16,8 +16,9 @@ import pytest
 
 from batchd.errors import ConfigError
 from batchd.pipeline import load_pipeline
-from tests.conftest import REPO, Folders, read_jsonl, run_batchd
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl
+from tests.support.running import REPO, run_batchd
 
 DOC = REPO / "docs" / "PIPELINES.md"
 _BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)

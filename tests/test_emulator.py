@@ -341,7 +341,7 @@ def test_slots_limit_concurrency(make_emu: Callable[..., Emulator]) -> None:
 
 
 def test_runs_as_a_process() -> None:
-    script = Path(__file__).parent / "support" / "emulator.py"
+    script = Path(__file__).parent / "support" / "emulator"  # a folder with __main__.py
     proc = subprocess.Popen(
         [sys.executable, str(script), "--port", "0", "--slots", "4"], stdout=subprocess.PIPE, text=True
     )

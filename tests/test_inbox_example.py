@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import shutil
 
-from tests.conftest import REPO, Folders, outbox_entries, read_jsonl, run_batchd
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, outbox_entries, read_jsonl
+from tests.support.running import REPO, run_batchd
 
 EXAMPLE = REPO / "inbox.example"
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from batchd.cli import _parser, main
-from tests.conftest import REPO, Folders, run_batchd
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders
+from tests.support.running import REPO, run_batchd
 
 README = REPO / "README.md"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)

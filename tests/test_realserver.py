@@ -1,4 +1,4 @@
-"""tests/realserver: finding the cached llama-server, waiting for a build in progress, the skip reasons."""
+"""tests/support/realserver: finding the cached llama-server, waiting for a build in progress, the skip reasons."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import tests.realserver as rs
+import tests.support.realserver as rs
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@ import pytest
 
 from batchd.config import load_settings
 from batchd.errors import ConfigError
-from batchd.ops.commands import status_table, status_views
+from batchd.ops.commands import status_table
 from batchd.pipeline import Pipeline
 from batchd.publish.report import ReportData, render
 from batchd.publish.scores import Scored, ScoreSheet, safe_cell
 from batchd.redact import escape_controls, redact_url
-from tests.publish.test_report import _job
+from batchd.status.views import status_views
+from tests.support.records import job_record
 
 # -- scores.csv ---------------------------------------------------------------------------
 
@@ -82,8 +83,8 @@ def test_control_characters_in_names_are_escaped_in_status(tmp_path: object) -> 
         table = status_table(views)
         for text in (table, repr(views)):
             assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
-        assert views["active"][0]["input"] == escape_controls(evil) == "a\\x1b[2K\\x1b]0;pwned\\x07\\x9b31m.csv"
-        assert "\x1b" not in views["active"][0]["error"]["message"]
+        assert views.active[0].input == escape_controls(evil) == "a\\x1b[2K\\x1b]0;pwned\\x07\\x9b31m.csv"
+        assert "\x1b" not in views.active[0].error["message"]
     finally:
         journal.close()
 
@@ -115,7 +116,8 @@ def test_backends_never_show_the_url_credentials() -> None:
 
 
 def test_backend_down_log_and_doctor_redact_the_url(folders: object, capfd: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import Folders, run_batchd
+    from tests.support.factories import Folders
+    from tests.support.running import run_batchd
 
     assert isinstance(folders, Folders)
     env = folders.env("http://user:hunter2pw@127.0.0.1:9", BATCHD_BACKEND__CONNECT_TIMEOUT_SECONDS="0.2")
@@ -164,7 +166,7 @@ def test_report_survives_extreme_scores(scores: list[float]) -> None:
     data = ReportData(ScoreSheet(fields=[]))
     for i, s in enumerate(scores):
         data.add(Scored(seq=i, custom_id=str(i), status="ok", score=s))
-    page = render(_job(), data, [], {})
+    page = render(job_record(), data, [], {})
     assert "<svg" in page and "<rect" in page
     assert " nan" not in page and ">nan" not in page and "inf<" not in page
 

@@ -23,8 +23,9 @@ import structlog.testing
 
 from batchd import service
 from batchd.service import Notifier, ServiceDaemon, Signals, status_state
-from tests.conftest import Folders, until, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, write_jsonl
+from tests.support.waiting import until
 
 HAVE_LIBSYSTEMD = service._libsystemd_notify() is not None
 

@@ -9,7 +9,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.emulator import Emulator
-from tests.support.slots import SlotPool
+from tests.support.emulator.slots import SlotPool
 
 
 def _chat(url: str) -> float:

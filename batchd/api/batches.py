@@ -21,7 +21,7 @@ import structlog
 
 from batchd.api.files import Content, open_outbox_file, outbox_size, stream
 from batchd.api.models import (
-    WINDOW_SECONDS,
+    ENDPOINT,
     BatchCreate,
     BatchError,
     BatchErrors,
@@ -41,8 +41,8 @@ from batchd.errors import StorageError
 from batchd.fsutil import fsync_dir
 from batchd.intake.claim import Claimer, new_job_id
 from batchd.intake.inbox import pipeline_for, safe_stem
-from batchd.journal import FINISHED, FinalStatus, Job, JobState, Journal, ReqState
-from batchd.ops.commands import request_cancel
+from batchd.journal import FINISHED, CancelAnswer, FinalStatus, Job, JobState, Journal, NewBatch, NewClaim, ReqState
+from batchd.status.views import ViewState
 
 log = structlog.get_logger("batchd.api")
 
@@ -171,45 +171,45 @@ class BatchService:
             raise ApiError(
                 404, f"No such File object: {req.input_file_id}", code="file_not_found", param="input_file_id"
             )
+        priority = _priority(req.metadata)
         job_id, batch_id = new_job_id(), new_batch_id()
         job_spool = self.claimer.spool / f"{job_id}.jsonl"
         _link_or_copy(Path(rec.spool), job_spool)
         pipeline = pipeline_for(self.settings.inbox, None, self.settings.pipeline)
-        with self.journal.transaction() as db:
-            file_row = self.journal.add_file(
+        self.journal.claim(
+            NewClaim(
+                job_id=job_id,
                 name=rec.filename,
                 inbox_path=os.fsencode(f"api/{rec.id}"),
                 spool=str(job_spool),
                 sha256=rec.sha256,
                 size=rec.bytes,
                 mtime_ns=-1,
-                db=db,
-            )
-            self.journal.create_job(
-                job_id=job_id,
-                db=db,
-                state=JobState.INGESTING,
                 input_name=f"api:{rec.filename}",
                 stem=safe_stem(rec.filename),
                 kind="jsonl",
-                file_id=file_row,
                 source="api",
-                sha256=rec.sha256,
                 pipeline=None,
                 pipeline_json=pipeline.model_dump_json(),
-                meta={"batch_id": batch_id},
-            )
-            self.store.add_batch(
-                db,
+                # OpenAI's semantics: each answer depends on its own request only, unless the batch opts in
+                meta={
+                    "batch_id": batch_id,
+                    "endpoint": req.endpoint,
+                    "mode": _mode(req.metadata),
+                    # when its outputs go (api.retention_days unless the batch asked for sooner or later)
+                    "expires_after": req.output_expires_after.seconds if req.output_expires_after else None,
+                },
+            ),
+            batch=NewBatch(
                 batch_id=batch_id,
-                job_id=job_id,
                 input_file_id=rec.id,
                 output_file_id=new_file_id(),
                 error_file_id=new_file_id(),
                 metadata=req.metadata,
-            )
-        # Nothing to unlink in the inbox: say so now rather than at the next start-up.
-        self.journal.mark_file_removed(file_row)
+            ),
+        )
+        if priority is not None:
+            self.journal.set_priority(job_id, priority)  # who goes first (``batchd.schedule``)
         log.info("api_batch_created", batch_id=batch_id, job_id=job_id, input=rec.filename, bytes=rec.bytes)
         self._start_ingest(batch_id, job_id)
         return self.batch_object(self.batch_record(batch_id))
@@ -276,7 +276,7 @@ class BatchService:
         if ingesting is not None:
             # Ingest looks for a cancel between batches of rows and ends the job cancelled
             # (``Journal.finish_ingest``): ask first, then wait the moment it takes.
-            if request_cancel(self.journal, rec.job_id) == "cancelling":
+            if self.journal.request_cancel(rec.job_id) is CancelAnswer.CANCELLING:
                 self.store.mark(rec.id, cancelling_at=time.time())
             await asyncio.shield(ingesting)
         view = self.batch_object(rec)
@@ -293,7 +293,7 @@ class BatchService:
                 "This batch shares the run of an identical earlier input; it cannot be cancelled",
                 code="batch_not_cancellable",
             )
-        request_cancel(self.journal, job.id)
+        self.journal.request_cancel(job.id)
         self.store.mark(rec.id, cancelling_at=time.time())
         return self.batch_object(self.batch_record(rec.id))
 
@@ -307,9 +307,10 @@ class BatchService:
         obj = BatchObject(
             id=rec.id,
             input_file_id=rec.input_file_id,
+            endpoint=job.meta.get("endpoint") or ENDPOINT,
             status=status,
             created_at=int(rec.created_at),
-            expires_at=int(rec.created_at + WINDOW_SECONDS),
+            expires_at=int(rec.created_at + self.retention.lifetime(job)),
             metadata=rec.metadata,
             model=src.model,
             errors=self._errors(src),
@@ -354,16 +355,19 @@ class BatchService:
 
 
 def _status(job: Job) -> BatchStatus:
-    final = job.final
-    if job.state is JobState.INGESTING:
+    """The batch status OpenAI's clients know, from the job's state as ``batchd status`` shows it."""
+    state = ViewState.of(job)
+    if state is ViewState.INGESTING:
         return "validating"
-    if job.state in (JobState.QUEUED, JobState.RUNNING):
-        return "cancelling" if job.cancel_requested else "in_progress"
-    if job.state is JobState.FINALIZING:
-        return "cancelling" if final is FinalStatus.CANCELLED else "finalizing"
-    if job.state is JobState.FAILED:
+    if state is ViewState.CANCELLING or (state is ViewState.QUEUED and job.cancel_requested):
+        return "cancelling"  # queued with a cancel asked: a stop put it back before the runner saw the cancel
+    if state in (ViewState.QUEUED, ViewState.RUNNING):
+        return "in_progress"
+    if state is ViewState.FINALIZING:
+        return "cancelling" if job.final is FinalStatus.CANCELLED else "finalizing"
+    if state is ViewState.FAILED:
         return "failed"
-    if job.state is JobState.CANCELLED:
+    if state is ViewState.CANCELLED:
         return "cancelled"
     return "completed"  # completed, or a duplicate whose twin is gone
 
@@ -395,3 +399,22 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, dst)
     fsync_dir(dst.parent)
+
+
+def _priority(metadata: dict[str, str] | None) -> int | None:
+    """``metadata.priority``: the batch's priority (an integer from -1000 to 1000; higher runs first)."""
+    raw = (metadata or {}).get("priority")
+    if raw is None:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or not -1000 <= value <= 1000:
+        raise ApiError(400, "metadata.priority must be an integer from -1000 to 1000", param="metadata")
+    return value
+
+
+def _mode(metadata: dict[str, str] | None) -> str:
+    """An API batch runs isolated; ``metadata.mode = "conversation"`` opts in to the context loop."""
+    return "conversation" if (metadata or {}).get("mode") == "conversation" else "isolated"

@@ -7,8 +7,9 @@ name. ``RequestGuard`` refuses, before the token check or any handler runs:
 
 * a ``Host`` that is not the listen address, ``localhost``, a loopback
   literal or a name in ``api.allowed_hosts`` (403, ``forbidden_host``);
-* an ``Origin`` whose host is not one of those, and ``Sec-Fetch-Site:
-  cross-site`` or ``same-site`` (403, ``cross_site_request``);
+* an ``Origin`` that is not this API's own origin (scheme, host and port:
+  ``http://localhost:9999`` is another origin than ``http://localhost:8080``),
+  and ``Sec-Fetch-Site: cross-site`` or ``same-site`` (403, ``cross_site_request``);
 * a request body that is not ``application/json`` (``multipart/form-data``
   on ``POST /v1/files``) (415, ``unsupported_media_type``): the content types
   a page can send without a CORS preflight never reach a handler.
@@ -28,6 +29,20 @@ from batchd.api.models import error_body
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _WILDCARDS = ("0.0.0.0", "::", "")
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def split_port(value: str, scheme: str) -> int | None:
+    """The port of ``host[:port]`` / ``[v6][:port]``, else the scheme's default; None when malformed."""
+    value = value.strip()
+    tail = value[value.find("]") + 1 :] if value.startswith("[") else value
+    if value.startswith("[") or tail.count(":") == 1:
+        _, sep, port = tail.rpartition(":")
+        if sep:
+            return int(port) if port.isdigit() else None
+    return _DEFAULT_PORTS.get(scheme)
 
 
 def split_host(value: str) -> str:
@@ -58,6 +73,22 @@ class RequestGuard:
                 return False
         return False
 
+    def same_origin(self, origin: str, host: bytes | None, scope: Scope) -> bool:
+        """``Origin`` is this API's own: scheme, host (one it answers to) and port all match the request's."""
+        parsed = urlsplit(origin)
+        scheme = str(scope.get("scheme") or "http")
+        if parsed.scheme != scheme or not self.host_ok((parsed.hostname or "").lower()):
+            return False
+        try:
+            origin_port = parsed.port or _DEFAULT_PORTS[scheme]
+        except ValueError:
+            return False
+        if host is not None:
+            text = host.decode("latin-1")
+            return split_host(text) == (parsed.hostname or "").lower() and split_port(text, scheme) == origin_port
+        server = scope.get("server")
+        return server is not None and origin_port == server[1]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -86,10 +117,8 @@ class RequestGuard:
         if site in (b"cross-site", b"same-site"):
             return 403, "cross_site_request", "cross-site requests are refused"
         origin = headers.get(b"origin")
-        if origin is not None:
-            parsed = urlsplit(origin.decode("latin-1"))
-            if parsed.scheme not in ("http", "https") or not self.host_ok((parsed.hostname or "").lower()):
-                return 403, "cross_site_request", "requests from another origin are refused"
+        if origin is not None and not self.same_origin(origin.decode("latin-1"), host, scope):
+            return 403, "cross_site_request", "requests from another origin are refused"
         if scope.get("method", "").encode() in _BODY_METHODS and _has_body(headers):
             media = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
             want = b"multipart/form-data" if scope.get("path") == "/v1/files" else b"application/json"

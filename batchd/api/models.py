@@ -12,11 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from batchd.intake.endpoints import Endpoint
+
 #: ids are 96 random bits: knowing one id tells nothing about another
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{24}$")
 
 ENDPOINT = "/v1/chat/completions"
+#: what a batch may name
+ENDPOINTS = tuple(e.value for e in Endpoint)
 COMPLETION_WINDOW = "24h"
 WINDOW_SECONDS = 24 * 3600
 
@@ -29,8 +33,16 @@ def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
 
 
+class ExpiresAfter(BaseModel):
+    """``output_expires_after``: the output and error files go ``seconds`` after the batch's creation."""
+
+    anchor: Literal["created_at"]
+    #: OpenAI's bounds: one hour to 30 days
+    seconds: int = Field(ge=3600, le=30 * 24 * 3600)
+
+
 class BatchCreate(BaseModel):
-    """Body of ``POST /v1/batches``; unknown keys (``output_expires_after``…) are ignored."""
+    """Body of ``POST /v1/batches``; unknown keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -38,12 +50,13 @@ class BatchCreate(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
+    output_expires_after: ExpiresAfter | None = None
 
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        if v != ENDPOINT:
-            raise ValueError(f"only {ENDPOINT} is supported")
+        if v not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}")
         return v
 
     @field_validator("completion_window")

@@ -37,16 +37,28 @@ class Retention:
         self.store = store
         self.clock = clock
 
+    def lifetime(self, job: Job | None) -> float:
+        """Seconds from a batch's creation to its expiry: its ``output_expires_after``, else ``api.retention_days``."""
+        asked = job.meta.get("expires_after") if job is not None else None
+        return float(asked) if isinstance(asked, (int, float)) else self.settings.api.retention_days * DAY
+
     def expire(self) -> int:
-        """Delete what is past ``api.retention_days``; returns how many records went."""
-        cutoff = self.clock() - self.settings.api.retention_days * DAY
+        """Delete what is past its lifetime (``lifetime``; uploads: ``api.retention_days``); returns how
+        many records went. An expired batch's job is marked ``expired_at``: ``batchd status`` drops it."""
+        now = self.clock()
+        cutoff = now - self.settings.api.retention_days * DAY
         gone = 0
-        for batch_id, job_id in self.store.batches_before(cutoff):
+        # the shortest lifetime a batch may ask for is an hour: older batches are the candidates
+        for batch_id, job_id in self.store.batches_before(now - 3600):
             job = self.journal.job(job_id)
+            record = self.store.batch(batch_id)
+            if record is None or record.created_at + self.lifetime(job) > now:
+                continue
             if job is not None and job.state not in FINISHED:
                 continue  # still running: its outputs are not even there yet
             if job is not None:
                 self._remove_outputs(job)
+                self.journal.update_job(job.id, meta={**job.meta, "expired_at": now})
             self.store.delete_batch(batch_id)
             gone += 1
         for file_id, spool in self.store.inputs_before(cutoff):

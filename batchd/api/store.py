@@ -1,20 +1,19 @@
 """The API's own records (uploaded files, batch ids) in the journal database.
 
 Two small tables of the journal (its migration 3); their SQL lives in
-``Journal`` (``api_*`` methods), this module gives the rows their types.
+``Journal`` (``api_*`` methods), this module gives the rows their types, by column name.
 A batch row is written in the same transaction as its job, so a crash never
 leaves a batch without a job or the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from batchd.journal import Journal
+from batchd.journal import Journal, NewBatch
 
 
 @dataclass(frozen=True)
@@ -58,11 +57,11 @@ class ApiStore:
 
     def file(self, file_id: str) -> FileRecord | None:
         row = self.journal.api_file(file_id)
-        return FileRecord(*row) if row else None
+        return FileRecord(**row) if row else None
 
     def files(self, *, after: str | None, limit: int) -> list[FileRecord]:
         """Newest first; ``after`` is the last id of the previous page."""
-        return [FileRecord(*r) for r in self.journal.api_files(after=after, limit=limit)]
+        return [FileRecord(**r) for r in self.journal.api_files(after=after, limit=limit)]
 
     def delete_file(self, file_id: str) -> None:
         self.journal.api_delete_file(file_id)
@@ -80,15 +79,18 @@ class ApiStore:
         error_file_id: str,
         metadata: dict[str, str] | None,
     ) -> None:
-        """Inside the caller's transaction (the one that creates the job)."""
+        """Inside the caller's transaction (the one that creates the job; a new batch comes with its job
+        through ``Journal.claim``)."""
         self.journal.api_add_batch(
             db,
-            batch_id=batch_id,
-            job_id=job_id,
-            input_file_id=input_file_id,
-            output_file_id=output_file_id,
-            error_file_id=error_file_id,
-            metadata=orjson.dumps(metadata).decode() if metadata is not None else None,
+            job_id,
+            NewBatch(
+                batch_id=batch_id,
+                input_file_id=input_file_id,
+                output_file_id=output_file_id,
+                error_file_id=error_file_id,
+                metadata=metadata,
+            ),
         )
 
     def batch(self, batch_id: str) -> BatchRecord | None:
@@ -122,17 +124,6 @@ class ApiStore:
             self.journal.api_mark(batch_id, column, value)
 
 
-def _batch(r: Sequence[Any]) -> BatchRecord:
-    meta = orjson.loads(r[6]) if r[6] is not None else None
-    return BatchRecord(
-        seq=r[0],
-        id=r[1],
-        job_id=r[2],
-        input_file_id=r[3],
-        output_file_id=r[4],
-        error_file_id=r[5],
-        metadata=meta,
-        created_at=r[7],
-        validated_at=r[8],
-        cancelling_at=r[9],
-    )
+def _batch(row: dict[str, Any]) -> BatchRecord:
+    metadata = row.pop("metadata")
+    return BatchRecord(**row, metadata=orjson.loads(metadata) if metadata is not None else None)

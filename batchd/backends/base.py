@@ -8,6 +8,7 @@ own wire format.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ class ChatRequest:
     affinity: int | None = None
     #: thinking asked for by the request or pipeline (True/False or a level); None: not asked
     think: bool | str | None = None
+    #: OpenAI ``tools`` (function definitions) and ``tool_choice``, as the line gave them
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    #: a ``/v1/completions`` line's prompt: sent as a completion (Ollama ``/api/generate``, ``/v1/completions``);
+    #: ``messages`` then hold it as one user turn, for the context's token estimates only
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,15 @@ class ChatResult:
     cached_tokens: int | None = None
     #: seconds the server spent loading the model for this call (Ollama ``load_duration``)
     load_seconds: float | None = None
+    #: tool calls in OpenAI's shape (``id``, ``type: function``, ``function.name``, ``function.arguments``
+    #: as a JSON string); empty when the model answered in text
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
     def completion_body(self, created: int | None = None) -> dict[str, Any]:
-        """The reply as an OpenAI ``chat.completion`` object."""
+        """The reply as an OpenAI ``chat.completion`` object (``content`` null beside tool calls, as OpenAI)."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message = {"role": "assistant", "content": self.content or None, "tool_calls": list(self.tool_calls)}
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -65,7 +78,7 @@ class ChatResult:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": self.content},
+                    "message": message,
                     "finish_reason": self.finish_reason,
                 }
             ],
@@ -75,6 +88,39 @@ class ChatResult:
                 "total_tokens": self.prompt_tokens + self.completion_tokens,
             },
         }
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """One embeddings call: several lines' inputs packed together, in order."""
+
+    model: str
+    inputs: list[str]
+    #: OpenAI ``dimensions`` (Ollama truncates and renormalises); None: the model's own
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    #: one packed little-endian float32 row per input, in order (``backends.vectors``)
+    vectors: list[bytes]
+    #: tokens of all the inputs together, where the server says (0 where it does not)
+    prompt_tokens: int
+    model: str
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Which model answers: ``id`` in OpenAI's ``system_fingerprint`` form (``fp_`` + 12 hex), the
+    facts it was made from (digest, family, parameter size, quantisation, file hash...)."""
+
+    id: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint_id(*parts: object) -> str:
+    return "fp_" + hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -96,6 +142,10 @@ class Backend(Protocol):
         """One chat call; raises TransientError, RequestError or JobError subclasses."""
         ...
 
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """One embeddings call; raises like ``chat`` (a model that cannot embed: a RequestError)."""
+        ...
+
     async def ping(self) -> None:
         """Cheap liveness probe; raises BackendUnavailable when the server is down."""
         ...
@@ -111,8 +161,11 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-def finish_reason(done_reason: str | None) -> str:
-    return "length" if done_reason == "length" else "stop"
+def finish_reason(done_reason: str | None, *, tool_calls: bool = False) -> str:
+    """OpenAI's ``finish_reason``: a stop with tool calls is ``tool_calls`` (as Ollama's own ``/v1`` says)."""
+    if done_reason == "length":
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
 
 
 def answering_model(backend: Backend, requested: str) -> dict[str, str]:

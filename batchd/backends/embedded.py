@@ -29,11 +29,28 @@ from typing import Any
 import orjson
 import structlog
 
-from batchd.backends.base import ChatRequest, ChatResult, LoadedModel, finish_reason
+from batchd.backends.base import (
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    Fingerprint,
+    LoadedModel,
+    finish_reason,
+)
+from batchd.backends.gguf_hash import gguf_sha256
 from batchd.backends.llama_grammar import GreedyGrammar, gbnf_ready
 from batchd.backends.llama_log import route_llama_log
+from batchd.backends.vectors import pack_rows
 from batchd.backends.wire import LlamaCompletion, OpenAIUsage, parse
-from batchd.errors import BackendServerError, BadRequest, ConfigError, ContextLengthExceeded, ModelNotFound
+from batchd.errors import (
+    BackendServerError,
+    BadRequest,
+    ConfigError,
+    ContextLengthExceeded,
+    ModelNotFound,
+    Unsupported,
+)
 
 log = structlog.get_logger("batchd.backends.embedded")
 
@@ -95,6 +112,7 @@ class EmbeddedBackend:
         self.host = f"embedded:{self._model_path.name if self._model_path else 'gemma3-270m'}"
         self._model_name = model_name
         self._llm: Any = None
+        self._embedder: Any = None
         self._n_ctx: int | None = None
         self._formatter: Any = None
         self._grammars: dict[bytes, Any] = {}
@@ -123,8 +141,31 @@ class EmbeddedBackend:
     # -- Backend Protocol ------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest) -> ChatResult:
+        if (request.tools and request.tool_choice != "none") or any(
+            m.get("role") == "tool" or m.get("tool_calls") for m in request.messages
+        ):
+            # llama-cpp-python's chat handlers parse tool calls per model family; batchd renders Gemma's
+            # template itself, so it cannot: fail the line rather than answer as if no tools were given.
+            raise Unsupported("the embedded backend cannot call tools; use an ollama or openai backend")
+        if any(m.get("images") for m in request.messages):
+            raise Unsupported(
+                f"the embedded model ({self.host.removeprefix('embedded:')}) has no vision: it cannot read images; "
+                "use a vision model on an ollama or openai backend"
+            )
         async with self._async_lock():
             return await asyncio.to_thread(self._chat, request)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        async with self._async_lock():
+            return await asyncio.to_thread(self._embed, request)
+
+    async def fingerprint(self, model: str) -> Fingerprint | None:
+        """The GGUF's sha256 (cached by path, size and mtime): the same name may be another file."""
+        path = await asyncio.to_thread(self._path)
+        digest = await asyncio.to_thread(gguf_sha256, path, self._cache_dir)
+        return Fingerprint(
+            id="fp_" + digest[:12], details={"host": self.host, "model_file": path.name, "sha256": digest}
+        )
 
     async def ping(self) -> None:
         """In-process: up as long as llama_cpp imports (checked at construction)."""
@@ -149,7 +190,11 @@ class EmbeddedBackend:
 
         with self._lock:
             llm = self._load(request.num_ctx)
-            tokens = self._tokens(llm, request.messages)
+            tokens = (
+                self._tokens(llm, request.messages)
+                if request.prompt is None
+                else llm.tokenize(request.prompt.encode(), add_bos=True, special=True)
+            )
             num_predict = int(request.options.get("num_predict") or 0)
             budget = num_predict if num_predict > 0 else 1
             if len(tokens) + budget > request.num_ctx:
@@ -196,6 +241,42 @@ class EmbeddedBackend:
             model=self._model_name or self._path().stem,
             latency_s=latency,
             cached_tokens=cached,
+        )
+
+    def _embed(self, request: EmbedRequest) -> EmbedResult:
+        """llama.cpp's own pooling over the GGUF, from a second context opened for embeddings (a
+        generation context cannot give them: ``Llama(embedding=True)`` is a load-time choice)."""
+        with self._lock:
+            if self._embedder is None:
+                from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+                route_llama_log()
+                try:
+                    self._embedder = Llama(
+                        model_path=str(self._path()),
+                        embedding=True,
+                        # a generative GGUF sets no pooling: without one llama.cpp gives a vector per token
+                        pooling_type=LLAMA_POOLING_TYPE_MEAN,
+                        n_ctx=0,  # the model's own window
+                        n_threads=self.threads,
+                        n_threads_batch=self.threads,
+                        verbose=False,
+                    )
+                except (ValueError, RuntimeError, OSError) as exc:
+                    raise Unsupported(f"the embedded model cannot embed: {exc}") from exc
+            started = time.perf_counter()
+            try:
+                out = self._embedder.create_embedding(request.inputs)
+            except (ValueError, RuntimeError) as exc:  # an input over the window, a failed decode
+                raise BadRequest(f"llama.cpp cannot embed this input: {exc}", status_code=400) from exc
+        rows = [d["embedding"] for d in sorted(out["data"], key=lambda d: d["index"])]
+        # as Ollama's EmbedHandler does: unit length, and a cut to ``dimensions`` renormalised
+        rows = [_normalised(r[: request.dimensions] if request.dimensions else r) for r in rows]
+        return EmbedResult(
+            vectors=pack_rows(rows, len(request.inputs)),
+            prompt_tokens=int((out.get("usage") or {}).get("prompt_tokens") or 0),
+            model=self._model_name or self._path().stem,
+            latency_s=time.perf_counter() - started,
         )
 
     def _load(self, num_ctx: int) -> Any:
@@ -307,6 +388,9 @@ class EmbeddedBackend:
                 self._llm.close()
                 self._llm = None
                 self._n_ctx = None
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
 
     def _async_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -331,6 +415,11 @@ def _trained(meta: dict[str, str]) -> int | None:
     arch = meta.get("general.architecture", "")
     value = meta.get(f"{arch}.context_length")
     return int(value) if value and value.isdigit() else None
+
+
+def _normalised(row: list[float]) -> list[float]:
+    norm = sum(v * v for v in row) ** 0.5
+    return [v / norm for v in row] if norm else row
 
 
 def _common_prefix(previous: list[int], tokens: list[int]) -> int:

@@ -35,6 +35,9 @@ _W = TypeVar("_W", bound=Wire)
 # A crashed runner: out of memory mostly. "llama runner process has terminated" is the Go runner's
 # (<= 0.24); "model runner has unexpectedly stopped" and "llama-server process no longer running" are
 # Ollama >= 0.30's (ollama/ollama llm/llama_server.go). All are transient: trim hard, back off, retry.
+#: llama.cpp's server answers a request for a feature it was not started with (``--jinja``) by a 500
+#: (a ``std::runtime_error`` in ``oaicompat_chat_params_parse``): these say it is permanent, not a hiccup
+_UNSUPPORTED_HINTS = ("requires --jinja", "unsupported param:", "cannot use tools with stream")
 _OOM_HINTS = (
     "out of memory",
     "runner process has terminated",
@@ -164,6 +167,8 @@ def raise_for_status(
     if status >= 500:
         if any(h in lowered for h in _OOM_HINTS):
             raise BackendOutOfMemory(message, status_code=status)
+        if any(h in lowered for h in _UNSUPPORTED_HINTS):
+            raise BadRequest(message, status_code=status)  # the line's error: five retries would change nothing
         raise BackendServerError(message, status_code=status)
     if status in (400, 413) and (code in _OVERFLOW_CODES or any(h in lowered for h in _OVERFLOW_HINTS)):
         raise ContextLengthExceeded(message, status_code=status, n_ctx=n_ctx, n_prompt_tokens=n_prompt_tokens)
@@ -192,6 +197,17 @@ class JsonHttp:
         except httpx.HTTPError as exc:
             raise translate(exc, self.host) from exc
         return parse(reply, decode(resp, model=""))
+
+    async def post_raw(self, path: str, payload: dict[str, Any], *, model: str) -> dict[str, Any]:
+        """POST and decode, without a ``wire`` model: for replies too large to validate field by field
+        (embedding vectors, checked by ``backends.vectors``)."""
+        try:
+            resp = await self.client.post(
+                path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.host) from exc
+        return decode(resp, model=model)
 
     async def post(self, path: str, payload: dict[str, Any], *, model: str, reply: type[_W]) -> _W:
         try:

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 
 import structlog
 
-from batchd.backends.base import Backend, ChatRequest, ChatResult, LoadedModel
+from batchd.backends.base import (
+    Backend,
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    Fingerprint,
+    LoadedModel,
+    fingerprint_id,
+)
 from batchd.errors import (
     BackendServerError,
     BackendTimeout,
@@ -89,6 +98,34 @@ class MultiBackend:
                 host.inflight -= 1
             host.failures = 0
             return result
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Any healthy host (embeddings keep no prefix cache worth following)."""
+        while True:
+            host = self._pick(None)
+            if host is None:
+                raise BackendUnavailable(f"all {len(self.hosts)} hosts are down: {self.host}")
+            host.inflight += 1
+            try:
+                return await host.backend.embed(request)
+            except BackendUnavailable as exc:
+                self._take_out(host, str(exc))
+            finally:
+                host.inflight -= 1
+
+    async def fingerprint(self, model: str) -> Fingerprint | None:
+        """Each healthy host's, under ``hosts``; one id when they all agree, else one of all of them."""
+        prints: dict[str, Fingerprint] = {}
+        for backend in self.healthy():
+            read = getattr(backend, "fingerprint", None)
+            fp = await read(model) if read is not None else None
+            if fp is not None:
+                prints[backend.host] = fp
+        if not prints:
+            return None
+        ids = sorted({fp.id for fp in prints.values()})
+        hosts = {host: {"id": fp.id, **fp.details} for host, fp in prints.items()}
+        return Fingerprint(id=ids[0] if len(ids) == 1 else fingerprint_id(*ids), details={"hosts": hosts})
 
     async def ping(self) -> None:
         """Fine when any host answers; hosts that answer come back in at once."""

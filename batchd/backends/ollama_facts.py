@@ -1,4 +1,4 @@
-"""What batchd must know about the Ollama it talks to: versions, runner options, ``keep_alive``.
+"""What batchd must know about the Ollama it talks to: versions and runner options.
 
 Read from ollama/ollama (v0.33 and the tags named below); each rule cites where.
 
@@ -7,9 +7,7 @@ Read from ollama/ollama (v0.33 and the tags named below); each rule cites where.
   from the loaded runner's reloads the model, after the requests in flight finish. On a shared
   server two clients with different values reload it back and forth. Older releases also read
   ``use_mlock``, ``numa``, ``low_vram``, ``f16_kv``, ``vocab_only`` at load time.
-- ``keep_alive`` (``api/types.go`` ``Duration.UnmarshalJSON``): a JSON number of seconds or a Go
-  duration string (``"5m"``, ``"1h30m"``); negative means "forever". The string ``"-1"`` fails
-  ``time.ParseDuration`` (no unit): a 400 on every request.
+- ``keep_alive``: in the root leaf ``batchd.keepalive`` (the settings check it too).
 - Versions: ``truncate``/``shift`` arrived in 0.12.6 (below it they are ignored and overflowing
   prompts are cut silently); 0.30.0 replaced the Go runner by llama.cpp's ``llama-server`` and
   counted only uncached prompt tokens in ``prompt_eval_count`` (fixed in 0.30.1, which also brought
@@ -45,8 +43,6 @@ LLAMA_SERVER_SINCE = (0, 30, 0)
 #: the release whose prompt_eval_count left out cached tokens
 CACHE_ONLY_COUNTS = (0, 30, 0)
 
-_GO_DURATION = re.compile(r"-?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -56,25 +52,6 @@ def strip_runner_options(options: dict[str, Any]) -> tuple[dict[str, Any], list[
     if not dropped:
         return options, []
     return {k: v for k, v in options.items() if k not in RUNNER_OPTIONS}, dropped
-
-
-def encode_keep_alive(value: Any) -> int | float | str:
-    """``keep_alive`` as Ollama parses it: a number of seconds, or a Go duration string.
-
-    ``"-1"`` / ``"300"`` (a number in a string, as environment variables arrive) become numbers;
-    ``"5m"`` stays a string; anything else raises ValueError naming the accepted forms.
-    """
-    if isinstance(value, bool):
-        raise ValueError("keep_alive must be seconds (a number) or a duration like '5m', '1h', '-1'")
-    if isinstance(value, (int, float)):
-        return value
-    text = str(value).strip()
-    if _NUMBER.fullmatch(text):
-        number = float(text)
-        return int(number) if number.is_integer() else number
-    if text == "0" or _GO_DURATION.fullmatch(text):
-        return text
-    raise ValueError(f"keep_alive {value!r} is neither seconds nor a duration like '5m', '1h30m', '-1'")
 
 
 def parse_version(text: str | None) -> tuple[int, int, int] | None:

@@ -83,12 +83,30 @@ _Count = Annotated[int | None, BeforeValidator(_count_or_none)]
 # --------------------------------------------------------------------------- Ollama
 
 
+class OllamaToolFunction(Wire):
+    """``api/types.go`` ``ToolCallFunction``."""
+
+    name: str
+    #: an object (Ollama parses the model's call), not OpenAI's JSON string
+    arguments: _Map = Field(default_factory=dict)
+    index: int = 0
+
+
+class OllamaToolCall(Wire):
+    """``api/types.go`` ``ToolCall``; ``id`` is ``call_xxxxxxxx`` on newer servers, absent on older ones."""
+
+    id: str | None = None
+    function: OllamaToolFunction
+
+
 class OllamaMessage(Wire):
     role: str = "assistant"
-    #: the answer text (the JSON document when ``format`` was set)
+    #: the answer text (the JSON document when ``format`` was set); empty beside tool calls
     content: str
     #: a thinking model's reasoning, separate from ``content`` when ``think`` was on
     thinking: str | None = None
+    #: the model's tool calls, when the request gave ``tools``
+    tool_calls: Annotated[list[OllamaToolCall], BeforeValidator(_none_as_empty_list)] = Field(default_factory=list)
 
 
 class OllamaChatResponse(Wire):
@@ -115,6 +133,18 @@ class OllamaChatResponse(Wire):
     eval_duration: int | None = None
 
 
+class OllamaGenerateResponse(Wire):
+    """``POST /api/generate`` with ``stream: false`` (``api/types.go`` ``GenerateResponse``)."""
+
+    model: str | None = None
+    #: the completion text
+    response: str
+    done_reason: str | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+
+
 class OllamaShowResponse(Wire):
     """``POST /api/show``: the model's metadata."""
 
@@ -131,6 +161,23 @@ class OllamaShowResponse(Wire):
             if key.endswith(".context_length") and isinstance(value, int):
                 return value
         return None
+
+
+class OllamaTag(Wire):
+    """One entry of ``GET /api/tags`` (``api/types.go`` ``ListModelResponse``)."""
+
+    name: str = ""
+    model: str = ""
+    #: the model's content digest: a re-pull under the same tag changes it
+    digest: str = ""
+    #: ``family``, ``parameter_size``, ``quantization_level``
+    details: _Map = Field(default_factory=dict)
+
+
+class OllamaTags(Wire):
+    """``GET /api/tags``: the models the server has."""
+
+    models: Annotated[list[OllamaTag], BeforeValidator(_none_as_empty_list)] = Field(default_factory=list)
 
 
 class OllamaProcessModel(Wire):
@@ -171,10 +218,23 @@ class OllamaVersion(Wire):
 # --------------------------------------------------------------------------- OpenAI-compatible
 
 
+class OpenAIFunctionCall(Wire):
+    name: str
+    #: a JSON document as a string (OpenAI's shape)
+    arguments: str = ""
+
+
+class OpenAIToolCall(Wire):
+    id: str = ""
+    type: str = "function"
+    function: OpenAIFunctionCall
+
+
 class OpenAIMessage(Wire):
     role: str = "assistant"
-    #: ``None`` for tool calls and refusals, which batchd does not ask for
+    #: ``None`` beside tool calls and for refusals
     content: str | None = None
+    tool_calls: Annotated[list[OpenAIToolCall], BeforeValidator(_none_as_empty_list)] = Field(default_factory=list)
 
 
 class OpenAIChoice(Wire):
@@ -226,7 +286,9 @@ class ChatCompletion(Wire):
     timings: LlamaTimings | None = None
 
     def content(self) -> str:
-        """The first choice's text; a reply without one is the server's fault (502)."""
+        """The first choice's text ("" beside tool calls); a reply without either is the server's fault (502)."""
+        if self.choices and self.choices[0].message.tool_calls:
+            return self.choices[0].message.content or ""
         if not self.choices or self.choices[0].message.content is None:
             raise BackendServerError("reply has no valid choices[0].message.content (missing or null)", status_code=502)
         return self.choices[0].message.content
@@ -285,8 +347,9 @@ class LlamaCompletionChoice(Wire):
 
 
 class LlamaCompletion(Wire):
-    """``Llama.create_completion()``'s ``text_completion`` dict (in process, no HTTP)."""
+    """A ``text_completion``: ``Llama.create_completion()``'s dict in process, ``/v1/completions`` over HTTP."""
 
+    model: str | None = None
     choices: list[LlamaCompletionChoice] = Field(min_length=1)
     usage: OpenAIUsage | None = None
 

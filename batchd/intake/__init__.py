@@ -8,7 +8,10 @@ records and ``journal``; never ``run``, ``publish``, ``status``, ``api`` or ``op
 
 - ``inbox``: what in the inbox is a candidate, the ignore rules, pipeline folders, safe outbox names
 - ``watch``: the inotify/poll watcher and the ``StabilityTracker`` claim rule
+- ``cancels``: ``NAME.cancel`` from the share: the dropper's cancels their job, anyone else's is refused
 - ``claim``: claim a file (spool copy, hash, journal rows, unlink), then ingest it
+- ``definition``: the pipeline as the journal keeps it and the duplicate key hashed over it
+- ``quotas``: what one file may cost (invalid lines; requests its owner has waiting)
 - ``ingest``: streaming JSONL/CSV readers with per-line validation
 - ``worker``: the watch task and the claim task (own journal connection, worker thread), rescans
 """

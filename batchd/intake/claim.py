@@ -25,12 +25,14 @@ import orjson
 import structlog
 
 from batchd.config import Settings
-from batchd.errors import ConfigError, InputError
+from batchd.errors import ConfigError, InputError, StorageError
 from batchd.fsutil import READ_FLAGS, fsync_dir, open_dir_at
-from batchd.intake.inbox import Candidate, safe_stem
+from batchd.intake.definition import checked_definition, work_key
+from batchd.intake.inbox import Candidate, free_outbox_name, refusal, safe_stem
 from batchd.intake.ingest import SUPPORTED, Limits, pipeline_prefix, read_csv, read_jsonl
-from batchd.journal import Job, JobState, Journal, NewRequest
-from batchd.pipeline import Pipeline, load_pipeline_at
+from batchd.intake.quotas import OverOwnerLimit, TooManyInvalid
+from batchd.journal import Job, JobState, Journal, NewClaim, NewRequest
+from batchd.pipeline import HOSTILE_ERRORS, Pipeline, hostile_reason, load_pipeline_at
 
 log = structlog.get_logger("batchd.claim")
 
@@ -38,24 +40,12 @@ CHUNK = 1 << 20
 INSERT_BATCH = 5000
 
 
+def _spool_refused(exc: OSError, dst: Path) -> StorageError:
+    return StorageError.from_os("cannot write the spool copy", exc, dst)
+
+
 class IngestCancelled(Exception):
     """A cancel arrived while the file was being read: stop reading."""
-
-
-def work_key(sha256: str, folder: str | None, pipeline: Pipeline, settings: Settings) -> str:
-    """The duplicate key: the file's bytes plus everything that decides what would be sent (system
-    prompt, template, few-shot, schema, options, mode: the pipeline; the model and num_ctx it resolves
-    to). The same file under an edited pipeline is new work."""
-    definition = {
-        "folder": folder,
-        "pipeline": pipeline.model_dump(mode="json"),
-        "model": settings.model_for(pipeline),
-        "mode": pipeline.mode or settings.context.mode,
-        "num_ctx": settings.context.num_ctx,
-        "num_ctx_cap": settings.context.num_ctx_cap,
-    }
-    digest = hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return f"{sha256}:{digest[:32]}"
 
 
 @dataclass(frozen=True)
@@ -71,18 +61,6 @@ def display(name: str) -> str:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-class TooManyInvalid(InputError):
-    """More invalid lines than ``limits.max_invalid_lines``: the file fails, read no further."""
-
-    def __init__(self, cap: int, line: int) -> None:
-        super().__init__(
-            f"more than {cap:,} invalid lines (limits.max_invalid_lines): stopped reading at line "
-            f"{line:,}; the first {cap:,} are listed one by one, the rest of the file was not read "
-            "and nothing in it ran",
-            code="too_many_invalid_lines",
-        )
 
 
 class _FolderChanged(Exception):
@@ -110,6 +88,8 @@ class Claimer:
             max_lines=settings.limits.max_lines,
             max_line_bytes=settings.limits.max_line_bytes,
             allowed_models=tuple(settings.backend.allowed_models),
+            max_image_bytes=settings.limits.max_image_bytes,
+            max_images=settings.limits.max_images_per_request,
         )
 
     # -- start-up -------------------------------------------------------------
@@ -195,7 +175,7 @@ class Claimer:
             return self._reject(cand, None, f"cannot stat the file: {exc.strerror}", "unreadable")
         if self.journal.find_claim(os.fsencode(cand.rel), st.st_size, st.st_mtime_ns) is not None:
             return None
-        problem = self._refusal(cand, st)
+        problem = refusal(cand, st, self.settings.limits.max_file_bytes)
         if problem:
             return self._reject(cand, st, *problem)
         kind = SUPPORTED[cand.path.suffix.lower()]
@@ -205,8 +185,12 @@ class Claimer:
                 if cand.pipeline is None
                 else load_pipeline_at(dir_fd, self.settings.inbox / cand.pipeline)
             )
+            definition = checked_definition(cand.pipeline, pipeline, self.settings)
         except ConfigError as exc:
             return self._reject(cand, st, f"pipeline {cand.pipeline!r} is broken: {exc.message}", "pipeline_error")
+        except HOSTILE_ERRORS as exc:
+            reason = f"pipeline {cand.pipeline!r} is broken: {hostile_reason(exc)}"
+            return self._reject(cand, st, reason, "pipeline_error")
         job_id = new_job_id()
         tmp = self.spool / f"{job_id}.tmp"
         try:
@@ -234,67 +218,70 @@ class Claimer:
         spooled = self.spool / f"{job_id}.{kind}"
         os.replace(tmp, spooled)
         fsync_dir(self.spool)
-        with self.journal.transaction() as db:
-            file_id = self.journal.add_file(
+        try:
+            file_id = self._record(cand, st, job_id, spooled, sha, size, kind, definition)
+        except BaseException:
+            spooled.unlink(missing_ok=True)  # no spool copy without its journal row (a rescan would add another)
+            raise
+        if file_id is None:  # another claimer recorded this file meanwhile: it is theirs
+            spooled.unlink(missing_ok=True)
+            return None
+        self._reserve(job_id, safe_stem(cand.path.name))
+        if self._unlink(dir_fd, name, st, cand):
+            self.journal.mark_file_removed(file_id)
+        log.info("job_claimed", job_id=job_id, input=display(cand.rel), bytes=size, sha256=sha, pipeline=cand.pipeline)
+        return Claimed(job_id, self.ingest(job_id))
+
+    def _record(
+        self,
+        cand: Candidate,
+        st: os.stat_result,
+        job_id: str,
+        spooled: Path,
+        sha: str,
+        size: int,
+        kind: str,
+        definition: str,
+    ) -> int | None:
+        return self.journal.claim(
+            NewClaim(
+                job_id=job_id,
                 name=display(cand.path.name),
                 inbox_path=os.fsencode(cand.rel),
                 spool=str(spooled),
                 sha256=sha,
                 size=size,
                 mtime_ns=st.st_mtime_ns,
-                db=db,
-            )
-            self.journal.create_job(
-                job_id=job_id,
-                db=db,
-                state=JobState.INGESTING,
                 input_name=display(cand.rel),
                 stem=safe_stem(cand.path.name),
                 kind=kind,
-                file_id=file_id,
-                sha256=sha,
                 pipeline=cand.pipeline,
-                pipeline_json=pipeline.model_dump_json(),
+                pipeline_json=definition,
+                owner_uid=st.st_uid,
             )
-        self._unlink(dir_fd, name, st, cand)
-        self.journal.mark_file_removed(file_id)
-        log.info("job_claimed", job_id=job_id, input=display(cand.rel), bytes=size, sha256=sha, pipeline=cand.pipeline)
-        return Claimed(job_id, self.ingest(job_id))
+        )
 
-    def _unlink(self, dir_fd: int, name: str, st: os.stat_result, cand: Candidate) -> None:
-        """Remove the claimed file, and only that file: the name must still point at its inode."""
+    def _reserve(self, job_id: str, stem: str) -> None:
+        """The job's outbox folder name, held from the claim on: a job published sooner cannot take it."""
+        name = free_outbox_name(stem, self.settings.outbox, self.journal.reserved_outbox_names())
+        self.journal.update_job(job_id, outbox_name=name)
+
+    def _unlink(self, dir_fd: int, name: str, st: os.stat_result, cand: Candidate) -> bool:
+        """Remove the claimed file, and only that file: the name must still point at its inode.
+        False when the claimed file is still there (start-up tries again)."""
         self.hook("unlink")
         try:
             now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 log.warning("claim_unlink_skipped", input=display(cand.rel), reason="the name now holds another file")
-                return
+                return True
             os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
             log.warning("claim_unlink_failed", input=display(cand.rel), error=str(exc))
-
-    def _refusal(self, cand: Candidate, st: os.stat_result) -> tuple[str, str] | None:
-        if stat.S_ISLNK(st.st_mode):
-            return "is a symbolic link; batchd never follows links (copy the file in instead)", "symlink"
-        if stat.S_ISDIR(st.st_mode):
-            return "is a folder, not a file", "not_a_file"
-        if not stat.S_ISREG(st.st_mode):
-            return "is not a regular file (FIFO, socket or device)", "not_a_file"
-        if st.st_nlink > 1:
-            return ("has more than one hard link; batchd only takes plain files (copy the file in instead)", "hardlink")
-        if cand.path.suffix.lower() not in SUPPORTED:
-            return (
-                f"unsupported file type {cand.path.suffix or '(none)'!r}; drop .csv or .jsonl files",
-                "unsupported_type",
-            )
-        if st.st_size > self.settings.limits.max_file_bytes:
-            return (
-                f"file is {st.st_size:,} bytes, over limits.max_file_bytes ({self.settings.limits.max_file_bytes:,})",
-                "too_large",
-            )
-        return None
+            return False
+        return True
 
     def _copy(self, dir_fd: int, name: str, st: os.stat_result, dst: Path) -> tuple[str, int]:
         # O_NOFOLLOW: a file swapped for a symlink after the stat still is not followed;
@@ -311,15 +298,31 @@ class Claimer:
                 raise FileNotFoundError(errno.ENOENT, "replaced since it was looked at")  # come back later
             if opened.st_nlink > 1:
                 raise InputError("has more than one hard link; batchd only takes plain files", code="hardlink")
-            with open(dst, "wb") as fout:
-                while chunk := fin.read(CHUNK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise InputError(f"file grew over limits.max_file_bytes ({limit:,})", code="too_large")
-                    digest.update(chunk)
-                    fout.write(chunk)
-                fout.flush()
-                os.fsync(fout.fileno())
+            # A write the disk refuses (full, quota, I/O error, read-only) is a StorageError: the claim
+            # waits and the file stays in the inbox; never a verdict on the input (reading it is).
+            try:
+                try:
+                    fout = open(dst, "wb")  # noqa: SIM115 - closed by the with below
+                except OSError as exc:
+                    raise _spool_refused(exc, dst) from exc
+                with fout:
+                    while chunk := fin.read(CHUNK):
+                        size += len(chunk)
+                        if size > limit:
+                            raise InputError(f"file grew over limits.max_file_bytes ({limit:,})", code="too_large")
+                        digest.update(chunk)
+                        try:
+                            fout.write(chunk)
+                        except OSError as exc:
+                            raise _spool_refused(exc, dst) from exc
+                    try:
+                        fout.flush()
+                        os.fsync(fout.fileno())
+                    except OSError as exc:
+                        raise _spool_refused(exc, dst) from exc
+            except StorageError:
+                dst.unlink(missing_ok=True)
+                raise
         return digest.hexdigest(), size
 
     def _reject(self, cand: Candidate, st: os.stat_result | None, message: str, code: str) -> Claimed:
@@ -336,6 +339,7 @@ class Claimer:
             pipeline=cand.pipeline,
             error={"code": code, "message": message},
         )
+        self._reserve(job_id, safe_stem(cand.path.name))
         log.warning("input_rejected", job_id=job_id, input=display(cand.rel), code=code, reason=message)
         return Claimed(job_id, JobState.FINALIZING)
 
@@ -344,19 +348,31 @@ class Claimer:
     def ingest(self, job_id: str) -> JobState:
         """Parse the spooled file into request rows; restartable from scratch."""
         job = self.journal.job(job_id)
-        assert job is not None and job.spool is not None
-        pipeline = Pipeline.model_validate_json(job.pipeline_json or "{}")
-        model = self.settings.model_for(pipeline)
-        mode = pipeline.mode or self.settings.context.mode
-        twin = self.journal.claim_work(job.id, work_key(job.sha256 or "", job.pipeline, pipeline, self.settings))
+        assert job is not None
+        if job.spool is None:  # a row no claim of ours writes: fail it rather than crash start-up on it
+            return self._unusable(job, "it has no spool copy")
+        try:
+            # A journal row from before the pipeline checks may hold what cannot be hashed or sent.
+            pipeline = Pipeline.model_validate_json(job.pipeline_json or "{}")
+            model = self.settings.model_for(pipeline)
+            mode = job.meta.get("mode") or pipeline.mode or self.settings.context.mode  # an API batch's own
+            key = work_key(job.sha256 or "", job.pipeline, pipeline, self.settings)
+        except ConfigError as exc:
+            return self._unusable(job, exc.message)
+        except HOSTILE_ERRORS as exc:
+            return self._unusable(job, hostile_reason(exc))
+        twin = self.journal.claim_work(job.id, key)
         if twin is not None:
             log.info("job_duplicate", job_id=job.id, input=job.input_name, duplicate_of=twin)
             return JobState.FINALIZING
         self.journal.restart_ingest(job.id)  # a half-done earlier ingest starts over
         try:
             total, invalid, columns, prefix = self._parse_into(job, pipeline, model)
+            prefix_json = orjson.dumps(prefix).decode() if prefix else None
+        except FileNotFoundError:
+            return self._unusable(job, "its spool copy is gone")
         except IngestCancelled:
-            total, invalid, columns, prefix = 0, 0, [], None
+            total, invalid, columns, prefix_json = 0, 0, [], None
         except TooManyInvalid as exc:
             # Only the invalid lines stay (errors.jsonl lists them); nothing of this file runs.
             self.journal.fail_ingest(job.id, exc.as_record(), keep_invalid=True)
@@ -366,19 +382,28 @@ class Claimer:
             self.journal.fail_ingest(job.id, exc.as_record())
             log.warning("input_invalid", job_id=job.id, input=job.input_name, code=exc.code, reason=exc.message)
             return JobState.FINALIZING
+        except HOSTILE_ERRORS as exc:
+            return self._unusable(job, hostile_reason(exc))
         state = self.journal.finish_ingest(
             job.id,
             total=total,
             columns=columns,
             model=model,
             mode=mode,
-            prefix_json=orjson.dumps(prefix).decode() if prefix else None,
+            prefix_json=prefix_json,
         )
         if state is JobState.QUEUED:
             log.info("job_queued", job_id=job.id, input=job.input_name, requests=total, invalid=invalid, mode=mode)
         else:
             log.info("job_cancelled", job_id=job.id, input=job.input_name, during="ingest")
         return state
+
+    def _unusable(self, job: Job, reason: str) -> JobState:
+        """The job's definition cannot be hashed, parsed or sent: it fails, the queue goes on."""
+        error = {"code": "pipeline_error", "message": f"the job cannot be ingested: {reason}"}
+        self.journal.fail_ingest(job.id, error)
+        log.warning("input_invalid", job_id=job.id, input=job.input_name, code="pipeline_error", reason=reason)
+        return JobState.FINALIZING
 
     def _parse_into(
         self, job: Job, pipeline: Pipeline, model: str
@@ -391,13 +416,17 @@ class Claimer:
                 columns, rows = read_csv(fh, pipeline, self.limits)
                 prefix = pipeline_prefix(pipeline, model)
             else:
-                rows = read_jsonl(fh, self.limits)
-            total = invalid = 0
+                rows = read_jsonl(fh, self.limits, endpoint=job.meta.get("endpoint"))
+            total = invalid = valid = 0
             batch: list[NewRequest] = []
             cap = self.settings.limits.max_invalid_lines
+            room = self._owner_room(job)
             for r in rows:
                 batch.append(r)
                 invalid += r.error is not None
+                valid += r.error is None
+                if room is not None and valid > room[2] - room[1]:
+                    raise OverOwnerLimit(*room)
                 if invalid > cap:
                     # A small file of junk lines must not become a flood of records (errors, scores,
                     # journal): stop reading, keep the first `cap` line errors, say the rest in one.
@@ -411,6 +440,13 @@ class Claimer:
         if total == 0:
             raise InputError("file has no requests (empty, or only a header)", code="empty_file")
         return total, invalid, columns, prefix
+
+    def _owner_room(self, job: Job) -> tuple[int, int, int] | None:
+        """(uid, queued elsewhere, cap) when the owner's requests are capped, else None."""
+        cap = self.settings.limits.max_queued_requests_per_owner
+        if cap is None or job.owner_uid is None:
+            return None
+        return job.owner_uid, self.journal.queued_of_owner(job.owner_uid, job.id), cap
 
     def _insert(self, job_id: str, batch: list[NewRequest]) -> int:
         if not batch:

@@ -35,6 +35,7 @@ IGNORED_NAMES = (
     "*.!sync",
     "*.filepart",
     "README*",
+    "*.cancel",  # NAME.cancel stops NAME's job (``intake.cancels``): never an input
 )
 #: inside a pipeline folder only these are inputs; everything else is the pipeline's own assets
 INPUT_SUFFIXES = (".csv", ".jsonl")
@@ -151,3 +152,39 @@ def _mtime(entry: os.DirEntry[str]) -> float:
         return entry.stat(follow_symlinks=False).st_mtime
     except OSError:
         return 0.0
+
+
+def free_outbox_name(stem: str, outbox: Path, reserved: set[str]) -> str:
+    """``stem``, or ``stem.2``, ``stem.3``... : the first name no outbox folder has and no job holds."""
+    try:
+        taken = set(os.listdir(outbox)) | reserved
+    except OSError:
+        taken = reserved
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}.{n}"
+    return name
+
+
+def refusal(cand: Candidate, st: os.stat_result, max_file_bytes: int) -> tuple[str, str] | None:
+    """Why a candidate is not taken (a reason and its code), or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link; batchd never follows links (copy the file in instead)", "symlink"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file", "not_a_file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (FIFO, socket or device)", "not_a_file"
+    if st.st_nlink > 1:
+        return ("has more than one hard link; batchd only takes plain files (copy the file in instead)", "hardlink")
+    if cand.path.suffix.lower() not in INPUT_SUFFIXES:
+        return (
+            f"unsupported file type {cand.path.suffix or '(none)'!r}; drop .csv or .jsonl files",
+            "unsupported_type",
+        )
+    if st.st_size > max_file_bytes:
+        return (
+            f"file is {st.st_size:,} bytes, over limits.max_file_bytes ({max_file_bytes:,})",
+            "too_large",
+        )
+    return None

@@ -20,11 +20,13 @@ import structlog
 
 from batchd.aio import wait_first
 from batchd.config import Settings
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, StorageError
+from batchd.intake.cancels import CancelDesk
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import Candidate, candidate_for, scan
 from batchd.intake.watch import InboxWatcher, Signature, StabilityTracker, choose_mode, signature
 from batchd.journal import JobState, Journal
+from batchd.storage import DiskWatch, Store
 
 log = structlog.get_logger("batchd.intake")
 
@@ -42,17 +44,22 @@ class Intake:
         stop: asyncio.Event,
         on_claimed: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        disk: DiskWatch | None = None,
     ) -> None:
         #: a getter: SIGHUP swaps the daemon's settings and intake follows
         self.settings = settings
         self.stop = stop
         self.on_claimed = on_claimed
         self.clock = clock
+        #: a spool or journal that refuses writes holds the claims (the files stay in the inbox)
+        self.disk = disk or DiskWatch(clock=clock)
         self.tracker = StabilityTracker(stable_seconds=settings().watch.stable_seconds, clock=clock)
         self.ready = asyncio.Event()
         self._claims: asyncio.Queue[Candidate] = asyncio.Queue()
         self._nudge = asyncio.Event()
         self._rescan_asked = False
+        #: ``NAME.cancel`` files, looked at every ``HEALTH_SECONDS`` (own journal connection, worker thread)
+        self._desk: CancelDesk | None = None
 
     def nudge(self) -> None:
         """Look at the settings again now (after a reload)."""
@@ -72,14 +79,18 @@ class Intake:
         def on_folder(path: Path) -> None:
             loop.call_soon_threadsafe(self._ask_rescan)
 
-        while not self.stop.is_set():
-            try:
-                backoff, unavailable = await self._watch_once(on_path, on_folder, backoff, unavailable)
-            except Exception:  # noqa: BLE001 - keep watching whatever went wrong; jobs still run
-                log.exception("watch_failed", inbox=str(self.settings().inbox))
-                self.ready.set()
-                await wait_first(self.stop.wait(), timeout=backoff)
-                backoff = min(UNAVAILABLE_BACKOFF_MAX, backoff * 2)
+        try:
+            while not self.stop.is_set():
+                try:
+                    backoff, unavailable = await self._watch_once(on_path, on_folder, backoff, unavailable)
+                except Exception:  # noqa: BLE001 - keep watching whatever went wrong; jobs still run
+                    log.exception("watch_failed", inbox=str(self.settings().inbox))
+                    self.ready.set()
+                    await wait_first(self.stop.wait(), timeout=backoff)
+                    backoff = min(UNAVAILABLE_BACKOFF_MAX, backoff * 2)
+        finally:
+            if self._desk is not None:
+                self._desk.journal.close()
 
     async def _watch_once(
         self,
@@ -144,6 +155,8 @@ class Intake:
                 next_health = now + HEALTH_SECONDS
                 if not await asyncio.to_thread(watcher.healthy):
                     return True
+                if await asyncio.to_thread(self._cancel_pass):
+                    self.on_claimed()  # a job cancelled while queued is final now: publish it
             if self._rescan_asked or now >= next_rescan:
                 # Safety net: inotify can overflow its queue or miss events (and sees nothing a
                 # remote host writes); polling can miss a file replaced within one poll interval.
@@ -172,6 +185,19 @@ class Intake:
         log.debug("inbox_rescanned", candidates=len(found))
         self._nudge.set()
 
+    def _cancel_pass(self) -> bool:
+        """Runs in a worker thread: act on the ``.cancel`` files (``intake.cancels``); True if any cancelled."""
+        settings = self.settings()
+        if self._desk is None or self._desk.inbox != settings.inbox:
+            if self._desk is not None:
+                self._desk.journal.close()
+            self._desk = CancelDesk(settings.inbox, Journal(settings.journal_path))
+        try:
+            return any(v.reason is None for v in self._desk.run_pass())
+        except (BatchdError, OSError) as exc:
+            log.error("cancel_pass_failed", error=str(exc))
+            return False
+
     def _seen(self, path: Path, sig: Signature | None) -> None:
         self.tracker.seen(path, sig)
         self._nudge.set()
@@ -198,12 +224,28 @@ class Intake:
                 while len(batch) < CLAIM_BATCH and not self._claims.empty():
                     batch.append(self._claims.get_nowait())
                 try:
-                    if await asyncio.to_thread(self._claim_batch, journal, batch):
+                    if await self._claim_until_stored(journal, batch):
                         self.on_claimed()
                 except Exception:  # noqa: BLE001 - a dead claim task would silently stop intake
                     log.exception("claim_batch_failed", files=len(batch))
         finally:
             journal.close()
+
+    async def _claim_until_stored(self, journal: Journal, batch: list[Candidate]) -> int:
+        """Claim the batch; while the spool or the journal refuses writes, wait (bounded backoff) and
+        try again: the files stay in the inbox meanwhile, none is rejected for a full disk."""
+        while True:
+            try:
+                claimed = await asyncio.to_thread(self._claim_batch, journal, batch)
+            except StorageError as exc:
+                store = Store.JOURNAL if exc.path == str(journal.path) else Store.SPOOL
+                self.disk.blocked(store, exc)
+                await wait_first(self.stop.wait(), timeout=self.disk.next_delay(store))
+                if self.stop.is_set():
+                    return 0
+                continue
+            self.disk.recovered(Store.SPOOL)
+            return claimed
 
     def _claim_batch(self, journal: Journal, batch: list[Candidate]) -> int:
         """Runs in the worker thread. Claim order is queue order, which is modification order."""
@@ -214,8 +256,12 @@ class Intake:
                 break
             try:
                 claimed += claimer.claim(cand) is not None
+            except StorageError:
+                raise  # the disk, not the file: the whole batch waits and is tried again
             except (BatchdError, OSError) as exc:
                 log.error("claim_failed", input=cand.rel, error=str(exc))
+            except Exception:  # noqa: BLE001 - one file's failure never drops the rest of the batch
+                log.exception("claim_failed", input=cand.rel)
         # A job left half-ingested by a failure above would hold up the queue: try it again.
         # Only inbox jobs: this thread is the only one that ingests those (the API ingests its own).
         for job in journal.jobs([JobState.INGESTING]):
@@ -224,6 +270,8 @@ class Intake:
             try:
                 claimer.ingest(job.id)
                 claimed += 1
+            except StorageError:
+                raise  # restartable from scratch: tried again with the batch, once the disk takes writes
             except (BatchdError, OSError) as exc:
                 log.error("ingest_failed", job_id=job.id, input=job.input_name, error=str(exc))
         return claimed

@@ -12,7 +12,8 @@ sqlite3 errors are translated here and nowhere else.
 - ``connection``: the connection, its pragmas, ``transaction()``, the error translation
 - ``lifecycle``: the job's state transitions, each one guarded transaction
 - ``api_tables``: the HTTP API's uploads and batches
-- ``store``: ``Journal`` itself: job reads, request traffic, samples; the two above mixed in
+- ``team``: the queue as the scheduler sees it, priorities, paused jobs, refused ``.cancel`` files
+- ``store``: ``Journal`` itself: the claim, job reads, request traffic, samples; the two above mixed in
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from batchd.journal.records import (
     FinalStatus,
     Job,
     JobState,
+    NewBatch,
+    NewClaim,
     NewRequest,
     Outcome,
     ReqState,
@@ -43,6 +46,8 @@ __all__ = [
     "Job",
     "JobState",
     "Journal",
+    "NewBatch",
+    "NewClaim",
     "NewRequest",
     "Sample",
     "Outcome",

@@ -6,7 +6,10 @@ import sqlite3
 import time
 from typing import Any
 
+import orjson
+
 from batchd.journal.connection import Connection
+from batchd.journal.records import NewBatch
 
 
 class ApiRecords(Connection):
@@ -26,62 +29,49 @@ class ApiRecords(Connection):
                 (file_id, filename, size, sha256, spool, time.time()),
             )
 
-    def api_file(self, file_id: str) -> tuple[Any, ...] | None:
-        rows = self._query(f"SELECT {self._API_FILE_COLS} FROM api_files WHERE id=?", (file_id,))
-        return tuple(rows[0]) if rows else None
+    def api_file(self, file_id: str) -> dict[str, Any] | None:
+        """The upload's row by column name (``api.store.FileRecord`` takes the same names)."""
+        rows = self._query_named(f"SELECT {self._API_FILE_COLS} FROM api_files WHERE id=?", (file_id,))
+        return rows[0] if rows else None
 
-    def api_files(self, *, after: str | None, limit: int) -> list[tuple[Any, ...]]:
+    def api_files(self, *, after: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest first; ``after`` is the last id of the previous page."""
-        return [
-            tuple(r)
-            for r in self._query(
-                f"SELECT {self._API_FILE_COLS} FROM api_files WHERE seq < COALESCE((SELECT seq FROM api_files "
-                "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
-                (after, limit),
-            )
-        ]
+        return self._query_named(
+            f"SELECT {self._API_FILE_COLS} FROM api_files WHERE seq < COALESCE((SELECT seq FROM api_files "
+            "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
+            (after, limit),
+        )
 
     def api_delete_file(self, file_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM api_files WHERE id=?", (file_id,))
 
-    def api_add_batch(
-        self,
-        db: sqlite3.Connection,
-        *,
-        batch_id: str,
-        job_id: str,
-        input_file_id: str,
-        output_file_id: str,
-        error_file_id: str,
-        metadata: str | None,
-    ) -> None:
-        """Inside the caller's transaction (the one that creates the job)."""
+    def api_add_batch(self, db: sqlite3.Connection, job_id: str, batch: NewBatch) -> None:
+        """Inside the caller's transaction (the one that creates the job: ``Journal.claim``)."""
         now = time.time()
+        metadata = orjson.dumps(batch.metadata).decode() if batch.metadata is not None else None
         db.execute(
             "INSERT INTO api_batches (id, job_id, input_file_id, output_file_id, error_file_id, metadata, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (batch_id, job_id, input_file_id, output_file_id, error_file_id, metadata, now),
+            (batch.batch_id, job_id, batch.input_file_id, batch.output_file_id, batch.error_file_id, metadata, now),
         )
-        for file_id, role in ((output_file_id, "output"), (error_file_id, "error")):
+        for file_id, role in ((batch.output_file_id, "output"), (batch.error_file_id, "error")):
             db.execute(
                 "INSERT INTO api_files (id, role, filename, batch_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                (file_id, role, f"{batch_id}_{role}.jsonl", batch_id, now),
+                (file_id, role, f"{batch.batch_id}_{role}.jsonl", batch.batch_id, now),
             )
 
-    def api_batch(self, batch_id: str) -> tuple[Any, ...] | None:
-        rows = self._query(f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE id=?", (batch_id,))
-        return tuple(rows[0]) if rows else None
+    def api_batch(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch's row by column name (``metadata`` still JSON text)."""
+        rows = self._query_named(f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE id=?", (batch_id,))
+        return rows[0] if rows else None
 
-    def api_batches(self, *, after: str | None, limit: int) -> list[tuple[Any, ...]]:
-        return [
-            tuple(r)
-            for r in self._query(
-                f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE seq < COALESCE((SELECT seq FROM api_batches "
-                "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
-                (after, limit),
-            )
-        ]
+    def api_batches(self, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+        return self._query_named(
+            f"SELECT {self._API_BATCH_COLS} FROM api_batches WHERE seq < COALESCE((SELECT seq FROM api_batches "
+            "WHERE id=?), 9223372036854775807) ORDER BY seq DESC LIMIT ?",
+            (after, limit),
+        )
 
     # retention (batchd.api.retention)
 

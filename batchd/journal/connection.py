@@ -31,6 +31,14 @@ def _enable_wal(db: sqlite3.Connection, *, deadline_s: float = 30.0) -> None:
         pause = min(0.2, pause * 2)
 
 
+def _storage(message: str, exc: sqlite3.Error, path: Path) -> StorageError:
+    """A sqlite3 error as ``StorageError``: full (SQLITE_FULL: the disk or a quota) or unwritable
+    (SQLITE_IOERR, SQLITE_READONLY, SQLITE_CANTOPEN: a share gone, a read-only mount), with the path."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    full = name.startswith("SQLITE_FULL") or "disk is full" in str(exc)
+    return StorageError(f"{message}: {exc}", path=str(path), full=full, reason=str(exc))
+
+
 class Connection:
     """One SQLite connection, owned; the base of ``Journal`` and of its mixins."""
 
@@ -60,27 +68,45 @@ class Connection:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StorageError(f"journal busy or unwritable: {exc}") from exc
+            raise _storage("journal busy or unwritable", exc, self.path) from exc
         try:
             yield self._db
         except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise StorageError(f"journal write failed: {exc}") from exc
+            self._rollback()
+            raise _storage("journal write failed", exc, self.path) from exc
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         else:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._rollback()
+                raise _storage("journal commit failed", exc, self.path) from exc
+
+    def _rollback(self) -> None:
+        """Undo the open transaction; SQLite may have rolled it back itself (a full disk, an I/O
+        error end it), and a failed ROLLBACK must not hide the error that brought us here."""
+        try:
+            if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-                raise StorageError(f"journal commit failed: {exc}") from exc
+        except sqlite3.Error:
+            pass
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            raise StorageError(f"journal read failed: {exc}") from exc
+            raise _storage("journal read failed", exc, self.path) from exc
+
+    def _query_named(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as ``{column name: value}``, the names from the cursor (a SELECT list may grow)."""
+        try:
+            cur = self._db.execute(sql, args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise _storage("journal read failed", exc, self.path) from exc
 
     def integrity_check(self) -> str:
         return str(self._query("PRAGMA integrity_check")[0][0])

@@ -51,11 +51,12 @@ class Lifecycle(Connection):
         size: int,
         mtime_ns: int,
         db: sqlite3.Connection,
+        owner_uid: int | None = None,
     ) -> int:
         cur = db.execute(
-            "INSERT INTO files (name, inbox_path, spool, sha256, size, mtime_ns, state, claimed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?)",
-            (name, inbox_path, spool, sha256, size, mtime_ns, time.time()),
+            "INSERT INTO files (name, inbox_path, spool, sha256, size, mtime_ns, state, claimed_at, owner_uid) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'claimed', ?, ?)",
+            (name, inbox_path, spool, sha256, size, mtime_ns, time.time(), owner_uid),
         )
         return int(cur.lastrowid or 0)
 
@@ -315,8 +316,8 @@ class Lifecycle(Connection):
             )
             n = int(
                 db.execute(
-                    "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state) "
-                    "SELECT ?, seq, line, custom_id, body, row, 'queued' FROM requests "
+                    "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, url) "
+                    "SELECT ?, seq, line, custom_id, body, row, 'queued', url FROM requests "
                     "WHERE job_id=? AND state IN ('failed','skipped')",
                     (new_id, job.id),
                 ).rowcount

@@ -93,6 +93,12 @@ class Job:
     spool: str | None
     final: FinalStatus | None = None
     work_key: str | None = None
+    #: the uid that owned the claimed inbox file (None: an API upload, or claimed before journal version 4)
+    owner_uid: int | None = None
+    #: set by ``batchd priority`` or an API batch's ``metadata.priority``; None: the pipeline's or the default
+    priority: int | None = None
+    #: a job paused by fail-fast (queued, skipped by the scheduler until retried): why, with sample errors
+    attention: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,45 @@ class Request:
     error: dict[str, Any] | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    #: the line's endpoint (``/v1/embeddings`` ...); None: ``/v1/chat/completions``
+    url: str | None = None
+    #: an embedding's vectors, packed little-endian float32, one after the other
+    vector: bytes | None = None
+
+
+@dataclass(frozen=True)
+class NewClaim:
+    """A file that becomes a job (``Journal.claim``): its file row and its ``ingesting`` job."""
+
+    job_id: str
+    #: the file row: its display name, where it was (bytes: a name need not be UTF-8), its spooled copy
+    name: str
+    inbox_path: bytes
+    spool: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    #: the job row
+    input_name: str
+    stem: str
+    kind: str
+    pipeline: str | None
+    pipeline_json: str
+    source: str = "inbox"
+    meta: dict[str, Any] | None = None
+    #: the uid that owned the inbox file (None: an API upload)
+    owner_uid: int | None = None
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    """An API batch, recorded in the same transaction as its job (``Journal.claim``)."""
+
+    batch_id: str
+    input_file_id: str
+    output_file_id: str
+    error_file_id: str
+    metadata: dict[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -119,6 +164,8 @@ class NewRequest:
     body: dict[str, Any] | None
     row: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    #: the line's endpoint; None: ``/v1/chat/completions``
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +179,8 @@ class Outcome:
     error: dict[str, Any] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: an embedding's vectors as packed float32 (the result body holds the rest of the reply)
+    vector: bytes | None = None
 
 
 class Sample(NamedTuple):

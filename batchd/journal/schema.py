@@ -8,7 +8,7 @@ from batchd.errors import StorageError
 from batchd.journal.records import FinalStatus
 from batchd.journal.rows import load_json
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -116,6 +116,65 @@ MIGRATIONS: dict[int, str] = {
         cancelling_at REAL
     );
     """,
+    # The uid that owned each claimed inbox file: who may cancel it from the share, whose limit it counts
+    # against. NULL for API uploads and for files claimed before this version.
+    4: """
+    ALTER TABLE files ADD COLUMN owner_uid INTEGER;
+    """,
+    # 5: reserved for issue [22], which needed no migration in the end.
+    5: "",
+    # 6, the people around a job: who goes first (``priority``: set by the operator or an API batch, NULL:
+    # the pipeline's or the default; ``waiting_since``: when it last went back to the queue, for aging;
+    # ``lifted``: it runs because it had aged; ``preemptions``: how often it
+    # yielded to another), a job paused for attention (``attention_json``: why, with
+    # sample errors), the ``.cancel`` files refused (the status page shows them) and the notifications
+    # owed (journaled, retried).
+    6: """
+    ALTER TABLE jobs ADD COLUMN priority INTEGER;
+    ALTER TABLE jobs ADD COLUMN waiting_since REAL;
+    ALTER TABLE jobs ADD COLUMN lifted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN preemptions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN attention_json TEXT;
+    CREATE TABLE cancel_refusals (
+        t REAL NOT NULL,
+        name TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        job_id TEXT,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE notifications (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        next_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending',
+        last_error TEXT,
+        done_at REAL,
+        UNIQUE (job_id, channel)
+    );
+    CREATE INDEX notifications_due ON notifications(state, next_at);
+    """,
+    # 7: each request's endpoint (its line's ``url``; NULL: chat completions, as every line before it), and
+    # an embedding's vectors as packed little-endian float32 (3 KB for 768 dimensions, where JSON text takes
+    # ~14 KB) in their own table: 3 KB rows in ``requests`` (WITHOUT ROWID, clustered) spread the hot
+    # queued rows over overflow pages and made each ``take_pending`` 10x slower. The trigger keeps every
+    # deletion of requests (retry, re-ingest, pruning) true of their vectors without each knowing.
+    7: """
+    ALTER TABLE requests ADD COLUMN url TEXT;
+    CREATE TABLE vectors (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TRIGGER requests_vectors AFTER DELETE ON requests BEGIN
+        DELETE FROM vectors WHERE job_id = old.job_id AND seq = old.seq;
+    END
+    """,
 }
 
 
@@ -132,9 +191,8 @@ def migrate(db: sqlite3.Connection) -> None:
                 db.execute("COMMIT")
                 return
             target = version + 1
-            for statement in MIGRATIONS[target].split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in _statements(MIGRATIONS[target]):
+                db.execute(statement)
             if target == 2:
                 _backfill_final(db)
             db.execute(f"PRAGMA user_version={target}")
@@ -142,6 +200,19 @@ def migrate(db: sqlite3.Connection) -> None:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements: split at each ``;`` that ends one (a trigger's body holds its own)."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    return out
 
 
 def _backfill_final(db: sqlite3.Connection) -> None:

@@ -1,5 +1,6 @@
-"""``Journal``, the class callers hold: jobs read back, requests taken, recorded and requeued in batches,
-the report's samples; the transitions (``lifecycle``) and the API's tables (``api_tables``) mixed in."""
+"""``Journal``, the class callers hold: a file claimed as a job, jobs read back, requests taken, recorded
+and requeued in batches, the report's samples; the transitions (``lifecycle``) and the API's tables
+(``api_tables``) and the team's records (``team``: queue, priorities, refusals) mixed in."""
 
 from __future__ import annotations
 
@@ -13,25 +14,80 @@ import orjson
 
 from batchd.journal.api_tables import ApiRecords
 from batchd.journal.lifecycle import Lifecycle
-from batchd.journal.records import Job, JobState, NewRequest, Outcome, ReqState, Request, Sample
-from batchd.journal.rows import (
-    JOB_COLS,
-    REQ_COLS,
-    dump_json,
-    job_from_row,
-    request_from_row,
+from batchd.journal.records import (
+    Job,
+    JobState,
+    NewBatch,
+    NewClaim,
+    NewRequest,
+    Outcome,
+    ReqState,
+    Request,
+    Sample,
 )
+from batchd.journal.rows import JOB_COLS, REQ, REQ_COLS, TAKE_COLS, dump_json, job_from_row, request_from_row
+from batchd.journal.team import TeamRecords
 
 
-class Journal(Lifecycle, ApiRecords):
+class Journal(Lifecycle, ApiRecords, TeamRecords):
     """The SQLite journal: one connection, WAL, every read-then-write in one ``transaction()``."""
 
     # -- files -----------------------------------------------------------------------
 
+    def claim(self, new: NewClaim, *, batch: NewBatch | None = None) -> int | None:
+        """A file becomes a job, in one transaction: its file row, the job (``ingesting``) and, for an API
+        upload, its ``batch``; the file row's id. An inbox file the journal already holds (same path,
+        size and mtime, not yet removed by batchd: another claimer got there first) is refused: None, and
+        nothing is written; a file batchd removed and someone dropped again is a new claim.
+
+        An upload has no inbox file to unlink: its file row is written ``removed`` at once (an inbox
+        claim's becomes so after the unlink, ``mark_file_removed``)."""
+        from_inbox = new.source == "inbox"
+        with self.transaction() as db:
+            if (
+                from_inbox
+                and db.execute(
+                    "SELECT 1 FROM files WHERE inbox_path=? AND size=? AND mtime_ns=? AND state != 'removed'",
+                    (new.inbox_path, new.size, new.mtime_ns),
+                ).fetchone()
+            ):
+                return None
+            file_id = self.add_file(
+                name=new.name,
+                inbox_path=new.inbox_path,
+                spool=new.spool,
+                sha256=new.sha256,
+                size=new.size,
+                mtime_ns=new.mtime_ns,
+                db=db,
+                owner_uid=new.owner_uid,
+            )
+            if not from_inbox:
+                db.execute("UPDATE files SET state='removed' WHERE id=?", (file_id,))
+            self.create_job(
+                job_id=new.job_id,
+                db=db,
+                state=JobState.INGESTING,
+                input_name=new.input_name,
+                stem=new.stem,
+                kind=new.kind,
+                file_id=file_id,
+                source=new.source,
+                sha256=new.sha256,
+                pipeline=new.pipeline,
+                pipeline_json=new.pipeline_json,
+                meta=new.meta,
+            )
+            if batch is not None:
+                self.api_add_batch(db, new.job_id, batch)
+        return file_id
+
     def find_claim(self, inbox_path: bytes, size: int, mtime_ns: int) -> int | None:
         # inbox paths are stored as bytes: a file name need not be valid UTF-8
         rows = self._query(
-            "SELECT id FROM files WHERE inbox_path=? AND size=? AND mtime_ns=?", (inbox_path, size, mtime_ns)
+            # a claim whose file batchd removed is history: the same name, size and mtime again is a re-drop
+            "SELECT id FROM files WHERE inbox_path=? AND size=? AND mtime_ns=? AND state != 'removed'",
+            (inbox_path, size, mtime_ns),
         )
         return int(rows[0][0]) if rows else None
 
@@ -39,6 +95,15 @@ class Journal(Lifecycle, ApiRecords):
         """Claims whose inbox file may still exist (crash between commit and unlink)."""
         rows = self._query("SELECT id, inbox_path, size, mtime_ns FROM files WHERE state='claimed'")
         return [(int(a), bytes(b), int(c), int(d)) for a, b, c, d in rows]
+
+    def reserved_outbox_names(self, except_job: str | None = None) -> set[str]:
+        """Outbox folder names held by jobs not yet published (reserved at claim)."""
+        rows = self._query(
+            "SELECT outbox_name FROM jobs WHERE outbox_name IS NOT NULL AND id IS NOT ? "
+            "AND state IN ('ingesting', 'queued', 'running', 'finalizing')",
+            (except_job,),
+        )
+        return {str(r[0]) for r in rows}
 
     def mark_file_removed(self, file_id: int) -> None:
         with self.transaction() as db:
@@ -48,8 +113,8 @@ class Journal(Lifecycle, ApiRecords):
 
     def insert_requests(self, job_id: str, rows: Iterable[NewRequest], db: sqlite3.Connection) -> int:
         sql = (
-            "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO requests (job_id, seq, line, custom_id, body, row, state, error, url) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         invalid, queued = ReqState.INVALID.value, ReqState.QUEUED.value  # hoisted: this loop runs 170,000 times
         dumps = orjson.dumps
@@ -63,6 +128,7 @@ class Journal(Lifecycle, ApiRecords):
                 None if r.row is None else dumps(r.row),
                 queued if r.error is None else invalid,
                 None if r.error is None else dumps(r.error),
+                r.url,
             )
             for r in rows
         ]
@@ -106,14 +172,15 @@ class Journal(Lifecycle, ApiRecords):
         )
         return [job_from_row(r) for r in rows]
 
-    def jobs(self, states: Sequence[JobState] | None = None, limit: int = 1000) -> list[Job]:
+    def jobs(self, states: Sequence[JobState] | None = None, limit: int | None = 1000) -> list[Job]:
+        """Jobs newest first; ``limit`` None: all of them (the running and queued ones must never be capped)."""
         where, args = "", []
         if states:
             where = f"WHERE j.state IN ({','.join('?' * len(states))})"
             args = [s.value for s in states]
         rows = self._query(
             f"SELECT {JOB_COLS} FROM jobs j LEFT JOIN files f ON f.id=j.file_id {where} ORDER BY j.seq DESC LIMIT ?",
-            (*args, limit),
+            (*args, -1 if limit is None else limit),
         )
         return [job_from_row(r) for r in rows]
 
@@ -131,13 +198,13 @@ class Journal(Lifecycle, ApiRecords):
         """The next queued requests in input order, marked running in the same transaction."""
         with self.transaction() as db:
             rows = db.execute(
-                f"SELECT {REQ_COLS} FROM requests WHERE job_id=? AND state='queued' ORDER BY seq LIMIT ?",
+                f"SELECT {TAKE_COLS} FROM requests WHERE job_id=? AND state='queued' ORDER BY seq LIMIT ?",
                 (job_id, limit),
             ).fetchall()
             if rows:
                 db.execute(
                     "UPDATE requests SET state='running' WHERE job_id=? AND state='queued' AND seq BETWEEN ? AND ?",
-                    (job_id, rows[0][1], rows[-1][1]),
+                    (job_id, rows[0][REQ["seq"]], rows[-1][REQ["seq"]]),
                 )
         return [request_from_row(r) for r in rows]
 
@@ -164,6 +231,9 @@ class Journal(Lifecycle, ApiRecords):
                     for o in outcomes
                 ],
             )
+            vectors = [(job_id, o.seq, o.vector) for o in outcomes if o.vector is not None]
+            if vectors:
+                db.executemany("INSERT OR REPLACE INTO vectors (job_id, seq, data) VALUES (?, ?, ?)", vectors)
 
     def requeue(self, job_id: str, seqs: Iterable[int]) -> None:
         with self.transaction() as db:
@@ -179,6 +249,16 @@ class Journal(Lifecycle, ApiRecords):
             return
         with self.transaction() as tx:
             tx.execute(sql, (job_id,))
+
+    def queued_of_owner(self, owner_uid: int, except_job: str) -> int:
+        """Requests still to run (queued or running) in the active jobs of files ``owner_uid`` dropped."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM requests r JOIN jobs j ON j.id = r.job_id JOIN files f ON f.id = j.file_id "
+            "WHERE f.owner_uid = ? AND j.id != ? AND j.state IN ('ingesting', 'queued', 'running') "
+            "AND r.state IN ('queued', 'running')",
+            (owner_uid, except_job),
+        )
+        return int(rows[0][0])
 
     def counts(self, job_id: str) -> dict[str, int]:
         rows = self._query("SELECT state, COUNT(*) FROM requests WHERE job_id=? GROUP BY state", (job_id,))
@@ -203,7 +283,7 @@ class Journal(Lifecycle, ApiRecords):
                 return
             for r in rows:
                 yield request_from_row(r)
-            last = rows[-1][1]
+            last = rows[-1][REQ["seq"]]
 
     # -- samples (time series for the report) ---------------------------------------
 
@@ -227,8 +307,8 @@ class Journal(Lifecycle, ApiRecords):
     def samples(self, job_id: str, since: float | None = None) -> list[Sample]:
         """A job's time series, oldest first; ``since`` keeps only the recent stretch (in SQL, via the index)."""
         return [
-            Sample(*r)
-            for r in self._query(
+            Sample(**r)
+            for r in self._query_named(
                 "SELECT t, done, failed, ctx_tokens, vram_used, trims, lanes FROM samples WHERE job_id=? AND t>=? "
                 "ORDER BY t",
                 (job_id, since if since is not None else float("-inf")),

@@ -8,6 +8,7 @@ imports ``ops`` but the command line and the daemon's start-up.
 
 - ``commands``: ``status``, ``convert``, ``render``, ``cancel``, ``retry``
 - ``doctor``: the checks ``batchd doctor`` runs
+- ``checks``: what a check answers (``Check``, its ``Level``) and the line it prints
 - ``preflight``: what ``batchd run`` refuses at start-up beyond the model
 - ``effective``: the service's settings (minus secrets) in ``state_dir/effective-settings.json``
 """

@@ -1,4 +1,4 @@
-"""Operator commands: status, convert, render, cancel, retry, doctor.
+"""Operator commands: status, convert, render, cancel, retry, resume, priority, doctor.
 
 They read (and for cancel/retry, write) the journal database directly, which
 is safe while the daemon runs: SQLite WAL lets readers and one writer share it.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -18,9 +18,11 @@ from batchd import pace
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError, InputError
 from batchd.intake.ingest import Limits, batch_line, full_body, pipeline_prefix, read_csv
-from batchd.journal import ACTIVE, FINISHED, Job, JobState, Journal
+from batchd.journal import CancelAnswer, Job, JobState, Journal
 from batchd.pipeline import Pipeline, load_pipeline
-from batchd.redact import escape_controls
+from batchd.publish.preview import find_previews
+from batchd.status.page import storage_waits
+from batchd.status.views import JobView, StatusViews, status_views
 
 
 def _journal(settings: Settings) -> Journal:
@@ -47,103 +49,24 @@ def _limits(settings: Settings) -> Limits:
 
 # -- status ----------------------------------------------------------------------------
 
-#: the rate is measured over the progress samples of this last stretch (a resumed job's
-#: downtime, or a slow first minute, does not drag it down)
-RATE_WINDOW_SECONDS = 120.0
-
-
-def _rate(journal: Journal, job: Job, done_failed: int, now: float) -> float | None:
-    points = [(s.t, s.done + s.failed) for s in journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)]
-    measured = pace.window_rate(points)
-    if measured is not None:
-        return measured
-    # No samples yet (the runner writes one every few seconds): the job's busy time, else wall time.
-    state = job.metrics.get("state", {}) if job.metrics else {}
-    elapsed = state.get("busy_seconds") or (now - job.started_at if job.started_at else 0)
-    return pace.rate(done_failed, elapsed)
-
-
-def job_view(journal: Journal, job: Job, now: float | None = None) -> dict[str, Any]:
-    """One job as ``batchd status --json`` shows it (a stable, documented shape)."""
-    counts = journal.counts(job.id)
-    done = counts.get("done", 0)
-    failed = counts.get("failed", 0) + counts.get("invalid", 0)
-    skipped = counts.get("skipped", 0)
-    finished = done + failed + skipped
-    now = now or time.time()
-    rate = eta = None
-    state_metrics = job.metrics.get("state", {}) if job.metrics else {}
-    lanes = state_metrics.get("lanes")
-    if job.state is JobState.RUNNING:
-        rate = _rate(journal, job, done + counts.get("failed", 0), now)
-        recent = journal.samples(job.id, since=now - RATE_WINDOW_SECONDS)
-        lanes = recent[-1].lanes if recent and recent[-1].lanes is not None else lanes
-        left = counts.get("queued", 0) + counts.get("running", 0)
-        eta = pace.eta(left, rate)
-    state = job.state.value
-    if job.cancel_requested and job.state is JobState.RUNNING:
-        state = "cancelling"
-    return {
-        # A dropped file's name is anyone's text: control characters (terminal escapes) shown escaped.
-        "job_id": job.id,
-        "input": escape_controls(job.input_name),
-        "state": state,
-        "source": job.source,
-        "total": job.total,
-        "done": done,
-        "failed": failed,
-        "skipped": skipped,
-        "finished": finished,
-        "progress": round(finished / job.total, 4) if job.total else (1.0 if job.state in FINISHED else 0.0),
-        "req_per_s": round(rate, 3) if rate else None,
-        "eta_seconds": round(eta) if eta else None,
-        "lanes": lanes,
-        "lanes_mode": state_metrics.get("lanes_mode"),
-        "retry_of": job.retry_of,
-        "outbox": job.outbox_name,
-        "error": _escaped(job.error),
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
-
-
-def _escaped(value: Any) -> Any:
-    if isinstance(value, str):
-        return escape_controls(value)
-    if isinstance(value, dict):
-        return {k: _escaped(v) for k, v in value.items()}
-    return value
-
-
-def status_views(journal: Journal, *, limit: int, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Running and queued jobs in the order they run, then the ``limit`` most recent finished ones."""
-    active = sorted(journal.jobs([*ACTIVE, JobState.INGESTING]), key=lambda j: j.seq)
-    recent = journal.jobs(list(FINISHED), limit=limit)
-    return {
-        "active": [job_view(journal, j, now) for j in active],
-        "recent": [job_view(journal, j, now) for j in recent],
-    }
-
-
 _COLUMNS = ("JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT")
 
 
-def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
+def status_table(views: StatusViews) -> str:
     """The human form of ``batchd status``: one row per job, running and queued first."""
     rows = [_COLUMNS]
-    for v in views["active"] + views["recent"]:
+    for v in views.active + views.recent:
         rows.append(
             (
-                v["job_id"],
-                v["state"],
-                _bar(v["progress"]),
-                f"{v['finished']:,}/{v['total']:,}",
-                pace.rate_text(v["req_per_s"]),
-                (f"{v['lanes']}" + (" auto" if v.get("lanes_mode") == "auto" else "")) if v.get("lanes") else "-",
-                pace.duration(v["eta_seconds"]) if v["eta_seconds"] is not None else "-",
-                f"{v['failed']:,}" if v["failed"] else "-",
-                v["input"] + (f"  ({str(v['error'].get('message', ''))[:60]})" if v["error"] else ""),
+                v.job_id,
+                "needs_attention" if v.attention else v.state.value,
+                _bar(v.progress),
+                f"{v.finished:,}/{v.total:,}",
+                pace.rate_text(v.req_per_s),
+                (f"{v.lanes}" + (" auto" if v.lanes_mode == "auto" else "")) if v.lanes else "-",
+                pace.duration(v.eta_seconds) if v.eta_seconds is not None else "-",
+                f"{v.failed:,}" if v.failed else "-",
+                v.input + _note(v),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
@@ -152,27 +75,43 @@ def status_table(views: dict[str, list[dict[str, Any]]]) -> str:
     for r in rows:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         lines.append("  ".join([*cells, r[-1]]).rstrip())
-    running = [v for v in views["active"] if v["state"] in ("running", "cancelling")]
-    queued = len(views["active"]) - len(running)
-    head = (f"running {running[0]['input']}" if running else "idle") + f", {queued} queued"
+    running = views.running
+    head = (f"running {running[0].input}" if running else "idle") + f", {views.waiting} queued"
     if len(rows) == 1:
         return head + ", no jobs yet"
     return head + "\n\n" + "\n".join(lines)
 
 
 def status(settings: Settings, *, as_json: bool, limit: int) -> int:
-    views: dict[str, list[dict[str, Any]]] = {"active": [], "recent": []}
+    views = StatusViews()
     if settings.journal_path.exists():  # no journal yet: nothing has run
         journal = _journal(settings)
         try:
-            views = status_views(journal, limit=limit)
+            views = status_views(journal, limit=limit, schedule=settings.schedule)
+            shown = find_previews(settings.outbox)
+            views = replace(views, active=tuple(replace(v, preview=shown.get(v.job_id)) for v in views.active))
         finally:
             journal.close()
+    waits = storage_waits(settings.outbox, now=time.time())  # the daemon's own word, from its status page
     if as_json:
-        sys.stdout.write(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode() + "\n")
+        doc = views.as_dict() | ({"waiting_for_storage": waits} if waits else {})
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(status_table(views))
+        print("\n".join([*(f"batchd: {w}" for w in waits), status_table(views)]))
     return 0
+
+
+def _note(v: JobView) -> str:
+    """After the input's name: the error, why a paused job waits for someone, or why it waits its turn."""
+    if v.error:
+        return f"  ({str(v.error.get('message', ''))[:60]})"
+    if v.attention:
+        return f"  (needs attention: {str(v.attention.get('message', ''))[:80]})"
+    if v.preview:
+        return f"  (first look: {v.preview}/)"
+    if v.waits and v.waits != "next":
+        return f"  (waits: {v.waits}" + (f", behind {v.behind})" if v.behind else ")")
+    return ""
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -270,15 +209,6 @@ def render(settings: Settings, path: Path, *, pipeline: str | None, row: int) ->
 # -- cancel / retry --------------------------------------------------------------------
 
 
-def request_cancel(journal: Journal, job_id: str) -> str:
-    """Cancel one job; returns ``cancelling`` (running or ingesting: it stops within a second and is
-    published), ``cancelled`` (had not run: finalizing now), ``missing``, or ``already_<state>`` for a
-    job past the point of cancelling (``already_cancelled`` must not read as ``cancelled``).
-    Shared by ``batchd cancel`` and the HTTP API; the journal reads and writes in one transaction.
-    """
-    return journal.request_cancel(job_id).value
-
-
 def find_job(journal: Journal, job_ref: str) -> Job:
     """The job a full id or a unique prefix names; ConfigError (exit 2) when none or several do."""
     job = journal.job(job_ref)
@@ -297,14 +227,14 @@ def find_job(journal: Journal, job_ref: str) -> Job:
 def cancel(settings: Settings, job_ref: str) -> int:
     journal = _journal(settings)
     job = find_job(journal, job_ref)
-    outcome = request_cancel(journal, job.id)
-    if outcome == "cancelling":
+    outcome = journal.request_cancel(job.id)
+    if outcome is CancelAnswer.CANCELLING:
         print(f"{job.id}: cancelling now (requests in flight are abandoned); its outbox will say cancelled")
         return 0
-    if outcome == "cancelled":
+    if outcome is CancelAnswer.CANCELLED:
         print(f"{job.id}: cancelled before it ran; its outbox will say cancelled")
         return 0
-    print(f"{job.id} is already {outcome.removeprefix('already_')}")
+    print(f"{job.id} is already {outcome.value.removeprefix('already_')}")
     return 1
 
 
@@ -314,6 +244,8 @@ def retry(settings: Settings, job_ref: str) -> int:
 
     journal = _journal(settings)
     job = find_job(journal, job_ref)
+    if job.attention is not None:
+        return resume(settings, job_ref)
     if job.state not in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
         raise ConfigError("JOB", f"job {job.id} is {job.state.value}; only finished jobs can be retried")
     new_id = new_job_id()
@@ -322,6 +254,31 @@ def retry(settings: Settings, job_ref: str) -> int:
         print(f"{job.id} has no failed requests to retry")
         return 1
     print(f"{new_id}: retrying {n} request(s) of {job.id}; results go to a new outbox folder")
+    return 0
+
+
+def resume(settings: Settings, job_ref: str) -> int:
+    """A job paused for attention (fail-fast) runs on from where it stopped."""
+    journal = _journal(settings)
+    job = find_job(journal, job_ref)
+    if not journal.resume_attention(job.id):
+        print(f"{job.id} is {job.state.value}, not paused; nothing to resume")
+        return 1
+    print(f"{job.id}: resumed; it runs on from where it stopped (fail-fast watches the next window again)")
+    return 0
+
+
+def priority(settings: Settings, job_ref: str, value: int) -> int:
+    """``batchd priority JOB N``: higher runs first; a running job yields to a higher one at request boundaries."""
+    if not -1000 <= value <= 1000:
+        raise ConfigError("N", f"a priority is an integer from -1000 to 1000 (got {value})")
+    journal = _journal(settings)
+    job = find_job(journal, job_ref)
+    if job.state not in (JobState.QUEUED, JobState.RUNNING, JobState.INGESTING):
+        print(f"{job.id} is {job.state.value}; a priority matters only before it finishes")
+        return 1
+    journal.set_priority(job.id, value)
+    print(f"{job.id}: priority {value}")
     return 0
 
 

@@ -19,6 +19,6 @@ def check(settings: Settings) -> None:
         check_listen(settings)
         ensure_installed()
     if settings.backend.kind == "openai" and settings.backend.api_key_file is not None:
-        from batchd.backends import api_key
+        from batchd.run.connect import api_key
 
         api_key(settings)

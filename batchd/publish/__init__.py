@@ -7,6 +7,8 @@ May import: the root leaves, ``journal`` and ``run.translate`` (result ids); nev
 ``api`` or ``ops``.
 
 - ``outbox``: the single streaming pass and the atomic rename
+- ``notify``: a signed webhook and/or a command per final state, journaled and retried
+- ``preview``: ``NAME.preview/``, a first look at a running job (the answered rows so far)
 - ``scores``: ``scores.csv``: score extraction and safe cells
 - ``report``, ``svgchart``: the self-contained ``report.html`` and its inline SVG charts
 - ``share``: ``SharedFolder``: group and modes of everything published

@@ -7,6 +7,7 @@ the rename, so a crash after the rename is recognised on restart (its
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -24,10 +25,12 @@ from batchd.errors import StorageError
 from batchd.fsutil import fsync_dir
 from batchd.journal import FinalStatus, Job, Journal, ReqState, Request
 from batchd.metrics import JobMetrics
+from batchd.metricsfile import Header, MetricsFile
 from batchd.pipeline import Pipeline
 from batchd.publish.report import ReportData, write_report
 from batchd.publish.scores import ScoreSheet
 from batchd.publish.share import SharedFolder
+from batchd.publish.vectors import NpyRows, with_vectors
 from batchd.run.translate import result_id
 
 log = structlog.get_logger("batchd.outbox")
@@ -48,11 +51,15 @@ class Outbox:
         final = (job.final or FinalStatus.COMPLETED).value
         if job.outbox_name:
             existing = self.root / job.outbox_name
-            if _published_by(existing, job.id):
+            if published_by(existing, job.id):
                 self._finish(job, final, existing)
                 return existing
-        name = self._free_name(job)
-        self.journal.update_job(job.id, outbox_name=name)
+        # The name reserved at claim, unless something else took that folder meanwhile.
+        if job.outbox_name and not os.path.lexists(self.root / job.outbox_name):
+            name = job.outbox_name
+        else:
+            name = self._free_name(job)
+            self.journal.update_job(job.id, outbox_name=name)
         partial = self.root / f".{name}.partial"
         if partial.exists():
             shutil.rmtree(partial)
@@ -66,9 +73,10 @@ class Outbox:
             target = self.root / name
             os.rename(partial, target)
             fsync_dir(self.root)
+            remove_previews(self.root, job.id)  # the first look has served: the real folder is here
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
-            raise StorageError(f"cannot publish {name} to {self.root}: {exc}") from exc
+            raise StorageError.from_os(f"cannot publish {name} to {self.root}", exc, self.root) from exc
         self._finish(job, final, target)
         return target
 
@@ -76,8 +84,24 @@ class Outbox:
         self.journal.published(job.id, FinalStatus(final), job.finished_at or time.time())
         log.info("job_published", job_id=job.id, input=job.input_name, status=final, outbox=str(target))
 
+    def write_files(self, job: Job, status: str, folder: Path, *, answered_only: bool = False) -> None:
+        """The job's files into ``folder`` (made with ``new_folder``): the final publish's, or a preview's."""
+        self._write_all(job, status, folder, answered_only=answered_only)
+
+    def new_folder(self, path: Path) -> None:
+        self._share.mkdir(path)
+
+    def open_file(self, path: Path) -> Any:
+        """A new file in the share's group and mode, fsynced on close (a context manager)."""
+        return self._open(path)
+
+    def free_name(self, job: Job) -> str:
+        """The folder name the job would get now (``publish.preview`` names its ``.preview`` after it)."""
+        return self._free_name(job)
+
     def _free_name(self, job: Job) -> str:
         taken = {p.name for p in self.root.iterdir()} if self.root.exists() else set()
+        taken |= self.journal.reserved_outbox_names(except_job=job.id)
         name, n = job.stem, 1
         while name in taken:
             n += 1
@@ -86,14 +110,17 @@ class Outbox:
 
     # -- the files ------------------------------------------------------------------------
 
-    def _write_all(self, job: Job, final: str, folder: Path) -> None:
+    def _write_all(self, job: Job, final: str, folder: Path, *, answered_only: bool = False) -> None:
+        """Every file of the job's folder; ``answered_only`` (a preview): the rows answered so far, no input."""
         counts = {"total": 0, "completed": 0, "failed": 0}
+        states = (ReqState.DONE, ReqState.FAILED, ReqState.INVALID) if answered_only else None
         pipeline = Pipeline.model_validate_json(job.pipeline_json) if job.pipeline_json else None
         sheet = ScoreSheet.for_job(pipeline, job.kind)
         report: ReportData | None = None
         if job.kind != "rejected" and final != "duplicate":
             report = ReportData(sheet)
             with (
+                contextlib.ExitStack() as stack,
                 self._open(folder / "results.jsonl") as res,
                 self._open(folder / "errors.jsonl") as err,
                 self._open(folder / "scores.csv") as sc,
@@ -101,11 +128,14 @@ class Outbox:
                 text = io.TextIOWrapper(sc, encoding="utf-8", newline="", write_through=True)
                 writer = csv.writer(text)
                 writer.writerow(sheet.header())
-                for req in self.journal.iter_requests(job.id):
+                vectors = self._npy(job, pipeline, folder, stack)
+                for req in self.journal.iter_requests(job.id, states):
                     counts["total"] += 1
                     if req.state is ReqState.DONE:
                         counts["completed"] += 1
                         res.write(self._result_line(job, req))
+                        if vectors is not None:
+                            vectors.add(req.custom_id, req.vector)
                     elif req.state in (ReqState.FAILED, ReqState.INVALID):
                         counts["failed"] += 1
                         err.write(self._error_line(job, req))
@@ -119,7 +149,7 @@ class Outbox:
         elif job.error is not None:
             with self._open(folder / "errors.jsonl") as err:
                 err.write(self._job_error_line(job))
-        if job.spool and Path(job.spool).exists():
+        if job.spool and Path(job.spool).exists() and not answered_only:
             ext = "csv" if job.kind == "csv" else "jsonl"
             with open(job.spool, "rb") as src, self._open(folder / f"input.{ext}") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -133,6 +163,17 @@ class Outbox:
                 raise
             except Exception as exc:  # noqa: BLE001 - the report is a view; a bug in it must not hold the results back
                 log.error("report_failed", job_id=job.id, error=repr(exc))
+
+    def _npy(self, job: Job, pipeline: Pipeline | None, folder: Path, stack: contextlib.ExitStack) -> NpyRows | None:
+        """``embeddings.npy`` + ``embeddings_ids.csv`` for a CSV embed pipeline with vectors to write."""
+        if job.kind != "csv" or pipeline is None or pipeline.task != "embed":
+            return None
+        rows = self.journal.counts(job.id).get(ReqState.DONE.value, 0)
+        if not rows:
+            return None
+        npy = stack.enter_context(self._open(folder / "embeddings.npy"))
+        ids = stack.enter_context(self._open(folder / "embeddings_ids.csv"))
+        return NpyRows(npy, ids, rows)
 
     def _open(self, path: Path) -> Any:
         # Group and mode are set on the new file itself: regardless of umask or the input file's mode.
@@ -153,6 +194,7 @@ class Outbox:
         )
 
     def _result_line(self, job: Job, req: Request) -> bytes:
+        body = req.result if req.vector is None else with_vectors(req, as_base64=job.kind == "csv")
         return (
             orjson.dumps(
                 {
@@ -161,7 +203,7 @@ class Outbox:
                     "response": {
                         "status_code": 200,
                         "request_id": result_id(job.sha256, req.custom_id, "req"),
-                        "body": req.result,
+                        "body": body,
                     },
                     "error": None,
                 }
@@ -206,30 +248,28 @@ class Outbox:
         m = JobMetrics.from_state(state) if state else JobMetrics()
         finished = job.finished_at or time.time()
         elapsed = m.busy_seconds or ((finished - job.started_at) if job.started_at else 0.0)
-        out: dict[str, Any] = {
-            "job_id": job.id,
-            "input": job.input_name,
-            "sha256": job.sha256,
-            "source": job.source,
-            "pipeline": job.pipeline or ("default" if job.kind == "csv" else None),
-            "model": m.served_model or job.model,
-            "requested_model": job.model,
-            "mode": job.mode,
-            "status": final,
-            "request_counts": counts,
-            "created_at": _iso(job.created_at),
-            "started_at": _iso(job.started_at),
-            "finished_at": _iso(finished),
-        }
-        if job.error:
-            out["error"] = job.error
-        if job.duplicate_of:
-            out["duplicate_of"] = job.duplicate_of
-        if job.retry_of:
-            out["retry_of"] = job.retry_of
+        header = Header(
+            job_id=job.id,
+            input=job.input_name,
+            sha256=job.sha256,
+            source=job.source,
+            pipeline=job.pipeline or ("default" if job.kind == "csv" else None),
+            model=m.served_model or job.model,
+            requested_model=job.model,
+            mode=job.mode,
+            status=final,
+            request_counts=counts,
+            created_at=_iso(job.created_at),
+            started_at=_iso(job.started_at),
+            finished_at=_iso(finished),
+            error=job.error,
+            duplicate_of=job.duplicate_of,
+            retry_of=job.retry_of,
+        )
+        summary = None
         if job.kind not in ("rejected",) and final != "duplicate":
-            out.update(m.summary(done=counts["completed"] + counts["failed"], elapsed=elapsed))
-        return out
+            summary = m.sections(done=counts["completed"] + counts["failed"], elapsed=elapsed)
+        return MetricsFile(header, summary).to_json()
 
 
 class _SyncedFile:
@@ -250,7 +290,14 @@ class _SyncedFile:
             self.fh.close()
 
 
-def _published_by(folder: Path, job_id: str) -> bool:
+def remove_previews(root: Path, job_id: str) -> None:
+    """Remove the job's ``NAME.preview/`` folders (its ``metrics.json`` names the job)."""
+    for folder in root.glob("*.preview"):
+        if folder.is_dir() and not folder.is_symlink() and published_by(folder, job_id):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def published_by(folder: Path, job_id: str) -> bool:
     try:
         return bool(orjson.loads((folder / "metrics.json").read_bytes()).get("job_id") == job_id)
     except (OSError, orjson.JSONDecodeError):

@@ -143,6 +143,7 @@ def render(job: Job, data: ReportData, samples: Sequence[Sample], metrics: dict[
         ("model", job.model),
         ("pipeline", job.pipeline or ("default" if job.kind == "csv" else None)),
         ("mode", job.mode),
+        ("fingerprint", ((metrics.get("server") or {}).get("fingerprint") or {}).get("id")),
         ("job", job.id),
         ("started", _when(job.started_at)),
         ("finished", _when(job.finished_at)),

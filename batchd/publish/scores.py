@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from batchd.journal import ReqState, Request
+from batchd.replyjson import as_number, parse_json_reply
 
 _SCORE_PATTERNS = (
     # score: 7 / Score - 7 / **Score:** 7 / score is 7 / score = 7.5
@@ -43,20 +44,6 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: after leading white space (which spreadsheets skip), these start a formula too: ASCII and full-width
 _FORMULA_AFTER_SPACE = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
-#: columns batchd adds itself; a passthrough column or schema field may not reuse them
-RESERVED_COLUMNS = ("custom_id", "status", "attempts", "prompt_tokens", "completion_tokens")
-
-
-def parse_json_reply(content: str) -> Any:
-    """The reply as JSON, tolerating a ```json fence around it; raises ValueError."""
-    text = content.strip()
-    if text.startswith("```"):
-        text = text.split("\n", 1)[1] if "\n" in text else ""
-        text = text.rsplit("```", 1)[0]
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"reply is not JSON: {exc}") from exc
 
 
 def extract_score(content: str, field: str = "score") -> float | int | None:
@@ -75,23 +62,6 @@ def free_text_score(content: str) -> float | int | None:
         m = pattern.search(content)
         if m:
             return as_number(m.group(1))
-    return None
-
-
-def as_number(value: Any) -> float | int | None:
-    """A JSON value as a score: numbers and numeric strings; never booleans."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            f = float(value.strip())
-        except ValueError:
-            return None
-        if f != f or f in (float("inf"), float("-inf")):
-            return None
-        return int(f) if f.is_integer() else f
     return None
 
 
@@ -181,7 +151,8 @@ class ScoreSheet:
         )
 
     def header(self) -> list[str]:
-        # custom_id,status,score first: the outbox contract; then what a reader scans for.
+        # custom_id,status,score first: the outbox contract; then what a reader scans for. The columns
+        # batchd adds itself are pipeline.RESERVED_COLUMNS (a pipeline may not reuse their names).
         # The names come from pipeline.toml (a group member's file): neutralised like data cells.
         return [
             "custom_id",
@@ -200,7 +171,7 @@ class ScoreSheet:
         )
         score: float | int | None = None
         values: dict[str, Any] = {}
-        if req.state is ReqState.DONE and req.result:
+        if req.state is ReqState.DONE and req.result and req.vector is None:  # a vector has no text to score
             content = _content(req.result)
             try:
                 parsed = parse_json_reply(content)

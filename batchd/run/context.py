@@ -25,6 +25,7 @@ the whole job lowers its trigger (``metrics.trim_at``).
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import Any
 
 import structlog
@@ -57,6 +58,22 @@ GROWTH_SEEN = 0.6
 GROWTH_MIN_TOKENS = 32  # below this, tokenizer noise outweighs the signal
 #: conversation mode is judged once this many calls per lane went out (each lane's first pays in full)
 PAYING_AFTER_CALLS = 8
+
+
+class Truncation(str, Enum):
+    """How a reply shows its prompt did not fit; the value is the retry cause in metrics.json and the log."""
+
+    #: the server counted fewer prompt tokens than were sent: it cut the prompt to its window
+    PROMPT_TRUNCATED = "prompt_truncated"
+    #: the answer stopped at the window's end (``finish_reason`` "length" with the window full)
+    LENGTH_AT_WINDOW = "length_at_window"
+
+
+class Lowered(str, Enum):
+    """Why the job's trim trigger went down (``context_trigger_lowered``'s ``reason``)."""
+
+    OVERFLOW = "overflow"  #: the server refused the prompt as too long
+    TRUNCATION = "truncation"  #: the server cut the prompt silently
 
 
 def split_prefix(messages: list[Message]) -> int:
@@ -127,10 +144,10 @@ class ContextBudget:
         # Room for the answer; capped so a small window still leaves room for a prompt.
         return max(1, min(num_predict, self.num_ctx // 2))
 
-    def lower_trigger(self, reason: str) -> None:
+    def lower_trigger(self, reason: Lowered) -> None:
         new = max(MIN_TRIM_AT, round(self.trim_at * TRIM_AT_STEP, 3))
         if new < self.trim_at:
-            log.warning("context_trigger_lowered", reason=reason, trim_at=new, was=self.trim_at)
+            log.warning("context_trigger_lowered", reason=reason.value, trim_at=new, was=self.trim_at)
             self.trim_at = new
             self.metrics.trim_at = new
 
@@ -324,7 +341,7 @@ class Conversation:
             return reported + cached
         return reported
 
-    def truncation(self, result: ChatResult) -> str | None:
+    def truncation(self, result: ChatResult) -> Truncation | None:
         """Why the reply shows the prompt did not fit (``prompt_truncated``, ``length_at_window``), or None."""
         reported = self.counted(result)
         if reported and self._predicted and not self._counts_cache_only(reported):
@@ -337,9 +354,9 @@ class Conversation:
                 if grown >= GROWTH_MIN_TOKENS:
                     low = low or reported < self._previous_prompt + GROWTH_SEEN * grown
             if low:
-                return "prompt_truncated"
+                return Truncation.PROMPT_TRUNCATED
         if result.finish_reason == "length" and reported + self._headroom > self.budget.window:
-            return "length_at_window"
+            return Truncation.LENGTH_AT_WINDOW
         return None
 
     def _counts_cache_only(self, reported: int) -> bool:
@@ -363,7 +380,7 @@ class Conversation:
         """The prompt did not fit after all (``cut_at``: the count of a silently cut prompt;
         ``n_ctx`` / ``n_prompt_tokens``: the window and the true prompt size where the server's
         error said them): lower the job's trigger; True when trimming can help."""
-        self.budget.lower_trigger("overflow" if cut_at is None else "truncation")
+        self.budget.lower_trigger(Lowered.OVERFLOW if cut_at is None else Lowered.TRUNCATION)
         if cut_at:
             self.budget.note_cut(cut_at)
         if n_ctx:
@@ -399,6 +416,8 @@ class Conversation:
         if result.cached_tokens is None:
             self.metrics.cached_prompt_tokens += min(self._cached, reported or self._cached)
         answer: Message = {"role": "assistant", "content": result.content}
+        if result.tool_calls:  # the call the model made is what the next turns must see
+            answer["tool_calls"] = list(result.tool_calls)
         self._previous = [*self._sent, answer]
         self._previous_prompt = reported if counted else 0
         self._previous_predicted = self._predicted
@@ -406,7 +425,9 @@ class Conversation:
         self._harder = self._drop_all = False  # this shape worked; pending reactions are spent
         cut = split_prefix(messages) if prefix_len is None else min(prefix_len, len(messages))
         if self.mode == "conversation" and not self.budget.pressure and cut < len(messages):
-            self.history.append([*messages[cut:], answer])
+            # images go with the turn that carried them only: kept, each would cost the window on every call
+            own = [{k: v for k, v in m.items() if k != "images"} if m.get("images") else m for m in messages[cut:]]
+            self.history.append([*own, answer])
 
 
 def _common_prefix(a: list[Message], b: list[Message]) -> list[Message]:

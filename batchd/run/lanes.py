@@ -84,6 +84,31 @@ class Change:
 
 
 @dataclass(frozen=True)
+class LaneTuning:
+    """The controller's bounds and constants (the module docstring says what each one does)."""
+
+    lanes_min: int = 1
+    lanes_max: int = 64
+    #: completed requests a window needs at least (and at least the limit)
+    min_samples: int = 16
+    grow_ratio: float = 1.15
+    shrink_ratio: float = 1.4
+    target_ratio: float = 1.1
+    busy_factor: float = 0.7
+    timeout_factor: float = 0.5
+    vram_factor: float = 0.75
+    #: windows before climbing back onto a ceiling; doubled by every undone step, up to cooldown_max
+    cooldown: int = 4
+    cooldown_max: int = 64
+    #: windows held before one step up is probed
+    explore: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.lanes_min <= self.lanes_max:
+            raise ValueError(f"need 1 <= lanes_min ({self.lanes_min}) <= lanes_max ({self.lanes_max})")
+
+
+@dataclass(frozen=True)
 class Ticket:
     """Handed out by ``start()``, given back to ``done()``."""
 
@@ -113,45 +138,17 @@ class LaneController:
     """The number of requests allowed in flight, adjusted from what completed requests show."""
 
     def __init__(
-        self,
-        *,
-        lanes_min: int = 1,
-        lanes_max: int = 64,
-        initial: int | None = None,
-        clock: Callable[[], float],
-        min_samples: int = 16,
-        grow_ratio: float = 1.15,
-        shrink_ratio: float = 1.4,
-        target_ratio: float = 1.1,
-        busy_factor: float = 0.7,
-        timeout_factor: float = 0.5,
-        vram_factor: float = 0.75,
-        cooldown: int = 4,
-        cooldown_max: int = 64,
-        explore: int = 8,
+        self, tuning: LaneTuning | None = None, *, initial: int | None = None, clock: Callable[[], float]
     ) -> None:
-        if not 1 <= lanes_min <= lanes_max:
-            raise ValueError(f"need 1 <= lanes_min ({lanes_min}) <= lanes_max ({lanes_max})")
-        self.lanes_min = lanes_min
-        self.lanes_max = lanes_max
+        self.tuning = tuning = tuning or LaneTuning()
         self.clock = clock
-        self.min_samples = min_samples
-        self.grow_ratio = grow_ratio
-        self.shrink_ratio = shrink_ratio
-        self.target_ratio = target_ratio
-        self.busy_factor = busy_factor
-        self.timeout_factor = timeout_factor
-        self.vram_factor = vram_factor
-        self.cooldown_base = cooldown
-        self.cooldown_max = cooldown_max
-        self.explore = explore
         self._holds = 0
         self._settling = False
         #: (limit, latency) while a deeper cut tests whether the floor moved
         self._floor_test: tuple[int, float] | None = None
         #: limit -> [mean window latency (a short average), windows seen]; the floor is the lowest
         self._levels: dict[int, list[float]] = {}  # [mean, windows, standard error]
-        self.limit = max(lanes_min, min(lanes_max, initial or lanes_min))
+        self.limit = max(tuning.lanes_min, min(tuning.lanes_max, initial or tuning.lanes_min))
         self.floor: float | None = None
         self.in_flight = 0
         self.changes: list[Change] = []
@@ -161,7 +158,7 @@ class LaneController:
         self._last_t = clock()
         self._slow_start = True
         self._ceiling: int | None = None
-        self._cooldown = cooldown
+        self._cooldown = tuning.cooldown
         self._since_backoff = 0
         #: (limit, rate, latency) of the last window closed at another limit
         self._ref: tuple[int, float, float] | None = None
@@ -169,7 +166,7 @@ class LaneController:
         self._open: dict[int, _Window] = {}
         #: the scan's knee: limits below it do not set the floor (a batching server is faster there)
         self._pin = 0
-        self.knee = Knee(lanes_max=lanes_max, now=self._last_t, samples=min_samples)
+        self.knee = Knee(lanes_max=tuning.lanes_max, now=self._last_t, samples=tuning.min_samples)
         if not self.fixed:
             self.knee.begin(self.limit, self._last_t)
         self._collecting = _Window(0, self._quota())
@@ -177,7 +174,7 @@ class LaneController:
 
     @property
     def fixed(self) -> bool:
-        return self.lanes_min == self.lanes_max
+        return self.tuning.lanes_min == self.tuning.lanes_max
 
     # -- what the runner calls ---------------------------------------------------------
 
@@ -201,9 +198,9 @@ class LaneController:
         self.in_flight = max(0, self.in_flight - 1)
         w = self._open.get(ticket.epoch)  # None: sent under a limit that has changed since
         if outcome is Outcome.BUSY and w is not None:
-            return self._backoff(self.busy_factor, Reason.BUSY, now)
+            return self._backoff(self.tuning.busy_factor, Reason.BUSY, now)
         if outcome is Outcome.TIMEOUT and w is not None:
-            return self._backoff(self.timeout_factor, Reason.TIMEOUT, now)
+            return self._backoff(self.tuning.timeout_factor, Reason.TIMEOUT, now)
         if outcome is Outcome.OK:
             for other in self._open.values():
                 other.count += 1
@@ -223,13 +220,13 @@ class LaneController:
         no growth while it lasts."""
         was, self.pressure_on = self.pressure_on, on
         if on and (again or not was):
-            return self._backoff(self.vram_factor, Reason.VRAM, self.clock())
+            return self._backoff(self.tuning.vram_factor, Reason.VRAM, self.clock())
         return None
 
     # -- windows and decisions -------------------------------------------------------------
 
     def _quota(self) -> int:
-        return max(self.min_samples // (4 if self.knee.scanning else 1), self.limit)
+        return max(self.tuning.min_samples // (4 if self.knee.scanning else 1), self.limit)
 
     def _reset_windows(self) -> None:
         """Forget every open window: what they measured ran under another limit."""
@@ -269,13 +266,13 @@ class LaneController:
             self._ref = None
             self._record(w, latency)
             return self._set(test[0], Reason.GROW, now, {"latency": latency, "floor": latency, "rate": 0.0})
-        slow = latency >= self.shrink_ratio * (self.floor or latency)
+        slow = latency >= self.tuning.shrink_ratio * (self.floor or latency)
         suspect = slow and last is not None and last[0] >= 1.5 * limit and latency >= 0.9 * last[2]
-        if slow and limit <= self.lanes_min:  # nothing lower to try: at the least load it is the work itself
+        if slow and limit <= self.tuning.lanes_min:  # nothing lower to try: at the least load it is the work itself
             self._levels.clear()
         elif suspect and test is None:
             # Far fewer in flight and no faster: a stale floor, or a queue that a deeper cut would show?
-            if limit // 2 < self.lanes_min:
+            if limit // 2 < self.tuning.lanes_min:
                 self._levels.clear()
             else:
                 self._floor_test = (limit, latency)
@@ -330,34 +327,34 @@ class LaneController:
         figures: dict[str, float],
     ) -> Change | None:
         step = limit if self._slow_start else max(1, limit // 8)
-        if ratio >= self.shrink_ratio and not gained:
+        if ratio >= self.tuning.shrink_ratio and not gained:
             if just_grew and ref is not None:
                 return self._backoff_to(ref[0], Reason.QUEUEING, now, figures)  # the step bought a queue
             if ref is not None and ref[0] > limit and rate >= 0.9 * ref[1]:
                 return None  # the excess is gone: this is the knee
-            target = int(limit * self.target_ratio / ratio)  # Vegas: what the server really serves
-            if ratio < 2 * self.shrink_ratio - 1:  # a mild queue (or noise on the floor): one step
+            target = int(limit * self.tuning.target_ratio / ratio)  # Vegas: what the server really serves
+            if ratio < 2 * self.tuning.shrink_ratio - 1:  # a mild queue (or noise on the floor): one step
                 target = max(target, limit - max(1, limit // 8))
             elif self.knee.after_change_allowed(now):  # the server lost capacity: scan from a quarter of the cut
-                self.knee.begin(max(self.lanes_min, min(limit - 1, target) // 4), now)
+                self.knee.begin(max(self.tuning.lanes_min, min(limit - 1, target) // 4), now)
                 target //= 4
             return self._backoff_to(target, Reason.QUEUEING, now, figures)
         if self.pressure_on or not used:
             return None
         # slow start doubles until a queue shows (like TCP's until a loss): a noisy floor must not stall it
-        if ratio < self.grow_ratio or (self._slow_start and ratio < self.shrink_ratio):
+        if ratio < self.tuning.grow_ratio or (self._slow_start and ratio < self.tuning.shrink_ratio):
             if just_grew:
-                self._cooldown = self.cooldown_base  # the last step up was free: explore freely again
+                self._cooldown = self.tuning.cooldown  # the last step up was free: explore freely again
             return self._grow(limit + step, Reason.GROW, now, figures)
         if just_grew and ref is not None:
             if gained:  # latency rose, but so did throughput (a batching server): keep going
-                self._cooldown = self.cooldown_base
+                self._cooldown = self.tuning.cooldown
                 return self._grow(limit + step, Reason.THROUGHPUT, now, figures)
             if figures["latency"] / ref[2] - 1 >= 0.5 * (limit / ref[0] - 1):  # a queue grows with the step
                 return self._backoff_to(ref[0], Reason.QUEUEING, now, figures)  # latency rose, nothing gained
             return None  # neither: keep the step (the next windows decide)
         self._holds += 1
-        if self._holds >= max(self.explore, self._cooldown):  # held a while: does one step more pay now?
+        if self._holds >= max(self.tuning.explore, self._cooldown):  # held a while: does one step more pay now?
             return self._grow(limit + step, Reason.PROBE, now, figures)
         return None
 
@@ -401,20 +398,20 @@ class LaneController:
             self.floor, self._pin = min(m + se for m, se in verdict.floor.values()), min(verdict.floor)
             self._ref = self._last = self._floor_test = None
             self._ceiling = verdict.ceiling  # the next level did not pay: climbing onto it waits, as after a cut
-            self._slow_start, self._cooldown, self._holds, self._since_backoff = False, self.cooldown_base, 0, 0
+            self._slow_start, self._cooldown, self._holds, self._since_backoff = False, self.tuning.cooldown, 0, 0
 
     def _backoff_to(self, target: int, reason: Reason, now: float, figures: dict[str, float]) -> Change | None:
         old = self.limit
         target = min(old - 1, target)
         if not self._slow_start:  # each undone step makes the next exploration wait twice as long
-            self._cooldown = min(self.cooldown_max, self._cooldown * 2)
+            self._cooldown = min(self.tuning.cooldown_max, self._cooldown * 2)
         self._ceiling = old
         self._since_backoff = 0
         self._slow_start = False
         return self._set(target, reason, now, figures)
 
     def _set(self, target: int, reason: Reason, now: float, figures: dict[str, float]) -> Change | None:
-        target = max(self.lanes_min, min(self.lanes_max, target))
+        target = max(self.tuning.lanes_min, min(self.tuning.lanes_max, target))
         old = self.limit
         if target == old:
             return None

@@ -15,14 +15,15 @@ import jsonschema
 import orjson
 
 from batchd.formats import from_response_format
-from batchd.publish.scores import as_number, parse_json_reply
+from batchd.replyjson import as_number, parse_json_reply
+from batchd.schemas import CHECK_ERRORS, reply_validator
 
 
 class ReplyChecker:
     def __init__(self, fmt: dict[str, Any] | str | None, *, retries: int = 2, score_field: str = "score") -> None:
         self.format = fmt
         self.retries = retries if fmt is not None else 0
-        self._validator = jsonschema.Draft202012Validator(fmt) if isinstance(fmt, dict) else None
+        self._validator = reply_validator(fmt) if isinstance(fmt, dict) else None
         props = fmt.get("properties") if isinstance(fmt, dict) else None
         # Only a schema that declares the score field promises one; others may not score at all.
         self.score_field = score_field if isinstance(props, dict) and score_field in props else None
@@ -39,7 +40,11 @@ class ReplyChecker:
             return "reply is JSON but not an object"
         if self._validator is None:
             return None
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(data))
+        try:
+            error = jsonschema.exceptions.best_match(self._validator.iter_errors(data))
+        except CHECK_ERRORS as exc:
+            # A schema from before the load-time checks (a reference outside it): never retrieved.
+            return f"the reply cannot be checked against the schema ({type(exc).__name__})"
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "reply"
             return f"{where}: {error.message}"

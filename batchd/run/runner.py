@@ -1,23 +1,23 @@
 """Runs one job: N lanes pull requests in input order, call the backend, retry, record.
 
-Each lane keeps its own ``Conversation`` (history and trimming, see
-``context``); all lanes share one ``ContextBudget``. Results are written to the
-journal in batches (every ``FLUSH_SECONDS`` or ``FLUSH_ROWS``); a crash loses at
-most one unflushed batch, which runs again. A backend that is down pauses
-every lane (``outage.Gate``) without burning attempts; one request's calls and
-retries (5xx/503/timeouts: backoff with jitter up to ``backend.max_attempts``; a
-missing model fails the job at once) are ``attempts``, mixed in. A monitor
-task reads VRAM (``vram``), pauses or resumes lanes per ``VramPolicy`` and
-samples progress into the journal.
+Each lane keeps its own ``Conversation`` (``context``); all lanes share one ``ContextBudget``. Results
+go to the journal in batches (``FLUSH_SECONDS``/``FLUSH_ROWS``; a crash re-runs one unflushed batch). A
+backend that is down pauses every lane (``outage.Gate``) without burning attempts; one request's calls
+and retries are ``attempts.Attempts``. A monitor task reads VRAM (``vram``), pauses or resumes lanes per
+``VramPolicy`` and samples progress into the journal.
 
-Stop, cancel and fatal errors are handled in one place. A lane looks at them
-before it takes a request (``_halted``). A *control* task polls the journal for
-a cancel every ``CONTROL_SECONDS`` and starts the grace clock at the moment of
-a stop; cancel, a fatal error or the end of the grace period set ``_abort``,
-which ends every lane at once, wherever it waits (the backend, a backoff, a
-call in flight). Every request taken from the journal and not yet recorded is
-in ``_taken``; at the end they all go back to ``queued``, and
-``Journal.end_run`` decides the job's state under its guard.
+Every task of the run (lanes, feeder, monitor, control) is ``aio.supervised``: an exception it did
+not handle fails the job with its text at once, no task is left waiting on a dead one. A journal
+write the disk refuses pauses the work like an outage (``record.Recorder``); ``wait_for_disk`` off
+(``--once``): the run ends and ``run()`` raises the ``StorageError``.
+
+
+Stop, cancel, yielding and fatal errors are handled in one place; a lane looks at them before it takes a
+request (``_halted``). A *control* task polls for a cancel every ``CONTROL_SECONDS``, asks ``yield_to``
+every ``YIELD_SECONDS`` (a higher-ranked job waits: in-flight requests finish and are recorded, no new one
+starts) and starts the grace clock at a stop; cancel, a fatal error or the grace period's end set
+``_abort``, which ends every lane at once, wherever it waits. Requests taken and not yet recorded
+(``_taken``) go back to ``queued`` at the end; ``Journal.end_run`` decides the job's state.
 """
 
 from __future__ import annotations
@@ -26,38 +26,38 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
-import orjson
 import structlog
 
-from batchd.aio import Sleep, wait_first
+from batchd.aio import Sleep, supervised, wait_first
 from batchd.backends.base import Backend
 from batchd.config import Settings
-from batchd.errors import BackendUnavailable, JobError, TransientError
-from batchd.journal import Job, Journal, Outcome, ReqState, Request, RunOutcome
+from batchd.errors import BackendUnavailable, JobError, StorageError, TransientError
+from batchd.journal import Job, Journal, ReqState, Request, RunOutcome
 from batchd.metrics import JobMetrics
 from batchd.run.attempts import Attempts
 from batchd.run.context import ContextBudget, Conversation
-from batchd.run.lanes import Change, LaneController
+from batchd.run.lanes import Change, LaneController, LaneTuning
 from batchd.run.outage import Gate
-from batchd.run.replies import checker_for
+from batchd.run.record import Recorder
 from batchd.run.serverside import ServerSide
+from batchd.run.stall import StallWatch
 from batchd.run.vram import GpuMemory, OllamaPsSource, VramPolicy, VramWatch, pick_source
+from batchd.storage import DiskWatch
 
 log = structlog.get_logger("batchd.runner")
 
-FLUSH_SECONDS = 0.25
-FLUSH_ROWS = 512
 #: how often the monitor wakes; the VRAM source sets its own pace, samples go every SAMPLE_SECONDS
 MONITOR_TICK = 0.25
 SAMPLE_SECONDS = 2.0
 METRICS_SECONDS = 2.0
 #: how often the control task looks for a cancel in the journal (a cancel is seen within this)
 CONTROL_SECONDS = 0.25
+YIELD_SECONDS = 0.25  # how often it asks whether it must yield (``yield_to``; ``run.turns``)
 
 
-class JobRunner(Attempts):
+class JobRunner:
     def __init__(
         self,
         *,
@@ -70,6 +70,9 @@ class JobRunner(Attempts):
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         vram_source: GpuMemory | None = None,
+        disk: DiskWatch | None = None,
+        wait_for_disk: bool = True,
+        yield_to: Callable[[], str | None] | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
@@ -78,12 +81,10 @@ class JobRunner(Attempts):
         self.stop = stop
         self.sleep = sleep
         self.clock = clock
-        self.rng = rng or random.Random()
         self.metrics = JobMetrics.from_state(job.metrics.get("state", {})) if job.metrics else JobMetrics()
-        self.prefix: dict[str, Any] | None = orjson.loads(job.prefix_json) if job.prefix_json else None
         low, high = settings.backend.lane_bounds()
         #: how many requests may be in flight: pinned (``lanes = N``) or adaptive (``lanes = "auto"``)
-        self.control = LaneController(lanes_min=low, lanes_max=high, clock=clock)
+        self.control = LaneController(LaneTuning(lanes_min=low, lanes_max=high), clock=clock)
         self.control.on_change = self._lanes_moved
         self.auto = not self.control.fixed
         #: lane tasks: one per request that may ever be in flight; those above the limit park
@@ -103,6 +104,7 @@ class JobRunner(Attempts):
         #: the server's version, request hygiene and reloads (set once the context is pinned)
         self.server: ServerSide | None = None
         self._lanes_changed = asyncio.Event()
+        self._closing = False  #: the feeder is done: every row is queued in memory
         self._drained = False  #: a lane met the end of the queue: no row is left for a parked lane
         self._base_counts = (0, 0)
         self.monitor_tick = MONITOR_TICK
@@ -115,23 +117,52 @@ class JobRunner(Attempts):
             on_fatal=self._fail,
         )
         self.num_ctx = settings.context.num_ctx or settings.context.num_ctx_cap
-        self.replies = checker_for(self.prefix, job.pipeline_json)  # schema checks for pipeline jobs
-        #: the pipeline (or the configuration) named conversation mode: no conversation_not_paying
-        self._conversation_asked = (
-            "mode" in settings.context.model_fields_set
-            or orjson.loads(job.pipeline_json or "{}").get("mode") == "conversation"
+        #: one request's calls and retries
+        self.attempts = Attempts.for_job(
+            settings,
+            job,
+            backend=backend,
+            metrics=self.metrics,
+            control=self.control,
+            gate=self.gate,
+            lanes=self.lanes,
+            rng=rng or random.Random(),
+            wait_gate=self._wait_gate,
+            on_fatal=self._fail,
+            sleep=sleep,
+            clock=clock,
         )
         self.fatal: JobError | None = None
         self.cancelled = False
+        #: why the job yields to a higher-ranked one (``schedule.Why``): like a stop, with no grace clock
+        self.yield_to, self.preempted = yield_to, cast("str | None", None)
         #: set when in-flight work is abandoned: cancel, a fatal error, the stop's grace period over
         self._abort = asyncio.Event()
         #: when the stop was seen (the grace period counts from here)
         self.stopped_at: float | None = None
         #: taken from the journal (marked running) and not yet recorded: back to queued at the end
         self._taken: set[int] = set()
-        self._pending: list[Outcome] = []
-        self._last_flush = clock()
-        self._metrics_saved = self._last_flush
+        #: the journal's writes; a refused one pauses the work (see ``record``)
+        self.disk = disk or DiskWatch(clock=clock)
+        self.wait_for_disk = wait_for_disk
+        self.recorder = Recorder(
+            journal=journal,
+            job_id=job.id,
+            metrics=self.metrics,
+            disk=self.disk,
+            sleep=sleep,
+            clock=clock,
+            on_blocked=self._disk_blocked,
+        )
+        #: the journal refused a write and this run does not wait for the disk (``--once``)
+        self.storage_failed: StorageError | None = None
+        #: a task of the run that died of an exception it did not handle: (task name, exception)
+        self.crashed: tuple[str, BaseException] | None = None
+        #: no request finished for too long: the run ends and the daemon starts it again from the journal
+        self.stall = StallWatch(
+            clock=clock, configured=settings.watchdog.stall_seconds, latencies=lambda: self.metrics.latencies
+        )
+        self.restarting = False
         self.done = 0
         self.failed = 0
 
@@ -144,8 +175,8 @@ class JobRunner(Attempts):
         source = self.vram_source or pick_source(self.settings, self.backend)
         counts = self.journal.counts(self.job.id)
         self._base_counts = (counts.get(ReqState.DONE.value, 0), counts.get(ReqState.FAILED.value, 0))
-        monitor = asyncio.create_task(self._monitor(source))
-        control = asyncio.create_task(self._control())
+        monitor = supervised(self._monitor(source), "monitor", self._crash)
+        control = supervised(self._control(), "control", self._crash)
         try:
             await self._pin_context()
             if not self._halted():
@@ -156,6 +187,7 @@ class JobRunner(Attempts):
                     model=self.job.model or self.settings.backend.model,
                     num_ctx=self.num_ctx,
                 )
+                self.attempts.server = self.server
                 start = asyncio.ensure_future(self.server.start())
                 await wait_first(start, self._abort.wait())
                 if not start.done():
@@ -169,10 +201,7 @@ class JobRunner(Attempts):
         finally:
             control.cancel()
             monitor.cancel()
-            ended = await asyncio.gather(monitor, control, return_exceptions=True)
-            for task_end in ended:
-                if isinstance(task_end, Exception):
-                    log.error("monitor_failed", job_id=self.job.id, error=repr(task_end))
+            await asyncio.gather(monitor, control, return_exceptions=True)  # their failures went to _crash
             if own_source:
                 source.close()
             self.gate.cancel()
@@ -180,21 +209,23 @@ class JobRunner(Attempts):
             if self.budget is not None and self.metrics.conversation_not_paying is not None:
                 self.budget.check_paying(lanes=self.lanes, final=True)
             self._sample()
+            self.recorder.close()  # the retries end; these last writes are tried once more all the same
             self.flush(force=True)
-            if self._taken:  # in flight or in the lanes' queue when the run ended: not lost, not done
-                self.journal.requeue(self.job.id, sorted(self._taken))
-                self._taken.clear()
+            if self._taken and self.recorder.write(lambda: self.journal.requeue(self.job.id, sorted(self._taken))):
+                self._taken.clear()  # in flight or in the lanes' queue when the run ended: not lost, not done
+        if self.storage_failed is not None:
+            raise self.storage_failed  # the job stays running in the journal: the next run starts over there
         if self.fatal is not None:
             return RunOutcome.FAILED
         if self.cancelled:
             return RunOutcome.CANCELLED
-        if self.stop.is_set():
+        if self.stop.is_set() or self.restarting or self.preempted is not None:
             return RunOutcome.INTERRUPTED
         return RunOutcome.COMPLETED
 
     def _halted(self) -> bool:
-        """No new request is taken: stop, cancel or a fatal error."""
-        return self.stop.is_set() or self.cancelled or self.fatal is not None
+        """No new request is taken: stop, cancel, a fatal error, or yielding to another job."""
+        return self.stop.is_set() or self.cancelled or self.fatal is not None or self.preempted is not None
 
     def _fail(self, exc: JobError) -> None:
         """The whole job cannot go on (model gone, credentials refused): end every lane now."""
@@ -202,6 +233,18 @@ class JobRunner(Attempts):
             self.fatal = exc
             log.error("job_failed_fast", job_id=self.job.id, code=exc.code, error=exc.message)
         self._abort.set()
+
+    def _crash(self, name: str, exc: BaseException) -> None:
+        if self.crashed is None:
+            self.crashed = (name, exc)
+            log.error("runner_task_failed", job_id=self.job.id, task=name, error=repr(exc))
+        self._fail(JobError(f"{name} failed: {exc!r}", job_id=self.job.id))
+
+    def _disk_blocked(self, exc: StorageError) -> None:
+        """The journal refused a write: the lanes pause (``recorder.ok``); ``--once`` ends the run."""
+        if not self.wait_for_disk and self.storage_failed is None and (episode := self.disk.waiting()):
+            self.storage_failed = StorageError(episode.exit_text(), path=exc.path, full=exc.full, reason=exc.reason)
+            self._abort.set()
 
     def _check_cancel(self) -> None:
         if not self.cancelled and self.journal.cancel_requested(self.job.id):
@@ -212,11 +255,17 @@ class JobRunner(Attempts):
     async def _control(self) -> None:
         """Cancel within CONTROL_SECONDS in every state; the stop's grace period from its moment."""
         stop = asyncio.ensure_future(self.stop.wait())
+        ask_at = self.clock() + YIELD_SECONDS
         try:
             while not self._abort.is_set():
                 self._check_cancel()
                 if self.stop.is_set():
                     break
+                if self.yield_to is not None and self.preempted is None and self.clock() >= ask_at:
+                    ask_at = self.clock() + YIELD_SECONDS
+                    if (reason := self.yield_to()) is not None:
+                        self.preempted = reason
+                        self._wake_lanes()
                 await wait_first(self.sleep(CONTROL_SECONDS), stop, self._abort.wait())
             if self._abort.is_set():
                 return
@@ -261,7 +310,8 @@ class JobRunner(Attempts):
                     return
             cap = self.settings.context.num_ctx_cap
             self.num_ctx = self.settings.context.num_ctx or min(trained or cap, cap)
-            self.journal.update_job(self.job.id, meta={**self.job.meta, "num_ctx": self.num_ctx})
+            meta = {**self.job.meta, "num_ctx": self.num_ctx}
+            self.recorder.write(lambda: self.journal.update_job(self.job.id, meta=meta))
         self.metrics.num_ctx = self.num_ctx
 
     async def _wait_gate(self) -> bool:
@@ -285,23 +335,25 @@ class JobRunner(Attempts):
 
     async def _run_lanes(self) -> None:
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.lanes * 2)
-        lanes = [asyncio.create_task(self._lane(i, queue)) for i in range(self.lanes)]
-        feeder = asyncio.create_task(self._feed(queue))
+        lanes = [supervised(self._lane(i, queue), f"lane {i}", self._crash) for i in range(self.lanes)]
+        feeder = supervised(self._feed(queue), "feeder", self._crash)
         try:
             await wait_first(asyncio.wait(lanes), self._abort.wait())
         finally:
             for task in (*lanes, feeder):
                 task.cancel()  # a no-op for the ones already done
-            ended = await asyncio.gather(*lanes, feeder, return_exceptions=True)
-        for end in ended:
-            if isinstance(end, Exception):
-                raise end
+            await asyncio.gather(*lanes, feeder, return_exceptions=True)  # their failures went to _crash
 
     async def _feed(self, queue: asyncio.Queue[Request | None]) -> None:
         chunk = max(64, self.lanes * 16)
         try:
             while not self._should_stop():
-                batch = self.journal.take_pending(self.job.id, chunk)
+                if self.recorder.blocked:  # no new requests while the journal cannot record their answers
+                    await self.recorder.wait_ok(self._abort)
+                    continue
+                batch = self._take(chunk)
+                if batch is None:
+                    continue  # the journal refused: paused until it takes writes again
                 if not batch:
                     break
                 self._taken.update(r.seq for r in batch)
@@ -310,12 +362,17 @@ class JobRunner(Attempts):
                         break
                     await queue.put(req)
         finally:
+            self._closing = True
             self._wake_lanes()
         for _ in range(self.lanes):
             await queue.put(None)
 
+    def _take(self, n: int) -> list[Request] | None:
+        taken: list[Request] = []
+        return taken if self.recorder.write(lambda: taken.extend(self.journal.take_pending(self.job.id, n))) else None
+
     def _should_stop(self) -> bool:
-        if self.clock() - self._last_flush > FLUSH_SECONDS:
+        if self.recorder.due():
             self.flush()
         return self._halted()
 
@@ -334,6 +391,9 @@ class JobRunner(Attempts):
                 return
             if parked:  # a lane owns its history: a revived lane starts a fresh conversation (prefix first)
                 conv = self.new_conversation(index)
+            if self.recorder.blocked:  # the journal cannot record an answer now: start nothing new
+                await self.recorder.wait_ok(self._abort)
+                continue
             req = await queue.get()
             if req is None:  # every row is taken: parked lanes may leave too
                 self._drained = True
@@ -341,21 +401,22 @@ class JobRunner(Attempts):
             if req is None or self._halted():
                 return  # a request taken but not started stays in _taken: back to queued at the end
             self.in_flight += 1
+            self.stall.lane(index, f"asking request {req.seq}")
             try:
-                outcome = await self._execute(req, conv, index)
+                outcome = await self.attempts.execute(req, conv, index)
             finally:
                 self.in_flight -= 1
+                self.stall.lane(index, "between requests")
             if outcome is None:  # stopped while the backend was away: back to queued at the end
                 continue
             self._taken.discard(req.seq)
-            self._pending.append(outcome)
+            self.recorder.add(outcome)  # in memory until the journal took it (a full disk: until it can)
+            self.stall.progressed()
             self.metrics.count_outcome(outcome.state is ReqState.DONE, (outcome.error or {}).get("code"))
             if outcome.state is ReqState.DONE:
                 self.done += 1
             else:
                 self.failed += 1
-            if len(self._pending) >= FLUSH_ROWS:
-                self.flush()
 
     # -- how many lanes ----------------------------------------------------------------------
 
@@ -399,7 +460,15 @@ class JobRunner(Attempts):
                 self._sample()
             if self.server is not None:
                 await self.server.poll(now)
+            self._check_stall(now)
             await self.sleep(self.monitor_tick)
+
+    def _check_stall(self, now: float) -> None:
+        """The progress watchdog (``stall``): a stalled run ends, and the daemon runs it again."""
+        excused = not self.gate.is_open or self.recorder.blocked or self._halted()
+        if self.stall.check(work_left=bool(self._taken) or not self._closing, excused=excused, job_id=self.job.id):
+            self.restarting = True
+            self._abort.set()
 
     def _apply_policy(self) -> None:
         if self.budget is not None:
@@ -411,25 +480,20 @@ class JobRunner(Attempts):
 
     def _sample(self) -> None:
         done, failed = self._base_counts
-        self.journal.add_sample(
-            self.job.id,
-            done=done + self.done,
-            failed=failed + self.failed,
-            ctx_tokens=self.metrics.ctx_current,
-            vram_used=self.metrics.vram_used,
-            trims=sum(self.metrics.trims.values()),
-            lanes=self.active_lanes,
+        self.recorder.write(
+            lambda: self.journal.add_sample(
+                self.job.id,
+                done=done + self.done,
+                failed=failed + self.failed,
+                ctx_tokens=self.metrics.ctx_current,
+                vram_used=self.metrics.vram_used,
+                trims=sum(self.metrics.trims.values()),
+                lanes=self.active_lanes,
+            )
         )
 
     # -- persistence -------------------------------------------------------------------------
 
-    def flush(self, force: bool = False) -> None:
-        self._last_flush = self.clock()
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self.journal.record(self.job.id, batch)
-        # Each journal write is an fsync that stalls every lane's event loop for a few ms,
-        # so the counters (a restart continues from them) go at most every METRICS_SECONDS.
-        if force or self._last_flush - self._metrics_saved >= METRICS_SECONDS:
-            self._metrics_saved = self._last_flush
-            self.journal.update_job(self.job.id, metrics={"state": self.metrics.to_state()})
+    def flush(self, force: bool = False) -> bool:
+        """Outcomes and counters to the journal (``record.Recorder``); False when the disk refused."""
+        return self.recorder.flush(force)

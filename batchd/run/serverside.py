@@ -17,6 +17,7 @@ from batchd.backends.base import Backend, ChatRequest, ChatResult
 from batchd.backends.ollama_facts import CACHE_ONLY_COUNTS, parse_version, strip_runner_options, version_notes
 from batchd.errors import RequestError, TransientError
 from batchd.metrics import JobMetrics
+from batchd.run.fingerprints import FingerprintWatch
 from batchd.run.reloads import ReloadWatch
 
 log = structlog.get_logger("batchd.serverside")
@@ -32,12 +33,14 @@ class ServerSide:
         self.job_id = job_id
         self.num_ctx = num_ctx
         self.reloads = ReloadWatch(metrics=metrics, num_ctx=num_ctx, model=model)
+        self.fingerprints = FingerprintWatch(backend=backend, metrics=metrics, job_id=job_id, model=model)
         #: the server is known to count only uncached prompt tokens (Ollama 0.30.0)
         self.counts_cache_only = False
         self._next_ps = 0.0
 
     async def start(self) -> None:
-        """Ollama: its version into metrics.json and what it lacks into the log."""
+        """The model's fingerprint; Ollama: its version into metrics.json and what it lacks into the log."""
+        await self.fingerprints.take()
         read = getattr(self.backend, "version", None)
         if read is None:
             return
@@ -69,14 +72,18 @@ class ServerSide:
         return replace(chat, options=options)
 
     def on_reply(self, result: ChatResult, now: float) -> None:
-        self.reloads.on_reply(result.load_seconds, now)
+        if self.reloads.on_reply(result.load_seconds, now):
+            self.fingerprints.stale = True  # a reload may have brought another file: look again
 
     async def poll(self, now: float) -> None:
         """Read ``/api/ps`` every ``PS_SECONDS`` (Ollama only; cheap, and it never fails the job)."""
+        if self.fingerprints.stale:
+            await self.fingerprints.take()
         if self.backend.kind != "ollama" or now < self._next_ps:
             return
         self._next_ps = now + PS_SECONDS
         try:
-            self.reloads.on_ps(await self.backend.loaded())
+            if self.reloads.on_ps(await self.backend.loaded()):
+                self.fingerprints.stale = True
         except TransientError:
             pass

@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 from batchd.backends.base import OPENAI_OPTION_KEYS, ChatRequest
-from batchd.formats import from_response_format
+from batchd.formats import from_response_format, to_response_format
 
 
 def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id: str = "") -> ChatRequest:
@@ -22,7 +22,11 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
         options["stop"] = [options["stop"]]
     think = _think(body, options)
     fmt = from_response_format(body.get("response_format"))
-    messages = [{"role": m["role"], "content": _text(m.get("content"))} for m in body.get("messages", [])]
+    prompt = _prompt(body.get("prompt"))
+    messages = [_message(m) for m in body.get("messages", [])]
+    if prompt is not None and not messages:  # a completion: the prompt counts as the one message
+        messages = [{"role": "user", "content": prompt}]
+    tools = body.get("tools") or None
     return ChatRequest(
         model=body.get("model") or model,
         messages=messages,
@@ -31,7 +35,63 @@ def to_chat_request(body: dict[str, Any], *, model: str, num_ctx: int, custom_id
         format=fmt,
         custom_id=custom_id,
         think=think,
+        tools=tools,
+        tool_choice=body.get("tool_choice") if tools else None,
+        prompt=prompt,
     )
+
+
+def _prompt(prompt: Any) -> str | None:
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else None
+
+
+def responses_as_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``/v1/responses`` body as the chat body that asks the same: ``instructions`` first as the system
+    message, ``input`` as the turns, ``text.format`` as ``response_format``, ``max_output_tokens`` and
+    ``reasoning.effort`` under their chat names. Every backend runs it as a chat."""
+    chat: dict[str, Any] = {
+        k: body[k] for k in ("model", "temperature", "top_p", "seed", "stop", "options") if body.get(k) is not None
+    }
+    messages: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": body["instructions"]})
+    given = body.get("input")
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+    else:
+        for item in given or []:
+            content = item.get("content")
+            text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content or [])
+            messages.append({"role": item.get("role", "user"), "content": text})
+    chat["messages"] = messages
+    fmt = (body.get("text") or {}).get("format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("schema"), dict):  # type json_schema
+        named = str(fmt.get("name") or "reply")
+        chat["response_format"] = to_response_format(fmt["schema"], name=named, strict=bool(fmt.get("strict")))
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        chat["response_format"] = to_response_format("json")
+    if body.get("max_output_tokens") is not None:
+        chat["max_tokens"] = body["max_output_tokens"]
+    effort = (body.get("reasoning") or {}).get("effort")
+    if isinstance(effort, str):
+        chat["reasoning_effort"] = effort
+    return chat
+
+
+#: message keys carried beside role and content: an assistant's tool calls, a tool result's call id and name
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
+
+
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m["role"], "content": _text(m.get("content"))}
+    images = _images(m.get("content"))
+    if images:  # the data: URIs; each backend sends them its way (backends.messages)
+        out["images"] = images
+    if m.get("tool_calls") or m["role"] == "tool":
+        out.update({k: m[k] for k in _TOOL_KEYS if m.get(k) is not None})
+    return out
 
 
 def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
@@ -45,7 +105,16 @@ def _think(body: dict[str, Any], options: dict[str, Any]) -> bool | str | None:
     return think if isinstance(think, (bool, str)) else None
 
 
+def _images(content: Any) -> list[str]:
+    if not isinstance(content, list):
+        return []
+    urls = [p.get("image_url") for p in content if isinstance(p, dict) and p.get("type") == "image_url"]
+    return [u.get("url", "") if isinstance(u, dict) else str(u) for u in urls]
+
+
 def _text(content: Any) -> str:
+    if content is None:  # an assistant turn that only calls tools
+        return ""
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return str(content)

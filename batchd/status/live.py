@@ -2,8 +2,9 @@
 
 One task on the event loop wakes every ``TICK`` seconds, or at once when the
 daemon pokes it (a job claimed, started, ended, published). On the loop it
-reads only memory: the running job's counters, its outage gate, the lanes in
-flight. Journal reads, page rendering and file writes go to one worker thread
+reads only memory, through the narrow ``state.StatusState`` the daemon hands
+it (never the daemon or its runner): the running job's counters, its outage
+gate, the lanes in flight. Journal reads, page rendering and file writes go to one worker thread
 with its own journal connection, so neither SQLite nor a slow share costs the
 lanes anything. The status files are rewritten at most every
 ``status_page.interval_seconds`` unless something changed; the textfile and
@@ -14,28 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from batchd.aio import wait_first
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, StorageError
 from batchd.fsutil import write_atomic
 from batchd.journal import Job, Journal
-from batchd.ops import commands as ops
+from batchd.metrics import JobMetrics
+from batchd.publish.preview import Previews
 from batchd.publish.share import SharedFolder
 from batchd.redact import host_of
 from batchd.status import page as statuspage
 from batchd.status.page import DaemonState, Waiting
 from batchd.status.prom import Exporter, Live, Queue
-
-if TYPE_CHECKING:
-    from batchd.daemon import Daemon
-    from batchd.run.runner import JobRunner
+from batchd.status.state import StatusState
+from batchd.status.views import StatusViews, ViewState, status_views
+from batchd.storage import Blocked, Store
 
 log = structlog.get_logger("batchd.live")
 
@@ -52,6 +54,7 @@ WARN_SECONDS = 300.0
 class _Probe:
     live: Live
     waiting: Waiting | None
+    storage: tuple[Blocked, ...]
     #: what, when it changes, is worth a page at once
     signature: tuple[Any, ...]
 
@@ -59,10 +62,12 @@ class _Probe:
 class LiveViews:
     """See the module docstring. ``poke()`` from anywhere on the loop; ``run()`` is the task."""
 
-    def __init__(self, *, daemon: Daemon, wall: Callable[[], float] = time.time) -> None:
-        self.daemon = daemon
+    def __init__(self, *, state: StatusState, wall: Callable[[], float] = time.time) -> None:
+        self.state = state
         self.wall = wall
-        self.exporter = Exporter(daemon.settings.metrics)
+        self.exporter = Exporter(state.settings.metrics)
+        #: the running job's first look (``outbox/NAME.preview/``), written from the worker thread
+        self.previews = Previews(lambda: self.state.settings, wall)
         self._poked = asyncio.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._journal: Journal | None = None  # owned by the worker thread
@@ -80,15 +85,15 @@ class LiveViews:
 
     @property
     def settings(self) -> Any:
-        return self.daemon.settings  # a SIGHUP reload is seen at the next tick
+        return self.state.settings  # a SIGHUP reload is seen at the next tick
 
     # -- what the daemon tells us ---------------------------------------------------------
 
     def poke(self) -> None:
         self._poked.set()
 
-    def job_started(self, runner: JobRunner) -> None:
-        self.exporter.job_started(runner.metrics)
+    def job_started(self, metrics: JobMetrics) -> None:
+        self.exporter.job_started(metrics)
         self.poke()
 
     def job_ended(self) -> None:
@@ -123,9 +128,14 @@ class LiveViews:
             self._reload_warned = True  # the listener and the file were set up at start; a SIGHUP keeps them
             log.warning("config_reload_partial", key="metrics", reason="[metrics] changes apply at the next restart")
         probe = self._probe()
+        probe = replace(
+            probe,
+            live=replace(probe.live, storage_blocked=tuple((b.store.value, b.since) for b in probe.storage)),
+            signature=(*probe.signature, tuple(b.store for b in probe.storage)),
+        )
         self.exporter.set_live(probe.live)
         self.exporter.refresh()
-        now = self.daemon.clock()
+        now = self.state.clock()
         poked = self._poked.is_set() or probe.signature != self._signature
         page = self.settings.status_page.enabled and (
             poked or now - self._last_page >= self.settings.status_page.interval_seconds
@@ -140,7 +150,9 @@ class LiveViews:
                 self._last_page = now
             if metrics:
                 self._last_metrics = now
-            await self._in_thread(page=page, metrics=metrics, state=DaemonState.RUNNING, waiting=probe.waiting)
+            await self._in_thread(
+                page=page, metrics=metrics, state=DaemonState.RUNNING, waiting=probe.waiting, storage=probe.storage
+            )
         self._maybe_ping()
 
     async def close(self) -> None:
@@ -154,6 +166,7 @@ class LiveViews:
                 metrics=self.exporter.enabled,
                 state=DaemonState.STOPPED,
                 waiting=None,
+                storage=(),
             )
         except Exception as exc:  # noqa: BLE001 - shutting down: a last page is nice, not essential
             self._warn("live_failed", repr(exc))
@@ -167,37 +180,40 @@ class LiveViews:
     # -- on the loop: memory only -----------------------------------------------------------
 
     def _probe(self) -> _Probe:
-        runner = self.daemon.current
-        if runner is None:
+        job = self.state.progress()
+        if job is None:
             self._outage = None
             live = Live(backend_up=self._backend_up)
-            return _Probe(live, None, (None, self.daemon.jobs_done))
-        gate = runner.gate
+            return _Probe(live, None, tuple(self.state.disk.all()), (None, self.state.jobs_done))
         waiting = None
-        if gate.down_since is not None:
-            if self._outage is None or self._outage[0] != gate.down_since:
-                self._outage = (gate.down_since, self.wall() - (self.daemon.clock() - gate.down_since))
-            waiting = Waiting(job_id=runner.job.id, backend=host_of(runner.backend.host), since=self._outage[1])
+        if job.down_since is not None:
+            if self._outage is None or self._outage[0] != job.down_since:
+                self._outage = (job.down_since, self.wall() - (self.state.clock() - job.down_since))
+            waiting = Waiting(job_id=job.job_id, backend=host_of(job.backend_host), since=self._outage[1])
         else:
             self._outage = None
-        self._backend_up = gate.is_open
-        m = runner.metrics
+        self._backend_up = job.backend_up
         live = Live(
             job_running=True,
-            lanes=runner.lanes,
-            lanes_active=runner.active_lanes,
-            lanes_in_use=runner.in_flight,
-            backend_up=gate.is_open,
-            vram_used_bytes=m.vram_used_bytes,
-            vram_total_bytes=m.vram_total,
+            lanes=job.lanes,
+            lanes_active=job.lanes_active,
+            lanes_in_use=job.in_flight,
+            backend_up=job.backend_up,
+            vram_used_bytes=job.metrics.vram_used_bytes,
+            vram_total_bytes=job.metrics.vram_total,
         )
-        return _Probe(live, waiting, (runner.job.id, waiting is None, runner.cancelled, self.daemon.jobs_done))
+        return _Probe(
+            live,
+            waiting,
+            tuple(self.state.disk.all()),
+            (job.job_id, waiting is None, job.cancelled, self.state.jobs_done),
+        )
 
     def _maybe_ping(self) -> None:
         """Idle: is the backend there? (Prometheus' batchd_backend_up; during a job the gate says.)"""
-        if not self.exporter.enabled or self.daemon.current is not None:
+        if not self.exporter.enabled or self.state.progress() is not None:
             return
-        now = self.daemon.clock()
+        now = self.state.clock()
         if now - self._last_ping < PING_SECONDS or (self._pinging is not None and not self._pinging.done()):
             return
         self._last_ping = now
@@ -205,7 +221,7 @@ class LiveViews:
 
     async def _ping(self) -> None:
         try:
-            await asyncio.wait_for(self.daemon.backend.ping(), timeout=10)
+            await asyncio.wait_for(self.state.ping_backend(), timeout=10)
             self._backend_up = True
         except (TimeoutError, BatchdError):
             self._backend_up = False
@@ -217,7 +233,9 @@ class LiveViews:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchd-live")
         await asyncio.get_running_loop().run_in_executor(self._pool, lambda: self._write(**kw))
 
-    def _write(self, *, page: bool, metrics: bool, state: DaemonState, waiting: Waiting | None) -> None:
+    def _write(
+        self, *, page: bool, metrics: bool, state: DaemonState, waiting: Waiting | None, storage: tuple[Blocked, ...]
+    ) -> None:
         settings = self.settings
         try:
             journal = self._open_journal()
@@ -225,16 +243,20 @@ class LiveViews:
                 return
             now = self.wall()
             limit = settings.status_page.recent if page else 0
-            views = ops.status_views(journal, limit=limit, now=now)
+            views = status_views(journal, limit=limit, now=now, schedule=settings.schedule)
         except (BatchdError, OSError) as exc:
             self._warn("status_read_failed", str(exc))
             return
-        self.exporter.set_queue(_queue(views))
+        self.exporter.set_queue(_queue(views, journal))
+        self._previews(journal, views)
         if page:
             try:
-                self._write_page(views, now, state, waiting)
+                self._write_page(views, now, state, waiting, storage)
             except OSError as exc:
                 self._warn("status_page_failed", str(exc), outbox=str(settings.outbox))
+                self.state.disk.blocked(Store.STATUS, StorageError.from_os("cannot write the status page", exc))
+            else:
+                self.state.disk.recovered(Store.STATUS)
         if metrics:
             try:
                 self.exporter.write_textfile()
@@ -242,11 +264,13 @@ class LiveViews:
                 self._warn("metrics_textfile_failed", str(exc), path=str(settings.metrics.textfile))
 
     def _write_page(
-        self, views: dict[str, list[dict[str, Any]]], now: float, state: DaemonState, waiting: Waiting | None
+        self, views: StatusViews, now: float, state: DaemonState, waiting: Waiting | None, storage: tuple[Blocked, ...]
     ) -> None:
         outbox: Path = self.settings.outbox
         outbox.mkdir(parents=True, exist_ok=True)
-        data = statuspage.page_data(views, now=now, daemon=state, waiting=waiting)
+        data = statuspage.page_data(
+            views, now=now, daemon=state, waiting=waiting, storage=storage, previews=self.previews.folders
+        )
         gid = SharedFolder.of(outbox, group=self.settings.group).gid
         # JSON first: a script that follows the page's link never finds older data than the page showed.
         owned = write_atomic(outbox / statuspage.STATUS_JSON, statuspage.render_json(data), gid=gid)
@@ -256,6 +280,20 @@ class LiveViews:
         if not owned and not self._chown_warned:
             self._chown_warned = True
             log.warning("status_page_chown_failed", outbox=str(outbox), gid=gid)
+
+    def _previews(self, journal: Journal, views: StatusViews) -> None:
+        """A first look at the running (or paused) job when one is due (``publish.preview``)."""
+        keep = set()
+        for v in views.active:
+            paused = v.attention is not None
+            if not (v.state.running or paused):
+                continue
+            keep.add(v.job_id)
+            try:
+                self.previews.consider(journal, v.job_id, v.done + v.failed, paused)
+            except (OSError, BatchdError) as exc:
+                self._warn("preview_failed", str(exc), job_id=v.job_id)
+        self.previews.forget(keep)
 
     def _open_journal(self) -> Journal | None:
         if self._journal is None:
@@ -277,13 +315,16 @@ class LiveViews:
             log.warning(event, error=error, **fields)
 
 
-def _queue(views: dict[str, list[dict[str, Any]]]) -> Queue:
-    active = views["active"]
-    running = [v for v in active if v["state"] in ("running", "cancelling")]
+def _queue(views: StatusViews, journal: Journal) -> Queue:
+    running = views.running
     head = running[0] if running else None
+    waiting = [v for v in views.active if v.state in (ViewState.QUEUED, ViewState.INGESTING)]
     return Queue(
-        jobs=sum(1 for v in active if v["state"] in ("queued", "ingesting")),
-        requests=sum(max(0, v["total"] - v["finished"]) for v in active),
-        progress=head["progress"] if head else None,
-        eta_seconds=head["eta_seconds"] if head else None,
+        by_priority=Counter(v.priority or 0 for v in waiting),
+        preemptions=journal.preemptions(),
+        notifications=journal.notification_counts(),
+        jobs=sum(1 for v in views.active if v.state in (ViewState.QUEUED, ViewState.INGESTING)),
+        requests=sum(max(0, v.total - v.finished) for v in views.active),
+        progress=head.progress if head else None,
+        eta_seconds=head.eta_seconds if head else None,
     )

@@ -6,9 +6,10 @@ failed counts, req/s, ETA and "waiting for the backend since …", then the
 recently finished jobs with a link to their folder. The page is plain HTML
 (no script, nothing fetched, a CSP like ``report.html``'s) that reloads itself.
 
-This module only builds the two documents from ``ops.status_views`` (so the
-JSON agrees with ``batchd status --json``); ``live.py`` decides when to write
-them, ``fsutil.write_atomic`` replaces them.
+This module only builds the two documents from ``views.status_views`` (so the
+JSON agrees with ``batchd status --json``; the page is drawn from the JSON, so
+the two never disagree); ``live.py`` decides when to write them,
+``fsutil.write_atomic`` replaces them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import html
 import re
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -26,6 +28,8 @@ import orjson
 
 from batchd.pace import duration, rate_text
 from batchd.redact import escape_controls
+from batchd.status.views import StatusViews, ViewState
+from batchd.storage import Blocked
 
 # Job folders are named by ``inbox.safe_stem`` (only ``[A-Za-z0-9._-]``, never a leading
 # ``.``, ``_`` or ``-``) plus ``.2``, ``.3``…, so a name with ``!`` can never be one.
@@ -53,9 +57,19 @@ class Waiting:
 
 
 def page_data(
-    views: dict[str, list[dict[str, Any]]], *, now: float, daemon: DaemonState, waiting: Waiting | None = None
+    views: StatusViews,
+    *,
+    now: float,
+    daemon: DaemonState,
+    waiting: Waiting | None = None,
+    storage: Sequence[Blocked] = (),
+    previews: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """What ``!status.json`` holds: ``active`` and ``recent`` exactly as ``batchd status --json``."""
+    """What ``!status.json`` holds: ``active`` and ``recent`` as ``batchd status --json``, each active job
+    with its first look's folder (``preview``: ``NAME.preview``, or None)."""
+    jobs = views.as_dict()
+    for v in jobs["active"]:
+        v["preview"] = (previews or {}).get(v["job_id"], v["preview"])
     return {
         "schema": SCHEMA_VERSION,
         "generated_at": _iso(now),
@@ -70,9 +84,36 @@ def page_data(
             "since": _iso(waiting.since),
             "since_unix": round(waiting.since, 3),
         },
-        "active": views["active"],
-        "recent": views["recent"],
+        "waiting_for_storage": [
+            {
+                "store": b.store.value,
+                "path": b.path,
+                "full": b.full,
+                "reason": b.reason,
+                "since": _iso(b.since),
+                "since_unix": round(b.since, 3),
+                "text": b.text(),
+            }
+            for b in storage
+        ],
+        "active": jobs["active"],
+        "recent": jobs["recent"],
+        "cancel_refused": [{**r, "at": _iso(r["t"]), "t": round(r["t"], 3)} for r in views.refused],
     }
+
+
+def storage_waits(outbox: Path, *, now: float, stale_after: float = 60.0) -> list[str]:
+    """What the running daemon's last ``!status.json`` says it waits for ("waiting for disk space on
+    PATH since HH:MM"); ``batchd status`` shows it. Empty when the page is old, absent or unreadable."""
+    try:
+        data = orjson.loads((outbox / STATUS_JSON).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    if not isinstance(data, dict) or data.get("daemon") != DaemonState.RUNNING.value:
+        return []
+    if now - float(data.get("generated_at_unix") or 0) > stale_after:
+        return []
+    return [str(w.get("text", "")) for w in data.get("waiting_for_storage") or () if isinstance(w, dict)]
 
 
 def render_json(data: dict[str, Any]) -> bytes:
@@ -104,11 +145,11 @@ footer{color:#7a8390;font-size:13px;margin-top:20px}
 """
 
 _STATE_TEXT = {
-    "ingesting": "reading the file",
-    "queued": "queued",
-    "running": "running",
-    "finalizing": "writing results",
-    "cancelling": "cancelling",
+    ViewState.INGESTING: "reading the file",
+    ViewState.QUEUED: "queued",
+    ViewState.RUNNING: "running",
+    ViewState.FINALIZING: "writing results",
+    ViewState.CANCELLING: "cancelling",
 }
 
 
@@ -116,7 +157,7 @@ def render_html(data: dict[str, Any], *, outbox: Path | None = None) -> str:
     """The status page; ``outbox`` (when given) lets finished jobs link their ``report.html``."""
     now = float(data["generated_at_unix"])
     active, recent = data["active"], data["recent"]
-    running = [v for v in active if v["state"] in ("running", "cancelling")]
+    running = [v for v in active if ViewState(v["state"]).running]
     title = f"batchd: {len(running)} running, {len(active) - len(running)} queued"
     parts = [
         "<h1>batchd status</h1>",
@@ -137,12 +178,19 @@ def render_html(data: dict[str, Any], *, outbox: Path | None = None) -> str:
             f"{_clock(waiting['since_unix'])} ({duration(now - waiting['since_unix'])}): "
             "the job resumes by itself when it answers; nothing is lost.</p>"
         )
+    for blocked in data.get("waiting_for_storage") or ():
+        parts.append(
+            f"<p class='banner wait'>{_shown(blocked['text'])} ({duration(now - blocked['since_unix'])}): "
+            "work resumes by itself when the disk accepts writes; answers in hand are kept.</p>"
+        )
     parts.append("<h2>Running and queued</h2>")
     parts.append(
         _active_table(active, waiting, now)
         if active
         else "<p>Nothing running or queued. Drop a .csv or .jsonl file into the inbox to start a job.</p>"
     )
+    if data.get("cancel_refused"):
+        parts.append("<h2>Refused .cancel files</h2>" + _refused_list(data["cancel_refused"]))
     parts.append("<h2>Recently finished</h2>")
     parts.append(_recent_table(recent, now, outbox) if recent else "<p>No finished jobs yet.</p>")
     json_href = html.escape(urllib.parse.quote(STATUS_JSON))
@@ -171,14 +219,17 @@ def _active_table(views: list[dict[str, Any]], waiting: dict[str, Any] | None, n
     ]
     for v in views:
         state = v["state"]
-        label, css = _STATE_TEXT.get(state, state), state
+        label, css = _STATE_TEXT.get(ViewState(state), state), state
+        if v.get("attention"):
+            label, css = "needs attention", "paused"
         if waiting and waiting["job_id"] == v["job_id"]:
             label, css = "paused: waiting for the backend", "paused"
         eta = "-"
         if v["eta_seconds"] is not None:
             eta = f"{duration(v['eta_seconds'])} (about {_clock(now + v['eta_seconds'], date=False)})"
         rows.append(
-            f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>{_error(v)}</td>"
+            f"<tr><td>{_shown(v['input'])}<span class='id'>{_shown(v['job_id'])}</span>"
+            f"{_error(v)}{_waits(v)}{_preview(v)}</td>"
             f"<td class='s-{html.escape(css)}'>{html.escape(label)}</td><td class='p'>{_bar(v['progress'])}</td>"
             f"<td class='n'>{v['finished']:,} / {v['total']:,}</td><td class='n'>{v['failed']:,}</td>"
             f"<td class='n'>{rate_text(v['req_per_s'])}</td><td class='n'>{html.escape(eta)}</td></tr>"
@@ -203,6 +254,25 @@ def _recent_table(views: list[dict[str, Any]], now: float, outbox: Path | None) 
             f"<td>{html.escape(when)}</td><td>{_links(v.get('outbox'), outbox)}</td></tr>"
         )
     return "".join(rows) + "</tbody></table>"
+
+
+#: why a ``.cancel`` file was refused (``intake.cancels``), in words
+_REFUSED = {
+    "not_the_owner": "only the person who dropped the file (or root) may cancel its job",
+    "no_unfinished_job": "no unfinished job was dropped under that name there",
+    "not_a_file": "not a plain file (a symlink or a folder)",
+    "hard_link": "a hard link, not a file of its own",
+    "not_empty": "not empty (drop an empty file)",
+}
+
+
+def _refused_list(refused: list[dict[str, Any]]) -> str:
+    items = [
+        f"<li>{_shown(r['at'])}: {_shown(r['name'])} from {_shown(r['user'])}: "
+        f"{_shown(_REFUSED.get(r['reason'], r['reason']))}</li>"
+        for r in refused
+    ]
+    return "<ul>" + "".join(items) + "</ul>"
 
 
 def _links(folder: str | None, outbox: Path | None) -> str:
@@ -230,6 +300,39 @@ def _error(v: dict[str, Any]) -> str:
         return ""
     message = str(err.get("message") or err.get("code") or "")
     return f"<span class='err'>{_shown(message[:200])}</span>"
+
+
+#: why a queued job waits (``schedule.Why``), in words
+_WAITS = {
+    "running": "runs now",
+    "priority": "waits: a job of higher priority goes first",
+    "aged": "waits: a job that has waited longer than max_wait_minutes goes first",
+    "smaller": "waits: a job with less work left goes first",
+    "claimed_earlier": "waits: a job dropped earlier goes first",
+    "same_model": "waits: the running job uses another model; switching would reload it",
+}
+
+
+def _preview(v: dict[str, Any]) -> str:
+    folder = v.get("preview")
+    if not folder:
+        return ""
+    href = html.escape(urllib.parse.quote(folder) + "/")
+    link = f"<a href='{href}'>{_shown(folder)}/</a> (<a href='{href}report.html'>report</a>)"
+    return f"<span class='id'>first look: {link}</span>"
+
+
+def _waits(v: dict[str, Any]) -> str:
+    attention = v.get("attention")
+    if attention:
+        samples = "; ".join(str(s)[:120] for s in attention.get("samples", [])[:3])
+        text = f"needs attention: {attention.get('message', '')} {samples}".strip()
+        return f"<span class='err'>{_shown(text[:600])}</span>"
+    why = _WAITS.get(v.get("waits") or "")
+    if not why:
+        return ""
+    behind = f" ({v['behind']})" if v.get("behind") else ""
+    return f"<span class='id'>{_shown(why + behind)}</span>"
 
 
 # Beyond the control characters (``redact.escape_controls``, as ``batchd status`` shows them): the

@@ -15,12 +15,12 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,6 +36,7 @@ from batchd.errors import ConfigError
 from batchd.fsutil import write_atomic
 from batchd.journal import FINISHED
 from batchd.metrics import LATENCY_BUCKETS, JobMetrics
+from batchd.status.promserver import serve
 
 
 def _known_codes() -> frozenset[str]:
@@ -59,58 +60,89 @@ def _label(value: str) -> str:
     return value if value in KNOWN else "other"
 
 
+#: what a counter reads off ``JobMetrics``: a number, or counts by one label's values
+Reading = Callable[[JobMetrics], int | Mapping[str, int]]
+
+
+@dataclass(frozen=True)
+class Count:
+    """One counter read from ``JobMetrics``: its family, its help, how to read it and its labels."""
+
+    family: str
+    doc: str
+    read: Reading
+    #: the label the keys of a mapping fill (``cause`` values are bounded: unknown ones read ``other``)
+    by: str | None = None
+    #: labels every sample of this row carries
+    fixed: tuple[tuple[str, str], ...] = ()
+
+
+_REQUESTS = "Requests finished, by status and cause (error code)."
+
+#: Every counter the exporter reads from ``JobMetrics``, in exposition order: adding one is one line here.
+COUNTS: tuple[Count, ...] = (
+    Count("batchd_requests", _REQUESTS, lambda m: m.completed, fixed=(("status", "completed"), ("cause", "none"))),
+    Count("batchd_requests", _REQUESTS, lambda m: m.failures, by="cause", fixed=(("status", "failed"),)),
+    Count("batchd_request_retries", "Request retries, by cause.", lambda m: m.retries, by="cause"),
+    Count("batchd_prompt_tokens", "Prompt tokens the backend reported.", lambda m: m.prompt_tokens),
+    Count("batchd_completion_tokens", "Completion tokens the backend reported.", lambda m: m.completion_tokens),
+    Count(
+        "batchd_cached_prompt_tokens",
+        "Prompt tokens estimated served from the backend's cache.",
+        lambda m: m.cached_prompt_tokens,
+    ),
+    Count("batchd_context_trims", "Conversation trims, by strategy.", lambda m: m.trims, by="strategy"),
+    Count(
+        "batchd_context_overflows",
+        "Prompts the backend refused or cut for the context window.",
+        lambda m: m.retries.get("context_overflow", 0) + m.truncations_detected,
+    ),
+    Count("batchd_oom_events", "Backend out-of-memory errors.", lambda m: m.oom_events),
+    Count("batchd_backend_outages", "Times the backend stopped answering and jobs paused.", lambda m: m.outages),
+)
+
+
+def _read(count: Count, m: JobMetrics) -> int | dict[str, int]:
+    value = count.read(m)
+    return value if isinstance(value, int) else {k: v for k, v in value.items() if v}
+
+
+def _combined(a: int | Mapping[str, int], b: int | Mapping[str, int], sign: int) -> int | dict[str, int]:
+    if isinstance(a, int) and isinstance(b, int):
+        return a + sign * b
+    assert not isinstance(a, int) and not isinstance(b, int)
+    out = Counter(a)
+    for k, v in b.items():
+        out[k] += sign * v
+    return {k: v for k, v in out.items() if v}
+
+
+def _zero(count: Count) -> int | dict[str, int]:
+    return 0 if count.by is None else {}
+
+
 @dataclass(frozen=True)
 class Tally:
-    """Counters of one job (or a sum of runs): what the exporter adds up across jobs."""
+    """Counters of one job (or a sum of runs): what the exporter adds up across jobs.
 
-    completed: int = 0
-    failed: Mapping[str, int] = field(default_factory=dict)
-    retries: Mapping[str, int] = field(default_factory=dict)
-    trims: Mapping[str, int] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    overflows: int = 0
-    oom_events: int = 0
-    outages: int = 0
+    ``counts`` lines up with ``COUNTS``; the latency histogram is kept beside them.
+    """
+
+    counts: tuple[int | Mapping[str, int], ...] = field(default_factory=lambda: tuple(_zero(c) for c in COUNTS))
     latency_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)
     latency_sum: float = 0.0
 
     @classmethod
     def of(cls, m: JobMetrics) -> Tally:
         return cls(
-            completed=m.completed,
-            failed=dict(m.failures),
-            retries=dict(m.retries),
-            trims=dict(m.trims),
-            prompt_tokens=m.prompt_tokens,
-            completion_tokens=m.completion_tokens,
-            cached_prompt_tokens=m.cached_prompt_tokens,
-            overflows=m.retries.get("context_overflow", 0) + m.truncations_detected,
-            oom_events=m.oom_events,
-            outages=m.outages,
+            counts=tuple(_read(c, m) for c in COUNTS),
             latency_counts=tuple(m.latency_counts),
             latency_sum=m.latency_sum,
         )
 
     def combine(self, other: Tally, sign: int = 1) -> Tally:
-        def maps(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
-            out = Counter(a)
-            for k, v in b.items():
-                out[k] += sign * v
-            return {k: v for k, v in out.items() if v}
-
         return Tally(
-            completed=self.completed + sign * other.completed,
-            failed=maps(self.failed, other.failed),
-            retries=maps(self.retries, other.retries),
-            trims=maps(self.trims, other.trims),
-            prompt_tokens=self.prompt_tokens + sign * other.prompt_tokens,
-            completion_tokens=self.completion_tokens + sign * other.completion_tokens,
-            cached_prompt_tokens=self.cached_prompt_tokens + sign * other.cached_prompt_tokens,
-            overflows=self.overflows + sign * other.overflows,
-            oom_events=self.oom_events + sign * other.oom_events,
-            outages=self.outages + sign * other.outages,
+            counts=tuple(_combined(a, b, sign) for a, b in zip(self.counts, other.counts, strict=True)),
             latency_counts=tuple(a + sign * b for a, b in zip(self.latency_counts, other.latency_counts)),
             latency_sum=self.latency_sum + sign * other.latency_sum,
         )
@@ -127,16 +159,28 @@ class Live:
     backend_up: bool | None = None
     vram_used_bytes: int | None = None
     vram_total_bytes: float | None = None
+    #: (store, wall-clock since) of each store that refuses writes now (``storage.DiskWatch``)
+    storage_blocked: tuple[tuple[str, float], ...] = ()
+
+
+#: the stores ``batchd_storage_blocked`` has a sample for (``storage.Store``'s values)
+STORES = ("journal", "spool", "outbox", "status")
 
 
 @dataclass(frozen=True)
 class Queue:
-    """Gauges derived from the journal (``ops.status_views``), refreshed off the event loop."""
+    """Gauges derived from the journal (``views.status_views``), refreshed off the event loop."""
 
     jobs: int = 0
     requests: int = 0
     progress: float | None = None
     eta_seconds: float | None = None
+    #: jobs waiting to run, by priority (``schedule``)
+    by_priority: Mapping[int, int] = field(default_factory=dict)
+    #: times a running job yielded to a higher-ranked one (journal lifetime)
+    preemptions: int = 0
+    #: ``[notify]`` notifications journaled, by state (pending, delivered, done, failed)
+    notifications: Mapping[str, int] = field(default_factory=dict)
 
 
 class Exporter:
@@ -211,7 +255,7 @@ class Exporter:
             return
         host, port = parse_listen(self.settings.listen)
         try:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+            self._server = serve(host, port, self.registry)
         except OSError as exc:
             raise ConfigError("metrics.listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
@@ -252,33 +296,7 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         tally, live, queue, extra, jobs = self.exporter.snapshot()
-        req = CounterMetricFamily(
-            "batchd_requests", "Requests finished, by status and cause (error code).", labels=["status", "cause"]
-        )
-        req.add_metric(["completed", "none"], tally.completed)
-        failed = Counter({("failed", _label(k)): v for k, v in tally.failed.items()})
-        for (status, cause), n in sorted((failed + Counter(extra)).items()):
-            req.add_metric([status, cause], n)
-        yield req
-        yield _by(
-            "batchd_request_retries",
-            "Request retries, by cause.",
-            "cause",
-            {_label(k): v for k, v in tally.retries.items()},
-        )
-        yield _counter("batchd_prompt_tokens", "Prompt tokens the backend reported.", tally.prompt_tokens)
-        yield _counter("batchd_completion_tokens", "Completion tokens the backend reported.", tally.completion_tokens)
-        yield _counter(
-            "batchd_cached_prompt_tokens",
-            "Prompt tokens estimated served from the backend's cache.",
-            tally.cached_prompt_tokens,
-        )
-        yield _by("batchd_context_trims", "Conversation trims, by strategy.", "strategy", tally.trims)
-        yield _counter(
-            "batchd_context_overflows", "Prompts the backend refused or cut for the context window.", tally.overflows
-        )
-        yield _counter("batchd_oom_events", "Backend out-of-memory errors.", tally.oom_events)
-        yield _counter("batchd_backend_outages", "Times the backend stopped answering and jobs paused.", tally.outages)
+        yield from _counters(tally, {"batchd_requests": extra})
         yield _by("batchd_jobs_finished", "Jobs published to the outbox, by status.", "status", jobs)
         hist = HistogramMetricFamily("batchd_request_latency_seconds", "Backend call latency of answered requests.")
         cumulative, buckets = 0, []
@@ -289,6 +307,19 @@ class _Collector(Collector):
         yield hist
         yield _gauge("batchd_queue_jobs", "Jobs waiting to run (queued or being read).", queue.jobs)
         yield _gauge("batchd_queue_requests", "Requests not yet finished in running and queued jobs.", queue.requests)
+        by_priority = GaugeMetricFamily(
+            "batchd_queue_jobs_by_priority", "Jobs waiting, by priority.", labels=["priority"]
+        )
+        for priority, n in sorted(queue.by_priority.items()):
+            by_priority.add_metric([str(priority)], n)
+        yield by_priority
+        yield CounterMetricFamily(
+            "batchd_preemptions", "Times a running job yielded to a higher-ranked one.", value=queue.preemptions
+        )
+        notes = GaugeMetricFamily("batchd_notifications", "[notify] notifications, by state.", labels=["state"])
+        for state in ("pending", "delivered", "done", "failed"):
+            notes.add_metric([state], queue.notifications.get(state, 0))
+        yield notes
         yield _gauge("batchd_job_running", "1 while a job runs.", int(live.job_running))
         if queue.progress is not None:
             yield _gauge("batchd_job_progress_ratio", "Finished fraction of the running job.", queue.progress)
@@ -305,13 +336,48 @@ class _Collector(Collector):
             yield _gauge("batchd_vram_used_bytes", "GPU memory in use (while a job runs).", live.vram_used_bytes)
         if live.vram_total_bytes is not None:
             yield _gauge("batchd_vram_total_bytes", "GPU memory of the card (while a job runs).", live.vram_total_bytes)
+        blocked = dict(live.storage_blocked)
+        family = GaugeMetricFamily(
+            "batchd_storage_blocked",
+            "1 while the store refuses writes (disk full, unwritable): work waits.",
+            labels=["store"],
+        )
+        for store in STORES:
+            family.add_metric([store], int(store in blocked))
+        yield family
+        if blocked:
+            since = GaugeMetricFamily(
+                "batchd_storage_blocked_since_seconds", "Unix time a store began refusing writes.", labels=["store"]
+            )
+            for store, at in sorted(blocked.items()):
+                since.add_metric([store], at)
+            yield since
         info = GaugeMetricFamily("batchd_build_info", "batchd version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=value)
+def _counters(tally: Tally, extra: Mapping[str, Mapping[tuple[str, str], int]]) -> Iterator[CounterMetricFamily]:
+    """One family per name in ``COUNTS`` (in order): plain rows first, then the labelled samples sorted;
+    ``extra`` adds samples counted outside ``JobMetrics`` (rows no run finished) to a family."""
+    rows: dict[str, list[tuple[Count, int | Mapping[str, int]]]] = {}
+    for count, value in zip(COUNTS, tally.counts, strict=True):
+        rows.setdefault(count.family, []).append((count, value))
+    for name, members in rows.items():
+        first = members[0][0]
+        labels = [k for k, _ in first.fixed] + ([first.by] if first.by else [])
+        family = CounterMetricFamily(name, first.doc, labels=labels)
+        labelled: Counter[tuple[str, ...]] = Counter(extra.get(name, {}))
+        for count, value in members:
+            fixed = [v for _, v in count.fixed]
+            if isinstance(value, int):
+                family.add_metric(fixed, value)
+                continue
+            for key, n in value.items():
+                labelled[(*fixed, _label(key) if count.by == "cause" else key)] += n
+        for values, n in sorted(labelled.items()):
+            family.add_metric(list(values), n)
+        yield family
 
 
 def _by(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:

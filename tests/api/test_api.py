@@ -1,15 +1,10 @@
-"""The HTTP API (batchd.api): files, batches, limits, ids and auth, over real HTTP on loopback.
-
-``ApiHarness`` runs the real daemon (``Daemon.run()``) and ``serve()`` on one
-asyncio loop in a background thread, exactly as ``batchd run`` would with
-``api.listen`` set; the integration test with the OpenAI SDK reuses it.
-"""
+"""The HTTP API (batchd.api): files, batches, limits, ids and auth, over real HTTP on loopback
+(``ApiHarness`` in tests/support/api.py: the real daemon and ``serve()`` in a background thread)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,114 +19,12 @@ from batchd.api.listen import check_listen  # noqa: E402
 from batchd.api.models import BATCH_ID, FILE_ID  # noqa: E402
 from batchd.api.server import serve  # noqa: E402
 from batchd.config import ApiSettings, Settings  # noqa: E402
-from batchd.daemon import Daemon  # noqa: E402
 from batchd.errors import ConfigError  # noqa: E402
 from batchd.ops import commands as ops  # noqa: E402
-from tests.conftest import wait_for, write_jsonl  # noqa: E402
+from tests.support.api import ApiHarness, free_port, jsonl, spool_files, upload  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 TOKEN = "s3cret-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ApiHarness:
-    """The daemon plus the API on a private event loop in a thread; ``close()`` stops both."""
-
-    def __init__(self, settings: Settings, *, daemon: bool = True) -> None:
-        self.settings = settings
-        self.with_daemon = daemon
-        self.url = "http://{}:{}".format(*check_listen(settings))
-        self.error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name="api-harness", daemon=True)
-
-    def start(self) -> ApiHarness:
-        self._thread.start()
-
-        def up() -> bool:
-            if self.error is not None or not self._thread.is_alive():
-                raise AssertionError(f"API did not start: {self.error!r}")
-            try:
-                httpx.get(self.url + "/v1/files", timeout=1, headers=self.auth())
-                return True
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout=20)
-        return self
-
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api.token}"} if self.settings.api.token else {}
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test through start()/close()
-            self.error = exc
-
-    async def _run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        if not self.with_daemon:
-            self._stop = asyncio.Event()
-            await serve(self.settings, self._stop)
-            return
-        daemon = Daemon(settings=self.settings)
-        self._stop = daemon.stop
-        try:
-            await daemon.run()  # api.listen is set: the daemon serves the API itself, as in production
-        finally:
-            await daemon.aclose()
-
-    def close(self) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:
-                pass  # loop already finished
-        self._thread.join(timeout=30)
-        assert not self._thread.is_alive(), "daemon/API did not stop within 30 s"
-        if self.error is not None:
-            raise self.error
-
-
-@pytest.fixture
-def start_api(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., ApiHarness]]:
-    """Factory: ``start_api(token=..., daemon=..., **settings)`` → a started harness."""
-    started: list[ApiHarness] = []
-
-    def start(
-        *, token: str | None = None, daemon: bool = False, max_upload_bytes: int = 1 << 20, **overrides: Any
-    ) -> ApiHarness:
-        api = {"listen": f"127.0.0.1:{free_port()}", "token": token, "max_upload_bytes": max_upload_bytes}
-        h = ApiHarness(make_settings(api=api, **overrides), daemon=daemon)
-        started.append(h)
-        return h.start()
-
-    yield start
-    for h in started:
-        h.close()
-
-
-def upload(h: ApiHarness, data: bytes, *, name: str = "in.jsonl", purpose: str = "batch") -> httpx.Response:
-    return httpx.post(
-        h.url + "/v1/files", files={"file": (name, data)}, data={"purpose": purpose}, headers=h.auth(), timeout=10
-    )
-
-
-def jsonl(tmp_path: Path, n: int, **kw: Any) -> bytes:
-    path = tmp_path / f"gen-{n}.jsonl"
-    write_jsonl(path, n, **kw)
-    return path.read_bytes()
-
-
-def spool_files(settings: Settings) -> list[str]:
-    folder = settings.state_dir / "spool" / "api"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 # -- files ----------------------------------------------------------------------------
@@ -246,7 +139,7 @@ def create(h: ApiHarness, file_id: str, **extra: Any) -> httpx.Response:
 def test_batch_create_validates_the_request(start_api: Callable[..., ApiHarness], tmp_path: Path) -> None:
     h = start_api()
     fid = upload(h, jsonl(tmp_path, 2)).json()["id"]
-    assert create(h, fid, endpoint="/v1/embeddings").status_code == 400
+    assert create(h, fid, endpoint="/v1/audio/transcriptions").status_code == 400
     assert create(h, fid, completion_window="1h").status_code == 400
     assert create(h, fid, metadata={f"k{i}": "v" for i in range(17)}).status_code == 400
     assert create(h, f"file-{'1' * 24}").status_code == 404
@@ -283,7 +176,8 @@ def test_batches_queue_as_jobs_and_list(
         assert r.status_code == 200, r.text
         b = r.json()
         assert BATCH_ID.fullmatch(b["id"]) and b["object"] == "batch" and b["input_file_id"] == fid
-        assert b["expires_at"] == b["created_at"] + 86400 and b["metadata"] == {"run": str(i)}
+        # expires_at: when batchd deletes its outputs (api.retention_days), not the 24 h window it never enforces
+        assert b["expires_at"] == b["created_at"] + 30 * 86400 and b["metadata"] == {"run": str(i)}
         ids.append(b["id"])
     for i, bid in enumerate(ids):
         b = settled(h, bid)
@@ -430,3 +324,22 @@ def test_a_truncated_upload_is_refused(start_api: Callable[..., ApiHarness]) -> 
     )
     assert r.status_code == 400 and "boundary" in r.json()["error"]["message"]
     assert spool_files(h.settings) == []
+
+
+def test_metadata_priority_ranks_the_batch(start_api: Callable[..., ApiHarness], tmp_path: Path) -> None:
+    from batchd.journal import Journal
+
+    h = start_api()
+    fid = upload(h, jsonl(tmp_path, 2)).json()["id"]
+    for bad in ("high", "1001", ""):
+        r = create(h, fid, metadata={"priority": bad})
+        assert r.status_code == 400 and "metadata.priority" in r.text, (bad, r.text)
+    b = settled(h, create(h, fid, metadata={"priority": " 7 "}).json()["id"])
+    plain = settled(h, create(h, fid).json()["id"])
+    journal = Journal(h.settings.journal_path)
+    try:
+        by_batch = {j.meta.get("batch_id"): j for j in journal.jobs()}
+        assert by_batch[b["id"]].priority == 7 and by_batch[plain["id"]].priority is None
+        assert {e.id: e.priority for e in journal.queue_entries(0)}[by_batch[b["id"]].id] == 7
+    finally:
+        journal.close()

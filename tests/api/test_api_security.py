@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -12,22 +11,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from batchd.config import Settings  # noqa: E402
-from tests.api.test_api import ApiHarness, free_port, jsonl, spool_files, start_api, upload  # noqa: E402,F401
-
-
-@pytest.fixture
-def api_with(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., ApiHarness]]:
-    """Factory: the API alone with extra ``[api]`` settings."""
-    started: list[ApiHarness] = []
-
-    def start(**api: Any) -> ApiHarness:
-        h = ApiHarness(make_settings(api={"listen": f"127.0.0.1:{free_port()}", **api}), daemon=False)
-        started.append(h)
-        return h.start()
-
-    yield start
-    for h in started:
-        h.close()
+from tests.support.api import ApiHarness, jsonl, spool_files, upload  # noqa: E402
 
 
 def _assert_refused(r: httpx.Response, status: int, code: str) -> None:

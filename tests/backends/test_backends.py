@@ -384,6 +384,11 @@ def test_openai_auth_failure_fails_the_job() -> None:
         (404, "The model `x` does not exist.", "model_not_found", ModelNotFound),
         (500, "CUDA error: out of memory", None, BackendOutOfMemory),
         (500, "boom", None, BackendServerError),
+        # llama.cpp's server answers a feature it was not started for with a 500 (a std::runtime_error):
+        # permanent for this server, so the line fails at once instead of five retries
+        (500, "tools param requires --jinja flag", None, BadRequest),
+        (500, "Unsupported param: tool_choice", None, BadRequest),
+        (500, "Cannot use tools with stream", None, BadRequest),
         (429, "slow down", None, BackendBusy),
     ],
 )

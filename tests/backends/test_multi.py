@@ -8,14 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchd.backends import make_backend
 from batchd.backends.base import ChatRequest
 from batchd.backends.multi import FAIL_THRESHOLD, MultiBackend
 from batchd.backends.ollama import OllamaBackend
 from batchd.config import BackendSettings, Settings
 from batchd.errors import BackendServerError, BackendUnavailable
-from tests.conftest import Folders, read_jsonl, run_batchd, wait_for, write_jsonl
+from batchd.run.connect import make_backend
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl, write_jsonl
+from tests.support.running import run_batchd
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ import pytest
 
 from batchd.backends.base import ChatRequest
 from batchd.backends.ollama import OllamaBackend
-from batchd.backends.ollama_facts import encode_keep_alive, parse_version, strip_runner_options, version_notes
+from batchd.backends.ollama_facts import parse_version, strip_runner_options, version_notes
 from batchd.config import Settings
-from batchd.errors import ConfigError
 from batchd.run.translate import to_chat_request
 
 
@@ -89,38 +88,6 @@ def test_think_is_read_from_the_request_or_pipeline(body: dict[str, Any], think:
     assert chat.think == think and "think" not in chat.options
 
 
-@pytest.mark.parametrize(
-    ("value", "encoded"),
-    [
-        ("-1", -1),
-        ("300", 300),
-        ("1.5", 1.5),
-        (-1, -1),
-        ("5m", "5m"),
-        ("1h30m", "1h30m"),
-        ("0", 0),
-        ("-1m", "-1m"),
-        ("500ms", "500ms"),
-    ],
-)
-def test_keep_alive_is_encoded_as_ollama_parses_it(value: Any, encoded: Any) -> None:
-    assert encode_keep_alive(value) == encoded
-    assert type(encode_keep_alive(value)) is type(encoded)
-
-
-@pytest.mark.parametrize("value", ["forever", "5 minutes", "m5", "1d"])
-def test_a_keep_alive_ollama_would_refuse_is_a_config_error(value: Any) -> None:
-    with pytest.raises(ValueError):
-        encode_keep_alive(value)
-    with pytest.raises((ConfigError, ValueError)):
-        Settings(backend={"keep_alive": value})
-
-
-def test_keep_alive_minus_one_is_sent_as_a_number() -> None:
-    assert Settings(backend={"keep_alive": "-1"}).backend.keep_alive == -1
-    assert _sent({"keep_alive": "-1"}, _request())["keep_alive"] == -1
-
-
 # -- item 3: runner options ------------------------------------------------------------------------
 
 
@@ -152,16 +119,18 @@ def test_versions_parse_and_say_what_they_lack() -> None:
 def test_doctor_says_extra_lanes_only_queue_on_a_default_ollama() -> None:
     from batchd.ops.doctor import _parallel
 
-    level, what, fix = _parallel(4, None)
-    assert level == "WARN" and "default is 1" in what and "only queue" in what
-    assert "OLLAMA_NUM_PARALLEL=4" in fix and "backend.lanes = 1" in fix
-    level, what, fix = _parallel(4, (2, "ollama.service"))
-    assert level == "WARN" and "OLLAMA_NUM_PARALLEL=2 (ollama.service)" in what and "backend.lanes = 2" in fix
-    assert _parallel(4, (4, "environment"))[0] == "OK"
-    assert _parallel(1, None)[0] == "OK"
+    check = _parallel(4, None)
+    assert check.level == "WARN" and "default is 1" in check.what and "only queue" in check.what
+    assert "OLLAMA_NUM_PARALLEL=4" in check.fix and "backend.lanes = 1" in check.fix
+    check = _parallel(4, (2, "ollama.service"))
+    assert check.level == "WARN" and "OLLAMA_NUM_PARALLEL=2 (ollama.service)" in check.what
+    assert "backend.lanes = 2" in check.fix
+    assert _parallel(4, (4, "environment")).level == "OK"
+    assert _parallel(1, None).level == "OK"
 
 
 def test_doctor_reads_the_version_and_warns_on_an_old_ollama(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchd.ops.checks import Check, Level
     from batchd.ops.doctor import _ollama
     from tests.support.emulator import Emulator
 
@@ -170,13 +139,13 @@ def test_doctor_reads_the_version_and_warns_on_an_old_ollama(monkeypatch: pytest
         settings = Settings(backend={"url": emu.url, "lanes": 2})
         backend = OllamaBackend(url=emu.url)
         checks = asyncio.run(_ollama(settings, backend))
-        assert checks[0][0] == "WARN" and "0.12.0 ignores truncate/shift" in checks[0][1]
-        assert checks[0][2] == "upgrade Ollama to 0.12.6 or later"
+        assert checks[0].level == "WARN" and "0.12.0 ignores truncate/shift" in checks[0].what
+        assert checks[0].fix == "upgrade Ollama to 0.12.6 or later"
         emu.version = "0.30.0"
-        (level, what, _), _parallel_check = asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))
-        assert level == "OK" and what.startswith("Ollama 0.30.0; ") and "uncached" in what
+        version, _parallel_check = asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))
+        assert version.level == "OK" and version.what.startswith("Ollama 0.30.0; ") and "uncached" in version.what
         emu.version = "0.33.0"
-        assert asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))[0] == ("OK", "Ollama 0.33.0", "")
+        assert asyncio.run(_ollama(settings, OllamaBackend(url=emu.url)))[0] == Check(Level.OK, "Ollama 0.33.0", "")
 
 
 def test_doctor_warns_when_the_openai_backend_points_at_ollama() -> None:
@@ -184,6 +153,11 @@ def test_doctor_warns_when_the_openai_backend_points_at_ollama() -> None:
     from tests.support.emulator import Emulator
 
     with Emulator() as emu:
-        ((level, what, fix),) = asyncio.run(_ollama_behind_v1(emu.url))
-    assert level == "WARN" and "silently" in what and "backend.kind = ollama" in fix
+        (check,) = asyncio.run(_ollama_behind_v1(emu.url))
+    assert check.level == "WARN" and "silently" in check.what and "backend.kind = ollama" in check.fix
     assert asyncio.run(_ollama_behind_v1("http://127.0.0.1:9")) == []  # nothing listens: no opinion
+
+
+def test_keep_alive_minus_one_is_sent_as_a_number() -> None:
+    assert Settings(backend={"keep_alive": "-1"}).backend.keep_alive == -1
+    assert _sent({"keep_alive": "-1"}, _request())["keep_alive"] == -1

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from batchd.backends.transport import AsyncioTransport, make_client
-from tests.conftest import until
 from tests.support.emulator import Emulator
+from tests.support.waiting import until
 
 MODEL = "gemma3:4b"
 

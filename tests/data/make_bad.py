@@ -693,15 +693,15 @@ CASES: list[Case] = [
     ),
     # ---- request fields -----------------------------------------------------------------
     Case(
-        "url_embeddings.jsonl",
+        "url_audio.jsonl",
         R,
         "url",
-        "url is /v1/embeddings (only chat completions run)",
+        "url is /v1/audio/transcriptions (an endpoint batchd does not run)",
         jl(
-            req("emb-1", url="/v1/embeddings", body={"model": MODEL, "input": "hello"}),
-            req("emb-2", url="/v1/embeddings", body={"model": MODEL, "input": "world"}),
+            req("aud-1", url="/v1/audio/transcriptions", body={"model": MODEL, "file": "a.wav"}),
+            req("aud-2", url="/v1/audio/transcriptions", body={"model": MODEL, "file": "b.wav"}),
         ),
-        reason_any=("endpoint", "embeddings", "supported"),
+        reason_any=("endpoint", "transcriptions", "one of"),
     ),
     Case(
         "url_absolute.jsonl",

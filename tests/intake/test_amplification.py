@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from batchd.config import Settings
 from batchd.journal import JobState, Journal
-from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl, write_jsonl
+from tests.support.running import run_batchd
 
 # -- limits.max_invalid_lines ---------------------------------------------------------------
 
@@ -107,25 +107,8 @@ def test_uploads_and_finished_batches_expire_after_retention(make_settings: Call
         journal.close()
 
 
-@pytest.fixture
-def api_with(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
-    pytest.importorskip("fastapi")
-    from tests.api.test_api import ApiHarness, free_port
-
-    started: list[ApiHarness] = []
-
-    def start(**api: Any) -> ApiHarness:
-        h = ApiHarness(make_settings(api={"listen": f"127.0.0.1:{free_port()}", **api}), daemon=False)
-        started.append(h)
-        return h.start()
-
-    yield start
-    for h in started:
-        h.close()
-
-
 def test_the_api_refuses_uploads_over_its_storage_cap(api_with: Callable[..., Any], tmp_path: Path) -> None:
-    from tests.api.test_api import spool_files, upload
+    from tests.support.api import spool_files, upload
 
     h = api_with(max_stored_bytes=5000)
     assert upload(h, b"x" * 3000).status_code == 200

@@ -22,7 +22,7 @@ import pytest
 from batchd.config import Settings
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import Candidate, scan
-from batchd.journal import Journal
+from batchd.journal import Journal, NewClaim
 
 SECRET = b"a\nTOP-SECRET-ROW\n"
 RUBRIC = "PRIVATE-RUBRIC"
@@ -216,3 +216,43 @@ def _quietly(fn: Callable[[], object]) -> None:
         fn()
     except OSError:  # the folder moved under our feet: that is the point
         pass
+
+
+def test_a_file_another_claimer_recorded_meanwhile_is_left_to_it(box: Box) -> None:
+    """Two claimers saw the same file; the other committed between our look-up and our claim."""
+    journal = Journal(box.state / "journal.sqlite3")
+    other = Journal(box.state / "journal.sqlite3")
+    rows = box.inbox / "p" / "rows.csv"
+
+    def hook(at: str) -> None:
+        if at == "open_file":
+            st = rows.stat()
+            claim = NewClaim(
+                job_id="theirs", name="rows.csv", inbox_path=b"p/rows.csv", spool="/elsewhere", sha256=None,
+                size=st.st_size, mtime_ns=st.st_mtime_ns, input_name="p/rows.csv", stem="rows", kind="csv",
+                pipeline="p", pipeline_json="{}",
+            )  # fmt: skip
+            assert other.claim(claim) is not None
+
+    try:
+        assert Claimer(settings=box.settings, journal=journal, hook=hook).claim(_candidate(box)) is None
+        assert [j.id for j in journal.jobs()] == ["theirs"]
+        assert rows.exists()  # theirs to unlink
+        assert list((box.state / "spool").iterdir()) == []  # our copy is gone
+    finally:
+        other.close()
+        journal.close()
+
+
+def test_the_claim_records_the_uid_that_owned_the_file(box: Box) -> None:
+    """Who dropped a file is who may cancel it and whose limit it counts against: the owner at claim time."""
+    path = box.inbox / "p" / "rows.csv"
+    if os.geteuid() == 0:
+        os.chown(path, 4321, os.stat(path).st_gid)
+    owner = os.stat(path).st_uid
+    journal = Journal(box.settings.journal_path)
+    claimed = Claimer(settings=box.settings, journal=journal).claim(_candidate(box))
+    assert claimed is not None
+    assert journal.job(claimed.job_id).owner_uid == owner
+    if os.geteuid() == 0:
+        assert owner == 4321  # not the daemon's own uid

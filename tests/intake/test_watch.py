@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchd.intake.watch import InboxWatcher, Signature, StabilityTracker, choose_mode, mount_type, signature
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 MOUNTINFO = """\
 22 27 0:21 / /proc rw,relatime - proc proc rw

@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from batchd.config import Settings
-from tests.conftest import outbox_entries, read_jsonl, run_daemon_once
 from tests.support.emulator import Emulator, count_tokens
+from tests.support.factories import outbox_entries, read_jsonl
+from tests.support.running import run_daemon_once
 
 SYSTEM = {"role": "system", "content": "You score job candidates from 1 to 10. Reply with one short line."}
 

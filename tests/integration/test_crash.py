@@ -5,8 +5,10 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 
-from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, outbox_entries, read_jsonl, write_jsonl
+from tests.support.running import REPO, batchd_cmd, run_batchd
+from tests.support.waiting import wait_for
 
 
 def test_kill_9_mid_run_then_resume(folders: Folders, emulator: Emulator) -> None:

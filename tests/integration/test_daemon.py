@@ -23,8 +23,10 @@ import pytest
 
 from batchd.daemon import Daemon
 from batchd.journal import Job, JobState, Journal
-from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, until, wait_for, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, outbox_entries, read_jsonl, write_jsonl
+from tests.support.running import REPO, batchd_cmd
+from tests.support.waiting import until, wait_for
 
 
 @dataclass
@@ -256,7 +258,8 @@ def test_sigterm_mid_job_then_restart_completes_every_id_once(
 ) -> None:
     slow = Emulator(latency=0.03).start()
     try:
-        env = {"BATCHD_BACKEND__LANES": "2", "BATCHD_SHUTDOWN_GRACE_SECONDS": "10"}
+        # claim order (fifo): under the fair default the 2-row job would rightly go first after the restart
+        env = {"BATCHD_BACKEND__LANES": "2", "BATCHD_SHUTDOWN_GRACE_SECONDS": "10", "BATCHD_SCHEDULE__POLICY": "fifo"}
         proc = start_daemon(slow.url, **env)
         ids = write_jsonl(folders.inbox / "long.jsonl", 160)
         journal = Journal(folders.state / "journal.sqlite3")

@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 from batchd.pipeline import load_pipeline
-from tests.conftest import REPO, Folders, read_jsonl, run_batchd
+from tests.support.factories import Folders, read_jsonl
+from tests.support.running import REPO, run_batchd
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow, pytest.mark.timeout(600)]
 EXAMPLE = REPO / "inbox.example" / "candidates"

@@ -18,9 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchd.status.page import STATUS_HTML, STATUS_JSON
-from tests.conftest import REPO, Folders, batchd_cmd, run_batchd, wait_for
 from tests.support.browser import chromium, read_png, screenshot
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders
+from tests.support.running import REPO, batchd_cmd, run_batchd
+from tests.support.waiting import wait_for
 
 #: the progress bar's fill colour in statuspage.CSS (.fill), used nowhere else on the page
 FILL = (0x2F, 0x7D, 0xE1)
@@ -44,7 +46,7 @@ def _drop(folders: Folders, name: str, n: int, *, fail_every: int = 0, invalid_e
                         {
                             "custom_id": f"r{i}",
                             "method": "POST",
-                            "url": "/v1/embeddings",
+                            "url": "/v1/audio/transcriptions",
                             "body": {"model": "gemma3:4b", "input": "x"},
                         }
                     )

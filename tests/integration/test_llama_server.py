@@ -1,7 +1,7 @@
 """batchd against llama.cpp's real ``llama-server`` through the ``openai`` backend.
 
 The server is the engine inside Ollama >= 0.30, built from the llama-cpp-python
-sdist (``tests/realserver``), serving Gemma 3 270M with 4 parallel slots of 512
+sdist (``tests/support/realserver``), serving Gemma 3 270M with 4 parallel slots of 512
 tokens each. What the emulator can only copy, checked on the real thing: the
 overflow error and the window it names, the prompt cache (``timings.cache_n``),
 parallel slots, and batchd's token estimate against the model's own tokenizer.
@@ -29,15 +29,16 @@ from batchd.backends.base import ChatRequest, ChatResult
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import Settings
 from batchd.run.context import TokenEstimate
-from tests.conftest import read_jsonl, run_daemon_once
-from tests.realserver import (
+from tests.support.conformance import CASES, Case, Server
+from tests.support.factories import read_jsonl
+from tests.support.realserver import (
     ALIAS,
     WAIT_SECONDS,
     LlamaServer,
     gemma_gguf,
     llama_server_binary,
 )
-from tests.support.conformance import CASES, Case, Server
+from tests.support.running import run_daemon_once
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.timeout(WAIT_SECONDS + 900)]
 

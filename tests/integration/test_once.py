@@ -9,8 +9,9 @@ import threading
 
 import orjson
 
-from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl, write_jsonl
+from tests.support.running import run_batchd
 
 
 def _metrics(folder) -> dict:  # type: ignore[no-untyped-def]

@@ -7,9 +7,8 @@ a wrong token refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -18,55 +17,11 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from batchd.config import Settings  # noqa: E402
-from tests.api.test_api import ApiHarness, free_port  # noqa: E402
-from tests.conftest import outbox_entries, read_jsonl, wait_for, write_jsonl  # noqa: E402
+from tests.support.api import ApiHarness  # noqa: E402
 from tests.support.emulator import Emulator  # noqa: E402
-
-TOKEN = "sdk-test-token"
-
-
-@pytest.fixture
-def batchd_api(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., ApiHarness]]:
-    """Factory: the daemon (``Daemon.run()``) + API with a token, started; stopped after the test."""
-    started: list[ApiHarness] = []
-
-    def start(**overrides: Any) -> ApiHarness:
-        settings = make_settings(
-            api={"listen": f"127.0.0.1:{free_port()}", "token": TOKEN}, watch={"mode": "poll"}, **overrides
-        )
-        h = ApiHarness(settings, daemon=True)
-        started.append(h)
-        return h.start()
-
-    yield start
-    for h in started:
-        h.close()
-
-
-def client(h: ApiHarness, api_key: str = TOKEN) -> Any:
-    return openai.OpenAI(base_url=h.url + "/v1", api_key=api_key, max_retries=0, timeout=30)
-
-
-def submit(c: Any, path: Path, **metadata: str) -> Any:
-    with path.open("rb") as fh:
-        f = c.files.create(file=fh, purpose="batch")
-    assert f.purpose == "batch" and f.bytes == path.stat().st_size
-    return c.batches.create(
-        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata or None
-    )
-
-
-def wait_status(c: Any, batch_id: str, *statuses: str, timeout: float = 60) -> Any:
-    return wait_for(lambda: (b := c.batches.retrieve(batch_id)).status in statuses and b, timeout=timeout, interval=0.1)
-
-
-def outbox_folder(h: ApiHarness, job_input: str) -> Path:
-    for folder in outbox_entries(h.settings.outbox):
-        metrics = orjson.loads((folder / "metrics.json").read_bytes())
-        if metrics["input"] == job_input:
-            return folder
-    raise AssertionError(f"no outbox folder for {job_input}")
+from tests.support.factories import read_jsonl, write_jsonl  # noqa: E402
+from tests.support.sdk import client, outbox_folder, submit, wait_status  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 
 def test_upload_create_poll_download(batchd_api: Callable[..., ApiHarness], tmp_path: Path) -> None:
@@ -125,7 +80,7 @@ def test_bad_lines_come_back_with_line_numbers(batchd_api: Callable[..., ApiHarn
     h = batchd_api()
     c = client(h)
     path = tmp_path / "mixed.jsonl"
-    write_jsonl(path, 6, bad_every=3)  # lines 3 and 6 ask for /v1/embeddings
+    write_jsonl(path, 6, bad_every=3)  # lines 3 and 6 ask for /v1/audio/transcriptions
     with path.open("ab") as fh:
         fh.write(b"{not json\n")  # line 7
     b = submit(c, path)

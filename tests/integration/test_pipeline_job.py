@@ -9,8 +9,9 @@ from pathlib import Path
 import orjson
 
 from batchd.config import Settings
-from tests.conftest import Folders, read_jsonl, run_daemon_once
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl
+from tests.support.running import run_daemon_once
 
 SCHEMA = """
 [format]

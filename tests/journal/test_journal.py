@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from batchd.errors import StorageError
-from batchd.journal import SCHEMA_VERSION, JobState, Journal, NewRequest, Outcome, ReqState
+from batchd.journal import SCHEMA_VERSION, JobState, Journal, NewBatch, NewClaim, NewRequest, Outcome, ReqState
 
 
 def _job(j: Journal, job_id: str = "job1", n: int = 10) -> None:
@@ -102,3 +102,76 @@ def test_job_takes_a_whole_id_and_jobs_starting_with_a_prefix(tmp_path: Path) ->
     assert [x.id for x in j.jobs_starting_with("abc")] == ["abc123"]
     assert [x.id for x in j.jobs_starting_with("ab")] == ["abc123", "abd456"]  # ambiguous: the caller says so
     assert j.next_job().id == "abc123"  # type: ignore[union-attr]  # claim order
+
+
+def _claim(job_id: str, **over: object) -> NewClaim:
+    fields: dict[str, object] = {
+        "job_id": job_id,
+        "name": "a.jsonl",
+        "inbox_path": b"a.jsonl",
+        "spool": f"/spool/{job_id}.jsonl",
+        "sha256": "abc",
+        "size": 3,
+        "mtime_ns": 7,
+        "input_name": "a.jsonl",
+        "stem": "a",
+        "kind": "jsonl",
+        "pipeline": None,
+        "pipeline_json": "{}",
+    }
+    return NewClaim(**{**fields, **over})  # type: ignore[arg-type]
+
+
+def test_claim_records_the_file_and_an_ingesting_job_and_refuses_a_second_claim(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    file_id = j.claim(_claim("first"))
+    assert file_id is not None and j.find_claim(b"a.jsonl", 3, 7) == file_id
+    job = j.job("first")
+    assert job is not None and job.state is JobState.INGESTING and job.file_id == file_id
+    assert (job.source, job.sha256, job.spool, job.pipeline_json) == ("inbox", "abc", "/spool/first.jsonl", "{}")
+    assert j.unlinked_claims() == [(file_id, b"a.jsonl", 3, 7)]  # unlinked by the claimer, then marked
+    # the same file claimed again (a second claimer that looked before the first committed): refused whole
+    assert j.claim(_claim("second")) is None
+    assert j.job("second") is None and len(j.unlinked_claims()) == 1
+    assert j.claim(_claim("third", mtime_ns=8)) is not None  # rewritten since: a new file
+
+
+def test_an_api_claim_writes_its_batch_in_the_same_transaction(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite3")
+    upload = {"inbox_path": b"api/file-1", "mtime_ns": -1, "source": "api", "meta": {"batch_id": "batch_1"}}
+    batch = NewBatch(
+        batch_id="batch_1", input_file_id="file-1", output_file_id="file-o", error_file_id="file-e", metadata={"k": "v"}
+    )
+    assert j.claim(_claim("one", **upload), batch=batch) is not None
+    assert j.unlinked_claims() == []  # nothing in the inbox to unlink
+    row = j.api_batch("batch_1")
+    assert row is not None and row["job_id"] == "one" and row["metadata"] == '{"k":"v"}'
+    assert j.job("one").meta == {"batch_id": "batch_1"}  # type: ignore[union-attr]
+    # one upload may feed several batches: no inbox identity to refuse
+    assert j.claim(_claim("two", **upload), batch=NewBatch("batch_2", "file-1", "file-o2", "file-e2", None))
+    # a batch that cannot be written takes its file row and job with it
+    with pytest.raises(StorageError):
+        j.claim(_claim("three", **upload), batch=batch)
+    assert j.job("three") is None and j.api_batch_job_ids() == ["one", "two"]
+
+
+def test_a_version_3_journal_gains_the_owner_column_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """Migration 4 adds ``files.owner_uid``: jobs claimed before it read back with no owner."""
+    from batchd.journal.schema import MIGRATIONS
+
+    raw = sqlite3.connect(tmp_path / "j.sqlite3")
+    for version in (1, 2, 3):
+        raw.executescript(MIGRATIONS[version])
+    raw.execute(
+        "INSERT INTO files (id, name, inbox_path, state, claimed_at) VALUES (1, 'a.csv', 'a.csv', 'claimed', 0)"
+    )
+    raw.execute(
+        "INSERT INTO jobs (id, seq, file_id, input_name, stem, kind, state, created_at) "
+        "VALUES ('j1', 1, 1, 'a.csv', 'a', 'csv', 'queued', 0)"
+    )
+    raw.execute("PRAGMA user_version=3")
+    raw.commit()
+    raw.close()
+    j = Journal(tmp_path / "j.sqlite3")
+    assert j.job("j1").owner_uid is None
+    assert sqlite3.connect(tmp_path / "j.sqlite3").execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

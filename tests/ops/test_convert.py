@@ -13,8 +13,9 @@ from batchd.config import Settings
 from batchd.intake.ingest import batch_line, full_body
 from batchd.journal import Journal
 from batchd.ops import commands as ops
-from tests.conftest import REPO, Folders, run_batchd, run_daemon_once
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders
+from tests.support.running import REPO, run_batchd, run_daemon_once
 
 EXAMPLE = REPO / "inbox.example" / "candidates"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Folders, run_batchd
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders
+from tests.support.running import run_batchd
 
 
 @pytest.mark.parametrize(

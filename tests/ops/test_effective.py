@@ -16,8 +16,9 @@ from batchd import cli
 from batchd.config import Settings
 from batchd.ops.effective import FILE_NAME, load_for_operator, redact, write_record
 from batchd.service import Notifier, ServiceDaemon
-from tests.conftest import Folders, until
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders
+from tests.support.waiting import until
 
 SECRET = "s3cr3t-value"
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,15 @@ import orjson
 import pytest
 
 from batchd.config import Settings, VramSettings
+from batchd.ops.checks import Check, Level
 from batchd.ops.commands import status_table
 from batchd.ops.doctor import _gpu, _unit
-from tests.conftest import REPO, Folders, batchd_cmd, read_jsonl, run_batchd, wait_for, write_jsonl
-from tests.run.test_vram import FakeNvml
+from batchd.status.views import JobView, StatusViews, ViewState
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl, write_jsonl
+from tests.support.fakes import FakeNvml
+from tests.support.running import REPO, batchd_cmd, run_batchd
+from tests.support.waiting import wait_for
 
 UNIT = REPO / "packaging" / "batchd.service"
 
@@ -97,7 +102,8 @@ def test_status_then_cancel_a_running_and_a_queued_job_then_retry_the_rest(
     emulator.latency = 0.02  # one lane: ~40 req/s, the job would take ~10 s
     # Isolated: requests independent and retryable in any order, which is what retry is about (in
     # conversation mode a false truncation guess after a trim can re-send one request; see the issue note).
-    d = daemon(BATCHD_CONTEXT__MODE="isolated")
+    # fifo: this test is about cancel and retry; under "fair" the 20-row job would overtake the big one
+    d = daemon(BATCHD_CONTEXT__MODE="isolated", BATCHD_SCHEDULE__POLICY="fifo")
     big = write_jsonl(folders.inbox / "big.jsonl", 400)
     write_jsonl(folders.inbox / "next.jsonl", 20, start=1000)
 
@@ -118,10 +124,11 @@ def test_status_then_cancel_a_running_and_a_queued_job_then_retry_the_rest(
     assert header.split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT"]
     row = (
         rf"{view['job_id']}  running +\[#*\.+\] +\d+\.\d%  +[\d,]+/400  +[\d.]+  +(1|-)  "
-        r"+(\d+m\d\d|\d+)s +-  big\.jsonl$"
+        r"+(\d+m\d\d|\d+)s +-  big\.jsonl(  \(first look: big\.preview/\))?$"  # a preview after 100 answers
     )
     assert re.match(row, first), first
-    assert re.search(r"queued +\[\.{20}\]   0\.0%  +0/20 .* next\.jsonl$", second), second
+    waits = rf"next\.jsonl  \(waits: claimed_earlier, behind {view['job_id']}\)$"  # why it waits
+    assert re.search(r"queued +\[\.{20}\]   0\.0%  +0/20 .* " + waits, second), second
 
     # Cancel the queued job: it never runs, and is published as cancelled once the daemon gets to it.
     queued_id = views["active"][1]["job_id"]
@@ -200,35 +207,43 @@ def test_status_of_an_empty_journal_and_the_table_shape(folders: Folders, emulat
     assert r.returncode == 0 and r.stdout == "idle, 0 queued, no jobs yet\n", r.stdout + r.stderr
     assert orjson.loads(run_batchd(env, "status", "--json").stdout) == {"active": [], "recent": []}
 
-    view = {
-        "job_id": "abc",
-        "state": "running",
-        "progress": 0.266,
-        "finished": 45_210,
-        "total": 170_000,
-        "req_per_s": 3.9,
-        "eta_seconds": 42_120,
-        "failed": 12,
-        "input": "candidates.csv",
-        "error": None,
-        "lanes": 12,
-        "lanes_mode": "auto",
-    }
-    done = {
-        **view,
-        "job_id": "def",
-        "state": "failed",
-        "progress": 1.0,
-        "finished": 10,
-        "total": 10,
-        "req_per_s": None,
-        "eta_seconds": None,
-        "failed": 0,
-        "input": "x.csv",
-        "lanes": None,
-        "error": {"message": "model gemma9 not found"},
-    }
-    lines = status_table({"active": [view], "recent": [done]}).splitlines()
+    view = JobView(
+        job_id="abc",
+        input="candidates.csv",
+        state=ViewState.RUNNING,
+        source="inbox",
+        total=170_000,
+        done=45_198,
+        failed=12,
+        skipped=0,
+        finished=45_210,
+        progress=0.266,
+        req_per_s=3.9,
+        eta_seconds=42_120,
+        lanes=12,
+        lanes_mode="auto",
+        retry_of=None,
+        outbox=None,
+        error=None,
+        created_at=1.0,
+        started_at=2.0,
+        finished_at=None,
+    )
+    done = replace(
+        view,
+        job_id="def",
+        state=ViewState.FAILED,
+        progress=1.0,
+        finished=10,
+        total=10,
+        req_per_s=None,
+        eta_seconds=None,
+        failed=0,
+        input="x.csv",
+        lanes=None,
+        error={"message": "model gemma9 not found"},
+    )
+    lines = status_table(StatusViews(active=(view,), recent=(done,))).splitlines()
     assert lines[0] == "running candidates.csv, 0 queued"
     assert lines[2].split() == ["JOB", "STATE", "PROGRESS", "DONE/TOTAL", "REQ/S", "LANES", "ETA", "FAILED", "INPUT"]
     assert lines[3] == (
@@ -282,28 +297,30 @@ class NoDriver(FakeNvml):
 
 
 def test_doctor_gpu_check_reports_the_card_or_the_fix() -> None:
-    level, what, fix = _gpu(Settings(), nvml=FakeNvml())
-    assert level == "OK" and "NVIDIA H200" in what and "580.95" in what and not fix
-    level, what, fix = _gpu(Settings(), nvml=NoDriver())
-    assert level == "WARN" and "no NVIDIA driver" in what
-    assert "nvidia-smi" in fix and "/api/ps" in fix  # auto falls back to Ollama
-    level, _, fix = _gpu(Settings(vram=VramSettings(source="nvml")), nvml=NoDriver())
-    assert level == "FAIL" and "/api/ps" not in fix  # asked for by name: no fallback
-    assert _gpu(Settings(vram=VramSettings(source="none")))[0] == "OK"
+    check = _gpu(Settings(), nvml=FakeNvml())
+    assert check.level == "OK" and "NVIDIA H200" in check.what and "580.95" in check.what and not check.fix
+    check = _gpu(Settings(), nvml=NoDriver())
+    assert check.level == "WARN" and "no NVIDIA driver" in check.what
+    assert "nvidia-smi" in check.fix and "/api/ps" in check.fix  # auto falls back to Ollama
+    check = _gpu(Settings(vram=VramSettings(source="nvml")), nvml=NoDriver())
+    assert check.level == "FAIL" and "/api/ps" not in check.fix  # asked for by name: no fallback
+    assert _gpu(Settings(vram=VramSettings(source="none"))).level == "OK"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_doctor_scores_the_installed_unit_with_its_drop_ins(tmp_path: Path) -> None:
-    assert _unit(tmp_path) == ("WARN", "batchd.service is not installed", "sudo packaging/install.sh")
+    assert _unit(tmp_path) == Check(Level.WARN, "batchd.service is not installed", "sudo packaging/install.sh")
     units = tmp_path / "etc/systemd/system"
     units.mkdir(parents=True)
     shutil.copy(UNIT, units / "batchd.service")
-    level, what, _ = _unit(tmp_path)
-    assert level == "OK" and re.fullmatch(r"batchd\.service sandbox exposure [01]\.\d \(<= 2\.0\)", what), what
+    check = _unit(tmp_path)
+    assert check.level == "OK" and re.fullmatch(r"batchd\.service sandbox exposure [01]\.\d \(<= 2\.0\)", check.what), (
+        check.what
+    )
     (units / "batchd.service.d").mkdir()
     (units / "batchd.service.d/weaker.conf").write_text("[Service]\nProtectSystem=no\nCapabilityBoundingSet=~\n")
-    level, what, fix = _unit(tmp_path)
-    assert level == "WARN" and "exposure" in what and "drop-in" in fix
+    check = _unit(tmp_path)
+    assert check.level == "WARN" and "exposure" in check.what and "drop-in" in check.fix
 
 
 def test_operator_commands_never_create_the_journal(folders: Folders, emulator: Emulator) -> None:
@@ -366,11 +383,9 @@ def test_doctor_warns_when_the_daemon_cannot_hand_results_to_the_outbox_group(tm
     gid = tmp_path.stat().st_gid
     name = grp.getgrgid(gid).gr_name
     settings = Settings(outbox=tmp_path)
-    level, what, fix = _readers(settings, uid=1000, groups=[gid + 1])
-    assert level == "WARN" and f"uid 1000 is not in group {name}, which owns the outbox" in what
-    assert fix.startswith(f"usermod -aG {name} ")
-    assert _readers(settings, uid=1000, groups=[gid + 1, gid])[:2] == (
-        "OK",
-        f"results are readable by group {name} (files 0640, folders 0750)",
-    )
-    assert _readers(Settings(outbox=tmp_path / "not-yet"), uid=1000, groups=[])[0] == "OK"
+    check = _readers(settings, uid=1000, groups=[gid + 1])
+    assert check.level == "WARN" and f"uid 1000 is not in group {name}, which owns the outbox" in check.what
+    assert check.fix.startswith(f"usermod -aG {name} ")
+    check = _readers(settings, uid=1000, groups=[gid + 1, gid])
+    assert (check.level, check.what) == ("OK", f"results are readable by group {name} (files 0640, folders 0750)")
+    assert _readers(Settings(outbox=tmp_path / "not-yet"), uid=1000, groups=[]).level == "OK"

@@ -19,7 +19,8 @@ import pytest
 
 from batchd.config import Settings
 from batchd.publish.share import SharedFolder
-from tests.conftest import Folders, outbox_entries, read_jsonl, run_daemon_once, write_jsonl
+from tests.support.factories import Folders, outbox_entries, read_jsonl, write_jsonl
+from tests.support.running import run_daemon_once
 
 
 @pytest.fixture

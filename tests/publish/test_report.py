@@ -8,48 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from batchd.journal import FinalStatus, Job, JobState, Journal, NewRequest, Outcome, ReqState, Sample
+from batchd.journal import FinalStatus, JobState, Journal, NewRequest, Outcome, ReqState, Sample
 from batchd.pipeline import Pipeline
 from batchd.publish.report import TOP_N, ReportData, render, write_report
 from batchd.publish.scores import Scored, ScoreSheet
 from tests.support.browser import chromium, read_png, screenshot
-
-EVIL = "<script>alert(1)</script>"
-
-
-def _job(**kw: object) -> Job:
-    fields: dict[str, object] = dict(
-        id="job1",
-        seq=1,
-        source="inbox",
-        input_name=f"cands/{EVIL}.csv",
-        stem="x",
-        kind="csv",
-        sha256="ab",
-        pipeline="cands",
-        pipeline_json=None,
-        prefix_json=None,
-        model="gemma3:270m",
-        mode="isolated",
-        state=JobState.FINALIZING,
-        error=None,
-        duplicate_of=None,
-        retry_of=None,
-        cancel_requested=False,
-        total=0,
-        columns=[],
-        created_at=1000.0,
-        started_at=1000.0,
-        finished_at=2000.0,
-        outbox_name=None,
-        metrics={},
-        meta={"num_ctx": 8192},
-        file_id=None,
-        spool=None,
-        final=FinalStatus.COMPLETED,
-    )
-    fields.update(kw)
-    return Job(**fields)  # type: ignore[arg-type]
+from tests.support.records import EVIL, job_record
 
 
 def _data(n: int, *, failed: int = 0) -> ReportData:
@@ -97,7 +61,7 @@ def test_everything_untrusted_is_escaped() -> None:
     data = ReportData(ScoreSheet(fields=["why"], passthrough=["name"]))
     data.add(Scored(seq=1, custom_id=EVIL, status="ok", score=5, values={"why": EVIL}, row={"name": EVIL}))
     data.add(Scored(seq=2, custom_id="x", status="failed", score=None, error_code=EVIL, error_message=EVIL))
-    page = render(_job(model=EVIL), data, _samples(10), {"status": "completed"})
+    page = render(job_record(model=EVIL), data, _samples(10), {"status": "completed"})
     assert "<script" not in page
     assert page.count("&lt;script&gt;") >= 6
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
@@ -106,7 +70,10 @@ def test_everything_untrusted_is_escaped() -> None:
 def test_lanes_chart_draws_the_controllers_steps() -> None:
     series = [[1000.0, 1, "start"], [1004.0, 2, "grow"], [1010.0, 4, "grow"], [1030.0, 3, "queueing"]]
     page = render(
-        _job(), _data(10), _samples(40), {"status": "completed", "lanes_series": series, "lanes": {"mode": "auto"}}
+        job_record(),
+        _data(10),
+        _samples(40),
+        {"status": "completed", "lanes_series": series, "lanes": {"mode": "auto"}},
     )
     section = page[page.index("Lanes over time") : page.index("Context size over time")]
     assert "Adaptive (lanes = auto): 3 change(s)" in section and "lanes_changed" in section
@@ -120,7 +87,10 @@ def test_lanes_chart_draws_the_controllers_steps() -> None:
 
 def test_charts_and_sections_with_many_samples() -> None:
     page = render(
-        _job(), _data(300, failed=7), _samples(20000), {"status": "completed", "vram": {"total_bytes": 16 * 2**30}}
+        job_record(),
+        _data(300, failed=7),
+        _samples(20000),
+        {"status": "completed", "vram": {"total_bytes": 16 * 2**30}},
     )
     for title in (
         "Score distribution",
@@ -146,7 +116,7 @@ def test_up_to_forty_rows_make_one_table_without_repeats() -> None:
     rows = data.everything()
     assert sorted(r["custom_id"] for r in rows) == sorted(f"c{i}" for i in range(1, 31))
     assert [int(r["score"]) for r in rows] == sorted((int(r["score"]) for r in rows), reverse=True)
-    page = render(_job(), data, [], {})
+    page = render(job_record(), data, [], {})
     assert "All scored rows" in page and "Bottom 20" not in page and page.count("<tr>") == 31
 
 
@@ -159,14 +129,14 @@ def test_histogram_spans_the_schema_scale() -> None:
     data = ReportData(sheet)
     for i in range(30):
         data.add(Scored(seq=i, custom_id=str(i), status="ok", score=6 + i % 3))
-    page = render(_job(), data, [], {})
+    page = render(job_record(), data, [], {})
     assert page.count("<rect") == 10  # 1..10, not just 6..8
     assert ScoreSheet.for_job(None, "jsonl").scale is None
 
 
 @pytest.mark.parametrize("n", [0, 1])
 def test_zero_or_one_sample_degrades_to_a_note(n: int) -> None:
-    page = render(_job(), _data(3), _samples(n), {})
+    page = render(job_record(), _data(3), _samples(n), {})
     assert page.count("<svg") == 1  # the histogram only
     assert ("No samples recorded" if n == 0 else "Only one sample") in page
     assert "All scored rows" in page and "Top 20" not in page
@@ -174,7 +144,7 @@ def test_zero_or_one_sample_degrades_to_a_note(n: int) -> None:
 
 def test_no_scores_at_all() -> None:
     data = _data(0, failed=2)
-    page = render(_job(final=FinalStatus.FAILED), data, [], {"status": "failed"})
+    page = render(job_record(final=FinalStatus.FAILED), data, [], {"status": "failed"})
     assert "No scores" in page and "class='badge failed'" in page and "invalid_reply" in page
 
 
@@ -182,7 +152,7 @@ def test_float_scores_are_binned() -> None:
     data = ReportData(ScoreSheet(fields=[]))
     for i in range(100):
         data.add(Scored(seq=i, custom_id=str(i), status="ok", score=i / 33))
-    page = render(_job(), data, [], {})
+    page = render(job_record(), data, [], {})
     assert page.count("<rect") == 10
 
 
@@ -196,7 +166,9 @@ def _png_colours(png: bytes) -> tuple[int, int, int]:
 @pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
-    page.write_text(render(_job(), _data(200, failed=3), _samples(300), {"status": "completed"}), encoding="utf-8")
+    page.write_text(
+        render(job_record(), _data(200, failed=3), _samples(300), {"status": "completed"}), encoding="utf-8"
+    )
     shot = tmp_path / "shot.png"
     proc = screenshot(page, shot, home=tmp_path, size="1200,1600", extra=("--enable-logging=stderr", "--v=0"))
     assert proc.returncode == 0, proc.stderr[-2000:]

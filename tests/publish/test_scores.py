@@ -8,7 +8,8 @@ import io
 import pytest
 
 from batchd.journal import ReqState, Request
-from batchd.publish.scores import ScoreSheet, as_number, extract_score, safe_cell, schema_fields
+from batchd.pipeline import RESERVED_COLUMNS
+from batchd.publish.scores import ScoreSheet, extract_score, safe_cell, schema_fields
 
 
 @pytest.mark.parametrize(
@@ -36,12 +37,6 @@ def test_no_score_is_none(text: str) -> None:
 
 def test_json_reply_uses_the_configured_field() -> None:
     assert extract_score('{"rating": 3, "score": 9}', "rating") == 3
-
-
-def test_as_number_refuses_booleans_and_nan() -> None:
-    assert as_number(True) is None
-    assert as_number("nan") is None
-    assert as_number(" 7.0 ") == 7
 
 
 @pytest.mark.parametrize(
@@ -132,3 +127,9 @@ def test_sheet_rows_in_a_csv_round_trip() -> None:
     assert got[3]["name"] == ""
     scored = sheet.score(rows[2])
     assert scored.error_code == "invalid_reply"
+
+
+def test_the_reserved_columns_are_the_ones_batchd_adds() -> None:
+    """``pipeline`` refuses these names for passthrough columns and fields: they are the sheet's own."""
+    header = ScoreSheet(fields=[], passthrough=[], score_field="rating").header()
+    assert sorted(RESERVED_COLUMNS) == sorted(set(header) - {"rating"})

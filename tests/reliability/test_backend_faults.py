@@ -15,8 +15,9 @@ from collections import Counter
 import orjson
 import pytest
 
-from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
 from tests.support.emulator import Emulator, last_user_content
+from tests.support.factories import Folders, read_jsonl, write_jsonl
+from tests.support.running import run_batchd
 
 SCALE = float(os.environ.get("BATCHD_RELIABILITY_SCALE", "1"))
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Folders, outbox_entries, read_jsonl, run_batchd, write_jsonl
 from tests.data import make_bad
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, outbox_entries, read_jsonl, write_jsonl
+from tests.support.running import run_batchd
 
 SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 

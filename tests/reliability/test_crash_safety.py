@@ -16,8 +16,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, outbox_entries, read_jsonl, write_jsonl
+from tests.support.running import REPO, batchd_cmd, run_batchd
+from tests.support.waiting import wait_for
 
 SCALE = float(os.environ.get("BATCHD_RELIABILITY_SCALE", "1"))
 

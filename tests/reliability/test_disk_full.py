@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Folders, batchd_cmd, outbox_entries, read_jsonl, run_batchd, wait_for, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, outbox_entries, read_jsonl, write_jsonl
+from tests.support.running import REPO, batchd_cmd, run_batchd
+from tests.support.tmpfs import tmpfs
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs as the outbox")
 
 
 @pytest.fixture
 def small_outbox(folders: Folders) -> Iterator[Path]:
-    mnt = folders.root / f"outbox-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    try:
+    with tmpfs(folders.root, "outbox", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _grow(mnt: Path) -> None:

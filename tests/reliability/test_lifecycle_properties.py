@@ -27,8 +27,8 @@ from batchd.config import Settings
 from batchd.daemon import Daemon
 from batchd.intake.claim import new_job_id
 from batchd.journal import FINISHED, JobState, Journal
-from tests.conftest import REPO, Folders, batchd_cmd, wait_for
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders
 from tests.support.lifecycle_model import (
     CSV_FOLDER,
     PROFILE,
@@ -40,8 +40,13 @@ from tests.support.lifecycle_model import (
     pipeline_toml,
     scripts,
 )
+from tests.support.running import REPO, batchd_cmd
+from tests.support.storage_faults import StorageFaults
+from tests.support.waiting import wait_for
 
-QUIET_SECONDS = 30.0  # every job final within this once the backend answers
+QUIET_SECONDS = 30.0  # every job final within this once the backend answers and the disk takes writes
+#: an armed storage fault whose phase does not come within this is dropped ("missed")
+ARM_SECONDS = 3.0
 CANCEL_SECONDS = 2.0
 
 
@@ -65,10 +70,12 @@ def _folders() -> Folders:
 class World:
     """The folders, the emulator and the files dropped so far; drives one scenario."""
 
-    def __init__(self, folders: Folders, emulator: Emulator, tally: Tally) -> None:
+    def __init__(self, folders: Folders, emulator: Emulator, tally: Tally, faults: StorageFaults | None = None) -> None:
         self.f = folders
         self.emu = emulator
         self.tally = tally
+        self.faults = faults or StorageFaults()
+        self.fault_cleared: float | None = None
         self.dropped: list[tuple[str, bytes]] = []  # (path relative to the inbox, bytes)
         self.drops = 0
         self.edits = 0
@@ -182,6 +189,7 @@ class InProcess(World):
                 self.tally.actions[action[0]] += 1
                 await self.act(action, journal)
             _reset(self.emu)
+            self.faults.clear()
             deadline = time.monotonic() + QUIET_SECONDS
             while [j for j in journal.jobs() if j.state not in FINISHED] or self.drops > len(
                 [j for j in journal.jobs() if j.retry_of is None]
@@ -190,6 +198,9 @@ class InProcess(World):
                     [(j.id, j.state.value) for j in journal.jobs() if j.state not in FINISHED]
                 )
                 await asyncio.sleep(0.05)
+            if self.fault_cleared is not None:  # the new invariant: final within a bound once the disk is back
+                settled = time.monotonic() - self.fault_cleared
+                self.tally.settle_after_fault_max = max(self.tally.settle_after_fault_max, settled)
             await self.stop(0.5)
             check_quiet(self.f.outbox, journal, drops=self.drops, tally=self.tally)
         finally:
@@ -225,6 +236,23 @@ class InProcess(World):
             self.redrop(action[1], edit=kind == "edit")
         elif kind == "wait":
             await asyncio.sleep(action[1])
+        elif kind == "storage":
+            await self.storage_fault(action[1], action[2])
+
+    async def storage_fault(self, pair: tuple[str, str], seconds: float) -> None:
+        """The disk under one store refuses writes from its first write in the phase, for ``seconds``."""
+        self.faults.arm(*pair)
+        armed = time.monotonic()
+        while self.faults.on is None and time.monotonic() - armed < ARM_SECONDS:
+            await asyncio.sleep(0.01)
+        if self.faults.on is None:
+            self.faults.clear()
+            self.tally.storage["missed"] += 1
+            return
+        self.tally.storage["@".join(pair)] += 1
+        await asyncio.sleep(seconds)
+        self.faults.clear()
+        self.fault_cleared = time.monotonic()
 
 
 TALLY = Tally()
@@ -237,16 +265,27 @@ def test_lifecycle_properties_in_process(emulator: Emulator) -> None:
     @example(script=[("drop", "csv", 12), ("stop", 0.0, 0.05), ("cancel", 0, 0.0)])
     @example(script=[("drop", "jsonl", 20), ("down", 0.6), ("refuse", 404), ("redrop", 0), ("edit", 0)])
     @example(script=[("drop", "jsonl", 8), ("wait", 0.5), ("retry", 0), ("redrop", 0), ("cancel", 1, 0.1)])
+    @example(script=[("drop", "jsonl", 20), ("storage", ("journal", "running"), 1.0), ("drop", "csv", 5)])
+    @example(script=[("drop", "csv", 6), ("storage", ("journal", "ingest"), 0.5), ("cancel", 0, 0.1)])
+    @example(script=[("drop", "jsonl", 4), ("storage", ("spool", "claim"), 0.6), ("wait", 0.5)])
+    @example(script=[("drop", "csv", 8), ("storage", ("journal", "claim"), 0.8), ("drop", "jsonl", 3)])
+    @example(script=[("drop", "jsonl", 10), ("storage", ("journal", "finalising"), 0.7), ("wait", 0.3)])
+    @example(script=[("drop", "jsonl", 6), ("storage", ("journal", "publish"), 0.8), ("redrop", 0)])
+    @example(script=[("drop", "jsonl", 6), ("storage", ("outbox", "publish"), 1.0), ("cancel", 0, 0.0)])
+    @example(script=[("drop", "jsonl", 24), ("storage", ("status", "any"), 1.2), ("stop", 0.2, 0.0)])
     def scenario(script: list[Action]) -> None:
         _reset(emulator)
         folders = _folders()
+        faults = StorageFaults()
+        faults.install()
         try:
-            asyncio.run(InProcess(folders, emulator, TALLY).run(script))
+            asyncio.run(InProcess(folders, emulator, TALLY, faults).run(script))
             TALLY.examples += 1
         except BaseException:
             TALLY.violations += 1
             raise
         finally:
+            faults.uninstall()
             shutil.rmtree(folders.root, ignore_errors=True)
 
     scenario()

@@ -9,8 +9,9 @@ import stat
 import orjson
 import pytest
 
-from tests.conftest import Folders, read_jsonl, run_batchd, write_jsonl
 from tests.support.emulator import Emulator
+from tests.support.factories import Folders, read_jsonl, write_jsonl
+from tests.support.running import run_batchd
 
 
 def test_outputs_are_0640_0750_with_the_users_group_whatever_the_input_mode(

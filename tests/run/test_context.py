@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from batchd.backends.base import ChatResult
 from batchd.config import ContextSettings
 from batchd.errors import ContextLengthExceeded
 from batchd.metrics import JobMetrics
 from batchd.run.context import ContextBudget, Conversation, TokenEstimate, split_prefix
-from tests.support.emulator import count_tokens, reply_content
-
-SYSTEM = {"role": "system", "content": "You score candidates. Answer in one line."}
-
-
-def user(i: int, size: int = 200) -> dict[str, Any]:
-    return {"role": "user", "content": f"Candidate {i}: " + "x" * size}
-
-
-def conv(mode: str = "conversation", num_ctx: int = 1024, **ctx: Any) -> Conversation:
-    settings = ContextSettings.model_validate({"mode": mode, **ctx})
-    return Conversation(settings=settings, num_ctx=num_ctx, metrics=JobMetrics(), mode=mode)
-
-
-def reply(sent: list[dict[str, Any]], *, prompt: int | None = None, reason: str = "stop") -> ChatResult:
-    """What the emulator would answer for ``sent`` (its token counting, its reply text)."""
-    content = reply_content(sent[-1]["content"])
-    return ChatResult(
-        content=content,
-        finish_reason=reason,
-        prompt_tokens=count_tokens(sent) if prompt is None else prompt,
-        completion_tokens=len(content) // 4,
-        model="m",
-    )
-
-
-def turn(c: Conversation, msgs: list[dict[str, Any]], num_predict: int = 64, **kw: Any) -> list[dict[str, Any]]:
-    sent = c.build(msgs, num_predict, **kw)
-    c.record(msgs, reply(sent), prefix_len=kw.get("prefix_len"))
-    return sent
+from tests.support.conversations import SYSTEM, conv, reply, turn, user
+from tests.support.emulator import count_tokens
 
 
 def test_estimate_matches_the_emulator_at_four_chars_and_learns() -> None:
@@ -260,3 +229,33 @@ def test_an_overflow_error_that_names_the_window_teaches_it_at_once() -> None:
     assert c.budget.estimate.messages(retry) + 64 <= 1024
     c.on_overflow(n_ctx=8192)  # a larger window than the pinned one changes nothing
     assert c.budget.window == 1024
+
+
+def test_a_tool_call_turn_enters_the_history_with_its_tool_calls() -> None:
+    """The next call must show the server the call the model made, not an empty assistant turn."""
+    import dataclasses
+
+    c = conv()
+    first = [SYSTEM, user(1, 20)]
+    sent = c.build(first, 64)
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    answer = dataclasses.replace(reply(sent), content="", finish_reason="tool_calls", tool_calls=(call,))
+    c.record(first, answer)
+    sent = c.build([SYSTEM, user(2, 20)], 64)
+    assistant = sent[2]
+    assert assistant["role"] == "assistant" and assistant["tool_calls"] == [call]
+
+
+def test_images_go_only_with_the_turn_that_carried_them() -> None:
+    """A picture is sent once: the history keeps the turn's text, not its images (each would cost the
+    window again, and the server sees it as a new picture on every call)."""
+    c = conv()
+    pictured = {**user(1, 20), "images": ["data:image/png;base64,iVBORw0KGgo="]}
+    first = [SYSTEM, pictured]
+    assert c.build(first, 64)[1]["images"] == pictured["images"]
+    turn_sent = c.build(first, 64)
+    c.record(first, reply(turn_sent))
+    sent = c.build([SYSTEM, user(2, 20)], 64)
+    assert [m["content"] for m in sent[1:]] == [pictured["content"], sent[2]["content"], user(2, 20)["content"]]
+    assert not any(m.get("images") for m in sent)
+    assert pictured["images"]  # the request's own message is not changed in place

@@ -8,7 +8,6 @@ tokens than the same requests sent alone.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -19,10 +18,8 @@ import structlog
 from batchd.backends.base import ChatRequest, ChatResult
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import Settings
-from batchd.journal import Journal
-from batchd.run.runner import JobRunner
-from tests.run.test_runner import FakeGpu, queued_job
 from tests.support.emulator import Emulator
+from tests.support.runs import RunnerFactory, queued_job
 
 
 class NoCacheBackend(OpenAIBackend):
@@ -30,33 +27,22 @@ class NoCacheBackend(OpenAIBackend):
         return replace(await super().chat(request), cached_tokens=0)
 
 
-def run(settings: Settings, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    journal = Journal(settings.journal_path)
+def run(make_runner: RunnerFactory, settings: Settings, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    journal = make_runner.journal(settings)
     job = queued_job(settings, journal, n)
-
-    async def go() -> JobRunner:
-        backend = NoCacheBackend(url=settings.backend.url)
-        runner = JobRunner(
-            settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(), vram_source=FakeGpu()
-        )
-        try:
-            assert await runner.run() == "completed"
-        finally:
-            await backend.aclose()
-        return runner
-
     with structlog.testing.capture_logs() as logs:
-        runner = asyncio.run(go())
+        runner, outcome = make_runner.run(settings, journal, job, backend=NoCacheBackend(url=settings.backend.url))
+    assert outcome == "completed"
     summary = runner.metrics.summary(done=n, elapsed=1.0)
     return summary, [e for e in logs if e["event"] == "conversation_not_paying"]
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_conversation_that_costs_more_than_isolated_says_so_once(
-    make_settings: Callable[..., Settings], emulator: Emulator, lanes: int
+    make_settings: Callable[..., Settings], emulator: Emulator, lanes: int, make_runner: RunnerFactory
 ) -> None:
     settings = make_settings(backend={"kind": "openai", "lanes": lanes}, context={"num_ctx": 4096})
-    summary, warnings = run(settings, 40)
+    summary, warnings = run(make_runner, settings, 40)
     tokens, flag = summary["tokens"], summary["context"]["conversation_not_paying"]
     assert tokens["prompt_evaluated_estimate"] > tokens["isolated_prompt_estimate"]
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
@@ -67,8 +53,8 @@ def test_conversation_that_costs_more_than_isolated_says_so_once(
 
 @pytest.mark.parametrize("mode", ["conversation", "isolated"])
 def test_no_warning_when_conversation_was_asked_for_by_name_or_isolated(
-    make_settings: Callable[..., Settings], emulator: Emulator, mode: str
+    make_settings: Callable[..., Settings], emulator: Emulator, mode: str, make_runner: RunnerFactory
 ) -> None:
     settings = make_settings(backend={"kind": "openai"}, context={"num_ctx": 4096, "mode": mode})
-    summary, warnings = run(settings, 30)
+    summary, warnings = run(make_runner, settings, 30)
     assert warnings == [] and summary["context"]["conversation_not_paying"] is None

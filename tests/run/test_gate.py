@@ -11,8 +11,8 @@ import pytest
 from batchd.config import Settings
 from batchd.errors import BackendBusy, BackendServerError, BackendUnavailable, BadRequest, ModelNotFound
 from batchd.metrics import JobMetrics
+from batchd.run.attempts import Backoff
 from batchd.run.outage import Gate
-from batchd.run.runner import JobRunner
 
 
 class FakeClock:
@@ -116,24 +116,24 @@ def test_closing_a_closed_gate_changes_nothing() -> None:
     asyncio.run(go())
 
 
-def backoff_runner(*, base: float = 1.0, cap: float = 60.0, seed: int = 7) -> JobRunner:
-    # Only the retry rule is under test: a runner with just what _backoff reads.
-    runner = JobRunner.__new__(JobRunner)
-    runner.settings = Settings(backend={"backoff_seconds": base, "backoff_max_seconds": cap})
-    runner.rng = random.Random(seed)
-    return runner
+def backoff_runner(*, base: float = 1.0, cap: float = 60.0, seed: int = 7) -> Backoff:
+    # Only the retry rule is under test: the backoff the runner builds from these settings.
+    settings = Settings(backend={"backoff_seconds": base, "backoff_max_seconds": cap})
+    return Backoff(
+        base=settings.backend.backoff_seconds, cap=settings.backend.backoff_max_seconds, rng=random.Random(seed)
+    )
 
 
 def test_backoff_doubles_with_jitter_and_stops_at_the_cap() -> None:
     runner = backoff_runner(base=1.0, cap=60.0)
     for attempts in range(1, 12):
-        delay = runner._backoff(attempts, BackendServerError("500"))
+        delay = runner.delay(attempts, BackendServerError("500"))
         nominal = min(60.0, 2.0 ** (attempts - 1))
         assert 0.5 * nominal <= delay < 1.5 * nominal  # jitter spreads lanes that failed together
 
 
 def test_backoff_honours_retry_after_within_the_cap() -> None:
     runner = backoff_runner(base=0.1, cap=30.0)
-    assert runner._backoff(1, BackendBusy("busy", retry_after=12.0)) == 12.0
-    assert runner._backoff(1, BackendBusy("busy", retry_after=3600.0)) == 30.0  # a hostile header is capped
-    assert runner._backoff(1, BackendBusy("busy")) < 0.15
+    assert runner.delay(1, BackendBusy("busy", retry_after=12.0)) == 12.0
+    assert runner.delay(1, BackendBusy("busy", retry_after=3600.0)) == 30.0  # a hostile header is capped
+    assert runner.delay(1, BackendBusy("busy")) < 0.15

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from batchd.run.knee import Knee, Reading, Scan
-from batchd.run.lanes import LaneController, Reason
+from batchd.run.lanes import LaneController, LaneTuning, Reason
 from tests.support.lanesim import Sim
 
 MEAN = 0.125  #: the simulated server's mean service time (uniform 0.05-0.2 s)
@@ -105,8 +107,8 @@ def test_a_baseline_is_the_first_level_and_the_scan_goes_on_above_it() -> None:
 # -- the controller on simulated servers --------------------------------------------------------------
 
 
-def controller(sim: Sim, **kw: object) -> LaneController:
-    return LaneController(clock=sim.clock, **kw)  # type: ignore[arg-type]
+def controller(sim: Sim, *, initial: int | None = None, **tuning: Any) -> LaneController:
+    return LaneController(LaneTuning(**tuning), initial=initial, clock=sim.clock)
 
 
 def flat_first_step(n: int) -> float:

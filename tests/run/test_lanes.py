@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from batchd.run.lanes import LaneController, Outcome, Reason
+from batchd.run.lanes import LaneController, LaneTuning, Outcome, Reason
 from tests.support.lanesim import Sim
 
 
-def controller(sim: Sim, **kw: object) -> LaneController:
-    return LaneController(clock=sim.clock, **kw)  # type: ignore[arg-type]
+def controller(sim: Sim, *, initial: int | None = None, **tuning: int) -> LaneController:
+    return LaneController(LaneTuning(**tuning), initial=initial, clock=sim.clock)
 
 
 def fixed_rate(k: int) -> float:
@@ -111,7 +111,7 @@ def test_backs_off_on_503_and_does_not_climb_back_into_it_at_once() -> None:
 
 def test_503_backs_off_once_per_window_not_once_per_reply() -> None:
     now = [0.0]
-    ctl = LaneController(lanes_max=64, initial=32, clock=lambda: now[0])
+    ctl = LaneController(LaneTuning(lanes_max=64), initial=32, clock=lambda: now[0])
     tickets = [ctl.start() for _ in range(32)]
     now[0] = 0.1
     for t in tickets[:10]:
@@ -122,7 +122,7 @@ def test_503_backs_off_once_per_window_not_once_per_reply() -> None:
 
 def test_timeout_halves_and_other_errors_decide_nothing() -> None:
     now = [0.0]
-    ctl = LaneController(lanes_max=64, initial=32, clock=lambda: now[0])
+    ctl = LaneController(LaneTuning(lanes_max=64), initial=32, clock=lambda: now[0])
     a, b = ctl.start(), ctl.start()
     now[0] = 600.0
     assert ctl.done(a, Outcome.ERROR) is None
@@ -152,7 +152,7 @@ def test_bounds_and_a_pinned_controller() -> None:
     pinned = controller(Sim(slots=1), lanes_min=1, lanes_max=1)
     assert pinned.fixed
     with pytest.raises(ValueError):
-        LaneController(lanes_min=4, lanes_max=2, clock=lambda: 0.0)
+        LaneTuning(lanes_min=4, lanes_max=2)
 
 
 def test_batching_server_keeps_growing_while_throughput_rises() -> None:

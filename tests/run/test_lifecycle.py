@@ -10,45 +10,34 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from batchd.backends import make_backend
 from batchd.config import Settings
 from batchd.intake.claim import Claimer
 from batchd.intake.inbox import scan
-from batchd.journal import JobState, Journal, ReqState
-from batchd.ops.commands import request_cancel
+from batchd.journal import CancelAnswer, JobState, Journal, ReqState
+from batchd.run.connect import make_backend
 from batchd.run.runner import JobRunner
-from tests.conftest import Folders, run_daemon_once
-from tests.run.test_runner import FakeGpu, queued_job, until, write_requests
 from tests.support.emulator import Emulator
-
-
-async def _runner(settings: Settings, journal: Journal, n: int, **kw: Any) -> tuple[JobRunner, Any]:
-    job = queued_job(settings, journal, n, **kw)
-    backend = make_backend(settings)
-    runner = JobRunner(
-        settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(), vram_source=FakeGpu()
-    )
-    runner.monitor_tick = 0.01
-    return runner, backend
-
+from tests.support.factories import Folders
+from tests.support.running import run_daemon_once
+from tests.support.runs import RunnerFactory, queued_job, write_requests
+from tests.support.waiting import until
 
 # -- 1. stop near the end of a job ----------------------------------------------------------
 
 
 def test_stop_with_the_last_rows_in_flight_loses_nothing_and_is_not_completed(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 1.5  # the last calls are still out when the grace period ends
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"}, shutdown_grace_seconds=0.2)
     journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str, int]:
-        runner, backend = await _runner(settings, journal, 6)
+        runner = make_runner(settings, journal, 6)
         try:
             task = asyncio.create_task(runner.run())
             await until(lambda: journal.counts(runner.job.id).get("queued", 0) == 0)  # all handed to lanes
@@ -57,7 +46,7 @@ def test_stop_with_the_last_rows_in_flight_loses_nothing_and_is_not_completed(
             outcome = await asyncio.wait_for(task, 5)
             return runner, outcome, len(emulator.calls)
         finally:
-            await backend.aclose()
+            await make_runner.aclose()
 
     runner, outcome, calls = asyncio.run(go())
     assert outcome == "interrupted"
@@ -70,21 +59,21 @@ def test_stop_with_the_last_rows_in_flight_loses_nothing_and_is_not_completed(
 
 
 def test_the_grace_period_counts_from_the_stop_and_lets_calls_in_flight_finish(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 0.3
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"}, shutdown_grace_seconds=1.0)
     journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str]:
-        runner, backend = await _runner(settings, journal, 20)
+        runner = make_runner(settings, journal, 20)
         try:
             task = asyncio.create_task(runner.run())
             await until(lambda: runner.done >= 4 and runner.in_flight == 2)
             runner.stop.set()
             return runner, await asyncio.wait_for(task, 5)
         finally:
-            await backend.aclose()
+            await make_runner.aclose()
 
     runner, outcome = asyncio.run(go())
     counts = journal.counts(runner.job.id)
@@ -112,7 +101,7 @@ def test_completed_is_refused_while_a_request_is_left(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("status", "code"), [(401, "unauthorized"), (403, "unauthorized"), (404, "model_not_found")])
 def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
-    make_settings: Callable[..., Settings], emulator: Emulator, status: int, code: str
+    make_settings: Callable[..., Settings], emulator: Emulator, status: int, code: str, make_runner: RunnerFactory
 ) -> None:
     from batchd.daemon import Daemon
 
@@ -122,7 +111,8 @@ def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
     seen: dict[str, str] = {}
 
     async def go() -> tuple[JobRunner, str]:
-        runner, backend = await _runner(settings, journal, 30)
+        backend = make_backend(settings)
+        runner = make_runner(settings, journal, 30, backend=backend)
         daemon = Daemon(settings=settings, journal=journal, backend=backend)
         daemon.current = runner
         try:
@@ -135,7 +125,7 @@ def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
             emulator.up()
             return runner, await asyncio.wait_for(task, 10)
         finally:
-            await backend.aclose()
+            await make_runner.aclose()
 
     runner, outcome = asyncio.run(go())
     assert "waiting for backend" in seen["status"] and " since " in seen["status"]
@@ -153,14 +143,14 @@ def test_a_refusal_during_an_outage_fails_the_job_instead_of_hanging(
 
 
 def test_cancel_while_the_backend_is_down_is_seen_within_a_second(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 0.02
     settings = make_settings(backend={"lanes": 2}, context={"mode": "isolated"})
     journal = Journal(settings.journal_path)
 
     async def go() -> tuple[JobRunner, str, float]:
-        runner, backend = await _runner(settings, journal, 40)
+        runner = make_runner(settings, journal, 40)
         try:
             task = asyncio.create_task(runner.run())
             await until(lambda: runner.done >= 3)
@@ -168,11 +158,11 @@ def test_cancel_while_the_backend_is_down_is_seen_within_a_second(
             await until(lambda: runner.gate.down_since is not None)
             loop = asyncio.get_running_loop()
             asked = loop.time()
-            assert request_cancel(journal, runner.job.id) == "cancelling"
+            assert journal.request_cancel(runner.job.id) is CancelAnswer.CANCELLING
             outcome = await asyncio.wait_for(task, 5)
             return runner, outcome, loop.time() - asked
         finally:
-            await backend.aclose()
+            await make_runner.aclose()
 
     runner, outcome, took = asyncio.run(go())
     assert outcome == "cancelled" and took < 1.0
@@ -189,7 +179,7 @@ def test_a_cancel_during_ingest_is_not_overwritten(make_settings: Callable[..., 
     (cand,) = scan(settings.inbox)
     claimed = claimer.claim(cand)
     assert claimed is not None
-    assert request_cancel(journal, claimed.job_id) == "cancelling"
+    assert journal.request_cancel(claimed.job_id) is CancelAnswer.CANCELLING
     real_ingest(claimed.job_id)
     job = journal.job(claimed.job_id)
     assert job is not None and job.state is JobState.FINALIZING
@@ -206,7 +196,7 @@ def test_a_cancel_that_arrives_as_the_last_request_finishes_reports_completed(
 
     def flush(self: JobRunner, force: bool = False) -> None:
         if force:  # the run's last flush: every request has its answer, the job is still running
-            request_cancel(self.journal, self.job.id)
+            self.journal.request_cancel(self.job.id)
         real_flush(self, force)
 
     monkeypatch.setattr(JobRunner, "flush", flush)
@@ -229,18 +219,18 @@ def test_a_job_prefix_is_matched_literally(make_settings: Callable[..., Settings
 
 
 def test_an_honest_server_gets_one_call_per_row_and_the_trigger_stays(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     settings = make_settings(context={"mode": "conversation", "num_ctx": 8192})
     journal = Journal(settings.journal_path)
 
     async def go() -> JobRunner:
-        runner, backend = await _runner(settings, journal, 200, size=40)
+        runner = make_runner(settings, journal, queued_job(settings, journal, 200, size=40))
         try:
             assert await runner.run() == "completed"
             return runner
         finally:
-            await backend.aclose()
+            await make_runner.aclose()
 
     runner = asyncio.run(go())
     m = runner.metrics
@@ -293,7 +283,7 @@ def test_redrop_after_a_pipeline_edit_is_new_work(make_settings: Callable[..., S
 
 def test_truncation_reads_missing_and_split_prompt_counts_right() -> None:
     from batchd.backends.base import ChatResult
-    from tests.run.test_context import SYSTEM, conv, reply, turn, user
+    from tests.support.conversations import SYSTEM, conv, reply, turn, user
 
     c = conv(num_ctx=8192)
     for i in range(6):  # equal-length turns: every one crosses the same rounding steps
@@ -395,7 +385,7 @@ class DilatedClock:
 
 
 def test_the_grace_period_is_counted_on_the_runners_clock_from_the_stop(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 2.0  # = 200 s on the fake clock: far beyond the grace
     settings = make_settings(
@@ -406,18 +396,7 @@ def test_the_grace_period_is_counted_on_the_runners_clock_from_the_stop(
 
     async def go() -> tuple[JobRunner, str, float, float]:
         job = queued_job(settings, journal, 6)
-        backend = make_backend(settings)
-        runner = JobRunner(
-            settings=settings,
-            journal=journal,
-            backend=backend,
-            job=job,
-            stop=asyncio.Event(),
-            vram_source=FakeGpu(),
-            sleep=clock.sleep,
-            clock=clock,
-        )
-        runner.monitor_tick = 0.5
+        runner = make_runner(settings, journal, job, sleep=clock.sleep, clock=clock, monitor_tick=0.5)
         try:
             task = asyncio.create_task(runner.run())
             await until(lambda: runner.in_flight == 2)
@@ -427,7 +406,7 @@ def test_the_grace_period_is_counted_on_the_runners_clock_from_the_stop(
             outcome = await asyncio.wait_for(task, 5)
             return runner, outcome, stop_at, clock()
         finally:
-            await backend.aclose()
+            await make_runner.aclose()
 
     runner, outcome, stop_at, ended = asyncio.run(go())
     assert outcome == "interrupted" and runner.stopped_at is not None

@@ -11,22 +11,25 @@ import orjson
 import pytest
 import structlog.testing
 
-from batchd.backends import make_backend
 from batchd.backends.base import ChatRequest, LoadedModel
 from batchd.config import Settings
 from batchd.daemon import Daemon
-from batchd.journal import Journal
 from batchd.metrics import JobMetrics
+from batchd.run.connect import make_backend
 from batchd.run.reloads import ReloadWatch
 from batchd.run.runner import JobRunner
-from tests.run.test_runner import FakeGpu, started_job, until
 from tests.support.emulator import Emulator
+from tests.support.runs import RunnerFactory, started_job
+from tests.support.waiting import until
 
 MODEL = "gemma3:4b"
 
 
 def run_lines(
-    settings: Settings, bodies: list[dict[str, Any]], scenario: Callable[[JobRunner], Awaitable[None]] | None = None
+    make_runner: RunnerFactory,
+    settings: Settings,
+    bodies: list[dict[str, Any]],
+    scenario: Callable[[JobRunner], Awaitable[None]] | None = None,
 ) -> tuple[JobRunner, str, list[MutableMapping[str, Any]]]:
     """Run a JSONL job of these bodies; (runner, outcome, captured log events)."""
     with (settings.inbox / "job.jsonl").open("wb") as fh:
@@ -42,25 +45,10 @@ def run_lines(
                 )
                 + b"\n"
             )
-    journal = Journal(settings.journal_path)
+    journal = make_runner.journal(settings)
     job = started_job(settings, journal)
-
-    async def go() -> tuple[JobRunner, str]:
-        backend = make_backend(settings)
-        runner = JobRunner(
-            settings=settings, journal=journal, backend=backend, job=job, stop=asyncio.Event(), vram_source=FakeGpu()
-        )
-        runner.monitor_tick = 0.01
-        try:
-            task = asyncio.create_task(runner.run())
-            if scenario is not None:
-                await scenario(runner)
-            return runner, await task
-        finally:
-            await backend.aclose()
-
     with structlog.testing.capture_logs() as events:
-        runner, outcome = asyncio.run(go())
+        runner, outcome = make_runner.run(settings, journal, job, scenario=scenario)
     return runner, outcome, events
 
 
@@ -72,12 +60,12 @@ def user(i: int, **extra: Any) -> dict[str, Any]:
 
 
 def test_runner_options_are_stripped_from_lines_with_one_log_line(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     settings = make_settings(context={"num_ctx": 2048, "mode": "isolated"})
     bodies = [user(i, options={"num_gpu": 99, "num_batch": 64 + i, "num_ctx": 512, "top_k": 5}) for i in range(6)]
     bodies.append(user(6, options={"use_mmap": False}))
-    runner, outcome, events = run_lines(settings, bodies)
+    runner, outcome, events = run_lines(make_runner, settings, bodies)
     assert outcome == "completed" and runner.done == 7
     for call in emulator.calls:
         assert call["options"]["num_ctx"] == 2048
@@ -99,7 +87,7 @@ def test_runner_options_are_stripped_from_lines_with_one_log_line(
 
 
 def test_a_reload_by_another_client_is_noticed_logged_and_counted(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.reload_seconds, emulator.latency = 0.3, 0.01
     settings = make_settings(context={"num_ctx": 2048, "mode": "isolated"}, backend={"lanes": 2})
@@ -117,7 +105,7 @@ def test_a_reload_by_another_client_is_noticed_logged_and_counted(
                 },
             )
 
-    runner, outcome, events = run_lines(settings, [user(i) for i in range(40)], scenario=other_client)
+    runner, outcome, events = run_lines(make_runner, settings, [user(i) for i in range(40)], scenario=other_client)
     assert outcome == "completed"
     assert emulator.reloads == 2  # theirs, then batchd's own back to 2048
     assert runner.metrics.reloads == 1  # batchd waited on one reload (both lanes: counted once)
@@ -130,9 +118,13 @@ def test_a_reload_by_another_client_is_noticed_logged_and_counted(
     daemon.journal.close()
 
 
-def test_no_reload_no_count(make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+def test_no_reload_no_count(
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
+) -> None:
     emulator.reload_seconds = 0.3  # the job's first call loads the model: that is no reload
-    runner, outcome, events = run_lines(make_settings(context={"num_ctx": 2048}), [user(i) for i in range(8)])
+    runner, outcome, events = run_lines(
+        make_runner, make_settings(context={"num_ctx": 2048}), [user(i) for i in range(8)]
+    )
     assert outcome == "completed" and runner.metrics.reloads == 0
     assert not [e for e in events if e["event"] == "model_reloaded"]
 
@@ -165,10 +157,10 @@ def test_reload_watch_reads_load_duration_and_ps() -> None:
 
 
 def test_the_version_is_read_at_job_start_and_an_old_one_warns(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.version = "0.12.0"
-    runner, outcome, events = run_lines(make_settings(), [user(i) for i in range(2)])
+    runner, outcome, events = run_lines(make_runner, make_settings(), [user(i) for i in range(2)])
     assert outcome == "completed" and runner.metrics.server_version == "0.12.0"
     assert runner.metrics.summary(done=2, elapsed=1)["server"]["version"] == "0.12.0"
     (warned,) = [e for e in events if e["event"] == "server_version"]
@@ -176,25 +168,25 @@ def test_the_version_is_read_at_job_start_and_an_old_one_warns(
 
 
 def test_a_current_version_is_stored_without_a_warning(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.version = "0.33.0"
-    runner, outcome, events = run_lines(make_settings(), [user(0)])
+    runner, outcome, events = run_lines(make_runner, make_settings(), [user(0)])
     assert runner.metrics.server_version == "0.33.0"
     assert not [e for e in events if e["event"] == "server_version"]
 
 
 def test_ollama_0_30_0_is_known_to_count_only_uncached_prompt_tokens(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.version = "0.30.0"
-    runner, outcome, events = run_lines(make_settings(), [user(0)])
+    runner, outcome, events = run_lines(make_runner, make_settings(), [user(0)])
     assert runner.budget is not None and runner.budget.counts_cache_only
     (note,) = [e for e in events if e["event"] == "server_version"]
     assert note["log_level"] == "info" and "uncached" in note["note"]
     emulator.version = "0.30.1"
     # other lines: the same file again would be a duplicate of the first job (same work), not a new run
-    runner, outcome, events = run_lines(make_settings(), [user(1)])
+    runner, outcome, events = run_lines(make_runner, make_settings(), [user(1)])
     assert runner.budget is not None and not runner.budget.counts_cache_only
 
 
@@ -221,9 +213,9 @@ def test_shift_server_shares_the_runner_with_clients_that_send_none(shift: str, 
 
 
 def test_a_vram_policy_change_keeps_what_the_budget_learned(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
-    runner, outcome, events = run_lines(make_settings(), [user(0)])
+    runner, outcome, events = run_lines(make_runner, make_settings(), [user(0)])
     assert runner.budget is not None
     runner.budget.counts_cache_only = True  # proven on some call of the job
     runner._apply_policy()
@@ -231,13 +223,13 @@ def test_a_vram_policy_change_keeps_what_the_budget_learned(
 
 
 def test_a_conversation_on_ollama_0_30_0_sees_no_false_truncation(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     """0.30.0 reports only uncached prompt tokens: a growing conversation looks like cut prompts
     unless batchd knows the version."""
     emulator.version = "0.30.0"
     settings = make_settings(context={"num_ctx": 8192, "mode": "conversation"})
-    runner, outcome, events = run_lines(settings, [user(i) for i in range(12)])
+    runner, outcome, events = run_lines(make_runner, settings, [user(i) for i in range(12)])
     assert outcome == "completed" and runner.done == 12
     assert runner.metrics.truncations_detected == 0
     assert len(emulator.calls) == 12  # no retry for a truncation that did not happen

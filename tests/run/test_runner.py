@@ -2,126 +2,35 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from batchd.backends import make_backend
 from batchd.config import Settings
-from batchd.intake.claim import Claimer
-from batchd.intake.inbox import scan
-from batchd.journal import Job, JobState, Journal, ReqState
+from batchd.journal import ReqState
 from batchd.metrics import JobMetrics
 from batchd.run.runner import JobRunner
-from batchd.run.vram import VramReading
-from tests.conftest import until
 from tests.support.emulator import Emulator, count_tokens
-
-SYSTEM = "You score job candidates from 1 to 10. Be brief."
-
-
-class FakeGpu:
-    """A GpuMemory whose used fraction the test sets (what a fake NVML would report)."""
-
-    name = "nvml"
-    interval = 0.02
-
-    def __init__(self, fraction: float = 0.5) -> None:
-        self.fraction = fraction
-        self.closed = False
-
-    async def read(self) -> VramReading | None:
-        total = 16 * 1024**3
-        return VramReading(used_bytes=int(self.fraction * total), total_bytes=total, source=self.name)
-
-    def close(self) -> None:
-        self.closed = True
+from tests.support.fakes import FakeGpu
+from tests.support.runs import RunnerFactory
+from tests.support.waiting import until
 
 
-def write_requests(path: Path, n: int, *, size: int = 40) -> None:
-    with path.open("wb") as fh:
-        for i in range(n):
-            body = {
-                "model": "gemma3:4b",
-                "messages": [
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": f"Row {i}: " + "y" * size},
-                ],
-            }
-            fh.write(
-                orjson.dumps({"custom_id": f"r{i:04d}", "method": "POST", "url": "/v1/chat/completions", "body": body})
-                + b"\n"
-            )
-
-
-def queued_job(settings: Settings, journal: Journal, n: int, **kw: Any) -> Job:
-    write_requests(settings.inbox / "job.jsonl", n, **kw)
-    return started_job(settings, journal)
-
-
-def started_job(settings: Settings, journal: Journal) -> Job:
-    """The one file in the inbox, claimed, ingested and started, as the daemon would before its runner."""
-    claimer = Claimer(settings=settings, journal=journal)
-    (cand,) = scan(settings.inbox)
-    claimed = claimer.claim(cand)
-    assert claimed is not None
-    if claimed.state is JobState.INGESTING:
-        claimer.ingest(claimed.job_id)
-    assert journal.start_run(claimed.job_id, 0.0)
-    job = journal.job(claimed.job_id)
-    assert job is not None
-    return job
-
-
-def run_job(
-    settings: Settings,
-    n: int,
-    *,
-    gpu: FakeGpu | None = None,
-    scenario: Callable[[JobRunner], Any] | None = None,
-    **kw: Any,
-) -> tuple[JobRunner, str, Journal]:
-    journal = Journal(settings.journal_path)
-    job = queued_job(settings, journal, n, **kw)
-
-    async def go() -> tuple[JobRunner, str]:
-        backend = make_backend(settings)
-        runner = JobRunner(
-            settings=settings,
-            journal=journal,
-            backend=backend,
-            job=job,
-            stop=asyncio.Event(),
-            vram_source=gpu or FakeGpu(),
-        )
-        runner.monitor_tick = 0.01
-        try:
-            task = asyncio.create_task(runner.run())
-            if scenario is not None:
-                await scenario(runner)
-            return runner, await task
-        finally:
-            await backend.aclose()
-
-    runner, outcome = asyncio.run(go())
-    return runner, outcome, journal
-
-
-def test_k_lanes_keep_k_server_slots_busy(make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+def test_k_lanes_keep_k_server_slots_busy(
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
+) -> None:
     emulator.latency, emulator.slots = 0.03, 3
     settings = make_settings(backend={"lanes": 3}, context={"mode": "isolated"})
-    runner, outcome, journal = run_job(settings, 30)
+    runner, outcome, journal = make_runner.run_job(settings, 30)
     assert outcome == "completed" and runner.done == 30
     assert emulator.peak_concurrency == 3
     assert len(emulator.calls) == 30
 
 
 def test_vram_pressure_pauses_a_lane_goes_aggressive_and_recovers(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 0.01
     gpu = FakeGpu(0.5)
@@ -144,7 +53,7 @@ def test_vram_pressure_pauses_a_lane_goes_aggressive_and_recovers(
         await until(lambda: emulator.peak_concurrency == 3)
         r.stop.set()
 
-    runner, outcome, journal = run_job(settings, 800, gpu=gpu, scenario=scenario)
+    runner, outcome, journal = make_runner.run_job(settings, 800, gpu=gpu, scenario=scenario)
     assert outcome == "interrupted"
     assert seen["peak"] <= 2
     assert all(n == 2 for n in seen["calls"][2:])  # system prompt + the request, nothing kept
@@ -156,13 +65,13 @@ def test_vram_pressure_pauses_a_lane_goes_aggressive_and_recovers(
 
 
 def test_oom_trims_aggressively_backs_off_and_counts(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     settings = make_settings(context={"num_ctx": 8192})
     # the 4th call fails (injected before the job starts: waiting for progress first raced a fast job)
     emulator.fail_next(500, count=1, after=3)  # "llama runner process has terminated"
 
-    runner, outcome, journal = run_job(settings, 12)
+    runner, outcome, journal = make_runner.run_job(settings, 12)
     assert outcome == "completed" and runner.done == 12
     assert runner.metrics.oom_events == 1 and runner.metrics.retries["oom"] == 1
     assert runner.metrics.trims["aggressive"] == 1
@@ -171,11 +80,11 @@ def test_oom_trims_aggressively_backs_off_and_counts(
 
 
 def test_overflow_400_trims_harder_retries_and_lowers_the_trigger(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.context_length = 512  # the server's window is smaller than the num_ctx batchd pins
     settings = make_settings(context={"num_ctx": 1024, "num_predict": 32})
-    runner, outcome, journal = run_job(settings, 30, size=160)
+    runner, outcome, journal = make_runner.run_job(settings, 30, size=160)
     assert outcome == "completed" and runner.done == 30 and runner.failed == 0
     m = runner.metrics
     assert m.retries["context_overflow"] >= 1
@@ -185,10 +94,12 @@ def test_overflow_400_trims_harder_retries_and_lowers_the_trigger(
     assert {c["options"]["num_ctx"] for c in emulator.calls} == {1024}
 
 
-def test_samples_and_metrics_are_persisted(make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+def test_samples_and_metrics_are_persisted(
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
+) -> None:
     settings = make_settings(backend={"lanes": 2})
     emulator.set_ps(size=6_000_000_000, size_vram=4_500_000_000)  # the model spills into system RAM
-    runner, outcome, journal = run_job(settings, 20)
+    runner, outcome, journal = make_runner.run_job(settings, 20)
     assert runner.metrics.offload is not None and runner.metrics.offload["cpu_bytes"] == 1_500_000_000
     assert outcome == "completed"
     samples = journal.samples(runner.job.id)

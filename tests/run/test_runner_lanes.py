@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -11,17 +12,19 @@ from batchd.config import Settings
 from batchd.run.context import Conversation
 from batchd.run.lanes import Reason
 from batchd.run.runner import JobRunner
-from tests.run.test_runner import FakeGpu, run_job, until
 from tests.support.emulator import Emulator
+from tests.support.fakes import FakeGpu
+from tests.support.runs import RunnerFactory
+from tests.support.waiting import until
 
 
 def test_auto_finds_the_servers_slots_and_records_each_change(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency, emulator.slots = 0.02, 4
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 16}, context={"mode": "isolated"})
     with structlog.testing.capture_logs() as logs:
-        runner, outcome, journal = run_job(settings, 500)
+        runner, outcome, journal = make_runner.run_job(settings, 500)
     assert outcome == "completed" and runner.done == 500
     changes = [e for e in logs if e["event"] == "lanes_changed"]
     assert changes and {"from", "to", "reason"} <= changes[0].keys()
@@ -37,10 +40,12 @@ def test_auto_finds_the_servers_slots_and_records_each_change(
     journal.close()
 
 
-def test_pinned_lanes_never_change(make_settings: Callable[..., Settings], emulator: Emulator) -> None:
+def test_pinned_lanes_never_change(
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
+) -> None:
     emulator.latency, emulator.slots = 0.01, 1
     settings = make_settings(backend={"lanes": 3}, context={"mode": "isolated"})
-    runner, outcome, journal = run_job(settings, 60)
+    runner, outcome, journal = make_runner.run_job(settings, 60)
     assert outcome == "completed"
     assert not runner.auto and runner.control.limit == 3 and runner.control.changes == []
     assert runner.metrics.summary(done=60, elapsed=1.0)["lanes"]["mode"] == "fixed"
@@ -48,7 +53,7 @@ def test_pinned_lanes_never_change(make_settings: Callable[..., Settings], emula
 
 
 def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 0.01
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 3}, context={"mode": "conversation"})
@@ -56,7 +61,9 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
     made: dict[int, list[Conversation]] = {}
 
     async def scenario(runner: JobRunner) -> None:
-        runner.control.min_samples = 10**9  # the test moves the limit, not the controller
+        runner.control.tuning = replace(
+            runner.control.tuning, min_samples=10**9
+        )  # the test moves the limit, not the controller
         real = runner.new_conversation
 
         def tracked(lane: int) -> Conversation:
@@ -65,13 +72,13 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
             return conv
 
         runner.new_conversation = tracked  # type: ignore[method-assign]
-        original = runner._execute
+        original = runner.attempts.execute
 
         async def execute(req: Any, conv: Conversation, lane: int = 0) -> Any:
             assert owners.setdefault(id(conv), lane) == lane, "two lanes on one history"
             return await original(req, conv, lane)
 
-        runner._execute = execute  # type: ignore[method-assign]
+        runner.attempts.execute = execute  # type: ignore[method-assign]
         await until(lambda: runner.done >= 5)
         runner.control._set(3, Reason.GROW, 0.0, {})
         await until(lambda: runner.in_flight == 3 or runner.done >= 60)
@@ -81,7 +88,7 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
         runner.control._set(3, Reason.GROW, 0.0, {})  # ...and come back with fresh conversations
         await until(lambda: runner.done >= 150)
 
-    runner, outcome, journal = run_job(settings, 200, gpu=FakeGpu(), scenario=scenario)
+    runner, outcome, journal = make_runner.run_job(settings, 200, gpu=FakeGpu(), scenario=scenario)
     assert outcome == "completed" and runner.done == 200
     # lane 0 never parked: one history all along; lanes 1 and 2 started parked (limit 1), were woken,
     # retired and revived: a fresh conversation each time they came back
@@ -93,14 +100,14 @@ def test_a_retired_lane_drops_its_history_and_a_revived_one_starts_fresh(
 
 
 def test_vram_pressure_in_auto_mode_backs_the_controller_off(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency = 0.01
     settings = make_settings(backend={"lanes": "auto", "lanes_max": 8}, context={"mode": "isolated"})
     gpu = FakeGpu(0.5)
 
     async def scenario(runner: JobRunner) -> None:
-        runner.control.min_samples = 10**9
+        runner.control.tuning = replace(runner.control.tuning, min_samples=10**9)
         runner.control._set(8, Reason.GROW, 0.0, {})
         await until(lambda: runner.active_lanes == 8)
         gpu.fraction = 0.97
@@ -109,7 +116,7 @@ def test_vram_pressure_in_auto_mode_backs_the_controller_off(
         gpu.fraction = 0.5
         await until(lambda: not runner.control.pressure_on)
 
-    _, outcome, journal = run_job(settings, 300, gpu=gpu, scenario=scenario)
+    _, outcome, journal = make_runner.run_job(settings, 300, gpu=gpu, scenario=scenario)
     assert outcome == "completed"
     journal.close()
 
@@ -143,7 +150,7 @@ def test_lanes_setting_accepts_auto_or_an_integer(monkeypatch: Any) -> None:
 
 
 def test_auto_over_a_host_pool_uses_both_hosts_slots(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     emulator.latency, emulator.slots = 0.02, 2
     with Emulator(latency=0.02, slots=2) as other:
@@ -151,7 +158,7 @@ def test_auto_over_a_host_pool_uses_both_hosts_slots(
             backend={"lanes": "auto", "urls": [emulator.url, other.url]}, context={"mode": "isolated"}
         )
         assert settings.backend.lane_bounds() == (1, 128)  # 64 per host
-        runner, outcome, journal = run_job(settings, 400)
+        runner, outcome, journal = make_runner.run_job(settings, 400)
         assert outcome == "completed" and runner.done == 400
         # four slots in all: auto went past one host's two, and each host served some
         assert runner.metrics.lanes_max >= 4
@@ -162,20 +169,20 @@ def test_auto_over_a_host_pool_uses_both_hosts_slots(
 def test_doctor_on_auto_lanes_names_the_servers_parallel_slots() -> None:
     from batchd.ops.doctor import _parallel
 
-    level, what, fix = _parallel("auto", (8, "ollama.service"))
-    assert level == "OK" and "OLLAMA_NUM_PARALLEL=8" in what and fix == ""
-    level, what, fix = _parallel("auto", None)
-    assert level == "OK" and "one request at a time" in what and "OLLAMA_NUM_PARALLEL=4" in fix
+    check = _parallel("auto", (8, "ollama.service"))
+    assert check.level == "OK" and "OLLAMA_NUM_PARALLEL=8" in check.what and check.fix == ""
+    check = _parallel("auto", None)
+    assert check.level == "OK" and "one request at a time" in check.what and "OLLAMA_NUM_PARALLEL=4" in check.fix
 
 
 def test_auto_grows_in_a_job_shorter_than_the_lane_queue(
-    make_settings: Callable[..., Settings], emulator: Emulator
+    make_settings: Callable[..., Settings], emulator: Emulator, make_runner: RunnerFactory
 ) -> None:
     # 60 rows fit the lanes' queue (2 x lanes_max) at once: the feeder is done before the first reply,
     # and parked lanes used to leave then, so auto could never go above 1 (seen against llama-server)
     emulator.latency, emulator.slots = 0.05, 4
     settings = make_settings(backend={"lanes": "auto"}, context={"mode": "isolated"})
-    runner, outcome, journal = run_job(settings, 60)
+    runner, outcome, journal = make_runner.run_job(settings, 60)
     assert outcome == "completed" and runner.done == 60
     assert runner.metrics.lanes_max >= 2 and emulator.peak_concurrency >= 2
     journal.close()

@@ -16,7 +16,8 @@ from batchd.config import MetricsSettings
 from batchd.errors import ConfigError
 from batchd.metrics import LATENCY_BUCKETS, JobMetrics
 from batchd.status.prom import KNOWN, Exporter, Live, Queue, parse_listen
-from tests.conftest import REPO, Folders, run_batchd
+from tests.support.factories import Folders
+from tests.support.running import REPO, run_batchd
 
 DASHBOARD = REPO / "packaging" / "grafana-dashboard.json"
 
@@ -188,7 +189,9 @@ def _full_exposition() -> set[str]:
     m.retries["timeout"] += 1
     ex.job_published("completed", {"done": 1})
     ex.set_live(Live(job_running=True, backend_up=True, vram_used_bytes=1, vram_total_bytes=2))
-    ex.set_queue(Queue(progress=0.5, eta_seconds=10))
+    ex.set_queue(
+        Queue(progress=0.5, eta_seconds=10, by_priority={0: 2, 5: 1}, preemptions=3, notifications={"pending": 1})
+    )
     ex.refresh()
     return {name for name, _ in samples(ex.exposition())}
 
@@ -216,7 +219,7 @@ def test_grafana_dashboard_is_valid_and_names_metrics_that_exist() -> None:
     missing = used - exposed
     assert not missing, missing
     titles = " ".join(p["title"].lower() for p in dash["panels"])
-    for topic in ("throughput", "eta", "failures by cause", "vram", "backend up"):
+    for topic in ("throughput", "eta", "failures by cause", "vram", "backend up", "priority", "preemptions", "notif"):
         assert topic in titles
 
 
@@ -235,3 +238,49 @@ def test_metrics_settings_from_file_and_environment(tmp_path: Path, monkeypatch:
     default = load_settings(cfg)
     assert default.metrics.listen is None and default.metrics.textfile is None  # off unless configured
     assert not Exporter(default.metrics).enabled
+
+
+def test_unknown_causes_add_up_under_other() -> None:
+    """Two codes no exception declares both read ``other``: their counts add, neither hides the other."""
+    ex = Exporter(MetricsSettings())
+    m = JobMetrics()
+    ex.job_started(m)
+    m.count_outcome(False, "made_up_a")
+    m.count_outcome(False, "made_up_b")
+    m.count_outcome(False, "made_up_b")
+    m.retries["odd_a"] += 1
+    m.retries["odd_b"] += 2
+    ex.refresh()
+    snap = samples(ex.exposition())
+    assert value(snap, "batchd_requests_total", status="failed", cause="other") == 3
+    assert value(snap, "batchd_request_retries_total", cause="other") == 3
+
+
+def test_a_counter_from_jobmetrics_is_one_row_of_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``COUNTS`` is the one table: a new row is read per job, added across jobs and exposed, nothing else."""
+    import batchd.status.prom as prom
+
+    row = prom.Count("batchd_test_pressure", "VRAM pressure events (test row).", lambda m: m.vram_pressure_events)
+    monkeypatch.setattr(prom, "COUNTS", (*prom.COUNTS, row))
+    ex = Exporter(MetricsSettings())
+    for n in (2, 3):
+        m = JobMetrics()
+        ex.job_started(m)
+        m.vram_pressure_events += n
+        ex.job_ended()
+    snap = samples(ex.exposition())
+    assert value(snap, "batchd_test_pressure_total") == 5
+    assert {c.family for c in prom.COUNTS} <= {f.name for f in text_string_to_metric_families(ex.exposition().decode())}
+
+
+def test_queue_by_priority_preemptions_and_notifications() -> None:
+    ex = Exporter(MetricsSettings())
+    ex.set_queue(Queue(by_priority={0: 2, 5: 1}, preemptions=3, notifications={"pending": 1, "delivered": 4}))
+    ex.refresh()
+    snap = samples(ex.exposition())
+    assert value(snap, "batchd_queue_jobs_by_priority", priority="5") == 1
+    assert value(snap, "batchd_queue_jobs_by_priority", priority="0") == 2
+    assert value(snap, "batchd_preemptions_total") == 3
+    assert value(snap, "batchd_notifications", state="pending") == 1
+    assert value(snap, "batchd_notifications", state="delivered") == 4
+    assert value(snap, "batchd_notifications", state="failed") == 0

@@ -8,9 +8,8 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -22,7 +21,7 @@ from batchd.config import Settings
 from batchd.fsutil import write_atomic
 from batchd.intake.inbox import safe_stem
 from batchd.journal import JobState, Journal, NewRequest, Outcome, ReqState
-from batchd.ops.commands import status_views
+from batchd.metrics import JobMetrics
 from batchd.status.live import LiveViews
 from batchd.status.page import (
     NAMES,
@@ -34,7 +33,12 @@ from batchd.status.page import (
     render_html,
     render_json,
 )
-from tests.conftest import outbox_entries, run_daemon_once, until, write_jsonl
+from batchd.status.state import JobProgress
+from batchd.status.views import StatusViews, status_views
+from batchd.storage import DiskWatch
+from tests.support.factories import outbox_entries, write_jsonl
+from tests.support.running import run_daemon_once
+from tests.support.waiting import until
 
 EVIL = "<script>alert(1)</script>\n\x1b[31m\u202egnp.exe"
 
@@ -118,15 +122,15 @@ def test_json_is_what_batchd_status_json_shows(journal: Journal) -> None:
     now = time.time()
     views = status_views(journal, limit=20, now=now)
     data = orjson.loads(render_json(page_data(views, now=now, daemon=DaemonState.RUNNING)))
-    assert data["active"] == orjson.loads(orjson.dumps(views["active"]))
-    assert data["recent"] == orjson.loads(orjson.dumps(views["recent"]))
+    assert data["active"] == orjson.loads(orjson.dumps(views.as_dict()["active"]))
+    assert data["recent"] == orjson.loads(orjson.dumps(views.as_dict()["recent"]))
     assert [v["job_id"] for v in data["active"]] == ["run1", "q1"]
     run = data["active"][0]
     assert (run["finished"], run["failed"], run["req_per_s"]) == (412, 12, 4.0)
     assert run["eta_seconds"] == round(588 / 4.0)
     assert data["daemon"] == "running" and data["waiting_for_backend"] is None
     # As in `batchd status --json`: control characters as visible escapes, the rest of the name kept.
-    assert data["active"][1]["input"] == "<script>alert(1)</script>\\n\\x1b[31m\u202egnp.exe.jsonl"
+    assert data["active"][1]["input"] == "<script>alert(1)</script>\\n\\x1b[31m\\u202egnp.exe.jsonl"
 
 
 def test_page_shows_progress_rate_eta_failures_and_links(journal: Journal, tmp_path: Path) -> None:
@@ -154,7 +158,7 @@ def test_untrusted_names_are_escaped_and_control_characters_shown(journal: Journ
     now = time.time()
     page = render_html(page_data(status_views(journal, limit=20, now=now), now=now, daemon=DaemonState.RUNNING))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "\\n\\x1b[31m\\u202egnp.exe.jsonl" in page  # controls escaped by ops, the bidi override here
+    assert "\\n\\x1b[31m\\u202egnp.exe.jsonl" in page  # controls and the bidi override escaped
     assert not re.search("[\x00-\x08\x0b-\x1f\u202e]", page)
 
 
@@ -173,7 +177,7 @@ def test_waiting_for_the_backend_and_a_stopped_daemon_are_said(journal: Journal)
 
 
 def test_empty_outbox_page() -> None:
-    page = render_html(page_data({"active": [], "recent": []}, now=time.time(), daemon=DaemonState.RUNNING))
+    page = render_html(page_data(StatusViews(), now=time.time(), daemon=DaemonState.RUNNING))
     assert "Nothing running or queued" in page and "No finished jobs yet" in page
 
 
@@ -189,7 +193,7 @@ def test_a_reader_polling_1000_times_never_sees_a_partial_file(journal: Journal,
     # Pages of very different sizes, so a torn read could not pass for a whole one.
     docs = []
     for k in range(4):
-        v = {"active": views["active"] * (1 + 40 * k), "recent": views["recent"]}
+        v = StatusViews(active=views.active * (1 + 40 * k), recent=views.recent)
         data = page_data(v, now=now + k, daemon=DaemonState.RUNNING)
         docs.append((render_json(data), render_html(data).encode()))
     write_atomic(out / STATUS_JSON, docs[0][0])
@@ -271,17 +275,21 @@ def test_run_once_leaves_a_final_page(make_settings: Any, folders: Any) -> None:
     assert [p.name for p in outbox_entries(folders.outbox)] == ["small"]
 
 
-class _Gate:
-    def __init__(self) -> None:
-        self.down_since: float | None = None
+class _FakeState:
+    """The narrow state (``status.state.StatusState``) a daemon hands the live views, driven by the test."""
 
-    @property
-    def is_open(self) -> bool:
-        return self.down_since is None
+    def __init__(self, settings: Settings, clock: list[float]) -> None:
+        self.settings = settings
+        self.jobs_done = 0
+        self.job: JobProgress | None = None
+        self.clock: Callable[[], float] = lambda: clock[0]
+        self.disk = DiskWatch(clock=self.clock)
 
+    def progress(self) -> JobProgress | None:
+        return self.job
 
-def _fake_daemon(settings: Settings, clock: list[float]) -> SimpleNamespace:
-    return SimpleNamespace(settings=settings, current=None, jobs_done=0, clock=lambda: clock[0], backend=None)
+    async def ping_backend(self) -> None:
+        return None
 
 
 def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_settings: Any, folders: Any) -> None:
@@ -293,8 +301,8 @@ def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_sett
         journal.close()
     settings = make_settings(status_page={"interval_seconds": 60})
     clock = [1000.0]
-    fake = _fake_daemon(settings, clock)
-    live = LiveViews(daemon=fake, wall=time.time)  # type: ignore[arg-type]
+    fake = _FakeState(settings, clock)
+    live = LiveViews(state=fake, wall=time.time)
     live.tick = live.min_gap = 0.05
     page = folders.outbox / STATUS_JSON
 
@@ -310,18 +318,17 @@ def test_live_writes_at_once_on_a_change_and_otherwise_at_its_interval(make_sett
             first = version()
             await asyncio.sleep(0.6)  # a dozen ticks, nothing changed, the clock stands: no rewrite
             assert version() == first
-            runner = SimpleNamespace(
-                job=SimpleNamespace(id="run1"),
-                gate=_Gate(),
-                backend=SimpleNamespace(host="http://u:secret@gpu1:11434"),
-                metrics=SimpleNamespace(vram_used_bytes=5, vram_total=16),
+            fake.job = JobProgress(  # the job now waits for its backend: a change, written at once
+                job_id="run1",
+                metrics=JobMetrics(vram_used_bytes=5, vram_total=16),
                 lanes=4,
-                active_lanes=4,
+                lanes_active=4,
                 in_flight=3,
                 cancelled=False,
+                down_since=clock[0] - 90,
+                backend_up=False,
+                backend_host="http://u:secret@gpu1:11434",
             )
-            runner.gate.down_since = clock[0] - 90
-            fake.current = runner  # the job now waits for its backend: a change, written at once
             await until(lambda: version() != first or task.done())
             if task.done():
                 task.result()
@@ -348,8 +355,8 @@ def test_a_failing_write_is_logged_and_the_next_tick_tries_again(
     import batchd.status.page
 
     Journal(folders.state / "journal.sqlite3").close()
-    fake = _fake_daemon(make_settings(status_page={"interval_seconds": 0.5}), [0.0])
-    live = LiveViews(daemon=fake)  # type: ignore[arg-type]
+    fake = _FakeState(make_settings(status_page={"interval_seconds": 0.5}), [0.0])
+    live = LiveViews(state=fake)
     calls = {"n": 0}
     real = batchd.status.page.render_html
 
@@ -376,8 +383,8 @@ def test_a_failing_write_is_logged_and_the_next_tick_tries_again(
 def test_a_reload_that_changes_metrics_says_it_needs_a_restart(make_settings: Any) -> None:
     from structlog.testing import capture_logs
 
-    fake = _fake_daemon(make_settings(status_page={"enabled": False}), [0.0])
-    live = LiveViews(daemon=fake)  # type: ignore[arg-type]
+    fake = _FakeState(make_settings(status_page={"enabled": False}), [0.0])
+    live = LiveViews(state=fake)
     fake.settings = make_settings(status_page={"enabled": False}, metrics={"listen": "9464"})
 
     async def ticks() -> None:

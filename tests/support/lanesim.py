@@ -112,7 +112,7 @@ class Sim:
 
     def time_above(self, ctl: LaneController, level: int, start: float, end: float) -> float:
         """Seconds within [start, end] during which the limit was above ``level``."""
-        limit, t_prev, total = ctl.lanes_min, start, 0.0
+        limit, t_prev, total = ctl.tuning.lanes_min, start, 0.0
         points = [(c.at, c.new) for c in ctl.changes]
         for at, new in points:
             if at <= start:

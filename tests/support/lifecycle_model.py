@@ -2,8 +2,9 @@
 
 A scenario is a list of actions (drop a JSONL or CSV, stop with a grace, kill -9, backend down/up,
 a burst of faults, a refusal during an outage, cancel, retry, re-drop, re-drop after a pipeline
-edit, wait). ``check_quiet`` states what must hold once everything has settled; it reads only the
-outbox and the journal, so the in-process and the subprocess drivers share it.
+edit, wait, a storage fault on one store at one phase: ``storage_faults.PAIRS``). ``check_quiet``
+states what must hold once everything has settled; it reads only the outbox and the journal, so the
+in-process and the subprocess drivers share it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 from batchd.journal import FINISHED, JobState, Journal, ReqState
+from tests.support.storage_faults import PAIRS
 
 PROFILE_ENV = "BATCHD_LIFECYCLE_PROFILE"
 _COMMON: dict[str, Any] = dict(
@@ -32,6 +34,8 @@ _COMMON: dict[str, Any] = dict(
 settings.register_profile("ci", max_examples=6, derandomize=True, **_COMMON)
 settings.register_profile("long", max_examples=int(os.environ.get("BATCHD_LIFECYCLE_EXAMPLES", "60")), **_COMMON)
 PROFILE = os.environ.get(PROFILE_ENV, "ci")
+#: ``storage``: scenarios drawn mostly from storage faults (the RELIABILITY.md table's run)
+FOCUS_ENV = "BATCHD_LIFECYCLE_FOCUS"
 
 CSV_FOLDER = "scoring"
 SYSTEM = "You score candidates from 1 to 10."
@@ -49,12 +53,16 @@ redrop = st.tuples(st.just("redrop"), st.integers(0, 7))
 edit = st.tuples(st.just("edit"), st.integers(0, 7))
 wait = st.tuples(st.just("wait"), st.floats(0, 0.8))
 kill = st.tuples(st.just("kill"), st.integers(0, 40))  # after this many more calls
+#: (store, phase), how long the disk refuses once the fault met its first write (seconds)
+storage = st.tuples(st.just("storage"), st.sampled_from(PAIRS), st.floats(0.1, 1.5))
 
 
 def scripts(*, kills: bool = False) -> st.SearchStrategy[list[Action]]:
     """A first drop, then up to seven more actions (drops and cancels drawn twice as often: a cancel
     needs a job that is not over yet)."""
-    kinds = [drop, drop, stop, down, burst, refuse, cancel, cancel, retry, redrop, edit, wait]
+    kinds = [drop, drop, stop, down, burst, refuse, cancel, cancel, retry, redrop, edit, wait, storage, storage]
+    if os.environ.get(FOCUS_ENV) == "storage":  # storage faults on every store and phase, mixed with the rest
+        kinds = [drop, storage, storage, storage, stop, cancel, redrop, wait]
     if kills:
         kinds = [drop, drop, kill, kill, down, burst, cancel, redrop, edit, wait]
     return st.tuples(drop, st.lists(st.one_of(*kinds), min_size=1, max_size=7)).map(lambda t: [t[0], *t[1]])
@@ -97,16 +105,21 @@ class Tally:
     jobs: Counter[str] = field(default_factory=Counter)
     cancel_latency_max: float = 0.0
     violations: int = 0
+    #: storage faults that met a write, by "store@phase" (an armed one whose phase passed is "missed")
+    storage: Counter[str] = field(default_factory=Counter)
+    #: the longest time from a fault's end to every job final (the bounded-time invariant)
+    settle_after_fault_max: float = 0.0
 
     @property
     def faults(self) -> int:
         a = self.actions
-        return a["stop"] + a["kill"] + a["down"] + a["burst"] + a["refuse"] + a["cancel"]
+        return a["stop"] + a["kill"] + a["down"] + a["burst"] + a["refuse"] + a["cancel"] + a["storage"]
 
     def line(self) -> str:
         return (
             f"lifecycle: examples={self.examples} faults={self.faults} actions={dict(self.actions)} "
             f"jobs={dict(self.jobs)} cancel_latency_max={self.cancel_latency_max:.2f}s "
+            f"storage={dict(sorted(self.storage.items()))} settle_after_fault_max={self.settle_after_fault_max:.2f}s "
             f"violations={self.violations}"
         )
 

@@ -423,3 +423,46 @@ def test_native_journal_protocol_reaches_journald(installed: SystemdMachine) -> 
         "batchd",
     )
     assert entry["NOTE"] == "a\nb"
+
+
+def test_a_member_cancels_their_own_job_and_another_member_cannot(service: SystemdMachine, emulator: Emulator) -> None:
+    """``NAME.cancel`` from the share, as two members of batchd-users: the dropper's cancels within a
+    second or two; the other member's is refused, removed, logged naming them and shown on the page."""
+    m = service
+    other = "bob"  # a second member (mallory is outside the group)
+    m.run("useradd", "--no-create-home", other, check=False)
+    m.run("usermod", "-aG", "batchd-users", other)
+    emulator.latency = 0.05  # 400 rows on 2 lanes: ~10 s, time enough to cancel
+    try:
+        m.systemctl("start", "batchd")
+        text = "id,name\n" + "".join(f"c{i},Person {i}\n" for i in range(400))
+        # dropped as alice does from her shell: written under a dot name, renamed into place
+        m.run("sh", "-c", f"cat > {INBOX}/.big.part && mv {INBOX}/.big.part {INBOX}/big.csv", user=MEMBER, input=text)
+
+        def running() -> bool:
+            views = orjson.loads(m.run(BATCHD, "status", "--json").stdout)
+            return any(v["input"] == "big.csv" and v["state"] == "running" and v["done"] > 5 for v in views["active"])
+
+        m.wait_for(running, timeout=60, what="big.csv running")
+        m.run("touch", f"{INBOX}/big.csv.cancel", user=other)  # bob's: refused
+        m.wait_for(lambda: not m.path(f"{INBOX}/big.csv.cancel").exists(), timeout=10, what="bob's .cancel removed")
+        assert running(), "another member's .cancel stopped the job"
+
+        def refusal_shown() -> bool:
+            page = orjson.loads(m.path(f"{OUTBOX}/!status.json").read_bytes())
+            return any(r["user"] == other and r["reason"] == "not_the_owner" for r in page.get("cancel_refused", []))
+
+        m.wait_for(refusal_shown, timeout=15, what="the refusal on the status page")
+        logged = [e for e in m.journal("batchd") if e.get("EVENT") == "cancel_refused"]
+        assert logged and logged[-1].get("USER") == other, logged[-1:]
+        started = time.monotonic()
+        m.run("touch", f"{INBOX}/big.csv.cancel", user=MEMBER)  # alice's own: obeyed
+        metrics = published(m, "big", timeout=10)
+        took = time.monotonic() - started
+        assert metrics["status"] == "cancelled" and took < 3.0, (metrics["status"], took)
+        assert not m.path(f"{INBOX}/big.csv.cancel").exists()
+        cancelled = [e for e in m.journal("batchd") if e.get("EVENT") == "job_cancel_dropped"]
+        assert cancelled and cancelled[-1].get("USER") == MEMBER
+    finally:
+        m.systemctl("stop", "batchd", check=False)
+        m.run("userdel", other, check=False)

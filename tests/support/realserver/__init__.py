@@ -99,6 +99,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Gemma's turn format as a Jinja template that writes the tools and tool calls (Hermes' ``<tool_call>`` JSON), for
+#: ``jinja=True``: the packaged GGUF carries no template of its own, and llama-server parses tool calls only under
+#: ``--jinja`` with a template that renders them (it learns the call format from the template; checked by hand:
+#: without tools in the template it answers in plain text and imposes no grammar)
+GEMMA_JINJA = HERE / "gemma_tools.jinja"
+
+
 class LlamaServer:
     """One ``llama-server`` on 127.0.0.1: ``slots`` parallel slots sharing ``ctx`` tokens (ctx/slots each)."""
 
@@ -112,10 +119,13 @@ class LlamaServer:
         threads: int = 1,
         log_path: Path | None = None,
         extra: tuple[str, ...] = (),
+        jinja: bool = False,
     ) -> None:
         self.binary, self.model = binary, model
         self.slots, self.ctx, self.threads = slots, ctx, threads
         self.extra = extra
+        #: ``--jinja`` with ``GEMMA_JINJA`` (tool calls parsed), else ``--no-jinja`` with the built-in ``gemma``
+        self.jinja = jinja
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -143,10 +153,9 @@ class LlamaServer:
             str(self.ctx),
             "--threads",
             str(self.threads),
-            # the packaged GGUF carries no chat template: Gemma's built-in one
-            "--no-jinja",
-            "--chat-template",
-            "gemma",
+            # the packaged GGUF carries no chat template: Gemma's, built in or (for tools) as Jinja
+            *(("--jinja", "--chat-template-file", str(GEMMA_JINJA)) if self.jinja else ()),
+            *(() if self.jinja else ("--no-jinja", "--chat-template", "gemma")),
             "--no-webui",
             *self.extra,
         ]

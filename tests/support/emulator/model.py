@@ -1,4 +1,4 @@
-"""The emulator's deterministic model: token counts and reply texts (stdlib only).
+"""The emulator's deterministic model: token counts, reply texts and what it says about a model (stdlib only).
 
 A reply depends only on the *last user message* and the requested format, so
 history trimming never changes an answer; a text costs ``ceil(len / 4)`` tokens
@@ -92,5 +92,24 @@ def _value(s: dict[str, Any], h: bytes, root: dict[str, Any], salt: int = 0, dep
         return h[2] % 2 == 0
     if kind == "null":
         return None
+    if s.get("examples"):  # a string the test chose (a hostile reply, say)
+        return s["examples"][0]
     phrase = _PHRASES[(h[3] + salt) % len(_PHRASES)]
     return phrase.ljust(s.get("minLength", 0), ".")[: s.get("maxLength", len(phrase) + 999)]
+
+
+def model_details(name: str) -> dict[str, Any]:
+    """What /api/tags, /api/ps and /api/show say about a model: its family from the name, a 4B Q4_K_M GGUF."""
+    family = name.split(":")[0].split(".")[0]
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family],
+        "parameter_size": "4.3B",
+        "quantization_level": "Q4_K_M",
+    }
+
+
+def model_digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
