@@ -21,6 +21,13 @@ their figures arrive as a ``Reading``), and stops when
 - **errors appear**: a 503/429, a timeout or VRAM pressure (``abort``);
 - it reaches ``lanes_max``, or the client could not fill a level.
 
+Looking past a flat level costs latency, not throughput (on a server that only
+queues, each request there waits for the others): so a scan looks past one only
+while the job has ``look_rows`` rows left per level it would look at (those
+queued requests stay within ~2% of the job and its p95 is untouched), and a job
+that short reads each level once. A 160-row job on a one-slot server thus stops
+at 2; a 170,000-row job against llama.cpp on busy CPU cores looks on to 8.
+
 The **knee** is the lowest level within ``tie`` of the best throughput seen; the
 controller goes there and hill-climbs around it. Scans come back (``Knee``):
 after a detected capacity change (from the controller's cut upward; at most one
@@ -33,6 +40,7 @@ Pure logic on the controller's injected clock.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -91,6 +99,10 @@ class ScanRules:
     precision: float = 0.05
     budget: float = 0.02  #: periodic re-scans only while all scans took at most this share of the time
     gap: float = 5.0  #: a re-scan after a capacity change waits this many last-scan durations
+    #: a look past a flat level L queues about 2 L requests on a server that only queues (its latency
+    #: doubles): the scan looks only while the job has this many rows left per level, so those requests
+    #: stay within 2% of the job (a p95 untouched); a short job stops at the first flat step
+    look_rows: int = 100
 
 
 @dataclass
@@ -110,6 +122,8 @@ class Scan:
     #: its error)
     cv: float = 0.0
     known_cv: float = 0.0  #: the last scans' (a first level may be queued too: after a cut)
+    #: rows the job has left (None: not known, a long job); see ``ScanRules.look_rows``
+    rows_left: Callable[[], int | None] = field(default=lambda: None, repr=False)
     _misses: int = 0
     _paid: bool = False
 
@@ -132,7 +146,9 @@ class Scan:
             reading = self.points.pop().pooled(reading)
         if not self.points and not self.from_hold:  # the first level: no queue, its spread is the work's
             self.cv = max(self.known_cv, reading.cv)
-        if used and reading.samples < self.samples and self._error(reading) > self.rules.precision:
+        noisy = self._error(reading) > self.rules.precision
+        if used and reading.samples < self.samples and noisy and self._room(2 * reading.limit):
+            # (a short job reads each level once: re-reads are requests run at a level that may queue)
             self.points.append(reading)
             return reading.limit  # too noisy to decide on yet
         before = self.best()
@@ -148,7 +164,7 @@ class Scan:
             elif not self._paid or reading.rate < (1 + self.rules.gain) * before.rate:
                 # (past a gain, a level above ``gain`` but not clearly so does not end the scan: look on)
                 self._misses += 1
-                patience = 1 if self._paid else self.rules.patience
+                patience = 1 if self._paid or not self._room(2 * reading.limit) else self.rules.patience
                 deep = self._paid and reading.p95 > self.rules.p95_factor * before.p95  # (before: patience)
                 if self._misses >= patience or deep:
                     return None
@@ -164,6 +180,11 @@ class Scan:
                 break
             same.append(r)
         return {r.limit: (r.latency, r.cv * r.latency / math.sqrt(r.samples)) for r in same}
+
+    def _room(self, level: int) -> bool:
+        """The job is long enough to look at ``level`` past a flat step (see ``ScanRules.look_rows``)."""
+        left = self.rows_left()
+        return left is None or left >= self.rules.look_rows * level
 
     def _pays(self, r: Reading, than: Reading) -> bool:
         """``r`` is clearly faster than ``than``: by ``gain``, and by twice their readings' error."""
@@ -181,8 +202,17 @@ class Scan:
 class Knee:
     """When to scan, and what scanning has cost so far (seconds on the controller's clock)."""
 
-    def __init__(self, *, lanes_max: int, now: float, samples: int = 16, rules: ScanRules | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        lanes_max: int,
+        now: float,
+        samples: int = 16,
+        rules: ScanRules | None = None,
+        rows_left: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self.lanes_max, self.samples = lanes_max, samples
+        self.rows_left = rows_left
         self.rules = rules or ScanRules()
         self.t0 = now
         self.scan: Scan | None = None
@@ -208,6 +238,7 @@ class Knee:
             rules=self.rules,
             samples=self.samples,
             from_hold=baseline is not None,
+            rows_left=self.rows_left,
         )
         self.scan.cv = self.scan.known_cv = self.cv
         self.scans += 1

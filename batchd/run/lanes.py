@@ -166,7 +166,11 @@ class LaneController:
         self._open: dict[int, _Window] = {}
         #: the scan's knee: limits below it do not set the floor (a batching server is faster there)
         self._pin = 0
-        self.knee = Knee(lanes_max=tuning.lanes_max, now=self._last_t, samples=tuning.min_samples)
+        #: rows the job has left, where the runner knows (a scan looks past a flat step only in a long job)
+        self.rows_left: Callable[[], int | None] = lambda: None
+        self.knee = Knee(
+            lanes_max=tuning.lanes_max, now=self._last_t, samples=tuning.min_samples, rows_left=lambda: self.rows_left()
+        )
         if not self.fixed:
             self.knee.begin(self.limit, self._last_t)
         self._collecting = _Window(0, self._quota())

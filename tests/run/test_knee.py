@@ -11,9 +11,11 @@ from tests.support.lanesim import Sim
 MEAN = 0.125  #: the simulated server's mean service time (uniform 0.05-0.2 s)
 
 
-def scan_of(rates: dict[int, float], lanes_max: int = 64) -> tuple[list[int], Reading | None]:
+def scan_of(
+    rates: dict[int, float], lanes_max: int = 64, rows_left: int | None = None
+) -> tuple[list[int], Reading | None]:
     """Feed a scan readings from a curve (rate per limit; latency by Little's law): levels seen, knee."""
-    scan = Scan(start=1, lanes_max=lanes_max, began=0.0)
+    scan = Scan(start=1, lanes_max=lanes_max, began=0.0, rows_left=lambda: rows_left)
     limit: int | None = 1
     seen = []
     while limit is not None:
@@ -32,6 +34,35 @@ def test_a_flat_first_step_does_not_stop_the_scan() -> None:
     assert knee is not None and knee.limit == 8  # 16 is within 5%: the lower one, less latency
     seen, _ = scan_of({1: 4.2, 2: 4.3, 4: 4.4, 8: 7.0})
     assert seen == [1, 2, 4]  # before any level paid, two flat ones in a row end it
+
+
+def test_a_short_job_does_not_look_past_a_flat_step() -> None:
+    curve = {1: 4.2, 2: 4.4, 4: 5.6, 8: 7.0, 16: 7.1, 32: 7.0}
+    # the look at 4 would queue ~8 requests: more than 2% of 300 rows left, so 2 ends the scan
+    seen, knee = scan_of(curve, rows_left=300)
+    assert seen == [1, 2] and knee is not None and knee.limit == 1
+    seen, knee = scan_of(curve, rows_left=400)  # 100 rows per level: the look is cheap enough
+    assert seen == [1, 2, 4, 8, 16] and knee is not None and knee.limit == 8
+    # a level that pays is followed up whatever the job's length: only the look past a flat one costs
+    seen, _ = scan_of({1: 1, 2: 2, 4: 4, 8: 4.1}, rows_left=50)
+    assert seen == [1, 2, 4, 8]
+
+
+def test_a_short_job_on_one_slot_keeps_its_p95_near_one_requests() -> None:
+    # 160 rows on a 1-slot server (the bench's auto job at K = 1): the scan reads 2 once, sees no gain,
+    # and does not look at 4 (the 2% rule); the job's p95 stays within 1.5x of lanes = 1's
+    for seed in (1, 2, 3):
+        sim = Sim(slots=1, seed=seed)
+        ctl = controller(sim, lanes_max=64)
+        ctl.rows_left = lambda: max(0, 160 - len(sim.completed))
+        t = 0.0
+        while len(sim.completed) < 160:
+            t += 0.5
+            sim.run(ctl, until=t)
+        alone = Sim(slots=1, seed=seed)
+        alone.run(controller(alone, lanes_min=1, lanes_max=1), until=20.0)
+        assert max(n for _, n in sim.in_flight_series) <= 2, seed
+        assert sim.p95(0.0, sim.completed[159][0]) <= 1.5 * alone.p95(), seed
 
 
 def test_a_plateau_ends_the_scan_and_its_lowest_level_is_the_knee() -> None:
