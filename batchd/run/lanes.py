@@ -402,7 +402,9 @@ class LaneController:
             self.floor, self._pin = min(m + se for m, se in verdict.floor.values()), min(verdict.floor)
             self._ref = self._last = self._floor_test = None
             self._ceiling = verdict.ceiling  # the next level did not pay: climbing onto it waits, as after a cut
-            self._slow_start, self._cooldown, self._holds, self._since_backoff = False, self.tuning.cooldown, 0, 0
+            # the scan's look at the ceiling was one step up undone: the next exploration waits twice as long
+            wait = self.tuning.cooldown * (2 if verdict.ceiling is not None else 1)
+            self._slow_start, self._cooldown, self._holds, self._since_backoff = False, wait, 0, 0
 
     def _backoff_to(self, target: int, reason: Reason, now: float, figures: dict[str, float]) -> Change | None:
         old = self.limit

@@ -62,7 +62,9 @@ def test_a_short_job_on_one_slot_keeps_its_p95_near_one_requests() -> None:
         alone = Sim(slots=1, seed=seed)
         alone.run(controller(alone, lanes_min=1, lanes_max=1), until=20.0)
         assert max(n for _, n in sim.in_flight_series) <= 2, seed
-        assert sim.p95(0.0, sim.completed[159][0]) <= 1.5 * alone.p95(), seed
+        # (goal 1.5x; the bench's real subprocess read 1.54x while the hill-climb probed 2 again 10 s later:
+        # the scan's flat look at 2 counts as an undone step, so that probe waits twice as long)
+        assert sim.p95(0.0, sim.completed[159][0]) <= 1.25 * alone.p95(), seed
 
 
 def test_a_plateau_ends_the_scan_and_its_lowest_level_is_the_knee() -> None:
@@ -162,7 +164,8 @@ def test_a_plateau_the_scan_stops_on_it_and_the_limit_stays_near_its_start() -> 
     sim = Sim(slots=10_000, curve=lambda n: float(min(n, 8)))
     ctl = controller(sim, lanes_max=64)
     sim.run(ctl, until=120.0)
-    assert max(c.new for c in ctl.changes) == 16
+    first_knee = next(i for i, c in enumerate(ctl.changes) if c.reason is Reason.KNEE)
+    assert max(c.new for c in ctl.changes[:first_knee]) == 16  # the first scan stops one level past 8
     assert sim.rate(20.0, 120.0) >= 0.9 * 8 / MEAN
     assert 8 <= ctl.limit <= 12
     assert sim.p95(20.0) <= 1.5 * 0.2 + 0.05
