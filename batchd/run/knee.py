@@ -24,7 +24,7 @@ their figures arrive as a ``Reading``), and stops when
 Looking past a flat level costs latency, not throughput (on a server that only
 queues, each request there waits for the others): so a scan looks past one only
 while the job has ``look_rows`` rows left per level it would look at (those
-queued requests stay within ~2% of the job and its p95 is untouched), and reads
+queued requests stay within ~4% of the job and its p95 is untouched), and reads
 a level again (a noisy reading) under the same rule for that level. A 160-row job on a one-slot server thus stops
 at 2; a 170,000-row job against llama.cpp on busy CPU cores looks on to 8.
 
@@ -101,8 +101,8 @@ class ScanRules:
     gap: float = 5.0  #: a re-scan after a capacity change waits this many last-scan durations
     #: a look past a flat level L queues about 2 L requests on a server that only queues (its latency
     #: doubles): the scan looks only while the job has this many rows left per level, so those requests
-    #: stay within 2% of the job (a p95 untouched); a short job stops at the first flat step
-    look_rows: int = 100
+    #: stay within 4% of the job (its p95 untouched); a short job stops at the first flat step
+    look_rows: int = 50
 
 
 @dataclass
@@ -147,8 +147,8 @@ class Scan:
         if not self.points and not self.from_hold:  # the first level: no queue, its spread is the work's
             self.cv = max(self.known_cv, reading.cv)
         noisy = self._error(reading) > self.rules.precision
-        if used and reading.samples < self.samples and noisy and self._room(reading.limit):
-            # (a short job reads a high level once: re-reads are requests run at a level that may queue)
+        if used and reading.samples < self.samples and noisy and self._room(2 * reading.limit):
+            # (re-reads are requests run at a level that may queue: a short job reads a high level once)
             self.points.append(reading)
             return reading.limit  # too noisy to decide on yet
         before = self.best()

@@ -38,10 +38,10 @@ def test_a_flat_first_step_does_not_stop_the_scan() -> None:
 
 def test_a_short_job_does_not_look_past_a_flat_step() -> None:
     curve = {1: 4.2, 2: 4.4, 4: 5.6, 8: 7.0, 16: 7.1, 32: 7.0}
-    # the look at 4 would queue ~8 requests: more than 2% of 300 rows left, so 2 ends the scan
-    seen, knee = scan_of(curve, rows_left=300)
+    # the look at 4 would queue ~8 requests: more than 4% of 150 rows left, so 2 ends the scan
+    seen, knee = scan_of(curve, rows_left=150)
     assert seen == [1, 2] and knee is not None and knee.limit == 1
-    seen, knee = scan_of(curve, rows_left=400)  # 100 rows per level: the look is cheap enough
+    seen, knee = scan_of(curve, rows_left=200)  # 50 rows per level: the look is cheap enough
     assert seen == [1, 2, 4, 8, 16] and knee is not None and knee.limit == 8
     # a level that pays is followed up whatever the job's length: only the look past a flat one costs
     seen, _ = scan_of({1: 1, 2: 2, 4: 4, 8: 4.1}, rows_left=50)
