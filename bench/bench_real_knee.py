@@ -16,8 +16,11 @@ the other, the same ``--requests`` rows (``bench.gpu.body``: ~60 prompt tokens,
 It prints each row (req/s, output tok/s, p95, the 1-minute load average when the
 row started; for auto where its lanes ended, their maximum, and any scan levels its
 lanes_series records), then per S: auto / best fixed and auto / best bare (goal: >= 0.95 and >= 0.9).
+With ``--rounds R`` the whole sequence runs R times against the same server, and each
+mode counts with its median run: on a shared 2-core box neighbouring runs of one setting
+differ by 20-50%, and "the best fixed" of single runs is the luckiest of six draws.
 
-    python -m bench.bench_real_knee [--slots 4,8,16] [--requests 240] [--max-tokens 8]
+    python -m bench.bench_real_knee [--slots 4,8,16] [--requests 240] [--max-tokens 8] [--rounds 1]
                                     [--lanes 1,2,4,8,16,32] [--threads 2] [--server-bin PATH]
 """
 
@@ -84,6 +87,15 @@ def measure(url: str, slots: int, args: argparse.Namespace) -> list[tuple[str, d
     return results
 
 
+def medians(rounds: list[list[tuple[str, dict[str, Any]]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Each mode's run with the median req/s over the rounds (a failed run counts as the slowest)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, (mode, _) in enumerate(rounds[0]):
+        runs = sorted((r[i][1] for r in rounds), key=lambda r: r["rps"] or 0.0)
+        out.append((mode, runs[(len(runs) - 1) // 2]))
+    return out
+
+
 def ratios(results: list[tuple[str, dict[str, Any]]]) -> tuple[float | None, float | None, str, str]:
     def best(prefix: str) -> tuple[str, float]:
         rows = [(m, r["rps"]) for m, r in results if m.startswith(prefix) and m != "batchd auto" and r["rps"]]
@@ -107,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lanes", default="1,2,4,8,16,32", help="fixed lanes and bare-client concurrencies")
     ap.add_argument("--auto-after", default="4", help="run auto after this concurrency's pair (default: mid-run)")
     ap.add_argument("--auto-only", action="store_true", help="only the auto row (a rerun after a change)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the plan this many times; each mode's median run counts")
     ap.add_argument("--threads", type=int, default=2, help="llama-server --threads")
     ap.add_argument("--server-bin", type=Path, help="a llama-server binary (default: the cached build)")
     ap.add_argument("--log-dir", default="/tmp", help="where the servers' logs go")
@@ -125,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     for slots in (int(s) for s in args.slots.split(",")):
         if args.url:
-            results = measure(args.url.rstrip("/"), slots, args)
+            rounds = [measure(args.url.rstrip("/"), slots, args) for _ in range(args.rounds)]
         else:
             log = Path(args.log_dir) / f"llama-server-{slots}.log"
             ctx = slots * CTX_PER_SLOT
             with LlamaServer(binary, gguf, slots=slots, ctx=ctx, threads=args.threads, log_path=log) as srv:
-                results = measure(srv.url, slots, args)
+                rounds = [measure(srv.url, slots, args) for _ in range(args.rounds)]
+        results = medians(rounds)
+        if args.rounds > 1:
+            print(f"# slots {slots}: the median of {args.rounds} rounds per mode", flush=True)
+            for mode, r in results:
+                print(row(slots, mode, r, float("nan")), flush=True)
         vs_fixed, vs_bare, best_fixed, best_bare = ratios(results)
         failed |= vs_fixed is None or vs_bare is None
         f = f"{vs_fixed:.3f}" if vs_fixed else "-"

@@ -12,6 +12,7 @@ May import: the root leaves, ``backends``, ``journal`` and ``intake.ingest``'s b
 - ``attempts``: one request to its outcome: calls, retries, overflow/OOM/truncation/invalid-reply handling
 - ``context``: per-lane ``Conversation``: what each call sends, token prediction, trimming
 - ``lanes``: ``LaneController``, how many requests may be in flight (``backend.lanes = "auto"``)
+- ``knee``: the scan that finds the throughput curve's knee for ``lanes`` (past flat steps)
 - ``vram``: GPU memory sources and the high/low-water policy
 - ``outage``: ``Gate``: while the backend is down every lane waits on one prober
 - ``serverside``, ``reloads``: the server a job runs on, and noticing it reload the model

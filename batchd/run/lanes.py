@@ -8,6 +8,12 @@ obeys ``limit``. Everything is measured over *windows of completed requests*
 current limit), never over wall-clock ticks, so a 30 s generation and a 30 ms
 one are treated alike.
 
+First a **scan** (``knee.py``: 1, 2, 4, ... in flight until throughput stops
+rising), then the rules below climb around the knee it found, from its latency
+as the floor (limits below the knee do not lower it: a batching server is faster
+there, not less queued). Scans come back after a capacity change and, within 2%
+of the job's time, now and then.
+
 Per window: ``R`` = mean latency of the window's requests (averaged with the
 earlier windows at the same limit unless it jumped), ``X`` = throughput by
 Little's law (mean in flight / ``R``), ``F`` = the no-load floor: the lowest
@@ -41,80 +47,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 
-from batchd.errors import BackendBusy, BackendOutOfMemory, BackendTimeout
+from batchd.run.knee import Knee, Reading, Verdict
+from batchd.run.lanetypes import Change, LaneTuning, Outcome, Reason, Ticket
 
-
-class Reason(str, Enum):
-    GROW = "grow"
-    THROUGHPUT = "throughput"
-    PROBE = "probe"
-    QUEUEING = "queueing"
-    BUSY = "busy"
-    TIMEOUT = "timeout"
-    VRAM = "vram"
-
-
-class Outcome(str, Enum):
-    OK = "ok"
-    BUSY = "busy"  #: 503 / 429: the server says it is full
-    TIMEOUT = "timeout"
-    ERROR = "error"  #: anything else: no latency sample, no decision
-
-    @classmethod
-    def of(cls, exc: BaseException | None) -> Outcome:
-        """How a call went: 503/429 and OOM are busy, a timeout a timeout, any other failure an error."""
-        if exc is None:
-            return cls.OK
-        if isinstance(exc, (BackendBusy, BackendOutOfMemory)):
-            return cls.BUSY
-        return cls.TIMEOUT if isinstance(exc, BackendTimeout) else cls.ERROR
-
-
-@dataclass(frozen=True)
-class Change:
-    at: float
-    old: int
-    new: int
-    reason: Reason
-    #: the window's figures behind the decision (None for immediate back-offs)
-    latency: float | None = None
-    floor: float | None = None
-    rate: float | None = None
-
-
-@dataclass(frozen=True)
-class LaneTuning:
-    """The controller's bounds and constants (the module docstring says what each one does)."""
-
-    lanes_min: int = 1
-    lanes_max: int = 64
-    #: completed requests a window needs at least (and at least the limit)
-    min_samples: int = 16
-    grow_ratio: float = 1.15
-    shrink_ratio: float = 1.4
-    target_ratio: float = 1.1
-    busy_factor: float = 0.7
-    timeout_factor: float = 0.5
-    vram_factor: float = 0.75
-    #: windows before climbing back onto a ceiling; doubled by every undone step, up to cooldown_max
-    cooldown: int = 4
-    cooldown_max: int = 64
-    #: windows held before one step up is probed
-    explore: int = 8
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.lanes_min <= self.lanes_max:
-            raise ValueError(f"need 1 <= lanes_min ({self.lanes_min}) <= lanes_max ({self.lanes_max})")
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """Handed out by ``start()``, given back to ``done()``."""
-
-    epoch: int
-    started: float
+__all__ = ["Change", "LaneController", "LaneTuning", "Outcome", "Reason", "Ticket"]
 
 
 @dataclass
@@ -132,6 +69,7 @@ class _Window:
     latencies: list[float] = field(default_factory=list)
     count: int = 0  #: completions of any request since t0 (the rate)
     area: float = 0.0  #: integral of requests in flight since t0 (was the limit used?)
+    read: bool = True  #: False for a scan step's ramp: its requests met a queue still filling (they read low)
 
 
 class LaneController:
@@ -164,6 +102,15 @@ class LaneController:
         self._ref: tuple[int, float, float] | None = None
         self._last: tuple[int, float, float] | None = None
         self._open: dict[int, _Window] = {}
+        #: the scan's knee: limits below it do not set the floor (a batching server is faster there)
+        self._pin = 0
+        #: rows the job has left, where the runner knows (a scan looks past a flat step only in a long job)
+        self.rows_left: Callable[[], int | None] = lambda: None
+        self.knee = Knee(
+            lanes_max=tuning.lanes_max, now=self._last_t, samples=tuning.min_samples, rows_left=lambda: self.rows_left()
+        )
+        if not self.fixed:
+            self.knee.begin(self.limit, self._last_t)
         self._collecting = _Window(0, self._quota())
         self._reset_windows()
 
@@ -221,7 +168,7 @@ class LaneController:
     # -- windows and decisions -------------------------------------------------------------
 
     def _quota(self) -> int:
-        return max(self.tuning.min_samples, self.limit)
+        return max(self.tuning.min_samples // (4 if self.knee.scanning else 1), self.limit)
 
     def _reset_windows(self) -> None:
         """Forget every open window: what they measured ran under another limit."""
@@ -240,11 +187,16 @@ class LaneController:
         if self._settling:  # the first window after a cut still waits behind the old queue: not a reading
             self._settling = False
             return None
+        if not w.read:
+            return None
         span = max(now - w.t0, 1e-9)
         latency = sum(w.latencies) / len(w.latencies)
         rate = w.area / span / latency  # Little: in flight / time in system (steadier than counting)
         busy = w.area / span
         limit = self.limit
+        reading = Reading.of(limit, rate, w.latencies)
+        if self.knee.scanning:
+            return self._scan_step(reading, busy >= 0.8 * limit, now)
         last = self._last
         test, self._floor_test = self._floor_test, None
         # a queue halves with half the load; the work itself does not (0.75: well clear of both)
@@ -284,6 +236,9 @@ class LaneController:
         used = busy >= 0.8 * limit
         figures = {"latency": latency, "floor": self.floor, "rate": rate}
         change = self._decide(limit, ratio, rate, gained, used, just_grew, ref, now, figures)
+        if change is None and used and not self.pressure_on and self.knee.periodic_due(now, limit, span):
+            # held: look again above, past any flat step a one-step probe cannot see across
+            change = self._set(self.knee.begin(limit, now, reading), Reason.SCAN, now, figures)
         if self._since_backoff and self._ceiling is not None and limit >= self._ceiling:
             self._ceiling = None  # that level held: forget it
         return change
@@ -297,7 +252,8 @@ class LaneController:
         level[0] += max(1 / level[1], 0.2) * (latency - level[0])
         level[2] = spread / (n * min(level[1], 9)) ** 0.5  # the standard error of that average
         # The lowest average plus its error: a plain minimum over many noisy averages reads low.
-        self.floor = min(m + se for m, _, se in self._levels.values())
+        pinned = [m + se for lim, (m, _, se) in self._levels.items() if lim >= self._pin]
+        self.floor = min(pinned or [m + se for m, _, se in self._levels.values()])
         return level
 
     def _decide(
@@ -321,6 +277,9 @@ class LaneController:
             target = int(limit * self.tuning.target_ratio / ratio)  # Vegas: what the server really serves
             if ratio < 2 * self.tuning.shrink_ratio - 1:  # a mild queue (or noise on the floor): one step
                 target = max(target, limit - max(1, limit // 8))
+            elif self.knee.after_change_allowed(now):  # the server lost capacity: scan from a quarter of the cut
+                self.knee.begin(max(self.tuning.lanes_min, min(limit - 1, target) // 4), now)
+                target //= 4
             return self._backoff_to(target, Reason.QUEUEING, now, figures)
         if self.pressure_on or not used:
             return None
@@ -357,7 +316,33 @@ class LaneController:
         return self._set(max(target, self.limit), reason, now, figures)
 
     def _backoff(self, factor: float, reason: Reason, now: float) -> Change | None:
-        return self._backoff_to(int(self.limit * factor), reason, now, {})
+        target = int(self.limit * factor)
+        verdict = self.knee.finish(now, failed=True)  # errors end a scan: back to its knee below, if any
+        if verdict is not None:
+            self._rebase(verdict)
+            target = min(target, verdict.limit)
+        return self._backoff_to(target, reason, now, {})
+
+    def _scan_step(self, reading: Reading, used: bool, now: float) -> Change | None:
+        figures = {"latency": reading.latency, "rate": reading.rate}
+        nxt = self.knee.observe(reading, used=used)
+        if nxt is not None:  # (the same limit: that level is read again)
+            return self._set(nxt, Reason.SCAN, now, figures)
+        verdict = self.knee.finish(now)
+        assert verdict is not None  # it has just measured a level
+        self._rebase(verdict)
+        return self._set(verdict.limit, Reason.KNEE, now, {**figures, "floor": self.floor or reading.latency})
+
+    def _rebase(self, verdict: Verdict) -> None:
+        """Climb from the knee the scan found: no queue there, so its latency is the floor."""
+        if verdict.floor is not None:  # (None: a periodic look found nothing better; keep what we knew)
+            self._levels = {lim: [mean, 1, se] for lim, (mean, se) in verdict.floor.items()}
+            self.floor, self._pin = min(m + se for m, se in verdict.floor.values()), min(verdict.floor)
+            self._ref = self._last = self._floor_test = None
+            self._ceiling = verdict.ceiling  # the next level did not pay: climbing onto it waits, as after a cut
+            # the scan's look at the ceiling was one step up undone: the next exploration waits twice as long
+            wait = self.tuning.cooldown * (2 if verdict.ceiling is not None else 1)
+            self._slow_start, self._cooldown, self._holds, self._since_backoff = False, wait, 0, 0
 
     def _backoff_to(self, target: int, reason: Reason, now: float, figures: dict[str, float]) -> Change | None:
         old = self.limit
@@ -378,6 +363,8 @@ class LaneController:
         self._settling = target < old
         self.limit = target
         self._reset_windows()
+        if reason is Reason.SCAN:  # the burst the step lets in meets a queue still filling: read after it
+            self._collecting.quota, self._collecting.read = target - old, False
         change = Change(
             at=now,
             old=old,

@@ -92,9 +92,7 @@ class JobRunner:
         self.metrics.lanes_mode = "auto" if self.auto else "fixed"
         self.metrics.note_lanes(self.active_lanes, "start")
         self.vram_source = vram_source
-        self.policy = VramPolicy(
-            high_water=settings.vram.high_water, low_water=settings.vram.low_water, lanes=self.lanes
-        )
+        self.policy = VramPolicy(high_water=settings.vram.high_water, low_water=settings.vram.low_water, lanes=high)
         self.budget: ContextBudget | None = None
         #: the server's version, request hygiene and reloads (set once the context is pinned)
         self.server: ServerSide | None = None
@@ -178,6 +176,8 @@ class JobRunner:
         source = self.vram_source or pick_source(self.settings, self.backend)
         counts = self.journal.counts(self.job.id)
         self._base_counts = (counts.get(ReqState.DONE.value, 0), counts.get(ReqState.FAILED.value, 0))
+        todo = counts.get(ReqState.QUEUED.value, 0) + counts.get(ReqState.RUNNING.value, 0)  # (a short job's scan
+        self.control.rows_left = lambda: max(0, todo - self.done - self.failed)  # looks past fewer flat steps)
         monitor = supervised(self._monitor(source), "monitor", self._crash)
         control = supervised(self._control(), "control", self._crash)
         try:

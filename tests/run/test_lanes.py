@@ -23,8 +23,8 @@ def test_grows_on_an_idle_server_to_lanes_max_within_seconds() -> None:
     sim.run(ctl, until=10.0)
     assert ctl.limit == 64
     first_64 = next(c.at for c in ctl.changes if c.new == 64)
-    assert first_64 < 5.0
-    assert all(c.reason in (Reason.GROW, Reason.THROUGHPUT) for c in ctl.changes)  # never a step back
+    assert first_64 < 6.0  # the scan: a window per level, and the ramp of each step not read
+    assert all(c.new > c.old for c in ctl.changes)  # never a step back
 
 
 @pytest.mark.parametrize("k", [4, 16, 64])
@@ -49,11 +49,13 @@ def test_reaches_the_best_rate_within_seconds_at_every_k() -> None:
         assert sim.rate(10.0, 60.0) >= 0.9 * fixed_rate(k), k
 
 
-def test_one_slot_never_sees_more_than_two_and_two_only_rarely() -> None:
+def test_one_slot_sees_more_than_two_only_while_the_scan_looks_past_a_flat_step() -> None:
     sim = Sim(slots=1)
     ctl = controller(sim, lanes_max=64)
     sim.run(ctl, until=600.0)
-    assert max(n for _, n in sim.in_flight_series) <= 2
+    # 1 -> 2 bought nothing, as on a CPU server whose 8 would pay: the scan must look at 4 to know
+    assert max(n for _, n in sim.in_flight_series) <= 4
+    assert sim.time_above(ctl, 2, 0.0, 600.0) <= 0.02 * 600.0
     assert sim.time_above(ctl, 1, 60.0, 600.0) <= 0.1 * 540.0
     assert sim.p95() <= 1.5 * 0.2
 
@@ -62,10 +64,15 @@ def test_backs_off_on_queueing_when_latency_rises_without_throughput() -> None:
     sim = Sim(slots=8)
     ctl = controller(sim, lanes_max=64)
     sim.run(ctl, until=10.0)
-    # slow start doubles 1, 2, 4, 8, then 16 finds a queue: twice the latency, no more throughput
+    # the scan doubles 1, 2, 4, 8; 16 finds a queue (latency up, no more throughput): back to 8
     first = next(c for c in ctl.changes if c.new < c.old)
-    assert first.reason is Reason.QUEUEING and first.old == 16 and first.new == 8
+    assert [c.new for c in ctl.changes[: ctl.changes.index(first)]] == [2, 4, 8, 16]
+    assert first.reason is Reason.KNEE and first.old == 16 and first.new == 8
     assert first.latency is not None and first.floor is not None and first.latency > 1.5 * first.floor
+    # from there, a step up that buys only a queue is undone
+    sim.run(ctl, until=120.0)
+    assert any(c.reason is Reason.QUEUEING and c.new < c.old for c in ctl.changes)
+    assert ctl.limit <= 12
 
 
 def test_follows_a_drop_in_capacity_within_seconds() -> None:

@@ -5,7 +5,11 @@ service time drawn from ``service`` (seconds); more in flight queue for a slot,
 so their latency grows (as Ollama and llama.cpp behave). ``set_slots`` changes
 K at a given time; ``queue_limit`` makes it answer 503 at once when that many
 already wait; ``batching`` makes service slower as more are served together
-(a vLLM-like server whose throughput still rises with the batch). The client
+(a vLLM-like server whose throughput still rises with the batch); ``curve``
+gives any throughput curve instead: ``curve(n)`` = how many times one request's
+throughput the server gets with ``n`` in service (a request takes
+``service x n / curve(n)``), e.g. a flat first step (CPU batching: 2 in flight
+no faster than 1, 8 four times as fast), a plateau, a curve that falls. The client
 keeps ``controller.limit`` requests in flight. Simulated minutes run in
 milliseconds of real time.
 """
@@ -27,6 +31,7 @@ class Sim:
     service: Callable[[random.Random], float] = lambda rng: rng.uniform(0.05, 0.2)
     queue_limit: int | None = None
     batching: float = 0.0  #: service time x (1 + batching * in_service)
+    curve: Callable[[int], float] | None = None  #: throughput with n in service, x one request's
     seed: int = 1
     now: float = 0.0
     completed: list[tuple[float, float]] = field(default_factory=list)  #: (end time, latency)
@@ -71,6 +76,8 @@ class Sim:
             started, ticket = self._waiting.popleft()
             self._serving += 1
             took = self.service(self.rng) * (1 + self.batching * self._serving)
+            if self.curve is not None:
+                took *= self._serving / self.curve(self._serving)
             self._push(self.now + took, "done", (started, ticket))
 
     def run(self, ctl: LaneController, until: float) -> None:
