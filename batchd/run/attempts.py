@@ -33,8 +33,7 @@ from batchd.journal import Job, Outcome, ReqState, Request
 from batchd.metrics import JobMetrics
 from batchd.run.context import Conversation, Truncation
 from batchd.run.embeds import EmbedAttempts, Packer
-from batchd.run.lanes import LaneController, Ticket
-from batchd.run.lanes import Outcome as CallOutcome
+from batchd.run.lanes import LaneController
 from batchd.run.outage import Gate
 from batchd.run.replies import ReplyChecker, checker_for
 from batchd.run.results import response_body, text_completion_body
@@ -209,13 +208,8 @@ class Attempts:
             self.metrics.requests_sent += 1
             try:
                 # affinity: with several hosts a lane's conversation stays where its prefix cache lives
-                ticket = self.control.start() if self.auto else None
-                try:
-                    result = await self.backend.chat(replace(chat, messages=messages, affinity=lane))
-                except BaseException as exc:
-                    self._call_ended(ticket, exc)
-                    raise
-                self._call_ended(ticket, None)
+                call = self.backend.chat(replace(chat, messages=messages, affinity=lane))
+                result = await (self.control.measure(call) if self.auto else call)
             except BackendUnavailable as exc:
                 attempts -= 1  # an outage pauses the job; it is not this request's fault
                 self.gate.close(str(exc))
@@ -303,11 +297,6 @@ class Attempts:
     def fingerprint(self) -> str | None:
         """The answering model's ``system_fingerprint`` (``run.fingerprints``), once the server is known."""
         return self.server.fingerprints.id if self.server is not None else None
-
-    def _call_ended(self, ticket: Ticket | None, exc: BaseException | None) -> None:
-        """Tell the lanes controller how one call went (503/429 and OOM: busy; a timeout; else nothing)."""
-        if ticket is not None:
-            self.control.done(ticket, CallOutcome.of(exc))
 
     def _success(self, req: Request, attempts: int, result: ChatResult, endpoint: Endpoint) -> Outcome:
         if self.metrics.served_model is None:

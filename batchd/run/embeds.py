@@ -29,7 +29,6 @@ from batchd.intake.ingest import full_body
 from batchd.journal import Outcome, ReqState, Request
 from batchd.metrics import JobMetrics
 from batchd.run.lanes import LaneController
-from batchd.run.lanes import Outcome as CallOutcome
 from batchd.run.outage import Gate
 
 log = structlog.get_logger("batchd.attempts")
@@ -175,15 +174,8 @@ class EmbedAttempts:
             self.metrics.requests_sent += 1
             started = time.perf_counter()
             try:
-                ticket = self.control.start() if self.control is not None else None
-                try:
-                    vectors, tokens = await self.packer.embed(model, inputs, body.get("dimensions"))
-                except BaseException as exc:
-                    if ticket is not None and self.control is not None:
-                        self.control.done(ticket, CallOutcome.of(exc))
-                    raise
-                if ticket is not None and self.control is not None:
-                    self.control.done(ticket, CallOutcome.OK)
+                call = self.packer.embed(model, inputs, body.get("dimensions"))
+                vectors, tokens = await (self.control.measure(call) if self.control is not None else call)
             except BackendUnavailable as exc:
                 attempts -= 1  # an outage pauses the job; it is not this line's fault
                 self.gate.close(str(exc))

@@ -45,13 +45,16 @@ per ``cooldown_max`` windows at most.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from batchd.run.knee import Knee, Reading, Verdict
 from batchd.run.lanetypes import Change, LaneTuning, Outcome, Reason, Ticket
 
 __all__ = ["Change", "LaneController", "LaneTuning", "Outcome", "Reason", "Ticket"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -133,6 +136,17 @@ class LaneController:
             self._epoch += 1
             self._collecting = _Window(self._epoch, self._quota())
         return Ticket(w.epoch, now)
+
+    async def measure(self, call: Awaitable[T]) -> T:
+        """Await one call as a sample: ``start`` now, ``done`` with how it went (``Outcome.of`` its error)."""
+        ticket = self.start()
+        try:
+            result = await call
+        except BaseException as exc:
+            self.done(ticket, Outcome.of(exc))
+            raise
+        self.done(ticket, Outcome.OK)
+        return result
 
     def done(self, ticket: Ticket, outcome: Outcome = Outcome.OK) -> Change | None:
         now = self.clock()

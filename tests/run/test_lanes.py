@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from batchd.run.lanes import LaneController, LaneTuning, Outcome, Reason
@@ -184,3 +186,22 @@ def test_windows_count_completions_not_time() -> None:
     fast.run(a, until=60.0 * 0.001 * 30)
     slow.run(b, until=60.0 * 30)
     assert [(c.old, c.new, c.reason) for c in a.changes] == [(c.old, c.new, c.reason) for c in b.changes]
+
+
+def test_measure_samples_a_call_and_passes_its_error_on() -> None:
+    from batchd.errors import BackendBusy
+
+    now = [0.0]
+    ctl = LaneController(LaneTuning(lanes_max=64), initial=32, clock=lambda: now[0])
+
+    async def reply() -> str:
+        assert ctl.in_flight == 1  # counted from before the call to its end
+        return "ok"
+
+    async def busy() -> str:
+        raise BackendBusy("503")
+
+    assert asyncio.run(ctl.measure(reply())) == "ok" and ctl.in_flight == 0
+    with pytest.raises(BackendBusy):
+        asyncio.run(ctl.measure(busy()))
+    assert ctl.in_flight == 0 and [c.reason for c in ctl.changes] == [Reason.BUSY] and ctl.limit < 32
