@@ -1,7 +1,7 @@
 """The bare client: C aiohttp tasks in a loop, one request each at a time, no journal (what any client gets).
 
 Used by ``bench.bench_real_knee`` and ``bench.gpu`` as the mark ``lanes = "auto"``
-is held against. ``python -m bench.bare URL CONCURRENCY REQUESTS MAX_TOKENS MODEL``
+is held against. ``python -m bench.bare URL CONCURRENCY REQUESTS MAX_TOKENS MODEL [START]``
 prints the figures as one JSON line (``bench.gpu`` runs it with its venv's python,
 which has aiohttp).
 """
@@ -17,12 +17,12 @@ from typing import Any
 from bench.gpu import body
 
 
-async def _run(url: str, conc: int, n: int, max_tokens: int, model: str) -> dict[str, Any]:
+async def _run(url: str, conc: int, n: int, max_tokens: int, model: str, start: int) -> dict[str, Any]:
     import aiohttp
 
     lat: list[float] = []
     tokens = failed = 0
-    todo = iter(range(n))
+    todo = iter(range(start, start + n))
     connector = aiohttp.TCPConnector(limit=conc)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
 
@@ -52,11 +52,12 @@ async def _run(url: str, conc: int, n: int, max_tokens: int, model: str) -> dict
     }
 
 
-def bare(url: str, conc: int, n: int, max_tokens: int, model: str) -> dict[str, Any]:
-    """``n`` rows at ``conc`` in flight: req/s, output tok/s, p95 (s), ok."""
-    return asyncio.run(_run(url, conc, n, max_tokens, model))
+def bare(url: str, conc: int, n: int, max_tokens: int, model: str, start: int = 0) -> dict[str, Any]:
+    """Rows ``start`` .. ``start + n - 1`` at ``conc`` in flight: req/s, output tok/s, p95 (s), ok."""
+    return asyncio.run(_run(url, conc, n, max_tokens, model, start))
 
 
 if __name__ == "__main__":
     url, conc, n, max_tokens, model = sys.argv[1:6]
-    print(json.dumps(bare(url.rstrip("/"), int(conc), int(n), int(max_tokens), model)))
+    start = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    print(json.dumps(bare(url.rstrip("/"), int(conc), int(n), int(max_tokens), model, start)))

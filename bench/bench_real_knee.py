@@ -27,15 +27,17 @@ differ by 20-50%, and "the best fixed" of single runs is the luckiest of six dra
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.bare import bare
 from bench.common import header, load, summary
-from bench.gpu import batchd_run
+from bench.gpu import batchd_run, fresh_rows
 from tests.support.realserver import ALIAS, LlamaServer, gemma_gguf, llama_server_binary
 
 #: tokens of context per slot: the rows need ~60 prompt tokens and --max-tokens more
@@ -58,10 +60,13 @@ def row(slots: int, mode: str, r: dict[str, Any], load1: float) -> str:
     return f"{slots:>5} {mode:<14} {r['requests']:>5} {r['ok']:>5} {rps:>7} {tok:>9} {p95:>7} {load1:>6.2f}  {extra}"
 
 
-def measure(url: str, slots: int, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    """Every row against the server at ``url`` (``slots``: its parallel slots, for the table)."""
+def measure(url: str, slots: int, args: argparse.Namespace, runs: Iterator[int]) -> list[tuple[str, dict[str, Any]]]:
+    """Every row against the server at ``url`` (``slots``: its parallel slots, for the table).
+
+    ``runs`` numbers the runs of the whole bench: each run sends rows no other run sent.
+    """
     results: list[tuple[str, dict[str, Any]]] = []
-    bare(url, slots, 2 * slots, args.max_tokens, ALIAS)  # warm-up: the first calls are slow
+    bare(url, slots, 2 * slots, args.max_tokens, ALIAS)  # warm-up (rows 0 ..): the first calls are slow
     plan: list[tuple[str, str]] = []
     for c in args.lanes.split(","):
         plan += [(f"bare {c}", c), (f"batchd {c}", c)]
@@ -73,11 +78,12 @@ def measure(url: str, slots: int, args: argparse.Namespace) -> list[tuple[str, d
         plan = [("batchd auto", "auto")]
     for mode, lanes in plan:
         load1 = os.getloadavg()[0]
+        start = fresh_rows(next(runs), args.requests)  # rows the server has not seen: none cached
         try:
             if mode.startswith("bare"):
-                r = bare(url, int(lanes), args.requests, args.max_tokens, ALIAS)
+                r = bare(url, int(lanes), args.requests, args.max_tokens, ALIAS, start)
             else:
-                r = batchd_run(sys.executable, url, lanes, args.requests, args.max_tokens, "none", ALIAS)
+                r = batchd_run(sys.executable, url, lanes, args.requests, args.max_tokens, "none", ALIAS, start)
         except Exception as exc:  # noqa: BLE001 - one failed row is reported, the others still run
             r = {"requests": args.requests, "ok": 0, "rps": None, "lanes": lanes, "error": str(exc)[:200]}
         if r["ok"] < r["requests"]:
@@ -114,7 +120,7 @@ def ratios(results: list[tuple[str, dict[str, Any]]]) -> tuple[float | None, flo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--slots", default="4,8,16", help="the server's --parallel, one server each")
-    ap.add_argument("--requests", type=int, default=240, help="rows per run (the same rows for every run)")
+    ap.add_argument("--requests", type=int, default=240, help="rows per run (each run its own rows, none cached)")
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--lanes", default="1,2,4,8,16,32", help="fixed lanes and bare-client concurrencies")
     ap.add_argument("--auto-after", default="4", help="run auto after this concurrency's pair (default: mid-run)")
@@ -134,16 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.requests} rows of {args.max_tokens} output tokens per run, --threads {args.threads}", flush=True)
     print(f"{'slots':>5} {'mode':<14} {'reqs':>5} {'ok':>5} {'req/s':>7} {'tok/s':>9} {'p95 s':>7} {'load1':>6}")
     started = time.perf_counter()
+    runs = itertools.count()
     failed = False
     lines = []
     for slots in (int(s) for s in args.slots.split(",")):
         if args.url:
-            rounds = [measure(args.url.rstrip("/"), slots, args) for _ in range(args.rounds)]
+            rounds = [measure(args.url.rstrip("/"), slots, args, runs) for _ in range(args.rounds)]
         else:
             log = Path(args.log_dir) / f"llama-server-{slots}.log"
             ctx = slots * CTX_PER_SLOT
             with LlamaServer(binary, gguf, slots=slots, ctx=ctx, threads=args.threads, log_path=log) as srv:
-                rounds = [measure(srv.url, slots, args) for _ in range(args.rounds)]
+                rounds = [measure(srv.url, slots, args, runs) for _ in range(args.rounds)]
         results = medians(rounds)
         if args.rounds > 1:
             print(f"# slots {slots}: the median of {args.rounds} rounds per mode", flush=True)

@@ -49,6 +49,7 @@ def test_measures_old_tool_and_batchd_lanes_against_a_server(capsys: pytest.Capt
                 "16",
             ]
         )
+        calls = list(emu.calls)
     out = capsys.readouterr().out
     assert code == 0, out
     table = out[out.index("mode ") :].splitlines()
@@ -65,6 +66,10 @@ def test_measures_old_tool_and_batchd_lanes_against_a_server(capsys: pytest.Capt
     assert [line.split()[2] for line in bare] == ([] if "aiohttp is not installed" in out else ["1"])
     ratios = next(line for line in table if line.startswith("# auto/best fixed "))
     assert float(ratios.split()[3]) > 0 and "auto/best bare" in ratios
+    # every run sent rows of its own: llama.cpp answers a prompt it has seen from its cache (1.5x faster)
+    prompts = [call["messages"][-1]["content"] for call in calls]
+    runs = 3 + len(bare)  # old tool, lanes 1, lanes auto, the bare clients
+    assert len(prompts) == len(set(prompts)) == 6 + 24 * (runs - 1), len(prompts)
 
 
 def test_a_run_whose_rows_fail_is_reported_failed_not_fast(capsys: pytest.CaptureFixture[str]) -> None:
