@@ -32,8 +32,20 @@ def test_a_flat_first_step_does_not_stop_the_scan() -> None:
     seen, knee = scan_of({1: 4.2, 2: 4.4, 4: 5.6, 8: 7.0, 16: 7.1, 32: 7.0})
     assert seen == [1, 2, 4, 8, 16]  # 2 did not pay, 4 and 8 did; past a gain one flat level ends it
     assert knee is not None and knee.limit == 8  # 16 is within 5%: the lower one, less latency
-    seen, _ = scan_of({1: 4.2, 2: 4.3, 4: 4.4, 8: 7.0})
-    assert seen == [1, 2, 4]  # before any level paid, two flat ones in a row end it
+    seen, _ = scan_of({1: 4.2, 2: 4.3, 4: 4.4, 8: 4.3, 16: 4.4, 32: 7.0})
+    assert seen == [1, 2, 4, 8, 16]  # before any level paid, four flat ones in a row end it
+
+
+def test_a_curve_flat_for_three_steps_then_rising_is_found_in_a_long_job() -> None:
+    # llama.cpp's server, 16 slots, one CPU thread, rows it had not seen (bench_real_knee, req/s):
+    # 1 to 8 in flight read the same, 16 read 1.34x; a queue would read the same up to 8
+    curve = {1: 2.45, 2: 2.36, 4: 2.47, 8: 2.41, 16: 3.30, 32: 2.96}
+    seen, knee = scan_of(curve)
+    assert seen == [1, 2, 4, 8, 16, 32] and knee is not None and knee.limit == 16
+    seen, knee = scan_of(curve, rows_left=900)  # the look at 16 queues ~32 requests: 50 rows left per level
+    assert seen == [1, 2, 4, 8, 16, 32] and knee is not None and knee.limit == 16
+    seen, knee = scan_of(curve, rows_left=240)  # a 240-row job looks at 4, not past it
+    assert seen == [1, 2, 4] and knee is not None and knee.limit == 1
 
 
 def test_a_short_job_does_not_look_past_a_flat_step() -> None:
@@ -83,8 +95,8 @@ def test_a_fall_before_any_gain_is_one_flat_step_not_the_end() -> None:
     # measured on llama.cpp over two busy CPU cores: a busy moment made 2 in flight read below 1
     seen, knee = scan_of({1: 4.0, 2: 3.0, 4: 5.5, 8: 7.0, 16: 7.1})
     assert seen == [1, 2, 4, 8, 16] and knee is not None and knee.limit == 8
-    seen, _ = scan_of({1: 4.0, 2: 3.0, 4: 3.1})
-    assert seen == [1, 2, 4]  # two levels in a row without a gain still end it
+    seen, _ = scan_of({1: 4.0, 2: 3.0, 4: 3.1, 8: 3.0, 16: 3.1})
+    assert seen == [1, 2, 4, 8, 16]  # four levels in a row without a gain still end it
 
 
 def test_a_deep_queue_that_bought_nothing_ends_the_scan_past_a_gain() -> None:
