@@ -171,6 +171,24 @@ def test_flat_first_step_the_scan_finds_eight() -> None:
     assert 8 <= ctl.limit <= 12
 
 
+def flat_to_eight(n: int) -> float:
+    """llama.cpp, 16 slots, one CPU thread, new rows: 1 to 8 in flight as fast as one, 16 1.34x."""
+    return 1.0 if n < 16 else 1.34
+
+
+def test_flat_to_eight_the_first_scan_of_a_long_job_finds_sixteen() -> None:
+    # as measured: 0.36-0.44 s a request alone (a steady server; the 0.05-0.2 s work of the other
+    # simulations spreads so much that 16 requests cannot tell a 1.34x step from noise)
+    sim = Sim(slots=16, curve=flat_to_eight, service=lambda rng: rng.uniform(0.36, 0.44))
+    ctl = controller(sim, lanes_max=64)
+    sim.run(ctl, until=600.0)
+    scan = ctl.changes[: next(i for i, c in enumerate(ctl.changes) if c.reason is not Reason.SCAN)]
+    assert [c.new for c in scan] == [2, 4, 8, 16, 32], ctl.changes  # the first scan looked past 2, 4 and 8
+    assert ctl.changes[len(scan)].reason is Reason.KNEE and ctl.changes[len(scan)].new == 16
+    assert sim.rate(60.0, 600.0) >= 0.95 * 16 * 1.34 / 16 / 0.4
+    assert all(c.new >= 16 for c in ctl.changes if c.at > 60.0)
+
+
 def test_a_plateau_the_scan_stops_on_it_and_the_limit_stays_near_its_start() -> None:
     # a server with room for everyone whose throughput stops growing at 8 (CPU-bound): more only wait longer
     sim = Sim(slots=10_000, curve=lambda n: float(min(n, 8)))
