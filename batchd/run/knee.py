@@ -12,7 +12,8 @@ their figures arrive as a ``Reading``), and stops when
 - **throughput falls**: past a level that paid, one reads below ``fall`` x the best
   (before one paid, a fall is a flat step: a busy moment on a shared CPU reads so);
 - **it stops paying**: a level below ``gain`` over the best so far, once one
-  level has paid; before that, ``patience`` levels in a row (one flat first step
+  level has paid (two in a row where the job's rows allow: a flat step right
+  after a gain can hide the next one); before that, ``patience`` levels in a row (one flat first step
   is not enough: that is the curve above; llama.cpp with 16 slots on one CPU
   thread read the same at 1, 2, 4 and 8 in flight and 1.34x at 16, so before a
   gain a scan looks up to 16 x its first level, as far as the job's rows allow;
@@ -167,7 +168,11 @@ class Scan:
             elif not self._paid or reading.rate < (1 + self.rules.gain) * before.rate:
                 # (past a gain, a level above ``gain`` but not clearly so does not end the scan: look on)
                 self._misses += 1
-                patience = 1 if self._paid or not self._room(2 * reading.limit) else self.rules.patience
+                # past a gain, one more look where the job has room: a flat step right after a gain can
+                # hide the next one (llama.cpp, 16 slots, new rows: 4 read 1.2x over 2 in one scan, 8 no
+                # more than 4, 16 1.34x)
+                room = self._room(2 * reading.limit)
+                patience = (2 if self._paid else self.rules.patience) if room else 1
                 deep = self._paid and reading.p95 > self.rules.p95_factor * before.p95  # (before: patience)
                 if self._misses >= patience or deep:
                     return None

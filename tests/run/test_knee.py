@@ -30,7 +30,7 @@ def scan_of(
 
 def test_a_flat_first_step_does_not_stop_the_scan() -> None:
     seen, knee = scan_of({1: 4.2, 2: 4.4, 4: 5.6, 8: 7.0, 16: 7.1, 32: 7.0})
-    assert seen == [1, 2, 4, 8, 16]  # 2 did not pay, 4 and 8 did; past a gain one flat level ends it
+    assert seen == [1, 2, 4, 8, 16, 32]  # 2 did not pay, 4 and 8 did; past a gain two flat levels end it
     assert knee is not None and knee.limit == 8  # 16 is within 5%: the lower one, less latency
     seen, _ = scan_of({1: 4.2, 2: 4.3, 4: 4.4, 8: 4.3, 16: 4.4, 32: 7.0})
     assert seen == [1, 2, 4, 8, 16]  # before any level paid, four flat ones in a row end it
@@ -39,9 +39,9 @@ def test_a_flat_first_step_does_not_stop_the_scan() -> None:
 def test_a_curve_flat_for_three_steps_then_rising_is_found_in_a_long_job() -> None:
     # llama.cpp's server, 16 slots, one CPU thread, rows it had not seen (bench_real_knee, req/s):
     # 1 to 8 in flight read the same, 16 read 1.34x; a queue would read the same up to 8
-    curve = {1: 2.45, 2: 2.36, 4: 2.47, 8: 2.41, 16: 3.30, 32: 2.96}
+    curve = {1: 2.45, 2: 2.36, 4: 2.47, 8: 2.41, 16: 3.30, 32: 2.96, 64: 2.9}
     seen, knee = scan_of(curve)
-    assert seen == [1, 2, 4, 8, 16, 32] and knee is not None and knee.limit == 16
+    assert seen == [1, 2, 4, 8, 16, 32, 64] and knee is not None and knee.limit == 16
     seen, knee = scan_of(curve, rows_left=900)  # the look at 16 queues ~32 requests: 50 rows left per level
     assert seen == [1, 2, 4, 8, 16, 32] and knee is not None and knee.limit == 16
     seen, knee = scan_of(curve, rows_left=240)  # a 240-row job looks at 4, not past it
@@ -58,6 +58,16 @@ def test_a_short_job_does_not_look_past_a_flat_step() -> None:
     # a level that pays is followed up whatever the job's length: only the look past a flat one costs
     seen, _ = scan_of({1: 1, 2: 2, 4: 4, 8: 4.1}, rows_left=50)
     assert seen == [1, 2, 4, 8]
+
+
+def test_past_a_gain_a_long_job_looks_past_one_flat_level() -> None:
+    # llama.cpp, 16 slots, new rows, a 960-row job: 4 read 1.2x over 2 (a busy moment), 8 no more than 4;
+    # a scan that stopped there held 4 for the whole job while 16 in flight does 1.34x
+    curve = {1: 2.45, 2: 2.36, 4: 2.9, 8: 2.85, 16: 3.9, 32: 3.5, 64: 3.4}
+    seen, knee = scan_of(curve, rows_left=900)
+    assert seen == [1, 2, 4, 8, 16, 32] and knee is not None and knee.limit == 16
+    seen, knee = scan_of(curve, rows_left=600)  # the look at 16 would queue more than 4% of what is left
+    assert seen == [1, 2, 4, 8] and knee is not None and knee.limit == 4
 
 
 def test_a_short_job_on_one_slot_keeps_its_p95_near_one_requests() -> None:
@@ -81,8 +91,10 @@ def test_a_short_job_on_one_slot_keeps_its_p95_near_one_requests() -> None:
 
 def test_a_plateau_ends_the_scan_and_its_lowest_level_is_the_knee() -> None:
     seen, knee = scan_of({1: 1, 2: 2, 4: 4, 8: 7.9, 16: 8.1, 32: 8})
-    assert seen == [1, 2, 4, 8, 16]
+    assert seen == [1, 2, 4, 8, 16, 32]
     assert knee is not None and knee.limit == 8
+    seen, _ = scan_of({1: 1, 2: 2, 4: 4, 8: 7.9, 16: 8.1, 32: 8}, rows_left=1000)
+    assert seen == [1, 2, 4, 8, 16]  # one look past a gain costs what a job of 1,000 rows cannot afford
 
 
 def test_a_curve_that_falls_ends_the_scan_at_once() -> None:
@@ -93,8 +105,8 @@ def test_a_curve_that_falls_ends_the_scan_at_once() -> None:
 
 def test_a_fall_before_any_gain_is_one_flat_step_not_the_end() -> None:
     # measured on llama.cpp over two busy CPU cores: a busy moment made 2 in flight read below 1
-    seen, knee = scan_of({1: 4.0, 2: 3.0, 4: 5.5, 8: 7.0, 16: 7.1})
-    assert seen == [1, 2, 4, 8, 16] and knee is not None and knee.limit == 8
+    seen, knee = scan_of({1: 4.0, 2: 3.0, 4: 5.5, 8: 7.0, 16: 7.1, 32: 7.0})
+    assert seen == [1, 2, 4, 8, 16, 32] and knee is not None and knee.limit == 8
     seen, _ = scan_of({1: 4.0, 2: 3.0, 4: 3.1, 8: 3.0, 16: 3.1})
     assert seen == [1, 2, 4, 8, 16]  # four levels in a row without a gain still end it
 
@@ -183,7 +195,7 @@ def test_flat_to_eight_the_first_scan_of_a_long_job_finds_sixteen() -> None:
     ctl = controller(sim, lanes_max=64)
     sim.run(ctl, until=600.0)
     scan = ctl.changes[: next(i for i, c in enumerate(ctl.changes) if c.reason is not Reason.SCAN)]
-    assert [c.new for c in scan] == [2, 4, 8, 16, 32], ctl.changes  # the first scan looked past 2, 4 and 8
+    assert [c.new for c in scan] == [2, 4, 8, 16, 32, 64], ctl.changes  # the first scan looked past 2, 4 and 8
     assert ctl.changes[len(scan)].reason is Reason.KNEE and ctl.changes[len(scan)].new == 16
     assert sim.rate(60.0, 600.0) >= 0.95 * 16 * 1.34 / 16 / 0.4
     assert all(c.new >= 16 for c in ctl.changes if c.at > 60.0)
@@ -195,7 +207,7 @@ def test_a_plateau_the_scan_stops_on_it_and_the_limit_stays_near_its_start() -> 
     ctl = controller(sim, lanes_max=64)
     sim.run(ctl, until=120.0)
     first_knee = next(i for i, c in enumerate(ctl.changes) if c.reason is Reason.KNEE)
-    assert max(c.new for c in ctl.changes[:first_knee]) == 16  # the first scan stops one level past 8
+    assert max(c.new for c in ctl.changes[:first_knee]) == 32  # the first scan stops two levels past 8
     assert sim.rate(20.0, 120.0) >= 0.9 * 8 / MEAN
     assert 8 <= ctl.limit <= 12
     assert sim.p95(20.0) <= 1.5 * 0.2 + 0.05

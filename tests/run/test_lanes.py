@@ -66,10 +66,10 @@ def test_backs_off_on_queueing_when_latency_rises_without_throughput() -> None:
     sim = Sim(slots=8)
     ctl = controller(sim, lanes_max=64)
     sim.run(ctl, until=10.0)
-    # the scan doubles 1, 2, 4, 8; 16 finds a queue (latency up, no more throughput): back to 8
+    # the scan doubles 1, 2, 4, 8; 16 and 32 find a queue (latency up, no more throughput): back to 8
     first = next(c for c in ctl.changes if c.new < c.old)
-    assert [c.new for c in ctl.changes[: ctl.changes.index(first)]] == [2, 4, 8, 16]
-    assert first.reason is Reason.KNEE and first.old == 16 and first.new == 8
+    assert [c.new for c in ctl.changes[: ctl.changes.index(first)]] == [2, 4, 8, 16, 32]
+    assert first.reason is Reason.KNEE and first.old == 32 and first.new == 8
     assert first.latency is not None and first.floor is not None and first.latency > 1.5 * first.floor
     # from there, a step up that buys only a queue is undone
     sim.run(ctl, until=120.0)
