@@ -11,14 +11,14 @@ their figures arrive as a ``Reading``), and stops when
 
 - **throughput falls**: past a level that paid, one reads below ``fall`` x the best
   (before one paid, a fall is a flat step: a busy moment on a shared CPU reads so);
-- **it stops paying**: a level below ``gain`` over the best so far, once one
-  level has paid (two in a row where the job's rows allow: a flat step right
-  after a gain can hide the next one); before that, ``patience`` levels in a row (one flat first step
-  is not enough: that is the curve above; llama.cpp with 16 slots on one CPU
-  thread read the same at 1, 2, 4 and 8 in flight and 1.34x at 16, so before a
-  gain a scan looks up to 16 x its first level, as far as the job's rows allow;
-  a flat step past a gain is the periodic re-scan's to find, at a bounded cost,
-  not every scan's);
+- **it stops paying**: levels in a row that do not pay (below ``gain`` over the
+  best so far): ``patience`` before any level has paid, so a scan looks up to
+  16 x its first level (one flat first step is not enough: that is the curve
+  above; llama.cpp with 16 slots on one CPU thread read the same at 1, 2, 4 and 8
+  in flight and 1.34x at 16); ``patience_past_gain`` once one has (a flat step
+  right after a gain can hide the next one); one wherever the job's rows do not
+  allow the look (below). A flat step further on is the periodic re-scan's to
+  find, at a bounded cost, not every scan's;
 - **the queue is deep**: past a gain, a level that bought nothing has a p95 above
   ``p95_factor`` x the best level's (a pure queue's latency doubles per step; before
   a gain, one slow request among a few on a busy CPU must not end the scan);
@@ -96,6 +96,7 @@ class ScanRules:
     gain: float = 0.1  #: a level pays when it reads this much above the best so far
     fall: float = 0.85  #: below this share of the best: the curve falls, stop
     patience: int = 4  #: levels in a row that do not pay before the scan stops, while none has paid yet
+    patience_past_gain: int = 2  #: the same, once a level has paid
     p95_factor: float = 4.0  #: a level that did not pay with a p95 this many times the best's: stop
     tie: float = 0.05  #: the knee: the lowest level within this share of the best throughput
     #: a level is read again (up to the controller's ``min_samples`` requests) until its error is below this:
@@ -168,11 +169,11 @@ class Scan:
             elif not self._paid or reading.rate < (1 + self.rules.gain) * before.rate:
                 # (past a gain, a level above ``gain`` but not clearly so does not end the scan: look on)
                 self._misses += 1
-                # past a gain, one more look where the job has room: a flat step right after a gain can
-                # hide the next one (llama.cpp, 16 slots, new rows: 4 read 1.2x over 2 in one scan, 8 no
-                # more than 4, 16 1.34x)
-                room = self._room(2 * reading.limit)
-                patience = (2 if self._paid else self.rules.patience) if room else 1
+                # (past a gain too, a look past a flat level where the job has room: llama.cpp, 16 slots,
+                # new rows, read 4 at 1.2x over 2 in one scan, 8 no more than 4, and 16 at 1.34x)
+                patience = self.rules.patience_past_gain if self._paid else self.rules.patience
+                if not self._room(2 * reading.limit):
+                    patience = 1
                 deep = self._paid and reading.p95 > self.rules.p95_factor * before.p95  # (before: patience)
                 if self._misses >= patience or deep:
                     return None
